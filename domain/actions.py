@@ -1,0 +1,37 @@
+"""Actions: what ``decide`` asks the shell to do, as values.
+
+The RunActor is the only code that turns these into port calls.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .events import Event, TaskPayload
+
+
+class AppendEvent(msgspec.Struct, frozen=True, tag=True):
+    """Record a decision in the run's history (folded like any event)."""
+
+    event: Event
+
+
+class EnqueueTask(msgspec.Struct, frozen=True, tag=True):
+    """Publish a task for workers of ``task`` (in ``group`` if set)."""
+
+    task: str
+    payload: TaskPayload
+    group: str = ""
+
+
+class StartTimer(msgspec.Struct, frozen=True, tag=True):
+    """Fire a ``timer.fired`` fact into the run at ``due`` (RFC3339), durably."""
+
+    timer_id: str
+    due: str
+    kind: str
+    step_id: str = ""
+    attempt: int = 0
+
+
+Action = AppendEvent | EnqueueTask | StartTimer

@@ -1,0 +1,80 @@
+"""The project's error classes: one root, specific subclasses that carry ids.
+
+Each subclass also inherits the built-in that fits (ValueError for bad
+input, LookupError for unknown ids) and builds its own message, so callers
+can catch by meaning and print ``str(err)`` as the one line a user sees.
+"""
+
+from __future__ import annotations
+
+
+class DagnatsError(Exception):
+    """Root of every error dagnats raises on purpose."""
+
+
+class InvalidIdentifier(DagnatsError, ValueError):
+    def __init__(self, kind: str, value: str) -> None:
+        self.kind, self.value = kind, value
+        super().__init__(
+            f"invalid {kind} {value!r}: must match ^[A-Za-z0-9_-]{{1,64}}$ "
+            "(letters, digits, '_' and '-' only; no '.', '*', '>' or spaces)"
+        )
+
+
+class InvalidDuration(DagnatsError, ValueError):
+    def __init__(self, value: object, reason: str = "") -> None:
+        self.value = value
+        detail = f": {reason}" if reason else ""
+        super().__init__(
+            f"invalid duration {value!r}{detail} "
+            "(use a Go-style string such as \"30s\", \"1m30s\", \"250ms\" or integer nanoseconds)"
+        )
+
+
+class WorkflowInvalid(DagnatsError, ValueError):
+    """A definition failed validation; ``issues`` lists every problem found."""
+
+    def __init__(self, workflow: str, issues: list[str]) -> None:
+        self.workflow, self.issues = workflow, list(issues)
+        shown = "; ".join(self.issues)
+        super().__init__(f"invalid workflow {workflow!r}: {shown}")
+
+
+class DefinitionDecodeError(DagnatsError, ValueError):
+    """The definition document is not valid JSON or does not fit the schema."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source, self.reason = source, reason
+        super().__init__(f"{source}: {reason}")
+
+
+class WorkflowNotFound(DagnatsError, LookupError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"workflow {name!r} not found")
+
+
+class RunNotFound(DagnatsError, LookupError):
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} not found")
+
+
+class InvalidInput(DagnatsError, ValueError):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid input: {reason}")
+
+
+class PayloadTooLarge(DagnatsError, ValueError):
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.what, self.size, self.limit = what, size, limit
+        super().__init__(f"{what} is {size} bytes, larger than the limit of {limit} bytes")
+
+
+class InvalidRunState(DagnatsError, ValueError):
+    """An operation is not allowed in the run's current status."""
+
+    def __init__(self, run_id: str, status: str, operation: str) -> None:
+        self.run_id, self.status, self.operation = run_id, status, operation
+        super().__init__(f"cannot {operation} run {run_id}: it is {status}")

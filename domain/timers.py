@@ -1,0 +1,48 @@
+"""Timer identities and the timers a run's state wants armed.
+
+A timer id is unique within its run and deterministic, so arming the same
+timer twice (after a restart, say) is harmless, and a fire that no longer
+matches the state is ignored by ``decide``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from . import state as st
+from .actions import StartTimer
+from .events import format_timestamp, parse_timestamp
+
+RETRY = "retry"
+STEP_TIMEOUT = "step_timeout"
+
+
+def timer_id(kind: str, step_id: str = "", attempt: int = 0) -> str:
+    parts = [kind.replace("_", "-")] + ([step_id] if step_id else []) + ([str(attempt)] if attempt else [])
+    return "-".join(parts)
+
+
+def retry_timer(step_id: str, attempt: int, due: str) -> StartTimer:
+    return StartTimer(timer_id(RETRY, step_id, attempt), due, RETRY, step_id, attempt)
+
+
+def step_timeout_timer(step_id: str, attempt: int, due: str) -> StartTimer:
+    return StartTimer(timer_id(STEP_TIMEOUT, step_id, attempt), due, STEP_TIMEOUT, step_id, attempt)
+
+
+def add_ns(timestamp: str, ns: int) -> str:
+    return format_timestamp(parse_timestamp(timestamp) + timedelta(microseconds=ns // 1000))
+
+
+def wanted_timers(run: st.WorkflowRun) -> list[StartTimer]:
+    """Every timer the run's current state waits on (used when rebuilding a run)."""
+    if run.definition is None or run.is_terminal:
+        return []
+    wanted = []
+    for step in run.definition.steps:
+        state = run.step(step.id)
+        if state.status == st.STEP_RETRYING and state.retry_at:
+            wanted.append(retry_timer(step.id, state.attempts, state.retry_at))
+        elif state.status == st.STEP_RUNNING and step.timeout and state.started_at:
+            wanted.append(step_timeout_timer(step.id, state.attempts, add_ns(state.started_at, int(step.timeout))))
+    return wanted
