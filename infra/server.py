@@ -43,6 +43,9 @@ CLUSTER_NAME = "dagnats"
 _CLIENT_LISTEN = re.compile(r"Listening for client connections on \S+:(\d+)")
 _HTTP_LISTEN = re.compile(r"Starting http monitor on \S+:(\d+)")
 _LEVEL = re.compile(r"\[(FTL|ERR|WRN)\] (.*)")
+# One level down from the server's own: route dial errors while a cluster
+# forms are [ERR] lines and perfectly normal.
+_LOG_LEVELS = {"WRN": logging.INFO, "ERR": logging.WARNING, "FTL": logging.ERROR}
 
 
 class ServerError(RuntimeError):
@@ -130,7 +133,7 @@ class _LogPump(threading.Thread):
             level, text = match.groups()
             if level != "WRN":
                 self.errors.append(f"[{level}] {text}")
-            log.log(logging.WARNING if level == "WRN" else logging.ERROR, "nats-server: %s", text)
+            log.log(_LOG_LEVELS[level], "nats-server: %s", text)
 
     def evidence(self) -> list[str]:
         """The error lines, or the last lines of the log when there are none."""
@@ -352,9 +355,9 @@ def _dial_host(host: str) -> str:
 
 
 async def run_cluster(
-    base_dir: Path,
     size: int = 3,
     *,
+    base_dir: Path,
     sync_always: bool = True,
     timeout: float = 30.0,
 ) -> list[NatsServer]:
@@ -389,9 +392,11 @@ async def run_cluster(
 
 
 @contextlib.asynccontextmanager
-async def cluster(base_dir: Path, size: int = 3, **options: object) -> AsyncIterator[list[NatsServer]]:
-    """`async with cluster(tmp) as servers:` runs `run_cluster` and stops every node."""
-    servers = await run_cluster(base_dir, size, **options)  # type: ignore[arg-type]
+async def cluster(
+    size: int = 3, *, base_dir: Path, **options: object
+) -> AsyncIterator[list[NatsServer]]:
+    """`async with cluster(base_dir=tmp) as servers:` runs `run_cluster`, then stops every node."""
+    servers = await run_cluster(size, base_dir=base_dir, **options)  # type: ignore[arg-type]
     try:
         yield servers
     finally:

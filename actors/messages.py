@@ -1,0 +1,66 @@
+"""Messages between actors: small frozen values.
+
+``Deliver`` carries facts for one run and a ``done`` callback the shell uses
+to acknowledge (True) or redeliver (False) the messages they came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from dagnats.domain.actions import StartTimer
+from dagnats.domain.events import Event
+
+
+def _ignore(ok: bool) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    run_id: str
+    events: tuple[Event, ...]
+    done: Callable[[bool], None] = field(default=_ignore)
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """Bring a run's actor up (after an engine restart) so it re-issues its effects."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Passivate:
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Passivated:
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Crashed:
+    run_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimer:
+    run_id: str
+    timer: StartTimer
+    trace_parent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TimerDue:
+    run_id: str
+    timer: StartTimer
+    trace_parent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCount:
+    """Ask the directory how many run actors are alive."""

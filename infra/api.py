@@ -1,0 +1,235 @@
+"""The control plane: request/reply on ``dagnats.api.<op>``, served by the engine.
+
+Each handler takes a JSON object and returns a JSON value; a DagnatsError
+becomes ``{"error": message, "kind": class name}`` so the client can raise
+the same class. Workers and the API never write history: starting or
+cancelling a run publishes a fact to the run's inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any, Awaitable, Callable
+
+import jsonschema
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+
+from dagnats.domain import events as ev
+from dagnats.domain.definition import decode_workflow, encode_workflow, workflow_from_object, workflow_to_object
+from dagnats.domain.errors import (
+    DagnatsError,
+    InvalidInput,
+    InvalidRunState,
+    PayloadTooLarge,
+    RunNotFound,
+    WorkflowNotFound,
+)
+from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.state import WorkflowRun
+from dagnats.domain.validate import validate
+
+from .engine import Engine
+from .headers import MSG_ID, TRACEPARENT
+from .resources import DEFS_BUCKET, inbox_subject
+from .tracing import new_trace_parent, valid_trace_parent
+from .views import event_view, run_summary, run_view
+
+log = logging.getLogger("dagnats.api")
+
+API_PREFIX = "dagnats.api"
+API_QUEUE = "dagnats-api"
+# Room kept for headers and the event envelope around the input.
+ENVELOPE_ROOM = 4096
+
+_JSON = msgspec.json.Encoder()
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class ControlPlane:
+    def __init__(self, nc: NATS, engine: Engine) -> None:
+        self.nc, self.engine = nc, engine
+        self.js = nc.jetstream()
+        self.handlers: dict[str, Handler] = {
+            "workflow.register": self.register_workflow,
+            "workflow.list": self.list_workflows,
+            "workflow.get": self.get_workflow,
+            "workflow.delete": self.delete_workflow,
+            "run.start": self.start_run,
+            "run.get": self.get_run,
+            "run.events": self.run_events,
+            "run.list": self.list_runs,
+            "run.cancel": self.cancel_run,
+            "status": self.status,
+        }
+
+    async def start(self) -> None:
+        self.defs = await self.js.key_value(DEFS_BUCKET)
+        self._sub = await self.nc.subscribe(f"{API_PREFIX}.>", queue=API_QUEUE, cb=self._serve)
+
+    async def stop(self) -> None:
+        await self._sub.unsubscribe()
+
+    async def _serve(self, msg: Msg) -> None:
+        op = msg.subject[len(API_PREFIX) + 1 :]
+        handler = self.handlers.get(op)
+        try:
+            if handler is None:
+                raise DagnatsError(f"unknown operation {op!r}")
+            body = msgspec.json.decode(msg.data) if msg.data else {}
+            if not isinstance(body, dict):
+                raise DagnatsError("request body must be a JSON object")
+            reply: Any = {"result": await handler(body)}
+        except DagnatsError as err:
+            reply = {"error": str(err), "kind": type(err).__name__}
+        except msgspec.DecodeError as err:
+            reply = {"error": f"request is not valid JSON: {err}", "kind": "DagnatsError"}
+        except Exception as err:  # never leave a caller hanging
+            log.exception("api %s failed", op)
+            reply = {"error": f"internal error: {err}", "kind": "DagnatsError"}
+        if msg.reply:
+            await msg.respond(_JSON.encode(reply))
+
+    # ---- workflows ----------------------------------------------------------------
+
+    async def register_workflow(self, body: dict[str, Any]) -> dict[str, Any]:
+        wf = validate(workflow_from_object(body.get("definition"), "definition"))
+        action = "updated" if await self._load_def(wf.name, missing_ok=True) else "created"
+        await self.defs.put(wf.name, encode_workflow(wf))
+        return {"name": wf.name, "action": action, "steps": len(wf.steps)}
+
+    async def list_workflows(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            names = await self.defs.keys()
+        except (NoKeysError, NotFoundError):
+            return []
+        defs = [await self._load_def(n, missing_ok=True) for n in sorted(names)]
+        return [workflow_to_object(d) for d in defs if d is not None]
+
+    async def get_workflow(self, body: dict[str, Any]) -> dict[str, Any]:
+        return workflow_to_object(await self._load_def(_name(body)))
+
+    async def delete_workflow(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = _name(body)
+        await self._load_def(name)
+        await self.defs.delete(name)
+        return {"name": name, "deleted": True}
+
+    async def _load_def(self, name: str, missing_ok: bool = False):
+        try:
+            entry = await self.defs.get(name)
+        except (KeyNotFoundError, NotFoundError):
+            entry = None
+        if entry is None or not entry.value:
+            if missing_ok:
+                return None
+            raise WorkflowNotFound(name)
+        return decode_workflow(entry.value, f"stored workflow {name}")
+
+    # ---- runs -------------------------------------------------------------------------
+
+    async def start_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        wf = await self._load_def(_name(body, "workflow"))
+        data = body.get("input")
+        if wf.input_schema is not None:
+            _check_schema(wf.input_schema, data)
+        run_id = check_identifier("run id", body.get("run_id") or secrets.token_hex(16))
+        trace_parent = body.get("trace_parent")
+        if not valid_trace_parent(trace_parent):
+            trace_parent = new_trace_parent()
+        event = ev.Event(
+            type=ev.WORKFLOW_STARTED, run_id=run_id, timestamp=ev.format_timestamp(_now()),
+            payload={"workflow_def": workflow_to_object(wf), "input": data},
+            trace_parent=trace_parent, id="workflow.started",
+        )
+        encoded = ev.EVENT_ENCODER.encode(event)
+        limit = self.nc.max_payload - ENVELOPE_ROOM
+        if len(encoded) > limit:
+            raise PayloadTooLarge("run input with its definition", len(encoded), limit)
+        headers = {MSG_ID: f"{run_id}.workflow.started", TRACEPARENT: trace_parent}
+        await self.js.publish(inbox_subject(run_id), encoded, headers=headers)
+        return {"run_id": run_id}
+
+    async def _run(self, run_id: str) -> WorkflowRun:
+        check_identifier("run id", run_id)
+        live = self.engine.live.get(run_id)
+        if live is not None:
+            return live[0]
+        run, _ = await self.engine.ports.store.load(run_id)
+        if run is None or run.definition is None:
+            raise RunNotFound(run_id)
+        return run
+
+    async def get_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        return run_view(await self._run(str(body.get("run_id", ""))))
+
+    async def run_events(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        run_id = check_identifier("run id", str(body.get("run_id", "")))
+        events = await self.engine.ports.store.events(run_id)
+        if not events:
+            raise RunNotFound(run_id)
+        return [event_view(seq, e) for seq, e in events]
+
+    async def list_runs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        runs = {s.run.run_id: s.run for s in await self.engine.ports.store.snapshots()}
+        for run_id, (run, _) in list(self.engine.live.items()):
+            runs[run_id] = run
+        workflow, status = body.get("workflow"), body.get("status")
+        chosen = [
+            r for r in runs.values()
+            if r.definition is not None and (not workflow or r.workflow == workflow) and (not status or r.status == status)
+        ]
+        chosen.sort(key=lambda r: r.created_at, reverse=True)
+        limit = int(body.get("limit") or 100)
+        return [run_summary(r) for r in chosen[:limit]]
+
+    async def cancel_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        run = await self._run(str(body.get("run_id", "")))
+        if run.is_terminal:
+            raise InvalidRunState(run.run_id, run.status, "cancel")
+        await self.publish_fact(run, ev.WORKFLOW_CANCELLED, {"reason": body.get("reason") or "cancelled by user"},
+                                f"cancel.{secrets.token_hex(4)}")
+        return {"run_id": run.run_id, "cancelled": True}
+
+    async def publish_fact(self, run: WorkflowRun, event_type: str, payload: Any, fact_id: str) -> None:
+        event = ev.Event(type=event_type, run_id=run.run_id, timestamp=ev.format_timestamp(_now()),
+                         payload=payload, trace_parent=run.trace_parent, id=fact_id)
+        headers = {MSG_ID: f"{run.run_id}.{fact_id}"}
+        await self.js.publish(inbox_subject(run.run_id), ev.EVENT_ENCODER.encode(event), headers=headers)
+
+    # ---- status ------------------------------------------------------------------------
+
+    async def status(self, body: dict[str, Any]) -> dict[str, Any]:
+        streams = {}
+        for info in await self.js.streams_info():
+            streams[info.config.name] = {"messages": info.state.messages, "bytes": info.state.bytes}
+        active = [r for r, _ in self.engine.live.values() if not r.is_terminal]
+        return {
+            "nats": {"connected": self.nc.is_connected, "url": self.nc.connected_url.geturl() if self.nc.connected_url else None,
+                     "server_version": self.nc.connected_server_version.__str__() if self.nc.is_connected else None,
+                     "max_payload": self.nc.max_payload},
+            "jetstream": {"streams": streams},
+            "engine": {"live_runs": len(self.engine.live), "active_runs": len(active)},
+        }
+
+
+def _name(body: dict[str, Any], key: str = "name") -> str:
+    return check_identifier("workflow name", body.get(key, ""))
+
+
+def _check_schema(schema: dict[str, Any], data: Any) -> None:
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path)
+        raise InvalidInput(f"{err.message}" + (f" (at {where})" if where else "")) from None
+
+
+def _now():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc)

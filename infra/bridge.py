@@ -1,0 +1,52 @@
+"""The asyncio loop that owns the NATS connection, as seen from actor threads.
+
+Actors call ``bridge.call(coro)`` to run a coroutine on the loop and block
+only themselves until it finishes; ``spawn`` fires and forgets. The clock
+lives here too: wall time in UTC, and ``call_later`` on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Future
+from datetime import datetime, timezone
+from typing import Any, Callable, Coroutine
+
+log = logging.getLogger("dagnats.bridge")
+
+
+class LoopBridge:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float = 30.0) -> None:
+        self.loop, self.timeout = loop, timeout
+
+    def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` on the loop and wait for its result (from another thread)."""
+        future: Future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(self.timeout)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future.add_done_callback(_log_failure)
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.loop.call_soon_threadsafe(callback)
+
+
+def _log_failure(future: Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("background call failed: %s", future.exception())
+
+
+class SystemClock:
+    """Wall clock in UTC; timers run on the loop."""
+
+    def __init__(self, bridge: LoopBridge) -> None:
+        self.bridge = bridge
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        loop = self.bridge.loop
+        loop.call_soon_threadsafe(loop.call_later, delay, callback)

@@ -1,0 +1,145 @@
+"""The engine: consumes run inboxes and hands facts to the run directory.
+
+One durable pull consumer on ``inbox.>`` (work-queue) feeds the directory;
+each fetched batch is grouped by run so a run's facts become one record.
+A message is acknowledged only after its run actor has recorded the fact
+and carried out what followed from it; on failure it is redelivered.
+On start the engine brings up every run its snapshots list as unfinished,
+so retries, timeouts and queued tasks pending at a crash are re-issued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from dagnats.actors.directory import RunDirectory
+from dagnats.actors.messages import Deliver, LiveCount, Recover
+from dagnats.actors.timer import TimerActor
+from dagnats.domain.events import EVENT_DECODER, Event
+
+from .bridge import LoopBridge
+from .ports import NatsPorts
+from .resources import INBOX_STREAM, ensure_resources
+
+log = logging.getLogger("dagnats.engine")
+
+INBOX_CONSUMER = "engine"
+FETCH_BATCH = 256
+INBOX_ACK_WAIT = 30.0
+
+
+class Engine:
+    def __init__(self, nc: NATS, *, max_live: int = 512, replicas: int = 1) -> None:
+        self.nc, self.max_live, self.replicas = nc, max_live, replicas
+        self.js = nc.jetstream()
+        self._tasks: list[asyncio.Task] = []
+        self._running = False
+
+    async def start(self) -> None:
+        await ensure_resources(self.js, self.replicas)
+        self.bridge = LoopBridge(asyncio.get_running_loop())
+        self.ports = NatsPorts(self.js, self.bridge)
+        self.timers = TimerActor.start(self.ports.clock)
+        self.directory = RunDirectory.start(self.ports, self.timers, self.max_live)
+        self.timers.proxy().attach(self.directory).get()
+        self.live = self.directory.proxy().live.get()
+        self._sub = await self.js.pull_subscribe(
+            "inbox.>",
+            durable=INBOX_CONSUMER,
+            stream=INBOX_STREAM,
+            config=api.ConsumerConfig(ack_wait=INBOX_ACK_WAIT, max_ack_pending=50_000, max_deliver=-1),
+        )
+        self._running = True
+        self._tasks.append(asyncio.create_task(self._consume(), name="engine-inbox"))
+        await self._recover_unfinished()
+
+    async def stop(self) -> None:
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        # Actors block on the loop; stop them from a thread so the loop keeps serving them.
+        await asyncio.to_thread(self._stop_actors)
+
+    def _stop_actors(self) -> None:
+        for ref in (self.directory, self.timers):
+            if ref.is_alive():
+                ref.stop(block=True, timeout=10)
+
+    def live_count(self) -> int:
+        return self.directory.ask(LiveCount(), timeout=5)
+
+    # ---- inbox -----------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while self._running:
+            try:
+                msgs = await self._sub.fetch(FETCH_BATCH, timeout=1.0)
+            except (asyncio.TimeoutError, NatsTimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # reconnects, leader changes: keep consuming
+                log.warning("inbox fetch failed: %s", err)
+                await asyncio.sleep(0.5)
+                continue
+            self._dispatch(msgs)
+
+    def _dispatch(self, msgs: list[Msg]) -> None:
+        by_run: dict[str, list[tuple[Event, Msg]]] = defaultdict(list)
+        for msg in msgs:
+            try:
+                event = EVENT_DECODER.decode(msg.data)
+            except msgspec.DecodeError:
+                log.warning("dropping undecodable inbox message on %s", msg.subject)
+                asyncio.create_task(msg.term())
+                continue
+            run_id = msg.subject.split(".", 1)[1]
+            if event.run_id != run_id:
+                log.warning("dropping inbox message for %s claiming run %s", run_id, event.run_id)
+                asyncio.create_task(msg.term())
+                continue
+            by_run[run_id].append((event, msg))
+        for run_id, items in by_run.items():
+            events = tuple(e for e, _ in items)
+            batch = [m for _, m in items]
+            self.directory.tell(Deliver(run_id, events, self._acker(batch)))
+
+    def _acker(self, msgs: list[Msg]):
+        loop = self.bridge.loop
+
+        def done(ok: bool) -> None:
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_settle(msgs, ok)))
+
+        return done
+
+    # ---- recovery --------------------------------------------------------------------
+
+    async def _recover_unfinished(self) -> None:
+        count = 0
+        for snap in await self.ports.store.snapshots():
+            if not snap.run.is_terminal:
+                self.directory.tell(Recover(snap.run.run_id))
+                count += 1
+        if count:
+            log.info("recovering %d unfinished runs", count)
+
+
+async def _settle(msgs: list[Msg], ok: bool) -> None:
+    for msg in msgs:
+        try:
+            if ok:
+                await msg.ack()
+            else:
+                await msg.nak(delay=0.5)
+        except Exception as err:  # the message will be redelivered after ack_wait
+            log.debug("settling inbox message failed: %s", err)

@@ -1,0 +1,32 @@
+"""NATS header names and JetStream error codes the engine relies on, in one place.
+
+See RELIABILITY.md §2.3 (conditional appends) and §2.7 (message schedules).
+"""
+
+# Deduplication: a re-publish with the same id inside the stream's
+# duplicate window is acknowledged as a duplicate and stores nothing.
+MSG_ID = "Nats-Msg-Id"
+
+# Optimistic concurrency: the append lands only if the subject's last
+# sequence is this value ("0" = the subject must be empty).
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+
+# Message schedules (ADR-51, nats-server >= 2.12) on a schedule message:
+SCHEDULE = "Nats-Schedule"  # "@at 2026-11-24T02:40:18Z" (fractional seconds allowed)
+SCHEDULE_TARGET = "Nats-Schedule-Target"  # subject in the same stream that receives the fire
+SCHEDULE_TTL = "Nats-Schedule-TTL"  # becomes Nats-TTL on the fired message: "168h" or "3" (seconds)
+
+# Set by the server on a fired message; also what a publish uses to cancel
+# a schedule (Nats-Scheduler: <schedule subject>, Nats-Schedule-Next: purge).
+SCHEDULER = "Nats-Scheduler"
+SCHEDULE_NEXT = "Nats-Schedule-Next"
+SCHEDULE_NEXT_PURGE = "purge"
+
+# W3C trace context, carried API -> engine -> worker -> engine.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+# JetStream error code of a failed Nats-Expected-Last-Subject-Sequence check
+# ("wrong last sequence"); 10164 is a constant variant of the same failure.
+WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE_CODES = frozenset({WRONG_LAST_SEQUENCE, 10164})

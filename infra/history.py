@@ -1,0 +1,110 @@
+"""Run histories on WORKFLOW_HISTORY and snapshots in the workflow_runs KV.
+
+Appends are conditional (``Nats-Expected-Last-Subject-Sequence``) and
+idempotent (``Nats-Msg-Id``). Snapshots are a cache holding ``last_seq``;
+loading always folds the history after it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, KeyNotFoundError, NoKeysError, NotFoundError
+
+from dagnats.actors.ports import WrongLastSequence
+from dagnats.domain.events import Event, decode_record, encode_record
+from dagnats.domain.fold import fold
+from dagnats.domain.state import WorkflowRun
+
+from .headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE_CODES
+from .resources import HISTORY_STREAM, RUNS_BUCKET, history_subject
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    run: WorkflowRun
+    last_seq: int
+
+
+_SNAPSHOT_ENCODER = msgspec.json.Encoder()
+_SNAPSHOT_DECODER = msgspec.json.Decoder(Snapshot)
+
+
+def snapshot_key(run_id: str) -> str:
+    return f"run.{run_id}"
+
+
+class HistoryStore:
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self._runs = None
+
+    async def runs_kv(self):
+        if self._runs is None:
+            self._runs = await self.js.key_value(RUNS_BUCKET)
+        return self._runs
+
+    async def append(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str) -> int:
+        headers = {MSG_ID: msg_id, EXPECTED_LAST_SUBJECT_SEQ: str(expected_seq)}
+        try:
+            ack = await self.js.publish(history_subject(run_id), encode_record(events), headers=headers)
+        except APIError as err:
+            if err.err_code in WRONG_LAST_SEQUENCE_CODES:
+                raise WrongLastSequence(str(err)) from None
+            raise
+        if ack.duplicate:
+            # Someone already stored a record under this id: re-read to learn what.
+            raise WrongLastSequence(f"duplicate record {msg_id}")
+        return ack.seq
+
+    async def read_after(self, run_id: str, after_seq: int) -> list[tuple[int, list[Event]]]:
+        subject = history_subject(run_id)
+        records, seq = [], after_seq + 1
+        while True:
+            try:
+                msg = await self.js.get_msg(HISTORY_STREAM, seq=seq, subject=subject, next=True)
+            except NotFoundError:
+                return records
+            records.append((msg.seq, decode_record(msg.data or b"[]")))
+            seq = msg.seq + 1
+
+    async def events(self, run_id: str) -> list[tuple[int, Event]]:
+        return [(seq, e) for seq, events in await self.read_after(run_id, 0) for e in events]
+
+    async def load(self, run_id: str) -> tuple[WorkflowRun | None, int]:
+        run, last_seq = await self.load_snapshot(run_id)
+        for seq, events in await self.read_after(run_id, last_seq):
+            for event in events:
+                run = fold(run if run is not None else WorkflowRun(run_id=run_id), event)
+            last_seq = seq
+        return run, last_seq
+
+    async def load_snapshot(self, run_id: str) -> tuple[WorkflowRun | None, int]:
+        kv = await self.runs_kv()
+        try:
+            entry = await kv.get(snapshot_key(run_id))
+        except (KeyNotFoundError, NotFoundError):
+            return None, 0
+        if not entry.value:
+            return None, 0
+        snap = _SNAPSHOT_DECODER.decode(entry.value)
+        return snap.run, snap.last_seq
+
+    async def save_snapshot(self, run: WorkflowRun, last_seq: int) -> None:
+        kv = await self.runs_kv()
+        await kv.put(snapshot_key(run.run_id), _SNAPSHOT_ENCODER.encode(Snapshot(run, last_seq)))
+
+    async def snapshots(self) -> list[Snapshot]:
+        kv = await self.runs_kv()
+        try:
+            keys = await kv.keys()
+        except (NoKeysError, NotFoundError):
+            return []
+        result = []
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+            except (KeyNotFoundError, NotFoundError):
+                continue
+            if entry.value:
+                result.append(_SNAPSHOT_DECODER.decode(entry.value))
+        return result

@@ -1,0 +1,70 @@
+"""NATS implementations of the actor ports, callable from actor threads."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from nats.js import JetStreamContext
+
+from dagnats.domain.actions import EnqueueTask
+from dagnats.domain.events import Event
+from dagnats.domain.state import WorkflowRun
+
+from .bridge import LoopBridge, SystemClock
+from .headers import MSG_ID, TRACEPARENT
+from .history import HistoryStore
+from .resources import task_subject
+
+_TASK_ENCODER = msgspec.json.Encoder()
+
+
+class NatsHistoryPort:
+    def __init__(self, store: HistoryStore, bridge: LoopBridge) -> None:
+        self.store, self.bridge = store, bridge
+
+    def load(self, run_id: str) -> tuple[WorkflowRun | None, int]:
+        return self.bridge.call(self.store.load(run_id))
+
+    def read_after(self, run_id: str, after_seq: int) -> list[tuple[int, list[Event]]]:
+        return self.bridge.call(self.store.read_after(run_id, after_seq))
+
+    def append(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str) -> int:
+        return self.bridge.call(self.store.append(run_id, events, expected_seq, msg_id))
+
+    def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool) -> None:
+        coro = self.store.save_snapshot(run, last_seq)
+        if wait:
+            self.bridge.call(coro)
+        else:
+            self.bridge.spawn(coro)
+
+
+async def publish_tasks(js: JetStreamContext, tasks: list[EnqueueTask]) -> None:
+    """Publish tasks concurrently; each is deduplicated by run, step and attempt."""
+
+    async def publish(task: EnqueueTask) -> None:
+        p = task.payload
+        headers = {MSG_ID: f"{p.run_id}.{p.step_id}.{p.attempt}"}
+        if p.traceparent:
+            headers[TRACEPARENT] = p.traceparent
+        subject = task_subject(task.task, p.run_id, task.group or None)
+        await js.publish(subject, _TASK_ENCODER.encode(p), headers=headers)
+
+    await asyncio.gather(*(publish(t) for t in tasks))
+
+
+class NatsTaskPort:
+    def __init__(self, js: JetStreamContext, bridge: LoopBridge) -> None:
+        self.js, self.bridge = js, bridge
+
+    def enqueue(self, tasks: list[EnqueueTask]) -> None:
+        self.bridge.call(publish_tasks(self.js, tasks))
+
+
+class NatsPorts:
+    def __init__(self, js: JetStreamContext, bridge: LoopBridge) -> None:
+        self.store = HistoryStore(js)
+        self.history = NatsHistoryPort(self.store, bridge)
+        self.tasks = NatsTaskPort(js, bridge)
+        self.clock = SystemClock(bridge)

@@ -1,0 +1,74 @@
+"""JSON views of runs and events for the API, the CLI and the client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagnats.domain.events import Event
+from dagnats.domain.state import WorkflowRun
+
+
+def trace_id(trace_parent: str) -> str:
+    parts = trace_parent.split("-")
+    return parts[1] if len(parts) == 4 else ""
+
+
+def run_view(run: WorkflowRun) -> dict[str, Any]:
+    steps = {}
+    for step_id, s in run.steps.items():
+        steps[step_id] = {
+            "status": s.status,
+            "attempts": s.attempts,
+            "output": s.output,
+            "error": s.error or None,
+            "task": s.task,
+            "queued_at": s.queued_at or None,
+            "started_at": s.started_at or None,
+            "finished_at": s.finished_at or None,
+        }
+        if s.retry_at:
+            steps[step_id]["retry_at"] = s.retry_at
+        if s.worker_id:
+            steps[step_id]["worker_id"] = s.worker_id
+    return {
+        "run_id": run.run_id,
+        "workflow": run.workflow,
+        "status": run.status,
+        "steps": steps,
+        "input": run.input,
+        "output": run.output,
+        "error": run.error or None,
+        "created_at": run.created_at or None,
+        "completed_at": run.completed_at or None,
+        "trace_id": trace_id(run.trace_parent),
+        "trace_parent": run.trace_parent or None,
+    }
+
+
+def run_summary(run: WorkflowRun) -> dict[str, Any]:
+    done = sum(1 for s in run.steps.values() if s.status in ("completed", "skipped", "recovered"))
+    return {
+        "run_id": run.run_id,
+        "workflow": run.workflow,
+        "status": run.status,
+        "created_at": run.created_at or None,
+        "completed_at": run.completed_at or None,
+        "steps_done": done,
+        "steps_total": len(run.steps),
+    }
+
+
+def event_view(seq: int, event: Event) -> dict[str, Any]:
+    view = {
+        "seq": seq,
+        "type": event.type,
+        "run_id": event.run_id,
+        "step_id": event.step_id or None,
+        "timestamp": event.timestamp,
+        "attempt": event.attempt or None,
+        "payload": event.payload,
+        "trace_parent": event.trace_parent or None,
+    }
+    if event.worker_id:
+        view["worker_id"] = event.worker_id
+    return view

@@ -1,0 +1,225 @@
+"""Hypothesis strategies for the domain: definitions, graphs and run histories.
+
+``recorded_runs`` drives ``decide.evolve`` the way a RunActor would: each
+drawn fact is a plausible report from outside the run's owner (a worker's
+step.started/completed/failed, a fired timer, a re-sent duplicate, a stale
+report from an earlier attempt), and the recorded history is every fact
+followed by the decision events it caused, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import msgspec
+from hypothesis import strategies as st
+
+from dagnats.domain import events as ev
+from dagnats.domain import state as rs
+from dagnats.domain.actions import Action, AppendEvent, EnqueueTask, StartTimer
+from dagnats.domain.decide import evolve
+from dagnats.domain.definition import RetryPolicy, StepDef, WorkflowDef
+from dagnats.domain.durations import SECOND
+
+RUN_ID = "0123456789abcdef0123456789abcdef"
+BASE_TIME = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+step_ids = st.sampled_from([f"s{i}" for i in range(12)])
+task_names = st.sampled_from(["greet", "fetch", "upper", "store"])
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+retry_policies = st.builds(
+    RetryPolicy,
+    max_attempts=st.integers(0, 3),
+    strategy=st.sampled_from(["fixed", "linear", "exponential"]),
+    initial_delay=st.integers(0, 5).map(lambda n: n * SECOND),
+    max_delay=st.sampled_from([0, 10 * SECOND]),
+    multiplier=st.sampled_from([0.0, 1.5, 2.0]),
+)
+
+
+@st.composite
+def dag_definitions(draw: st.DrawFn, max_steps: int = 6) -> WorkflowDef:
+    """A valid definition of normal steps, acyclic by construction (each step depends only on earlier ones)."""
+    count = draw(st.integers(1, max_steps))
+    steps = []
+    for index in range(count):
+        earlier = [f"s{i}" for i in range(index)]
+        deps = draw(st.lists(st.sampled_from(earlier), unique=True, max_size=3)) if earlier else []
+        steps.append(StepDef(
+            id=f"s{index}",
+            task=draw(task_names),
+            depends_on=tuple(sorted(deps)),
+            timeout=draw(st.sampled_from([0, 0, 30 * SECOND])),
+            retry=draw(st.none() | retry_policies),
+            retries=draw(st.sampled_from([0, 0, 1])),
+        ))
+    return WorkflowDef(name="random-dag", steps=tuple(steps), default_retry=draw(st.none() | retry_policies))
+
+
+@st.composite
+def graphs(draw: st.DrawFn, max_nodes: int = 7) -> dict[str, list[tuple[str, str]]]:
+    """A possibly-cyclic graph: node -> [(dependency, "depends_on" | "after_any")]."""
+    count = draw(st.integers(1, max_nodes))
+    nodes = [f"n{i}" for i in range(count)]
+    graph: dict[str, list[tuple[str, str]]] = {}
+    for node in nodes:
+        deps = draw(st.lists(st.sampled_from(nodes), unique=True, max_size=3))
+        graph[node] = [(dep, draw(st.sampled_from(["depends_on", "after_any"]))) for dep in deps]
+    return graph
+
+
+def graph_definition(graph: dict[str, list[tuple[str, str]]]) -> WorkflowDef:
+    steps = tuple(
+        StepDef(
+            id=node,
+            task="work",
+            depends_on=tuple(d for d, kind in deps if kind == "depends_on"),
+            after_any=tuple(d for d, kind in deps if kind == "after_any"),
+        )
+        for node, deps in graph.items()
+    )
+    return WorkflowDef(name="graph", steps=steps)
+
+
+# ---- events ----------------------------------------------------------------------------------
+
+
+def at(seconds: float) -> datetime:
+    return BASE_TIME + timedelta(seconds=seconds)
+
+
+def started_event(wf: WorkflowDef, data: Any = None, run_id: str = RUN_ID) -> ev.Event:
+    return ev.Event(
+        type=ev.WORKFLOW_STARTED, run_id=run_id, timestamp=ev.format_timestamp(BASE_TIME),
+        payload={"workflow_def": msgspec.to_builtins(wf), "input": data}, id=ev.WORKFLOW_STARTED,
+        trace_parent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
+
+
+def worker_fact(event_type: str, step_id: str, attempt: int, payload: Any = None,
+                moment: datetime = BASE_TIME, run_id: str = RUN_ID) -> ev.Event:
+    return ev.Event(
+        type=event_type, run_id=run_id, step_id=step_id, attempt=attempt, payload=payload,
+        timestamp=ev.format_timestamp(moment), worker_id="worker-1",
+        id=ev.fact_id(event_type, step_id, attempt),
+    )
+
+
+def completed(step_id: str, attempt: int, output: Any = None, moment: datetime = BASE_TIME) -> ev.Event:
+    return worker_fact(ev.STEP_COMPLETED, step_id, attempt, output, moment)
+
+
+def failed(step_id: str, attempt: int, error: str = "boom", failure_type: str = "transient",
+           moment: datetime = BASE_TIME, **extra: Any) -> ev.Event:
+    payload = {"error": error, "failure_type": failure_type, **extra}
+    return worker_fact(ev.STEP_FAILED, step_id, attempt, payload, moment)
+
+
+def timer_fired(timer: StartTimer, moment: datetime = BASE_TIME, run_id: str = RUN_ID) -> ev.Event:
+    return ev.Event(
+        type=ev.TIMER_FIRED, run_id=run_id, step_id=timer.step_id, timestamp=ev.format_timestamp(moment),
+        payload={"timer_id": timer.timer_id, "kind": timer.kind, "step_id": timer.step_id, "attempt": timer.attempt},
+        id=f"timer.{timer.timer_id}",
+    )
+
+
+# ---- driving a run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """Feeds facts through ``evolve`` and keeps what a RunActor would keep."""
+
+    run: rs.WorkflowRun = field(default_factory=lambda: rs.new_run(RUN_ID))
+    facts: list[ev.Event] = field(default_factory=list)
+    history: list[ev.Event] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    timers: list[StartTimer] = field(default_factory=list)
+
+    def feed(self, fact: ev.Event, now: datetime) -> list[Action]:
+        self.run, actions = evolve(self.run, fact, now)
+        self.facts.append(fact)
+        self.history.append(fact)
+        self.history += [a.event for a in actions if isinstance(a, AppendEvent)]
+        self.timers += [a for a in actions if isinstance(a, StartTimer)]
+        self.actions += actions
+        return actions
+
+    @property
+    def enqueued(self) -> list[EnqueueTask]:
+        return [a for a in self.actions if isinstance(a, EnqueueTask)]
+
+
+def candidate_facts(rec: Recorder, moment: datetime) -> list[ev.Event]:
+    """What could plausibly arrive next, valid or not, in a deterministic order."""
+    run = rec.run
+    out: list[ev.Event] = []
+    if run.definition is None:
+        return out
+    for step in run.definition.steps:
+        state = run.step(step.id)
+        n = state.attempts
+        if state.status in rs.IN_FLIGHT_STEP_STATUSES:
+            out.append(worker_fact(ev.STEP_STARTED, step.id, n, None, moment))
+            out.append(completed(step.id, n, {"step": step.id, "attempt": n}, moment))
+            out.append(failed(step.id, n, f"{step.id} broke", "transient", moment))
+            out.append(failed(step.id, n, f"{step.id} broke for good", "permanent", moment))
+            out.append(failed(step.id, n, "slow down", "rate_limited", moment, retry_after_ms=250))
+        if n > 1:  # a late report from an earlier attempt
+            out.append(completed(step.id, n - 1, {"stale": True}, moment))
+            out.append(failed(step.id, n - 1, "stale failure", "transient", moment))
+    out += [timer_fired(t, moment) for t in rec.timers]
+    out += rec.facts[-6:]  # re-sent duplicates
+    return out
+
+
+@dataclass
+class RecordedRun:
+    definition: WorkflowDef
+    facts: list[ev.Event]
+    history: list[ev.Event]
+    final: rs.WorkflowRun
+    enqueued: list[EnqueueTask]
+
+
+@st.composite
+def recorded_runs(draw: st.DrawFn, definitions: st.SearchStrategy[WorkflowDef] = dag_definitions(),
+                  max_facts: int = 30) -> RecordedRun:
+    """A run driven by a random sequence of plausible facts (see the module docstring)."""
+    wf = draw(definitions)
+    rec = Recorder()
+    rec.feed(started_event(wf, draw(json_values)), BASE_TIME)
+    for tick in range(1, draw(st.integers(0, max_facts)) + 1):
+        moment = at(tick)
+        candidates = candidate_facts(rec, moment)
+        if not candidates:
+            break
+        rec.feed(draw(st.sampled_from(candidates)), moment)
+    return RecordedRun(wf, rec.facts, rec.history, rec.run, rec.enqueued)
+
+
+def stray_events(step_names: list[str]) -> st.SearchStrategy[ev.Event]:
+    """Any event at all about this run: worker facts, decisions, run events, nonsense."""
+    types = st.sampled_from([
+        ev.STEP_STARTED, ev.STEP_COMPLETED, ev.STEP_FAILED, ev.STEP_QUEUED, ev.STEP_RETRY_SCHEDULED,
+        ev.STEP_SKIPPED, ev.TIMER_FIRED, ev.WORKFLOW_COMPLETED, ev.WORKFLOW_FAILED, ev.WORKFLOW_CANCELLED,
+        ev.WORKFLOW_STARTED, "step.unknown", "something.else",
+    ])
+    return st.builds(
+        ev.Event, type=types, run_id=st.just(RUN_ID), step_id=st.sampled_from(step_names + ["", "nope"]),
+        timestamp=st.just(ev.format_timestamp(at(999))), payload=json_values, attempt=st.integers(0, 5),
+    )
+
+
+__all__ = [
+    "BASE_TIME", "RUN_ID", "RecordedRun", "Recorder", "at", "completed", "dag_definitions",
+    "failed", "graph_definition", "graphs", "json_values", "recorded_runs", "retry_policies", "started_event",
+    "stray_events", "timer_fired", "worker_fact",
+]

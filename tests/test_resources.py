@@ -1,0 +1,241 @@
+"""The engine's streams and buckets, and the message schedules durable timers rely on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+
+import nats
+import pytest
+from nats.js import api
+
+from dagnats.infra import headers
+from dagnats.infra.resources import (
+    DEAD_LETTER_MAX_AGE,
+    EVENT_MAX_AGE,
+    KV_BUCKETS,
+    TIMER_STREAM,
+    InvalidSubjectTokenError,
+    ensure_resources,
+    event_subject,
+    history_subject,
+    inbox_subject,
+    stream_configs,
+    task_subject,
+    timer_fired_subject,
+    timer_sched_subject,
+)
+
+LIMITS, WORK_QUEUE = api.RetentionPolicy.LIMITS, api.RetentionPolicy.WORK_QUEUE
+ENGINE_STREAMS = {
+    "WORKFLOW_HISTORY",
+    "RUN_INBOX",
+    "TASK_QUEUES",
+    "TIMERS",
+    "EVENTS",
+    "DEAD_LETTERS",
+}
+
+
+def at(seconds: float) -> str:
+    """A `Nats-Schedule` value due `seconds` from now (RFC 3339, UTC)."""
+    due = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    return "@at " + due.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def schedule(run_id: str, timer_id: str, seconds: float, **extra: str) -> dict[str, str]:
+    """Headers of a one-shot timer firing into the run's timer.fired subject."""
+    return {
+        headers.SCHEDULE: at(seconds),
+        headers.SCHEDULE_TARGET: timer_fired_subject(run_id),
+        **extra,
+    }
+
+
+async def engine_js(url: str):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await ensure_resources(js)
+    return nc, js
+
+
+async def drain(sub, seconds: float) -> list:
+    """Every message the subscription receives within `seconds`."""
+    received, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            received.append(await sub.next_msg(timeout=left))
+        except nats.errors.TimeoutError:
+            break
+    return received
+
+
+def test_ensure_resources_is_idempotent_sequentially_and_concurrently(nats_url, run):
+    async def body():
+        nc, js = await engine_js(nats_url)
+        await ensure_resources(js)
+        other = await nats.connect(nats_url)
+        await asyncio.gather(ensure_resources(js), ensure_resources(other.jetstream()), ensure_resources(js))
+        names = {info.config.name for info in await js.streams_info()}
+        await other.close()
+        await nc.close()
+        return names
+
+    assert run(body()) == ENGINE_STREAMS | {f"KV_{bucket}" for bucket in KV_BUCKETS}
+
+
+def test_streams_have_the_configured_retention_and_limits(nats_url, run):
+    async def body():
+        nc, js = await engine_js(nats_url)
+        configs = {name: (await js.stream_info(name)).config for name in ENGINE_STREAMS}
+        await nc.close()
+        return configs
+
+    configs = run(body())
+    expected = {
+        "WORKFLOW_HISTORY": (["history.>"], LIMITS, 0),
+        "RUN_INBOX": (["inbox.>"], WORK_QUEUE, 0),
+        "TASK_QUEUES": (["task.>"], WORK_QUEUE, 0),
+        "TIMERS": (["timer.sched.>", "timer.fired.>"], LIMITS, 0),
+        "EVENTS": (["event.>"], LIMITS, EVENT_MAX_AGE),
+        "DEAD_LETTERS": (["dead.>"], LIMITS, DEAD_LETTER_MAX_AGE),
+    }
+    for name, (subjects, retention, max_age) in expected.items():
+        config = configs[name]
+        assert (config.subjects, config.retention, config.max_age) == (subjects, retention, max_age), name
+        assert config.storage == api.StorageType.FILE
+        assert config.num_replicas == 1
+    assert configs["TIMERS"].allow_msg_schedules and configs["TIMERS"].allow_msg_ttl
+    assert configs["WORKFLOW_HISTORY"].duplicate_window == 120
+
+
+def test_kv_buckets_keep_one_revision_per_key(nats_url, run):
+    async def body():
+        nc, js = await engine_js(nats_url)
+        statuses = [await (await js.key_value(bucket)).status() for bucket in KV_BUCKETS]
+        await nc.close()
+        return statuses
+
+    for status in run(body()):
+        assert status.history == 1
+        assert status.stream_info.config.storage == api.StorageType.FILE
+
+
+def test_ensure_resources_updates_a_stream_created_with_other_settings(nats_url, run):
+    async def body():
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await js.add_stream(api.StreamConfig(name="EVENTS", subjects=["event.>"], max_age=60))
+        await js.create_key_value(api.KeyValueConfig(bucket="signals", history=5))
+        await ensure_resources(js)
+        events = (await js.stream_info("EVENTS")).config
+        signals = await (await js.key_value("signals")).status()
+        await nc.close()
+        return events, signals
+
+    events, signals = run(body())
+    assert events.max_age == EVENT_MAX_AGE
+    assert signals.history == 1
+
+
+def test_message_schedule_fires_into_timer_fired_with_body_and_headers(nats_url, run):
+    async def body():
+        nc, js = await engine_js(nats_url)
+        sub = await js.subscribe("timer.fired.>", ordered_consumer=True)
+        sched = timer_sched_subject("run1", "sleep-1")
+        traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        hdrs = schedule(
+            "run1",
+            "sleep-1",
+            0.5,
+            **{headers.SCHEDULE_TTL: "168h", headers.TRACEPARENT: traceparent, "Dagnats-Timer": "sleep-1"},
+        )
+        await js.publish(sched, b'{"timer":"sleep-1"}', headers=hdrs)
+        fired = await sub.next_msg(timeout=5)
+        left = await js.stream_info(TIMER_STREAM, subjects_filter="timer.sched.>")
+        await nc.close()
+        return fired, traceparent, sched, left
+
+    fired, traceparent, sched, left = run(body())
+    assert fired.subject == "timer.fired.run1"
+    assert fired.data == b'{"timer":"sleep-1"}'
+    assert fired.headers[headers.TRACEPARENT] == traceparent
+    assert fired.headers["Dagnats-Timer"] == "sleep-1"
+    assert fired.headers[headers.SCHEDULER] == sched
+    assert fired.headers[headers.SCHEDULE_NEXT] == headers.SCHEDULE_NEXT_PURGE
+    assert fired.headers["Nats-TTL"] == "168h"  # Nats-Schedule-TTL carried over
+    assert not left.state.subjects  # a fired @at schedule removes itself
+
+
+def test_purging_a_schedule_subject_cancels_the_timer(nats_url, run):
+    async def body():
+        nc, js = await engine_js(nats_url)
+        sub = await js.subscribe("timer.fired.>", ordered_consumer=True)
+        await js.publish(timer_sched_subject("runA", "t1"), b"cancelled", headers=schedule("runA", "t1", 0.4))
+        await js.publish(timer_sched_subject("runB", "t1"), b"kept", headers=schedule("runB", "t1", 0.6))
+        await js.purge_stream(TIMER_STREAM, subject=timer_sched_subject("runA", "t1"))
+        received = await drain(sub, 1.5)
+        await nc.close()
+        return received
+
+    assert [(msg.subject, msg.data) for msg in run(body())] == [("timer.fired.runB", b"kept")]
+
+
+def test_schedule_due_while_the_server_was_down_fires_on_restart(nats_server, run):
+    async def publish():
+        nc, js = await engine_js(nats_server.url)
+        await js.publish(timer_sched_subject("run1", "t1"), b"late", headers=schedule("run1", "t1", 0.5))
+        await nc.close()
+
+    async def first_fired():
+        nc = await nats.connect(nats_server.url)
+        sub = await nc.jetstream().subscribe("timer.fired.>", ordered_consumer=True)
+        fired = await sub.next_msg(timeout=5)
+        await nc.close()
+        return fired
+
+    run(publish())
+    nats_server.kill()
+    time.sleep(0.8)
+    nats_server.start_sync()
+    assert run(first_fired()).data == b"late"
+
+
+def test_subject_builders_put_ids_in_their_place():
+    assert history_subject("r-1") == "history.r-1"
+    assert inbox_subject("r-1") == "inbox.r-1"
+    assert task_subject("greet", "r-1") == "task.greet.r-1"
+    assert task_subject("greet", "r-1", group="gpu") == "task.greet.gpu.r-1"
+    assert timer_sched_subject("r-1", "t_2") == "timer.sched.r-1.t_2"
+    assert timer_fired_subject("r-1") == "timer.fired.r-1"
+    assert event_subject("order_paid") == "event.order_paid"
+
+
+@pytest.mark.parametrize("bad", ["", "*", ">", "a.b", "a b", "x" * 65, None])
+def test_subject_builders_refuse_ids_that_are_not_single_tokens(bad):
+    with pytest.raises(InvalidSubjectTokenError) as caught:
+        history_subject(bad)
+    assert "run id" in str(caught.value)
+
+
+def test_stream_configs_carry_the_replica_count():
+    assert {config.num_replicas for config in stream_configs(3)} == {3}
+
+
+def test_ensure_resources_creates_replicated_resources_on_a_cluster(cluster3, run):
+    async def body():
+        clients = [await nats.connect(server.url) for server in cluster3[:2]]
+        jss = [nc.jetstream() for nc in clients]
+        await asyncio.gather(*(ensure_resources(js, replicas=3) for js in jss))
+        history = await jss[0].stream_info("WORKFLOW_HISTORY")
+        runs = await jss[1].stream_info("KV_workflow_runs")
+        ack = await jss[0].publish(history_subject("r1"), b"{}", headers={headers.MSG_ID: "r1:1"})
+        for nc in clients:
+            await nc.close()
+        return history, runs, ack
+
+    history, runs, ack = run(body())
+    assert history.config.num_replicas == 3 and len(history.cluster.replicas) == 2
+    assert runs.config.num_replicas == 3
+    assert ack.seq == 1
