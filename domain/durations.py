@@ -44,11 +44,11 @@ def parse_duration(value: object) -> int:
 
 
 def _parse_string(text: str) -> int:
-    if text == "0":
-        return 0
     if text.startswith("-"):
         raise InvalidDuration(text, "must not be negative")
     body = text[1:] if text.startswith("+") else text
+    if body == "0":  # Go's one unitless form, with or without "+"
+        return 0
     if not body:
         raise InvalidDuration(text)
     total, pos = 0.0, 0

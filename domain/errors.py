@@ -78,3 +78,23 @@ class InvalidRunState(DagnatsError, ValueError):
     def __init__(self, run_id: str, status: str, operation: str) -> None:
         self.run_id, self.status, self.operation = run_id, status, operation
         super().__init__(f"cannot {operation} run {run_id}: it is {status}")
+
+
+class TaskAlreadyRegistered(DagnatsError, ValueError):
+    def __init__(self, task: str) -> None:
+        self.task = task
+        super().__init__(f"task {task!r} already has a handler in this worker")
+
+
+class WorkerLoadError(DagnatsError, ValueError):
+    """A worker file could not be imported, or does not define exactly one Worker."""
+
+    def __init__(self, path: str, names: list[str] | None = None, cause: str = "") -> None:
+        self.path, self.names, self.cause = path, list(names or []), cause
+        if cause:
+            message = f"cannot load {path}: {cause}"
+        elif not self.names:
+            message = f"no Worker found in {path}"
+        else:
+            message = f"several Worker objects in {path}: {', '.join(self.names)}"
+        super().__init__(message)

@@ -157,27 +157,31 @@ class Recorder:
         return [a for a in self.actions if isinstance(a, EnqueueTask)]
 
 
-def candidate_facts(rec: Recorder, moment: datetime) -> list[ev.Event]:
-    """What could plausibly arrive next, valid or not, in a deterministic order."""
+def candidate_facts(rec: Recorder, moment: datetime) -> dict[str, list[ev.Event]]:
+    """What could plausibly arrive next, valid or not, by kind, in a deterministic order."""
     run = rec.run
-    out: list[ev.Event] = []
+    kinds: dict[str, list[ev.Event]] = {k: [] for k in ("progress", "failure", "timer", "stale", "duplicate")}
     if run.definition is None:
-        return out
+        return kinds
     for step in run.definition.steps:
         state = run.step(step.id)
         n = state.attempts
         if state.status in rs.IN_FLIGHT_STEP_STATUSES:
-            out.append(worker_fact(ev.STEP_STARTED, step.id, n, None, moment))
-            out.append(completed(step.id, n, {"step": step.id, "attempt": n}, moment))
-            out.append(failed(step.id, n, f"{step.id} broke", "transient", moment))
-            out.append(failed(step.id, n, f"{step.id} broke for good", "permanent", moment))
-            out.append(failed(step.id, n, "slow down", "rate_limited", moment, retry_after_ms=250))
+            kinds["progress"].append(worker_fact(ev.STEP_STARTED, step.id, n, None, moment))
+            kinds["progress"].append(completed(step.id, n, {"step": step.id, "attempt": n}, moment))
+            kinds["failure"].append(failed(step.id, n, f"{step.id} broke", "transient", moment))
+            kinds["failure"].append(failed(step.id, n, f"{step.id} broke for good", "permanent", moment))
+            kinds["failure"].append(failed(step.id, n, "slow down", "rate_limited", moment, retry_after_ms=250))
         if n > 1:  # a late report from an earlier attempt
-            out.append(completed(step.id, n - 1, {"stale": True}, moment))
-            out.append(failed(step.id, n - 1, "stale failure", "transient", moment))
-    out += [timer_fired(t, moment) for t in rec.timers]
-    out += rec.facts[-6:]  # re-sent duplicates
-    return out
+            kinds["stale"].append(completed(step.id, n - 1, {"stale": True}, moment))
+            kinds["stale"].append(failed(step.id, n - 1, "stale failure", "transient", moment))
+    kinds["timer"] = [timer_fired(t, moment) for t in rec.timers]
+    kinds["duplicate"] = rec.facts[-6:]  # re-sent reports
+    return kinds
+
+
+# How often each kind of fact is drawn, relative to the others.
+KIND_WEIGHTS = ["progress"] * 5 + ["failure", "timer", "timer", "stale", "duplicate"]
 
 
 @dataclass
@@ -199,9 +203,10 @@ def recorded_runs(draw: st.DrawFn, definitions: st.SearchStrategy[WorkflowDef] =
     for tick in range(1, draw(st.integers(0, max_facts)) + 1):
         moment = at(tick)
         candidates = candidate_facts(rec, moment)
-        if not candidates:
+        kinds = [k for k in KIND_WEIGHTS if candidates[k]]
+        if not kinds:
             break
-        rec.feed(draw(st.sampled_from(candidates)), moment)
+        rec.feed(draw(st.sampled_from(candidates[draw(st.sampled_from(kinds))])), moment)
     return RecordedRun(wf, rec.facts, rec.history, rec.run, rec.enqueued)
 
 

@@ -1,0 +1,267 @@
+"""The ``dagnats`` command: parse -> call -> render.
+
+Every command takes ``--json`` for exact machine output. Errors print one
+line on stderr (``error: ...``) and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from dagnats.domain.errors import DagnatsError, InvalidInput
+from dagnats.domain.validate import parse_and_validate
+
+from . import render
+from .client import Client, nats_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    logging.basicConfig(level=logging.INFO if args.command in ("serve", "worker") else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args) or 0
+    except DagnatsError as err:
+        return _fail(args, str(err))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message}), file=sys.stderr)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS keeps a flag given before the subcommand from being reset after it.
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument("--nats-url", default=argparse.SUPPRESS,
+                        help="NATS URL (env DAGNATS_NATS_URL, default nats://127.0.0.1:4222)")
+
+    parser = argparse.ArgumentParser(prog="dagnats", description="Durable workflows on NATS JetStream.",
+                                     parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run NATS (embedded) and the engine")
+    serve.add_argument("--data-dir", type=Path, help="JetStream data directory (default ~/.local/share/dagnats)")
+    serve.add_argument("--external", action="store_true", help="use the NATS server at --nats-url")
+    serve.add_argument("--max-live-runs", type=int, default=512, help="live run actors before passivation")
+    serve.set_defaults(func=cmd_serve)
+
+    status = commands.add_parser("status", parents=[common], help="show NATS and engine status")
+    status.set_defaults(func=cmd_status)
+
+    worker = commands.add_parser("worker", parents=[common], help="run the Worker defined in FILE.py")
+    worker.add_argument("file")
+    worker.set_defaults(func=cmd_worker)
+
+    wf = commands.add_parser("workflow", help="register and inspect workflows").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = wf.add_parser("register", parents=[common], help="register (or update) a workflow from a JSON file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_workflow_register)
+    p = wf.add_parser("list", parents=[common], help="list registered workflows")
+    p.set_defaults(func=cmd_workflow_list)
+    p = wf.add_parser("show", parents=[common], help="show a workflow")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_workflow_show)
+    p = wf.add_parser("delete", parents=[common], help="delete a workflow")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_workflow_delete)
+
+    run = commands.add_parser("run", help="start and inspect runs").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = run.add_parser("start", parents=[common], help="start a run of workflow NAME")
+    p.add_argument("name")
+    p.add_argument("input", nargs="?", help="run input as JSON (default null)")
+    p.add_argument("--watch", action="store_true", help="print step events until the run ends")
+    p.set_defaults(func=cmd_run_start)
+    for name, func, text in (("status", cmd_run_status, "show a run and its steps"),
+                             ("events", cmd_run_events, "show a run's event history"),
+                             ("output", cmd_run_output, "print a run's output"),
+                             ("cancel", cmd_run_cancel, "cancel a run")):
+        p = run.add_parser(name, parents=[common], help=text)
+        p.add_argument("run_id")
+        p.set_defaults(func=func)
+    p = run.add_parser("list", parents=[common], help="list runs, newest first")
+    p.add_argument("--workflow")
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_run_list)
+    return parser
+
+
+# ---- helpers ----------------------------------------------------------------------
+
+
+def _url(args: argparse.Namespace) -> str:
+    return nats_url(getattr(args, "nats_url", None))
+
+
+def _call(args: argparse.Namespace, operation):
+    async def go():
+        async with Client(_url(args)) as client:
+            return await operation(client)
+
+    return asyncio.run(go())
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _parse_input(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidInput(f"not valid JSON ({err.msg} at position {err.pos}); "
+                           "quote strings as JSON, e.g. '\"World\"'") from None
+    except RecursionError:
+        raise InvalidInput("nested too deeply") from None
+
+
+# ---- commands -----------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+    from .server import ServerError
+
+    try:
+        asyncio.run(serve(_url(args), args.data_dir, args.external, args.max_live_runs))
+    except ServerError as err:
+        return _fail(args, str(err))
+    except OSError as err:
+        return _fail(args, f"cannot connect to NATS at {_url(args)}: {err}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = _call(args, lambda c: c.engine_status())
+    _print_json(st) if args.json else print(render.engine_status(st))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+
+    from .worker import load_worker
+
+    if getattr(args, "nats_url", None):
+        os.environ["DAGNATS_NATS_URL"] = args.nats_url
+    worker = load_worker(args.file)
+    worker.run()
+    return 0
+
+
+def _read_definition(path: str):
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise DagnatsError(f"cannot read {path}: {err.strerror}") from None
+    return parse_and_validate(data, path)
+
+
+def cmd_workflow_register(args: argparse.Namespace) -> int:
+    wf = _read_definition(args.file)
+    result = _call(args, lambda c: c.register(wf))
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"Workflow {result['action']}: {result['name']} ({result['steps']} steps)")
+        print(f"Start a run with: dagnats run start {result['name']} '{{}}' --watch", file=sys.stderr)
+    return 0
+
+
+def cmd_workflow_list(args: argparse.Namespace) -> int:
+    defs = _call(args, lambda c: c.workflows())
+    _print_json(defs) if args.json else print(render.workflow_list(defs))
+    return 0
+
+
+def cmd_workflow_show(args: argparse.Namespace) -> int:
+    d = _call(args, lambda c: c.workflow(args.name))
+    _print_json(d) if args.json else print(render.workflow_show(d))
+    return 0
+
+
+def cmd_workflow_delete(args: argparse.Namespace) -> int:
+    result = _call(args, lambda c: c.delete_workflow(args.name))
+    _print_json(result) if args.json else print(f"Workflow deleted: {args.name}")
+    return 0
+
+
+def cmd_run_start(args: argparse.Namespace) -> int:
+    data = _parse_input(args.input)
+
+    async def go(client: Client) -> int:
+        run_id = await client.start(args.name, data)
+        if not args.watch:
+            _print_json({"run_id": run_id}) if args.json else print(f"Run {run_id} started")
+            return 0
+        if not args.json:
+            print(f"Run {run_id} started", flush=True)
+        async for event in client.watch(run_id):
+            line = None if args.json else render.watch_line(event)
+            if line:
+                print(line, flush=True)
+        final = await client.status(run_id)
+        if args.json:
+            _print_json(final)
+        return 0 if final["status"] == "completed" else 1
+
+    return _call(args, go)
+
+
+def cmd_run_status(args: argparse.Namespace) -> int:
+    run = _call(args, lambda c: c.status(args.run_id))
+    _print_json(run) if args.json else print(render.run_status(run))
+    return 0
+
+
+def cmd_run_events(args: argparse.Namespace) -> int:
+    items = _call(args, lambda c: c.events(args.run_id))
+    _print_json(items) if args.json else print(render.events(items))
+    return 0
+
+
+def cmd_run_output(args: argparse.Namespace) -> int:
+    run = _call(args, lambda c: c.status(args.run_id))
+    if run["status"] != "completed":
+        detail = f": {run['error']}" if run.get("error") else ""
+        raise DagnatsError(f"run {run['run_id']} is {run['status']}{detail}; it has no output")
+    if args.json:
+        print(json.dumps(run["output"], ensure_ascii=False))
+    else:
+        _print_json(run["output"])
+    return 0
+
+
+def cmd_run_cancel(args: argparse.Namespace) -> int:
+    result = _call(args, lambda c: c.cancel(args.run_id))
+    _print_json(result) if args.json else print(f"Run {args.run_id} cancelled")
+    return 0
+
+
+def cmd_run_list(args: argparse.Namespace) -> int:
+    runs = _call(args, lambda c: c.runs(args.workflow, args.status, args.limit))
+    _print_json(runs) if args.json else print(render.run_list(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

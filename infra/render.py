@@ -1,0 +1,119 @@
+"""Human output: aligned tables and calm lines. ``--json`` output bypasses this."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Sequence
+
+from dagnats.domain.durations import format_duration
+
+MAX_CELL = 80
+
+
+def compact(value: Any, limit: int = MAX_CELL) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def run_status(run: dict[str, Any]) -> str:
+    lines = [
+        f"Run:      {run['run_id']}",
+        f"Workflow: {run['workflow']}",
+        f"Status:   {run['status']}",
+        f"Created:  {run.get('created_at') or '-'}",
+    ]
+    if run.get("completed_at"):
+        lines.append(f"Finished: {run['completed_at']}")
+    if run.get("error"):
+        lines.append(f"Error:    {run['error']}")
+    if run.get("trace_id"):
+        lines.append(f"Trace:    {run['trace_id']}")
+    lines.append("Steps:")
+    rows = []
+    for step_id, s in run["steps"].items():
+        detail = compact(s["output"]) if s["status"] == "completed" else (s.get("error") or "")
+        attempts = f"attempts: {s['attempts']}" if s["attempts"] else ""
+        rows.append((f"  {step_id}:", s["status"], attempts, detail))
+    lines.append(table(("", "", "", ""), rows).split("\n", 1)[1] if rows else "  (none)")
+    return "\n".join(lines)
+
+
+def events(items: list[dict[str, Any]]) -> str:
+    rows = [
+        (e["timestamp"], e["type"], e.get("step_id") or "", e.get("attempt") or "", compact(e.get("payload")) if e.get("payload") is not None else "")
+        for e in items
+    ]
+    return table(("TIMESTAMP", "TYPE", "STEP", "ATTEMPT", "DATA"), rows)
+
+
+def run_list(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "No runs."
+    rows = [(r["run_id"], r["workflow"], r["status"], r.get("created_at") or "", f"{r['steps_done']}/{r['steps_total']}") for r in runs]
+    return table(("RUN_ID", "WORKFLOW", "STATUS", "CREATED", "STEPS"), rows)
+
+
+def workflow_list(defs: list[dict[str, Any]]) -> str:
+    if not defs:
+        return "No workflows registered."
+    rows = [(d["name"], d.get("version", ""), len(d["steps"]), _timeout(d.get("timeout", 0))) for d in defs]
+    return table(("NAME", "VERSION", "STEPS", "TIMEOUT"), rows)
+
+
+def workflow_show(d: dict[str, Any]) -> str:
+    head = [
+        f"Name:    {d['name']}",
+        f"Version: {d.get('version') or '-'}",
+        f"Steps:   {len(d['steps'])}",
+        f"Timeout: {_timeout(d.get('timeout', 0))}",
+        "",
+    ]
+    rows = [
+        (s["id"], s.get("task", ""), s.get("type", "normal"), ", ".join(s.get("depends_on", [])) or "-",
+         _timeout(s.get("timeout", 0)))
+        for s in d["steps"]
+    ]
+    return "\n".join(head) + table(("ID", "TASK", "TYPE", "DEPENDS ON", "TIMEOUT"), rows)
+
+
+def engine_status(st: dict[str, Any]) -> str:
+    nats = st["nats"]
+    lines = [
+        f"NATS:       {'connected' if nats['connected'] else 'disconnected'} ({nats.get('url')}, server {nats.get('server_version')})",
+        f"JetStream:  available ({len(st['jetstream']['streams'])} streams)",
+        f"Live runs:  {st['engine']['live_runs']} ({st['engine']['active_runs']} active)",
+        "",
+    ]
+    rows = [(name, v["messages"], v["bytes"]) for name, v in sorted(st["jetstream"]["streams"].items())]
+    return "\n".join(lines) + table(("STREAM", "MESSAGES", "BYTES"), rows)
+
+
+def watch_line(event: Any) -> str | None:
+    """One line per step outcome and run outcome, as the tutorial shows."""
+    t, step, payload = event.type, event.step_id, event.payload if isinstance(event.payload, dict) else {}
+    if t == "step.completed":
+        return f"step.{step}: completed"
+    if t == "step.failed":
+        return f"step.{step}: failed (attempt {event.attempt}: {payload.get('error', '')})"
+    if t == "step.retry_scheduled":
+        return f"step.{step}: retrying in {format_duration(int(payload.get('delay_ms', 0)) * 1_000_000)}"
+    if t == "step.skipped":
+        return f"step.{step}: skipped"
+    if t == "workflow.completed":
+        return f"Run {event.run_id} completed"
+    if t in ("workflow.failed", "workflow.cancelled"):
+        status = t.split(".")[1]
+        reason = payload.get("error") or payload.get("reason")
+        return f"Run {event.run_id} {status}" + (f": {reason}" if reason else "")
+    return None
+
+
+def _timeout(ns: int) -> str:
+    return format_duration(int(ns)) if ns else "none"

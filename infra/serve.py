@@ -1,0 +1,64 @@
+"""``dagnats serve``: embedded nats-server (or an external one) + engine + control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import nats
+
+from .api import ControlPlane
+from .engine import Engine
+from .server import NatsServer
+from .tracing import setup_tracing
+
+log = logging.getLogger("dagnats.serve")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dagnats"
+
+
+async def serve(url: str, data_dir: Path | None, external: bool, max_live: int = 512,
+                ready_file: Path | None = None) -> None:
+    setup_tracing("dagnats-engine")
+    server = None
+    if not external:
+        parsed = urlparse(url)
+        data_dir = data_dir or default_data_dir()
+        server = NatsServer(data_dir / "jetstream", host=parsed.hostname or "127.0.0.1", port=parsed.port or 4222)
+        await server.start()
+        _say(f"nats-server started on {server.url} (JetStream in {data_dir}, sync_interval: always)")
+        url = server.url
+    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=1)
+    engine = Engine(nc, max_live=max_live)
+    api = ControlPlane(nc, engine)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await engine.start()
+        await api.start()
+        _say(f"engine ready (pid {os.getpid()}); control plane on dagnats.api.* at {url}")
+        if ready_file:
+            ready_file.write_text(url)
+        await stop.wait()
+        _say("shutting down")
+    finally:
+        await api.stop()
+        await engine.stop()
+        await nc.drain()
+        if server is not None:
+            await server.stop()
+        _say("stopped")
+
+
+def _say(text: str) -> None:
+    print(f"dagnats: {text}", file=sys.stderr, flush=True)
