@@ -31,7 +31,13 @@ def calculate_delay(policy: RetryPolicy, retry_number: int) -> int:
         delay = base * k
     elif policy.strategy == "exponential":
         multiplier = policy.multiplier if policy.multiplier > 0 else 2.0
-        delay = int(base * multiplier ** (k - 1)) if base else 0
+        # Growth stops at the 1h clamp; never let the float overflow on a late retry.
+        delay = base
+        for _ in range(k - 1):
+            if delay > MAX_DELAY:
+                break
+            delay *= multiplier
+        delay = int(min(delay, MAX_DELAY + 1))
     else:
         delay = base
     if policy.max_delay and delay > policy.max_delay:

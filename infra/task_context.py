@@ -65,9 +65,12 @@ class Outcome(msgspec.Struct, frozen=True):
         return self.type == STEP_FAILED
 
 
+MAX_ERROR_CHARS = 16_384  # the engine keeps less; this only keeps a fact under max_payload
+
+
 def failure(error: str, failure_type: FailureType, retry_after_ms: int | None = None) -> Outcome:
     """A ``step.failed`` outcome with the payload the engine folds."""
-    payload: dict[str, Any] = {"error": error, "failure_type": failure_type.value}
+    payload: dict[str, Any] = {"error": error[:MAX_ERROR_CHARS], "failure_type": failure_type.value}
     if retry_after_ms is not None:
         payload["retry_after_ms"] = retry_after_ms
     return Outcome(STEP_FAILED, payload)

@@ -30,6 +30,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
+import nats
 import pytest
 
 from dagnats.infra.server import NatsServer, run_cluster
@@ -45,6 +46,25 @@ def run() -> Callable[..., Any]:
         return asyncio.run(asyncio.wait_for(coro, timeout))
 
     return run_coroutine
+
+
+async def _publish_retrying(js, subject: str, data: bytes, **kwargs: Any):
+    # Right after a replicated stream is created (or its leader moves), the
+    # node this client talks to may not know the leader's interest yet and
+    # answers "no responders": retry for up to ~2 s.
+    for _ in range(40):
+        try:
+            return await js.publish(subject, data, **kwargs)
+        except nats.js.errors.NoStreamResponseError:
+            await asyncio.sleep(0.05)
+    return await js.publish(subject, data, **kwargs)
+
+
+@pytest.fixture
+def publish_retrying() -> Callable[..., Any]:
+    """`await publish_retrying(js, subject, data, headers=...)`: js.publish that
+    retries "no responders" while a new R3 stream settles."""
+    return _publish_retrying
 
 
 @pytest.fixture

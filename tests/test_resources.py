@@ -223,14 +223,14 @@ def test_stream_configs_carry_the_replica_count():
     assert {config.num_replicas for config in stream_configs(3)} == {3}
 
 
-def test_ensure_resources_creates_replicated_resources_on_a_cluster(cluster3, run):
+def test_ensure_resources_creates_replicated_resources_on_a_cluster(cluster3, run, publish_retrying):
     async def body():
         clients = [await nats.connect(server.url) for server in cluster3[:2]]
         jss = [nc.jetstream() for nc in clients]
         await asyncio.gather(*(ensure_resources(js, replicas=3) for js in jss))
         history = await jss[0].stream_info("WORKFLOW_HISTORY")
         runs = await jss[1].stream_info("KV_workflow_runs")
-        ack = await jss[0].publish(history_subject("r1"), b"{}", headers={headers.MSG_ID: "r1:1"})
+        ack = await publish_retrying(jss[0], history_subject("r1"), b"{}", headers={headers.MSG_ID: "r1:1"})
         for nc in clients:
             await nc.close()
         return history, runs, ack

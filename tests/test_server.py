@@ -103,12 +103,12 @@ def test_async_context_manager_starts_and_stops(tmp_path, run):
     assert not server.running and server.pid is None
 
 
-def test_three_node_cluster_takes_a_replicated_stream(cluster3, run):
+def test_three_node_cluster_takes_a_replicated_stream(cluster3, run, publish_retrying):
     async def body():
         nc = await nats.connect(cluster3[0].url)
         js = nc.jetstream()
         await js.add_stream(api.StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3))
-        ack = await js.publish("r3.x", b"replicated")
+        ack = await publish_retrying(js, "r3.x", b"replicated")
         info = await js.stream_info("R3")
         await nc.close()
         return ack, info

@@ -1,0 +1,243 @@
+"""The engine against a real nats-server: records, refolds, retries, recovers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from dagnats.domain.events import Event, encode_record, format_timestamp
+from dagnats.infra.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
+from dagnats.infra.resources import history_subject
+
+from harness import CHAIN3, EngineHarness, FakeWorker
+
+
+def _types(events: list[dict]) -> list[tuple[str, str | None]]:
+    return [(e["type"], e["step_id"]) for e in events]
+
+
+def test_chain_completes_with_each_output_passed_on(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN3)
+            run_id = await h.client.start("chain3", {"n": 1})
+            a = await FakeWorker(h.nc, "ta").complete({"n": 2})
+            b = await FakeWorker(h.nc, "tb").complete({"n": 3})
+            c = await FakeWorker(h.nc, "tc").complete({"n": 4})
+            final = await h.wait_status(run_id, "completed")
+            return a, b, c, final
+
+    a, b, c, final = run(body())
+    assert (a.input, b.input, c.input) == ({"n": 1}, {"n": 2}, {"n": 3})
+    assert final["output"] == {"n": 4}
+    assert [s["attempts"] for s in final["steps"].values()] == [1, 1, 1]
+
+
+def test_foreign_append_makes_the_actor_refold_and_decide_again(nats_url, run, caplog):
+    """Someone else writes history.<run>: the owner's conditional append fails (10071),
+    it refolds the new record and re-decides instead of losing or duplicating anything."""
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN3)
+            run_id = await h.client.start("chain3", "x")
+            worker = FakeWorker(h.nc, "ta")
+            task, msg = await worker.next()
+            await h.wait_status(run_id, "running")
+            # Write a step.started fact straight into the history, behind the actor's back.
+            js = h.nc.jetstream()
+            last = (await js.get_msg("WORKFLOW_HISTORY", subject=history_subject(run_id))).seq
+            foreign = Event(type="step.started", run_id=run_id, step_id="a", attempt=1,
+                            timestamp=format_timestamp(datetime.now(timezone.utc)),
+                            worker_id="foreign", id="a.1.step.started")
+            await js.publish(history_subject(run_id), encode_record([foreign]),
+                             headers={MSG_ID: "foreign-1", EXPECTED_LAST_SUBJECT_SEQ: str(last)})
+            # The actor still believes `last` is the tail; this report forces a conflict.
+            await worker.report(task, "step.completed", "done-a")
+            await msg.ack()
+            await FakeWorker(h.nc, "tb").complete("done-b")
+            await FakeWorker(h.nc, "tc").complete("done-c")
+            final = await h.wait_status(run_id, "completed")
+            events = await h.client.events(run_id)
+            return final, events
+
+    caplog.set_level("INFO", logger="dagnats.run")
+    final, events = run(body())
+    assert any("refolding" in r.getMessage() for r in caplog.records)
+    started = [e for e in events if e["type"] == "step.started" and e["step_id"] == "a"]
+    assert [e.get("worker_id") for e in started] == ["foreign"]
+    types = _types(events)
+    assert types.count(("step.started", "a")) == 1
+    assert types.count(("step.completed", "a")) == 1
+    assert types.count(("step.queued", "b")) == 1
+    assert final["output"] == "done-c"
+
+
+def test_a_duplicate_report_is_recorded_once(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN3)
+            run_id = await h.client.start("chain3")
+            worker = FakeWorker(h.nc, "ta")
+            task, msg = await worker.next()
+            await worker.report(task, "step.completed", 1)
+            # The same fact again under another message id escapes stream dedup:
+            # the fold still records it once.
+            await worker.report(task, "step.completed", 1, msg_id="other-id")
+            await msg.ack()
+            await FakeWorker(h.nc, "tb").complete(2)
+            await FakeWorker(h.nc, "tc").complete(3)
+            await h.wait_status(run_id, "completed")
+            return await h.client.events(run_id)
+
+    events = run(body())
+    assert _types(events).count(("step.completed", "a")) == 1
+    assert _types(events).count(("step.queued", "b")) == 1
+
+
+def test_a_failed_attempt_is_retried_after_its_backoff(nats_url, run):
+    wf = {"name": "retry1", "steps": [{"id": "a", "task": "ra", "retry": {"max_attempts": 2, "initial_delay": "200ms"}}]}
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(wf)
+            run_id = await h.client.start("retry1")
+            worker = FakeWorker(h.nc, "ra")
+            first = await worker.fail("flaky")
+            second = await worker.fail("flaky again")
+            third = await worker.complete("ok")
+            final = await h.wait_status(run_id, "completed")
+            return [first.attempt, second.attempt, third.attempt], final
+
+    attempts, final = run(body())
+    assert attempts == [1, 2, 3]
+    assert final["steps"]["a"]["attempts"] == 3
+
+
+def test_exhausted_retries_fail_the_run_naming_the_step(nats_url, run):
+    wf = {"name": "retry2", "steps": [{"id": "a", "task": "rb", "retry": {"max_attempts": 1, "initial_delay": "100ms"}}]}
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(wf)
+            run_id = await h.client.start("retry2")
+            worker = FakeWorker(h.nc, "rb")
+            await worker.fail("nope")
+            await worker.fail("still nope")
+            return await h.wait_status(run_id, "failed")
+
+    final = run(body())
+    assert final["steps"]["a"]["status"] == "failed"
+    assert "step a failed after 2 attempts: still nope" in final["error"]
+
+
+def test_a_pending_backoff_fires_after_the_engine_restarts(nats_url, run):
+    wf = {"name": "retry3", "steps": [{"id": "a", "task": "rc", "retry": {"max_attempts": 1, "initial_delay": "1500ms"}}]}
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(wf)
+            run_id = await h.client.start("retry3")
+            await FakeWorker(h.nc, "rc").fail("first")
+            await h.wait_step(run_id, "a", "retrying")
+        # The engine is gone while the backoff is pending; a new one takes over.
+        async with EngineHarness(nats_url) as h2:
+            task = await FakeWorker(h2.nc, "rc").complete("second time lucky", timeout=10)
+            final = await h2.wait_status(run_id, "completed")
+            return task.attempt, final
+
+    attempt, final = run(body())
+    assert attempt == 2
+    assert final["output"] == "second time lucky"
+
+
+def test_a_step_timeout_fails_the_attempt_and_ignores_its_late_result(nats_url, run):
+    wf = {"name": "slow", "steps": [{"id": "a", "task": "sl", "timeout": "300ms",
+                                     "retry": {"max_attempts": 1, "initial_delay": "1ms"}}]}
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(wf)
+            run_id = await h.client.start("slow")
+            worker = FakeWorker(h.nc, "sl")
+            task1, msg1 = await worker.next()
+            await worker.report(task1, "step.started")
+            task2, msg2 = await worker.next(timeout=5)  # the timeout retried the step
+            await worker.report(task1, "step.completed", "late")  # attempt 1 answers late
+            await msg1.ack()
+            await worker.report(task2, "step.started")
+            await worker.report(task2, "step.completed", "on time")
+            await msg2.ack()
+            final = await h.wait_status(run_id, "completed")
+            return task2.attempt, final, await h.client.events(run_id)
+
+    attempt, final, events = run(body())
+    assert attempt == 2
+    assert final["output"] == "on time"
+    failed = [e for e in events if e["type"] == "step.failed"]
+    assert len(failed) == 1 and failed[0]["payload"]["error"] == "step timeout exceeded (300ms)"
+
+
+def test_live_actors_stay_bounded_and_passivated_runs_carry_on(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url, max_live=4) as h:
+            await h.client.register(CHAIN3)
+            run_ids = [await h.client.start("chain3", i) for i in range(12)]
+            for run_id in run_ids:
+                await h.wait_status(run_id, "running")
+            peak = h.engine.live_count()
+            for _ in run_ids:
+                await FakeWorker(h.nc, "ta").complete("a")
+                await FakeWorker(h.nc, "tb").complete("b")
+                await FakeWorker(h.nc, "tc").complete("c")
+            finals = [await h.wait_status(r, "completed") for r in run_ids]
+            return peak, finals
+
+    peak, finals = run(body(), timeout=60)
+    assert peak <= 5
+    assert all(f["output"] == "c" for f in finals)
+
+
+def test_a_crashed_actor_is_rebuilt_from_history(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN3)
+            run_id = await h.client.start("chain3")
+            ports = h.engine.ports
+            real_enqueue = ports.tasks.enqueue
+            crashes = []
+
+            def flaky_enqueue(tasks):
+                if not crashes and tasks[0].payload.step_id == "b":
+                    crashes.append(1)
+                    raise RuntimeError("injected crash while dispatching b")
+                return real_enqueue(tasks)
+
+            ports.tasks.enqueue = flaky_enqueue
+            await FakeWorker(h.nc, "ta").complete("a")
+            # The crash happened after the record was appended: the rebuilt actor re-issues b.
+            await FakeWorker(h.nc, "tb").complete("b", timeout=10)
+            await FakeWorker(h.nc, "tc").complete("c")
+            final = await h.wait_status(run_id, "completed")
+            return crashes, final, await h.client.events(run_id)
+
+    crashes, final, events = run(body())
+    assert crashes == [1]
+    assert final["output"] == "c"
+    assert _types(events).count(("step.queued", "b")) == 1
+
+
+def test_unknown_and_hostile_run_ids_are_refused(nats_url, run):
+    from dagnats.domain.errors import InvalidIdentifier, RunNotFound
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            results = []
+            for run_id, expected in (("0" * 32, RunNotFound), ("a.b", InvalidIdentifier), ("*", InvalidIdentifier), (">", InvalidIdentifier)):
+                try:
+                    await h.client.status(run_id)
+                except expected as err:
+                    results.append(str(err))
+            return results
+
+    messages = run(body())
+    assert len(messages) == 4
