@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .definition import RetryPolicy, StepDef, WorkflowDef
 from .durations import HOUR, MILLISECOND, SECOND
 
@@ -31,13 +33,11 @@ def calculate_delay(policy: RetryPolicy, retry_number: int) -> int:
         delay = base * k
     elif policy.strategy == "exponential":
         multiplier = policy.multiplier if policy.multiplier > 0 else 2.0
-        # Growth stops at the 1h clamp; never let the float overflow on a late retry.
-        delay = base
-        for _ in range(k - 1):
-            if delay > MAX_DELAY:
-                break
-            delay *= multiplier
-        delay = int(min(delay, MAX_DELAY + 1))
+        try:
+            growth = multiplier ** (k - 1)
+        except OverflowError:  # a late retry of a long policy: far beyond the 1h clamp anyway
+            growth = math.inf
+        delay = int(min(base * growth, MAX_DELAY + 1)) if base else 0
     else:
         delay = base
     if policy.max_delay and delay > policy.max_delay:

@@ -12,10 +12,12 @@ otherwise read or write every run's history.
 from __future__ import annotations
 
 import asyncio
-import re
 
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError
+
+from dagnats.domain.errors import DagnatsError, InvalidIdentifier
+from dagnats.domain.identifiers import check_identifier
 
 HISTORY_STREAM = "WORKFLOW_HISTORY"
 INBOX_STREAM = "RUN_INBOX"
@@ -46,18 +48,13 @@ DEAD_LETTER_MAX_AGE = 30 * 24 * 3600.0
 # JetStream: "stream name already in use with a different configuration".
 _STREAM_NAME_IN_USE = 10058
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class InvalidSubjectTokenError(ValueError):
-    """An identifier that would become a NATS subject token is malformed."""
-
-    def __init__(self, kind: str, value: object) -> None:
-        self.kind, self.value = kind, value
-        super().__init__(f"invalid {kind} {value!r}: must match ^[A-Za-z0-9_-]{{1,64}}$")
+# Identifiers are checked with the domain's grammar; the error names the kind.
+InvalidSubjectTokenError = InvalidIdentifier
 
 
-class ResourceError(RuntimeError):
+class ResourceError(DagnatsError, RuntimeError):
     """A stream or bucket exists with a configuration that cannot be updated."""
 
     def __init__(self, name: str, cause: APIError) -> None:
@@ -69,9 +66,7 @@ class ResourceError(RuntimeError):
 
 
 def _token(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not _TOKEN.match(value):
-        raise InvalidSubjectTokenError(kind, value)
-    return value
+    return check_identifier(kind, value)
 
 
 def history_subject(run_id: str) -> str:

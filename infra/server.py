@@ -34,6 +34,8 @@ import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from dagnats.domain.errors import DagnatsError
+
 log = logging.getLogger("dagnats.nats_server")
 
 READY_LINE = "Server is ready"
@@ -48,7 +50,7 @@ _LEVEL = re.compile(r"\[(FTL|ERR|WRN)\] (.*)")
 _LOG_LEVELS = {"WRN": logging.INFO, "ERR": logging.WARNING, "FTL": logging.ERROR}
 
 
-class ServerError(RuntimeError):
+class ServerError(DagnatsError, RuntimeError):
     """nats-server could not be started, or failed while starting."""
 
     def __init__(self, message: str, log_lines: Sequence[str] = ()) -> None:
@@ -285,25 +287,25 @@ class NatsServer:
             raise ServerError(f"cannot write nats-server config in {self.data_dir}: {exc}") from exc
 
     def _wait_ready(self) -> None:
-        assert self._proc is not None and self._pump is not None
+        proc, pump = self._proc, self._pump
+        assert proc is not None and pump is not None
         deadline = time.monotonic() + self.ready_timeout
-        while not self._pump.ready.wait(0.02):
-            if self._proc.poll() is not None:
-                self._pump.join(1.0)  # collect the last lines, the [FTL] among them
-                evidence = self._pump.evidence()
-                code = self._proc.returncode
-                self._proc = None
-                raise ServerError(f"nats-server exited with code {code} before it was ready", evidence)
+        while not pump.ready.wait(0.02):
+            if proc.poll() is not None:
+                self._reap()  # joins the pump: the last lines, the [FTL] among them
+                raise ServerError(
+                    f"nats-server exited with code {proc.returncode} before it was ready",
+                    pump.evidence(),
+                )
             if time.monotonic() > deadline:
-                evidence = self._pump.evidence()
                 self.kill()
                 raise ServerError(
-                    f"nats-server was not ready within {self.ready_timeout:g} s", evidence
+                    f"nats-server was not ready within {self.ready_timeout:g} s", pump.evidence()
                 )
         # Keep the ports the server chose, so a restart binds the same ones.
-        self._port = self._pump.client_port or self._port
+        self._port = pump.client_port or self._port
         if self._http_port is not None:
-            self._http_port = self._pump.http_port or self._http_port
+            self._http_port = pump.http_port or self._http_port
 
     def _reap(self) -> None:
         if self._pump is not None:

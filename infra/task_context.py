@@ -1,11 +1,20 @@
-"""What a task handler sees, and how one call of it becomes a step fact.
+"""One task, from the fetched message to the acked one: what a handler sees and how it runs.
 
 A handler is ``f(ctx)`` or ``f(ctx, arg: T)``, sync or async. ``TaskHandler``
 reads the signature once at registration; for each task it decodes the input
-into ``T`` with msgspec, calls the function and turns the return value or the
-exception into an ``Outcome``: the type and payload of the ``step.completed``
-or ``step.failed`` fact the worker then reports. Input that does not decode and
-output that does not encode are permanent failures: retrying cannot fix them.
+into ``T`` with msgspec, calls the function, and turns the return value or the
+exception into an ``Outcome``. Input that does not decode and output that
+does not encode are permanent failures: running again cannot fix them.
+
+``TaskRunner`` takes one message through
+
+    step.started -> handler -> step.completed | step.failed -> ack
+
+publishing each fact to ``inbox.<run>`` with ``Nats-Msg-Id = <run>.<fact id>``
+(a redelivered task reports again harmlessly). The task is acked only once the
+result's PubAck is in; a fact that cannot be stored NAKs the task, which then
+runs again (at-least-once). ``in_progress`` every ack_wait/3 keeps a long task
+from being redelivered to another worker meanwhile.
 """
 
 from __future__ import annotations
@@ -13,15 +22,42 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
+import random
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
+from nats.aio.msg import Msg
+from nats.errors import MaxPayloadError
+from nats.js import JetStreamContext
+from opentelemetry import propagate, trace
 
-from dagnats.domain.events import STEP_COMPLETED, STEP_FAILED, FailureType
+from dagnats.domain.events import (
+    EVENT_ENCODER,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    STEP_STARTED,
+    TASK_DECODER,
+    Event,
+    FailureType,
+    TaskPayload,
+    fact_id,
+    format_timestamp,
+)
+from dagnats.domain.identifiers import check_identifier
+
+from .headers import MSG_ID, TRACEPARENT
+from .resources import INBOX_STREAM, inbox_subject
+
+log = logging.getLogger("dagnats.worker")
+_tracer = trace.get_tracer("dagnats.worker")
+
+MAX_ERROR_CHARS = 16_384  # the engine keeps less; this only keeps a fact under max_payload
 
 
 class Permanent(Exception):
@@ -55,7 +91,7 @@ class TaskContext:
 
 
 class Outcome(msgspec.Struct, frozen=True):
-    """The result fact of one execution: ``step.completed`` or ``step.failed``."""
+    """A fact about one execution: its type and payload."""
 
     type: str
     payload: Any = None
@@ -63,9 +99,6 @@ class Outcome(msgspec.Struct, frozen=True):
     @property
     def failed(self) -> bool:
         return self.type == STEP_FAILED
-
-
-MAX_ERROR_CHARS = 16_384  # the engine keeps less; this only keeps a fact under max_payload
 
 
 def failure(error: str, failure_type: FailureType, retry_after_ms: int | None = None) -> Outcome:
@@ -89,7 +122,7 @@ class TaskHandler:
         args: tuple[Any, ...] = (ctx,)
         if self.takes_input:
             try:
-                args += (_decode(data, self.input_type),)
+                args += (data if self.input_type is Any else msgspec.convert(data, self.input_type),)
             except msgspec.ValidationError as err:
                 shown = _type_name(self.input_type)
                 return failure(f"input does not match {shown}: {err}", FailureType.PERMANENT)
@@ -111,8 +144,123 @@ class TaskHandler:
             return await self.func(*args)
         # Sync handlers run in the pool; the copied context carries the span.
         context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(executor, context.run, self.func, *args)
+
+
+class TaskRunner:
+    """Runs one fetched task message through its handler and reports the facts."""
+
+    def __init__(self, js: JetStreamContext, worker_id: str, ack_wait: float, executor: Executor) -> None:
+        self.js, self.worker_id, self.ack_wait, self.executor = js, worker_id, ack_wait, executor
+
+    async def run(self, msg: Msg, task: str, handler: TaskHandler) -> None:
+        """Execute the task in ``msg`` and settle the message (ack, nak or term)."""
+        payload = await self._payload(msg)
+        if payload is None:
+            return
+        ctx = self._context(msg, task, payload)
+        keep_alive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            if not await self._report(ctx, Outcome(STEP_STARTED)):
+                await settle(msg.nak(delay=1.0))
+                return
+            stored = await self._report(ctx, await self._invoke(handler, ctx, payload))
+        finally:
+            keep_alive.cancel()
+        await settle(msg.ack() if stored else msg.nak(delay=random.uniform(1.0, 5.0)))
+
+    async def _payload(self, msg: Msg) -> TaskPayload | None:
+        try:
+            payload = TASK_DECODER.decode(msg.data)
+            inbox_subject(payload.run_id)
+            check_identifier("step id", payload.step_id)
+        except (msgspec.DecodeError, ValueError) as err:
+            log.warning("terminating malformed task on %s: %s", msg.subject, err)
+            await settle(msg.term())
+            return None
+        return payload
+
+    def _context(self, msg: Msg, task: str, payload: TaskPayload) -> TaskContext:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, context.run, self.func, *args)
+
+        def beat() -> None:
+            try:
+                asyncio.run_coroutine_threadsafe(settle(msg.in_progress()), loop)
+            except RuntimeError:  # the loop is closed: the worker has stopped
+                pass
+
+        return TaskContext(
+            run_id=payload.run_id,
+            step_id=payload.step_id,
+            attempt=payload.attempt or msg.metadata.num_delivered,
+            task=task,
+            worker_id=self.worker_id,
+            workflow_name=payload.workflow_name,
+            trace_parent=(msg.headers or {}).get(TRACEPARENT) or payload.traceparent,
+            _beat=beat,
+        )
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            await settle(msg.in_progress())
+
+    async def _invoke(self, handler: TaskHandler, ctx: TaskContext, payload: TaskPayload) -> Outcome:
+        parent = propagate.extract({"traceparent": ctx.trace_parent}) if ctx.trace_parent else None
+        ids = {"dagnats.run_id": ctx.run_id, "dagnats.step_id": ctx.step_id, "dagnats.attempt": ctx.attempt}
+        with _tracer.start_as_current_span(
+            f"executeTask {ctx.task}", context=parent, kind=trace.SpanKind.CONSUMER, attributes=ids
+        ) as span:
+            outcome = await handler(ctx, payload.input, self.executor)
+            if outcome.failed:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.payload["error"]))
+        if outcome.failed:
+            kind, error = outcome.payload["failure_type"], outcome.payload["error"]
+            level = logging.WARNING if kind == FailureType.PERMANENT.value else logging.INFO
+            log.log(level, "task %s run %s step %s attempt %d failed (%s): %s",
+                    ctx.task, ctx.run_id, ctx.step_id, ctx.attempt, kind, error)
+        return outcome
+
+    async def _report(self, ctx: TaskContext, outcome: Outcome) -> bool:
+        """Publish one fact to the run's inbox; True once JetStream has stored it."""
+        event = Event(
+            type=outcome.type,
+            run_id=ctx.run_id,
+            step_id=ctx.step_id,
+            timestamp=format_timestamp(datetime.now(timezone.utc)),
+            payload=outcome.payload,
+            trace_parent=ctx.trace_parent,
+            attempt=ctx.attempt,
+            worker_id=self.worker_id,
+            id=fact_id(outcome.type, ctx.step_id, ctx.attempt),
+        )
+        headers = {MSG_ID: f"{ctx.run_id}.{event.id}"}
+        if ctx.trace_parent:
+            headers[TRACEPARENT] = ctx.trace_parent
+        subject, body = inbox_subject(ctx.run_id), EVENT_ENCODER.encode(event)
+        try:
+            await self.js.publish(subject, body, stream=INBOX_STREAM, headers=headers)
+        except MaxPayloadError as err:
+            if not outcome.failed:  # running again cannot shrink the output
+                return await self._report(ctx, failure(f"output too large: {err}", FailureType.PERMANENT))
+            log.warning("cannot report %s for run %s: %s", outcome.type, ctx.run_id, err)
+            return False
+        except Exception as err:  # noqa: BLE001 - the task is NAKed and runs again
+            log.warning("cannot report %s for run %s: %s", outcome.type, ctx.run_id, describe(err))
+            return False
+        return True
+
+
+async def settle(coro: Coroutine[Any, Any, Any]) -> None:
+    """Await an ack, nak or in_progress; losing one is safe (JetStream redelivers)."""
+    try:
+        await coro
+    except Exception as err:  # noqa: BLE001
+        log.debug("ack call failed: %s", describe(err))
+
+
+def describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def _input_parameter(task: str, func: Callable[..., Any]) -> tuple[bool, Any]:
@@ -137,12 +285,6 @@ def _input_parameter(task: str, func: Callable[..., Any]) -> tuple[bool, Any]:
     if isinstance(annotation, str):
         raise TypeError(f"handler for task {task!r}: cannot resolve the annotation {annotation!r}")
     return True, Any if annotation is inspect.Parameter.empty else annotation
-
-
-def _decode(data: Any, input_type: Any) -> Any:
-    if input_type is Any:
-        return data
-    return msgspec.convert(data, input_type)
 
 
 def _type_name(tp: Any) -> str:

@@ -2,18 +2,16 @@
 
 Theory of operation. Every (task, group) pair has one durable pull consumer
 on TASK_QUEUES, ``workers-<task>[-<group>]``, shared by all worker processes
-of that task; one fetch loop per consumer pulls as many messages as the worker
-has free execution slots (``max_concurrent`` in all, across every task). Each
-message becomes one execution:
+of that task. One fetch loop per consumer pulls as many messages as the
+worker has free execution slots (``max_concurrent`` in all, across every
+task) and hands each to a ``TaskRunner`` (task_context.py), which reports
+step.started, runs the handler, reports the result and only then acks. The
+worker never retries by itself: the engine decides from the failure type.
 
-    step.started -> handler -> step.completed | step.failed -> ack
-
-Facts go to ``inbox.<run>`` with ``Nats-Msg-Id = <run>.<fact id>``, so a
-redelivered task reports again harmlessly. The task is acked only once the
-result fact's PubAck is in; if that publish fails the task is NAKed and will
-run again (at-least-once). The worker never retries by itself: the engine
-decides retries from the failure type. While a handler runs, ``in_progress``
-every ack_wait/3 keeps JetStream from redelivering it to another worker.
+The fetch loops outlive anything the connection does: an error or a stalled
+fetch logs one line, backs off and re-ensures the consumer; a reconnect
+(the server may have restarted) does the same. ``stop`` stops fetching,
+lets running handlers finish for up to ``drain_timeout``, NAKs the rest.
 
 A user file defines one ``Worker`` at top level and calls ``w.run()`` only
 under ``if __name__ == "__main__":``; ``dagnats worker FILE.py`` imports it
@@ -23,51 +21,43 @@ with ``load_worker`` and runs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
-import random
 import secrets
 import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-import msgspec
 import nats
 from nats.aio.msg import Msg
-from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext, api
-from opentelemetry import propagate, trace
 
 from dagnats.domain.errors import TaskAlreadyRegistered, WorkerLoadError
-from dagnats.domain.events import (
-    EVENT_ENCODER,
-    STEP_STARTED,
-    TASK_DECODER,
-    Event,
-    FailureType,
-    TaskPayload,
-    fact_id,
-    format_timestamp,
-)
 from dagnats.domain.identifiers import check_identifier
 
-from .headers import MSG_ID, TRACEPARENT
-from .resources import INBOX_STREAM, TASK_STREAM, inbox_subject
-from .task_context import Outcome, Permanent, RateLimited, TaskContext, TaskHandler, failure
+from .resources import TASK_STREAM
+from .task_context import (
+    Permanent,
+    RateLimited,
+    TaskContext,
+    TaskHandler,
+    TaskRunner,
+    describe,
+    settle,
+)
 
 __all__ = ["Worker", "TaskContext", "Permanent", "RateLimited", "load_worker"]
 
 log = logging.getLogger("dagnats.worker")
-_tracer = trace.get_tracer("dagnats.worker")
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 FETCH_TIMEOUT = 1.0  # short: a stop waits at most this long for the fetch loops
@@ -111,6 +101,7 @@ class Worker:
         self._subs: list[_Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[asyncio.Task[None], Msg] = {}
+        self._last_error_logged = ""
 
     @property
     def tasks(self) -> list[str]:
@@ -148,19 +139,16 @@ class Worker:
         await self.start()
         stop, loop = asyncio.Event(), asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM)
-        for sig in signals:
-            try:
+        # Off the main thread there are no signal handlers: stop() is the way out.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            for sig in signals:
                 loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
         try:
             await stop.wait()
         finally:
-            for sig in signals:
-                try:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                for sig in signals:
                     loop.remove_signal_handler(sig)
-                except (NotImplementedError, RuntimeError, ValueError):
-                    pass
             await self.stop()
 
     async def start(self) -> None:
@@ -183,6 +171,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._slots = _Slots(self.max_concurrent)
         self._executor = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="dagnats-task")
+        self._runner = TaskRunner(self._js, self.worker_id, self.ack_wait, self._executor)
         self._subs = [
             _Subscription(task, group, handler)
             for task, handler in self._handlers.items()
@@ -206,10 +195,8 @@ class Worker:
             log.info("worker %s draining %d running tasks", self.worker_id, len(self._running))
             _, late = await asyncio.wait(list(self._running), timeout=self.drain_timeout)
             await self._abandon(late)
-        try:
+        with contextlib.suppress(Exception):  # nothing left to save on a dead connection
             await self._nc.flush(timeout=2)
-        except Exception:  # noqa: BLE001 - nothing left to save on a dead connection
-            pass
         await self._nc.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._nc = self._js = None
@@ -224,7 +211,7 @@ class Worker:
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
-        await asyncio.gather(*(_settle(msg.nak()) for msg in msgs))
+        await asyncio.gather(*(settle(msg.nak()) for msg in msgs))
 
     # -- consuming -----------------------------------------------------------
 
@@ -245,10 +232,10 @@ class Worker:
         try:
             await self._js.add_consumer(TASK_STREAM, config)
             if sub.pull is not None:
-                await _settle(sub.pull.unsubscribe())
+                await settle(sub.pull.unsubscribe())
             sub.pull = await self._js.pull_subscribe_bind(durable=sub.consumer, stream=TASK_STREAM)
         except Exception as err:  # noqa: BLE001 - retried by the fetch loop
-            log.warning("consumer %s on %s not ready: %s", sub.consumer, TASK_STREAM, _describe(err))
+            log.warning("consumer %s on %s not ready: %s", sub.consumer, TASK_STREAM, describe(err))
             sub.stale = True
             return False
         sub.stale = False
@@ -269,12 +256,12 @@ class Worker:
             except Exception as err:  # noqa: BLE001 - the loop must outlive any one failure
                 self._slots.give(reserved)
                 failures += 1
-                log.warning("fetch from %s failed: %s", sub.consumer, _describe(err))
+                log.warning("fetch from %s failed: %s", sub.consumer, describe(err))
                 sub.stale = True
                 await self._pause(failures)
                 continue
             failures = 0
-            self._dispatch(sub, msgs, reserved)
+            await self._dispatch(sub, msgs, reserved)
 
     async def _fetch(self, sub: _Subscription, batch: int) -> list[Msg]:
         assert sub.pull is not None
@@ -285,154 +272,53 @@ class Worker:
             )
         except asyncio.TimeoutError:  # nats' own fetch timeout is one: no messages
             if time.monotonic() - began >= FETCH_TIMEOUT + STALL_MARGIN:
-                raise _FetchStalled(time.monotonic() - began) from None
+                raise RuntimeError(f"fetch stalled for {time.monotonic() - began:.1f} s") from None
             return []
 
-    def _dispatch(self, sub: _Subscription, msgs: list[Msg], reserved: int) -> None:
+    async def _dispatch(self, sub: _Subscription, msgs: list[Msg], reserved: int) -> None:
         # A fetch can return messages an earlier, expired pull left in the
         # subscription's queue: more than we hold slots for goes back at once.
         taken, extra = msgs[:reserved], msgs[reserved:]
         self._slots.give(reserved - len(taken))
         sub.idle = not msgs
-        for msg in extra:
-            _spawn(_settle(msg.nak()))
         for msg in taken:
             task = asyncio.create_task(self._execute(sub, msg))
             self._running[task] = msg
             task.add_done_callback(self._running.pop)
+        await asyncio.gather(*(settle(msg.nak()) for msg in extra))
 
     async def _pause(self, failures: int) -> None:
         """Back off after a failure; returns early when the worker stops."""
-        delay = min(5.0, 0.25 * 2**failures)
-        try:
-            await asyncio.wait_for(self._stopped.wait(), delay)
-        except asyncio.TimeoutError:
-            pass
-
-    # -- one task --------------------------------------------------------------
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), min(5.0, 0.25 * 2**failures))
 
     async def _execute(self, sub: _Subscription, msg: Msg) -> None:
         try:
-            await self._handle(sub, msg)
-        except Exception:  # noqa: BLE001 - unreported: JetStream redelivers after ack_wait
+            if self._stopping:  # fetched, not started: back to the queue
+                await settle(msg.nak())
+            else:
+                await self._runner.run(msg, sub.task, sub.handler)
+        except Exception:  # noqa: BLE001 - unsettled: JetStream redelivers after ack_wait
             log.exception("task on %s failed in the worker itself", msg.subject)
         finally:
             self._slots.give(1)
 
-    async def _handle(self, sub: _Subscription, msg: Msg) -> None:
-        payload = await self._payload(msg)
-        if payload is None:
-            return
-        if self._stopping:  # fetched, not started: back to the queue
-            await _settle(msg.nak())
-            return
-        ctx = self._context(sub, msg, payload)
-        keep_alive = asyncio.create_task(self._keep_alive(msg))
-        try:
-            if not await self._report(ctx, Outcome(STEP_STARTED)):
-                await _settle(msg.nak(delay=1.0))
-                return
-            stored = await self._report(ctx, await self._run_handler(sub.handler, ctx, payload))
-        finally:
-            keep_alive.cancel()
-        if stored:
-            await _settle(msg.ack())
-        else:
-            await _settle(msg.nak(delay=random.uniform(1.0, 5.0)))
-
-    async def _payload(self, msg: Msg) -> TaskPayload | None:
-        try:
-            payload = TASK_DECODER.decode(msg.data)
-            inbox_subject(payload.run_id)
-            check_identifier("step id", payload.step_id)
-        except (msgspec.DecodeError, ValueError) as err:
-            log.warning("terminating malformed task on %s: %s", msg.subject, err)
-            await _settle(msg.term())
-            return None
-        return payload
-
-    def _context(self, sub: _Subscription, msg: Msg, payload: TaskPayload) -> TaskContext:
-        loop = asyncio.get_running_loop()
-
-        def beat() -> None:
-            try:
-                asyncio.run_coroutine_threadsafe(_settle(msg.in_progress()), loop)
-            except RuntimeError:  # the loop is closed: the worker has stopped
-                pass
-
-        return TaskContext(
-            run_id=payload.run_id,
-            step_id=payload.step_id,
-            attempt=payload.attempt or msg.metadata.num_delivered,
-            task=sub.task,
-            worker_id=self.worker_id,
-            workflow_name=payload.workflow_name,
-            trace_parent=(msg.headers or {}).get(TRACEPARENT) or payload.traceparent,
-            _beat=beat,
-        )
-
-    async def _keep_alive(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(self.ack_wait / 3)
-            await _settle(msg.in_progress())
-
-    async def _run_handler(self, handler: TaskHandler, ctx: TaskContext, payload: TaskPayload) -> Outcome:
-        parent = propagate.extract({"traceparent": ctx.trace_parent}) if ctx.trace_parent else None
-        attributes = {"dagnats.run_id": ctx.run_id, "dagnats.step_id": ctx.step_id, "dagnats.attempt": ctx.attempt}
-        with _tracer.start_as_current_span(
-            f"executeTask {ctx.task}", context=parent, kind=trace.SpanKind.CONSUMER, attributes=attributes
-        ) as span:
-            outcome = await handler(ctx, payload.input, self._executor)
-            if outcome.failed:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.payload["error"]))
-        if outcome.failed:
-            kind, error = outcome.payload["failure_type"], outcome.payload["error"]
-            level = logging.WARNING if kind == FailureType.PERMANENT.value else logging.INFO
-            log.log(level, "task %s run %s step %s attempt %d failed (%s): %s",
-                    ctx.task, ctx.run_id, ctx.step_id, ctx.attempt, kind, error)
-        return outcome
-
-    async def _report(self, ctx: TaskContext, outcome: Outcome) -> bool:
-        """Publish one fact to the run's inbox; True once JetStream has stored it."""
-        assert self._js is not None
-        event = Event(
-            type=outcome.type,
-            run_id=ctx.run_id,
-            step_id=ctx.step_id,
-            timestamp=format_timestamp(datetime.now(timezone.utc)),
-            payload=outcome.payload,
-            trace_parent=ctx.trace_parent,
-            attempt=ctx.attempt,
-            worker_id=self.worker_id,
-            id=fact_id(outcome.type, ctx.step_id, ctx.attempt),
-        )
-        headers = {MSG_ID: f"{ctx.run_id}.{event.id}"}
-        if ctx.trace_parent:
-            headers[TRACEPARENT] = ctx.trace_parent
-        try:
-            await self._js.publish(
-                inbox_subject(ctx.run_id), EVENT_ENCODER.encode(event), stream=INBOX_STREAM, headers=headers
-            )
-        except MaxPayloadError as err:
-            if not outcome.failed:  # rerunning cannot shrink the output
-                return await self._report(ctx, failure(f"output too large: {err}", FailureType.PERMANENT))
-            log.warning("cannot report %s for run %s step %s: %s", outcome.type, ctx.run_id, ctx.step_id, err)
-            return False
-        except Exception as err:  # noqa: BLE001 - the task is NAKed and runs again
-            log.warning("cannot report %s for run %s step %s: %s", outcome.type, ctx.run_id, ctx.step_id, _describe(err))
-            return False
-        return True
-
     # -- connection callbacks ------------------------------------------------
 
     async def _on_error(self, err: Exception) -> None:
-        log.warning("worker %s: NATS error: %s", self.worker_id, _describe(err))
+        # While the server is away the same error comes every reconnect attempt.
+        text = describe(err)
+        level = logging.DEBUG if text == self._last_error_logged else logging.WARNING
+        self._last_error_logged = text
+        log.log(level, "worker %s: NATS error: %s", self.worker_id, text)
 
     async def _on_disconnected(self) -> None:
-        log.info("worker %s disconnected from NATS; reconnecting", self.worker_id)
+        if not self._stopping:
+            log.info("worker %s disconnected from NATS; reconnecting", self.worker_id)
 
     async def _on_reconnected(self) -> None:
         log.info("worker %s reconnected to NATS", self.worker_id)
+        self._last_error_logged = ""
         for sub in self._subs:
             sub.stale = True  # the server may have lost or rebuilt the consumer
 
@@ -502,32 +388,6 @@ class _Slots:
                 waiter.set_result(False)
 
 
-class _FetchStalled(RuntimeError):
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"fetch stalled for {seconds:.1f} s; resubscribing")
-
-
-async def _settle(coro: Coroutine[Any, Any, Any]) -> None:
-    """Await an ack/nak/in_progress; losing one is safe (JetStream redelivers)."""
-    try:
-        await coro
-    except Exception as err:  # noqa: BLE001
-        log.debug("ack call failed: %s", _describe(err))
-
-
-_background: set[asyncio.Task[None]] = set()
-
-
-def _spawn(coro: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.create_task(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-def _describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-
-
 # -- loading a user's worker file ----------------------------------------------
 
 
@@ -551,7 +411,7 @@ def load_worker(path: str) -> Worker:
         raise
     except Exception as err:
         sys.modules.pop(name, None)
-        raise WorkerLoadError(path, cause=_describe(err)) from err
+        raise WorkerLoadError(path, cause=describe(err)) from err
     finally:
         _loading.reset(token)
     found: dict[int, list[str]] = {}

@@ -10,6 +10,7 @@ followed by the decision events it caused, in order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -44,23 +45,38 @@ retry_policies = st.builds(
 )
 
 
+@lru_cache(maxsize=None)
+def _index(size: int) -> st.SearchStrategy[int]:
+    """An index into a list of ``size`` items (strategies are cached: building them is costly)."""
+    return st.integers(0, size - 1)
+
+
+@lru_cache(maxsize=None)
+def _earlier_steps(index: int) -> st.SearchStrategy[list[str]]:
+    return st.lists(st.sampled_from([f"s{i}" for i in range(index)]), unique=True, max_size=3)
+
+
+_maybe_retry = st.none() | retry_policies
+_legacy_retries = st.sampled_from([0, 0, 1])
+
+
 @st.composite
-def dag_definitions(draw: st.DrawFn, max_steps: int = 6) -> WorkflowDef:
+def dag_definitions(draw: st.DrawFn, max_steps: int = 6, timeouts: tuple[int, ...] = (0, 0, 30 * SECOND)) -> WorkflowDef:
     """A valid definition of normal steps, acyclic by construction (each step depends only on earlier ones)."""
     count = draw(st.integers(1, max_steps))
+    timeout = st.sampled_from(timeouts)
     steps = []
     for index in range(count):
-        earlier = [f"s{i}" for i in range(index)]
-        deps = draw(st.lists(st.sampled_from(earlier), unique=True, max_size=3)) if earlier else []
+        deps = draw(_earlier_steps(index)) if index else []
         steps.append(StepDef(
             id=f"s{index}",
             task=draw(task_names),
             depends_on=tuple(sorted(deps)),
-            timeout=draw(st.sampled_from([0, 0, 30 * SECOND])),
-            retry=draw(st.none() | retry_policies),
-            retries=draw(st.sampled_from([0, 0, 1])),
+            timeout=draw(timeout),
+            retry=draw(_maybe_retry),
+            retries=draw(_legacy_retries),
         ))
-    return WorkflowDef(name="random-dag", steps=tuple(steps), default_retry=draw(st.none() | retry_policies))
+    return WorkflowDef(name="random-dag", steps=tuple(steps), default_retry=draw(_maybe_retry))
 
 
 @st.composite
@@ -142,10 +158,12 @@ class Recorder:
     history: list[ev.Event] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
     timers: list[StartTimer] = field(default_factory=list)
+    moments: list[datetime] = field(default_factory=list)
 
     def feed(self, fact: ev.Event, now: datetime) -> list[Action]:
         self.run, actions = evolve(self.run, fact, now)
         self.facts.append(fact)
+        self.moments.append(now)
         self.history.append(fact)
         self.history += [a.event for a in actions if isinstance(a, AppendEvent)]
         self.timers += [a for a in actions if isinstance(a, StartTimer)]
@@ -191,6 +209,7 @@ class RecordedRun:
     history: list[ev.Event]
     final: rs.WorkflowRun
     enqueued: list[EnqueueTask]
+    moments: list[datetime]
 
 
 @st.composite
@@ -206,11 +225,13 @@ def recorded_runs(draw: st.DrawFn, definitions: st.SearchStrategy[WorkflowDef] =
         kinds = [k for k in KIND_WEIGHTS if candidates[k]]
         if not kinds:
             break
-        rec.feed(draw(st.sampled_from(candidates[draw(st.sampled_from(kinds))])), moment)
-    return RecordedRun(wf, rec.facts, rec.history, rec.run, rec.enqueued)
+        chosen = candidates[kinds[draw(_index(len(kinds)))]]
+        rec.feed(chosen[draw(_index(len(chosen)))], moment)
+    return RecordedRun(wf, rec.facts, rec.history, rec.run, rec.enqueued, rec.moments)
 
 
-def stray_events(step_names: list[str]) -> st.SearchStrategy[ev.Event]:
+@lru_cache(maxsize=None)
+def stray_events(step_names: tuple[str, ...]) -> st.SearchStrategy[ev.Event]:
     """Any event at all about this run: worker facts, decisions, run events, nonsense."""
     types = st.sampled_from([
         ev.STEP_STARTED, ev.STEP_COMPLETED, ev.STEP_FAILED, ev.STEP_QUEUED, ev.STEP_RETRY_SCHEDULED,
@@ -218,7 +239,7 @@ def stray_events(step_names: list[str]) -> st.SearchStrategy[ev.Event]:
         ev.WORKFLOW_STARTED, "step.unknown", "something.else",
     ])
     return st.builds(
-        ev.Event, type=types, run_id=st.just(RUN_ID), step_id=st.sampled_from(step_names + ["", "nope"]),
+        ev.Event, type=types, run_id=st.just(RUN_ID), step_id=st.sampled_from(step_names + ("", "nope")),
         timestamp=st.just(ev.format_timestamp(at(999))), payload=json_values, attempt=st.integers(0, 5),
     )
 

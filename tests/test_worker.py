@@ -1,0 +1,686 @@
+"""The worker SDK against a real nats-server: tasks in, facts out.
+
+Each test plays the engine by hand: it publishes TaskPayloads to
+``task.<task>.<run>`` and reads the facts the worker reports from
+``inbox.<run>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass
+
+import msgspec
+import nats
+import pytest
+from nats.js import api
+
+from dagnats.domain.errors import InvalidIdentifier, TaskAlreadyRegistered, WorkerLoadError
+from dagnats.domain.events import EVENT_DECODER, Event, TaskPayload, parse_timestamp
+from dagnats.infra.headers import MSG_ID, TRACEPARENT
+from dagnats.infra.resources import INBOX_STREAM, TASK_STREAM, ensure_resources, inbox_subject, task_subject
+from dagnats.infra.worker import Permanent, RateLimited, TaskContext, Worker, load_worker
+
+TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+# -- playing the engine ---------------------------------------------------------
+
+
+async def engine_js(url: str):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await ensure_resources(js)
+    return nc, js
+
+
+async def publish_task(js, task: str, run_id: str, data=None, *, step_id="s1", attempt=1, group=None, traceparent=""):
+    payload = TaskPayload(
+        task_id=f"{run_id}.{step_id}", run_id=run_id, step_id=step_id, attempt=attempt,
+        input=data, task=task, workflow_name="wf", traceparent=traceparent,
+    )
+    headers = {MSG_ID: f"{run_id}.{step_id}.{attempt}"}
+    if traceparent:
+        headers[TRACEPARENT] = traceparent
+    await js.publish(task_subject(task, run_id, group), msgspec.json.encode(payload), headers=headers)
+
+
+class Inbox:
+    """The facts reported for one run, read as the engine would (then acked)."""
+
+    def __init__(self, sub) -> None:
+        self._sub = sub
+        self.headers: list[dict] = []
+
+    @classmethod
+    async def open(cls, js, run_id: str) -> "Inbox":
+        config = api.ConsumerConfig(inactive_threshold=120.0)
+        return cls(await js.pull_subscribe(inbox_subject(run_id), stream=INBOX_STREAM, config=config))
+
+    async def next(self, timeout: float = 10.0) -> Event:
+        msg = (await self._sub.fetch(1, timeout=timeout))[0]
+        await msg.ack()
+        self.headers.append(dict(msg.headers or {}))
+        return EVENT_DECODER.decode(msg.data)
+
+    async def until(self, event_type: str, timeout: float = 10.0) -> list[Event]:
+        """Every fact up to and including the first of ``event_type``."""
+        deadline, events = time.monotonic() + timeout, []
+        while not events or events[-1].type != event_type:
+            events.append(await self.next(max(0.1, deadline - time.monotonic())))
+        return events
+
+    async def result(self, timeout: float = 10.0) -> Event:
+        """The first step.completed or step.failed."""
+        deadline = time.monotonic() + timeout
+        while (event := await self.next(max(0.1, deadline - time.monotonic()))).type == "step.started":
+            pass
+        return event
+
+    async def assert_empty(self, wait: float) -> None:
+        with pytest.raises(nats.errors.TimeoutError):
+            await self._sub.fetch(1, timeout=wait)
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker):
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.stop()
+
+
+async def queued(js) -> int:
+    """Messages still stored in TASK_QUEUES (a work queue: acked ones are gone)."""
+    return (await js.stream_info(TASK_STREAM)).state.messages
+
+
+async def drained(js) -> bool:
+    return await queued(js) == 0
+
+
+async def eventually(check, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+# -- handler types ------------------------------------------------------------------
+
+
+class Order(msgspec.Struct):
+    sku: str
+    qty: int
+
+
+@dataclass
+class Receipt:
+    sku: str
+    total: int
+
+
+# -- outcomes -----------------------------------------------------------------------
+
+
+def test_sync_typed_handler_reports_started_then_completed_with_encoded_output(nats_url, run):
+    w = Worker(nats_url, worker_id="w-greet")
+    seen: list[TaskContext] = []
+
+    @w.task("greet")
+    def greet(ctx: TaskContext, name: str) -> str:
+        seen.append(ctx)
+        return f"Hello, {name or 'World'}!"
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_task(js, "greet", "r1", "Ada", traceparent=TP)
+            started, completed = await inbox.until("step.completed")
+            info = await js.consumer_info(TASK_STREAM, "workers-greet")
+            await eventually(lambda: drained(js))
+        await nc.close()
+        return started, completed, inbox.headers, info.config
+
+    started, completed, headers, config = run(body())
+    assert started.type == "step.started" and started.payload is None
+    assert completed.payload == "Hello, Ada!"
+    for event, header in zip((started, completed), headers):
+        assert (event.run_id, event.step_id, event.attempt, event.worker_id) == ("r1", "s1", 1, "w-greet")
+        assert event.trace_parent == TP
+        assert header[MSG_ID] == f"r1.{event.id}"
+        parse_timestamp(event.timestamp)
+    assert completed.id == "s1.1.step.completed"
+    ctx = seen[0]
+    assert (ctx.run_id, ctx.step_id, ctx.attempt, ctx.task, ctx.workflow_name, ctx.trace_parent) == (
+        "r1", "s1", 1, "greet", "wf", TP
+    )
+    assert config.filter_subject == "task.greet.*"
+    assert config.ack_policy == api.AckPolicy.EXPLICIT
+    assert (config.ack_wait, config.max_deliver, config.max_ack_pending) == (30.0, -1, 1000)
+
+
+def test_async_handler_and_handler_without_input_complete(nats_url, run):
+    w = Worker(nats_url)
+
+    @w.task("double")
+    async def double(ctx: TaskContext, n: int) -> int:
+        await asyncio.sleep(0.01)
+        return n * 2
+
+    @w.task("ping")
+    def ping(ctx):
+        return {"pong": ctx.run_id}
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            a, b = await Inbox.open(js, "ra"), await Inbox.open(js, "rb")
+            await publish_task(js, "double", "ra", 21)
+            await publish_task(js, "ping", "rb", {"ignored": True})
+            results = await a.result(), await b.result()
+        await nc.close()
+        return results
+
+    doubled, ponged = run(body())
+    assert (doubled.type, doubled.payload) == ("step.completed", 42)
+    assert (ponged.type, ponged.payload) == ("step.completed", {"pong": "rb"})
+
+
+def test_struct_input_is_decoded_and_dataclass_output_encoded(nats_url, run):
+    w = Worker(nats_url)
+
+    @w.task("price")
+    def price(ctx: TaskContext, order: Order) -> Receipt:
+        assert isinstance(order, Order)
+        return Receipt(order.sku, order.qty * 3)
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_task(js, "price", "r1", {"sku": "ab-1", "qty": 4})
+            result = await inbox.result()
+        await nc.close()
+        return result
+
+    result = run(body())
+    assert (result.type, result.payload) == ("step.completed", {"sku": "ab-1", "total": 12})
+
+
+def test_input_that_does_not_decode_fails_permanently_without_running(nats_url, run):
+    w = Worker(nats_url)
+    calls: list[Order] = []
+
+    @w.task("price")
+    def price(ctx: TaskContext, order: Order) -> int:
+        calls.append(order)
+        return 0
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_task(js, "price", "r1", {"sku": "ab-1", "qty": "many"})
+            result = await inbox.result()
+            await eventually(lambda: drained(js))
+        await nc.close()
+        return result
+
+    result = run(body())
+    assert result.type == "step.failed" and not calls
+    assert result.payload == {
+        "error": "input does not match Order: Expected `int`, got `str` - at `$.qty`",
+        "failure_type": "permanent",
+    }
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("error", "payload"),
+    [
+        (Permanent("card declined"), {"error": "card declined", "failure_type": "permanent"}),
+        (Boom("disk full"), {"error": "Boom: disk full", "failure_type": "transient"}),
+        (
+            RateLimited("slow down", retry_after=2.5),
+            {"error": "slow down", "failure_type": "rate_limited", "retry_after_ms": 2500},
+        ),
+    ],
+    ids=["permanent", "transient", "rate_limited"],
+)
+def test_handler_exceptions_become_failure_types(nats_url, run, error, payload):
+    w = Worker(nats_url)
+    calls = []
+
+    @w.task("charge")
+    def charge(ctx: TaskContext, data) -> None:
+        calls.append(data)
+        raise error
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_task(js, "charge", "r1", {"amount": 5}, attempt=2)
+            result = await inbox.result()
+            await eventually(lambda: drained(js))  # acked: the engine decides retries
+        await nc.close()
+        return result
+
+    result = run(body())
+    assert (result.type, result.attempt, result.id) == ("step.failed", 2, "s1.2.step.failed")
+    assert result.payload == payload
+    assert calls == [{"amount": 5}]
+
+
+# -- concurrency, groups, acks ------------------------------------------------------
+
+
+def test_max_concurrent_bounds_running_handlers_and_is_reached(nats_url, run):
+    w = Worker(nats_url, max_concurrent=3)
+    lock, now, peak = threading.Lock(), [0], [0]
+
+    @w.task("slow")
+    def slow(ctx: TaskContext, i: int) -> int:
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.3)
+        with lock:
+            now[0] -= 1
+        return i
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        inboxes = [await Inbox.open(js, f"r{i}") for i in range(9)]
+        async with running(w):
+            for i in range(9):
+                await publish_task(js, "slow", f"r{i}", i)
+            results = [await inbox.result(timeout=15) for inbox in inboxes]
+        await nc.close()
+        return results
+
+    results = run(body())
+    assert [r.payload for r in results] == list(range(9))
+    assert peak[0] == 3
+
+
+def test_group_worker_takes_only_its_groups_tasks(nats_url, run):
+    w = Worker(nats_url, groups=["gpu"])
+
+    @w.task("render")
+    def render(ctx: TaskContext, data) -> str:
+        return "rendered"
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            gpu, plain = await Inbox.open(js, "rgpu"), await Inbox.open(js, "rplain")
+            await publish_task(js, "render", "rplain", group=None)
+            await publish_task(js, "render", "rgpu", group="gpu")
+            result = await gpu.result()
+            await plain.assert_empty(wait=1.0)
+            left = await queued(js)
+            config = (await js.consumer_info(TASK_STREAM, "workers-render-gpu")).config
+        await nc.close()
+        return result, left, config
+
+    result, left, config = run(body())
+    assert result.payload == "rendered"
+    assert left == 1  # task.render.rplain waits for a worker without a group
+    assert config.filter_subject == "task.render.gpu.*"
+
+
+def test_task_is_acked_only_after_its_result_fact_is_stored(nats_url, run):
+    w = Worker(nats_url)
+    release, calls = threading.Event(), []
+
+    @w.task("job")
+    def job(ctx: TaskContext) -> str:
+        calls.append(ctx.attempt)
+        release.wait(10)
+        return "done"
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_task(js, "job", "r1")
+            assert (await inbox.next()).type == "step.started"
+            await js.delete_stream(INBOX_STREAM)  # the result cannot be stored now
+            release.set()
+            await asyncio.sleep(0.5)
+            held = await queued(js)
+            await ensure_resources(js)
+            result = await (await Inbox.open(js, "r1")).result(timeout=15)
+            await eventually(lambda: drained(js))
+        await nc.close()
+        return held, result
+
+    held, result = run(body())
+    assert held == 1  # NAKed, not acked: it was redelivered and run again
+    assert result.payload == "done"
+    assert len(calls) == 2
+
+
+def test_graceful_stop_lets_a_running_handler_finish_and_report(nats_url, run):
+    w = Worker(nats_url)
+
+    @w.task("job")
+    async def job(ctx: TaskContext) -> str:
+        await asyncio.sleep(1.0)
+        return "finished"
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        await w.start()
+        inbox, later = await Inbox.open(js, "r1"), await Inbox.open(js, "r2")
+        await publish_task(js, "job", "r1")
+        assert (await inbox.next()).type == "step.started"
+        stopping = asyncio.create_task(w.stop())
+        await asyncio.sleep(0.1)
+        await publish_task(js, "job", "r2")  # published while draining: not taken
+        await stopping
+        result = await inbox.result(timeout=1)
+        await later.assert_empty(wait=0.5)
+        left = await queued(js)
+        await nc.close()
+        return result, left
+
+    result, left = run(body())
+    assert result.payload == "finished"
+    assert left == 1
+
+
+def test_task_outliving_the_drain_timeout_is_returned_to_the_queue(nats_url, run):
+    first = Worker(nats_url, drain_timeout=0.3)
+    second = Worker(nats_url, worker_id="w-second")
+
+    @first.task("job")
+    async def stuck(ctx: TaskContext) -> str:
+        await asyncio.sleep(30)
+        return "never"
+
+    @second.task("job")
+    def quick(ctx: TaskContext) -> str:
+        return "quick"
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        inbox = await Inbox.open(js, "r1")
+        await first.start()
+        await publish_task(js, "job", "r1")
+        assert (await inbox.next()).type == "step.started"
+        began = time.monotonic()
+        await first.stop()
+        stop_took = time.monotonic() - began
+        async with running(second):
+            result = await inbox.result(timeout=5)
+        await nc.close()
+        return stop_took, result
+
+    stop_took, result = run(body())
+    assert stop_took < 3
+    assert (result.payload, result.worker_id) == ("quick", "w-second")
+
+
+# -- crashes and restarts -----------------------------------------------------------
+
+DOOMED_WORKER = """
+import time
+from dagnats.infra.worker import Worker
+
+w = Worker(worker_id="doomed", ack_wait=2.0)   # the URL comes from DAGNATS_NATS_URL
+
+@w.task("slow")
+def slow(ctx):
+    time.sleep(60)
+    return "never"
+
+if __name__ == "__main__":
+    w.run()
+"""
+
+
+def test_task_of_a_killed_worker_is_redelivered_and_completed(nats_url, run, tmp_path):
+    path = tmp_path / "doomed.py"
+    path.write_text(DOOMED_WORKER)
+    env = {**os.environ, "DAGNATS_NATS_URL": nats_url}
+    proc = subprocess.Popen([sys.executable, str(path)], env=env)
+    rescuer = Worker(nats_url, worker_id="rescuer", ack_wait=2.0)
+
+    @rescuer.task("slow")
+    def slow(ctx: TaskContext) -> str:
+        return "rescued"
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        inbox = await Inbox.open(js, "r1")
+        await publish_task(js, "slow", "r1")
+        started = await inbox.next(timeout=15)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        async with running(rescuer):
+            events = await inbox.until("step.completed", timeout=10)
+        await nc.close()
+        return started, events
+
+    try:
+        started, events = run(body())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (started.type, started.worker_id) == ("step.started", "doomed")
+    # The rescuer's step.started has the same id as the first: deduplicated.
+    assert [(e.type, e.worker_id, e.payload) for e in events] == [("step.completed", "rescuer", "rescued")]
+
+
+def test_worker_survives_a_nats_server_restart(nats_server, run):
+    w = Worker(nats_server.url)
+
+    @w.task("echo")
+    def echo(ctx: TaskContext, data: str) -> str:
+        return data
+
+    async def body():
+        nc, js = await engine_js(nats_server.url)
+        async with running(w):
+            inbox = await Inbox.open(js, "before")
+            await publish_task(js, "echo", "before", "one")
+            before = await inbox.result()
+            await nc.close()
+            nats_server.kill()
+            await asyncio.sleep(1.5)  # fetches fail meanwhile; the worker keeps trying
+            await nats_server.start()
+            nc, js = await engine_js(nats_server.url)
+            inbox = await Inbox.open(js, "after")
+            await publish_task(js, "echo", "after", "two")
+            after = await inbox.result(timeout=15)
+        await nc.close()
+        return before, after
+
+    before, after = run(body(), timeout=40)
+    assert (before.payload, after.payload) == ("one", "two")
+
+
+# -- registration and loading ---------------------------------------------------------
+
+
+def test_registration_refuses_bad_names_duplicates_and_signatures():
+    w = Worker("nats://127.0.0.1:1")
+    with pytest.raises(InvalidIdentifier):
+        w.task("bad.name")
+
+    @w.task("ok")
+    def ok(ctx):
+        return None
+
+    with pytest.raises(TaskAlreadyRegistered):
+        w.task("ok")(ok)
+    with pytest.raises(TypeError, match="must take"):
+        w.task("three")(lambda ctx, a, b: None)
+    assert w.tasks == ["ok"] and w.worker_id.startswith("worker-") and len(w.worker_id) == 23
+
+
+def test_default_nats_url_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DAGNATS_NATS_URL", "nats://10.0.0.1:4333")
+    assert Worker().nats_url == "nats://10.0.0.1:4333"
+    monkeypatch.delenv("DAGNATS_NATS_URL")
+    assert Worker().nats_url == "nats://127.0.0.1:4222"
+
+
+def write(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_load_worker_finds_the_worker_defined_in_a_file(tmp_path):
+    (tmp_path / "helpers_for_worker.py").write_text("GREETING = 'Hi'\n")
+    path = write(tmp_path, "greeter.py", """
+        from helpers_for_worker import GREETING
+        from dagnats.infra.worker import Worker, TaskContext
+        w = Worker("nats://127.0.0.1:1")
+        alias = w
+
+        @w.task("greet")
+        def greet(ctx: TaskContext, name: str) -> str:
+            return f"{GREETING}, {name}!"
+
+        if __name__ == "__main__":
+            w.run()
+    """)
+    worker = load_worker(path)
+    assert isinstance(worker, Worker) and worker.tasks == ["greet"]
+
+
+def test_load_worker_reports_no_worker_and_several_workers(tmp_path):
+    none = write(tmp_path, "none.py", "x = 1\n")
+    several = write(tmp_path, "several.py", """
+        from dagnats.infra.worker import Worker
+        a = Worker("nats://127.0.0.1:1")
+        b = Worker("nats://127.0.0.1:1")
+    """)
+    with pytest.raises(WorkerLoadError, match=f"^no Worker found in {none}$"):
+        load_worker(none)
+    with pytest.raises(WorkerLoadError, match=f"^several Worker objects in {several}: a, b$"):
+        load_worker(several)
+
+
+def test_load_worker_refuses_a_file_that_runs_the_worker_at_import(tmp_path):
+    path = write(tmp_path, "eager.py", """
+        from dagnats.infra.worker import Worker
+        w = Worker("nats://127.0.0.1:1")
+
+        @w.task("t")
+        def t(ctx):
+            return None
+
+        w.run()
+    """)
+    with pytest.raises(WorkerLoadError, match="guard it with"):
+        load_worker(path)
+
+
+def test_long_task_is_kept_alive_past_ack_wait(nats_url, run):
+    w = Worker(nats_url, ack_wait=1.0, max_concurrent=2)
+    calls = []
+
+    @w.task("long")
+    def long(ctx: TaskContext) -> str:
+        calls.append(ctx.attempt)
+        for _ in range(5):
+            time.sleep(0.5)
+            ctx.heartbeat()  # besides the worker's own in_progress every ack_wait/3
+        return "done"
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_task(js, "long", "r1")
+            result = await inbox.result()
+            info = await js.consumer_info(TASK_STREAM, "workers-long")
+        await nc.close()
+        return result, info
+
+    result, info = run(body())
+    assert result.payload == "done"
+    assert calls == [1] and info.num_redelivered == 0
+
+
+def test_output_too_large_to_report_fails_permanently(nats_url, run):
+    w = Worker(nats_url)
+
+    @w.task("huge")
+    def huge(ctx: TaskContext) -> str:
+        return "x" * 2_000_000
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_task(js, "huge", "r1")
+            result = await inbox.result()
+            await eventually(lambda: drained(js))
+        await nc.close()
+        return result
+
+    result = run(body())
+    assert result.type == "step.failed"
+    assert result.payload["failure_type"] == "permanent"
+    assert result.payload["error"].startswith("output too large")
+
+
+POLITE_WORKER = """
+import time
+from dagnats.infra.worker import Worker
+
+w = Worker(worker_id="polite")
+
+@w.task("slow")
+def slow(ctx):
+    time.sleep(1.0)
+    return "finished"
+
+if __name__ == "__main__":
+    w.run()
+"""
+
+
+def test_run_drains_on_sigterm_and_exits_cleanly(nats_url, run, tmp_path):
+    path = tmp_path / "polite.py"
+    path.write_text(POLITE_WORKER)
+    env = {**os.environ, "DAGNATS_NATS_URL": nats_url}
+    proc = subprocess.Popen([sys.executable, str(path)], env=env)
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        inbox = await Inbox.open(js, "r1")
+        await publish_task(js, "slow", "r1")
+        assert (await inbox.next(timeout=15)).type == "step.started"
+        proc.send_signal(signal.SIGTERM)
+        result = await inbox.result(timeout=10)
+        code = await asyncio.to_thread(proc.wait, 10)
+        await nc.close()
+        return result, code
+
+    try:
+        result, code = run(body())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (result.payload, result.worker_id, code) == ("finished", "polite", 0)
