@@ -25,7 +25,7 @@ from nats.js import api
 
 from dagnats.domain.events import WORKFLOW_COMPLETED, decode_record
 from dagnats.infra.client import Client
-from dagnats.infra.resources import HISTORY_STREAM
+from dagnats.infra.resources import HISTORY_STREAM, INBOX_STREAM, RUNS_BUCKET, TASK_STREAM
 
 from .load import closed_loop
 from .procs import PYTHON, REPO, Child, CpuMeter, Processes, proc_status, rss_mb
@@ -130,6 +130,16 @@ class EngineUnderTest:
             "worker_rss_mb": rss_mb(self.worker.pid),
         }
 
+    async def writes_per_run(self) -> dict:
+        """Messages ever stored per stream (its last sequence) per run started, all batches."""
+        js = self.client.nc.jetstream()
+        streams = {"history appends": HISTORY_STREAM, "inbox facts": INBOX_STREAM,
+                   "task publishes": TASK_STREAM, "snapshot puts": f"KV_{RUNS_BUCKET}"}
+        counts = {label: (await js.stream_info(name)).state.last_seq for label, name in streams.items()}
+        counts["total"] = sum(counts.values())
+        return {"runs_started": self._serial,
+                **{label: round(n / max(1, self._serial), 2) for label, n in counts.items()}}
+
     def cpu_meter(self) -> CpuMeter:
         return CpuMeter({"nats-server": self.server.pid, "engine": self.engine.pid,
                          "worker": self.worker.pid, "client (bench)": os.getpid()})
@@ -163,5 +173,6 @@ async def engine_bench(procs: Processes, server, *, runs: int, sequential_runs: 
             result["loaded_second_batch"] = second
             eng.check_alive()
             result["memory"]["after_batch_2"] = await eng.memory(settle=2.0)
+        result["writes_per_run"] = await eng.writes_per_run()
         eng.check_alive()
     return result

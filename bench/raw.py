@@ -6,6 +6,9 @@ Two measurements, each against a fresh server carrying the engine's streams
 * `round_trips`: one trip = publish to TASK_QUEUES (PubAck) -> pull it ->
   ack -> publish to WORKFLOW_HISTORY (PubAck) -> pull it back. Every loop
   has its own pair of consumers, so loops never take each other's messages.
+* `publish_rate`: stored publishes to one stream (WORKFLOW_HISTORY), one
+  at a time and many at a time: what one fsynced append costs, and how many
+  appends one stream takes per second.
 * `RawLoop`: the 3-step run without an engine. The driver (this process)
   publishes task 1 on ``task.raw.<run>``; the worker (bench/raw_worker.py,
   its own process) pulls it, acks and publishes the result on
@@ -89,6 +92,30 @@ async def _trip_consumers(js, i: int):
         config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.NEW),
     )
     return task_sub, history_sub
+
+
+async def publish_rate(url: str, publishers: int, per_publisher: int, max_seconds: float) -> dict:
+    """Stored (PubAck'd) publishes to ONE stream, `publishers` at a time: the append ceiling."""
+    nc, js = await _connect(url)
+    try:
+        latencies: list[float] = []
+        deadline = time.perf_counter() + max_seconds
+
+        async def publisher(i: int) -> None:
+            for _ in range(per_publisher):
+                if time.perf_counter() > deadline:
+                    return
+                began = time.perf_counter()
+                await js.publish(f"history.pub-{i}", PAYLOAD)
+                latencies.append(time.perf_counter() - began)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(publisher(i) for i in range(publishers)))
+        elapsed = time.perf_counter() - began
+        return {"publishers": publishers, "publishes_per_s": rate(len(latencies), elapsed),
+                "elapsed_s": round(elapsed, 2), **latency_summary(latencies)}
+    finally:
+        await nc.close()
 
 
 # -- 2. the raw 3-step loop ---------------------------------------------------------

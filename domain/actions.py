@@ -22,6 +22,9 @@ class EnqueueTask(msgspec.Struct, frozen=True, tag=True):
     task: str
     payload: TaskPayload
     group: str = ""
+    # Distinguishes a deliberate second publish of the same attempt (a sticky
+    # fallback) from a duplicate, in the task's message id.
+    variant: str = ""
 
 
 class StartTimer(msgspec.Struct, frozen=True, tag=True):

@@ -98,3 +98,23 @@ class WorkerLoadError(DagnatsError, ValueError):
         else:
             message = f"several Worker objects in {path}: {', '.join(self.names)}"
         super().__init__(message)
+
+
+class SingletonConflict(DagnatsError, ValueError):
+    """A singleton workflow (mode skip) already has an active run."""
+
+    def __init__(self, workflow: str, key: str, active_run: str) -> None:
+        self.workflow, self.key, self.active_run = workflow, key, active_run
+        scope = f" for key {key!r}" if key else ""
+        super().__init__(
+            f"workflow {workflow!r} already has an active run{scope}: {active_run} "
+            "(singleton mode skip refuses a second one)"
+        )
+
+
+class BuilderError(DagnatsError, ValueError):
+    """A WorkflowBuilder was misused; raised at the offending call, not at build()."""
+
+    def __init__(self, workflow: str, reason: str, step_id: str = "") -> None:
+        self.workflow, self.reason, self.step_id = workflow, reason, step_id
+        super().__init__(reason)

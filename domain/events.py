@@ -20,6 +20,12 @@ WORKFLOW_STARTED = "workflow.started"
 WORKFLOW_COMPLETED = "workflow.completed"
 WORKFLOW_FAILED = "workflow.failed"
 WORKFLOW_CANCELLED = "workflow.cancelled"
+WORKFLOW_PAUSE_REQUESTED = "workflow.pause_requested"
+WORKFLOW_PAUSED = "workflow.paused"
+WORKFLOW_RESUMED = "workflow.resumed"
+WORKFLOW_COMPENSATING = "workflow.compensating"
+WORKFLOW_COMPENSATED = "workflow.compensated"
+WORKFLOW_COMPENSATE_FAILED = "workflow.compensate_failed"
 # Step-scoped, reported by workers
 STEP_STARTED = "step.started"
 STEP_COMPLETED = "step.completed"
@@ -29,6 +35,7 @@ STEP_CONTINUE = "step.continue"
 STEP_QUEUED = "step.queued"
 STEP_RETRY_SCHEDULED = "step.retry_scheduled"
 STEP_SKIPPED = "step.skipped"
+STEP_RECOVERED = "step.recovered"
 # Approvals
 APPROVAL_GRANTED = "approval.granted"
 APPROVAL_REJECTED = "approval.rejected"
@@ -102,7 +109,11 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def parse_timestamp(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    """Any RFC3339 instant: ours, or a Go peer's (nanoseconds, no fraction, an offset)."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
 
 
 def fact_id(event_type: str, step_id: str = "", attempt: int = 0) -> str:

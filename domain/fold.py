@@ -66,10 +66,16 @@ def _run_event(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
     if status is None:
         return run
     payload = event.payload if isinstance(event.payload, dict) else {}
-    changes: dict[str, Any] = {"status": status, "completed_at": event.timestamp}
+    changes: dict[str, Any] = {"status": status}
+    if status in st.TERMINAL_RUN_STATUSES:
+        changes["completed_at"] = event.timestamp
     if event.type == ev.WORKFLOW_COMPLETED:
         changes["output"] = payload.get("output")
-    else:
+    elif event.type == ev.WORKFLOW_COMPENSATING:
+        changes["compensation"] = tuple(payload.get("chain") or ())
+        changes["trigger_step"] = str(payload.get("trigger_step") or "")
+        changes["trigger_error"] = str(payload.get("trigger_error") or "")
+    elif status in st.TERMINAL_RUN_STATUSES:
         changes["error"] = str(payload.get("error") or payload.get("reason") or "")
     if event.type == ev.WORKFLOW_CANCELLED:
         changes["steps"] = _cancel_unfinished(run.steps, event.timestamp)
@@ -91,13 +97,18 @@ def _step_event(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
     if status is None or not _attempt_applies(step, event):
         return run
     updated = _STEP_MUTATORS[event.type](run, replace(step, status=status), event)
-    return replace(run, steps={**run.steps, event.step_id: updated})
+    changes: dict[str, Any] = {"steps": {**run.steps, event.step_id: updated}}
+    if event.type == ev.STEP_COMPLETED:
+        changes["completions"] = updated.completed_order
+    elif event.type == ev.STEP_STARTED and run.definition and run.definition.sticky and not run.sticky_worker:
+        changes["sticky_worker"] = event.worker_id
+    return replace(run, **changes)
 
 
 def _attempt_applies(step: st.StepState, event: ev.Event) -> bool:
     if event.type in ATTEMPT_OPENING:
         return event.attempt > step.attempts
-    if event.type == ev.STEP_SKIPPED:
+    if event.type in (ev.STEP_SKIPPED, ev.STEP_RECOVERED):
         return True
     return event.attempt == step.attempts
 
@@ -122,7 +133,7 @@ def _started_step(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> s
 def _completed(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.StepState:
     return replace(
         step, output=event.payload, error="", failure_type="", finished_at=event.timestamp,
-        worker_id=event.worker_id or step.worker_id,
+        worker_id=event.worker_id or step.worker_id, completed_order=run.completions + 1,
     )
 
 
@@ -143,6 +154,12 @@ def _retry_scheduled(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -
 
 
 def _skipped(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.StepState:
+    payload = event.payload if isinstance(event.payload, dict) else {}
+    return replace(step, finished_at=event.timestamp, skip_reason=str(payload.get("reason") or ""),
+                   skip_cascade=bool(payload.get("cascade")))
+
+
+def _recovered(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.StepState:
     return replace(step, finished_at=event.timestamp)
 
 
@@ -153,6 +170,7 @@ _STEP_MUTATORS = {
     ev.STEP_FAILED: _failed,
     ev.STEP_RETRY_SCHEDULED: _retry_scheduled,
     ev.STEP_SKIPPED: _skipped,
+    ev.STEP_RECOVERED: _recovered,
 }
 
 

@@ -1,11 +1,27 @@
-"""DAG resolution over a run's state: readiness, inputs, completion, output."""
+"""DAG resolution over a run's state: readiness, inputs, completion, output.
+
+A dependency's *outcome* is what its dependents see:
+- ``ok``: completed, recovered, or skipped by ``skip_if`` / ``on_failure``;
+- ``bad``: failed (an optional step, or one whose handler failed), cancelled,
+  or skipped because of an upstream failure (such skips cascade);
+- ``pending``: anything else, including a failed step whose ``on_failure``
+  handler has not finished.
+A step is ready when every dependency (``depends_on`` and ``after_any``) has
+an outcome; it is then skipped if a ``depends_on`` dependency is bad (unless
+every ``$ref`` to it has a default), else dispatched.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from msgspec import UNSET
+
 from . import state as st
+from . import templates
 from .definition import StepDef, WorkflowDef
+
+OK, BAD, PENDING = "ok", "bad", "pending"
 
 
 def dependencies(step: StepDef) -> tuple[str, ...]:
@@ -17,19 +33,47 @@ def is_aux(defn: WorkflowDef, step_id: str) -> bool:
     return bool(defn.aux_steps.get(step_id))
 
 
+def outcome(defn: WorkflowDef, run: st.WorkflowRun, step_id: str) -> str:
+    state = run.step(step_id)
+    if state.status in (st.STEP_COMPLETED, st.STEP_RECOVERED):
+        return OK
+    if state.status == st.STEP_SKIPPED:
+        return BAD if state.skip_cascade else OK
+    if state.status == st.STEP_CANCELLED:
+        return BAD
+    if state.status == st.STEP_FAILED:
+        handler = defn.step_map()[step_id].on_failure if step_id in run.steps else ""
+        if handler and run.step(handler).status not in (st.STEP_FAILED, st.STEP_CANCELLED):
+            return PENDING
+        return BAD
+    return PENDING
+
+
 def ready_steps(defn: WorkflowDef, run: st.WorkflowRun) -> list[StepDef]:
-    """Pending, non-auxiliary steps whose dependencies are all done, in definition order."""
+    """Pending, non-auxiliary steps all of whose dependencies have an outcome."""
     ready = []
     for step in defn.steps:
         if run.step(step.id).status != st.STEP_PENDING or is_aux(defn, step.id):
             continue
-        if all(run.step(dep).status in st.DONE_STEP_STATUSES for dep in dependencies(step)):
+        if all(outcome(defn, run, dep) != PENDING for dep in dependencies(step)):
             ready.append(step)
     return ready
 
 
+def failed_upstream(defn: WorkflowDef, run: st.WorkflowRun, step: StepDef) -> str | None:
+    """A ``depends_on`` dependency whose failure skips this step, if any."""
+    covered = templates.defaulted_steps(step.input) if step.input is not UNSET else set()
+    for dep in step.depends_on:
+        if dep not in covered and outcome(defn, run, dep) == BAD:
+            return dep
+    return None
+
+
 def resolve_input(run: st.WorkflowRun, step: StepDef) -> Any:
-    """No deps: the run input; one dep: its output; several: {dep_id: output}."""
+    """The input template if the step has one (may raise SkipStep); else no deps:
+    the run input; one dep: its output; several: {dep_id: output}."""
+    if step.input is not UNSET:
+        return templates.resolve(step.input, run)
     deps = step.depends_on
     if not deps:
         return run.input
@@ -38,13 +82,23 @@ def resolve_input(run: st.WorkflowRun, step: StepDef) -> Any:
     return {dep: run.step(dep).output for dep in deps}
 
 
+def settled(defn: WorkflowDef, run: st.WorkflowRun, step: StepDef) -> bool:
+    """Done as far as the run's completion is concerned."""
+    status = run.step(step.id).status
+    if status in st.DONE_STEP_STATUSES:
+        return True
+    return status == st.STEP_FAILED and step.optional and outcome(defn, run, step.id) == BAD
+
+
 def is_complete(defn: WorkflowDef, run: st.WorkflowRun) -> bool:
-    """Every non-auxiliary step is done; auxiliary steps only count once they ran."""
+    """Every non-auxiliary step settled; auxiliary steps count only once they ran."""
     for step in defn.steps:
         status = run.step(step.id).status
-        if is_aux(defn, step.id) and status == st.STEP_PENDING:
+        if is_aux(defn, step.id):
+            if status in st.IN_FLIGHT_STEP_STATUSES or status == st.STEP_RETRYING:
+                return False
             continue
-        if status not in st.DONE_STEP_STATUSES:
+        if not settled(defn, run, step):
             return False
     return True
 
@@ -60,3 +114,15 @@ def run_output(defn: WorkflowDef, run: st.WorkflowRun) -> Any:
     if len(sinks) == 1:
         return run.step(sinks[0]).output
     return {sid: run.step(sid).output for sid in sinks}
+
+
+def blockers(defn: WorkflowDef, run: st.WorkflowRun) -> dict[str, list[str]]:
+    """Pending steps and the dependencies they still wait on."""
+    waiting = {}
+    for step in defn.steps:
+        if run.step(step.id).status != st.STEP_PENDING or is_aux(defn, step.id):
+            continue
+        deps = [d for d in dependencies(step) if outcome(defn, run, d) == PENDING]
+        if deps:
+            waiting[step.id] = deps
+    return waiting

@@ -57,6 +57,12 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     started_at: str = ""
     finished_at: str = ""
     retry_at: str = ""
+    # A skip caused by an upstream failure spreads to dependents; a skip_if
+    # (or on_failure) skip satisfies them.
+    skip_cascade: bool = False
+    skip_reason: str = ""
+    # Order of completion within the run (sagas compensate in reverse).
+    completed_order: int = 0
 
 
 class WorkflowRun(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -72,6 +78,12 @@ class WorkflowRun(msgspec.Struct, frozen=True, omit_defaults=True):
     completed_at: str = ""
     trace_parent: str = ""
     definition: WorkflowDef | None = None
+    completions: int = 0
+    sticky_worker: str = ""
+    # Saga: the steps still to compensate (in order) and what triggered it.
+    compensation: tuple[str, ...] = ()
+    trigger_step: str = ""
+    trigger_error: str = ""
 
     @property
     def is_terminal(self) -> bool:

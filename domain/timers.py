@@ -15,6 +15,9 @@ from .events import format_timestamp, parse_timestamp
 
 RETRY = "retry"
 STEP_TIMEOUT = "step_timeout"
+DEADLINE = "deadline"
+STICKY_FALLBACK = "sticky_fallback"
+STICKY_FALLBACK_NS = 5_000_000_000
 
 
 def timer_id(kind: str, step_id: str = "", attempt: int = 0) -> str:
@@ -30,6 +33,14 @@ def step_timeout_timer(step_id: str, attempt: int, due: str) -> StartTimer:
     return StartTimer(timer_id(STEP_TIMEOUT, step_id, attempt), due, STEP_TIMEOUT, step_id, attempt)
 
 
+def deadline_timer(due: str) -> StartTimer:
+    return StartTimer(timer_id(DEADLINE), due, DEADLINE)
+
+
+def sticky_fallback_timer(step_id: str, attempt: int, due: str) -> StartTimer:
+    return StartTimer(timer_id(STICKY_FALLBACK, step_id, attempt), due, STICKY_FALLBACK, step_id, attempt)
+
+
 def add_ns(timestamp: str, ns: int) -> str:
     return format_timestamp(parse_timestamp(timestamp) + timedelta(microseconds=ns // 1000))
 
@@ -39,10 +50,14 @@ def wanted_timers(run: st.WorkflowRun) -> list[StartTimer]:
     if run.definition is None or run.is_terminal:
         return []
     wanted = []
+    if run.definition.timeout and run.created_at:
+        wanted.append(deadline_timer(add_ns(run.created_at, int(run.definition.timeout))))
     for step in run.definition.steps:
         state = run.step(step.id)
         if state.status == st.STEP_RETRYING and state.retry_at:
             wanted.append(retry_timer(step.id, state.attempts, state.retry_at))
         elif state.status == st.STEP_RUNNING and step.timeout and state.started_at:
             wanted.append(step_timeout_timer(step.id, state.attempts, add_ns(state.started_at, int(step.timeout))))
+        elif state.status == st.STEP_QUEUED and run.definition.sticky == "soft" and run.sticky_worker:
+            wanted.append(sticky_fallback_timer(step.id, state.attempts, add_ns(state.queued_at, STICKY_FALLBACK_NS)))
     return wanted

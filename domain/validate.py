@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
-import jsonschema
 import msgspec
 
 from .definition import COMPARISON_OPS, STEP_TYPES, WORKER_STEP_TYPES, RetryPolicy, StepDef, WorkflowDef
@@ -65,11 +64,12 @@ def find_issues(wf: WorkflowDef) -> list[str]:
     steps: dict[str, StepDef] = {}
     for step in wf.steps:
         steps.setdefault(step.id, step)
+    aux = aux_targets(wf)
     issues = list(_workflow_issues(wf))
     for index, step in enumerate(wf.steps):
         label = f"step {_q(step.id)}" if step.id else f"steps[{index}]"
-        issues += [f"{label}: {issue}" for issue in _step_issues(wf, step, steps)]
-    issues += _cycle_issues(wf, steps)
+        issues += [f"{label}: {issue}" for issue in _step_issues(step, steps, aux)]
+    issues += _cycle_issues(steps)
     return issues
 
 
@@ -170,7 +170,8 @@ def _priority_issues(wf: WorkflowDef) -> Issues:
     if priority is None:
         return
     yield from _path("priority.key", priority.key)
-    yield from _within("priority.rules", len(priority.rules), 1, MAX_PRIORITY_RULES)
+    if not 1 <= len(priority.rules) <= MAX_PRIORITY_RULES:
+        yield f"priority.rules: needs 1 to {MAX_PRIORITY_RULES} rules (got {len(priority.rules)})"
     for value, offset in priority.rules.items():
         yield from _within(f"priority.rules[{_q(value)}]", offset, -MAX_PRIORITY_OFFSET, MAX_PRIORITY_OFFSET)
     yield from _within("priority.default_offset", priority.default_offset, -MAX_PRIORITY_OFFSET, MAX_PRIORITY_OFFSET)
@@ -194,6 +195,8 @@ def _cancel_on_issues(wf: WorkflowDef) -> Issues:
 def _schema_issues(field: str, schema: Any) -> Issues:
     if schema is None:
         return
+    import jsonschema  # on first use: it costs ~50 ms to import, and most definitions have no schema
+
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.exceptions.SchemaError as err:
@@ -204,7 +207,7 @@ def _schema_issues(field: str, schema: Any) -> Issues:
 # ---- one step ---------------------------------------------------------------------------
 
 
-def _step_issues(wf: WorkflowDef, step: StepDef, steps: dict[str, StepDef]) -> Issues:
+def _step_issues(step: StepDef, steps: dict[str, StepDef], aux: dict[str, bool]) -> Issues:
     yield from _identifier("id", step.id)
     if step.type not in STEP_TYPES:
         yield f"type: unknown step type {_q(step.type)} (one of {', '.join(STEP_TYPES)})"
@@ -215,7 +218,7 @@ def _step_issues(wf: WorkflowDef, step: StepDef, steps: dict[str, StepDef]) -> I
     if step.worker_group:
         yield from _identifier("worker_group", step.worker_group)
     for field in ("depends_on", "after_any"):
-        yield from _dependency_issues(field, step, getattr(step, field), steps)
+        yield from _dependency_issues(field, step, getattr(step, field), steps, aux)
     if step.type in STEP_TYPES:
         yield from _config_issues(step, steps)
     yield from _duration("timeout", int(step.timeout), MAX_STEP_TIMEOUT)
@@ -231,13 +234,16 @@ def _step_issues(wf: WorkflowDef, step: StepDef, steps: dict[str, StepDef]) -> I
         yield from _template_issues("input", step.input, dependencies(step))
 
 
-def _dependency_issues(field: str, step: StepDef, deps: tuple[str, ...], steps: dict[str, StepDef]) -> Issues:
+def _dependency_issues(field: str, step: StepDef, deps: tuple[str, ...], steps: dict[str, StepDef],
+                       aux: dict[str, bool]) -> Issues:
     seen: set[str] = set()
     for dep in deps:
         if dep == step.id:
             yield f"{field}: a step cannot depend on itself"
         elif dep not in steps:
             yield f"{field}: unknown step {_q(dep)}"
+        elif dep in aux:  # it may never run, and this step would wait forever
+            yield f"{field}: {_q(dep)} is an on_failure/compensate step, which runs only when triggered"
         if dep in seen:
             yield f"{field}: {_q(dep)} is listed more than once"
         seen.add(dep)
@@ -429,7 +435,7 @@ _CONFIG_RULES: dict[str, Any] = {
 # ---- the graph ---------------------------------------------------------------------------------
 
 
-def _cycle_issues(wf: WorkflowDef, steps: dict[str, StepDef]) -> Issues:
+def _cycle_issues(steps: dict[str, StepDef]) -> Issues:
     """Kahn's algorithm over depends_on + after_any; what is never freed sits on or behind a cycle."""
     waiting = {sid: {d for d in dependencies(s) if d in steps and d != sid} for sid, s in steps.items()}
     dependents: dict[str, list[str]] = {sid: [] for sid in steps}

@@ -8,9 +8,9 @@ cancelling a run publishes a fact to the run's inbox.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
 import jsonschema
@@ -30,12 +30,14 @@ from dagnats.domain.errors import (
     WorkflowNotFound,
 )
 from dagnats.domain.identifiers import check_identifier
-from dagnats.domain.state import WorkflowRun
+from dagnats.domain.state import RUN_PAUSED, RUN_PAUSING, RUN_RUNNING, WorkflowRun
 from dagnats.domain.validate import validate
 
 from .engine import Engine
 from .headers import MSG_ID, TRACEPARENT
-from .resources import DEFS_BUCKET, inbox_subject
+from .admission import Admission
+from .correlator import Correlator
+from .resources import DEFS_BUCKET, SIGNALS_BUCKET, inbox_subject
 from .tracing import new_trace_parent, valid_trace_parent
 from .views import event_view, run_summary, run_view
 
@@ -64,15 +66,25 @@ class ControlPlane:
             "run.events": self.run_events,
             "run.list": self.list_runs,
             "run.cancel": self.cancel_run,
+            "run.pause": self.pause_run,
+            "run.resume": self.resume_run,
+            "run.delete": self.delete_run,
+            "run.signal": self.signal_run,
             "status": self.status,
         }
 
     async def start(self) -> None:
         self.defs = await self.js.key_value(DEFS_BUCKET)
+        self.signals = await self.js.key_value(SIGNALS_BUCKET)
+        self.admission = Admission(self.js)
+        await self.admission.open()
+        self.correlator = Correlator(self.js, self.status_of, self.cancel_by)
+        await self.correlator.start()
         self._sub = await self.nc.subscribe(f"{API_PREFIX}.>", queue=API_QUEUE, cb=self._serve)
 
     async def stop(self) -> None:
         await self._sub.unsubscribe()
+        await self.correlator.stop()
 
     async def _serve(self, msg: Msg) -> None:
         op = msg.subject[len(API_PREFIX) + 1 :]
@@ -141,8 +153,9 @@ class ControlPlane:
         trace_parent = body.get("trace_parent")
         if not valid_trace_parent(trace_parent):
             trace_parent = new_trace_parent()
+        now = _now()
         event = ev.Event(
-            type=ev.WORKFLOW_STARTED, run_id=run_id, timestamp=ev.format_timestamp(_now()),
+            type=ev.WORKFLOW_STARTED, run_id=run_id, timestamp=ev.format_timestamp(now),
             payload={"workflow_def": workflow_to_object(wf), "input": data},
             trace_parent=trace_parent, id="workflow.started",
         )
@@ -150,9 +163,31 @@ class ControlPlane:
         limit = self.nc.max_payload - ENVELOPE_ROOM
         if len(encoded) > limit:
             raise PayloadTooLarge("run input with its definition", len(encoded), limit)
-        headers = {MSG_ID: f"{run_id}.workflow.started", TRACEPARENT: trace_parent}
-        await self.js.publish(inbox_subject(run_id), encoded, headers=headers)
+        existing, claimed = await self.admission.claim_idempotency(wf, data, run_id)
+        if existing:
+            return {"run_id": existing, "deduplicated": True}
+        try:
+            replaced = await self.admission.take_singleton(wf, data, run_id, self.status_of)
+            await self.admission.register_waiters(wf, data, run_id, lambda ns: _after(now, ns))
+            headers = {MSG_ID: f"{run_id}.workflow.started", TRACEPARENT: trace_parent}
+            await self.js.publish(inbox_subject(run_id), encoded, headers=headers)
+        except BaseException:
+            await self.admission.release_idempotency(claimed)
+            raise
+        if replaced:
+            await self.cancel_by(replaced, f"replaced by run {run_id} (singleton cancel)", f"singleton.{run_id}")
         return {"run_id": run_id}
+
+    async def status_of(self, run_id: str) -> str | None:
+        try:
+            return (await self._run(run_id)).status
+        except RunNotFound:
+            return None
+
+    async def cancel_by(self, run_id: str, reason: str, fact_id: str) -> None:
+        run = await self._run(run_id)
+        if not run.is_terminal:
+            await self.publish_fact(run, ev.WORKFLOW_CANCELLED, {"reason": reason}, fact_id)
 
     async def _run(self, run_id: str) -> WorkflowRun:
         check_identifier("run id", run_id)
@@ -195,6 +230,33 @@ class ControlPlane:
                                 f"cancel.{secrets.token_hex(4)}")
         return {"run_id": run.run_id, "cancelled": True}
 
+    async def pause_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        run = await self._run(str(body.get("run_id", "")))
+        if run.status != RUN_RUNNING:
+            raise InvalidRunState(run.run_id, run.status, "pause")
+        await self.publish_fact(run, ev.WORKFLOW_PAUSE_REQUESTED, None, f"pause.{secrets.token_hex(4)}")
+        return {"run_id": run.run_id, "pausing": True}
+
+    async def resume_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        run = await self._run(str(body.get("run_id", "")))
+        if run.status not in (RUN_PAUSED, RUN_PAUSING):
+            raise InvalidRunState(run.run_id, run.status, "resume")
+        await self.publish_fact(run, ev.WORKFLOW_RESUMED, None, f"resume.{secrets.token_hex(4)}")
+        return {"run_id": run.run_id, "resumed": True}
+
+    async def delete_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        run = await self._run(str(body.get("run_id", "")))
+        if not run.is_terminal:
+            raise InvalidRunState(run.run_id, run.status, "delete")
+        await self.engine.ports.store.delete(run.run_id)
+        return {"run_id": run.run_id, "deleted": True}
+
+    async def signal_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        run = await self._run(str(body.get("run_id", "")))
+        name = check_identifier("signal name", body.get("name", ""))
+        await self.signals.put(f"{run.run_id}.{name}", msgspec.json.encode(body.get("data")))
+        return {"run_id": run.run_id, "signal": name, "sent": True}
+
     async def publish_fact(self, run: WorkflowRun, event_type: str, payload: Any, fact_id: str) -> None:
         event = ev.Event(type=event_type, run_id=run.run_id, timestamp=ev.format_timestamp(_now()),
                          payload=payload, trace_parent=run.trace_parent, id=fact_id)
@@ -229,7 +291,9 @@ def _check_schema(schema: dict[str, Any], data: Any) -> None:
         raise InvalidInput(f"{err.message}" + (f" (at {where})" if where else "")) from None
 
 
-def _now():
-    from datetime import datetime, timezone
-
+def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _after(moment: datetime, ns: int) -> str:
+    return ev.format_timestamp(moment + timedelta(microseconds=ns // 1000))

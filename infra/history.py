@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
 from dagnats.actors.ports import WrongLastSequence
 from dagnats.domain.events import Event, decode_record, encode_record
@@ -94,17 +94,26 @@ class HistoryStore:
         await kv.put(snapshot_key(run.run_id), _SNAPSHOT_ENCODER.encode(Snapshot(run, last_seq)))
 
     async def snapshots(self) -> list[Snapshot]:
+        """Every snapshot, read in one pass over the bucket."""
+        return [_SNAPSHOT_DECODER.decode(value) for _, value in await kv_entries(await self.runs_kv(), ">")]
+
+    async def delete(self, run_id: str) -> None:
+        """Remove a run's history and snapshot (the caller checks it is terminal)."""
+        await self.js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id))
         kv = await self.runs_kv()
-        try:
-            keys = await kv.keys()
-        except (NoKeysError, NotFoundError):
-            return []
-        result = []
-        for key in keys:
-            try:
-                entry = await kv.get(key)
-            except (KeyNotFoundError, NotFoundError):
-                continue
+        await kv.purge(snapshot_key(run_id))
+
+
+async def kv_entries(kv, pattern: str) -> list[tuple[str, bytes]]:
+    """(key, value) of every live key matching ``pattern``."""
+    watcher = await kv.watch(pattern, ignore_deletes=True)
+    entries = []
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
             if entry.value:
-                result.append(_SNAPSHOT_DECODER.decode(entry.value))
-        return result
+                entries.append((entry.key, entry.value))
+    finally:
+        await watcher.stop()
+    return entries

@@ -45,7 +45,8 @@ async def publish_tasks(js: JetStreamContext, tasks: list[EnqueueTask]) -> None:
 
     async def publish(task: EnqueueTask) -> None:
         p = task.payload
-        headers = {MSG_ID: f"{p.run_id}.{p.step_id}.{p.attempt}"}
+        suffix = f".{task.variant}" if task.variant else ""
+        headers = {MSG_ID: f"{p.run_id}.{p.step_id}.{p.attempt}{suffix}"}
         if p.traceparent:
             headers[TRACEPARENT] = p.traceparent
         subject = task_subject(task.task, p.run_id, task.group or None)

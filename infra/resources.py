@@ -32,6 +32,7 @@ SIGNALS_BUCKET = "signals"
 CHECKPOINTS_BUCKET = "checkpoints"
 IDEMPOTENCY_BUCKET = "idempotency_keys"
 SINGLETON_BUCKET = "singleton_locks"
+WAITERS_BUCKET = "event_waiters"
 KV_BUCKETS = (
     DEFS_BUCKET,
     RUNS_BUCKET,
@@ -39,6 +40,7 @@ KV_BUCKETS = (
     CHECKPOINTS_BUCKET,
     IDEMPOTENCY_BUCKET,
     SINGLETON_BUCKET,
+    WAITERS_BUCKET,
 )
 
 DUPLICATE_WINDOW = 120.0  # seconds: the longest client retry horizon we dedupe across

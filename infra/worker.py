@@ -152,7 +152,11 @@ class Worker:
             await self.stop()
 
     async def start(self) -> None:
-        """Connect, ensure the consumers and start fetching; returns at once."""
+        """Connect, ensure the consumers and start fetching.
+
+        Waits for NATS if it is not up yet (retrying every second); a missing
+        TASK_QUEUES stream is waited for in the background.
+        """
         if not self._handlers:
             raise RuntimeError("no tasks registered: decorate a handler with @worker.task(name)")
         if self._nc is not None:
@@ -185,7 +189,7 @@ class Worker:
 
     async def stop(self) -> None:
         """Stop fetching, let running handlers finish (up to drain_timeout), close."""
-        if self._nc is None:
+        if self._nc is None or self._stopping:
             return
         self._stopping = True
         self._stopped.set()
@@ -206,7 +210,8 @@ class Worker:
         """Return tasks still running after drain_timeout to the queue, for another worker."""
         if not late:
             return
-        log.warning("worker %s: %d tasks outlived the drain timeout; returning them", self.worker_id, len(late))
+        log.warning("worker %s: %d tasks outlived the drain timeout; returning them", self.worker_id,
+                    len(late))
         msgs = [self._running[task] for task in late]
         for task in late:
             task.cancel()
@@ -235,7 +240,7 @@ class Worker:
                 await settle(sub.pull.unsubscribe())
             sub.pull = await self._js.pull_subscribe_bind(durable=sub.consumer, stream=TASK_STREAM)
         except Exception as err:  # noqa: BLE001 - retried by the fetch loop
-            log.warning("consumer %s on %s not ready: %s", sub.consumer, TASK_STREAM, describe(err))
+            sub.trouble(f"cannot set up consumer {sub.consumer} on {TASK_STREAM}", err)
             sub.stale = True
             return False
         sub.stale = False
@@ -256,11 +261,11 @@ class Worker:
             except Exception as err:  # noqa: BLE001 - the loop must outlive any one failure
                 self._slots.give(reserved)
                 failures += 1
-                log.warning("fetch from %s failed: %s", sub.consumer, describe(err))
+                sub.trouble(f"fetch from {sub.consumer} failed", err)
                 sub.stale = True
                 await self._pause(failures)
                 continue
-            failures = 0
+            failures, sub.last_trouble = 0, ""
             await self._dispatch(sub, msgs, reserved)
 
     async def _fetch(self, sub: _Subscription, batch: int) -> list[Msg]:
@@ -310,7 +315,11 @@ class Worker:
         text = describe(err)
         level = logging.DEBUG if text == self._last_error_logged else logging.WARNING
         self._last_error_logged = text
-        log.log(level, "worker %s: NATS error: %s", self.worker_id, text)
+        if isinstance(err, (OSError, asyncio.TimeoutError)):
+            log.log(level, "worker %s: cannot reach NATS at %s (%s); retrying",
+                    self.worker_id, self.nats_url, text)
+        else:
+            log.log(level, "worker %s: NATS error: %s", self.worker_id, text)
 
     async def _on_disconnected(self) -> None:
         if not self._stopping:
@@ -333,6 +342,13 @@ class _Subscription:
     pull: JetStreamContext.PullSubscription | None = None
     stale: bool = True
     idle: bool = True  # the last fetch was empty: ask for one message, hold one slot
+    last_trouble: str = ""
+
+    def trouble(self, what: str, err: BaseException) -> None:
+        """Log a failure once; the same failure again (every retry) only at DEBUG."""
+        text = f"{what}: {describe(err)}"
+        log.log(logging.DEBUG if text == self.last_trouble else logging.WARNING, "%s; retrying", text)
+        self.last_trouble = text
 
     @property
     def consumer(self) -> str:

@@ -10,8 +10,8 @@ followed by the decision events it caused, in order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -27,7 +27,6 @@ from dagnats.domain.durations import SECOND
 RUN_ID = "0123456789abcdef0123456789abcdef"
 BASE_TIME = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
-step_ids = st.sampled_from([f"s{i}" for i in range(12)])
 task_names = st.sampled_from(["greet", "fetch", "upper", "store"])
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=8),
@@ -242,10 +241,3 @@ def stray_events(step_names: tuple[str, ...]) -> st.SearchStrategy[ev.Event]:
         ev.Event, type=types, run_id=st.just(RUN_ID), step_id=st.sampled_from(step_names + ("", "nope")),
         timestamp=st.just(ev.format_timestamp(at(999))), payload=json_values, attempt=st.integers(0, 5),
     )
-
-
-__all__ = [
-    "BASE_TIME", "RUN_ID", "RecordedRun", "Recorder", "at", "completed", "dag_definitions",
-    "failed", "graph_definition", "graphs", "json_values", "recorded_runs", "retry_policies", "started_event",
-    "stray_events", "timer_fired", "worker_fact",
-]

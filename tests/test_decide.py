@@ -376,3 +376,33 @@ def test_recover_dispatches_steps_that_became_ready_but_were_never_queued():
     actions = recover(run, at(2))
     assert enqueued(actions) == [("b", 1)]
     assert [e.type for e in appended(actions, ev.STEP_QUEUED)] == [ev.STEP_QUEUED]
+
+
+@pytest.mark.parametrize(("hint", "delay_ms"), [(None, 100), ("soon", 100), ([1], 100), (True, 100), (10, 100),
+                                                (1e400, 3_600_000), (7_200_000, 3_600_000)])
+def test_a_malformed_or_extreme_retry_after_hint_is_clamped_not_a_crash(hint, delay_ms):
+    rec = start(wf(s("a", retry=policy())))
+    actions = rec.feed(failed("a", 1, "429", "rate_limited", retry_after_ms=hint), at(1))
+    assert appended(actions, ev.STEP_RETRY_SCHEDULED)[0].payload["delay_ms"] == delay_ms
+
+
+def test_recover_accepts_a_go_worker_timestamp_with_nanoseconds():
+    rec = start(wf(s("t", timeout=MINUTE)))
+    go_started = ev.Event(type=ev.STEP_STARTED, run_id=RUN_ID, step_id="t", attempt=1,
+                          timestamp="2025-01-01T00:00:02.123456789Z", id="t.1.step.started")
+    rec.feed(go_started, at(2))
+    (timer,) = timers(recover(rec.run, at(10)))
+    assert timer.due == "2025-01-01T00:01:02.123456Z"
+
+
+@pytest.mark.parametrize(
+    ("text", "iso"),
+    [
+        ("2025-01-01T00:00:02.500000Z", "2025-01-01T00:00:02.500000+00:00"),
+        ("2025-01-01T00:00:02Z", "2025-01-01T00:00:02+00:00"),
+        ("2025-01-01T00:00:02.123456789Z", "2025-01-01T00:00:02.123456+00:00"),
+        ("2025-01-01T02:00:02+02:00", "2025-01-01T00:00:02+00:00"),
+    ],
+)
+def test_timestamps_parse_from_any_rfc3339_form(text, iso):
+    assert ev.parse_timestamp(text).isoformat() == iso

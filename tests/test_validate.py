@@ -465,6 +465,13 @@ def test_aux_targets_must_exist_be_another_step_and_have_no_dependencies(field):
     assert_valid(doc(step("a", **{field: "h"}), step("h")))
 
 
+@pytest.mark.parametrize("field", ["on_failure", "compensate"])
+@pytest.mark.parametrize("dependency", ["depends_on", "after_any"])
+def test_no_step_may_wait_for_an_aux_step_which_might_never_run(field, dependency):
+    assert_issue(doc(step("a", **{field: "h"}), step("h"), step("c", **{dependency: ["h"]})),
+                 f'step "c": {dependency}: "h" is an on_failure/compensate step, which runs only when triggered')
+
+
 @pytest.mark.parametrize(
     ("fields", "fragment"),
     [
@@ -530,9 +537,9 @@ def test_valid_input_templates():
         ({"idempotency_key": "order."}, 'idempotency_key: "order." is not a dot path'),
         ({"sticky": "hard"}, 'sticky: "hard" needs a workflow timeout'),
         ({"priority": {"key": "", "rules": {"a": 1}}}, 'priority.key: "" is not a dot path'),
-        ({"priority": {"key": "tier"}}, "priority.rules: must be between 1 and 20 (got 0)"),
+        ({"priority": {"key": "tier"}}, "priority.rules: needs 1 to 20 rules (got 0)"),
         ({"priority": {"key": "tier", "rules": {str(i): 0 for i in range(21)}}},
-         "priority.rules: must be between 1 and 20 (got 21)"),
+         "priority.rules: needs 1 to 20 rules (got 21)"),
         ({"priority": {"key": "tier", "rules": {"gold": 601}}}, 'priority.rules["gold"]: must be between -600 and 600'),
         ({"priority": {"key": "tier", "rules": {"gold": 1}, "default_offset": -601}},
          "priority.default_offset: must be between -600 and 600 (got -601)"),

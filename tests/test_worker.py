@@ -42,7 +42,9 @@ async def engine_js(url: str):
     return nc, js
 
 
-async def publish_task(js, task: str, run_id: str, data=None, *, step_id="s1", attempt=1, group=None, traceparent=""):
+async def publish_task(
+    js, task: str, run_id: str, data=None, *, step_id="s1", attempt=1, group=None, traceparent=""
+):
     payload = TaskPayload(
         task_id=f"{run_id}.{step_id}", run_id=run_id, step_id=step_id, attempt=attempt,
         input=data, task=task, workflow_name="wf", traceparent=traceparent,
@@ -602,9 +604,8 @@ def test_long_task_is_kept_alive_past_ack_wait(nats_url, run):
     @w.task("long")
     def long(ctx: TaskContext) -> str:
         calls.append(ctx.attempt)
-        for _ in range(5):
-            time.sleep(0.5)
-            ctx.heartbeat()  # besides the worker's own in_progress every ack_wait/3
+        ctx.heartbeat()  # safe from the handler's thread; the worker also sends its own
+        time.sleep(2.5)  # in_progress every ack_wait/3
         return "done"
 
     async def body():
@@ -684,3 +685,39 @@ def test_run_drains_on_sigterm_and_exits_cleanly(nats_url, run, tmp_path):
         proc.kill()
         proc.wait()
     assert (result.payload, result.worker_id, code) == ("finished", "polite", 0)
+
+
+def test_execution_is_traced_as_a_child_of_the_tasks_traceparent(nats_url, run, monkeypatch):
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from dagnats.infra import task_context
+
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(task_context, "_tracer", provider.get_tracer("dagnats.worker"))
+    w = Worker(nats_url)
+    inner = []
+
+    @w.task("traced")
+    def traced(ctx: TaskContext) -> None:
+        inner.append(trace.get_current_span().get_span_context())  # visible in the pool thread
+        raise Permanent("no")
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_task(js, "traced", "r1", traceparent=TP)
+            await inbox.result()
+        await nc.close()
+
+    run(body())
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "executeTask traced" and span.kind == trace.SpanKind.CONSUMER
+    assert format(span.context.trace_id, "032x") == TP.split("-")[1]
+    assert format(span.parent.span_id, "016x") == TP.split("-")[2]
+    assert span.status.status_code == trace.StatusCode.ERROR
+    assert inner[0].span_id == span.context.span_id

@@ -1,0 +1,530 @@
+"""WorkflowBuilder: define a workflow in Python and get the WorkflowDef JSON would give.
+
+Theory of operation: the builder writes the JSON document a user would have
+written by hand — one dict per step with the same field names, durations as
+integer nanoseconds, configs and templates as plain JSON values — and
+``build()`` decodes that document with ``workflow_from_object`` and runs
+``validate()``, exactly as registration of a JSON file does. The two paths
+therefore cannot drift: same decoding, same rules, same ``aux_steps``.
+
+Mistakes the builder can see at the call (a StepRef from another builder, a
+self-reference, a duplicate or malformed id, a bad duration, a skip_if on a
+step that is not a dependency) raise ``BuilderError`` there, where the
+traceback points at the culprit. Rules over the whole graph (cycles, map
+dependencies, per-type bounds) stay with ``validate()`` and surface from
+``build()`` as ``WorkflowInvalid``.
+
+Builder durations are seconds (int or float), ``timedelta`` or Go-style
+strings ("30s"); a ``RetryPolicy`` object is taken as already parsed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import jsonschema
+import msgspec
+
+from .definition import COMPARISON_OPS, Match, RetryPolicy, WorkflowDef, workflow_from_object
+from .durations import MICROSECOND, SECOND, parse_duration
+from .errors import BuilderError, InvalidDuration, InvalidIdentifier
+from .identifiers import check_identifier
+from .paths import is_valid_path
+from .schema_gen import schema_for
+from .validate import parse_and_validate, validate
+
+__all__ = ["WorkflowBuilder", "StepRef", "ref", "duration_ns"]
+
+_MAX_NS = 2**63 - 1
+
+
+class WorkflowBuilder:
+    """Accumulates a workflow's steps and settings; ``build()`` returns the validated WorkflowDef."""
+
+    def __init__(self, name: str, version: str = "1") -> None:
+        self._doc: dict[str, Any] = {"name": name, "version": version}
+        self._steps: dict[str, dict[str, Any]] = {}
+        self._identifier("workflow name", name)
+
+    @property
+    def name(self) -> str:
+        return self._doc["name"]
+
+    def __repr__(self) -> str:
+        return f"WorkflowBuilder({self.name!r}, {len(self._steps)} steps)"
+
+    # ---- workflow settings ---------------------------------------------------------------
+
+    def version(self, version: str) -> WorkflowBuilder:
+        return self._set("version", self._text("version", version))
+
+    def description(self, text: str) -> WorkflowBuilder:
+        return self._set("description", self._text("description", text))
+
+    def with_timeout(self, duration: Any) -> WorkflowBuilder:
+        """Wall-clock limit of a whole run."""
+        return self._set("timeout", self._ns("timeout", duration))
+
+    def with_default_retry(self, policy: RetryPolicy | Mapping[str, Any] | None = None, **fields: Any) -> WorkflowBuilder:
+        """Retry policy of every step that has neither ``retry`` nor ``retries``."""
+        return self._set("default_retry", self._policy("default_retry", policy, fields))
+
+    def with_idempotency_key(self, dot_path: str) -> WorkflowBuilder:
+        return self._set("idempotency_key", self._path("idempotency_key", dot_path))
+
+    def with_singleton(self, mode: str, key: str = "") -> WorkflowBuilder:
+        if mode not in ("skip", "cancel"):
+            raise self._error(f"singleton mode must be \"skip\" or \"cancel\" (got {mode!r})")
+        config = {"mode": mode, "key": self._path("singleton key", key)} if key else {"mode": mode}
+        return self._set("singleton", config)
+
+    def cancel_on(self, event: str, left: str | None = None, op: str = "eq",
+                  right: str | None = None, timeout: Any = None) -> WorkflowBuilder:
+        """Cancel the run when ``event`` arrives (and ``left`` of the event equals ``right``)."""
+        entry: dict[str, Any] = {"event": self._identifier("cancel_on event", event)}
+        if (left is None) != (right is None):
+            raise self._error(f"cancel_on {event!r}: give both left and right, or neither")
+        if left is not None:
+            entry["match"] = self._match(f"cancel_on {event!r}", Match(left=left, op=op, right=right))
+        if timeout is not None:
+            entry["timeout"] = self._ns(f"cancel_on {event!r}: timeout", timeout)
+        self._doc.setdefault("cancel_on", []).append(entry)
+        return self
+
+    def with_concurrency(self, max_runs: int = 0, max_steps: int = 0) -> WorkflowBuilder:
+        return self._set("concurrency", {"max_runs": self._count("concurrency.max_runs", max_runs),
+                                         "max_steps": self._count("concurrency.max_steps", max_steps)})
+
+    def with_priority(self, key: str, rules: Mapping[str, int], default_offset: int = 0) -> WorkflowBuilder:
+        """Order queued runs by the value at ``key`` of their input: ``rules[value]`` seconds earlier or later."""
+        return self._set("priority", {"key": self._path("priority key", key),
+                                      "rules": dict(self._json("priority rules", dict(rules))),
+                                      "default_offset": default_offset})
+
+    def with_sticky(self, strategy: str) -> WorkflowBuilder:
+        if strategy not in ("soft", "hard"):
+            raise self._error(f"sticky must be \"soft\" or \"hard\" (got {strategy!r})")
+        return self._set("sticky", strategy)
+
+    def with_max_step_error_bytes(self, limit: int) -> WorkflowBuilder:
+        return self._set("max_step_error_bytes", self._count("max_step_error_bytes", limit, 1))
+
+    def with_schemas(self, input_type: Any = None, output_type: Any = None) -> WorkflowBuilder:
+        """Input and output JSON Schemas generated from types (Structs, dataclasses, TypedDicts, ...)."""
+        for field, tp in (("input_schema", input_type), ("output_schema", output_type)):
+            if tp is not None:
+                try:
+                    schema = schema_for(tp)
+                except (TypeError, ValueError) as err:
+                    raise self._error(f"{field}: cannot describe {tp!r} as JSON Schema: {err}") from None
+                self._set(field, self._schema(field, schema))
+        return self
+
+    def with_input_schema(self, schema: Mapping[str, Any]) -> WorkflowBuilder:
+        return self._set("input_schema", self._schema("input_schema", schema))
+
+    def with_output_schema(self, schema: Mapping[str, Any]) -> WorkflowBuilder:
+        return self._set("output_schema", self._schema("output_schema", schema))
+
+    # ---- steps ------------------------------------------------------------------------------
+
+    def task(self, step_id: str, task: str) -> StepRef:
+        """A normal step: one task run by a worker."""
+        return self._add(step_id, "normal", task)
+
+    def sleep(self, step_id: str, duration: Any = None, *, cron: str | None = None,
+              until_input_path: str | None = None) -> StepRef:
+        """A durable pause: a duration, the next ``cron`` time, or the time at an input path."""
+        config: dict[str, Any] = {}
+        if duration is not None:
+            config["duration"] = self._ns(f"step {step_id!r}: sleep duration", duration)
+        if cron is not None:
+            config["cron"] = self._text("cron", cron)
+        if until_input_path is not None:
+            config["until_input_path"] = self._path("until_input_path", until_input_path)
+        if len(config) != 1:
+            raise self._error(f"step {step_id!r}: a sleep needs exactly one of duration, cron, until_input_path")
+        return self._add(step_id, "sleep", config=config)
+
+    def wait_for_event(self, step_id: str, event: str, match: Match | Mapping[str, str] | None = None,
+                       *, timeout: Any) -> StepRef:
+        """Wait until ``event`` arrives whose ``match.left`` equals ``match.right``, or time out."""
+        config: dict[str, Any] = {"event": self._identifier("event", event)}
+        if match is not None:
+            config["match"] = self._match(f"step {step_id!r}", match)
+        config["timeout"] = self._ns(f"step {step_id!r}: timeout", timeout)
+        return self._add(step_id, "wait_for_event", config=config)
+
+    def approval(self, step_id: str, subject: str, timeout: Any, description: str = "",
+                 metadata: Mapping[str, str] | None = None) -> StepRef:
+        """A human gate: ``dagnats run approve|reject`` decides, or the timeout rejects."""
+        config: dict[str, Any] = {"subject": self._text("subject", subject),
+                                  "timeout": self._ns(f"step {step_id!r}: timeout", timeout)}
+        if description:
+            config["description"] = self._text("description", description)
+        if metadata is not None:
+            config["metadata"] = self._strings(f"step {step_id!r}: metadata", metadata)
+        return self._add(step_id, "approval", config=config)
+
+    def sub_workflow(self, step_id: str, workflow: str, detach: bool = False) -> StepRef:
+        """Start a run of ``workflow``; wait for it unless ``detach``."""
+        config: dict[str, Any] = {"workflow": self._identifier("sub-workflow name", workflow)}
+        if detach:
+            config["detach"] = True
+        return self._add(step_id, "sub_workflow", config=config)
+
+    def map(self, step_id: str, task: str, max_items: int = 1000) -> StepRef:
+        """Run ``task`` once per item of the array its one dependency returned."""
+        config = {"max_items": self._count(f"step {step_id!r}: max_items", max_items, 1)}
+        return self._add(step_id, "map", task, config=config)
+
+    def agent_loop(self, step_id: str, task: str, max_iterations: int | None = None, max_duration: Any = None,
+                   loop_delay: Any = None, budget_warn_at: int = 0, budget_force_at: int = 0) -> StepRef:
+        """Re-run ``task`` while it answers "continue", within the bounds given."""
+        ref_ = self._add(step_id, "agent_loop", task, config={})
+        if max_iterations is not None:
+            ref_.with_max_iterations(max_iterations)
+        if max_duration is not None:
+            ref_.with_max_duration(max_duration)
+        if loop_delay is not None:
+            ref_.with_loop_delay(loop_delay)
+        for field, value in (("budget_warn_at", budget_warn_at), ("budget_force_at", budget_force_at)):
+            if value:
+                self._steps[step_id]["config"][field] = self._count(f"step {step_id!r}: {field}", value)
+        return ref_
+
+    def agent(self, step_id: str, task: str, metadata: Mapping[str, str] | None = None) -> StepRef:
+        """An agent step; ``metadata`` (role, ...) goes to the worker as is."""
+        ref_ = self._add(step_id, "agent", task)
+        return ref_.with_metadata(metadata) if metadata is not None else ref_
+
+    def planner(self, step_id: str, task: str, max_steps: int, max_depth: int = 0,
+                allowed_tasks: tuple[str, ...] | list[str] = ()) -> StepRef:
+        """A step whose worker returns a DAG fragment that the engine adds to the run."""
+        config: dict[str, Any] = {"max_steps": self._count(f"step {step_id!r}: max_steps", max_steps, 1)}
+        if max_depth:
+            config["max_depth"] = self._count(f"step {step_id!r}: max_depth", max_depth)
+        if allowed_tasks:
+            config["allowed_tasks"] = [self._identifier("allowed task", t) for t in allowed_tasks]
+        return self._add(step_id, "planner", task, config=config)
+
+    # ---- output -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document this builder describes (not yet validated)."""
+        return copy.deepcopy({**self._doc, "steps": list(self._steps.values())})
+
+    def build(self) -> WorkflowDef:
+        """Decode and validate the document: WorkflowInvalid lists every structural problem."""
+        return validate(workflow_from_object(self.to_dict(), source=f"workflow {self.name!r}"))
+
+    def to_json(self) -> bytes:
+        """The validated definition as JSON, ready for ``dagnats workflow register``."""
+        return msgspec.json.encode(self.build())
+
+    @staticmethod
+    def from_json(data: bytes | str) -> WorkflowDef:
+        """Decode and validate a JSON definition, as registration does."""
+        return parse_and_validate(data)
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _add(self, step_id: str, step_type: str, task: str = "", config: dict[str, Any] | None = None) -> StepRef:
+        self._identifier("step id", step_id)
+        if step_id in self._steps:
+            raise self._error(f"step {step_id!r} is already defined in workflow {self.name!r}", step_id)
+        step: dict[str, Any] = {"id": step_id}
+        if task:
+            step["task"] = self._identifier("task", task)
+        if step_type != "normal":
+            step["type"] = step_type
+        if config is not None:
+            step["config"] = config
+        self._steps[step_id] = step
+        return StepRef(self, step_id)
+
+    def _set(self, field: str, value: Any) -> WorkflowBuilder:
+        self._doc[field] = value
+        return self
+
+    def _error(self, reason: str, step_id: str = "") -> BuilderError:
+        return BuilderError(self._doc["name"], reason, step_id)
+
+    def _identifier(self, kind: str, value: Any) -> str:
+        try:
+            return check_identifier(kind, value)
+        except InvalidIdentifier as err:
+            raise self._error(str(err)) from None
+
+    def _text(self, field: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self._error(f"{field} must be a string (got {value!r})")
+        return value
+
+    def _path(self, field: str, value: Any) -> str:
+        if not isinstance(value, str) or not is_valid_path(value):
+            raise self._error(f"{field}: {value!r} is not a dot path such as \"data.user.id\"")
+        return value
+
+    def _count(self, field: str, value: Any, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self._error(f"{field} must be an integer >= {minimum} (got {value!r})")
+        return value
+
+    def _ns(self, field: str, value: Any) -> int:
+        try:
+            return duration_ns(value)
+        except InvalidDuration:
+            raise self._error(f"{field}: invalid duration {value!r}: expected a non-negative number of "
+                              "seconds, a timedelta or a Go-style string such as \"30s\"") from None
+
+    def _json(self, field: str, value: Any) -> Any:
+        """``value`` as the JSON path would hold it (lists, not tuples); StepRefs become $refs."""
+        try:
+            return msgspec.json.decode(msgspec.json.encode(value, enc_hook=self._ref_hook))
+        except (TypeError, msgspec.EncodeError) as err:
+            raise self._error(f"{field}: not a JSON value: {err}") from None
+
+    def _ref_hook(self, value: Any) -> Any:
+        if isinstance(value, StepRef):
+            return ref(_owned(self, value, "input template"))
+        raise TypeError(f"{type(value).__name__} {value!r} is not JSON")
+
+    def _strings(self, field: str, mapping: Mapping[str, str]) -> dict[str, str]:
+        if not isinstance(mapping, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+            raise self._error(f"{field} must map strings to strings (got {mapping!r})")
+        return dict(mapping)
+
+    def _match(self, where: str, match: Match | Mapping[str, str]) -> dict[str, str]:
+        try:
+            parsed = match if isinstance(match, Match) else msgspec.convert(match, Match)
+        except msgspec.ValidationError as err:
+            raise self._error(f"{where}: match: {err}") from None
+        if parsed.op != "eq":
+            raise self._error(f"{where}: match op must be \"eq\" (got {parsed.op!r})")
+        return msgspec.to_builtins(parsed)
+
+    def _policy(self, field: str, policy: Any, fields: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(policy, RetryPolicy):
+            data = msgspec.to_builtins(policy)  # durations already in nanoseconds
+        elif policy is None or isinstance(policy, Mapping):
+            data = {k: self._ns(f"{field}.{k}", v) if k in ("initial_delay", "max_delay") else v
+                    for k, v in dict(policy or {}).items()}
+        else:
+            raise self._error(f"{field} must be a RetryPolicy or a dict (got {policy!r})")
+        for key, value in fields.items():
+            data[key] = self._ns(f"{field}.{key}", value) if key in ("initial_delay", "max_delay") else value
+        try:
+            return msgspec.to_builtins(msgspec.convert(data, RetryPolicy))
+        except msgspec.ValidationError as err:
+            raise self._error(f"{field}: {str(err).replace('Object contains unknown', 'unknown')}") from None
+
+    def _schema(self, field: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+        value = self._json(field, dict(schema))
+        try:
+            jsonschema.validators.validator_for(value).check_schema(value)
+        except jsonschema.exceptions.SchemaError as err:
+            raise self._error(f"{field}: not a valid JSON Schema: {err.message}") from None
+        return value
+
+
+
+class StepRef:
+    """A handle on one step of one builder: its methods change that step and return the handle."""
+
+    __slots__ = ("_builder", "id")
+
+    def __init__(self, builder: WorkflowBuilder, step_id: str) -> None:
+        self._builder, self.id = builder, step_id
+
+    def __repr__(self) -> str:
+        return f"StepRef({self.id!r}, workflow={self._builder.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StepRef) and other._builder is self._builder and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash((id(self._builder), self.id))
+
+    # ---- wiring ----------------------------------------------------------------------------
+
+    def after(self, *refs: StepRef) -> StepRef:
+        """Start only when every one of ``refs`` is done (depends_on)."""
+        return self._extend("depends_on", refs)
+
+    def after_any(self, *refs: StepRef) -> StepRef:
+        """Also wait for ``refs``, which may have failed or been skipped (after_any)."""
+        return self._extend("after_any", refs)
+
+    def on_failure(self, target: StepRef) -> StepRef:
+        """Run ``target`` (with the error as input) when this step fails for good."""
+        return self._set("on_failure", self._other(target, "be its own on_failure step"))
+
+    def compensate(self, target: StepRef) -> StepRef:
+        """Run ``target`` to undo this step when a later step fails for good (saga)."""
+        return self._set("compensate", self._other(target, "be its own compensate step"))
+
+    def skip_if(self, parent: StepRef, field: str, op: str, value: Any = None) -> StepRef:
+        """Skip this step when ``parent``'s output ``field`` compares true with ``value``."""
+        parent_id = self._other(parent, "skip on its own output")
+        if parent_id not in self._step.get("depends_on", []):
+            raise self._fail(f"skip_if parent {parent_id!r} is not a dependency of {self.id!r}; "
+                             f"call .after({parent_id}) first")
+        if op not in COMPARISON_OPS:
+            raise self._fail(f"skip_if op must be one of {' '.join(COMPARISON_OPS)} (got {op!r})")
+        if not isinstance(field, str) or not field:
+            raise self._fail(f"skip_if field must be a non-empty string (got {field!r})")
+        value = self._builder._json(f"step {self.id!r}: skip_if value", value)
+        return self._set("skip_if", {"step_id": parent_id, "field": field, "op": op, "value": value})
+
+    def with_input(self, template: Any) -> StepRef:
+        """Explicit input: a JSON template whose ``ref(...)`` objects (or StepRefs) are filled with outputs."""
+        return self._set("input", self._builder._json(f"step {self.id!r}: input", template))
+
+    def output(self, path: str | None = None, default: Any = msgspec.UNSET) -> dict[str, Any]:
+        """``ref(self, path, default)``: this step's output (at ``path``) in an input template."""
+        return ref(self, path, default)
+
+    # ---- attempts ----------------------------------------------------------------------------
+
+    def with_retries(self, n: int) -> StepRef:
+        """Retry up to ``n`` times with no delay (the legacy ``retries`` field)."""
+        return self._set("retries", self._builder._count(f"step {self.id!r}: retries", n))
+
+    def with_retry(self, policy: RetryPolicy | Mapping[str, Any] | None = None, **fields: Any) -> StepRef:
+        """A retry policy: a RetryPolicy, a dict, or its fields as keywords."""
+        return self._set("retry", self._builder._policy(f"step {self.id!r}: retry", policy, fields))
+
+    def with_timeout(self, duration: Any) -> StepRef:
+        """Limit on each attempt of this step."""
+        return self._set("timeout", self._builder._ns(f"step {self.id!r}: timeout", duration))
+
+    def optional(self) -> StepRef:
+        """A failure of this step does not fail the run."""
+        return self._set("optional", True)
+
+    # ---- placement and flow control ----------------------------------------------------------
+
+    def with_worker_group(self, group: str) -> StepRef:
+        return self._set("worker_group", self._builder._identifier("worker group", group))
+
+    def with_capabilities(self, *names: str) -> StepRef:
+        """Only workers offering every one of ``names`` may run this step."""
+        return self._set("required_capabilities", [self._builder._text("capability", n) for n in names])
+
+    def with_rate_limit(self, limit: int, period: Any) -> StepRef:
+        """At most ``limit`` tasks of this step's type start per ``period``, across all runs."""
+        where = f"step {self.id!r}: rate_limit"
+        return self._set("rate_limit", {"limit": self._builder._count(f"{where}.limit", limit, 1),
+                                        "period": self._builder._ns(f"{where}.period", period)})
+
+    def with_keyed_rate_limit(self, key: str, limit: int, period: Any, units: int = 1) -> StepRef:
+        """Like with_rate_limit, one bucket per value at ``key`` of the step input; a task takes ``units``."""
+        b, where = self._builder, f"step {self.id!r}: keyed_rate_limit"
+        return self._set("keyed_rate_limit", {
+            "key": b._path(f"{where}.key", key), "limit": b._count(f"{where}.limit", limit, 1),
+            "period": b._ns(f"{where}.period", period), "units": b._count(f"{where}.units", units, 1)})
+
+    def with_task_concurrency(self, n: int) -> StepRef:
+        """At most ``n`` tasks of this step's type run at once, across all runs."""
+        return self._set("max_task_concurrency", self._builder._count(f"step {self.id!r}: max_task_concurrency", n, 1))
+
+    def with_metadata(self, metadata: Mapping[str, str]) -> StepRef:
+        """String pairs handed to the worker with the task (merged with earlier ones)."""
+        added = self._builder._strings(f"step {self.id!r}: metadata", metadata)
+        return self._set("metadata", {**self._step.get("metadata", {}), **added})
+
+    # ---- type-specific ---------------------------------------------------------------------------
+
+    def with_max_items(self, n: int) -> StepRef:
+        return self._config("with_max_items", "map", max_items=self._builder._count("max_items", n, 1))
+
+    def with_max_iterations(self, n: int) -> StepRef:
+        return self._config("with_max_iterations", "agent_loop", max_iterations=self._builder._count("max_iterations", n, 1))
+
+    def with_max_duration(self, duration: Any) -> StepRef:
+        return self._config("with_max_duration", "agent_loop", max_duration=self._builder._ns("max_duration", duration))
+
+    def with_loop_delay(self, duration: Any) -> StepRef:
+        return self._config("with_loop_delay", "agent_loop", loop_delay=self._builder._ns("loop_delay", duration))
+
+    def with_detach(self) -> StepRef:
+        """The sub-workflow step completes once the child run is started."""
+        return self._config("with_detach", "sub_workflow", detach=True)
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    @property
+    def _step(self) -> dict[str, Any]:
+        return self._builder._steps[self.id]
+
+    def _set(self, field: str, value: Any) -> StepRef:
+        self._step[field] = value
+        return self
+
+    def _fail(self, reason: str) -> BuilderError:
+        return self._builder._error(f"step {self.id!r}: {reason}", self.id)
+
+    def _other(self, target: Any, relation: str) -> str:
+        target_id = _owned(self._builder, target, f"step {self.id!r}")
+        if target_id == self.id:
+            raise self._builder._error(f"step {self.id!r} cannot {relation}", self.id)
+        return target_id
+
+    def _extend(self, field: str, refs: tuple[Any, ...]) -> StepRef:
+        ids = [self._other(r, "come after itself") for r in refs]
+        current = self._step.setdefault(field, [])
+        current.extend(i for i in dict.fromkeys(ids) if i not in current)
+        return self
+
+    def _config(self, method: str, step_type: str, **values: Any) -> StepRef:
+        actual = self._step.get("type", "normal")
+        if actual != step_type:
+            raise self._fail(f"{method} applies to {step_type} steps, but {self.id!r} is a {actual} step")
+        self._step["config"].update(values)
+        return self
+
+
+def ref(step: StepRef | str, path: str | None = None, default: Any = msgspec.UNSET) -> dict[str, Any]:
+    """An input-template reference: ``{"$ref": "id[.path]"}``, plus ``"default"`` when given."""
+    step_id = step.id if isinstance(step, StepRef) else step
+    target = step_id if path is None else f"{step_id}.{path}"
+    if not isinstance(target, str) or not is_valid_path(target):
+        workflow = step._builder.name if isinstance(step, StepRef) else ""
+        raise BuilderError(workflow, f"ref: {target!r} is not \"<step-id>\" or \"<step-id>.<dot.path>\"")
+    out: dict[str, Any] = {"$ref": target}
+    if default is not msgspec.UNSET:
+        out["default"] = default
+    return out
+
+
+def duration_ns(value: Any) -> int:
+    """Seconds (int or float), a ``timedelta`` or a Go-style string ("1m30s") as integer nanoseconds."""
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, timedelta):
+        ns = (value.days * 86_400 + value.seconds) * SECOND + value.microseconds * MICROSECOND
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        ns = round(value * SECOND)
+    else:
+        raise InvalidDuration(value, "expected seconds, a timedelta or a string such as \"30s\"")
+    if not 0 <= ns <= _MAX_NS:
+        raise InvalidDuration(value, "must be between 0 and about 292 years")
+    return ns
+
+
+def _owned(builder: WorkflowBuilder, target: Any, where: str) -> str:
+    """``target``'s step id, if it is a StepRef of ``builder``."""
+    if not isinstance(target, StepRef):
+        raise builder._error(f"{where}: expected a StepRef returned by the builder, got {target!r}")
+    if target._builder is not builder:
+        other = target._builder.name
+        owner = f"another builder of workflow {other!r}" if other == builder.name else \
+            f"workflow {other!r}, not {builder.name!r}"
+        raise builder._error(f"step {target.id!r} belongs to {owner}", target.id)
+    return target.id

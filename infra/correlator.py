@@ -1,0 +1,96 @@
+"""The event correlator: matches external events against runs' cancel_on.
+
+``dagnats event publish NAME DATA`` stores an event on ``event.<NAME>``
+(stream EVENTS). One durable consumer reads them; for each it looks up the
+waiters registered under that event name, and for each live run whose match
+holds it publishes a cancel fact into the run's inbox. Waiters of finished
+runs, expired waiters and consumed ones are deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api
+
+from dagnats.domain.events import parse_timestamp
+
+from .admission import Waiter, waiter_matches
+from .history import kv_entries
+from .resources import EVENT_STREAM, WAITERS_BUCKET
+
+log = logging.getLogger("dagnats.correlator")
+CONSUMER = "correlator"
+_WAITER = msgspec.json.Decoder(Waiter)
+
+StatusOf = Callable[[str], Awaitable[str | None]]
+Cancel = Callable[[str, str, str], Awaitable[None]]
+
+
+class Correlator:
+    def __init__(self, js, status_of: StatusOf, cancel: Cancel) -> None:
+        self.js, self.status_of, self.cancel = js, status_of, cancel
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.waiters = await self.js.key_value(WAITERS_BUCKET)
+        self._sub = await self.js.pull_subscribe(
+            "event.>", durable=CONSUMER, stream=EVENT_STREAM,
+            config=api.ConsumerConfig(ack_wait=30, max_deliver=-1, deliver_policy=api.DeliverPolicy.NEW),
+        )
+        self._task = asyncio.create_task(self._consume(), name="correlator")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _consume(self) -> None:
+        while True:
+            try:
+                msgs = await self._sub.fetch(64, timeout=1.0)
+            except (asyncio.TimeoutError, NatsTimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("event fetch failed: %s", err)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                try:
+                    await self._handle(msg)
+                    await msg.ack()
+                except Exception as err:
+                    log.warning("event %s not correlated yet: %s", msg.subject, err)
+                    await msg.nak(delay=1)
+
+    async def _handle(self, msg: Msg) -> None:
+        name = msg.subject.split(".", 1)[1]
+        try:
+            data: Any = msgspec.json.decode(msg.data) if msg.data else None
+        except msgspec.DecodeError:
+            data = msg.data.decode(errors="replace")
+        sent_at = msg.metadata.timestamp if msg.metadata else datetime.now(timezone.utc)
+        for key, raw in await kv_entries(self.waiters, f"{name}.>"):
+            waiter = _WAITER.decode(raw)
+            status = await self.status_of(waiter.run_id)
+            if status is None or status in _FINISHED or _expired(waiter, sent_at):
+                await self.waiters.delete(key)
+                continue
+            if waiter_matches(waiter, data):
+                await self.cancel(waiter.run_id, f"cancelled by event {name}", f"cancel-on.{name}.{msg.metadata.sequence.stream}")
+                await self.waiters.delete(key)
+
+
+def _expired(waiter: Waiter, at: datetime) -> bool:
+    return bool(waiter.expires_at) and at > parse_timestamp(waiter.expires_at)
+
+
+_FINISHED = {"completed", "failed", "cancelled", "compensated", "compensate_failed"}

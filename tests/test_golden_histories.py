@@ -1,0 +1,83 @@
+"""Recorded histories must keep replaying to the state recorded beside them.
+
+The fixtures in ``tests/histories/`` were written by ``tests/histories/record.py``
+and checked by eye. If one of these tests fails, fold (or decide) changed
+what an existing history means: a run stored today would be rebuilt
+differently tomorrow. Fix the change, or, if it is intended, regenerate the
+fixtures and review their diff.
+"""
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from dagnats.domain import events as ev
+from dagnats.domain import state as rs
+from dagnats.domain.actions import AppendEvent
+from dagnats.domain.decide import evolve
+from dagnats.domain.fold import replay
+
+HISTORIES = Path(__file__).parent / "histories"
+NAMES = sorted(p.name.removesuffix(".history.json") for p in HISTORIES.glob("*.history.json"))
+
+
+def load_history(name: str) -> list[ev.Event]:
+    return msgspec.json.decode((HISTORIES / f"{name}.history.json").read_bytes(), type=list[ev.Event])
+
+
+def load_expected(name: str) -> dict:
+    return json.loads((HISTORIES / f"{name}.expected.json").read_text())
+
+
+def as_json(run: rs.WorkflowRun) -> dict:
+    return json.loads(rs.RUN_ENCODER.encode(run))
+
+
+def test_the_recorded_histories_are_all_there():
+    assert set(NAMES) >= {"hello-pipeline", "retry-then-success", "exhausted-retries"}
+    for name in NAMES:
+        assert (HISTORIES / f"{name}.expected.json").exists(), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_recorded_history_replays_to_its_recorded_state(name):
+    final = replay(load_history(name))
+    assert as_json(final) == load_expected(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_recorded_state_survives_a_snapshot_round_trip(name):
+    expected = load_expected(name)
+    snapshot = rs.RUN_DECODER.decode(json.dumps(expected))
+    assert snapshot == replay(load_history(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_recorded_facts_still_lead_to_the_recorded_decisions(name):
+    # Each fact in a history is followed by the decision events it caused;
+    # feeding the facts again (at the times they were recorded) must decide the same.
+    history = load_history(name)
+    run, index = rs.new_run(history[0].run_id), 0
+    while index < len(history):
+        fact = history[index]
+        run, actions = evolve(run, fact, ev.parse_timestamp(fact.timestamp))
+        decisions = [a.event for a in actions if isinstance(a, AppendEvent)]
+        assert history[index + 1:index + 1 + len(decisions)] == decisions, f"after event {index} ({fact.type})"
+        index += 1 + len(decisions)
+    assert as_json(run) == load_expected(name)
+
+
+def test_the_hello_pipeline_history_is_the_tutorial_run():
+    final = replay(load_history("hello-pipeline"))
+    assert final.status == rs.RUN_COMPLETED
+    assert {sid: s.output for sid, s in final.steps.items()} == {
+        "greet": "Hello, World!", "uppercase": "HELLO, WORLD!", "reverse": "!DLROW ,OLLEH"}
+    assert final.output == "!DLROW ,OLLEH"
+
+
+def test_the_exhausted_history_failed_after_three_attempts():
+    final = replay(load_history("exhausted-retries"))
+    assert final.status == rs.RUN_FAILED and final.step("charge").attempts == 3
+    assert final.error == "step charge failed after 3 attempts: card declined"
