@@ -12,6 +12,10 @@ process: the server pushes each history record once, the callback looks for
 no load on the engine (polling ``run.get`` would cost the engine a request per
 poll, and a KV + history read for every passivated run). A run's latency is
 from just before its start request to the arrival of its terminal record.
+
+`run_once_direct` is a diagnostic: it publishes the ``workflow.started`` fact
+to the run's inbox itself, exactly as the control plane's ``run.start``
+does, so the engine's run processing is measured without the control plane.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ import asyncio
 import os
 import secrets
 import time
+from datetime import datetime, timezone
 
 from nats.js import api
 
-from dagnats.domain.events import WORKFLOW_COMPLETED, decode_record
+from dagnats.domain.events import EVENT_ENCODER, WORKFLOW_COMPLETED, WORKFLOW_STARTED, Event, decode_record, format_timestamp
 from dagnats.infra.client import Client
+from dagnats.infra.headers import MSG_ID, TRACEPARENT
+from dagnats.infra.resources import inbox_subject
+from dagnats.infra.tracing import new_trace_parent
 from dagnats.infra.resources import HISTORY_STREAM, INBOX_STREAM, RUNS_BUCKET, TASK_STREAM
 
 from .load import closed_loop
@@ -77,6 +85,7 @@ class EngineUnderTest:
             deliver_policy=api.DeliverPolicy.NEW, cb=self._on_record,
         )
         await self.client.register(CHAIN3)
+        self.stored_def = await self.client.workflow(CHAIN3["name"])
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -100,14 +109,29 @@ class EngineUnderTest:
                 return
 
     async def run_once(self, timeout: float = 60.0) -> float:
-        """Start one chain3 run and wait for its terminal record; its latency in seconds."""
+        """Start one chain3 run with the client; its latency until its terminal record, in s."""
+        return await self._timed_run(lambda run_id, n: self.client.start("chain3", {"n": n}, run_id=run_id), timeout)
+
+    async def run_once_direct(self, timeout: float = 60.0) -> float:
+        """The same, but the start fact goes straight to the inbox (no control plane)."""
+        return await self._timed_run(self._publish_start, timeout)
+
+    async def _publish_start(self, run_id: str, n: int) -> None:
+        trace_parent = new_trace_parent()
+        event = Event(type=WORKFLOW_STARTED, run_id=run_id, timestamp=format_timestamp(datetime.now(timezone.utc)),
+                      payload={"workflow_def": self.stored_def, "input": {"n": n}},
+                      trace_parent=trace_parent, id="workflow.started")
+        headers = {MSG_ID: f"{run_id}.workflow.started", TRACEPARENT: trace_parent}
+        await self.client.nc.jetstream().publish(inbox_subject(run_id), EVENT_ENCODER.encode(event), headers=headers)
+
+    async def _timed_run(self, start, timeout: float) -> float:
         self._serial += 1
         run_id = f"b{self._batch}-{self._serial:06d}"
         done = asyncio.get_running_loop().create_future()
         self.waiting[run_id] = done
         began = time.perf_counter()
         try:
-            await self.client.start("chain3", {"n": self._serial}, run_id=run_id)
+            await start(run_id, self._serial)
             arrived, status = await asyncio.wait_for(done, timeout)
         finally:
             del self.waiting[run_id]
@@ -147,32 +171,36 @@ class EngineUnderTest:
 
 async def engine_bench(procs: Processes, server, *, runs: int, sequential_runs: int, concurrency: int,
                        second_batch_concurrency: int | None, warmup: int, max_seconds: float,
-                       profiler=None) -> dict:
-    """Warm-up, a loaded batch, memory, unloaded runs, optionally a second batch and memory."""
+                       direct_batch: bool = True, profiler=None) -> dict:
+    """Warm-up, batch 1, memory, unloaded runs, batch 2, memory, and the direct-start batch."""
     async with EngineUnderTest(procs, server) as eng:
         result: dict = {"memory": {"idle_after_start": await eng.memory(settle=1.0)}}
         await closed_loop(eng.run_once, warmup, min(warmup, 10), max_seconds)
         eng.check_alive()
         if profiler is not None:
             profiler.start(eng.engine.pid)
-        meter = eng.cpu_meter()
-        loaded = await closed_loop(eng.run_once, runs, concurrency, max_seconds)
-        loaded["cpu_percent"] = meter.read()
+        result["loaded"] = await _batch(eng, eng.run_once, runs, concurrency, max_seconds)
         if profiler is not None:
             result["profile"] = profiler.stop()
-        loaded["steps_per_s"] = round(loaded["runs_per_s"] * STEPS_PER_RUN, 1) if loaded["runs_per_s"] else None
-        result["loaded"] = loaded
-        eng.check_alive()
         result["memory"]["after_batch_1"] = await eng.memory(settle=2.0)
         result["unloaded"] = await closed_loop(eng.run_once, sequential_runs, 1, max_seconds)
+        eng.check_alive()
         if second_batch_concurrency:
-            meter = eng.cpu_meter()
-            second = await closed_loop(eng.run_once, runs, second_batch_concurrency, max_seconds)
-            second["cpu_percent"] = meter.read()
-            second["steps_per_s"] = round(second["runs_per_s"] * STEPS_PER_RUN, 1) if second["runs_per_s"] else None
-            result["loaded_second_batch"] = second
-            eng.check_alive()
+            result["loaded_second_batch"] = await _batch(eng, eng.run_once, runs, second_batch_concurrency, max_seconds)
             result["memory"]["after_batch_2"] = await eng.memory(settle=2.0)
+        if direct_batch:
+            result["loaded_direct_start"] = await _batch(eng, eng.run_once_direct, runs, concurrency, max_seconds)
+            result["unloaded_direct_start"] = await closed_loop(eng.run_once_direct, sequential_runs, 1, max_seconds)
         result["writes_per_run"] = await eng.writes_per_run()
         eng.check_alive()
     return result
+
+
+async def _batch(eng: EngineUnderTest, one, runs: int, concurrency: int, max_seconds: float) -> dict:
+    """One loaded batch with the CPU use of every process while it ran."""
+    meter = eng.cpu_meter()
+    loaded = await closed_loop(one, runs, concurrency, max_seconds)
+    loaded["cpu_percent"] = meter.read()
+    loaded["steps_per_s"] = round(loaded["runs_per_s"] * STEPS_PER_RUN, 1) if loaded["runs_per_s"] else None
+    eng.check_alive()
+    return loaded

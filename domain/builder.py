@@ -29,7 +29,7 @@ from typing import Any
 import jsonschema
 import msgspec
 
-from .definition import COMPARISON_OPS, Match, RetryPolicy, WorkflowDef, workflow_from_object
+from .definition import COMPARISON_OPS, Match, RetryPolicy, WorkflowDef, encode_workflow, workflow_from_object
 from .durations import MICROSECOND, SECOND, parse_duration
 from .errors import BuilderError, InvalidDuration, InvalidIdentifier
 from .identifiers import check_identifier
@@ -69,7 +69,8 @@ class WorkflowBuilder:
         """Wall-clock limit of a whole run."""
         return self._set("timeout", self._ns("timeout", duration))
 
-    def with_default_retry(self, policy: RetryPolicy | Mapping[str, Any] | None = None, **fields: Any) -> WorkflowBuilder:
+    def with_default_retry(self, policy: RetryPolicy | Mapping[str, Any] | None = None,
+                           **fields: Any) -> WorkflowBuilder:
         """Retry policy of every step that has neither ``retry`` nor ``retries``."""
         return self._set("default_retry", self._policy("default_retry", policy, fields))
 
@@ -101,8 +102,12 @@ class WorkflowBuilder:
 
     def with_priority(self, key: str, rules: Mapping[str, int], default_offset: int = 0) -> WorkflowBuilder:
         """Order queued runs by the value at ``key`` of their input: ``rules[value]`` seconds earlier or later."""
-        return self._set("priority", {"key": self._path("priority key", key),
-                                      "rules": dict(self._json("priority rules", dict(rules))),
+        rules = dict(rules)
+        offsets = [*rules.values(), default_offset]
+        if not all(isinstance(k, str) for k in rules) or any(type(o) is not int for o in offsets):
+            raise self._error(f"priority: rules must map strings to integer offsets, "
+                              f"and default_offset be an integer (got {rules!r}, {default_offset!r})")
+        return self._set("priority", {"key": self._path("priority key", key), "rules": rules,
                                       "default_offset": default_offset})
 
     def with_sticky(self, strategy: str) -> WorkflowBuilder:
@@ -185,22 +190,22 @@ class WorkflowBuilder:
     def agent_loop(self, step_id: str, task: str, max_iterations: int | None = None, max_duration: Any = None,
                    loop_delay: Any = None, budget_warn_at: int = 0, budget_force_at: int = 0) -> StepRef:
         """Re-run ``task`` while it answers "continue", within the bounds given."""
-        ref_ = self._add(step_id, "agent_loop", task, config={})
+        where, config = f"step {step_id!r}", {}
         if max_iterations is not None:
-            ref_.with_max_iterations(max_iterations)
-        if max_duration is not None:
-            ref_.with_max_duration(max_duration)
-        if loop_delay is not None:
-            ref_.with_loop_delay(loop_delay)
+            config["max_iterations"] = self._count(f"{where}: max_iterations", max_iterations, 1)
+        for field, value in (("max_duration", max_duration), ("loop_delay", loop_delay)):
+            if value is not None:
+                config[field] = self._ns(f"{where}: {field}", value)
         for field, value in (("budget_warn_at", budget_warn_at), ("budget_force_at", budget_force_at)):
             if value:
-                self._steps[step_id]["config"][field] = self._count(f"step {step_id!r}: {field}", value)
-        return ref_
+                config[field] = self._count(f"{where}: {field}", value)
+        return self._add(step_id, "agent_loop", task, config=config)
 
     def agent(self, step_id: str, task: str, metadata: Mapping[str, str] | None = None) -> StepRef:
         """An agent step; ``metadata`` (role, ...) goes to the worker as is."""
-        ref_ = self._add(step_id, "agent", task)
-        return ref_.with_metadata(metadata) if metadata is not None else ref_
+        if metadata is not None:
+            metadata = self._strings(f"step {step_id!r}: metadata", metadata)
+        return self._add(step_id, "agent", task, metadata=metadata)
 
     def planner(self, step_id: str, task: str, max_steps: int, max_depth: int = 0,
                 allowed_tasks: tuple[str, ...] | list[str] = ()) -> StepRef:
@@ -224,7 +229,7 @@ class WorkflowBuilder:
 
     def to_json(self) -> bytes:
         """The validated definition as JSON, ready for ``dagnats workflow register``."""
-        return msgspec.json.encode(self.build())
+        return encode_workflow(self.build())
 
     @staticmethod
     def from_json(data: bytes | str) -> WorkflowDef:
@@ -233,7 +238,8 @@ class WorkflowBuilder:
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def _add(self, step_id: str, step_type: str, task: str = "", config: dict[str, Any] | None = None) -> StepRef:
+    def _add(self, step_id: str, step_type: str, task: str = "", config: dict[str, Any] | None = None,
+             metadata: dict[str, str] | None = None) -> StepRef:
         self._identifier("step id", step_id)
         if step_id in self._steps:
             raise self._error(f"step {step_id!r} is already defined in workflow {self.name!r}", step_id)
@@ -244,6 +250,8 @@ class WorkflowBuilder:
             step["type"] = step_type
         if config is not None:
             step["config"] = config
+        if metadata is not None:
+            step["metadata"] = metadata
         self._steps[step_id] = step
         return StepRef(self, step_id)
 
@@ -333,7 +341,6 @@ class WorkflowBuilder:
         return value
 
 
-
 class StepRef:
     """A handle on one step of one builder: its methods change that step and return the handle."""
 
@@ -415,7 +422,9 @@ class StepRef:
 
     def with_capabilities(self, *names: str) -> StepRef:
         """Only workers offering every one of ``names`` may run this step."""
-        return self._set("required_capabilities", [self._builder._text("capability", n) for n in names])
+        added = [self._builder._text("capability", n) for n in names]
+        current = self._step.get("required_capabilities", [])
+        return self._set("required_capabilities", current + [n for n in dict.fromkeys(added) if n not in current])
 
     def with_rate_limit(self, limit: int, period: Any) -> StepRef:
         """At most ``limit`` tasks of this step's type start per ``period``, across all runs."""
@@ -432,7 +441,7 @@ class StepRef:
 
     def with_task_concurrency(self, n: int) -> StepRef:
         """At most ``n`` tasks of this step's type run at once, across all runs."""
-        return self._set("max_task_concurrency", self._builder._count(f"step {self.id!r}: max_task_concurrency", n, 1))
+        return self._set("max_task_concurrency", self._builder._count(self._at("max_task_concurrency"), n, 1))
 
     def with_metadata(self, metadata: Mapping[str, str]) -> StepRef:
         """String pairs handed to the worker with the task (merged with earlier ones)."""
@@ -442,16 +451,23 @@ class StepRef:
     # ---- type-specific ---------------------------------------------------------------------------
 
     def with_max_items(self, n: int) -> StepRef:
-        return self._config("with_max_items", "map", max_items=self._builder._count("max_items", n, 1))
+        """Bound on the items a map step fans out over."""
+        return self._config("with_max_items", "map", max_items=self._builder._count(self._at("max_items"), n, 1))
 
     def with_max_iterations(self, n: int) -> StepRef:
-        return self._config("with_max_iterations", "agent_loop", max_iterations=self._builder._count("max_iterations", n, 1))
+        """Bound on the iterations of an agent_loop step."""
+        n = self._builder._count(self._at("max_iterations"), n, 1)
+        return self._config("with_max_iterations", "agent_loop", max_iterations=n)
 
     def with_max_duration(self, duration: Any) -> StepRef:
-        return self._config("with_max_duration", "agent_loop", max_duration=self._builder._ns("max_duration", duration))
+        """Wall-clock bound on an agent_loop step."""
+        duration = self._builder._ns(self._at("max_duration"), duration)
+        return self._config("with_max_duration", "agent_loop", max_duration=duration)
 
     def with_loop_delay(self, duration: Any) -> StepRef:
-        return self._config("with_loop_delay", "agent_loop", loop_delay=self._builder._ns("loop_delay", duration))
+        """Pause between the iterations of an agent_loop step."""
+        duration = self._builder._ns(self._at("loop_delay"), duration)
+        return self._config("with_loop_delay", "agent_loop", loop_delay=duration)
 
     def with_detach(self) -> StepRef:
         """The sub-workflow step completes once the child run is started."""
@@ -466,6 +482,9 @@ class StepRef:
     def _set(self, field: str, value: Any) -> StepRef:
         self._step[field] = value
         return self
+
+    def _at(self, field: str) -> str:
+        return f"step {self.id!r}: {field}"
 
     def _fail(self, reason: str) -> BuilderError:
         return self._builder._error(f"step {self.id!r}: {reason}", self.id)

@@ -30,16 +30,17 @@ from dagnats.domain.errors import (
     WorkflowNotFound,
 )
 from dagnats.domain.identifiers import check_identifier
-from dagnats.domain.state import RUN_PAUSED, RUN_PAUSING, RUN_RUNNING, WorkflowRun
+from dagnats.domain.fold import fold
+from dagnats.domain.state import RUN_PAUSED, RUN_PAUSING, RUN_PENDING, RUN_RUNNING, WorkflowRun, new_run
 from dagnats.domain.validate import validate
 
 from .engine import Engine
 from .headers import MSG_ID, TRACEPARENT
 from .admission import Admission
 from .correlator import Correlator
-from .resources import DEFS_BUCKET, SIGNALS_BUCKET, inbox_subject
+from .resources import DEFS_BUCKET, INBOX_STREAM, SIGNALS_BUCKET, inbox_subject
 from .tracing import new_trace_parent, valid_trace_parent
-from .views import event_view, run_summary, run_view
+from .views import event_view, inspect_view, run_summary, run_view
 
 log = logging.getLogger("dagnats.api")
 
@@ -63,6 +64,7 @@ class ControlPlane:
             "workflow.delete": self.delete_workflow,
             "run.start": self.start_run,
             "run.get": self.get_run,
+            "run.inspect": self.inspect_run,
             "run.events": self.run_events,
             "run.list": self.list_runs,
             "run.cancel": self.cancel_run,
@@ -196,11 +198,28 @@ class ControlPlane:
             return live[0]
         run, _ = await self.engine.ports.store.load(run_id)
         if run is None or run.definition is None:
+            run = await self._accepted(run_id)
+        if run is None:
             raise RunNotFound(run_id)
         return run
 
+    async def _accepted(self, run_id: str) -> WorkflowRun | None:
+        """A run whose start request waits in its inbox: shown as pending."""
+        try:
+            msg = await self.js.get_msg(INBOX_STREAM, seq=1, subject=inbox_subject(run_id), next=True)
+        except NotFoundError:
+            return None
+        event = ev.EVENT_DECODER.decode(msg.data)
+        if event.type != ev.WORKFLOW_STARTED:
+            return None
+        run = fold(new_run(run_id), event)
+        return msgspec.structs.replace(run, status=RUN_PENDING) if run.definition else None
+
     async def get_run(self, body: dict[str, Any]) -> dict[str, Any]:
         return run_view(await self._run(str(body.get("run_id", ""))))
+
+    async def inspect_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        return inspect_view(await self._run(str(body.get("run_id", ""))))
 
     async def run_events(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         run_id = check_identifier("run id", str(body.get("run_id", "")))
@@ -249,6 +268,7 @@ class ControlPlane:
         if not run.is_terminal:
             raise InvalidRunState(run.run_id, run.status, "delete")
         await self.engine.ports.store.delete(run.run_id)
+        self.engine.live.pop(run.run_id, None)
         return {"run_id": run.run_id, "deleted": True}
 
     async def signal_run(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -91,15 +91,36 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (("status", cmd_run_status, "show a run and its steps"),
                              ("events", cmd_run_events, "show a run's event history"),
                              ("output", cmd_run_output, "print a run's output"),
-                             ("cancel", cmd_run_cancel, "cancel a run")):
+                             ("cancel", cmd_run_cancel, "cancel a run"),
+                             ("pause", cmd_run_pause, "stop dispatching new steps (in-flight steps finish)"),
+                             ("resume", cmd_run_resume, "resume a paused run"),
+                             ("inspect", cmd_run_inspect, "steps with timings, errors and blockers"),
+                             ("delete", cmd_run_delete, "delete a finished run's history and snapshot")):
         p = run.add_parser(name, parents=[common], help=text)
         p.add_argument("run_id")
         p.set_defaults(func=func)
+    p = run.add_parser("wait", parents=[common], help="wait until a run (or one step) finishes; print its output")
+    p.add_argument("run_id")
+    p.add_argument("--step", help="wait for this step only")
+    p.add_argument("--timeout", type=float, help="give up after this many seconds")
+    p.set_defaults(func=cmd_run_wait)
+    p = run.add_parser("signal", parents=[common], help="send a named signal with JSON data to a run")
+    p.add_argument("run_id")
+    p.add_argument("name")
+    p.add_argument("data", nargs="?")
+    p.set_defaults(func=cmd_run_signal)
     p = run.add_parser("list", parents=[common], help="list runs, newest first")
     p.add_argument("--workflow")
     p.add_argument("--status")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_run_list)
+
+    event = commands.add_parser("event", help="external events").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = event.add_parser("publish", parents=[common], help="publish event NAME with JSON DATA")
+    p.add_argument("name")
+    p.add_argument("data", nargs="?")
+    p.set_defaults(func=cmd_event_publish)
     return parser
 
 
@@ -260,6 +281,67 @@ def cmd_run_cancel(args: argparse.Namespace) -> int:
 def cmd_run_list(args: argparse.Namespace) -> int:
     runs = _call(args, lambda c: c.runs(args.workflow, args.status, args.limit))
     _print_json(runs) if args.json else print(render.run_list(runs))
+    return 0
+
+
+def cmd_run_pause(args: argparse.Namespace) -> int:
+    result = _call(args, lambda c: c.pause(args.run_id))
+    _print_json(result) if args.json else print(f"Run {args.run_id} pausing (in-flight steps finish first)")
+    return 0
+
+
+def cmd_run_resume(args: argparse.Namespace) -> int:
+    result = _call(args, lambda c: c.resume(args.run_id))
+    _print_json(result) if args.json else print(f"Run {args.run_id} resumed")
+    return 0
+
+
+def cmd_run_inspect(args: argparse.Namespace) -> int:
+    view = _call(args, lambda c: c.inspect(args.run_id))
+    _print_json(view) if args.json else print(render.inspect(view))
+    return 0
+
+
+def cmd_run_delete(args: argparse.Namespace) -> int:
+    result = _call(args, lambda c: c.delete(args.run_id))
+    _print_json(result) if args.json else print(f"Run {args.run_id} deleted")
+    return 0
+
+
+def cmd_run_wait(args: argparse.Namespace) -> int:
+    run = _call(args, lambda c: c.wait(args.run_id, args.step, args.timeout))
+    if args.step:
+        step = run["steps"][args.step]
+        ok, value, status = step["status"] == "completed", step["output"], step["status"]
+        problem = step.get("error") or step.get("skip_reason") or status
+    else:
+        ok, value, status = run["status"] == "completed", run["output"], run["status"]
+        problem = run.get("error") or status
+    if args.json:
+        _print_json({"run_id": run["run_id"], "step": args.step, "status": status, "output": value,
+                     "error": None if ok else problem})
+    elif ok:
+        _print_json(value)
+    else:
+        what = f"step {args.step}" if args.step else f"run {run['run_id']}"
+        print(f"error: {what} is {status}: {problem}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_run_signal(args: argparse.Namespace) -> int:
+    data = _parse_input(args.data)
+    result = _call(args, lambda c: c.signal(args.run_id, args.name, data))
+    _print_json(result) if args.json else print(f"Signal sent: {args.name}")
+    return 0
+
+
+def cmd_event_publish(args: argparse.Namespace) -> int:
+    from dagnats.domain.identifiers import check_identifier
+
+    check_identifier("event name", args.name)
+    data = _parse_input(args.data)
+    seq = _call(args, lambda c: c.publish_event(args.name, data))
+    _print_json({"event": args.name, "seq": seq}) if args.json else print(f"Event published: {args.name} (seq {seq})")
     return 0
 
 

@@ -20,10 +20,12 @@ from dagnats.domain import errors as errs
 from dagnats.domain.definition import WorkflowDef, workflow_to_object
 from dagnats.domain.events import EVENT_DECODER, Event, decode_record
 from dagnats.domain.identifiers import check_identifier
-from dagnats.domain.state import TERMINAL_RUN_STATUSES
+from dagnats.domain.fold import fold
+from dagnats.domain.state import TERMINAL_RUN_STATUSES, new_run
 
 from .api import API_PREFIX
-from .resources import HISTORY_STREAM, history_subject
+from .resources import HISTORY_STREAM, event_subject, history_subject
+from .views import run_view
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 _ERRORS = {
@@ -130,6 +132,54 @@ class Client:
     async def cancel(self, run_id: str, reason: str | None = None) -> dict[str, Any]:
         return await self.request("run.cancel", {"run_id": run_id, "reason": reason})
 
+    async def pause(self, run_id: str) -> dict[str, Any]:
+        return await self.request("run.pause", {"run_id": run_id})
+
+    async def resume(self, run_id: str) -> dict[str, Any]:
+        return await self.request("run.resume", {"run_id": run_id})
+
+    async def inspect(self, run_id: str) -> dict[str, Any]:
+        return await self.request("run.inspect", {"run_id": run_id})
+
+    async def delete(self, run_id: str) -> dict[str, Any]:
+        return await self.request("run.delete", {"run_id": run_id})
+
+    async def signal(self, run_id: str, name: str, data: Any = None) -> dict[str, Any]:
+        return await self.request("run.signal", {"run_id": run_id, "name": name, "data": data})
+
+    async def publish_event(self, name: str, data: Any = None) -> int:
+        """Store an external event on ``event.<name>`` (for cancel_on and waits)."""
+        assert self.nc is not None
+        encoded = msgspec.json.encode(data)
+        if len(encoded) > self.max_payload:
+            raise errs.PayloadTooLarge("event data", len(encoded), self.max_payload)
+        ack = await self.nc.jetstream().publish(event_subject(name), encoded)
+        return ack.seq
+
+    async def wait(self, run_id: str, step: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the run (or one step) is terminal; returns the run's status view.
+
+        Works for runs started anywhere: it follows the run's history from the start.
+        """
+        first = await self.status(run_id)
+        if step is not None and step not in first["steps"]:
+            raise errs.DagnatsError(f"run {run_id} has no step {step!r}")
+
+        async def follow() -> dict[str, Any]:
+            # Fold the history here: the state at each event, with no read racing the engine.
+            state = new_run(run_id)
+            async for event in self.watch(run_id):
+                state = fold(state, event)
+                view = run_view(state)
+                if _finished(view, step):
+                    return view
+            return run_view(state)
+
+        try:
+            return await asyncio.wait_for(follow(), timeout)
+        except asyncio.TimeoutError:
+            raise WaitTimeout(run_id, step, timeout or 0) from None
+
     async def engine_status(self) -> dict[str, Any]:
         return await self.request("status")
 
@@ -151,7 +201,25 @@ class Client:
             await sub.unsubscribe()
 
 
-_TERMINAL_EVENTS = frozenset({"workflow.completed", "workflow.failed", "workflow.cancelled"})
+_TERMINAL_EVENTS = frozenset({
+    "workflow.completed", "workflow.failed", "workflow.cancelled", "workflow.compensated", "workflow.compensate_failed",
+})
+_STEP_END = frozenset({"step.completed", "step.failed", "step.skipped", "step.recovered", "workflow.cancelled"})
+
+
+class WaitTimeout(errs.DagnatsError, TimeoutError):
+    def __init__(self, run_id: str, step: str | None, timeout: float) -> None:
+        what = f"step {step} of run {run_id}" if step else f"run {run_id}"
+        super().__init__(f"{what} did not finish within {timeout:g}s")
+
+
+def _finished(run: dict[str, Any], step: str | None) -> bool:
+    if step is None:
+        return run["status"] in TERMINAL_RUN_STATUSES
+    status = run["steps"][step]["status"]
+    done = status in ("completed", "skipped", "cancelled", "recovered")
+    failed_for_good = status == "failed" and run["status"] not in ("running", "pausing", "paused")
+    return done or failed_for_good or run["status"] in TERMINAL_RUN_STATUSES
 
 
 def _rebuild(cls: type, message: str) -> errs.DagnatsError:

@@ -45,6 +45,35 @@ def run_status(run: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def inspect(view: dict[str, Any]) -> str:
+    lines = [
+        f"Run:      {view['run_id']}",
+        f"Workflow: {view['workflow']}",
+        f"Status:   {view['status']}",
+    ]
+    if view.get("deadline"):
+        lines.append(f"Deadline: {view['deadline']}")
+    if view.get("error"):
+        lines.append(f"Error:    {view['error']}")
+    lines.append("")
+    rows = [
+        (sid, s["status"], s["attempts"], _secs(s.get("queue_seconds")), _secs(s.get("exec_seconds")),
+         s.get("error") or s.get("skip_reason") or "")
+        for sid, s in view["steps"].items()
+    ]
+    lines.append(table(("STEP", "STATUS", "ATTEMPTS", "QUEUED", "RAN", "ERROR"), rows))
+    if view.get("blockers"):
+        lines.append("")
+        lines.append("Blocked:")
+        for sid, deps in view["blockers"].items():
+            lines.append(f"  {sid} waits on {', '.join(deps)}")
+    return "\n".join(lines)
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}ms" if value < 1 else f"{value:.2f}s"
+
+
 def events(items: list[dict[str, Any]]) -> str:
     rows = [
         (e["timestamp"], e["type"], e.get("step_id") or "", e.get("attempt") or "", compact(e.get("payload")) if e.get("payload") is not None else "")
@@ -108,7 +137,11 @@ def watch_line(event: Any) -> str | None:
         return f"step.{step}: skipped"
     if t == "workflow.completed":
         return f"Run {event.run_id} completed"
-    if t in ("workflow.failed", "workflow.cancelled"):
+    if t == "step.recovered":
+        return f"step.{step}: recovered"
+    if t in ("workflow.paused", "workflow.resumed", "workflow.compensating"):
+        return f"Run {event.run_id} {t.split('.')[1]}"
+    if t in ("workflow.failed", "workflow.cancelled", "workflow.compensated", "workflow.compensate_failed"):
         status = t.split(".")[1]
         reason = payload.get("error") or payload.get("reason")
         return f"Run {event.run_id} {status}" + (f": {reason}" if reason else "")

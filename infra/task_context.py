@@ -184,10 +184,8 @@ class TaskRunner:
         loop = asyncio.get_running_loop()
 
         def beat() -> None:
-            try:
+            if not loop.is_closed():  # else the worker has stopped: nothing to extend
                 asyncio.run_coroutine_threadsafe(settle(msg.in_progress()), loop)
-            except RuntimeError:  # the loop is closed: the worker has stopped
-                pass
 
         return TaskContext(
             run_id=payload.run_id,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagnats.domain.events import Event
+from dagnats.domain.events import Event, parse_timestamp
+from dagnats.domain.resolve import blockers
 from dagnats.domain.state import WorkflowRun
 
 
@@ -30,6 +31,8 @@ def run_view(run: WorkflowRun) -> dict[str, Any]:
             steps[step_id]["retry_at"] = s.retry_at
         if s.worker_id:
             steps[step_id]["worker_id"] = s.worker_id
+        if s.skip_reason:
+            steps[step_id]["skip_reason"] = s.skip_reason
     return {
         "run_id": run.run_id,
         "workflow": run.workflow,
@@ -71,4 +74,24 @@ def event_view(seq: int, event: Event) -> dict[str, Any]:
     }
     if event.worker_id:
         view["worker_id"] = event.worker_id
+    return view
+
+
+def _seconds(start: str, end: str) -> float | None:
+    if not start or not end:
+        return None
+    return round((parse_timestamp(end) - parse_timestamp(start)).total_seconds(), 6)
+
+
+def inspect_view(run: WorkflowRun) -> dict[str, Any]:
+    """The run with per-step queue and execution times and what pending steps wait on."""
+    view = run_view(run)
+    for step_id, s in run.steps.items():
+        view["steps"][step_id]["queue_seconds"] = _seconds(s.queued_at, s.started_at)
+        view["steps"][step_id]["exec_seconds"] = _seconds(s.started_at, s.finished_at)
+    view["blockers"] = blockers(run.definition, run) if run.definition else {}
+    if run.definition is not None and run.definition.timeout and run.created_at:
+        from dagnats.domain.timers import add_ns
+
+        view["deadline"] = add_ns(run.created_at, int(run.definition.timeout))
     return view
