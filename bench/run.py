@@ -10,7 +10,9 @@ on a fresh nats-server with its own data directory:
 2. raw 3-step loop (sync always): loaded (100 runs in flight) and unloaded;
 3. the same raw loop on a server with the default sync (fsync every 2 min);
 4. the engine (sync always): warm-up, batch 1 (100 in flight), memory,
-   unloaded runs, batch 2 (200 in flight), memory; optionally profiled.
+   unloaded runs, batch 2 (200 in flight), memory, then a batch whose start
+   facts bypass the control plane (diagnostic); batch 1 optionally profiled;
+5. the raw loop of phase 2 again, to show how much the shared machine drifted.
 
 Prints a table and writes bench/results/<timestamp>.json (+ .txt), and --out.
 Every process it starts is stopped by PID on exit, error or SIGTERM.
@@ -42,6 +44,7 @@ FULL = dict(publishes=1000, trips=1000, loops=100, trips_per_loop=50, raw_runs=2
             sequential_runs=200, warmup=20, concurrency=100, second_batch_concurrency=200)
 QUICK = dict(publishes=200, trips=200, loops=100, trips_per_loop=10, raw_runs=400, runs=200,
              sequential_runs=50, warmup=20, concurrency=100, second_batch_concurrency=200)
+PHASES = ("substrate", "raw", "raw-default", "engine", "raw-again")
 PHASE_SECONDS = 300.0  # no phase may take longer than this
 LOAD_SECONDS = 180.0  # no new run starts after this long in one load
 
@@ -52,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="also write the JSON results here")
     parser.add_argument("--profile", action="store_true",
                         help="sample the engine with py-spy during engine batch 1 (slows the engine)")
-    parser.add_argument("--only", choices=["substrate", "raw", "raw-default", "engine"], action="append",
+    parser.add_argument("--only", choices=list(PHASES), action="append",
                         help="run only these phases (repeatable); default all")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
     return parser.parse_args(argv)
@@ -60,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run_phases(args: argparse.Namespace, procs: Processes, results: dict, stamp: str) -> None:
     size = QUICK if args.quick else FULL
-    wanted = set(args.only or ["substrate", "raw", "raw-default", "engine"])
+    wanted = set(args.only or PHASES)
 
     async def phase(name: str, make) -> dict | None:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
@@ -88,17 +91,19 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict, 
             lambda: raw.round_trips(server.url, size["loops"], size["trips_per_loop"], 60))
         procs.stop(server)
 
-    for sync, name in (("always", "raw"), ("default", "raw-default")):
+    async def raw_phase(name: str, sync: str, key: str) -> None:
         if name not in wanted:
-            continue
+            return
         server = procs.server(name, sync_always=sync == "always")
-        value = await phase(f"raw 3-step loop, sync {sync}", lambda: raw.raw_loop(
+        value = await phase(f"{name}: raw 3-step loop, sync {sync}", lambda: raw.raw_loop(
             procs, server, name, runs=size["raw_runs"], sequential_runs=size["sequential_runs"],
             concurrency=size["concurrency"], warmup=size["warmup"], max_seconds=LOAD_SECONDS))
         if value is not None:
-            results.setdefault("raw_loop", {})[sync] = {"sync": sync, **value}
+            results.setdefault("raw_loop", {})[key] = {"sync": sync, **value}
         procs.stop(server)
 
+    await raw_phase("raw", "always", "always")
+    await raw_phase("raw-default", "default", "default")
     if "engine" in wanted:
         server = procs.server("engine", sync_always=True)
         profiler = Profiler(RESULTS / f"profile-{stamp}.collapsed") if args.profile else None
@@ -111,6 +116,8 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict, 
         if value is not None:
             results["engine"] = {"sync": "always", "profiled": bool(args.profile), **value}
         procs.stop(server)
+
+    await raw_phase("raw-again", "always", "always_after_engine")
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -50,6 +50,10 @@ class Correlator:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self._sub.unsubscribe()
+        except Exception as err:  # shutting down
+            log.debug("correlator unsubscribe: %s", err)
 
     async def _consume(self) -> None:
         while True:

@@ -67,6 +67,7 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await _quietly(self._sub.unsubscribe())
         # Actors block on the loop; stop them from a thread so the loop keeps serving them.
         await asyncio.to_thread(self._stop_actors)
 
@@ -132,6 +133,13 @@ class Engine:
                 count += 1
         if count:
             log.info("recovering %d unfinished runs", count)
+
+
+async def _quietly(coro) -> None:
+    try:
+        await coro
+    except Exception as err:  # shutting down: nothing left to save
+        log.debug("ignored during shutdown: %s", err)
 
 
 async def _settle(msgs: list[Msg], ok: bool) -> None:

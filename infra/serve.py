@@ -54,7 +54,11 @@ async def serve(url: str, data_dir: Path | None, external: bool, max_live: int =
     finally:
         await api.stop()
         await engine.stop()
-        await nc.drain()
+        try:
+            await nc.drain()
+        except Exception as err:  # a slow drain must not keep the process alive
+            log.warning("NATS drain did not finish: %s", err)
+            await nc.close()
         if server is not None:
             await server.stop()
         _say("stopped")

@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from dagnats.domain.errors import TaskAlreadyRegistered, WorkerLoadError
-from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.identifiers import check_identifier, is_identifier
 
 from .resources import TASK_STREAM
 from .task_context import (
@@ -64,6 +64,7 @@ FETCH_TIMEOUT = 1.0  # short: a stop waits at most this long for the fetch loops
 MAX_BATCH = 100
 STALL_MARGIN = 5.0  # a fetch this much past its timeout is stuck (nats.py #933, #986)
 MAX_ACK_PENDING = 1000
+STICKY_CONSUMER_IDLE = 3600.0  # seconds
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -181,6 +182,9 @@ class Worker:
             for task, handler in self._handlers.items()
             for group in self.groups or [None]
         ]
+        sticky = f"sticky-{self.worker_id}"
+        if is_identifier(sticky):  # runs bound to this worker (sticky soft/hard) send tasks here
+            self._subs += [_Subscription(t, sticky, h, own=True) for t, h in self._handlers.items()]
         await asyncio.gather(*(self._ensure(sub) for sub in self._subs))
         self._loops = [
             asyncio.create_task(self._consume(sub), name=f"fetch-{sub.consumer}") for sub in self._subs
@@ -233,6 +237,9 @@ class Worker:
             ack_wait=self.ack_wait,
             max_deliver=-1,
             max_ack_pending=MAX_ACK_PENDING,
+            # A worker's own (sticky) consumer goes away an hour after the worker does;
+            # its tasks stay queued for a worker started again with the same id.
+            inactive_threshold=STICKY_CONSUMER_IDLE if sub.own else None,
         )
         try:
             await self._js.add_consumer(TASK_STREAM, config)
@@ -339,6 +346,7 @@ class _Subscription:
     task: str
     group: str | None
     handler: TaskHandler
+    own: bool = False  # this worker's sticky subject, not a shared one
     pull: JetStreamContext.PullSubscription | None = None
     stale: bool = True
     idle: bool = True  # the last fetch was empty: ask for one message, hold one slot
@@ -352,7 +360,8 @@ class _Subscription:
 
     @property
     def consumer(self) -> str:
-        return f"workers-{self.task}" if self.group is None else f"workers-{self.task}-{self.group}"
+        # '+' cannot occur in a task or group name, so task "a-b" and task "a" in group "b" differ.
+        return f"workers-{self.task}" if self.group is None else f"workers-{self.task}+{self.group}"
 
     @property
     def filter_subject(self) -> str:

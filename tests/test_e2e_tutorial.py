@@ -161,10 +161,6 @@ def test_status_json_reports_nats_and_the_streams(tutorial):
     assert tutorial.cli("status").stdout.startswith("NATS:       connected")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dagnats serve needs ~30 s to stop on SIGTERM: infra/serve.py awaits nc.drain(), which times out "
-    "(DrainTimeoutError) because a pull subscription (engine inbox / correlator) is never unsubscribed "
-    "and holds an undelivered message"))
 def test_serve_stops_cleanly_and_promptly_on_sigterm(tmp_path):
     serve = Serve(f"nats://127.0.0.1:{free_port()}", data_dir=tmp_path / "data")
     try:

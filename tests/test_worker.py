@@ -336,7 +336,7 @@ def test_group_worker_takes_only_its_groups_tasks(nats_url, run):
             result = await gpu.result()
             await plain.assert_empty(wait=1.0)
             left = await queued(js)
-            config = (await js.consumer_info(TASK_STREAM, "workers-render-gpu")).config
+            config = (await js.consumer_info(TASK_STREAM, "workers-render+gpu")).config
         await nc.close()
         return result, left, config
 
