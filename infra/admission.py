@@ -63,11 +63,16 @@ class Admission:
 
     # ---- idempotency ----------------------------------------------------------------
 
-    async def claim_idempotency(self, wf: WorkflowDef, data: Any, run_id: str) -> tuple[str | None, str | None]:
-        """(existing run id or None, key taken or None)."""
-        if not wf.idempotency_key:
+    async def claim_idempotency(self, wf: WorkflowDef, data: Any, run_id: str,
+                                explicit: str | None = None) -> tuple[str | None, str | None]:
+        """(existing run id or None, key taken or None). An explicit key wins over
+        the workflow's ``idempotency_key`` dot-path into the input."""
+        if explicit is not None:
+            value: str | None = _value_text(explicit)
+        elif wf.idempotency_key:
+            value = key_value(data, wf.idempotency_key)
+        else:
             return None, None
-        value = key_value(data, wf.idempotency_key)
         if value is None:
             return None, None
         key = _digest(wf.name, value)

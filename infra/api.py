@@ -165,7 +165,7 @@ class ControlPlane:
         limit = self.nc.max_payload - ENVELOPE_ROOM
         if len(encoded) > limit:
             raise PayloadTooLarge("run input with its definition", len(encoded), limit)
-        existing, claimed = await self.admission.claim_idempotency(wf, data, run_id)
+        existing, claimed = await self.admission.claim_idempotency(wf, data, run_id, body.get("idempotency_key"))
         if existing:
             return {"run_id": existing, "deduplicated": True}
         try:

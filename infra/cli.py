@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("input", nargs="?", help="run input as JSON (default null)")
     p.add_argument("--watch", action="store_true", help="print step events until the run ends")
+    p.add_argument("--idempotency-key", help="a second start with the same key returns the first run")
     p.set_defaults(func=cmd_run_start)
     for name, func, text in (("status", cmd_run_status, "show a run and its steps"),
                              ("events", cmd_run_events, "show a run's event history"),
@@ -230,7 +231,7 @@ def cmd_run_start(args: argparse.Namespace) -> int:
     data = _parse_input(args.input)
 
     async def go(client: Client) -> int:
-        run_id = await client.start(args.name, data)
+        run_id = await client.start(args.name, data, idempotency_key=args.idempotency_key)
         if not args.watch:
             _print_json({"run_id": run_id}) if args.json else print(f"Run {run_id} started")
             return 0

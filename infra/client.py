@@ -109,8 +109,12 @@ class Client:
     # ---- runs ------------------------------------------------------------------------------
 
     async def start(self, workflow: str, input: Any = None, *, run_id: str | None = None,
-                    trace_parent: str | None = None) -> str:
+                    trace_parent: str | None = None, idempotency_key: str | None = None) -> str:
+        """Start a run; with an idempotency key (explicit, or the workflow's dot-path into
+        the input) a second start with the same key returns the first run's id."""
         body: dict[str, Any] = {"workflow": workflow, "input": input}
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
         if run_id:
             body["run_id"] = run_id
         if trace_parent:

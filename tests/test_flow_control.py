@@ -355,3 +355,18 @@ def test_inspect_shows_timings_and_blockers(nats_url, run):
     assert blocked["blockers"] == {"b": ["a"]}
     assert done["blockers"] == {}
     assert done["steps"]["a"]["queue_seconds"] >= 0 and done["steps"]["a"]["exec_seconds"] >= 0
+
+
+def test_an_explicit_idempotency_key_deduplicates_any_workflow(nats_url, run):
+    wf = _wf("idem_explicit", [{"id": "a", "task": "ie"}])
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(wf)
+            first = await h.client.start("idem_explicit", 1, idempotency_key="job-42")
+            again = await h.client.start("idem_explicit", 2, idempotency_key="job-42")
+            plain = await h.client.start("idem_explicit", 1)
+            return first, again, plain
+
+    first, again, plain = run(body())
+    assert first == again != plain
