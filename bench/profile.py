@@ -1,11 +1,19 @@
 """Sampling the engine with py-spy while the load runs, and summarising the samples.
 
-`Profiler.start(pid)` runs ``py-spy record --format raw --threads --nonblocking``
-on the engine (100 Hz, idle threads not sampled: a sample is a thread on the
-CPU or runnable); `stop()` sends it SIGINT, which makes py-spy write the
-collapsed stacks, and returns `summarise(...)` of them: the share of samples
-per thread kind, per leaf function (self time), per function anywhere on the
-stack (inclusive time) and per package of the leaf frame.
+`Profiler.start(pid)` runs two ``py-spy record --format raw --threads
+--nonblocking`` samplers on the engine:
+
+* ``cpu`` (``--gil``, 100 Hz): only the thread holding the GIL is sampled, so
+  the samples say where the engine's Python CPU time goes;
+* ``wall`` (``--idle``, 20 Hz): every thread, waiting or not, so the samples
+  say what each kind of thread (RunActor-*, RunDirectory, the asyncio
+  MainThread) spends its time on, e.g. waiting for a PubAck.
+
+`stop()` sends them SIGINT, which makes py-spy write the collapsed stacks,
+and returns `summarise(...)` of each: shares of samples per thread kind, per
+leaf function (self), per function anywhere on the stack (inclusive), per
+package of the leaf frame, and per thread kind the innermost dagnats frame
+with the leaf under it ("site").
 """
 
 from __future__ import annotations
@@ -27,37 +35,47 @@ def py_spy_binary() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("py-spy")
 
 
+MODES = {"cpu": ["--gil", "--rate", "100"], "wall": ["--idle", "--rate", "20"]}
+
+
 class Profiler:
-    def __init__(self, out_path: Path, rate: int = 100) -> None:
-        self.out_path, self.rate = out_path, rate
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = out_path.with_suffix(".log")
+    def __init__(self, out_prefix: Path) -> None:
+        self.out_prefix = out_prefix
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def path(self, mode: str, suffix: str = ".collapsed") -> Path:
+        return self.out_prefix.with_name(f"{self.out_prefix.name}-{mode}{suffix}")
 
     def start(self, pid: int) -> None:
         binary = py_spy_binary()
         if binary is None:
             raise RuntimeError("py-spy not found: pip install py-spy")
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [binary, "record", "--pid", str(pid), "--rate", str(self.rate), "--format", "raw",
-                 "--threads", "--gil", "--full-filenames", "--nonblocking", "--output", str(self.out_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        for mode, flags in MODES.items():
+            with open(self.path(mode, ".log"), "wb") as log:
+                self.procs[mode] = subprocess.Popen(
+                    [binary, "record", "--pid", str(pid), "--format", "raw", "--threads", "--full-filenames",
+                     "--nonblocking", *flags, "--output", str(self.path(mode))],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
 
     def stop(self) -> dict:
-        if self.proc is None:
-            return {}
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        summaries = {}
+        for mode, proc in self.procs.items():
             try:
-                self.proc.wait(30)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-        if not self.out_path.exists():
-            return {"error": self.log_path.read_text(errors="replace")[-2000:]}
-        return summarise(self.out_path.read_text(errors="replace"), str(self.out_path))
+                proc.kill()
+                proc.wait(5)
+            out = self.path(mode)
+            if out.exists():
+                summaries[mode] = summarise(out.read_text(errors="replace"), str(out))
+            else:
+                summaries[mode] = {"error": self.path(mode, ".log").read_text(errors="replace")[-2000:]}
+        self.procs.clear()
+        return summaries
 
 
 def _frame(text: str) -> tuple[str, str]:
@@ -98,6 +116,7 @@ def _thread_kind(text: str) -> str:
 def summarise(raw: str, path: str = "", top: int = 15) -> dict:
     """Shares (%) of samples from py-spy's collapsed stacks (``frame;frame;... count``)."""
     threads, leaf, inclusive, packages = Counter(), Counter(), Counter(), Counter()
+    sites: dict[str, Counter] = {}
     total = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -106,15 +125,17 @@ def summarise(raw: str, path: str = "", top: int = 15) -> dict:
         count = int(count_text)
         total += count
         frames = stack.split(";")
-        threads[_thread_kind(frames[0])] += count
+        kind = _thread_kind(frames[0])
+        threads[kind] += count
         named = [_frame(f) for f in frames[1:]] or [("(no python frame)", "?")]
         leaf[named[-1][0]] += count
         packages[named[-1][1]] += count
         for func in {name for name, _ in named}:
             inclusive[func] += count
+        sites.setdefault(kind, Counter())[_site(named)] += count
 
-    def shares(counter: Counter, n: int = top) -> list[list]:
-        return [[name, round(100 * c / total, 1)] for name, c in counter.most_common(n)]
+    def shares(counter: Counter, n: int = top, of: int | None = None) -> list[list]:
+        return [[name, round(100 * c / (of or total), 1)] for name, c in counter.most_common(n)]
 
     if not total:
         return {"samples": 0, "raw_file": path}
@@ -122,7 +143,16 @@ def summarise(raw: str, path: str = "", top: int = 15) -> dict:
         "samples": total, "raw_file": path,
         "threads": shares(threads, 8), "self": shares(leaf), "inclusive": shares(inclusive, 25),
         "packages": shares(packages, 12),
+        "sites": {kind: shares(sites[kind], 6, threads[kind]) for kind, _ in threads.most_common(4)},
     }
+
+
+def _site(named: list[tuple[str, str]]) -> str:
+    """The innermost dagnats frame, and the leaf under it when that is elsewhere."""
+    ours = [name for name, package in named if package.startswith("dagnats.")]
+    if not ours:
+        return named[-1][0]
+    return ours[-1] if ours[-1] == named[-1][0] else f"{ours[-1]} > {named[-1][0].split(' (')[0]}"
 
 
 if __name__ == "__main__":  # summarise a saved file: python -m bench.profile FILE

@@ -179,16 +179,31 @@ def render(results: dict) -> str:
     for goal in results.get("goals", []):
         out.append(f"goal {'MET ' if goal['met'] else 'MISSED'}  {goal['goal']}: {goal['measured']}")
 
-    profile = eng.get("profile")
-    if profile and profile.get("samples"):
-        out += ["", f"engine profile (py-spy, {profile['samples']} samples, % of samples):"]
-        out += _table(["threads", "%"], [[n, f"{p:g}"] for n, p in profile["threads"]], {1})
-        out += _table(["self (leaf function)", "%"], [[n, f"{p:g}"] for n, p in profile["self"]], {1})
-        out += _table(["package of leaf frame", "%"], [[n, f"{p:g}"] for n, p in profile["packages"]], {1})
-        out += _table(["inclusive", "%"], [[n, f"{p:g}"] for n, p in profile["inclusive"]], {1})
+    out += _render_profile(eng.get("profile") or {})
     for err in results.get("errors", []):
         out.append(f"error: {err}")
     return "\n".join(out)
+
+
+def _render_profile(profile: dict) -> list[str]:
+    out: list[str] = []
+    cpu, wall = profile.get("cpu", {}), profile.get("wall", {})
+    if cpu.get("samples"):
+        out += ["", f"engine CPU profile (py-spy --gil: the GIL holder, {cpu['samples']} samples; % of samples)"]
+        out += _table(["thread", "%"], [[n, f"{p:g}"] for n, p in cpu["threads"]], {1})
+        out += [""] + _table(["self (leaf function)", "%"], [[n, f"{p:g}"] for n, p in cpu["self"]], {1})
+        out += [""] + _table(["package of leaf frame", "%"], [[n, f"{p:g}"] for n, p in cpu["packages"]], {1})
+        out += [""] + _table(["inclusive", "%"], [[n, f"{p:g}"] for n, p in cpu["inclusive"]], {1})
+    if wall.get("samples"):
+        out += ["", f"engine wall profile (py-spy --idle: every thread, {wall['samples']} samples)"]
+        out += _table(["thread kind", "% of all samples"], [[n, f"{p:g}"] for n, p in wall["threads"]], {1})
+        for kind, rows in wall.get("sites", {}).items():
+            out += [""] + _table([f"{kind}: innermost dagnats frame > leaf", "% of its samples"],
+                                 [[n, f"{p:g}"] for n, p in rows], {1})
+    for mode, data in profile.items():
+        if isinstance(data, dict) and data.get("error"):
+            out.append(f"profile {mode} failed: {data['error']}")
+    return out
 
 
 def write(results: dict, paths: list[Path]) -> None:

@@ -106,7 +106,7 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict, 
     await raw_phase("raw-default", "default", "default")
     if "engine" in wanted:
         server = procs.server("engine", sync_always=True)
-        profiler = Profiler(RESULTS / f"profile-{stamp}.collapsed") if args.profile else None
+        profiler = Profiler(RESULTS / f"profile-{stamp}") if args.profile else None
         value = await phase("engine", lambda: engine_bench(
             procs, server, runs=size["runs"], sequential_runs=size["sequential_runs"],
             concurrency=size["concurrency"], second_batch_concurrency=size["second_batch_concurrency"],

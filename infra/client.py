@@ -18,7 +18,7 @@ from nats.js import api as js_api
 
 from dagnats.domain import errors as errs
 from dagnats.domain.definition import WorkflowDef, workflow_to_object
-from dagnats.domain.events import EVENT_DECODER, Event, decode_record
+from dagnats.domain.events import Event, decode_record
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.fold import fold
 from dagnats.domain.state import TERMINAL_RUN_STATUSES, new_run
