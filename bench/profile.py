@@ -148,11 +148,16 @@ def summarise(raw: str, path: str = "", top: int = 15) -> dict:
 
 
 def _site(named: list[tuple[str, str]]) -> str:
-    """The innermost dagnats frame, and the leaf under it when that is elsewhere."""
-    ours = [name for name, package in named if package.startswith("dagnats.")]
-    if not ours:
-        return named[-1][0]
-    return ours[-1] if ours[-1] == named[-1][0] else f"{ours[-1]} > {named[-1][0].split(' (')[0]}"
+    """The two innermost frames of dagnats, pykka or nats code, then the leaf: what a thread waits on."""
+    ours = [name for name, package in named if package.startswith(("dagnats.", "pykka", "nats"))][-2:]
+    leaf = named[-1][0]
+    if leaf in ours:
+        return " > ".join(_bare(name) for name in ours)
+    return " > ".join([*(_bare(name) for name in ours), _bare(leaf)])
+
+
+def _bare(name: str) -> str:
+    return name.split(" (")[0]
 
 
 if __name__ == "__main__":  # summarise a saved file: python -m bench.profile FILE

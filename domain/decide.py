@@ -26,7 +26,7 @@ from .identifiers import is_identifier
 from .resolve import failed_upstream, is_complete, ready_steps, resolve_input, run_output
 from .retry import calculate_delay, may_retry, resolve_retry_policy
 from .timers import (
-    DEADLINE, RETRY, STEP_TIMEOUT, STICKY_FALLBACK, STICKY_FALLBACK_NS, deadline_timer, retry_timer,
+    DEADLINE, RETRY, STEP_TIMEOUT, STICKY_FALLBACK, STICKY_FALLBACK_NS, add_ns, deadline_timer, retry_timer,
     step_timeout_timer, sticky_fallback_timer, wanted_timers,
 )
 
@@ -269,7 +269,8 @@ def _on_started(d: Decision, event: ev.Event) -> None:
     state = d.run.step(event.step_id)
     if step is None or not step.timeout or state.status != st.STEP_RUNNING or state.attempts != event.attempt:
         return
-    d.actions.append(step_timeout_timer(step.id, event.attempt, d.after(int(step.timeout))))
+    # Counted from the recorded start, as a rebuilt run's re-armed timer is.
+    d.actions.append(step_timeout_timer(step.id, event.attempt, add_ns(state.started_at, int(step.timeout))))
 
 
 def _on_completed(d: Decision, event: ev.Event) -> None:

@@ -37,6 +37,8 @@ def parse_duration(value: object) -> int:
     if isinstance(value, int):
         if value < 0:
             raise InvalidDuration(value, "must not be negative")
+        if value > _MAX:
+            raise InvalidDuration(value, "too large")
         return value
     if not isinstance(value, str):
         raise InvalidDuration(value, "expected a string or an integer")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from datetime import datetime, timezone
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -23,11 +24,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from dagnats.actors.directory import RunDirectory
 from dagnats.actors.messages import Deliver, LiveCount, Recover
 from dagnats.actors.timer import TimerActor
-from dagnats.domain.events import EVENT_DECODER, Event
+from dagnats.domain.events import EVENT_DECODER, Event, format_timestamp, parse_timestamp
 
 from .bridge import LoopBridge
 from .ports import NatsPorts
 from .resources import INBOX_STREAM, ensure_resources
+from .tracing import valid_trace_parent
 
 log = logging.getLogger("dagnats.engine")
 
@@ -109,7 +111,7 @@ class Engine:
                 log.warning("dropping inbox message for %s claiming run %s", run_id, event.run_id)
                 asyncio.create_task(msg.term())
                 continue
-            by_run[run_id].append((event, msg))
+            by_run[run_id].append((_sanitized(event), msg))
         for run_id, items in by_run.items():
             events = tuple(e for e, _ in items)
             batch = [m for _, m in items]
@@ -133,6 +135,18 @@ class Engine:
                 count += 1
         if count:
             log.info("recovering %d unfinished runs", count)
+
+
+def _sanitized(event: Event) -> Event:
+    """Facts come from outside: a bad timestamp or traceparent must not poison the run."""
+    changes = {}
+    try:
+        parse_timestamp(event.timestamp)
+    except (TypeError, ValueError):
+        changes["timestamp"] = format_timestamp(datetime.now(timezone.utc))
+    if event.trace_parent and not valid_trace_parent(event.trace_parent):
+        changes["trace_parent"] = ""
+    return msgspec.structs.replace(event, **changes) if changes else event
 
 
 async def _quietly(coro) -> None:

@@ -241,3 +241,30 @@ def test_unknown_and_hostile_run_ids_are_refused(nats_url, run):
 
     messages = run(body())
     assert len(messages) == 4
+
+
+def test_a_fact_with_a_malformed_timestamp_does_not_poison_the_run(nats_url, run):
+    import msgspec
+
+    from dagnats.domain.events import Event
+    from dagnats.infra.resources import inbox_subject
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN3)
+            run_id = await h.client.start("chain3")
+            worker = FakeWorker(h.nc, "ta")
+            task, msg = await worker.next()
+            bad = Event(type="step.started", run_id=run_id, step_id="a", attempt=1, timestamp="yesterday-ish",
+                        trace_parent="not-a-traceparent", id="a.1.step.started")
+            await h.nc.jetstream().publish(inbox_subject(run_id), msgspec.json.encode(bad))
+            await worker.report(task, "step.completed", "a")
+            await msg.ack()
+            await FakeWorker(h.nc, "tb").complete("b")
+            await FakeWorker(h.nc, "tc").complete("c")
+            return await h.wait_status(run_id, "completed"), await h.client.events(run_id)
+
+    final, events = run(body())
+    started = [e for e in events if e["type"] == "step.started"][0]
+    assert started["timestamp"] != "yesterday-ish" and started["trace_parent"] is None
+    assert final["output"] == "c"
