@@ -21,6 +21,8 @@ from typing import Any
 
 import pykka
 
+from dagnats.domain.events import WORKFLOW_STARTED
+
 from .messages import Crashed, Deliver, LiveCount, Passivate, Passivated, Recover
 from .ports import Ports
 from .run import RunActor
@@ -66,13 +68,13 @@ class RunDirectory(pykka.ThreadingActor):
             return
         ref = self.actors.get(run_id)
         if ref is None or not ref.is_alive():
-            ref = self._start(run_id)
+            ref = self._start(run_id, fresh=_starts_run(message))
         else:
             self.actors.move_to_end(run_id)
         ref.tell(message)
 
-    def _start(self, run_id: str) -> pykka.ActorRef:
-        ref = RunActor.start(run_id, self.ports, self.actor_ref, self.timers, self.live)
+    def _start(self, run_id: str, fresh: bool = False) -> pykka.ActorRef:
+        ref = RunActor.start(run_id, self.ports, self.actor_ref, self.timers, self.live, fresh)
         self.actors[run_id] = ref
         self._evict_idle()
         return ref
@@ -99,3 +101,8 @@ class RunDirectory(pykka.ThreadingActor):
         waiting = self.passivating.pop(run_id, [])
         for message in waiting:
             self._route(message)
+
+
+def _starts_run(message: Deliver | Recover) -> bool:
+    """A delivery that opens with the run's start request (nothing to load yet)."""
+    return isinstance(message, Deliver) and bool(message.events) and message.events[0].type == WORKFLOW_STARTED

@@ -48,3 +48,8 @@ class Ports(Protocol):
     history: HistoryPort
     tasks: TaskPort
     clock: Clock
+
+    def record(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str,
+               tasks: list[EnqueueTask]) -> int:
+        """Append one record and publish its tasks concurrently; the record's sequence
+        (raises WrongLastSequence, after the tasks went out)."""

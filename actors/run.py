@@ -10,6 +10,11 @@ expected last sequence, then publishes tasks and arms timers, and only then
 lets the shell acknowledge the inbox messages. A failed expectation means
 another writer moved the history: the actor refolds the tail and decides
 again from the new state.
+
+The record and the tasks it dispatches are published together, not one
+after the other: a task whose record then fails (a conflict) is dispatched
+again, under the same message id, by the decision taken after refolding —
+or, if that decision differs, runs once for nothing (at-least-once).
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ MAX_CONFLICT_RETRIES = 8
 class RunActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
-    def __init__(self, run_id: str, ports: Ports, directory: Any, timers: Any, live: dict) -> None:
+    def __init__(self, run_id: str, ports: Ports, directory: Any, timers: Any, live: dict,
+                 fresh: bool = False) -> None:
         super().__init__()
-        self.run_id = run_id
+        self.run_id, self.fresh = run_id, fresh
         self.ports, self.directory, self.timers, self.live = ports, directory, timers, live
         self.run: WorkflowRun = new_run(run_id)
         self.last_seq = 0
@@ -47,6 +53,11 @@ class RunActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         threading.current_thread().name = f"RunActor-{self.run_id}"
+        if self.fresh:
+            # A start request: skip the reads. Were the run not new after all (a
+            # redelivered start), the append expecting an empty history fails and
+            # the actor refolds what is there.
+            return
         loaded, self.last_seq = self.ports.history.load(self.run_id)
         if loaded is not None:
             self.run = loaded
@@ -92,15 +103,16 @@ class RunActor(pykka.ThreadingActor):
                 run = updated
             if not record:
                 return
+            tasks = [a for a in actions if isinstance(a, EnqueueTask)]
             try:
-                seq = self.ports.history.append(self.run_id, record, self.last_seq, f"{self.run_id}.{record[0].id}")
+                seq = self.ports.record(self.run_id, record, self.last_seq, f"{self.run_id}.{record[0].id}", tasks)
             except WrongLastSequence:
                 log.info("run %s: history moved past %d; refolding", self.run_id, self.last_seq)
                 self._refold()
                 continue
             first_record = self.last_seq == 0
             self.run, self.last_seq = run, seq
-            self._effects(actions)
+            self._arm(actions)
             self._publish_state()
             self._after_append(first_record)
             return
@@ -132,13 +144,17 @@ class RunActor(pykka.ThreadingActor):
         tasks = [a for a in actions if isinstance(a, EnqueueTask)]
         if tasks:
             self.ports.tasks.enqueue(tasks)
+        self._arm(actions)
+
+    def _arm(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, StartTimer):
                 self.timers.tell(ArmTimer(self.run_id, action, self.run.trace_parent))
 
     def _after_append(self, first_record: bool) -> None:
         if self.run.is_terminal:
-            self.ports.history.save_snapshot(self.run, self.last_seq, wait=True)
+            # Not awaited: the history already holds the outcome; the snapshot is a cache.
+            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
             self.directory.tell(Passivate(self.run_id))
         elif first_record:
             # The snapshot index lists every run; written once at start, not per step.

@@ -23,17 +23,24 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import statistics
 import time
 from datetime import datetime, timezone
 
 from nats.js import api
 
-from dagnats.domain.events import EVENT_ENCODER, WORKFLOW_COMPLETED, WORKFLOW_STARTED, Event, decode_record, format_timestamp
+from dagnats.domain.events import (
+    EVENT_ENCODER,
+    WORKFLOW_COMPLETED,
+    WORKFLOW_STARTED,
+    Event,
+    decode_record,
+    format_timestamp,
+)
 from dagnats.infra.client import Client
 from dagnats.infra.headers import MSG_ID, TRACEPARENT
-from dagnats.infra.resources import inbox_subject
+from dagnats.infra.resources import HISTORY_STREAM, INBOX_STREAM, RUNS_BUCKET, TASK_STREAM, inbox_subject
 from dagnats.infra.tracing import new_trace_parent
-from dagnats.infra.resources import HISTORY_STREAM, INBOX_STREAM, RUNS_BUCKET, TASK_STREAM
 
 from .load import closed_loop
 from .procs import PYTHON, REPO, Child, CpuMeter, Processes, proc_status, rss_mb
@@ -63,6 +70,7 @@ class EngineUnderTest:
         self.procs, self.server = procs, server
         self.worker_concurrency = worker_concurrency
         self.waiting: dict[str, asyncio.Future] = {}
+        self.traced: list[tuple[str, float, float]] | None = None  # (run id, wall start, wall observed)
         self._serial = 0
         self._batch = secrets.token_hex(3)
 
@@ -129,7 +137,7 @@ class EngineUnderTest:
         run_id = f"b{self._batch}-{self._serial:06d}"
         done = asyncio.get_running_loop().create_future()
         self.waiting[run_id] = done
-        began = time.perf_counter()
+        wall, began = time.time(), time.perf_counter()
         try:
             await start(run_id, self._serial)
             arrived, status = await asyncio.wait_for(done, timeout)
@@ -137,7 +145,32 @@ class EngineUnderTest:
             del self.waiting[run_id]
         if status != WORKFLOW_COMPLETED:
             raise RunFailed(run_id, status)
+        if self.traced is not None:
+            self.traced.append((run_id, wall, wall + arrived - began))
         return arrived - began
+
+    async def hops(self) -> list[dict]:
+        """Median, p90 and max of each gap between consecutive history events of the traced runs.
+
+        Events carry the wall time their writer stamped them with (the API for
+        workflow.started, the worker for step.started/completed, the engine for
+        its decisions); the first gap starts at the client's request and the
+        last ends when the bench saw the terminal record. Read after the
+        measurement, so the reads cost the measured runs nothing.
+        """
+        gaps: dict[str, list[float]] = {}
+        for run_id, wall_start, wall_observed in self.traced or []:
+            previous, label = wall_start, "start request sent"
+            for event in await self.client.events(run_id):
+                name = f"{event['type']} {event.get('step_id') or ''}".strip()
+                stamp = datetime.fromisoformat(event["timestamp"]).timestamp()
+                gaps.setdefault(f"{label} -> {name}", []).append(stamp - previous)
+                previous, label = stamp, name
+            gaps.setdefault(f"{label} -> terminal record seen", []).append(wall_observed - previous)
+        return [{"hop": hop, "count": len(values), "p50_ms": round(statistics.median(values) * 1000, 2),
+                 "p90_ms": round(sorted(values)[int(0.9 * (len(values) - 1))] * 1000, 2),
+                 "max_ms": round(max(values) * 1000, 2)}
+                for hop, values in gaps.items()]
 
     def check_alive(self) -> None:
         self.engine.check_alive()
@@ -183,7 +216,9 @@ async def engine_bench(procs: Processes, server, *, runs: int, sequential_runs: 
         if profiler is not None:
             result["profile"] = profiler.stop()
         result["memory"]["after_batch_1"] = await eng.memory(settle=2.0)
+        eng.traced = []
         result["unloaded"] = await closed_loop(eng.run_once, sequential_runs, 1, max_seconds)
+        traced, eng.traced = eng.traced, None
         eng.check_alive()
         if second_batch_concurrency:
             result["loaded_second_batch"] = await _batch(eng, eng.run_once, runs, second_batch_concurrency, max_seconds)
@@ -192,6 +227,8 @@ async def engine_bench(procs: Processes, server, *, runs: int, sequential_runs: 
             result["loaded_direct_start"] = await _batch(eng, eng.run_once_direct, runs, concurrency, max_seconds)
             result["unloaded_direct_start"] = await closed_loop(eng.run_once_direct, sequential_runs, 1, max_seconds)
         result["writes_per_run"] = await eng.writes_per_run()
+        eng.traced = traced
+        result["unloaded_hops"] = await eng.hops()
         eng.check_alive()
     return result
 

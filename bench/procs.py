@@ -11,6 +11,7 @@ line in that log, waited for with a deadline.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -23,6 +24,13 @@ from dagnats.infra.server import NatsServer
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the forked child: get SIGTERM when the benchmark dies, even by SIGKILL."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ChildError(RuntimeError):
@@ -50,7 +58,7 @@ class Child:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=REPO, env=self.env, start_new_session=True,
+                cwd=REPO, env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
             )
         return self
 

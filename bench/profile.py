@@ -12,8 +12,10 @@
 `stop()` sends them SIGINT, which makes py-spy write the collapsed stacks,
 and returns `summarise(...)` of each: shares of samples per thread kind, per
 leaf function (self), per function anywhere on the stack (inclusive), per
-package of the leaf frame, and per thread kind the innermost dagnats frame
-with the leaf under it ("site").
+package of the leaf frame, and per thread kind its "sites": the two innermost
+frames of dagnats, pykka or nats code and the leaf under them, e.g.
+``NatsHistoryPort.append > LoopBridge.call > Condition.wait`` (a run actor
+blocked until the loop has its history append's PubAck).
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 _THREAD = re.compile(r"^(?:thread|process) \((?P<id>[^)]*)\)(?:: (?P<name>.*))?$")
 
 
+MODES = {"cpu": ["--gil", "--rate", "100"], "wall": ["--idle", "--rate", "20"]}
+
+
 def py_spy_binary() -> str | None:
     beside = Path(sys.executable).parent / "py-spy"
     return str(beside) if beside.is_file() else shutil.which("py-spy")
-
-
-MODES = {"cpu": ["--gil", "--rate", "100"], "wall": ["--idle", "--rate", "20"]}
 
 
 class Profiler:
@@ -72,6 +74,7 @@ class Profiler:
             out = self.path(mode)
             if out.exists():
                 summaries[mode] = summarise(out.read_text(errors="replace"), str(out))
+                self.path(mode, ".log").unlink(missing_ok=True)
             else:
                 summaries[mode] = {"error": self.path(mode, ".log").read_text(errors="replace")[-2000:]}
         self.procs.clear()

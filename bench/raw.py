@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+
 import msgspec
 import nats
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -130,6 +131,7 @@ class RawLoop:
         self.procs, self.url, self.name = procs, url, name
         self.pending: dict[str, list] = {}  # run id -> [steps done, future]
         self._serial = 0
+        self._handling: set[asyncio.Task] = set()  # asyncio keeps only weak references to tasks
 
     async def __aenter__(self) -> RawLoop:
         self.nc, self.js = await _connect(self.url)
@@ -160,7 +162,9 @@ class RawLoop:
             except (asyncio.TimeoutError, NatsTimeoutError):
                 continue
             for msg in msgs:
-                asyncio.create_task(self._on_result(msg))
+                task = asyncio.create_task(self._on_result(msg))
+                self._handling.add(task)
+                task.add_done_callback(self._handling.discard)
 
     async def _on_result(self, msg) -> None:
         await msg.ack()

@@ -159,6 +159,14 @@ def render(results: dict) -> str:
         out += _table(["engine memory", "RSS MB", "peak MB", "threads", "live runs", "worker RSS MB"],
                       mem_rows, {1, 2, 3, 4, 5}) + [""]
 
+    hops = eng.get("unloaded_hops")
+    if hops:
+        out += _table(["unloaded engine run, hop by hop (history event timestamps)", "p50 ms", "p90 ms", "max ms"],
+                      [[h["hop"], _num(h["p50_ms"], 2), _num(h["p90_ms"], 2), _num(h.get("max_ms"), 2)]
+                       for h in hops], {1, 2, 3})
+        out.append(f"(sum of the hop medians: {sum(h['p50_ms'] for h in hops):.1f} ms)")
+        out.append("")
+
     writes = eng.get("writes_per_run")
     if writes:
         out.append("stored writes per engine run (stream last sequence / runs started, "
@@ -198,7 +206,7 @@ def _render_profile(profile: dict) -> list[str]:
         out += ["", f"engine wall profile (py-spy --idle: every thread, {wall['samples']} samples)"]
         out += _table(["thread kind", "% of all samples"], [[n, f"{p:g}"] for n, p in wall["threads"]], {1})
         for kind, rows in wall.get("sites", {}).items():
-            out += [""] + _table([f"{kind}: innermost dagnats frame > leaf", "% of its samples"],
+            out += [""] + _table([f"{kind}: where its time goes (inner frames > leaf)", "% of its samples"],
                                  [[n, f"{p:g}"] for n, p in rows], {1})
     for mode, data in profile.items():
         if isinstance(data, dict) and data.get("error"):

@@ -12,6 +12,7 @@ on a fresh nats-server with its own data directory:
 4. the engine (sync always): warm-up, batch 1 (100 in flight), memory,
    unloaded runs, batch 2 (200 in flight), memory, then a batch whose start
    facts bypass the control plane (diagnostic); batch 1 optionally profiled;
+   the unloaded runs' histories give the latency hop by hop;
 5. the raw loop of phase 2 again, to show how much the shared machine drifted.
 
 Prints a table and writes bench/results/<timestamp>.json (+ .txt), and --out.
@@ -114,7 +115,12 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict, 
         if profiler is not None:
             profiler.stop()  # no-op unless the phase failed while it was sampling
         if value is not None:
-            results["engine"] = {"sync": "always", "profiled": bool(args.profile), **value}
+            results["engine"] = {
+                "sync": "always", "profiled": bool(args.profile),
+                "completion_observed_by": "one ordered push consumer on history.> in the bench process "
+                                          "(no requests to the engine)",
+                **value,
+            }
         procs.stop(server)
 
     await raw_phase("raw-again", "always", "always_after_engine")

@@ -73,6 +73,9 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     attempt: int = 0
     worker_id: str = ""
     id: str = ""
+    # On a worker's result: when the attempt started, for a step whose
+    # step.started was never sent (it finished before the worker reported it).
+    started_at: str = ""
 
 
 class TaskPayload(msgspec.Struct, frozen=True, omit_defaults=True):

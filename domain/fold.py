@@ -134,6 +134,7 @@ def _completed(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.S
     return replace(
         step, output=event.payload, error="", failure_type="", finished_at=event.timestamp,
         worker_id=event.worker_id or step.worker_id, completed_order=run.completions + 1,
+        started_at=step.started_at or event.started_at,
     )
 
 
@@ -145,6 +146,8 @@ def _failed(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.Step
         error=truncate_utf8(str(payload.get("error") or "failed"), limit),
         failure_type=ev.FailureType.parse(payload.get("failure_type")).value,
         finished_at=event.timestamp,
+        started_at=step.started_at or event.started_at,
+        worker_id=event.worker_id or step.worker_id,
     )
 
 

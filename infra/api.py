@@ -8,6 +8,7 @@ cancelling a run publishes a fact to the run's inbox.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from datetime import datetime, timedelta, timezone
@@ -17,17 +18,16 @@ import jsonschema
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from dagnats.domain import events as ev
-from dagnats.domain.definition import decode_workflow, encode_workflow, workflow_from_object, workflow_to_object
+from dagnats.domain.definition import workflow_from_object, workflow_to_object
 from dagnats.domain.errors import (
     DagnatsError,
     InvalidInput,
     InvalidRunState,
     PayloadTooLarge,
     RunNotFound,
-    WorkflowNotFound,
 )
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.fold import fold
@@ -38,7 +38,8 @@ from .engine import Engine
 from .headers import MSG_ID, TRACEPARENT
 from .admission import Admission
 from .correlator import Correlator
-from .resources import DEFS_BUCKET, INBOX_STREAM, SIGNALS_BUCKET, inbox_subject
+from .definitions import Definitions
+from .resources import INBOX_STREAM, SIGNALS_BUCKET, inbox_subject
 from .tracing import new_trace_parent, valid_trace_parent
 from .views import event_view, inspect_view, run_summary, run_view
 
@@ -48,6 +49,7 @@ API_PREFIX = "dagnats.api"
 API_QUEUE = "dagnats-api"
 # Room kept for headers and the event envelope around the input.
 ENVELOPE_ROOM = 4096
+MAX_CONCURRENT_REQUESTS = 256
 
 _JSON = msgspec.json.Encoder()
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -76,17 +78,35 @@ class ControlPlane:
         }
 
     async def start(self) -> None:
-        self.defs = await self.js.key_value(DEFS_BUCKET)
+        self.defs = Definitions(self.js)
+        await self.defs.start()
         self.signals = await self.js.key_value(SIGNALS_BUCKET)
         self.admission = Admission(self.js)
         await self.admission.open()
         self.correlator = Correlator(self.js, self.status_of, self.cancel_by)
         await self.correlator.start()
-        self._sub = await self.nc.subscribe(f"{API_PREFIX}.>", queue=API_QUEUE, cb=self._serve)
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        self._inflight: set[asyncio.Task] = set()
+        self._sub = await self.nc.subscribe(f"{API_PREFIX}.>", queue=API_QUEUE, cb=self._accept)
 
     async def stop(self) -> None:
         await self._sub.unsubscribe()
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=5)
         await self.correlator.stop()
+        await self.defs.stop()
+
+    async def _accept(self, msg: Msg) -> None:
+        # nats-py runs one callback at a time per subscription: serve each request
+        # in its own task so a start waiting on its fsync does not hold up the next.
+        await self._slots.acquire()
+        task = asyncio.create_task(self._serve(msg))
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._inflight.discard(task)
+        self._slots.release()
 
     async def _serve(self, msg: Msg) -> None:
         op = msg.subject[len(API_PREFIX) + 1 :]
@@ -112,42 +132,25 @@ class ControlPlane:
 
     async def register_workflow(self, body: dict[str, Any]) -> dict[str, Any]:
         wf = validate(workflow_from_object(body.get("definition"), "definition"))
-        action = "updated" if await self._load_def(wf.name, missing_ok=True) else "created"
-        await self.defs.put(wf.name, encode_workflow(wf))
+        action = "updated" if await self.defs.exists(wf.name) else "created"
+        await self.defs.put(wf)
         return {"name": wf.name, "action": action, "steps": len(wf.steps)}
 
     async def list_workflows(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        try:
-            names = await self.defs.keys()
-        except (NoKeysError, NotFoundError):
-            return []
-        defs = [await self._load_def(n, missing_ok=True) for n in sorted(names)]
-        return [workflow_to_object(d) for d in defs if d is not None]
+        return [workflow_to_object(d) for d in await self.defs.all()]
 
     async def get_workflow(self, body: dict[str, Any]) -> dict[str, Any]:
-        return workflow_to_object(await self._load_def(_name(body)))
+        return workflow_to_object(await self.defs.get(_name(body)))
 
     async def delete_workflow(self, body: dict[str, Any]) -> dict[str, Any]:
         name = _name(body)
-        await self._load_def(name)
         await self.defs.delete(name)
         return {"name": name, "deleted": True}
-
-    async def _load_def(self, name: str, missing_ok: bool = False):
-        try:
-            entry = await self.defs.get(name)
-        except (KeyNotFoundError, NotFoundError):
-            entry = None
-        if entry is None or not entry.value:
-            if missing_ok:
-                return None
-            raise WorkflowNotFound(name)
-        return decode_workflow(entry.value, f"stored workflow {name}")
 
     # ---- runs -------------------------------------------------------------------------
 
     async def start_run(self, body: dict[str, Any]) -> dict[str, Any]:
-        wf = await self._load_def(_name(body, "workflow"))
+        wf = await self.defs.get(_name(body, "workflow"))
         data = body.get("input")
         if wf.input_schema is not None:
             _check_schema(wf.input_schema, data)

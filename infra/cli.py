@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     logging.basicConfig(level=logging.INFO if args.command in ("serve", "worker") else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("nats").setLevel(logging.NOTSET if args.command in ("serve", "worker") else logging.CRITICAL)
     try:
         return args.func(args) or 0
     except DagnatsError as err:
@@ -244,7 +245,7 @@ def cmd_run_start(args: argparse.Namespace) -> int:
         final = await client.status(run_id)
         if args.json:
             _print_json(final)
-        return 0 if final["status"] == "completed" else 1
+        return 0 if event.type == "workflow.completed" else 1  # the outcome watched; status may lag
 
     return _call(args, go)
 

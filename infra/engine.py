@@ -30,6 +30,7 @@ from .bridge import LoopBridge
 from .ports import NatsPorts
 from .resources import INBOX_STREAM, ensure_resources
 from .tracing import valid_trace_parent
+from .pull import more_pending
 
 log = logging.getLogger("dagnats.engine")
 
@@ -84,9 +85,12 @@ class Engine:
     # ---- inbox -----------------------------------------------------------------
 
     async def _consume(self) -> None:
+        batch = 1
         while self._running:
             try:
-                msgs = await self._sub.fetch(FETCH_BATCH, timeout=1.0)
+                # A batch pull on an empty queue lingers until the batch fills or the
+                # timeout ends, so ask for one message unless the server said more wait.
+                msgs = await self._sub.fetch(batch, timeout=1.0)
             except (asyncio.TimeoutError, NatsTimeoutError):
                 continue
             except asyncio.CancelledError:
@@ -95,6 +99,7 @@ class Engine:
                 log.warning("inbox fetch failed: %s", err)
                 await asyncio.sleep(0.5)
                 continue
+            batch = FETCH_BATCH if more_pending(msgs) else 1
             self._dispatch(msgs)
 
     def _dispatch(self, msgs: list[Msg]) -> None:
@@ -144,6 +149,11 @@ def _sanitized(event: Event) -> Event:
         parse_timestamp(event.timestamp)
     except (TypeError, ValueError):
         changes["timestamp"] = format_timestamp(datetime.now(timezone.utc))
+    if event.started_at:
+        try:
+            parse_timestamp(event.started_at)
+        except (TypeError, ValueError):
+            changes["started_at"] = ""
     if event.trace_parent and not valid_trace_parent(event.trace_parent):
         changes["trace_parent"] = ""
     return msgspec.structs.replace(event, **changes) if changes else event

@@ -65,7 +65,23 @@ class NatsTaskPort:
 
 class NatsPorts:
     def __init__(self, js: JetStreamContext, bridge: LoopBridge) -> None:
+        self.js, self.bridge = js, bridge
         self.store = HistoryStore(js)
         self.history = NatsHistoryPort(self.store, bridge)
         self.tasks = NatsTaskPort(js, bridge)
         self.clock = SystemClock(bridge)
+
+    def record(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str,
+               tasks: list[EnqueueTask]) -> int:
+        return self.bridge.call(self._record(run_id, events, expected_seq, msg_id, tasks))
+
+    async def _record(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str,
+                      tasks: list[EnqueueTask]) -> int:
+        append = self.store.append(run_id, events, expected_seq, msg_id)
+        if not tasks:
+            return await append
+        seq, published = await asyncio.gather(append, publish_tasks(self.js, tasks), return_exceptions=True)
+        for outcome in (seq, published):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return seq

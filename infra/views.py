@@ -74,6 +74,8 @@ def event_view(seq: int, event: Event) -> dict[str, Any]:
     }
     if event.worker_id:
         view["worker_id"] = event.worker_id
+    if event.started_at:
+        view["started_at"] = event.started_at
     return view
 
 

@@ -44,6 +44,7 @@ from nats.js import JetStreamContext, api
 from dagnats.domain.errors import TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.identifiers import check_identifier, is_identifier
 
+from .pull import more_pending
 from .resources import TASK_STREAM
 from .task_context import (
     Permanent,
@@ -260,11 +261,14 @@ class Worker:
                 failures += 1
                 await self._pause(failures)
                 continue
-            reserved = await self._slots.take(1 if sub.idle else MAX_BATCH)
-            if not reserved:
+            # An idle loop waits for one message without holding a slot (many loops
+            # would otherwise hold every slot while nothing comes); the message, once
+            # here, waits for a slot. A busy loop takes the free slots, then fetches.
+            reserved = 0 if sub.idle else await self._slots.take(MAX_BATCH)
+            if not sub.idle and not reserved:
                 return
             try:
-                msgs = await self._fetch(sub, reserved)
+                msgs = await self._fetch(sub, reserved or 1)
             except Exception as err:  # noqa: BLE001 - the loop must outlive any one failure
                 self._slots.give(reserved)
                 failures += 1
@@ -273,6 +277,11 @@ class Worker:
                 await self._pause(failures)
                 continue
             failures, sub.last_trouble = 0, ""
+            if msgs and not reserved:
+                reserved = await self._slots.take(len(msgs))
+                if not reserved:  # stopping: hand the message back
+                    await asyncio.gather(*(settle(msg.nak()) for msg in msgs))
+                    return
             await self._dispatch(sub, msgs, reserved)
 
     async def _fetch(self, sub: _Subscription, batch: int) -> list[Msg]:
@@ -292,7 +301,9 @@ class Worker:
         # subscription's queue: more than we hold slots for goes back at once.
         taken, extra = msgs[:reserved], msgs[reserved:]
         self._slots.give(reserved - len(taken))
-        sub.idle = not msgs
+        # Ask for a batch only when the server said more are waiting: a batch
+        # pull on an empty queue lingers until it fills or times out.
+        sub.idle = not msgs or not more_pending(msgs)
         for msg in taken:
             task = asyncio.create_task(self._execute(sub, msg))
             self._running[task] = msg

@@ -40,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 CLI = [sys.executable, "-m", "dagnats.infra.cli"]
 
-# SIGTERM grace before SIGKILL at teardown. `dagnats serve` currently needs
-# ~30 s to stop (its NATS drain times out; see test_e2e_tutorial), which the
-# suite cannot afford for every engine it starts.
-STOP_GRACE = 3.0
+# SIGTERM grace before SIGKILL at teardown: `dagnats serve` and workers stop
+# within a second or two (test_e2e_tutorial checks serve's own shutdown);
+# a worker blocked in a sync handler is killed after this.
+STOP_GRACE = 5.0
 
 
 def base_env(nats_url: str | None = None, **extra: str) -> dict[str, str]:
@@ -523,3 +523,69 @@ class WorkerProc:
     @property
     def output(self) -> str:
         return "\n".join(f"--- worker pid {p.popen.pid if p.popen else '?'} ---\n{p.output}" for p in self.procs)
+
+
+# -- gates, background commands and restarts (flow-control and run-control tests) ----
+
+# Worker code: paste after the prelude. `await gate(ctx)` blocks the handler until
+# the test calls `open_gate(journal, run_id, step_id)`; async, so a worker that
+# stops cancels it instead of waiting for it.
+GATE_HANDLERS = '''
+GATES = os.path.join(os.path.dirname(JOURNAL), "gates")
+
+
+async def gate(ctx, limit=60.0):
+    """Wait until the test opens this execution's gate (a file), at most `limit` seconds."""
+    path = os.path.join(GATES, f"{ctx.run_id}.{ctx.step_id}")
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+'''
+
+
+def open_gate(journal: Journal, run_id: str, step: str) -> None:
+    """Let a handler waiting in `gate(ctx)` for this run and step return."""
+    gates = journal.path.parent / "gates"
+    gates.mkdir(exist_ok=True)
+    (gates / f"{run_id}.{step}").touch()
+
+
+class CliCall:
+    """One `dagnats ...` command left running (e.g. a blocking `run wait`); `result()` collects it."""
+
+    def __init__(self, cli: Cli, *args: str) -> None:
+        self.args = args
+        self.popen = subprocess.Popen(
+            [*CLI, *args], env=base_env(cli.url), cwd=cli.cwd, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def result(self, timeout: float) -> Result:
+        """Wait up to `timeout` seconds for the command to exit (else fail the test)."""
+        try:
+            out, err = self.popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"`dagnats {' '.join(self.args)}` still running after {timeout:g} s") from None
+        return Result(self.popen.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def stop(self) -> None:
+        """SIGKILL the command if it still runs (its PID only) and reap it."""
+        if self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.popen.communicate(timeout=10)
+
+
+def restart_serve(serve: Serve, timeout: float = 30.0) -> tuple[int, int]:
+    """SIGTERM `dagnats serve` (and its nats-server), start it again on the same data
+    dir and port; returns (old pid, new pid)."""
+    old = serve.pid
+    assert serve.stop() == 0, f"serve did not stop cleanly:\n{serve.output}"
+    serve.start(timeout)
+    return old, serve.pid

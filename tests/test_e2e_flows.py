@@ -7,6 +7,7 @@ outside NATS, so the tests count what really ran.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ def fan_start(ctx: TaskContext, data: Any) -> str:
 @w.task("fan-sleep")
 def fan_sleep(ctx: TaskContext, data: str) -> str:
     journal(ctx, "begin")
-    time.sleep(0.5)
+    time.sleep(2.0)  # longer than the worker's 1 s fetch: see the xfail test below
     journal(ctx, "end")
     return f"{ctx.step_id} saw {data}"
 
@@ -111,7 +112,7 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("flows")
     url = f"nats://127.0.0.1:{free_port()}"
     serve = Serve(url, data_dir=tmp / "data")
-    # 32 slots: idle fetch loops hold one slot each (two loops per task; see
+    # 32 slots: fetch loops hold slots while they poll (two loops per task; see
     # test_a_worker_with_three_slots_runs_three_ready_tasks_at_once).
     worker = WorkerProc(tmp, url, HANDLERS, worker_args="max_concurrent=32, drain_timeout=1")
     try:
@@ -164,10 +165,6 @@ def slots_join(ctx: TaskContext, data: dict) -> dict:
 '''
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "infra/worker.py: every idle fetch loop holds one execution slot (_consume takes a slot before "
-    "each 1 s fetch) and each task has two loops (shared + sticky-<worker_id>), so a worker with "
-    "max_concurrent=3 and 3 tasks runs three ready tasks one after another, ~1 s apart"))
 def test_a_worker_with_three_slots_runs_three_ready_tasks_at_once(env, tmp_path):
     worker = WorkerProc(tmp_path, env.cli.url, THREE_SLOT_HANDLERS, worker_args="max_concurrent=3")
     try:
@@ -208,8 +205,8 @@ def test_exhausted_retries_fail_the_run_and_watch_exits_non_zero(env):
     assert watched.returncode != 0, watched
     lines = watched.stdout.splitlines()
     run_id = re.fullmatch(rf"Run ({RUN_ID}) started", lines[0]).group(1)
-    assert re.fullmatch(rf"Run {run_id} failed: .+", lines[-1]), lines
-    assert "boom on attempt 3" in lines[-1] or "s" in lines[-1]
+    assert lines[-1] == f"Run {run_id} failed: step s failed after 3 attempts: RuntimeError: boom on attempt 3"
+    assert lines.count("step.s: retrying in 100ms") == 2
     assert [line for line in lines if line.startswith("step.s: failed")] == [
         f"step.s: failed (attempt {n}: RuntimeError: boom on attempt {n})" for n in (1, 2, 3)
     ]
@@ -286,13 +283,17 @@ def test_cancel_stops_a_blocked_run_and_a_second_cancel_is_refused(env):
     cancelled = env.cli("run", "cancel", run_id)
     assert cancelled.stdout == f"Run {run_id} cancelled\n"
     run = env.cli.wait_status(run_id, {"cancelled"})
-    assert run["steps"]["next"]["status"] == "cancelled", run["steps"]
-    assert run["steps"]["blocked"]["status"] in ("cancelled", "running"), run["steps"]
+    assert {s: (v["status"], v["attempts"]) for s, v in run["steps"].items()} == {
+        "blocked": ("cancelled", 1), "next": ("cancelled", 0)}
+    assert run["error"] == "cancelled by user"
     assert env.journal.count(run_id, "next") == 0
     events = [e["type"] for e in env.cli.events(run_id)]
-    assert events[-1] == "workflow.cancelled" or "workflow.cancelled" in events
+    assert events == ["workflow.started", "step.queued", "step.started", "workflow.cancelled"]
 
     again = env.cli("run", "cancel", run_id, check=False)
     assert again.returncode == 1
     assert again.stderr == f"error: cannot cancel run {run_id}: it is cancelled\n"
     assert again.stdout == ""
+    as_json = env.cli("run", "cancel", run_id, "--json", check=False)
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stderr) == {"error": f"cannot cancel run {run_id}: it is cancelled"}

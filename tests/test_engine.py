@@ -203,16 +203,17 @@ def test_a_crashed_actor_is_rebuilt_from_history(nats_url, run):
             await h.client.register(CHAIN3)
             run_id = await h.client.start("chain3")
             ports = h.engine.ports
-            real_enqueue = ports.tasks.enqueue
+            real_record = ports.record
             crashes = []
 
-            def flaky_enqueue(tasks):
-                if not crashes and tasks[0].payload.step_id == "b":
+            def flaky_record(run_id, events, expected_seq, msg_id, tasks):
+                if not crashes and tasks and tasks[0].payload.step_id == "b":
                     crashes.append(1)
+                    real_record(run_id, events, expected_seq, msg_id, [])  # stored; the task is lost
                     raise RuntimeError("injected crash while dispatching b")
-                return real_enqueue(tasks)
+                return real_record(run_id, events, expected_seq, msg_id, tasks)
 
-            ports.tasks.enqueue = flaky_enqueue
+            ports.record = flaky_record
             await FakeWorker(h.nc, "ta").complete("a")
             # The crash happened after the record was appended: the rebuilt actor re-issues b.
             await FakeWorker(h.nc, "tb").complete("b", timeout=10)

@@ -148,16 +148,19 @@ def test_sync_typed_handler_reports_started_then_completed_with_encoded_output(n
         async with running(w):
             inbox = await Inbox.open(js, "r1")
             await publish_task(js, "greet", "r1", "Ada", traceparent=TP)
-            started, completed = await inbox.until("step.completed")
+            events = await inbox.until("step.completed")
             info = await js.consumer_info(TASK_STREAM, "workers-greet")
             await eventually(lambda: drained(js))
         await nc.close()
-        return started, completed, inbox.headers, info.config
+        return events, inbox.headers, info.config
 
-    started, completed, headers, config = run(body())
-    assert started.type == "step.started" and started.payload is None
+    events, headers, config = run(body())
+    # A quick step sends no step.started: its result carries the start time.
+    assert [e.type for e in events] == ["step.completed"]
+    completed = events[0]
     assert completed.payload == "Hello, Ada!"
-    for event, header in zip((started, completed), headers):
+    assert parse_timestamp(completed.started_at) <= parse_timestamp(completed.timestamp)
+    for event, header in zip(events, headers):
         assert (event.run_id, event.step_id, event.attempt, event.worker_id) == ("r1", "s1", 1, "w-greet")
         assert event.trace_parent == TP
         assert header[MSG_ID] == f"r1.{event.id}"
@@ -376,6 +379,31 @@ def test_task_is_acked_only_after_its_result_fact_is_stored(nats_url, run):
     assert held == 1  # NAKed, not acked: it was redelivered and run again
     assert result.payload == "done"
     assert len(calls) == 2
+
+
+def test_a_long_handler_reports_its_start_before_its_result(nats_url, run):
+    w = Worker(nats_url)
+
+    @w.task("slowish")
+    async def slowish(ctx: TaskContext) -> str:
+        await asyncio.sleep(0.3)
+        return "done"
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_task(js, "slowish", "r1")
+            started = await inbox.next()
+            completed = await inbox.result()
+        await nc.close()
+        return started, completed
+
+    started, completed = run(body())
+    assert started.type == "step.started" and completed.type == "step.completed"
+    assert completed.started_at == ""  # the start was reported on its own
+    gap = parse_timestamp(completed.timestamp) - parse_timestamp(started.timestamp)
+    assert gap.total_seconds() >= 0.25  # started carries when the handler began, not when it was sent
 
 
 def test_graceful_stop_lets_a_running_handler_finish_and_report(nats_url, run):

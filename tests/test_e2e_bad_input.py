@@ -1,0 +1,206 @@
+"""Bad input through the real CLI: one clear `error:` line, exit 1, no traceback, nothing stored.
+
+The module's engine is `dagnats serve --external` on a nats-server the test
+owns, with max_payload lowered to 64 KiB: a single command-line argument
+cannot exceed 128 KiB on Linux, so the payload limit is reached that way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dagnats.infra.server import NatsServer, free_port
+
+from e2e_support import CLI, EXAMPLES, Cli, Result, Serve, base_env
+
+pytestmark = pytest.mark.e2e
+
+MAX_PAYLOAD = 64 * 1024
+ID_RULE = "must match ^[A-Za-z0-9_-]{1,64}$"
+
+
+@pytest.fixture(scope="module")
+def nats(tmp_path_factory):
+    server = NatsServer(tmp_path_factory.mktemp("bad-input-nats"), max_payload=MAX_PAYLOAD)
+    server.start_sync()
+    try:
+        yield server
+    finally:
+        server.stop_sync()
+
+
+@pytest.fixture(scope="module")
+def cli(nats):
+    serve = Serve(nats.url, external=True)
+    try:
+        serve.start()
+        cli = Cli(nats.url)
+        cli.register(EXAMPLES / "hello-pipeline" / "pipeline.json")
+        yield cli
+    finally:
+        serve.stop()
+
+
+def assert_one_error_line(result: Result, *fragments: str) -> str:
+    """Exit 1, nothing on stdout, exactly one `error: ...` line on stderr containing `fragments`."""
+    assert result.returncode == 1, result
+    assert result.stdout == "", result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def assert_nothing_stored(cli: Cli) -> None:
+    """Only the module's hello-pipeline is registered, and no run has left a trace anywhere."""
+    assert [d["name"] for d in cli.workflows()] == ["hello-pipeline"]
+    assert cli("run", "list", json=True) == []
+    streams = cli("status", json=True)["jetstream"]["streams"]
+    assert (streams["RUN_INBOX"]["messages"], streams["WORKFLOW_HISTORY"]["messages"]) == (0, 0), streams
+
+
+def register_text(cli: Cli, tmp_path: Path, text: str, *extra: str) -> Result:
+    path = tmp_path / "definition.json"
+    path.write_text(text)
+    return cli("workflow", "register", str(path), *extra, check=False)
+
+
+def steps(*items: dict) -> list[dict]:
+    return list(items)
+
+
+BAD_DEFINITIONS = {
+    "invalid-json": ('{"name": "broken", "steps": [', ["invalid JSON"]),
+    "cycle": ({"name": "cyclic", "steps": steps(
+        {"id": "a", "task": "t", "depends_on": ["b"]}, {"id": "b", "task": "t", "depends_on": ["a"]})},
+        ["invalid workflow 'cyclic'", "cycle", '"a"', '"b"']),
+    "unknown-dependency": ({"name": "dangling", "steps": steps({"id": "a", "task": "t", "depends_on": ["ghost"]})},
+                           ['step "a"', "depends_on", 'unknown step "ghost"']),
+    "unknown-top-level-field": ({"name": "extra", "colour": "red", "steps": steps({"id": "a", "task": "t"})},
+                                ["unknown field `colour`"]),
+    "unknown-step-field": ({"name": "extra", "steps": steps({"id": "a", "task": "t", "retires": 3})},
+                           ["unknown field `retires`", "$.steps[0]"]),
+    "unknown-retry-field": ({"name": "extra", "steps": steps(
+        {"id": "a", "task": "t", "retry": {"max_attempts": 2, "backoff": "1s"}})},
+        ["unknown field `backoff`", "$.steps[0].retry"]),
+    "duplicate-step-id": ({"name": "twice", "steps": steps({"id": "a", "task": "t"}, {"id": "a", "task": "t"})},
+                          ['duplicate step id "a"']),
+    "bad-duration": ({"name": "slow", "steps": steps({"id": "a", "task": "t", "timeout": "3x"})},
+                     ["`timeout`", "invalid duration '3x'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DEFINITIONS))
+def test_a_bad_definition_is_refused_with_one_line_naming_the_problem(cli, tmp_path, case):
+    doc, fragments = BAD_DEFINITIONS[case]
+    text = doc if isinstance(doc, str) else json.dumps(doc)
+    assert_one_error_line(register_text(cli, tmp_path, text), *fragments)
+    as_json = register_text(cli, tmp_path, text, "--json")
+    assert as_json.returncode == 1 and as_json.stdout == ""
+    error = json.loads(as_json.stderr)
+    assert list(error) == ["error"] and all(f in error["error"] for f in fragments), error
+    assert_nothing_stored(cli)
+
+
+@pytest.mark.parametrize("where", ["workflow name", "step id", "task"])
+def test_names_with_dots_wildcards_or_spaces_are_refused(cli, tmp_path, where):
+    for bad in ("a.b", "a*", "a>", "a b"):
+        doc = {
+            "workflow name": {"name": bad, "steps": [{"id": "s", "task": "t"}]},
+            "step id": {"name": "fine", "steps": [{"id": bad, "task": "t"}]},
+            "task": {"name": "fine", "steps": [{"id": "s", "task": bad}]},
+        }[where]
+        line = assert_one_error_line(register_text(cli, tmp_path, json.dumps(doc)), f'"{bad}"', ID_RULE)
+        field = {"workflow name": "name:", "step id": "id:", "task": "task:"}[where]
+        assert field in line, line
+    assert_nothing_stored(cli)
+
+
+def test_starting_an_unknown_workflow_is_refused(cli):
+    assert_one_error_line(cli("run", "start", "no-such-workflow", '"x"', check=False),
+                          "workflow 'no-such-workflow' not found")
+    assert_one_error_line(cli("run", "start", "a.b", '"x"', check=False), "invalid workflow name 'a.b'", ID_RULE)
+    assert_nothing_stored(cli)
+
+
+def test_input_that_is_not_json_is_refused_with_a_hint(cli):
+    line = assert_one_error_line(cli("run", "start", "hello-pipeline", "World", check=False),
+                                 "invalid input: not valid JSON")
+    assert "\"World\"" in line  # the hint shows how to quote a string
+    assert_nothing_stored(cli)
+
+
+@pytest.mark.parametrize("command", ["status", "events", "output", "cancel"])
+def test_an_unknown_run_id_is_reported_as_not_found(cli, command):
+    run_id = "0123456789abcdef0123456789abcdef"
+    assert_one_error_line(cli("run", command, run_id, check=False), f"run '{run_id}' not found")
+    error = json.loads(cli("run", command, run_id, "--json", check=False).stderr)
+    assert error == {"error": f"run '{run_id}' not found"}
+
+
+@pytest.mark.parametrize("run_id", ["a.b", "*", ">"])
+def test_hostile_run_ids_are_refused_before_they_reach_a_subject(cli, run_id):
+    for command in ("status", "events", "output", "cancel"):
+        assert_one_error_line(cli("run", command, run_id, check=False), f"invalid run id '{run_id}'", ID_RULE)
+    assert_nothing_stored(cli)
+
+
+def test_input_larger_than_the_servers_max_payload_names_the_size_and_the_limit(cli):
+    too_big = json.dumps("x" * 70_000)  # the request alone exceeds max_payload
+    line = assert_one_error_line(cli("run", "start", "hello-pipeline", too_big, check=False),
+                                 f"larger than the limit of {MAX_PAYLOAD} bytes")
+    size = int(re.search(r"is (\d+) bytes", line).group(1))
+    assert size > len(too_big) > MAX_PAYLOAD
+    # Fits in a request, but not in the workflow.started fact with the definition around it.
+    nearly = json.dumps("x" * 62_000)
+    line = assert_one_error_line(cli("run", "start", "hello-pipeline", nearly, check=False),
+                                 "run input with its definition is", "larger than the limit of")
+    size, limit = (int(n) for n in re.findall(r"(\d+) bytes", line))
+    assert size > limit and limit < MAX_PAYLOAD
+    assert_nothing_stored(cli)
+
+
+def test_registering_a_missing_file_names_the_file(cli, tmp_path):
+    missing = tmp_path / "nowhere.json"
+    assert_one_error_line(cli("workflow", "register", str(missing), check=False),
+                          f"cannot read {missing}: No such file or directory")
+    error = json.loads(cli("workflow", "register", str(missing), "--json", check=False).stderr)
+    assert error == {"error": f"cannot read {missing}: No such file or directory"}
+    assert_nothing_stored(cli)
+
+
+def test_showing_an_unknown_workflow_is_reported_as_not_found(cli):
+    assert_one_error_line(cli("workflow", "show", "no-such-workflow", check=False),
+                          "workflow 'no-such-workflow' not found")
+
+
+def test_commands_without_an_engine_say_so_in_one_line(nats_server):
+    # NATS is up, but no `dagnats serve` answers on it.
+    result = Cli(nats_server.url)("run", "status", "abc", check=False, timeout=60)
+    assert_one_error_line(result, "no dagnats engine is answering", nats_server.url, "dagnats serve")
+
+
+def test_commands_without_nats_say_so_in_one_line():
+    url = f"nats://127.0.0.1:{free_port()}"
+    result = Cli(url)("workflow", "list", check=False, timeout=60)
+    assert_one_error_line(result, "cannot connect to NATS", url)
+
+
+def test_serve_on_a_port_already_in_use_exits_with_one_clear_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [*CLI, "serve", "--nats-url", f"nats://127.0.0.1:{port}", "--data-dir", str(tmp_path / "data")]
+        done = subprocess.run(argv, env=base_env(), capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+    assert_one_error_line(Result(done.returncode, done.stdout, done.stderr),
+                          f"port 127.0.0.1:{port} is already in use")
