@@ -6,17 +6,20 @@ import asyncio
 
 import msgspec
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from dagnats.domain.actions import EnqueueTask
-from dagnats.domain.events import Event
+from dagnats.domain.events import EVENT_DECODER, STEP_COMPLETED, STEP_FAILED, TASK_DECODER, Event
 from dagnats.domain.state import WorkflowRun
 
 from .bridge import LoopBridge, SystemClock
 from .headers import MSG_ID, TRACEPARENT
 from .history import HistoryStore
-from .resources import task_subject
+from .resources import INBOX_STREAM, TASK_STREAM, inbox_subject, task_subject
 
 _TASK_ENCODER = msgspec.json.Encoder()
+_TASK_DECODER = TASK_DECODER
+RESULT_FACTS = frozenset({STEP_COMPLETED, STEP_FAILED})
 
 
 class NatsHistoryPort:
@@ -56,11 +59,48 @@ async def publish_tasks(js: JetStreamContext, tasks: list[EnqueueTask]) -> None:
 
 
 class NatsTaskPort:
+    """Re-issues the tasks of a rebuilt run (the hot path publishes with the record)."""
+
     def __init__(self, js: JetStreamContext, bridge: LoopBridge) -> None:
         self.js, self.bridge = js, bridge
 
     def enqueue(self, tasks: list[EnqueueTask]) -> None:
-        self.bridge.call(publish_tasks(self.js, tasks))
+        self.bridge.call(self._reissue(tasks))
+
+    async def _reissue(self, tasks: list[EnqueueTask]) -> None:
+        # A worker stores its result before it acks the task, so a dispatched
+        # attempt is always somewhere: its task in TASK_QUEUES (waiting, or being
+        # worked on), or its result in the run's inbox. Publish only the ones that
+        # are in neither: re-publishing beyond the dedup window would run them twice.
+        lost = [t for t in tasks if not await self._accounted_for(t)]
+        if lost:
+            # Its own message id: the first publish's id may still be in the dedup window.
+            await publish_tasks(self.js, [msgspec.structs.replace(t, variant="reissued") for t in lost])
+
+    async def _accounted_for(self, task: EnqueueTask) -> bool:
+        p = task.payload
+        subject = task_subject(task.task, p.run_id, task.group or None)
+        for body in await _bodies(self.js, TASK_STREAM, subject):
+            queued = _TASK_DECODER.decode(body)
+            if (queued.step_id, queued.attempt) == (p.step_id, p.attempt):
+                return True
+        for body in await _bodies(self.js, INBOX_STREAM, inbox_subject(p.run_id)):
+            fact = EVENT_DECODER.decode(body)
+            if (fact.step_id, fact.attempt) == (p.step_id, p.attempt) and fact.type in RESULT_FACTS:
+                return True
+        return False
+
+
+async def _bodies(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
+    """The bodies of the messages still stored on ``subject``."""
+    bodies, seq = [], 1
+    while True:
+        try:
+            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return bodies
+        bodies.append(msg.data or b"")
+        seq = msg.seq + 1
 
 
 class NatsPorts:

@@ -31,7 +31,7 @@ def fan_start(ctx: TaskContext, data: Any) -> str:
 @w.task("fan-sleep")
 def fan_sleep(ctx: TaskContext, data: str) -> str:
     journal(ctx, "begin")
-    time.sleep(2.0)  # longer than the worker's 1 s fetch: see the xfail test below
+    time.sleep(0.5)
     journal(ctx, "end")
     return f"{ctx.step_id} saw {data}"
 
@@ -112,9 +112,7 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("flows")
     url = f"nats://127.0.0.1:{free_port()}"
     serve = Serve(url, data_dir=tmp / "data")
-    # 32 slots: fetch loops hold slots while they poll (two loops per task; see
-    # test_a_worker_with_three_slots_runs_three_ready_tasks_at_once).
-    worker = WorkerProc(tmp, url, HANDLERS, worker_args="max_concurrent=32, drain_timeout=1")
+    worker = WorkerProc(tmp, url, HANDLERS, worker_args="max_concurrent=8, drain_timeout=1")
     try:
         serve.start()
         worker.start()

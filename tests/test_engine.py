@@ -269,3 +269,52 @@ def test_a_fact_with_a_malformed_timestamp_does_not_poison_the_run(nats_url, run
     started = [e for e in events if e["type"] == "step.started"][0]
     assert started["timestamp"] != "yesterday-ish" and started["trace_parent"] is None
     assert final["output"] == "c"
+
+
+def test_a_rebuilt_run_does_not_reissue_a_task_whose_result_waits_in_the_inbox(nats_url, run):
+    """Recovery publishes again only tasks that are neither queued nor answered."""
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN3)
+            run_id = await h.client.start("chain3")
+            await h.wait_step(run_id, "a", "queued")
+        # Engine gone. The worker answers meanwhile; its result waits in the inbox.
+        nc = await __import__("nats").connect(nats_url)
+        worker = FakeWorker(nc, "ta")
+        task, msg = await worker.next()
+        await worker.report(task, "step.completed", "a")
+        await msg.ack()
+        async with EngineHarness(nats_url) as h2:
+            await FakeWorker(h2.nc, "tb").complete("b")
+            await FakeWorker(h2.nc, "tc").complete("c")
+            await h2.wait_status(run_id, "completed")
+            try:
+                extra = await worker.sub.fetch(1, timeout=1.0)
+            except Exception:
+                extra = []
+        await nc.close()
+        return extra
+
+    extra = run(body())
+    assert extra == []  # step a was not dispatched a second time
+
+
+def test_a_rebuilt_run_reissues_a_task_that_was_lost(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN3)
+            run_id = await h.client.start("chain3")
+            await h.wait_step(run_id, "a", "queued")
+        # Lose the queued task behind the engine's back (as a purge would).
+        nc = await __import__("nats").connect(nats_url)
+        await nc.jetstream().purge_stream("TASK_QUEUES")
+        await nc.close()
+        async with EngineHarness(nats_url) as h2:
+            task = await FakeWorker(h2.nc, "ta").complete("a", timeout=10)
+            await FakeWorker(h2.nc, "tb").complete("b")
+            await FakeWorker(h2.nc, "tc").complete("c")
+            return task.attempt, await h2.wait_status(run_id, "completed")
+
+    attempt, final = run(body())
+    assert attempt == 1 and final["output"] == "c"

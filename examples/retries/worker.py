@@ -29,7 +29,10 @@ def slow(ctx: TaskContext, data: dict) -> dict:
 def lookup(ctx: TaskContext, data: dict) -> dict:
     request = data["request"] or {}
     if request.get("missing"):
-        raise Permanent("no such customer")  # fails at once, whatever the policy
+        # Fails at once, whatever the policy. The step keeps only the first
+        # max_step_error_bytes (64) bytes of this message; the history keeps it all.
+        raise Permanent("no such customer: looked in billing, crm and the legacy ledger, "
+                        "checked spelling variants, found nothing for this request")
     if request.get("busy") and ctx.attempt == 1:
         raise RateLimited("quota exceeded", retry_after=1.5)  # retried after 1.5 s
     return {**data, "lookup_attempts": ctx.attempt}
