@@ -141,6 +141,13 @@ def _call(args: argparse.Namespace, operation):
     return asyncio.run(go())
 
 
+def _show(args: argparse.Namespace, operation, human) -> int:
+    """Call the engine, print the result: exact JSON with --json, else ``human(result)``."""
+    result = _call(args, operation)
+    _print_json(result) if args.json else print(human(result))
+    return 0
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
@@ -174,9 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    st = _call(args, lambda c: c.engine_status())
-    _print_json(st) if args.json else print(render.engine_status(st))
-    return 0
+    return _show(args, lambda c: c.engine_status(), render.engine_status)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -211,21 +216,15 @@ def cmd_workflow_register(args: argparse.Namespace) -> int:
 
 
 def cmd_workflow_list(args: argparse.Namespace) -> int:
-    defs = _call(args, lambda c: c.workflows())
-    _print_json(defs) if args.json else print(render.workflow_list(defs))
-    return 0
+    return _show(args, lambda c: c.workflows(), render.workflow_list)
 
 
 def cmd_workflow_show(args: argparse.Namespace) -> int:
-    d = _call(args, lambda c: c.workflow(args.name))
-    _print_json(d) if args.json else print(render.workflow_show(d))
-    return 0
+    return _show(args, lambda c: c.workflow(args.name), render.workflow_show)
 
 
 def cmd_workflow_delete(args: argparse.Namespace) -> int:
-    result = _call(args, lambda c: c.delete_workflow(args.name))
-    _print_json(result) if args.json else print(f"Workflow deleted: {args.name}")
-    return 0
+    return _show(args, lambda c: c.delete_workflow(args.name), lambda r: f"Workflow deleted: {args.name}")
 
 
 def cmd_run_start(args: argparse.Namespace) -> int:
@@ -251,15 +250,11 @@ def cmd_run_start(args: argparse.Namespace) -> int:
 
 
 def cmd_run_status(args: argparse.Namespace) -> int:
-    run = _call(args, lambda c: c.status(args.run_id))
-    _print_json(run) if args.json else print(render.run_status(run))
-    return 0
+    return _show(args, lambda c: c.status(args.run_id), render.run_status)
 
 
 def cmd_run_events(args: argparse.Namespace) -> int:
-    items = _call(args, lambda c: c.events(args.run_id))
-    _print_json(items) if args.json else print(render.events(items))
-    return 0
+    return _show(args, lambda c: c.events(args.run_id), render.events)
 
 
 def cmd_run_output(args: argparse.Namespace) -> int:
@@ -275,39 +270,27 @@ def cmd_run_output(args: argparse.Namespace) -> int:
 
 
 def cmd_run_cancel(args: argparse.Namespace) -> int:
-    result = _call(args, lambda c: c.cancel(args.run_id))
-    _print_json(result) if args.json else print(f"Run {args.run_id} cancelled")
-    return 0
+    return _show(args, lambda c: c.cancel(args.run_id), lambda r: f"Run {args.run_id} cancelled")
 
 
 def cmd_run_list(args: argparse.Namespace) -> int:
-    runs = _call(args, lambda c: c.runs(args.workflow, args.status, args.limit))
-    _print_json(runs) if args.json else print(render.run_list(runs))
-    return 0
+    return _show(args, lambda c: c.runs(args.workflow, args.status, args.limit), render.run_list)
 
 
 def cmd_run_pause(args: argparse.Namespace) -> int:
-    result = _call(args, lambda c: c.pause(args.run_id))
-    _print_json(result) if args.json else print(f"Run {args.run_id} pausing (in-flight steps finish first)")
-    return 0
+    return _show(args, lambda c: c.pause(args.run_id), lambda r: f"Run {args.run_id} pausing (in-flight steps finish first)")
 
 
 def cmd_run_resume(args: argparse.Namespace) -> int:
-    result = _call(args, lambda c: c.resume(args.run_id))
-    _print_json(result) if args.json else print(f"Run {args.run_id} resumed")
-    return 0
+    return _show(args, lambda c: c.resume(args.run_id), lambda r: f"Run {args.run_id} resumed")
 
 
 def cmd_run_inspect(args: argparse.Namespace) -> int:
-    view = _call(args, lambda c: c.inspect(args.run_id))
-    _print_json(view) if args.json else print(render.inspect(view))
-    return 0
+    return _show(args, lambda c: c.inspect(args.run_id), render.inspect)
 
 
 def cmd_run_delete(args: argparse.Namespace) -> int:
-    result = _call(args, lambda c: c.delete(args.run_id))
-    _print_json(result) if args.json else print(f"Run {args.run_id} deleted")
-    return 0
+    return _show(args, lambda c: c.delete(args.run_id), lambda r: f"Run {args.run_id} deleted")
 
 
 def cmd_run_wait(args: argparse.Namespace) -> int:
