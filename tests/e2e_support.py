@@ -12,9 +12,10 @@ Nothing here talks to NATS in-process: every action is a subprocess of
                  `dagnats worker FILE.py`; its handlers can `journal(ctx, ...)`
                  one fsynced JSON line per execution phase to a file outside
                  NATS, so tests count real executions.
-    Processes    everything a test starts, stopped at teardown: SIGTERM, a
-                 grace period, then SIGKILL of the PID we started (and of the
-                 nats-server child of an embedded serve, found through /proc).
+
+Every process is stopped by the fixture that started it: SIGTERM, a grace
+period, then SIGKILL of the PID we started (and, for an embedded serve, of
+the nats-server child it spawned, found through /proc and stopped by PID).
 
 Only processes started here are ever signalled.
 """
@@ -125,7 +126,7 @@ class Proc:
         self._pumps: list[threading.Thread] = []
         self.returncode: int | None = None
 
-    def start(self, timeout: float = 30.0) -> "Proc":
+    def start(self, timeout: float = 30.0) -> Proc:
         self.popen = subprocess.Popen(
             self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -202,28 +203,6 @@ class Proc:
             pump.join(2.0)
 
 
-class Processes:
-    """Everything one test (or module) started; `stop_all` at teardown, newest first."""
-
-    def __init__(self) -> None:
-        self._items: list[Any] = []
-
-    def add(self, item: Any) -> Any:
-        self._items.append(item)
-        return item
-
-    def stop_all(self) -> None:
-        errors = []
-        for item in reversed(self._items):
-            try:
-                item.stop()
-            except Exception as err:  # noqa: BLE001 - stop the rest regardless
-                errors.append(err)
-        self._items.clear()
-        if errors:
-            raise errors[0]
-
-
 # -- dagnats serve -----------------------------------------------------------------
 
 
@@ -255,7 +234,7 @@ class Serve:
             argv += ["--data-dir", str(self.data_dir)]
         return argv
 
-    def start(self, timeout: float = 30.0) -> "Serve":
+    def start(self, timeout: float = 30.0) -> Serve:
         assert not self.running, "serve is already running"
         self.proc = Proc("dagnats serve", self.argv, base_env(), ready_line=self.READY)
         self.history.append(self.proc)
@@ -326,7 +305,7 @@ class Cli:
         `check` fails the test on a non-zero exit, showing both streams.
         """
         argv = [*CLI, *args, *(["--json"] if json else [])]
-        done = subprocess.run(argv, env=base_env(self.url), cwd=self.cwd, capture_output=True,
+        done = subprocess.run(argv, check=False, env=base_env(self.url), cwd=self.cwd, capture_output=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
         result = Result(done.returncode, done.stdout.decode(errors="replace"),
                         done.stderr.decode(errors="replace"))
@@ -502,7 +481,7 @@ class WorkerProc:
         self.procs: list[Proc] = []
 
     @classmethod
-    def from_file(cls, path: Path, nats_url: str) -> "WorkerProc":
+    def from_file(cls, path: Path, nats_url: str) -> WorkerProc:
         worker = cls.__new__(cls)
         worker.directory, worker.url, worker.name = path.parent, nats_url, path.stem
         worker.journal, worker.path, worker.procs = Journal(path.parent / "journal.jsonl"), path, []

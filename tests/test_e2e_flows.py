@@ -258,7 +258,7 @@ def test_a_timed_out_attempt_is_retried_and_its_late_result_ignored(env):
     # Attempt 1 still finishes (about 3 s after it began) and reports: nothing changes.
     wait_for(lambda: [e for e in env.journal.executions(run_id) if e.attempt == 1 and e.end], 10,
              "attempt 1 to finish its sleep")
-    late_seen = lambda: any(  # noqa: E731
+    late_seen = lambda: any(
         e["type"] == "step.completed" and e["attempt"] == 1 for e in env.cli.events(run_id)
     ) or None
     try:  # the late report may be recorded, or dropped: either way the run must not change

@@ -69,8 +69,12 @@ class Env:
     def running(self, run_id: str, step: str) -> dict[str, Any]:
         """Wait until the engine shows the step running (the worker reported step.started)."""
         self.began(run_id, step)
-        return wait_for(lambda: (lambda r: r if r["steps"][step]["status"] == "running" else None)(
-            self.cli.status(run_id)), 10, f"step {step} to show running")
+
+        def shown_running():
+            run = self.cli.status(run_id)
+            return run if run["steps"][step]["status"] == "running" else None
+
+        return wait_for(shown_running, 10, f"step {step} to show running")
 
     def finished(self, run_id: str, timeout: float = 15.0) -> dict[str, Any]:
         """Block in `dagnats run wait` until the run is terminal; its `run status --json`."""
@@ -226,7 +230,7 @@ def test_wait_blocks_until_the_run_finishes_and_prints_its_output(env):
     assert step_done.returncode == 0, step_done
     assert json.loads(step_done.stdout) == {"run_id": run_id, "step": "a", "status": "completed",
                                             "output": "a passed its gate", "error": None}
-    assert (run_done.returncode, run_done.stdout, run_done.stderr) == (0, '"a passed its gate"\n', "")
+    assert (run_done.returncode, run_done.stdout) == (0, '"a passed its gate"\n')  # stderr: see the xfail below
     assert env.cli.status(run_id)["status"] == "completed"
     # A finished run: wait returns at once.
     again = env.cli("run", "wait", run_id, "--json", json=True)
@@ -253,7 +257,22 @@ def test_wait_for_a_step_exits_non_zero_when_the_step_failed_or_was_skipped(env)
     ok = env.cli("run", "wait", skip_id, "--step", "ok", check=False)
     assert (ok.returncode, json.loads(ok.stdout)) == (0, {"go": False})
     whole = env.cli("run", "wait", run_id, check=False)
-    assert (whole.returncode, whole.stderr) == (1, f"error: run {run_id} is failed: step bad failed: bad refuses\n")
+    assert (whole.returncode, whole.stdout) == (1, "")
+    assert whole.stderr.endswith(f"error: run {run_id} is failed: step bad failed: bad refuses\n"), whole.stderr
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "infra/client.py Client.wait: follow() returns from inside `async for event in self.watch(...)` without "
+    "closing the generator; asyncio finalizes it after the CLI has closed the connection, so watch's "
+    "`finally: await sub.unsubscribe()` raises ConnectionClosedError and every `dagnats run wait` without "
+    "--timeout prints 'ERROR asyncio: Task exception was never retrieved' and a traceback on stderr"))
+def test_wait_prints_nothing_on_stderr_when_the_run_or_step_completed(env):
+    env.register({"name": "rc-wait-quiet", "steps": [step("a", "rc-echo")]})
+    run_id = env.cli.start("rc-wait-quiet", "quiet")
+    assert env.finished(run_id)["status"] == "completed"
+    for args in ((), ("--step", "a"), ("--json",)):
+        done = env.cli("run", "wait", run_id, *args, check=False)
+        assert (done.returncode, done.stderr) == (0, ""), (args, done.stderr)
 
 
 def test_wait_with_a_timeout_exits_non_zero_when_the_run_does_not_finish(env):
@@ -295,9 +314,9 @@ def test_inspect_shows_steps_attempts_timings_errors_and_blockers(env):
 
     human = env.cli("run", "inspect", run_id).stdout
     assert f"Run:      {run_id}" in human and "Status:   running" in human
-    assert re.search(r"^STEP +STATUS +ATTEMPTS +QUEUED +RAN +ERROR$", human, re.M), human
-    assert re.search(r"^a +running +1 +[\d.]+m?s +-$", human, re.M), human
-    assert re.search(r"^extra +failed +1 +.* extra refuses$", human, re.M), human
+    assert re.search(r"^STEP +STATUS +ATTEMPTS +QUEUED +RAN +ERROR$", human, re.MULTILINE), human
+    assert re.search(r"^a +running +1 +[\d.]+m?s +-$", human, re.MULTILINE), human
+    assert re.search(r"^extra +failed +1 +.* extra refuses$", human, re.MULTILINE), human
     assert "Blocked:\n  b waits on a\n  c waits on a, b" in human, human
 
     time.sleep(max(0.0, 0.5 - (time.time() - held_since)))
@@ -349,8 +368,12 @@ def test_list_filters_by_workflow_and_status_and_limits_the_count(env):
     a_ok1, a_failed, a_ok2, b_ok = made
 
     def listed(*args: str, count: int) -> list[dict]:
-        return wait_for(lambda: (lambda r: r if len(r) >= count else None)(env.cli("run", "list", *args, json=True)),
-                        5, f"run list {' '.join(args)} to show {count} runs")
+        """`run list ARGS --json` once it shows `count` runs (the snapshot of a finished run lands a moment later)."""
+        def enough():
+            runs = env.cli("run", "list", *args, json=True)
+            return runs if len(runs) >= count else None
+
+        return wait_for(enough, 5, f"run list {' '.join(args)} to show {count} runs")
 
     in_a = listed("--workflow", "rc-list-a", count=3)
     assert [r["run_id"] for r in in_a] == [a_ok2, a_failed, a_ok1]  # newest first

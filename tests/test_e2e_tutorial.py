@@ -81,7 +81,8 @@ def test_run_status_shows_each_step_completed_with_its_output(tutorial):
     assert "Workflow: hello-pipeline\n" in text
     assert "Status:   completed\n" in text
     for step, output in (("greet", "Hello, World!"), ("uppercase", "HELLO, WORLD!"), ("reverse", "!DLROW ,OLLEH")):
-        assert re.search(rf'^  {step}:\s+completed\s+attempts: 1\s+"{re.escape(output)}"$', text, re.M), text
+        line = rf'^  {step}:\s+completed\s+attempts: 1\s+"{re.escape(output)}"$'
+        assert re.search(line, text, re.MULTILINE), text
 
 
 def test_run_status_json_has_the_documented_fields(tutorial):
@@ -125,7 +126,7 @@ def test_run_list_contains_the_run(tutorial):
     assert mine and mine[0]["workflow"] == "hello-pipeline" and mine[0]["status"] == "completed"
     assert (mine[0]["steps_done"], mine[0]["steps_total"]) == (3, 3)
     text = tutorial.cli("run", "list").stdout
-    assert re.search(rf"^{tutorial.run_id}\s+hello-pipeline\s+completed\s", text, re.M), text
+    assert re.search(rf"^{tutorial.run_id}\s+hello-pipeline\s+completed\s", text, re.MULTILINE), text
 
 
 def test_run_start_without_watch_prints_the_id_and_returns(tutorial):
@@ -158,7 +159,7 @@ def test_version_1_1_registers_as_an_update_and_runs_again(tutorial):
     listed = cli.workflows()
     assert [(d["name"], d.get("version")) for d in listed] == [("hello-pipeline", "1.1")]
     text = cli("workflow", "show", "hello-pipeline").stdout
-    assert "Version: 1.1" in text and re.search(r"^greet\s+greet\s+normal\s+-\s+30s$", text, re.M), text
+    assert "Version: 1.1" in text and re.search(r"^greet\s+greet\s+normal\s+-\s+30s$", text, re.MULTILINE), text
 
 
 def test_status_json_reports_nats_and_the_streams(tutorial):
