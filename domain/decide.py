@@ -19,7 +19,7 @@ from . import conditions, templates
 from . import events as ev
 from . import state as st
 from .actions import Action, AppendEvent, EnqueueTask
-from .definition import StepDef, WorkflowDef
+from .definition import EXECUTED_STEP_TYPES, StepDef, WorkflowDef
 from .durations import HOUR, MILLISECOND, format_duration
 from .fold import fold
 from .identifiers import is_identifier
@@ -133,6 +133,13 @@ class Decision:
             data = resolve_input(self.run, step)
         except templates.SkipStep as why:
             self.skip(step, f"input reference: {why}", cascade=True)
+            return True
+        if step.type not in EXECUTED_STEP_TYPES:
+            # Started before the API refused such workflows, or written by hand: fail, never hang.
+            self.append(ev.STEP_QUEUED, step.id, 1, {"task": step.task, "input": data})
+            self.append(ev.STEP_FAILED, step.id, 1, {"error": unsupported_step_type(step),
+                                                     "failure_type": ev.FailureType.PERMANENT.value})
+            self.handle_failure(step.id)
             return True
         self.dispatch(step, 1, data)
         return False
@@ -311,6 +318,10 @@ def _on_timer(d: Decision, event: ev.Event) -> None:
     elif kind == STICKY_FALLBACK and state.status == st.STEP_QUEUED:
         fallback = d.task_for(step, attempt, state.input, sticky=False)
         d.actions.append(EnqueueTask(fallback.task, fallback.payload, fallback.group, variant="fallback"))
+
+
+def unsupported_step_type(step: StepDef) -> str:
+    return f"step type {step.type} is not executed by this engine yet (step {step.id})"
 
 
 def rate_limited_delay(payload: Any) -> int:

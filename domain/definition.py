@@ -32,6 +32,8 @@ StepType = Literal[
 ]
 STEP_TYPES: tuple[str, ...] = StepType.__args__  # type: ignore[attr-defined]
 WORKER_STEP_TYPES = frozenset({"normal", "agent_loop", "agent", "map", "planner"})
+# Step types this engine runs today; the others parse and validate only.
+EXECUTED_STEP_TYPES = frozenset({"normal", "agent"})
 COMPARISON_OPS = ("==", "!=", "<", ">", "<=", ">=")
 
 

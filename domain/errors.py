@@ -118,3 +118,11 @@ class BuilderError(DagnatsError, ValueError):
     def __init__(self, workflow: str, reason: str, step_id: str = "") -> None:
         self.workflow, self.reason, self.step_id = workflow, reason, step_id
         super().__init__(reason)
+
+
+class UnsupportedStepType(DagnatsError, ValueError):
+    """The workflow uses a step type this engine validates but does not run yet."""
+
+    def __init__(self, workflow: str, reason: str) -> None:
+        self.workflow = workflow
+        super().__init__(f"cannot start workflow {workflow!r}: {reason}")

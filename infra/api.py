@@ -28,8 +28,11 @@ from dagnats.domain.errors import (
     InvalidRunState,
     PayloadTooLarge,
     RunNotFound,
+    UnsupportedStepType,
 )
 from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.decide import unsupported_step_type
+from dagnats.domain.definition import EXECUTED_STEP_TYPES
 from dagnats.domain.fold import fold
 from dagnats.domain.state import RUN_PAUSED, RUN_PAUSING, RUN_PENDING, RUN_RUNNING, WorkflowRun, new_run
 from dagnats.domain.validate import validate
@@ -151,6 +154,9 @@ class ControlPlane:
 
     async def start_run(self, body: dict[str, Any]) -> dict[str, Any]:
         wf = await self.defs.get(_name(body, "workflow"))
+        unsupported = [s for s in wf.steps if s.type not in EXECUTED_STEP_TYPES]
+        if unsupported:
+            raise UnsupportedStepType(wf.name, unsupported_step_type(unsupported[0]))
         data = body.get("input")
         if wf.input_schema is not None:
             _check_schema(wf.input_schema, data)

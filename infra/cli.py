@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -191,6 +192,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if getattr(args, "nats_url", None):
         os.environ["DAGNATS_NATS_URL"] = args.nats_url
+    from .tracing import setup_tracing
+
+    setup_tracing("dagnats-worker")
     worker = load_worker(args.file)
     worker.run()
     return 0
@@ -237,10 +241,11 @@ def cmd_run_start(args: argparse.Namespace) -> int:
             return 0
         if not args.json:
             print(f"Run {run_id} started", flush=True)
-        async for event in client.watch(run_id):
-            line = None if args.json else render.watch_line(event)
-            if line:
-                print(line, flush=True)
+        async with contextlib.aclosing(client.watch(run_id)) as events:
+            async for event in events:
+                line = None if args.json else render.watch_line(event)
+                if line:
+                    print(line, flush=True)
         final = await client.status(run_id)
         if args.json:
             _print_json(final)

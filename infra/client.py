@@ -8,6 +8,7 @@ engine raised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any, AsyncIterator
 
@@ -172,11 +173,12 @@ class Client:
         async def follow() -> dict[str, Any]:
             # Fold the history here: the state at each event, with no read racing the engine.
             state = new_run(run_id)
-            async for event in self.watch(run_id):
-                state = fold(state, event)
-                view = run_view(state)
-                if _finished(view, step):
-                    return view
+            async with contextlib.aclosing(self.watch(run_id)) as events:
+                async for event in events:
+                    state = fold(state, event)
+                    view = run_view(state)
+                    if _finished(view, step):
+                        return view
             return run_view(state)
 
         try:

@@ -155,9 +155,13 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
         await _update(js, config)
 
 
+# Buckets whose keys expire: an idempotency key dedups starts for a day.
+BUCKET_TTL = {IDEMPOTENCY_BUCKET: 24 * 3600.0}
+
+
 async def _ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> None:
     config = api.KeyValueConfig(
-        bucket=bucket, history=1, replicas=replicas, storage=api.StorageType.FILE
+        bucket=bucket, history=1, replicas=replicas, storage=api.StorageType.FILE, ttl=BUCKET_TTL.get(bucket),
     )
     try:
         await js.create_key_value(config)
@@ -168,6 +172,8 @@ async def _ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> No
         current = (await js.stream_info(f"KV_{bucket}")).config
         current.num_replicas = replicas
         current.max_msgs_per_subject = 1
+        if bucket in BUCKET_TTL:
+            current.max_age = BUCKET_TTL[bucket]
         await _update(js, current)
 
 

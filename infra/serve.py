@@ -33,6 +33,8 @@ async def serve(url: str, data_dir: Path | None, external: bool, max_live: int =
         parsed = urlparse(url)
         data_dir = data_dir or default_data_dir()
         server = NatsServer(data_dir / "jetstream", host=parsed.hostname or "127.0.0.1", port=parsed.port or 4222)
+        # A serve killed with -9 leaves its nats-server running: take it down first.
+        await asyncio.to_thread(server.stop_orphan)
         await server.start()
         _say(f"nats-server started on {server.url} (JetStream in {data_dir}, sync_interval: always)")
         url = server.url

@@ -23,8 +23,10 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -220,6 +222,7 @@ class NatsServer:
             lines.append(f"http: {_q(f'{self.host}:{self._http_port or -1}')}")
         if self.max_payload is not None:
             lines.append(f"max_payload: {int(self.max_payload)}")
+        lines.append(f"pid_file: {_q(str(self.pid_path))}")
         sync = ", sync_interval: always" if self.sync_always else ""
         lines.append(f"jetstream {{ store_dir: {_q(str(self.data_dir))}{sync} }}")
         if self.cluster_name:
@@ -229,6 +232,32 @@ class NatsServer:
                 f"listen: {_q(f'{self.host}:{self.cluster_port or -1}')}, routes: [{routes}] }}"
             )
         return "\n".join(lines) + "\n"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "nats-server.pid"
+
+    def stop_orphan(self, timeout: float = 10.0) -> bool:
+        """Stop a server left running on this data dir by a parent that died (kill -9).
+
+        Only a process whose command line names this object's config file is
+        touched. True if one was stopped.
+        """
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError):
+            return False
+        if str(self.config_path) not in cmdline or pid == self.pid:
+            return False
+        log.warning("stopping nats-server %d left running on %s by an earlier dagnats serve", pid, self.data_dir)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+        return True
 
     # -- lifecycle (blocking) ----------------------------------------------
 

@@ -370,3 +370,30 @@ def test_an_explicit_idempotency_key_deduplicates_any_workflow(nats_url, run):
 
     first, again, plain = run(body())
     assert first == again != plain
+
+
+def test_a_step_type_the_engine_does_not_run_is_refused_at_start_and_fails_a_run_clearly(nats_url, run):
+    import msgspec
+
+    from dagnats.domain import events as ev
+    from dagnats.domain.errors import UnsupportedStepType
+    from dagnats.infra.resources import inbox_subject
+
+    wf = _wf("sleepy", [{"id": "a", "task": "sl1"}, {"id": "nap", "type": "sleep", "depends_on": ["a"],
+                                                   "config": {"duration": "1s"}}])
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(wf)
+            with pytest.raises(UnsupportedStepType, match="step type sleep is not executed"):
+                await h.client.start("sleepy")
+            # A start that bypasses the API (an older engine's run, say) fails instead of hanging.
+            stored = await h.client.workflow("sleepy")
+            start = ev.Event(type=ev.WORKFLOW_STARTED, run_id="handmade", id="workflow.started",
+                             timestamp="2026-01-01T00:00:00.000000Z", payload={"workflow_def": stored, "input": None})
+            await h.nc.jetstream().publish(inbox_subject("handmade"), msgspec.json.encode(start))
+            await FakeWorker(h.nc, "sl1").complete("a")
+            return await h.wait_status("handmade", "failed")
+
+    final = run(body())
+    assert "step type sleep is not executed by this engine yet" in final["error"]
