@@ -32,7 +32,7 @@ from dagnats.domain.errors import (
 )
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.decide import unsupported_step_type
-from dagnats.domain.definition import EXECUTED_STEP_TYPES
+from dagnats.domain.definition import EXECUTED_STEP_TYPES, WorkflowDef
 from dagnats.domain.fold import fold
 from dagnats.domain.state import RUN_PAUSED, RUN_PAUSING, RUN_PENDING, RUN_RUNNING, WorkflowRun, new_run
 from dagnats.domain.validate import validate
@@ -43,7 +43,7 @@ from .admission import Admission
 from .correlator import Correlator
 from .definitions import Definitions
 from .resources import INBOX_STREAM, SIGNALS_BUCKET, inbox_subject
-from .tracing import new_trace_parent, valid_trace_parent
+from .tracing import api_span
 from .views import event_view, inspect_view, run_summary, run_view
 
 log = logging.getLogger("dagnats.api")
@@ -161,9 +161,10 @@ class ControlPlane:
         if wf.input_schema is not None:
             _check_schema(wf.input_schema, data)
         run_id = check_identifier("run id", body.get("run_id") or secrets.token_hex(16))
-        trace_parent = body.get("trace_parent")
-        if not valid_trace_parent(trace_parent):
-            trace_parent = new_trace_parent()
+        with api_span("startRun", body.get("trace_parent")) as trace_parent:
+            return await self._start(wf, data, run_id, trace_parent, body.get("idempotency_key"))
+
+    async def _start(self, wf: WorkflowDef, data: Any, run_id: str, trace_parent: str, explicit_key: Any) -> dict[str, Any]:
         now = _now()
         event = ev.Event(
             type=ev.WORKFLOW_STARTED, run_id=run_id, timestamp=ev.format_timestamp(now),
@@ -174,7 +175,7 @@ class ControlPlane:
         limit = self.nc.max_payload - ENVELOPE_ROOM
         if len(encoded) > limit:
             raise PayloadTooLarge("run input with its definition", len(encoded), limit)
-        existing, claimed = await self.admission.claim_idempotency(wf, data, run_id, body.get("idempotency_key"))
+        existing, claimed = await self.admission.claim_idempotency(wf, data, run_id, explicit_key)
         if existing:
             return {"run_id": existing, "deduplicated": True}
         try:

@@ -15,6 +15,7 @@ from dagnats.domain.state import WorkflowRun
 from .bridge import LoopBridge, SystemClock
 from .headers import MSG_ID, TRACEPARENT
 from .history import HistoryStore
+from .tracing import engine_span
 from .resources import INBOX_STREAM, TASK_STREAM, inbox_subject, task_subject
 
 _TASK_ENCODER = msgspec.json.Encoder()
@@ -91,6 +92,10 @@ class NatsTaskPort:
         return False
 
 
+def _traced(task: EnqueueTask, trace_parent: str) -> EnqueueTask:
+    return msgspec.structs.replace(task, payload=msgspec.structs.replace(task.payload, traceparent=trace_parent))
+
+
 async def _bodies(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
     """The bodies of the messages still stored on ``subject``."""
     bodies, seq = [], 1
@@ -117,6 +122,13 @@ class NatsPorts:
 
     async def _record(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str,
                       tasks: list[EnqueueTask]) -> int:
+        with engine_span(run_id, events) as trace_parent:
+            if trace_parent:  # workers' spans become children of this decision's span
+                tasks = [_traced(t, trace_parent) for t in tasks]
+            return await self._append_and_dispatch(run_id, events, expected_seq, msg_id, tasks)
+
+    async def _append_and_dispatch(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str,
+                                   tasks: list[EnqueueTask]) -> int:
         append = self.store.append(run_id, events, expected_seq, msg_id)
         if not tasks:
             return await append

@@ -9,9 +9,11 @@ set; otherwise tracing costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
+from typing import Iterator
 
 _TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _configured = False
@@ -42,6 +44,53 @@ def setup_tracing(service_name: str) -> bool:
 
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    use_provider(provider)
+    return True
+
+
+def use_provider(provider) -> None:
+    """Record spans with ``provider`` (an exporter of one's own, e.g. in tests)."""
+    global _configured
+    from opentelemetry import trace
+
     trace.set_tracer_provider(provider)
     _configured = True
-    return True
+
+
+@contextlib.contextmanager
+def engine_span(run_id: str, events: list) -> Iterator[str]:
+    """A span for one decision record, child of the run's trace; yields its
+    traceparent, or "" when tracing is off (no span is recorded then)."""
+    if not _configured or not events:
+        yield ""
+        return
+    from opentelemetry import propagate, trace
+
+    parent = propagate.extract({"traceparent": events[0].trace_parent}) if events[0].trace_parent else None
+    attributes = {
+        "dagnats.run_id": run_id,
+        "dagnats.event_types": ",".join(e.type for e in events),
+        "dagnats.step_ids": ",".join(sorted({e.step_id for e in events if e.step_id})),
+    }
+    tracer = trace.get_tracer("dagnats.engine")
+    with tracer.start_as_current_span("dagnats.engine record", context=parent, kind=trace.SpanKind.INTERNAL,
+                                      attributes=attributes) as span:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        yield carrier.get("traceparent", "")
+
+
+@contextlib.contextmanager
+def api_span(operation: str, trace_parent: str | None) -> Iterator[str]:
+    """A span for a control-plane operation; yields the traceparent the run carries."""
+    if not _configured:
+        yield trace_parent if valid_trace_parent(trace_parent) else new_trace_parent()
+        return
+    from opentelemetry import propagate, trace
+
+    parent = propagate.extract({"traceparent": trace_parent}) if valid_trace_parent(trace_parent) else None
+    tracer = trace.get_tracer("dagnats.api")
+    with tracer.start_as_current_span(f"dagnats.api {operation}", context=parent, kind=trace.SpanKind.SERVER) as span:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        yield carrier.get("traceparent") or new_trace_parent()
