@@ -100,9 +100,13 @@ def _step_event(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
     changes: dict[str, Any] = {"steps": {**run.steps, event.step_id: updated}}
     if event.type == ev.STEP_COMPLETED:
         changes["completions"] = updated.completed_order
-    elif event.type == ev.STEP_STARTED and run.definition and run.definition.sticky and not run.sticky_worker:
+    if event.type in _BINDING and event.worker_id and run.definition and run.definition.sticky and not run.sticky_worker:
+        # A sticky run is bound to the worker that first reports on one of its steps.
         changes["sticky_worker"] = event.worker_id
     return replace(run, **changes)
+
+
+_BINDING = frozenset({ev.STEP_STARTED, ev.STEP_COMPLETED, ev.STEP_FAILED})
 
 
 def _attempt_applies(step: st.StepState, event: ev.Event) -> bool:

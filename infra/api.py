@@ -205,7 +205,13 @@ class ControlPlane:
         check_identifier("run id", run_id)
         live = self.engine.live.get(run_id)
         if live is not None:
-            return live[0]
+            # The actor publishes its state just after the append: fold anything newer,
+            # so a reader who saw a record in the history never reads an older state.
+            run, seq = live
+            for _, events in await self.engine.ports.store.read_after(run_id, seq):
+                for event in events:
+                    run = fold(run, event)
+            return run
         run, _ = await self.engine.ports.store.load(run_id)
         if run is None or run.definition is None:
             run = await self._accepted(run_id)
@@ -302,11 +308,16 @@ class ControlPlane:
         active = [r for r, _ in self.engine.live.values() if not r.is_terminal]
         return {
             "nats": {"connected": self.nc.is_connected, "url": self.nc.connected_url.geturl() if self.nc.connected_url else None,
-                     "server_version": self.nc.connected_server_version.__str__() if self.nc.is_connected else None,
+                     "server_version": _version(self.nc) if self.nc.is_connected else None,
                      "max_payload": self.nc.max_payload},
             "jetstream": {"streams": streams},
             "engine": {"live_runs": len(self.engine.live), "active_runs": len(active)},
         }
+
+
+def _version(nc: NATS) -> str:
+    v = nc.connected_server_version
+    return f"{v.major}.{v.minor}.{v.patch}"
 
 
 def _name(body: dict[str, Any], key: str = "name") -> str:

@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = run.add_parser("start", parents=[common], help="start a run of workflow NAME")
     p.add_argument("name")
     p.add_argument("input", nargs="?", help="run input as JSON (default null)")
+    p.add_argument("--input-file", help="read the run input (JSON) from this file, or - for stdin")
     p.add_argument("--watch", action="store_true", help="print step events until the run ends")
     p.add_argument("--idempotency-key", help="a second start with the same key returns the first run")
     p.set_defaults(func=cmd_run_start)
@@ -153,6 +154,19 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def _input_text(args: argparse.Namespace) -> str | None:
+    if args.input_file is None:
+        return args.input
+    if args.input is not None:
+        raise InvalidInput("give the input as an argument or with --input-file, not both")
+    if args.input_file == "-":
+        return sys.stdin.read()
+    try:
+        return Path(args.input_file).read_text()
+    except OSError as err:
+        raise DagnatsError(f"cannot read {args.input_file}: {err.strerror}") from None
+
+
 def _parse_input(text: str | None) -> Any:
     if text is None:
         return None
@@ -215,7 +229,7 @@ def cmd_workflow_register(args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         print(f"Workflow {result['action']}: {result['name']} ({result['steps']} steps)")
-        print(f"Start a run with: dagnats run start {result['name']} '{{}}' --watch", file=sys.stderr)
+        print(f"Start a run with: dagnats run start {result['name']} [INPUT_JSON] --watch", file=sys.stderr)
     return 0
 
 
@@ -232,7 +246,7 @@ def cmd_workflow_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_run_start(args: argparse.Namespace) -> int:
-    data = _parse_input(args.input)
+    data = _parse_input(_input_text(args))
 
     async def go(client: Client) -> int:
         run_id = await client.start(args.name, data, idempotency_key=args.idempotency_key)

@@ -106,7 +106,9 @@ class HistoryStore:
 
 async def kv_entries(kv, pattern: str) -> list[tuple[str, bytes]]:
     """(key, value) of every live key matching ``pattern``."""
-    watcher = await kv.watch(pattern, ignore_deletes=True)
+    # A short inactive threshold: stop() only unsubscribes, and the server would
+    # otherwise keep each read's ephemeral consumer for minutes.
+    watcher = await kv.watch(pattern, ignore_deletes=True, inactive_threshold=2.0)
     entries = []
     try:
         async for entry in watcher:

@@ -206,11 +206,6 @@ def test_serve_on_a_port_already_in_use_exits_with_one_clear_line(tmp_path):
                           f"port 127.0.0.1:{port} is already in use")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "infra/serve.py connects with nats.connect(url, max_reconnect_attempts=-1, ...): with nothing "
-    "listening at --nats-url, `dagnats serve --external` retries forever and logs a full traceback "
-    "every second (nats.aio.client ERROR) instead of the `cannot connect to NATS` line cmd_serve has "
-    "for this case"))
 def test_serve_external_without_nats_exits_with_one_clear_line():
     url = f"nats://127.0.0.1:{free_port()}"
     argv = [*CLI, "serve", "--external", "--nats-url", url]

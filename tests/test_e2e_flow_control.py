@@ -581,12 +581,6 @@ def test_sticky_soft_keeps_a_run_on_one_worker_and_falls_back_when_that_worker_d
     assert seconds_between(run["steps"]["b"]["queued_at"], run["steps"]["b"]["started_at"]) >= 4.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a run is bound to a worker only by a step.started event (domain/fold.py _step_event: sticky_worker is "
-    "set on STEP_STARTED only), and since b38b213 a worker sends step.started only for a handler still running "
-    "after 50 ms (infra/task_context.py TaskRunner.run, STARTED_REPORT_DELAY); the step.completed of a quicker "
-    "step carries started_at and worker_id but binds nothing: every following step goes to the shared queue "
-    "(observed: each run's steps alternate between the two workers); sticky hard is lost the same way"))
 def test_sticky_soft_binds_a_run_whose_steps_are_quick(env, tmp_path):
     workers = {wid: own_worker(tmp_path, env.cli.url, "fc-quick", wid) for wid in ("quick-1", "quick-2")}
     journal = workers["quick-1"].journal

@@ -26,12 +26,6 @@ async def consumer_count(url: str, stream: str) -> int:
         await nc.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "infra/history.py kv_entries (used by HistoryStore.snapshots, so by every `run list` and by "
-    "engine start) reads the bucket with kv.watch(), whose ephemeral consumer nats-py creates with "
-    "inactive_threshold=5 min; watcher.stop() only unsubscribes, so each `run list` leaves a consumer "
-    "on KV_workflow_runs for 5 minutes, and after ~1000 of them `run list` fails with "
-    "'internal error: ... maximum consumers limit reached' (err 10026)"))
 def test_listing_runs_leaves_no_consumers_behind(tmp_path, run):
     server = NatsServer(tmp_path / "nats")
     server.start_sync()

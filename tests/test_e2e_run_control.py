@@ -230,7 +230,7 @@ def test_wait_blocks_until_the_run_finishes_and_prints_its_output(env):
     assert step_done.returncode == 0, step_done
     assert json.loads(step_done.stdout) == {"run_id": run_id, "step": "a", "status": "completed",
                                             "output": "a passed its gate", "error": None}
-    assert (run_done.returncode, run_done.stdout) == (0, '"a passed its gate"\n')  # stderr: see the xfail below
+    assert (run_done.returncode, run_done.stdout, run_done.stderr) == (0, '"a passed its gate"\n', "")
     assert env.cli.status(run_id)["status"] == "completed"
     # A finished run: wait returns at once.
     again = env.cli("run", "wait", run_id, "--json", json=True)
@@ -257,15 +257,9 @@ def test_wait_for_a_step_exits_non_zero_when_the_step_failed_or_was_skipped(env)
     ok = env.cli("run", "wait", skip_id, "--step", "ok", check=False)
     assert (ok.returncode, json.loads(ok.stdout)) == (0, {"go": False})
     whole = env.cli("run", "wait", run_id, check=False)
-    assert (whole.returncode, whole.stdout) == (1, "")
-    assert whole.stderr.endswith(f"error: run {run_id} is failed: step bad failed: bad refuses\n"), whole.stderr
+    refused(whole, f"run {run_id} is failed: step bad failed: bad refuses")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "infra/client.py Client.wait: follow() returns from inside `async for event in self.watch(...)` without "
-    "closing the generator; asyncio finalizes it after the CLI has closed the connection, so watch's "
-    "`finally: await sub.unsubscribe()` raises ConnectionClosedError and every `dagnats run wait` without "
-    "--timeout prints 'ERROR asyncio: Task exception was never retrieved' and a traceback on stderr"))
 def test_wait_prints_nothing_on_stderr_when_the_run_or_step_completed(env):
     env.register({"name": "rc-wait-quiet", "steps": [step("a", "rc-echo")]})
     run_id = env.cli.start("rc-wait-quiet", "quiet")
