@@ -16,7 +16,14 @@ from dagnats.domain.state import WorkflowRun
 
 
 class WrongLastSequence(Exception):
-    """Someone else appended to the run's history: refold and decide again."""
+    """Someone else appended to the run's history: refold and decide again.
+
+    ``duplicate``: the store already holds a record under this message id.
+    """
+
+    def __init__(self, message: str, duplicate: bool = False) -> None:
+        super().__init__(message)
+        self.duplicate = duplicate
 
 
 class HistoryPort(Protocol):
@@ -44,10 +51,16 @@ class Clock(Protocol):
     def call_later(self, delay: float, callback: Callable[[], None]) -> None: ...
 
 
+class WorkerLiveness(Protocol):
+    def alive(self, worker_id: str) -> bool:
+        """Whether the worker has been heard from in the last few seconds."""
+
+
 class Ports(Protocol):
     history: HistoryPort
     tasks: TaskPort
     clock: Clock
+    workers: WorkerLiveness
 
     def record(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str,
                tasks: list[EnqueueTask]) -> int:

@@ -106,9 +106,12 @@ class RunActor(pykka.ThreadingActor):
             tasks = [a for a in actions if isinstance(a, EnqueueTask)]
             try:
                 seq = self.ports.record(self.run_id, record, self.last_seq, f"{self.run_id}.{record[0].id}", tasks)
-            except WrongLastSequence:
+            except WrongLastSequence as conflict:
                 log.info("run %s: history moved past %d; refolding", self.run_id, self.last_seq)
-                self._refold()
+                if not self._refold() and conflict.duplicate:
+                    # Nothing new, yet the id is taken: these facts were recorded long ago.
+                    log.warning("run %s: dropping facts already recorded under %s", self.run_id, record[0].id)
+                    return
                 continue
             first_record = self.last_seq == 0
             self.run, self.last_seq = run, seq
@@ -118,12 +121,16 @@ class RunActor(pykka.ThreadingActor):
             return
         raise RuntimeError(f"run {self.run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicting appends")
 
-    def _refold(self) -> None:
-        for seq, events in self.ports.history.read_after(self.run_id, self.last_seq):
+    def _refold(self, reissue: bool = True) -> int:
+        """Fold the records appended since ``last_seq``; how many there were."""
+        records = self.ports.history.read_after(self.run_id, self.last_seq)
+        for seq, events in records:
             for event in events:
                 self.run = fold(self.run, event)
             self.last_seq = seq
-        self._reissue()
+        if reissue:
+            self._reissue()
+        return len(records)
 
     def _reissue(self) -> None:
         """Append what ``recover`` decides and re-publish what the run waits on."""
@@ -133,7 +140,7 @@ class RunActor(pykka.ThreadingActor):
             try:
                 seq = self.ports.history.append(self.run_id, decisions, self.last_seq, f"{self.run_id}.{decisions[0].id}")
             except WrongLastSequence:
-                self._refold()
+                self._refold(reissue=False)  # the next delivery decides from the new state
                 return
             for event in decisions:
                 self.run = fold(self.run, event)

@@ -18,15 +18,15 @@ import pykka
 from dagnats.domain.events import TIMER_FIRED, Event, format_timestamp, parse_timestamp
 
 from .messages import ArmTimer, Deliver, TimerDue
-from .ports import Clock
+from .ports import Clock, WorkerLiveness
 
 
 class TimerActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, workers: WorkerLiveness | None = None) -> None:
         super().__init__()
-        self.clock = clock
+        self.clock, self.workers = clock, workers
         self.directory: Any = None
         self.armed: set[tuple[str, str]] = set()
 
@@ -56,14 +56,20 @@ class TimerActor(pykka.ThreadingActor):
     def _fire(self, message: TimerDue) -> None:
         self.armed.discard((message.run_id, message.timer.timer_id))
         timer = message.timer
+        payload = {"timer_id": timer.timer_id, "kind": timer.kind, "step_id": timer.step_id, "attempt": timer.attempt}
+        if timer.worker_id:
+            # The fact says what the shell saw, so deciding on it stays pure.
+            payload["worker_id"] = timer.worker_id
+            payload["worker_alive"] = self.workers.alive(timer.worker_id) if self.workers else True
         event = Event(
             type=TIMER_FIRED,
             run_id=message.run_id,
             step_id="",
             timestamp=format_timestamp(self.clock.now()),
-            payload={"timer_id": timer.timer_id, "kind": timer.kind, "step_id": timer.step_id, "attempt": timer.attempt},
+            payload=payload,
             trace_parent=message.trace_parent,
-            id=f"timer.{timer.timer_id}",
+            # One fact per arming: a timer re-armed after it fired (a sticky check) fires anew.
+            id=f"timer.{timer.timer_id}.{timer.due}",
         )
         if self.directory is not None:
             self.directory.tell(Deliver(message.run_id, (event,)))

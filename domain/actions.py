@@ -35,6 +35,8 @@ class StartTimer(msgspec.Struct, frozen=True, tag=True):
     kind: str
     step_id: str = ""
     attempt: int = 0
+    # For a sticky check: the worker whose liveness the fired fact must report.
+    worker_id: str = ""
 
 
 Action = AppendEvent | EnqueueTask | StartTimer

@@ -26,8 +26,9 @@ from .identifiers import is_identifier
 from .resolve import failed_upstream, is_complete, ready_steps, resolve_input, run_output
 from .retry import calculate_delay, may_retry, resolve_retry_policy
 from .timers import (
-    DEADLINE, RETRY, STEP_TIMEOUT, STICKY_FALLBACK, STICKY_FALLBACK_NS, add_ns, deadline_timer, retry_timer,
-    step_timeout_timer, sticky_fallback_timer, wanted_timers,
+    DEADLINE, RETRY, STEP_TIMEOUT, STICKY_CHECK, STICKY_CHECK_NS, STICKY_FALLBACK, STICKY_FALLBACK_NS, add_ns,
+    deadline_timer, retry_timer, step_timeout_timer, sticky_check_timer, sticky_fallback_timer, wanted_timers,
+    watches_worker,
 )
 
 
@@ -198,6 +199,21 @@ class Decision:
         self.append(ev.WORKFLOW_FAILED, step_id=step_id,
                     payload={"error": f"step {step_id} failed{attempts}: {state.error}{suffix}"})
 
+    def worker_lost(self, step: StepDef, state: st.StepState) -> None:
+        """The worker holding a soft-sticky step is gone: run the step elsewhere now.
+
+        Not the step's failure, so no retry is spent: the attempt is recorded as
+        failed and the next one goes to any worker.
+        """
+        error = f"worker {state.worker_id} running the step is gone"
+        self.append(ev.STEP_FAILED, step.id, state.attempts,
+                    {"error": error, "failure_type": ev.FailureType.TRANSIENT.value, "worker_lost": True},
+                    event_id=f"{step.id}.{state.attempts}.worker_lost")
+        self.append(ev.STEP_RETRY_SCHEDULED, step.id, state.attempts,
+                    {"retry_at": self.stamp, "delay_ms": 0, "error": error})
+        self.append(ev.STEP_QUEUED, step.id, state.attempts + 1, {"task": step.task, "input": state.input})
+        self.actions.append(self.task_for(step, state.attempts + 1, state.input, sticky=False))
+
     # ---- on_failure ----------------------------------------------------------------
 
     def _handled_by(self, handler_id: str) -> str | None:
@@ -274,10 +290,13 @@ def _on_workflow_started(d: Decision, event: ev.Event) -> None:
 def _on_started(d: Decision, event: ev.Event) -> None:
     step = d.steps.get(event.step_id)
     state = d.run.step(event.step_id)
-    if step is None or not step.timeout or state.status != st.STEP_RUNNING or state.attempts != event.attempt:
+    if step is None or state.status != st.STEP_RUNNING or state.attempts != event.attempt:
         return
-    # Counted from the recorded start, as a rebuilt run's re-armed timer is.
-    d.actions.append(step_timeout_timer(step.id, event.attempt, add_ns(state.started_at, int(step.timeout))))
+    if step.timeout:
+        # Counted from the recorded start, as a rebuilt run's re-armed timer is.
+        d.actions.append(step_timeout_timer(step.id, event.attempt, add_ns(state.started_at, int(step.timeout))))
+    if watches_worker(d.run, state):
+        d.actions.append(sticky_check_timer(step.id, event.attempt, d.after(STICKY_CHECK_NS), state.worker_id))
 
 
 def _on_completed(d: Decision, event: ev.Event) -> None:
@@ -315,6 +334,11 @@ def _on_timer(d: Decision, event: ev.Event) -> None:
                  {"error": error, "failure_type": ev.FailureType.TRANSIENT.value, "timeout": True},
                  event_id=f"{step_id}.{attempt}.timeout")
         d.handle_failure(step_id)
+    elif kind == STICKY_CHECK and state.status == st.STEP_RUNNING and state.worker_id == payload.get("worker_id"):
+        if payload.get("worker_alive", True):
+            d.actions.append(sticky_check_timer(step_id, attempt, d.after(STICKY_CHECK_NS), state.worker_id))
+        else:
+            d.worker_lost(step, state)
     elif kind == STICKY_FALLBACK and state.status == st.STEP_QUEUED:
         fallback = d.task_for(step, attempt, state.input, sticky=False)
         d.actions.append(EnqueueTask(fallback.task, fallback.payload, fallback.group, variant="fallback"))

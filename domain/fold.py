@@ -100,9 +100,12 @@ def _step_event(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
     changes: dict[str, Any] = {"steps": {**run.steps, event.step_id: updated}}
     if event.type == ev.STEP_COMPLETED:
         changes["completions"] = updated.completed_order
-    if event.type in _BINDING and event.worker_id and run.definition and run.definition.sticky and not run.sticky_worker:
-        # A sticky run is bound to the worker that first reports on one of its steps.
-        changes["sticky_worker"] = event.worker_id
+    if event.type in _BINDING and event.worker_id and run.definition and run.definition.sticky:
+        # A sticky run is bound to the worker that first reports on one of its steps; a
+        # soft one follows the worker that completed its latest step (after a fallback).
+        soft_move = run.definition.sticky == "soft" and event.type == ev.STEP_COMPLETED
+        if not run.sticky_worker or soft_move:
+            changes["sticky_worker"] = event.worker_id
     return replace(run, **changes)
 
 

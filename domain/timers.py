@@ -18,6 +18,8 @@ STEP_TIMEOUT = "step_timeout"
 DEADLINE = "deadline"
 STICKY_FALLBACK = "sticky_fallback"
 STICKY_FALLBACK_NS = 5_000_000_000
+STICKY_CHECK = "sticky_check"
+STICKY_CHECK_NS = 2_000_000_000
 
 
 def timer_id(kind: str, step_id: str = "", attempt: int = 0) -> str:
@@ -41,6 +43,12 @@ def sticky_fallback_timer(step_id: str, attempt: int, due: str) -> StartTimer:
     return StartTimer(timer_id(STICKY_FALLBACK, step_id, attempt), due, STICKY_FALLBACK, step_id, attempt)
 
 
+def sticky_check_timer(step_id: str, attempt: int, due: str, worker_id: str) -> StartTimer:
+    """Asks, when due, whether the worker running a soft-sticky step is still alive
+    (re-armed after each check while the step runs)."""
+    return StartTimer(timer_id(STICKY_CHECK, step_id, attempt), due, STICKY_CHECK, step_id, attempt, worker_id)
+
+
 def add_ns(timestamp: str, ns: int) -> str:
     return format_timestamp(parse_timestamp(timestamp) + timedelta(microseconds=ns // 1000))
 
@@ -56,8 +64,18 @@ def wanted_timers(run: st.WorkflowRun) -> list[StartTimer]:
         state = run.step(step.id)
         if state.status == st.STEP_RETRYING and state.retry_at:
             wanted.append(retry_timer(step.id, state.attempts, state.retry_at))
-        elif state.status == st.STEP_RUNNING and step.timeout and state.started_at:
-            wanted.append(step_timeout_timer(step.id, state.attempts, add_ns(state.started_at, int(step.timeout))))
+        elif state.status == st.STEP_RUNNING:
+            if step.timeout and state.started_at:
+                wanted.append(step_timeout_timer(step.id, state.attempts, add_ns(state.started_at, int(step.timeout))))
+            if watches_worker(run, state) and state.started_at:
+                wanted.append(sticky_check_timer(step.id, state.attempts, add_ns(state.started_at, STICKY_CHECK_NS),
+                                                 state.worker_id))
         elif state.status == st.STEP_QUEUED and run.definition.sticky == "soft" and run.sticky_worker:
             wanted.append(sticky_fallback_timer(step.id, state.attempts, add_ns(state.queued_at, STICKY_FALLBACK_NS)))
     return wanted
+
+
+def watches_worker(run: st.WorkflowRun, state: st.StepState) -> bool:
+    """A soft-sticky step running on its run's worker: checked so a dead worker does not hold it."""
+    return bool(run.definition and run.definition.sticky == "soft" and state.worker_id
+                and state.worker_id == run.sticky_worker)

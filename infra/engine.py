@@ -50,7 +50,7 @@ class Engine:
         await ensure_resources(self.js, self.replicas)
         self.bridge = LoopBridge(asyncio.get_running_loop())
         self.ports = NatsPorts(self.js, self.bridge)
-        self.timers = TimerActor.start(self.ports.clock)
+        self.timers = TimerActor.start(self.ports.clock, self.ports.workers)
         self.directory = RunDirectory.start(self.ports, self.timers, self.max_live)
         self.timers.proxy().attach(self.directory).get()
         self.live = self.directory.proxy().live.get()

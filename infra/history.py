@@ -53,7 +53,7 @@ class HistoryStore:
             raise
         if ack.duplicate:
             # Someone already stored a record under this id: re-read to learn what.
-            raise WrongLastSequence(f"duplicate record {msg_id}")
+            raise WrongLastSequence(f"duplicate record {msg_id}", duplicate=True)
         return ack.seq
 
     async def read_after(self, run_id: str, after_seq: int) -> list[tuple[int, list[Event]]]:

@@ -15,6 +15,7 @@ from dagnats.domain.state import WorkflowRun
 from .bridge import LoopBridge, SystemClock
 from .headers import MSG_ID, TRACEPARENT
 from .history import HistoryStore
+from .registry import worker_alive
 from .tracing import engine_span
 from .resources import INBOX_STREAM, TASK_STREAM, inbox_subject, task_subject
 
@@ -108,6 +109,14 @@ async def _bodies(js: JetStreamContext, stream: str, subject: str) -> list[bytes
         seq = msg.seq + 1
 
 
+class NatsWorkerLiveness:
+    def __init__(self, js: JetStreamContext, bridge: LoopBridge) -> None:
+        self.js, self.bridge = js, bridge
+
+    def alive(self, worker_id: str) -> bool:
+        return self.bridge.call(worker_alive(self.js, worker_id))
+
+
 class NatsPorts:
     def __init__(self, js: JetStreamContext, bridge: LoopBridge) -> None:
         self.js, self.bridge = js, bridge
@@ -115,6 +124,7 @@ class NatsPorts:
         self.history = NatsHistoryPort(self.store, bridge)
         self.tasks = NatsTaskPort(js, bridge)
         self.clock = SystemClock(bridge)
+        self.workers = NatsWorkerLiveness(js, bridge)
 
     def record(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str,
                tasks: list[EnqueueTask]) -> int:

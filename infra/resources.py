@@ -33,6 +33,7 @@ CHECKPOINTS_BUCKET = "checkpoints"
 IDEMPOTENCY_BUCKET = "idempotency_keys"
 SINGLETON_BUCKET = "singleton_locks"
 WAITERS_BUCKET = "event_waiters"
+WORKERS_BUCKET = "workers"
 KV_BUCKETS = (
     DEFS_BUCKET,
     RUNS_BUCKET,
@@ -41,6 +42,7 @@ KV_BUCKETS = (
     IDEMPOTENCY_BUCKET,
     SINGLETON_BUCKET,
     WAITERS_BUCKET,
+    WORKERS_BUCKET,
 )
 
 DUPLICATE_WINDOW = 120.0  # seconds: the longest client retry horizon we dedupe across
@@ -156,7 +158,7 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
 
 
 # Buckets whose keys expire: an idempotency key dedups starts for a day.
-BUCKET_TTL = {IDEMPOTENCY_BUCKET: 24 * 3600.0}
+BUCKET_TTL = {IDEMPOTENCY_BUCKET: 24 * 3600.0, WORKERS_BUCKET: 4.0}
 
 
 async def _ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> None:

@@ -36,7 +36,6 @@ def setup_tracing(service_name: str) -> bool:
     global _configured
     if _configured or not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return _configured
-    from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider

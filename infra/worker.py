@@ -45,6 +45,7 @@ from dagnats.domain.errors import TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.identifiers import check_identifier, is_identifier
 
 from .pull import more_pending
+from .registry import Heartbeat
 from .resources import TASK_STREAM
 from .task_context import (
     Permanent,
@@ -187,6 +188,8 @@ class Worker:
         if is_identifier(sticky):  # runs bound to this worker (sticky soft/hard) send tasks here
             self._subs += [_Subscription(t, sticky, h, own=True) for t, h in self._handlers.items()]
         await asyncio.gather(*(self._ensure(sub) for sub in self._subs))
+        self._heartbeat = Heartbeat(self._js, self.worker_id, self.tasks, self.groups)
+        await self._heartbeat.start()
         self._loops = [
             asyncio.create_task(self._consume(sub), name=f"fetch-{sub.consumer}") for sub in self._subs
         ]
@@ -204,6 +207,7 @@ class Worker:
             log.info("worker %s draining %d running tasks", self.worker_id, len(self._running))
             _, late = await asyncio.wait(list(self._running), timeout=self.drain_timeout)
             await self._abandon(late)
+        await self._heartbeat.stop()
         with contextlib.suppress(Exception):  # nothing left to save on a dead connection
             await self._nc.flush(timeout=2)
         await self._nc.close()

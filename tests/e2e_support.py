@@ -568,3 +568,14 @@ def restart_serve(serve: Serve, timeout: float = 30.0) -> tuple[int, int]:
     assert serve.stop() == 0, f"serve did not stop cleanly:\n{serve.output}"
     serve.start(timeout)
     return old, serve.pid
+
+
+def wait_inbox_drained(cli: Cli, timeout: float = 10.0) -> None:
+    """Wait until the engine has recorded every fact sent to any run (RUN_INBOX is empty).
+
+    Call it a moment after a worker finished a handler: its report leaves the
+    worker just after the handler's last journal line.
+    """
+    time.sleep(0.3)
+    wait_for(lambda: cli("status", json=True)["jetstream"]["streams"]["RUN_INBOX"]["messages"] == 0,
+             timeout, "the run inbox to drain", interval=0.1)

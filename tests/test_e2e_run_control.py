@@ -19,7 +19,8 @@ import pytest
 
 from dagnats.infra.server import free_port
 
-from e2e_support import GATE_HANDLERS, Cli, CliCall, Journal, Serve, WorkerProc, open_gate, wait_for
+from e2e_support import (GATE_HANDLERS, Cli, CliCall, Journal, Serve, WorkerProc, open_gate, wait_for,
+                         wait_inbox_drained)
 
 pytestmark = pytest.mark.e2e
 
@@ -83,12 +84,6 @@ class Env:
         assert run["status"] in TERMINAL, f"{run}\n{self.diagnose()}"
         return run
 
-    def inbox_drained(self) -> None:
-        """Wait until the engine has recorded every fact sent to any run (RUN_INBOX is empty)."""
-        time.sleep(0.3)  # a report leaves the worker a moment after its journal line
-        wait_for(lambda: self.cli("status", json=True)["jetstream"]["streams"]["RUN_INBOX"]["messages"] == 0,
-                 10, "the run inbox to drain", interval=0.1)
-
     def diagnose(self) -> str:
         return f"{self.serve.output}\n{self.worker.output}"
 
@@ -140,7 +135,7 @@ def test_cancel_cancels_pending_steps_and_ignores_the_running_tasks_late_result(
 
     open_gate(env.journal, run_id, "a")  # the handler finishes and reports after the cancel
     wait_for(lambda: env.rows(run_id, "a", phase="end"), 10, "a's handler to finish")
-    env.inbox_drained()
+    wait_inbox_drained(env.cli)
     later = env.cli.status(run_id)
     assert (later["status"], later["output"], statuses(later)) == (
         "cancelled", None, {"a": "cancelled", "b": "cancelled", "c": "cancelled"})
@@ -374,7 +369,8 @@ def test_list_filters_by_workflow_and_status_and_limits_the_count(env):
     assert {r["workflow"] for r in in_a} == {"rc-list-a"}
     assert [r["status"] for r in in_a] == ["completed", "failed", "completed"]
     failed = listed("--workflow", "rc-list-a", "--status", "failed", count=1)
-    assert [(r["run_id"], r["status"], r["steps_done"], r["steps_total"]) for r in failed] == [(a_failed, "failed", 1, 2)]
+    assert [(r["run_id"], r["status"], r["steps_done"], r["steps_total"]) for r in failed] == [
+        (a_failed, "failed", 1, 2)]
     assert [r["run_id"] for r in listed("--workflow", "rc-list-a", "--limit", "2", count=2)] == [a_ok2, a_failed]
     assert [r["run_id"] for r in listed("--workflow", "rc-list-b", count=1)] == [b_ok]
     assert env.cli("run", "list", "--workflow", "rc-list-b", "--status", "failed", json=True) == []

@@ -1,0 +1,77 @@
+"""The worker registry: which workers are alive, in the ``workers`` KV.
+
+Each worker puts its record every second; the bucket's keys expire four
+seconds after their last write, so a worker killed with -9 drops out within
+about four seconds and one that stops gracefully deletes its key at once.
+The engine asks it whether the worker a sticky run is bound to still lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from datetime import datetime, timezone
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, NotFoundError
+
+from dagnats.domain.events import format_timestamp
+
+from .resources import WORKERS_BUCKET
+
+log = logging.getLogger("dagnats.registry")
+HEARTBEAT = 1.0  # seconds between a worker's puts (the bucket's TTL is 4 s)
+
+
+class WorkerRecord(msgspec.Struct, frozen=True):
+    worker_id: str
+    tasks: list[str]
+    groups: list[str]
+    pid: int
+    hostname: str
+    last_seen: str
+
+
+class Heartbeat:
+    """Keeps one worker's record alive while the worker runs."""
+
+    def __init__(self, js, worker_id: str, tasks: list[str], groups: list[str]) -> None:
+        self.js, self.worker_id, self.tasks, self.groups = js, worker_id, tasks, groups
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._beat(), name=f"heartbeat-{self.worker_id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await (await self.js.key_value(WORKERS_BUCKET)).delete(self.worker_id)
+        except Exception as err:  # the key expires by itself anyway
+            log.debug("worker %s: could not remove its record: %s", self.worker_id, err)
+
+    async def _beat(self) -> None:
+        kv = None
+        while True:
+            try:
+                kv = kv or await self.js.key_value(WORKERS_BUCKET)
+                record = WorkerRecord(self.worker_id, self.tasks, self.groups, os.getpid(), socket.gethostname(),
+                                      format_timestamp(datetime.now(timezone.utc)))
+                await kv.put(self.worker_id, msgspec.json.encode(record))
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # no bucket yet (engine not started), reconnecting, ...
+                log.debug("worker %s heartbeat failed: %s", self.worker_id, err)
+                kv = None
+            await asyncio.sleep(HEARTBEAT)
+
+
+async def worker_alive(js, worker_id: str) -> bool:
+    try:
+        entry = await (await js.key_value(WORKERS_BUCKET)).get(worker_id)
+    except (KeyNotFoundError, NotFoundError):
+        return False
+    return bool(entry and entry.value)
