@@ -254,7 +254,7 @@ class ControlPlane:
             if r.definition is not None and (not workflow or r.workflow == workflow) and (not status or r.status == status)
         ]
         chosen.sort(key=lambda r: r.created_at, reverse=True)
-        limit = int(body.get("limit") or 100)
+        limit = min(max(int(body.get("limit") or 100), 1), 10_000)
         return [run_summary(r) for r in chosen[:limit]]
 
     async def cancel_run(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = run.add_parser("list", parents=[common], help="list runs, newest first")
     p.add_argument("--workflow")
     p.add_argument("--status")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_positive, default=100, help="at most this many runs (1-10000)")
     p.set_defaults(func=cmd_run_list)
 
     event = commands.add_parser("event", help="external events").add_subparsers(
@@ -152,6 +152,13 @@ def _show(args: argparse.Namespace, operation, human) -> int:
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 10000, not {value}")
+    return value
 
 
 def _input_text(args: argparse.Namespace) -> str | None:
