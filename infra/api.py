@@ -212,12 +212,17 @@ class ControlPlane:
                 for event in events:
                     run = fold(run, event)
             return run
-        run, _ = await self.engine.ports.store.load(run_id)
-        if run is None or run.definition is None:
-            run = await self._accepted(run_id)
+        run = await self._recorded(run_id)
+        # Not recorded yet: its start may wait in the inbox, or have just moved from
+        # there to the history (recorded before the inbox message is acked).
+        run = run or await self._accepted(run_id) or await self._recorded(run_id)
         if run is None:
             raise RunNotFound(run_id)
         return run
+
+    async def _recorded(self, run_id: str) -> WorkflowRun | None:
+        run, _ = await self.engine.ports.store.load(run_id)
+        return run if run is not None and run.definition is not None else None
 
     async def _accepted(self, run_id: str) -> WorkflowRun | None:
         """A run whose start request waits in its inbox: shown as pending."""

@@ -32,10 +32,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from dagnats.infra.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -579,3 +581,74 @@ def wait_inbox_drained(cli: Cli, timeout: float = 10.0) -> None:
     time.sleep(0.3)
     wait_for(lambda: cli("status", json=True)["jetstream"]["streams"]["RUN_INBOX"]["messages"] == 0,
              timeout, "the run inbox to drain", interval=0.1)
+
+
+# -- one engine and one worker per test module -----------------------------------------
+
+TERMINAL = {"completed", "failed", "cancelled", "compensated", "compensate_failed"}
+
+
+def step(id: str, task: str, depends_on: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
+    """One step of a workflow definition."""
+    return {"id": id, "task": task, "depends_on": list(depends_on), **extra}
+
+
+@dataclass
+class Env:
+    """A module's `dagnats serve`, its worker (running HANDLERS) and their journal."""
+
+    cli: Cli
+    journal: Journal
+    serve: Serve
+    worker: WorkerProc
+    tmp: Path
+
+    def register(self, definition: dict) -> None:
+        self.cli.register(definition, self.tmp)
+
+    def wait(self, run_id: str, timeout: float = 15.0) -> dict[str, Any]:
+        """`dagnats run wait` until the run is terminal, then its `run status --json`."""
+        done = self.cli("run", "wait", run_id, "--timeout", str(timeout), "--json", check=False,
+                        timeout=timeout + 15)
+        run = self.cli.status(run_id)
+        assert run["status"] in TERMINAL, f"{done}\n{run}\n{self.diagnose()}"
+        return run
+
+    def rows(self, run_id: str, step: str | None = None, phase: str = "begin",
+             journal: Journal | None = None) -> list[dict[str, Any]]:
+        """The journal lines of one run (and step) in one phase, in the order written."""
+        return [r for r in (journal or self.journal).rows()
+                if r["run"] == run_id and (step is None or r["step"] == step) and r["phase"] == phase]
+
+    def began(self, run_id: str, step: str, journal: Journal | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until the step's handler has begun; its journal line."""
+        return wait_for(lambda: (self.rows(run_id, step, journal=journal) or [None])[0], timeout,
+                        f"step {step} of {run_id} to begin")
+
+    def running(self, run_id: str, step: str) -> dict[str, Any]:
+        """Wait until the engine shows the step running (the worker reported step.started)."""
+        self.began(run_id, step)
+
+        def shown_running():
+            run = self.cli.status(run_id)
+            return run if run["steps"][step]["status"] == "running" else None
+
+        return wait_for(shown_running, 10, f"step {step} to show running")
+
+    def diagnose(self) -> str:
+        return f"{self.serve.output}\n{self.worker.output}"
+
+
+@contextlib.contextmanager
+def module_env(tmp: Path, handlers: str, max_concurrent: int) -> Iterator[Env]:
+    """Start `dagnats serve` (embedded NATS) and one worker process; stop both after."""
+    url = f"nats://127.0.0.1:{free_port()}"
+    serve = Serve(url, data_dir=tmp / "data")
+    worker = WorkerProc(tmp, url, handlers, worker_args=f"max_concurrent={max_concurrent}, drain_timeout=1")
+    try:
+        serve.start()
+        worker.start()
+        yield Env(Cli(url), worker.journal, serve, worker, tmp)
+    finally:
+        worker.stop()
+        serve.stop()

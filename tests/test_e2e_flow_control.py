@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from dagnats.infra.server import free_port
 
-from e2e_support import (GATE_HANDLERS, Cli, Journal, Serve, WorkerProc, open_gate, restart_serve, wait_for,
+from e2e_support import Env, module_env, step
+from e2e_support import (GATE_HANDLERS, Journal, WorkerProc, open_gate, restart_serve, wait_for,
                          wait_inbox_drained)
 
 pytestmark = pytest.mark.e2e
@@ -107,61 +105,15 @@ async def own_step(ctx: TaskContext, data: Any) -> str:
 '''
 
 
-TERMINAL = {"completed", "failed", "cancelled", "compensated", "compensate_failed"}
 
-
-@dataclass
-class Env:
-    cli: Cli
-    journal: Journal
-    serve: Serve
-    worker: WorkerProc
-    tmp: Path
-
-    def register(self, definition: dict) -> None:
-        self.cli.register(definition, self.tmp)
-
-    def wait(self, run_id: str, timeout: float = 15.0) -> dict[str, Any]:
-        """`dagnats run wait` until the run is terminal, then its `run status --json`."""
-        done = self.cli("run", "wait", run_id, "--timeout", str(timeout), "--json", check=False,
-                        timeout=timeout + 15)
-        run = self.cli.status(run_id)
-        assert run["status"] in TERMINAL, f"{done}\n{run}\n{self.diagnose()}"
-        return run
-
-    def rows(self, run_id: str, step: str | None = None, phase: str = "begin",
-             journal: Journal | None = None) -> list[dict[str, Any]]:
-        """The journal lines of one run (and step) in one phase, in the order written."""
-        return [r for r in (journal or self.journal).rows()
-                if r["run"] == run_id and (step is None or r["step"] == step) and r["phase"] == phase]
-
-    def began(self, run_id: str, step: str, journal: Journal | None = None, timeout: float = 10.0) -> dict[str, Any]:
-        """Wait until the step's handler has begun; its journal line."""
-        return wait_for(lambda: (self.rows(run_id, step, journal=journal) or [None])[0], timeout,
-                        f"step {step} of {run_id} to begin")
-
-    def diagnose(self) -> str:
-        return f"{self.serve.output}\n{self.worker.output}"
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("flow-control")
-    url = f"nats://127.0.0.1:{free_port()}"
-    serve = Serve(url, data_dir=tmp / "data")
     # Slots to spare: some tests leave handlers waiting at their gates.
-    worker = WorkerProc(tmp, url, HANDLERS, worker_args="max_concurrent=32, drain_timeout=1")
-    try:
-        serve.start()
-        worker.start()
-        yield Env(Cli(url), worker.journal, serve, worker, tmp)
-    finally:
-        worker.stop()
-        serve.stop()
+    with module_env(tmp_path_factory.mktemp("flow-control"), HANDLERS, max_concurrent=32) as env:
+        yield env
 
-
-def step(id: str, task: str, depends_on: list[str] = (), **extra) -> dict:
-    return {"id": id, "task": task, "depends_on": list(depends_on), **extra}
 
 
 def seconds_between(start: str, end: str) -> float:

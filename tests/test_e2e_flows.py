@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 
 import pytest
 
-from dagnats.infra.server import free_port
 
-from e2e_support import Cli, Journal, Serve, WorkerProc, wait_for
+from e2e_support import module_env, step
+from e2e_support import WorkerProc, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -92,38 +91,12 @@ def after(ctx: TaskContext, data: Any) -> str:
 RUN_ID = r"[0-9a-f]{32}"
 
 
-@dataclass
-class Env:
-    cli: Cli
-    journal: Journal
-    serve: Serve
-    worker: WorkerProc
-    tmp: object
-
-    def register(self, definition: dict) -> None:
-        self.cli.register(definition, self.tmp)
-
-    def diagnose(self) -> str:
-        return f"{self.serve.output}\n{self.worker.output}"
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("flows")
-    url = f"nats://127.0.0.1:{free_port()}"
-    serve = Serve(url, data_dir=tmp / "data")
-    worker = WorkerProc(tmp, url, HANDLERS, worker_args="max_concurrent=8, drain_timeout=1")
-    try:
-        serve.start()
-        worker.start()
-        yield Env(Cli(url), worker.journal, serve, worker, tmp)
-    finally:
-        worker.stop()
-        serve.stop()
+    with module_env(tmp_path_factory.mktemp("flows"), HANDLERS, max_concurrent=8) as env:
+        yield env
 
-
-def step(id: str, task: str, depends_on: list[str] = (), **extra) -> dict:
-    return {"id": id, "task": task, "depends_on": list(depends_on), **extra}
 
 
 def test_fan_out_steps_run_in_parallel_and_the_join_gets_each_output_by_id(env):

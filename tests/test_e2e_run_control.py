@@ -11,15 +11,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from dagnats.infra.server import free_port
 
-from e2e_support import (GATE_HANDLERS, Cli, CliCall, Journal, Serve, WorkerProc, open_gate, wait_for,
+from e2e_support import module_env, step
+from e2e_support import (GATE_HANDLERS, CliCall, open_gate, wait_for,
                          wait_inbox_drained)
 
 pytestmark = pytest.mark.e2e
@@ -49,65 +46,12 @@ def rc_refuse(ctx: TaskContext, data: Any) -> str:
 '''
 
 
-@dataclass
-class Env:
-    cli: Cli
-    journal: Journal
-    serve: Serve
-    worker: WorkerProc
-    tmp: Path
-
-    def register(self, definition: dict) -> None:
-        self.cli.register(definition, self.tmp)
-
-    def rows(self, run_id: str, step: str | None = None, phase: str = "begin") -> list[dict[str, Any]]:
-        return [r for r in self.journal.rows()
-                if r["run"] == run_id and (step is None or r["step"] == step) and r["phase"] == phase]
-
-    def began(self, run_id: str, step: str, timeout: float = 10.0) -> dict[str, Any]:
-        return wait_for(lambda: (self.rows(run_id, step) or [None])[0], timeout, f"step {step} of {run_id} to begin")
-
-    def running(self, run_id: str, step: str) -> dict[str, Any]:
-        """Wait until the engine shows the step running (the worker reported step.started)."""
-        self.began(run_id, step)
-
-        def shown_running():
-            run = self.cli.status(run_id)
-            return run if run["steps"][step]["status"] == "running" else None
-
-        return wait_for(shown_running, 10, f"step {step} to show running")
-
-    def finished(self, run_id: str, timeout: float = 15.0) -> dict[str, Any]:
-        """Block in `dagnats run wait` until the run is terminal; its `run status --json`."""
-        self.cli("run", "wait", run_id, "--timeout", str(timeout), check=False, timeout=timeout + 15)
-        run = self.cli.status(run_id)
-        assert run["status"] in TERMINAL, f"{run}\n{self.diagnose()}"
-        return run
-
-    def diagnose(self) -> str:
-        return f"{self.serve.output}\n{self.worker.output}"
-
-
-TERMINAL = {"completed", "failed", "cancelled", "compensated", "compensate_failed"}
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run-control")
-    url = f"nats://127.0.0.1:{free_port()}"
-    serve = Serve(url, data_dir=tmp / "data")
-    worker = WorkerProc(tmp, url, HANDLERS, worker_args="max_concurrent=32, drain_timeout=1")
-    try:
-        serve.start()
-        worker.start()
-        yield Env(Cli(url), worker.journal, serve, worker, tmp)
-    finally:
-        worker.stop()
-        serve.stop()
+    with module_env(tmp_path_factory.mktemp("run-control"), HANDLERS, max_concurrent=32) as env:
+        yield env
 
-
-def step(id: str, task: str, depends_on: list[str] = (), **extra) -> dict:
-    return {"id": id, "task": task, "depends_on": list(depends_on), **extra}
 
 
 def statuses(run: dict) -> dict[str, str]:
@@ -129,7 +73,7 @@ def test_cancel_cancels_pending_steps_and_ignores_the_running_tasks_late_result(
     env.running(run_id, "a")
 
     assert env.cli("run", "cancel", run_id).stdout == f"Run {run_id} cancelled\n"
-    run = env.finished(run_id)
+    run = env.wait(run_id)
     assert (run["status"], run["error"]) == ("cancelled", "cancelled by user")
     assert statuses(run) == {"a": "cancelled", "b": "cancelled", "c": "cancelled"}
 
@@ -147,7 +91,7 @@ def test_cancel_cancels_pending_steps_and_ignores_the_running_tasks_late_result(
 def test_cancel_of_a_finished_run_is_refused(env):
     env.register({"name": "rc-cancel-done", "steps": [step("a", "rc-echo")]})
     run_id = env.cli.start("rc-cancel-done", "x")
-    assert env.finished(run_id)["status"] == "completed"
+    assert env.wait(run_id)["status"] == "completed"
     refused(env.cli("run", "cancel", run_id, check=False), f"cannot cancel run {run_id}: it is completed")
     assert env.cli.status(run_id)["status"] == "completed"
     missing = env.cli("run", "cancel", "0" * 32, check=False)
@@ -176,7 +120,7 @@ def test_pause_lets_the_running_step_finish_dispatches_nothing_and_resume_comple
     assert (still["status"], statuses(still)) == ("paused", {"a": "completed", "b": "pending"})
 
     assert env.cli("run", "resume", run_id).stdout == f"Run {run_id} resumed\n"
-    run = env.finished(run_id)
+    run = env.wait(run_id)
     assert (run["status"], run["output"]) == ("completed", "a passed its gate"), env.diagnose()
     assert len(env.rows(run_id, "b")) == 1
     types = [e["type"] for e in env.cli.events(run_id)]
@@ -199,7 +143,7 @@ def test_pause_and_resume_are_refused_in_the_wrong_state(env):
     assert json.loads(as_json.stderr) == {"error": f"cannot pause run {run_id}: it is paused"}
 
     env.cli("run", "resume", run_id)
-    assert env.finished(run_id)["status"] == "completed"
+    assert env.wait(run_id)["status"] == "completed"
     refused(env.cli("run", "pause", run_id, check=False), f"cannot pause run {run_id}: it is completed")
     refused(env.cli("run", "resume", run_id, check=False), f"cannot resume run {run_id}: it is completed")
 
@@ -258,7 +202,7 @@ def test_wait_for_a_step_exits_non_zero_when_the_step_failed_or_was_skipped(env)
 def test_wait_prints_nothing_on_stderr_when_the_run_or_step_completed(env):
     env.register({"name": "rc-wait-quiet", "steps": [step("a", "rc-echo")]})
     run_id = env.cli.start("rc-wait-quiet", "quiet")
-    assert env.finished(run_id)["status"] == "completed"
+    assert env.wait(run_id)["status"] == "completed"
     for args in ((), ("--step", "a"), ("--json",)):
         done = env.cli("run", "wait", run_id, *args, check=False)
         assert (done.returncode, done.stderr) == (0, ""), (args, done.stderr)
@@ -276,7 +220,7 @@ def test_wait_with_a_timeout_exits_non_zero_when_the_run_does_not_finish(env):
     refused(step_wait, f"step a of run {run_id} did not finish within 0.5s")
     assert env.cli.status(run_id)["status"] == "running"
     open_gate(env.journal, run_id, "a")
-    assert env.finished(run_id)["status"] == "completed"
+    assert env.wait(run_id)["status"] == "completed"
 
 
 # ---- inspect --------------------------------------------------------------------------------------------
@@ -310,7 +254,7 @@ def test_inspect_shows_steps_attempts_timings_errors_and_blockers(env):
 
     time.sleep(max(0.0, 0.5 - (time.time() - held_since)))
     open_gate(env.journal, run_id, "a")
-    assert env.finished(run_id)["status"] == "completed"
+    assert env.wait(run_id)["status"] == "completed"
     done = env.cli("run", "inspect", run_id, json=True)
     assert done["blockers"] == {}
     assert {s: v["status"] for s, v in done["steps"].items()} == {
@@ -330,7 +274,7 @@ def test_delete_refuses_a_running_run_and_removes_a_finished_one(env):
     refused(env.cli("run", "delete", run_id, check=False), f"cannot delete run {run_id}: it is running")
 
     open_gate(env.journal, run_id, "a")
-    assert env.finished(run_id)["status"] == "completed"
+    assert env.wait(run_id)["status"] == "completed"
     wait_for(lambda: [r for r in env.cli("run", "list", "--workflow", "rc-delete", json=True)
                       if r["run_id"] == run_id], 5, "the run to be listed")
     assert env.cli("run", "delete", run_id).stdout == f"Run {run_id} deleted\n"
@@ -353,7 +297,7 @@ def test_list_filters_by_workflow_and_status_and_limits_the_count(env):
     for workflow, data in (("rc-list-a", {"ok": True}), ("rc-list-a", {"ok": False}), ("rc-list-a", {"ok": True}),
                            ("rc-list-b", {"ok": True})):
         made.append(env.cli.start(workflow, data))
-        env.finished(made[-1])
+        env.wait(made[-1])
     a_ok1, a_failed, a_ok2, b_ok = made
 
     def listed(*args: str, count: int) -> list[dict]:

@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dagnats.infra import tracing
-from dagnats.infra.worker import TaskContext, Worker
+from dagnats.infra.worker import Worker
 
 from harness import CHAIN3, EngineHarness
 
