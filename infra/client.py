@@ -48,6 +48,11 @@ def nats_url(url: str | None = None) -> str:
     return url or os.environ.get("DAGNATS_NATS_URL") or DEFAULT_URL
 
 
+def server_list(url: str) -> list[str]:
+    """A NATS URL, or several separated by commas (the nodes of a cluster)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 class Client:
     def __init__(self, url: str | None = None, timeout: float = 10.0) -> None:
         self.url, self.timeout = nats_url(url), timeout
@@ -55,7 +60,7 @@ class Client:
 
     async def connect(self) -> "Client":
         try:
-            self.nc = await nats.connect(self.url, connect_timeout=3, max_reconnect_attempts=3,
+            self.nc = await nats.connect(server_list(self.url), connect_timeout=3, max_reconnect_attempts=3,
                                          allow_reconnect=True, reconnect_time_wait=0.5)
         except Exception as err:
             raise EngineUnavailable(self.url, f"cannot connect to NATS ({err.__class__.__name__})") from None

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import nats
 
 from .api import ControlPlane
+from .client import server_list
 from .engine import Engine
 from .server import NatsServer
 from .tracing import setup_tracing
@@ -39,7 +40,7 @@ async def serve(url: str, data_dir: Path | None, external: bool, max_live: int =
         _say(f"nats-server started on {server.url} (JetStream in {data_dir}, sync_interval: always)")
         url = server.url
     await _reachable(url)
-    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=1)
+    nc = await nats.connect(server_list(url), max_reconnect_attempts=-1, reconnect_time_wait=1)
     engine = Engine(nc, max_live=max_live)
     api = ControlPlane(nc, engine)
     stop = asyncio.Event()
@@ -70,13 +71,18 @@ async def serve(url: str, data_dir: Path | None, external: bool, max_live: int =
 async def _reachable(url: str) -> None:
     """Fail fast if nothing answers at ``url``; once up, the engine reconnects forever."""
     # A plain TCP probe: nats-py retries a first connect on its own, logging each failure.
-    parsed = urlparse(url)
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222), 3)
-    except (OSError, asyncio.TimeoutError) as err:
-        raise OSError(f"no NATS server answers ({err.__class__.__name__})") from None
-    writer.close()
+    failure: BaseException | None = None
+    for server in server_list(url):
+        parsed = urlparse(server)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222), 3)
+        except (OSError, asyncio.TimeoutError) as err:
+            failure = err
+            continue
+        writer.close()
+        return
+    raise OSError(f"no NATS server answers ({failure.__class__.__name__})")
 
 
 def _say(text: str) -> None:

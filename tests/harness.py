@@ -23,12 +23,12 @@ from dagnats.infra.resources import TASK_STREAM, inbox_subject
 
 
 class EngineHarness:
-    def __init__(self, url: str, max_live: int = 512) -> None:
-        self.url, self.max_live = url, max_live
+    def __init__(self, url: str, max_live: int = 512, replicas: int = 1) -> None:
+        self.url, self.max_live, self.replicas = url, max_live, replicas
 
     async def __aenter__(self) -> "EngineHarness":
-        self.nc = await nats.connect(self.url)
-        self.engine = Engine(self.nc, max_live=self.max_live)
+        self.nc = await nats.connect(self.url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        self.engine = Engine(self.nc, max_live=self.max_live, replicas=self.replicas)
         await self.engine.start()
         self.api = ControlPlane(self.nc, self.engine)
         await self.api.start()
