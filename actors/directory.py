@@ -9,13 +9,17 @@ is passivated (it snapshots and stops; each pykka actor is a thread).
 While an actor passivates, deliveries for its run wait in the directory and
 go to a fresh actor once it has stopped, so one process never runs two
 actors for the same run. A crashed actor is dropped; the next delivery
-rebuilds it from history.
+rebuilds it from history. A run whose actor keeps crashing (a poison run)
+is quarantined: after ``QUARANTINE_AFTER`` crashes in a row its facts are
+redelivered only every ``QUARANTINE_RETRY`` seconds — kept, not lost, and
+not spinning the engine — until one is handled.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -23,21 +27,27 @@ import pykka
 
 from dagnats.domain.events import WORKFLOW_STARTED
 
-from .messages import Crashed, Deliver, LiveCount, Passivate, Passivated, Recover
+from .messages import Crashed, Deliver, Healthy, LiveCount, Passivate, Passivated, Recover
 from .ports import Ports
 from .run import RunActor
 
 log = logging.getLogger("dagnats.directory")
+QUARANTINE_AFTER = 5
+QUARANTINE_RETRY = 30.0
 
 
 class RunDirectory(pykka.ThreadingActor):
     use_daemon_thread = True
 
-    def __init__(self, ports: Ports, timers: Any, max_live: int = 512) -> None:
+    def __init__(self, ports: Ports, timers: Any, max_live: int = 512,
+                 quarantine_retry: float = QUARANTINE_RETRY) -> None:
         super().__init__()
         self.ports, self.timers, self.max_live = ports, timers, max_live
+        self.quarantine_retry = quarantine_retry
         self.actors: OrderedDict[str, pykka.ActorRef] = OrderedDict()
         self.passivating: dict[str, list[Any]] = {}
+        self.crashes: dict[str, int] = {}
+        self._next_try: dict[str, float] = {}
         # run_id -> (state, last_seq), written by run actors, read by the API.
         self.live: dict[str, tuple] = {}
 
@@ -53,6 +63,13 @@ class RunDirectory(pykka.ThreadingActor):
             self._passivated(message.run_id)
         elif isinstance(message, Crashed):
             self.actors.pop(message.run_id, None)
+            count = self.crashes[message.run_id] = self.crashes.get(message.run_id, 0) + 1
+            if count == QUARANTINE_AFTER:
+                log.error("run %s quarantined after %d crashes (last: %s); its facts wait %gs between tries",
+                          message.run_id, count, message.error, self.quarantine_retry)
+        elif isinstance(message, Healthy):
+            self.crashes.pop(message.run_id, None)
+            self._next_try.pop(message.run_id, None)
         elif isinstance(message, LiveCount):
             return len(self.actors)
         return None
@@ -63,6 +80,8 @@ class RunDirectory(pykka.ThreadingActor):
 
     def _route(self, message: Deliver | Recover) -> None:
         run_id = message.run_id
+        if self.crashes.get(run_id, 0) >= QUARANTINE_AFTER and self._held_back(message):
+            return
         if run_id in self.passivating:
             self.passivating[run_id].append(message)
             return
@@ -73,8 +92,19 @@ class RunDirectory(pykka.ThreadingActor):
             self.actors.move_to_end(run_id)
         ref.tell(message)
 
+    def _held_back(self, message: Deliver | Recover) -> bool:
+        """Quarantine: one try per retry period; the other deliveries wait in the inbox."""
+        now = time.monotonic()
+        if now >= self._next_try.get(message.run_id, 0.0):
+            self._next_try[message.run_id] = now + self.quarantine_retry
+            return False
+        if isinstance(message, Deliver):
+            message.done(False, self.quarantine_retry)
+        return True
+
     def _start(self, run_id: str, fresh: bool = False) -> pykka.ActorRef:
-        ref = RunActor.start(run_id, self.ports, self.actor_ref, self.timers, self.live, fresh)
+        recovering = run_id in self.crashes
+        ref = RunActor.start(run_id, self.ports, self.actor_ref, self.timers, self.live, fresh, recovering)
         self.actors[run_id] = ref
         self._evict_idle()
         return ref

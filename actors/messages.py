@@ -13,15 +13,17 @@ from dagnats.domain.actions import StartTimer
 from dagnats.domain.events import Event
 
 
-def _ignore(ok: bool) -> None:
+def _ignore(ok: bool, retry_in: float = 0.5) -> None:
     return None
 
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
+    """Facts for one run; ``done(True)`` acks them, ``done(False, retry_in)`` redelivers."""
+
     run_id: str
     events: tuple[Event, ...]
-    done: Callable[[bool], None] = field(default=_ignore)
+    done: Callable[..., None] = field(default=_ignore)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,13 @@ class Passivated:
 class Crashed:
     run_id: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Healthy:
+    """A run actor rebuilt after crashes handled a delivery: forget its crashes."""
+
+    run_id: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from dagnats.domain.events import Event
 from dagnats.domain.fold import fold
 from dagnats.domain.state import WorkflowRun, new_run
 
-from .messages import ArmTimer, Crashed, Deliver, Passivate, Passivated, Recover
+from .messages import ArmTimer, Crashed, Deliver, Healthy, Passivate, Passivated, Recover
 from .ports import Ports, WrongLastSequence
 
 log = logging.getLogger("dagnats.run")
@@ -42,9 +42,9 @@ class RunActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(self, run_id: str, ports: Ports, directory: Any, timers: Any, live: dict,
-                 fresh: bool = False) -> None:
+                 fresh: bool = False, recovering: bool = False) -> None:
         super().__init__()
-        self.run_id, self.fresh = run_id, fresh
+        self.run_id, self.fresh, self.recovering = run_id, fresh, recovering
         self.ports, self.directory, self.timers, self.live = ports, directory, timers, live
         self.run: WorkflowRun = new_run(run_id)
         self.last_seq = 0
@@ -88,6 +88,9 @@ class RunActor(pykka.ThreadingActor):
             message.done(False)
             raise
         message.done(True)
+        if self.recovering:
+            self.recovering = False
+            self.directory.tell(Healthy(self.run_id))
 
     def _handle(self, facts: list[Event]) -> None:
         for _ in range(MAX_CONFLICT_RETRIES):

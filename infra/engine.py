@@ -40,8 +40,9 @@ INBOX_ACK_WAIT = 30.0
 
 
 class Engine:
-    def __init__(self, nc: NATS, *, max_live: int = 512, replicas: int = 1) -> None:
+    def __init__(self, nc: NATS, *, max_live: int = 512, replicas: int = 1, quarantine_retry: float = 30.0) -> None:
         self.nc, self.max_live, self.replicas = nc, max_live, replicas
+        self.quarantine_retry = quarantine_retry
         self.js = nc.jetstream()
         self._tasks: list[asyncio.Task] = []
         self._running = False
@@ -51,7 +52,7 @@ class Engine:
         self.bridge = LoopBridge(asyncio.get_running_loop())
         self.ports = NatsPorts(self.js, self.bridge)
         self.timers = TimerActor.start(self.ports.clock, self.ports.workers)
-        self.directory = RunDirectory.start(self.ports, self.timers, self.max_live)
+        self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
         self.timers.proxy().attach(self.directory).get()
         self.live = self.directory.proxy().live.get()
         self._sub = await self.js.pull_subscribe(
@@ -125,8 +126,8 @@ class Engine:
     def _acker(self, msgs: list[Msg]):
         loop = self.bridge.loop
 
-        def done(ok: bool) -> None:
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_settle(msgs, ok)))
+        def done(ok: bool, retry_in: float = 0.5) -> None:
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_settle(msgs, ok, retry_in)))
 
         return done
 
@@ -166,12 +167,12 @@ async def _quietly(coro) -> None:
         log.debug("ignored during shutdown: %s", err)
 
 
-async def _settle(msgs: list[Msg], ok: bool) -> None:
+async def _settle(msgs: list[Msg], ok: bool, retry_in: float = 0.5) -> None:
     for msg in msgs:
         try:
             if ok:
                 await msg.ack()
             else:
-                await msg.nak(delay=0.5)
+                await msg.nak(delay=retry_in)
         except Exception as err:  # the message will be redelivered after ack_wait
             log.debug("settling inbox message failed: %s", err)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError, ServiceUnavailableError
 
 from dagnats.domain.errors import DagnatsError, InvalidIdentifier
 from dagnats.domain.identifiers import check_identifier
@@ -144,8 +145,19 @@ def stream_configs(replicas: int = 1) -> list[api.StreamConfig]:
 
 async def ensure_resources(js: JetStreamContext, replicas: int = 1) -> None:
     """Create, or bring up to date, every stream and KV bucket the engine uses."""
-    await asyncio.gather(*(_ensure_stream(js, config) for config in stream_configs(replicas)))
-    await asyncio.gather(*(_ensure_bucket(js, bucket, replicas) for bucket in KV_BUCKETS))
+    await asyncio.gather(*(_patiently(_ensure_stream, js, config) for config in stream_configs(replicas)))
+    await asyncio.gather(*(_patiently(_ensure_bucket, js, bucket, replicas) for bucket in KV_BUCKETS))
+
+
+async def _patiently(create, *args, attempts: int = 8) -> None:
+    """Retry what a busy or electing cluster answers late (the JetStream API times out)."""
+    for attempt in range(attempts):
+        try:
+            return await create(*args)
+        except (NatsTimeoutError, ServiceUnavailableError, NoRespondersError):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(0.25 * 2**attempt, 4.0))
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:

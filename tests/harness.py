@@ -17,18 +17,20 @@ from nats.js import api
 
 from dagnats.domain.events import Event, TaskPayload, fact_id, format_timestamp
 from dagnats.infra.api import ControlPlane
-from dagnats.infra.client import Client
+from dagnats.infra.client import Client, EngineUnavailable
 from dagnats.infra.engine import Engine
 from dagnats.infra.resources import TASK_STREAM, inbox_subject
 
 
 class EngineHarness:
-    def __init__(self, url: str, max_live: int = 512, replicas: int = 1) -> None:
+    def __init__(self, url: str, max_live: int = 512, replicas: int = 1, quarantine_retry: float = 30.0) -> None:
         self.url, self.max_live, self.replicas = url, max_live, replicas
+        self.quarantine_retry = quarantine_retry
 
     async def __aenter__(self) -> "EngineHarness":
         self.nc = await nats.connect(self.url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-        self.engine = Engine(self.nc, max_live=self.max_live, replicas=self.replicas)
+        self.engine = Engine(self.nc, max_live=self.max_live, replicas=self.replicas,
+                             quarantine_retry=self.quarantine_retry)
         await self.engine.start()
         self.api = ControlPlane(self.nc, self.engine)
         await self.api.start()
@@ -45,7 +47,7 @@ class EngineHarness:
         wanted = {statuses} if isinstance(statuses, str) else statuses
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            run = await self.client.status(run_id)
+            run = await self._status(run_id, deadline)
             if run["status"] in wanted:
                 return run
             if asyncio.get_running_loop().time() > deadline:
@@ -56,12 +58,23 @@ class EngineHarness:
     async def wait_step(self, run_id: str, step_id: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            run = await self.client.status(run_id)
+            run = await self._status(run_id, deadline)
             if run["steps"][step_id]["status"] == status:
                 return run
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"step {step_id} stayed {run['steps'][step_id]['status']}, wanted {status}")
             await asyncio.sleep(0.02)
+
+
+    async def _status(self, run_id: str, deadline: float) -> dict[str, Any]:
+        """The run's status, asked again while the engine cannot answer (a node lost)."""
+        while True:
+            try:
+                return await self.client.status(run_id)
+            except EngineUnavailable:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
 
 class FakeWorker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 
 from dagnats.domain.events import Event, encode_record, format_timestamp
@@ -318,3 +319,41 @@ def test_a_rebuilt_run_reissues_a_task_that_was_lost(nats_url, run):
 
     attempt, final = run(body())
     assert attempt == 1 and final["output"] == "c"
+
+
+def test_a_poison_run_is_quarantined_while_other_runs_carry_on_and_resumes_once_healed(nats_url, run, caplog):
+    caplog.set_level("ERROR", logger="dagnats.directory")
+
+    async def body():
+        async with EngineHarness(nats_url, quarantine_retry=2.0) as h:
+            await h.client.register(CHAIN3)
+            poison = await h.client.start("chain3", "poison")
+            await h.wait_step(poison, "a", "queued")
+            ports, real_record = h.engine.ports, h.engine.ports.record
+            attempts = []
+
+            def failing_record(run_id, events, expected_seq, msg_id, tasks):
+                if run_id == poison and healed == []:
+                    attempts.append(1)
+                    raise RuntimeError("injected: this run's decisions cannot be stored")
+                return real_record(run_id, events, expected_seq, msg_id, tasks)
+
+            healed: list[int] = []
+            ports.record = failing_record
+            await FakeWorker(h.nc, "ta").complete("a")  # the poison run's fact now crashes its actor
+            healthy = await h.client.start("chain3", "fine")
+            for task in ("ta", "tb", "tc"):
+                await FakeWorker(h.nc, task).complete(task)
+            other = await h.wait_status(healthy, "completed")
+            await asyncio.sleep(3)
+            tries_while_quarantined = len(attempts)
+            healed.append(1)
+            await FakeWorker(h.nc, "tb").complete("b", timeout=15)
+            await FakeWorker(h.nc, "tc").complete("c")
+            return other, tries_while_quarantined, await h.wait_status(poison, "completed", timeout=15)
+
+    other, tries, final = run(body(), timeout=60)
+    assert other["output"] == "tc"
+    assert 5 <= tries <= 8  # five quick tries, then one per retry period, not a hot loop
+    assert final["output"] == "c"
+    assert any("quarantined after 5 crashes" in r.getMessage() for r in caplog.records)
