@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
+import nats
+from nats.errors import TimeoutError as NatsTimeoutError
+
 from dagnats.domain.events import Event, encode_record, format_timestamp
 from dagnats.infra.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
 from dagnats.infra.resources import history_subject
@@ -281,7 +284,7 @@ def test_a_rebuilt_run_does_not_reissue_a_task_whose_result_waits_in_the_inbox(n
             run_id = await h.client.start("chain3")
             await h.wait_step(run_id, "a", "queued")
         # Engine gone. The worker answers meanwhile; its result waits in the inbox.
-        nc = await __import__("nats").connect(nats_url)
+        nc = await nats.connect(nats_url)
         worker = FakeWorker(nc, "ta")
         task, msg = await worker.next()
         await worker.report(task, "step.completed", "a")
@@ -292,7 +295,7 @@ def test_a_rebuilt_run_does_not_reissue_a_task_whose_result_waits_in_the_inbox(n
             await h2.wait_status(run_id, "completed")
             try:
                 extra = await worker.sub.fetch(1, timeout=1.0)
-            except Exception:
+            except NatsTimeoutError:
                 extra = []
         await nc.close()
         return extra
@@ -308,7 +311,7 @@ def test_a_rebuilt_run_reissues_a_task_that_was_lost(nats_url, run):
             run_id = await h.client.start("chain3")
             await h.wait_step(run_id, "a", "queued")
         # Lose the queued task behind the engine's back (as a purge would).
-        nc = await __import__("nats").connect(nats_url)
+        nc = await nats.connect(nats_url)
         await nc.jetstream().purge_stream("TASK_QUEUES")
         await nc.close()
         async with EngineHarness(nats_url) as h2:
