@@ -44,6 +44,7 @@ from nats.js import JetStreamContext, api
 from dagnats.domain.errors import TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.identifiers import check_identifier, is_identifier
 
+from .client import server_list
 from .pull import more_pending
 from .registry import Heartbeat
 from .resources import TASK_STREAM
@@ -165,7 +166,7 @@ class Worker:
         if self._nc is not None:
             raise RuntimeError(f"worker {self.worker_id} is already started")
         self._nc = await nats.connect(
-            self.nats_url,
+            server_list(self.nats_url),
             name=self.worker_id,
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,

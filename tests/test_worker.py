@@ -749,3 +749,22 @@ def test_execution_is_traced_as_a_child_of_the_tasks_traceparent(nats_url, run, 
     assert format(span.parent.span_id, "016x") == TP.split("-")[2]
     assert span.status.status_code == trace.StatusCode.ERROR
     assert inner[0].span_id == span.context.span_id
+
+
+def test_a_worker_takes_a_comma_separated_list_of_servers(nats_url, run):
+    w = Worker(f"{nats_url},nats://127.0.0.1:1", worker_id="w-list")
+
+    @w.task("listed")
+    def listed(ctx: TaskContext) -> str:
+        return "ok"
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_task(js, "listed", "r1")
+            result = await inbox.result()
+        await nc.close()
+        return result
+
+    assert run(body()).payload == "ok"
