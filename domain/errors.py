@@ -126,3 +126,7 @@ class UnsupportedStepType(DagnatsError, ValueError):
     def __init__(self, workflow: str, reason: str) -> None:
         self.workflow = workflow
         super().__init__(f"cannot start workflow {workflow!r}: {reason}")
+
+
+class Unavailable(DagnatsError, ConnectionError):
+    """NATS or the engine did not answer in time; the same request may succeed later."""

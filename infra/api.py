@@ -18,7 +18,8 @@ import jsonschema
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from dagnats.domain import events as ev
 from dagnats.domain.definition import workflow_from_object, workflow_to_object
@@ -125,6 +126,10 @@ class ControlPlane:
             reply = {"error": str(err), "kind": type(err).__name__}
         except msgspec.DecodeError as err:
             reply = {"error": f"request is not valid JSON: {err}", "kind": "DagnatsError"}
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as err:
+            # JetStream is busy or electing a leader (a node lost): worth asking again.
+            reply = {"error": f"NATS did not answer in time ({err.__class__.__name__}); try again",
+                     "kind": "Unavailable"}
         except Exception as err:  # never leave a caller hanging
             log.exception("api %s failed", op)
             reply = {"error": f"internal error: {err}", "kind": "DagnatsError"}

@@ -34,7 +34,7 @@ _ERRORS = {
 }
 
 
-class EngineUnavailable(errs.DagnatsError, ConnectionError):
+class EngineUnavailable(errs.Unavailable):
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
         super().__init__(f"{reason} at {url} (start one with `dagnats serve`, or set --nats-url)")

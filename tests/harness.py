@@ -17,7 +17,8 @@ from nats.js import api
 
 from dagnats.domain.events import Event, TaskPayload, fact_id, format_timestamp
 from dagnats.infra.api import ControlPlane
-from dagnats.infra.client import Client, EngineUnavailable
+from dagnats.domain.errors import Unavailable
+from dagnats.infra.client import Client
 from dagnats.infra.engine import Engine
 from dagnats.infra.resources import TASK_STREAM, inbox_subject
 
@@ -71,7 +72,7 @@ class EngineHarness:
         while True:
             try:
                 return await self.client.status(run_id)
-            except EngineUnavailable:
+            except Unavailable:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.5)

@@ -6,7 +6,7 @@ import asyncio
 
 from dagnats.infra.worker import Worker
 
-from dagnats.infra.client import EngineUnavailable
+from dagnats.domain.errors import Unavailable
 
 from harness import CHAIN3, EngineHarness
 
@@ -17,7 +17,7 @@ async def settled(call, timeout: float = 45.0):
     while True:
         try:
             return await call()
-        except EngineUnavailable:
+        except Unavailable:
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.5)
