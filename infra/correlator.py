@@ -82,7 +82,7 @@ class Correlator:
         except msgspec.DecodeError:
             data = msg.data.decode(errors="replace")
         sent_at = msg.metadata.timestamp if msg.metadata else datetime.now(timezone.utc)
-        for key, raw in await kv_entries(self.waiters, f"{name}.>"):
+        for key, raw in await kv_entries(self.js, WAITERS_BUCKET, f"{name}.>"):
             waiter = _WAITER.decode(raw)
             status = await self.status_of(waiter.run_id)
             if status is None or status in _FINISHED or _expired(waiter, sent_at):

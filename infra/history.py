@@ -95,7 +95,7 @@ class HistoryStore:
 
     async def snapshots(self) -> list[Snapshot]:
         """Every snapshot, read in one pass over the bucket."""
-        return [_SNAPSHOT_DECODER.decode(value) for _, value in await kv_entries(await self.runs_kv(), ">")]
+        return [_SNAPSHOT_DECODER.decode(value) for _, value in await kv_entries(self.js, RUNS_BUCKET, ">")]
 
     async def delete(self, run_id: str) -> None:
         """Remove a run's history and snapshot (the caller checks it is terminal)."""
@@ -104,18 +104,26 @@ class HistoryStore:
         await kv.purge(snapshot_key(run_id))
 
 
-async def kv_entries(kv, pattern: str) -> list[tuple[str, bytes]]:
-    """(key, value) of every live key matching ``pattern``."""
-    # A short inactive threshold: stop() only unsubscribes, and the server would
-    # otherwise keep each read's ephemeral consumer for minutes.
-    watcher = await kv.watch(pattern, ignore_deletes=True, inactive_threshold=2.0)
-    entries = []
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.value:
-                entries.append((entry.key, entry.value))
-    finally:
-        await watcher.stop()
-    return entries
+async def kv_entries(js: JetStreamContext, bucket: str, pattern: str) -> list[tuple[str, bytes]]:
+    """(key, value) of every live key matching ``pattern``.
+
+    Read straight from the bucket's stream, message by message: a KV watch can
+    report "no more entries" before it has delivered them all, and startup
+    recovery must not miss an unfinished run.
+    """
+    stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
+    entries: dict[str, bytes] = {}
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(stream, seq=seq, subject=f"{prefix}{pattern}", next=True)
+        except NotFoundError:
+            break
+        key = msg.subject[len(prefix):]
+        operation = (msg.headers or {}).get("KV-Operation")
+        if operation in ("DEL", "PURGE") or not msg.data:
+            entries.pop(key, None)
+        else:
+            entries[key] = msg.data
+        seq = msg.seq + 1
+    return list(entries.items())
