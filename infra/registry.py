@@ -40,6 +40,7 @@ class Heartbeat:
     def __init__(self, js, worker_id: str, tasks: list[str], groups: list[str]) -> None:
         self.js, self.worker_id, self.tasks, self.groups = js, worker_id, tasks, groups
         self._task: asyncio.Task | None = None
+        self._kv = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._beat(), name=f"heartbeat-{self.worker_id}")
@@ -48,24 +49,25 @@ class Heartbeat:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        try:
-            await (await self.js.key_value(WORKERS_BUCKET)).delete(self.worker_id)
+        if self._kv is None:
+            return
+        try:  # bounded: a stopping worker must not wait on a slow server
+            await asyncio.wait_for(self._kv.delete(self.worker_id), 1.0)
         except Exception as err:  # the key expires by itself anyway
             log.debug("worker %s: could not remove its record: %s", self.worker_id, err)
 
     async def _beat(self) -> None:
-        kv = None
         while True:
             try:
-                kv = kv or await self.js.key_value(WORKERS_BUCKET)
+                self._kv = self._kv or await self.js.key_value(WORKERS_BUCKET)
                 record = WorkerRecord(self.worker_id, self.tasks, self.groups, os.getpid(), socket.gethostname(),
                                       format_timestamp(datetime.now(timezone.utc)))
-                await kv.put(self.worker_id, msgspec.json.encode(record))
+                await self._kv.put(self.worker_id, msgspec.json.encode(record))
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # no bucket yet (engine not started), reconnecting, ...
                 log.debug("worker %s heartbeat failed: %s", self.worker_id, err)
-                kv = None
+                self._kv = None
             await asyncio.sleep(HEARTBEAT)
 
 

@@ -703,12 +703,12 @@ def test_run_drains_on_sigterm_and_exits_cleanly(nats_url, run, tmp_path):
         assert (await inbox.next(timeout=15)).type == "step.started"
         proc.send_signal(signal.SIGTERM)
         result = await inbox.result(timeout=10)
-        code = await asyncio.to_thread(proc.wait, 10)
+        code = await asyncio.to_thread(proc.wait, 20)  # generous: CI machines are loaded
         await nc.close()
         return result, code
 
     try:
-        result, code = run(body())
+        result, code = run(body(), timeout=60)
     finally:
         proc.kill()
         proc.wait()
