@@ -106,7 +106,7 @@ def test_async_context_manager_starts_and_stops(tmp_path, run):
 def test_three_node_cluster_takes_a_replicated_stream(cluster3, run, publish_retrying):
     async def body():
         nc = await nats.connect(cluster3[0].url)
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=20)  # a loaded machine can take seconds to place an R3 stream
         await js.add_stream(api.StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3))
         ack = await publish_retrying(js, "r3.x", b"replicated")
         info = await js.stream_info("R3")
