@@ -48,7 +48,9 @@ class Heartbeat:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # Bounded: a put in flight may not finish promptly on cancellation, and a
+            # stopping worker must exit (seen: SIGTERM drained, then the process hung).
+            await asyncio.wait([self._task], timeout=1.0)
         if self._kv is None:
             return
         try:  # bounded: a stopping worker must not wait on a slow server

@@ -394,6 +394,8 @@ class _Slots:
 
     async def take(self, most: int) -> int:
         """Wait for one free slot, then take up to ``most``; 0 once closed."""
+        if self._closed:
+            return 0
         granted = 0
         if self._waiters or not self.free:
             waiter = asyncio.get_running_loop().create_future()
