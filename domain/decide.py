@@ -81,9 +81,9 @@ class Decision:
 
     # ---- dispatch ------------------------------------------------------------------
 
-    def dispatch(self, step: StepDef, attempt: int, data: Any) -> None:
+    def dispatch(self, step: StepDef, attempt: int, data: Any, sticky: bool = True) -> None:
         self.append(ev.STEP_QUEUED, step.id, attempt, {"task": step.task, "input": data})
-        task = self.task_for(step, attempt, data)
+        task = self.task_for(step, attempt, data, sticky)
         self.actions.append(task)
         if task.group.startswith("sticky-") and self.defn.sticky == "soft":
             self.actions.append(sticky_fallback_timer(step.id, attempt, self.after(STICKY_FALLBACK_NS)))
@@ -211,8 +211,7 @@ class Decision:
                     event_id=f"{step.id}.{state.attempts}.worker_lost")
         self.append(ev.STEP_RETRY_SCHEDULED, step.id, state.attempts,
                     {"retry_at": self.stamp, "delay_ms": 0, "error": error})
-        self.append(ev.STEP_QUEUED, step.id, state.attempts + 1, {"task": step.task, "input": state.input})
-        self.actions.append(self.task_for(step, state.attempts + 1, state.input, sticky=False))
+        self.dispatch(step, state.attempts + 1, state.input, sticky=False)
 
     # ---- on_failure ----------------------------------------------------------------
 

@@ -22,19 +22,16 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _run_header(run: dict[str, Any], *optional: tuple[str, str]) -> list[str]:
+    """``Run:/Workflow:/Status:`` then each (label, key) the view has a value for."""
+    lines = [f"Run:      {run['run_id']}", f"Workflow: {run['workflow']}", f"Status:   {run['status']}"]
+    lines += [f"{label + ':':<10}{run[key]}" for label, key in optional if run.get(key)]
+    return lines
+
+
 def run_status(run: dict[str, Any]) -> str:
-    lines = [
-        f"Run:      {run['run_id']}",
-        f"Workflow: {run['workflow']}",
-        f"Status:   {run['status']}",
-        f"Created:  {run.get('created_at') or '-'}",
-    ]
-    if run.get("completed_at"):
-        lines.append(f"Finished: {run['completed_at']}")
-    if run.get("error"):
-        lines.append(f"Error:    {run['error']}")
-    if run.get("trace_id"):
-        lines.append(f"Trace:    {run['trace_id']}")
+    lines = _run_header(run, ("Finished", "completed_at"), ("Error", "error"), ("Trace", "trace_id"))
+    lines.insert(3, f"Created:  {run.get('created_at') or '-'}")
     lines.append("Steps:")
     rows = []
     for step_id, s in run["steps"].items():
@@ -46,15 +43,7 @@ def run_status(run: dict[str, Any]) -> str:
 
 
 def inspect(view: dict[str, Any]) -> str:
-    lines = [
-        f"Run:      {view['run_id']}",
-        f"Workflow: {view['workflow']}",
-        f"Status:   {view['status']}",
-    ]
-    if view.get("deadline"):
-        lines.append(f"Deadline: {view['deadline']}")
-    if view.get("error"):
-        lines.append(f"Error:    {view['error']}")
+    lines = _run_header(view, ("Deadline", "deadline"), ("Error", "error"))
     lines.append("")
     rows = [
         (sid, s["status"], s["attempts"], _secs(s.get("queue_seconds")), _secs(s.get("exec_seconds")),

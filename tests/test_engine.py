@@ -275,14 +275,20 @@ def test_a_fact_with_a_malformed_timestamp_does_not_poison_the_run(nats_url, run
     assert final["output"] == "c"
 
 
+async def _queued_run_left_behind(nats_url: str) -> str:
+    """A chain3 run whose first task is queued when its engine goes away."""
+    async with EngineHarness(nats_url) as h:
+        await h.client.register(CHAIN3)
+        run_id = await h.client.start("chain3")
+        await h.wait_step(run_id, "a", "queued")
+    return run_id
+
+
 def test_a_rebuilt_run_does_not_reissue_a_task_whose_result_waits_in_the_inbox(nats_url, run):
     """Recovery publishes again only tasks that are neither queued nor answered."""
 
     async def body():
-        async with EngineHarness(nats_url) as h:
-            await h.client.register(CHAIN3)
-            run_id = await h.client.start("chain3")
-            await h.wait_step(run_id, "a", "queued")
+        run_id = await _queued_run_left_behind(nats_url)
         # Engine gone. The worker answers meanwhile; its result waits in the inbox.
         nc = await nats.connect(nats_url)
         worker = FakeWorker(nc, "ta")
@@ -306,10 +312,7 @@ def test_a_rebuilt_run_does_not_reissue_a_task_whose_result_waits_in_the_inbox(n
 
 def test_a_rebuilt_run_reissues_a_task_that_was_lost(nats_url, run):
     async def body():
-        async with EngineHarness(nats_url) as h:
-            await h.client.register(CHAIN3)
-            run_id = await h.client.start("chain3")
-            await h.wait_step(run_id, "a", "queued")
+        run_id = await _queued_run_left_behind(nats_url)
         # Lose the queued task behind the engine's back (as a purge would).
         nc = await nats.connect(nats_url)
         await nc.jetstream().purge_stream("TASK_QUEUES")
