@@ -49,7 +49,7 @@ class Correlator:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait([self._task], timeout=2.0)
         try:
             await self._sub.unsubscribe()
         except Exception as err:  # shutting down

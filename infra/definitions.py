@@ -39,7 +39,7 @@ class Definitions:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait([self._task], timeout=2.0)
         try:
             await self._watcher.stop()
         except Exception as err:  # shutting down

@@ -69,7 +69,8 @@ class Engine:
         self._running = False
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a nats-py call may not end promptly when cancelled
+            await asyncio.wait(self._tasks, timeout=2.0)
         self._tasks.clear()
         await _quietly(self._sub.unsubscribe())
         # Actors block on the loop; stop them from a thread so the loop keeps serving them.

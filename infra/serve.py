@@ -56,16 +56,23 @@ async def serve(url: str, data_dir: Path | None, external: bool, max_live: int =
         await stop.wait()
         _say("shutting down")
     finally:
-        await api.stop()
-        await engine.stop()
-        try:
-            await nc.drain()
-        except Exception as err:  # a slow drain must not keep the process alive
-            log.warning("NATS drain did not finish: %s", err)
-            await nc.close()
+        # Every step is bounded: a shutdown must end even if NATS stops answering.
+        await _bounded(api.stop(), 8, "control plane")
+        await _bounded(engine.stop(), 25, "engine")
+        if not await _bounded(nc.drain(), 5, "NATS drain"):
+            await _bounded(nc.close(), 2, "NATS close")
         if server is not None:
             await server.stop()
         _say("stopped")
+
+
+async def _bounded(step, seconds: float, what: str) -> bool:
+    try:
+        await asyncio.wait_for(step, seconds)
+        return True
+    except Exception as err:  # including a timeout: log it and carry on shutting down
+        log.warning("%s did not stop cleanly: %s", what, err.__class__.__name__)
+        return False
 
 
 async def _reachable(url: str) -> None:
