@@ -1,31 +1,33 @@
 """RunDirectory: routes facts to run actors, starting, supervising and
 passivating them.
 
-Theory of operation: the directory is the only sender to run actors, so a
-run actor whose inbox is empty is idle. Deliveries for a run start its
-actor on demand (the actor rebuilds itself from snapshot + history). Live
-actors are bounded: beyond ``max_live`` the least recently used idle actor
-is passivated (it snapshots and stops; each pykka actor is a thread).
-While an actor passivates, deliveries for its run wait in the directory and
-go to a fresh actor once it has stopped, so one process never runs two
-actors for the same run. A crashed actor is dropped; the next delivery
-rebuilds it from history. A run whose actor keeps crashing (a poison run)
-is quarantined: after ``QUARANTINE_AFTER`` crashes in a row its facts are
-redelivered only every ``QUARANTINE_RETRY`` seconds — kept, not lost, and
-not spinning the engine — until one is handled.
+Theory of operation: the directory is the only sender to run actors.
+Deliveries for a run start its actor on demand (the actor rebuilds itself
+from snapshot + history). Live actors are bounded: beyond ``max_live`` the
+least recently used actor is asked to passivate (it handles what is already
+in its inbox, snapshots and stops; each pykka actor is a thread), and a run
+that ended passivates at once. While an actor passivates, deliveries for its
+run wait in the directory and go to a fresh actor once it has stopped, so
+one process never runs two actors for the same run.
+
+A fired timer of a run that ended is dropped here: a finished run's actor is
+not started again for it. A crashed actor is dropped; the next delivery
+rebuilds it from history. A run whose actor keeps crashing (a poison run) is
+quarantined: after ``QUARANTINE_AFTER`` crashes in a row its facts are
+redelivered only every ``quarantine_retry`` seconds (by the injected clock)
+— kept, not lost, and not spinning the engine — until one is handled.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import OrderedDict
 from typing import Any
 
 import pykka
 
-from dagnats.domain.events import WORKFLOW_STARTED
+from dagnats.domain.events import TimerFired, WorkflowStarted
 
 from .messages import Crashed, Deliver, Healthy, LiveCount, Passivate, Passivated, Recover
 from .ports import Ports
@@ -34,6 +36,8 @@ from .run import RunActor
 log = logging.getLogger("dagnats.directory")
 QUARANTINE_AFTER = 5
 QUARANTINE_RETRY = 30.0
+# How many ended runs the directory remembers, to drop their late timer fires.
+FINISHED_MEMORY = 10_000
 
 
 class RunDirectory(pykka.ThreadingActor):
@@ -47,9 +51,8 @@ class RunDirectory(pykka.ThreadingActor):
         self.actors: OrderedDict[str, pykka.ActorRef] = OrderedDict()
         self.passivating: dict[str, list[Any]] = {}
         self.crashes: dict[str, int] = {}
+        self.finished: OrderedDict[str, None] = OrderedDict()
         self._next_try: dict[str, float] = {}
-        # run_id -> (state, last_seq), written by run actors, read by the API.
-        self.live: dict[str, tuple] = {}
 
     def on_start(self) -> None:
         threading.current_thread().name = "RunDirectory"
@@ -60,13 +63,9 @@ class RunDirectory(pykka.ThreadingActor):
         elif isinstance(message, Passivate):
             self._passivate(message.run_id)
         elif isinstance(message, Passivated):
-            self._passivated(message.run_id)
+            self._passivated(message)
         elif isinstance(message, Crashed):
-            self.actors.pop(message.run_id, None)
-            count = self.crashes[message.run_id] = self.crashes.get(message.run_id, 0) + 1
-            if count == QUARANTINE_AFTER:
-                log.error("run %s quarantined after %d crashes (last: %s); its facts wait %gs between tries",
-                          message.run_id, count, message.error, self.quarantine_retry)
+            self._crashed(message)
         elif isinstance(message, Healthy):
             self.crashes.pop(message.run_id, None)
             self._next_try.pop(message.run_id, None)
@@ -80,6 +79,9 @@ class RunDirectory(pykka.ThreadingActor):
 
     def _route(self, message: Deliver | Recover) -> None:
         run_id = message.run_id
+        if isinstance(message, Deliver) and run_id in self.finished and _only_timers(message):
+            message.done(True)  # the run ended: nothing waits on its timers any more
+            return
         if self.crashes.get(run_id, 0) >= QUARANTINE_AFTER and self._held_back(message):
             return
         if run_id in self.passivating:
@@ -94,7 +96,7 @@ class RunDirectory(pykka.ThreadingActor):
 
     def _held_back(self, message: Deliver | Recover) -> bool:
         """Quarantine: one try per retry period; the other deliveries wait in the inbox."""
-        now = time.monotonic()
+        now = self.ports.clock.monotonic()
         if now >= self._next_try.get(message.run_id, 0.0):
             self._next_try[message.run_id] = now + self.quarantine_retry
             return False
@@ -104,21 +106,16 @@ class RunDirectory(pykka.ThreadingActor):
 
     def _start(self, run_id: str, fresh: bool = False) -> pykka.ActorRef:
         recovering = run_id in self.crashes
-        ref = RunActor.start(run_id, self.ports, self.actor_ref, self.timers, self.live, fresh, recovering)
+        ref = RunActor.start(run_id, self.ports, self.actor_ref, self.timers, fresh, recovering)
         self.actors[run_id] = ref
-        self._evict_idle()
+        self._evict_lru()
         return ref
 
-    def _evict_idle(self) -> None:
-        excess = len(self.actors) - self.max_live
-        if excess <= 0:
-            return
-        for run_id, ref in list(self.actors.items())[:-1]:
-            if excess <= 0:
-                break
-            if ref.actor_inbox.empty():
-                self._passivate(run_id)
-                excess -= 1
+    def _evict_lru(self) -> None:
+        # A busy actor handles what it has first: Passivate queues behind it.
+        while len(self.actors) > self.max_live:
+            run_id = next(iter(self.actors))
+            self._passivate(run_id)
 
     def _passivate(self, run_id: str) -> None:
         ref = self.actors.pop(run_id, None)
@@ -127,12 +124,26 @@ class RunDirectory(pykka.ThreadingActor):
         self.passivating[run_id] = []
         ref.tell(Passivate(run_id))
 
-    def _passivated(self, run_id: str) -> None:
-        waiting = self.passivating.pop(run_id, [])
-        for message in waiting:
-            self._route(message)
+    def _passivated(self, message: Passivated) -> None:
+        if message.terminal:
+            self.finished[message.run_id] = None
+            while len(self.finished) > FINISHED_MEMORY:
+                self.finished.popitem(last=False)
+        for waiting in self.passivating.pop(message.run_id, []):
+            self._route(waiting)
+
+    def _crashed(self, message: Crashed) -> None:
+        self.actors.pop(message.run_id, None)
+        count = self.crashes[message.run_id] = self.crashes.get(message.run_id, 0) + 1
+        if count == QUARANTINE_AFTER:
+            log.error("run %s quarantined after %d crashes (last: %s); its facts wait %gs between tries",
+                      message.run_id, count, message.error, self.quarantine_retry)
 
 
 def _starts_run(message: Deliver | Recover) -> bool:
     """A delivery that opens with the run's start request (nothing to load yet)."""
-    return isinstance(message, Deliver) and bool(message.events) and message.events[0].type == WORKFLOW_STARTED
+    return isinstance(message, Deliver) and bool(message.events) and isinstance(message.events[0], WorkflowStarted)
+
+
+def _only_timers(message: Deliver) -> bool:
+    return all(isinstance(event, TimerFired) for event in message.events)

@@ -41,6 +41,7 @@ class Passivate:
 @dataclass(frozen=True, slots=True)
 class Passivated:
     run_id: str
+    terminal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,14 @@ class ArmTimer:
     run_id: str
     timer: StartTimer
     trace_parent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DisarmTimer:
+    """The run no longer waits on this timer: if it fires, nothing is delivered."""
+
+    run_id: str
+    timer_id: str
 
 
 @dataclass(frozen=True, slots=True)

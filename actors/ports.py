@@ -10,20 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Callable, Protocol
 
-from dagnats.domain.actions import EnqueueTask
+from dagnats.domain.actions import DropTask, EnqueueTask
+from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event
 from dagnats.domain.state import WorkflowRun
 
-
-class WrongLastSequence(Exception):
-    """Someone else appended to the run's history: refold and decide again.
-
-    ``duplicate``: the store already holds a record under this message id.
-    """
-
-    def __init__(self, message: str, duplicate: bool = False) -> None:
-        super().__init__(message)
-        self.duplicate = duplicate
+__all__ = ["Clock", "HistoryPort", "Ports", "StatePort", "TaskPort", "WorkerLiveness", "WrongLastSequence"]
 
 
 class HistoryPort(Protocol):
@@ -33,8 +25,8 @@ class HistoryPort(Protocol):
     def read_after(self, run_id: str, after_seq: int) -> list[tuple[int, list[Event]]]:
         """Records of the run's history after ``after_seq``, with their sequences."""
 
-    def append(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str) -> int:
-        """Append one record; returns its sequence or raises WrongLastSequence."""
+    def append(self, run_id: str, record: bytes, expected_seq: int, msg_id: str) -> int:
+        """Append one encoded record; returns its sequence or raises WrongLastSequence."""
 
     def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool) -> None:
         """Cache the state in KV (a cache: never ahead of history)."""
@@ -42,11 +34,16 @@ class HistoryPort(Protocol):
 
 class TaskPort(Protocol):
     def enqueue(self, tasks: list[EnqueueTask]) -> None:
-        """Publish tasks and wait until each is stored."""
+        """Re-issue tasks of a rebuilt run that are neither queued nor answered."""
+
+    def drop(self, drops: list[DropTask]) -> None:
+        """Delete still-queued tasks of attempts the run has moved past."""
 
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
+
+    def monotonic(self) -> float: ...
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None: ...
 
@@ -56,13 +53,28 @@ class WorkerLiveness(Protocol):
         """Whether the worker has been heard from in the last few seconds."""
 
 
+class StatePort(Protocol):
+    """Where a live run's state is published for readers (the owned read model)."""
+
+    def publish(self, run: WorkflowRun, last_seq: int, recorded: list[Event]) -> None:
+        """The state after ``last_seq``; ``recorded``: the events that record just added
+        (announced to whoever waits on the run)."""
+
+    def forget(self, run_id: str) -> None:
+        """The run's actor stopped: readers go to the stored history."""
+
+
 class Ports(Protocol):
     history: HistoryPort
     tasks: TaskPort
     clock: Clock
     workers: WorkerLiveness
+    state: StatePort
+    # The largest encoded history record (and task) the server takes.
+    max_record_bytes: int
 
-    def record(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str,
+    def record(self, run_id: str, events: list[Event], body: bytes, expected_seq: int, msg_id: str,
                tasks: list[EnqueueTask]) -> int:
-        """Append one record and publish its tasks concurrently; the record's sequence
-        (raises WrongLastSequence, after the tasks went out)."""
+        """Append one record (``events``, encoded as ``body``) and publish its tasks
+        concurrently; the record's sequence (raises WrongLastSequence, after the tasks
+        went out)."""

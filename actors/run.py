@@ -4,12 +4,24 @@ Theory of operation: on start the actor loads the run's snapshot plus the
 history after it, then calls ``recover`` so whatever the run waits on
 (queued tasks, timers) is asked for again — publishes are deduplicated by
 deterministic ids, so this is harmless when nothing was lost. For each
-delivery it folds and decides every fact (skipping facts that change
-nothing), appends the facts and decisions as ONE history record with the
-expected last sequence, then publishes tasks and arms timers, and only then
-lets the shell acknowledge the inbox messages. A failed expectation means
-another writer moved the history: the actor refolds the tail and decides
-again from the new state.
+delivery it folds and decides every fact, appends the facts and their
+decisions as ONE history record with the expected last sequence, then
+publishes tasks, arms and cancels timers, publishes its state for readers,
+and only then lets the shell acknowledge the inbox messages. A failed
+expectation means another writer moved the history: the actor refolds the
+tail and decides again from the new state.
+
+Compute, one conditional write, adopt: ``_plan`` computes the records and
+their effects from the current state without touching anything; ``_write``
+appends them; only an append that succeeded changes ``self.run``.
+
+A fact that changes nothing and leads to no decision (a liveness check
+that found the worker alive) is not recorded; the timer it re-arms still is
+armed. A record never exceeds the server's max payload:
+facts go into several records when one would be too large, and a fact too
+large to record at all is replaced (an output too large to keep fails its
+step) or dropped with an error in the log — it never blocks the run's other
+facts.
 
 The record and the tasks it dispatches are published together, not one
 after the other: a task whose record then fails (a conflict) is dispatched
@@ -21,108 +33,201 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
 
-from dagnats.domain.actions import Action, AppendEvent, EnqueueTask, StartTimer
-from dagnats.domain.decide import evolve, recover
-from dagnats.domain.events import Event
+from dagnats.domain.actions import Action, AppendEvent, CancelTimer, DropTask, EnqueueTask, StartTimer
+from dagnats.domain.decide import evolve, recover, unrecordable
+from dagnats.domain.errors import WrongLastSequence
+from dagnats.domain.events import Event, encode_event
 from dagnats.domain.fold import fold
 from dagnats.domain.state import WorkflowRun, new_run
 
-from .messages import ArmTimer, Crashed, Deliver, Healthy, Passivate, Passivated, Recover
-from .ports import Ports, WrongLastSequence
+from .messages import ArmTimer, Crashed, Deliver, DisarmTimer, Healthy, Passivate, Passivated
+from .ports import Ports
 
 log = logging.getLogger("dagnats.run")
 MAX_CONFLICT_RETRIES = 8
 
 
+@dataclass
+class Record:
+    """Events to append together, the effects that follow, and the state after them."""
+
+    events: list[Event]
+    parts: list[bytes]
+    actions: list[Action]
+    run: WorkflowRun
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self.parts) + len(self.parts) + 1
+
+    def body(self) -> bytes:
+        return b"[" + b",".join(self.parts) + b"]"
+
+
+@dataclass
+class Plan:
+    records: list[Record] = field(default_factory=list)
+    # Effects of facts that are recorded nowhere (they changed nothing).
+    loose: list[Action] = field(default_factory=list)
+
+
 class RunActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
-    def __init__(self, run_id: str, ports: Ports, directory: Any, timers: Any, live: dict,
+    def __init__(self, run_id: str, ports: Ports, directory: Any, timers: Any,
                  fresh: bool = False, recovering: bool = False) -> None:
         super().__init__()
         self.run_id, self.fresh, self.recovering = run_id, fresh, recovering
-        self.ports, self.directory, self.timers, self.live = ports, directory, timers, live
+        self.ports, self.directory, self.timers = ports, directory, timers
         self.run: WorkflowRun = new_run(run_id)
         self.last_seq = 0
+        self.loaded = fresh
+        self.crashed = False
 
     # ---- lifecycle -------------------------------------------------------------
 
     def on_start(self) -> None:
         threading.current_thread().name = f"RunActor-{self.run_id}"
-        if self.fresh:
-            # A start request: skip the reads. Were the run not new after all (a
-            # redelivered start), the append expecting an empty history fails and
-            # the actor refolds what is there.
-            return
-        loaded, self.last_seq = self.ports.history.load(self.run_id)
-        if loaded is not None:
-            self.run = loaded
-            self._publish_state()
-            self._reissue()
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Deliver):
-            self._deliver(message)
-        elif isinstance(message, Recover):
-            pass  # on_start already re-issued what the run waits on
-        elif isinstance(message, Passivate):
-            self._passivate()
+        if self.crashed:
+            # Crashed, stopping: what was queued behind the failure goes back to the inbox.
+            if isinstance(message, Deliver):
+                message.done(False)
+            return None
+        try:
+            self._load()
+            if isinstance(message, Deliver):
+                self._deliver(message)
+            elif isinstance(message, Passivate):
+                self._passivate()
+        except Exception as err:  # noqa: BLE001 - supervised: the directory rebuilds the run from history
+            if isinstance(message, Deliver):
+                message.done(False)
+            self._crash(err)
         return None
 
-    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        log.error("run %s: actor crashed: %s", self.run_id, exception_value)
-        self.live.pop(self.run_id, None)
-        self._redeliver_pending()
-        self.directory.tell(Crashed(self.run_id, repr(exception_value)))
+    def _load(self) -> None:
+        """Rebuild from snapshot + history and re-issue what the run waits on (once).
+
+        A fresh actor (a start request) skips the reads: were the run not new after
+        all (a redelivered start), the append expecting an empty history fails and
+        the actor refolds what is there.
+        """
+        if self.loaded:
+            return
+        loaded, self.last_seq = self.ports.history.load(self.run_id)
+        self.loaded = True
+        if loaded is not None:
+            self.run = loaded
+            self.ports.state.publish(self.run, self.last_seq, [])
+            self._reissue()
+
+    def _crash(self, err: Exception) -> None:
+        log.error("run %s: actor crashed: %s", self.run_id, err, exc_info=err)
+        self.crashed = True
+        self.ports.state.forget(self.run_id)
+        self.directory.tell(Crashed(self.run_id, repr(err)))
+        self.stop()  # queued behind what is already in the inbox, which goes back first
 
     # ---- deliveries ---------------------------------------------------------------
 
     def _deliver(self, message: Deliver) -> None:
-        try:
-            self._handle(list(message.events))
-        except BaseException:
-            message.done(False)
-            raise
+        self._handle(list(message.events))
         message.done(True)
         if self.recovering:
             self.recovering = False
             self.directory.tell(Healthy(self.run_id))
+        if self.run.is_terminal:
+            self.directory.tell(Passivate(self.run_id))
 
     def _handle(self, facts: list[Event]) -> None:
         for _ in range(MAX_CONFLICT_RETRIES):
-            now = self.ports.clock.now()
-            run, record, actions = self.run, [], []
-            for fact in facts:
-                updated, decided = evolve(run, fact, now)
-                if updated is run and not decided:
-                    continue
-                record.append(fact)
-                record.extend(a.event for a in decided if isinstance(a, AppendEvent))
-                actions.extend(decided)
-                run = updated
-            if not record:
+            if self._write(self._plan(facts)):
                 return
-            tasks = [a for a in actions if isinstance(a, EnqueueTask)]
+        raise RuntimeError(f"run {self.run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicting appends")
+
+    def _plan(self, facts: list[Event]) -> Plan:
+        """Compute the records ``facts`` lead to from the current state; touches nothing."""
+        now, limit = self.ports.clock.now(), self.ports.max_record_bytes
+        plan, run = Plan(), self.run
+        for fact in facts:
+            record = self._evolve(run, fact, now)
+            if record is None:
+                continue
+            if record.size > limit:
+                record = self._instead_of_too_large(run, fact, record, now)
+                if record is None:
+                    continue
+            if not record.events:
+                plan.loose += record.actions
+                continue
+            last = plan.records[-1] if plan.records else None
+            if last is not None and last.size + record.size <= limit:
+                last.events += record.events
+                last.parts += record.parts
+                last.actions += record.actions
+                last.run = record.run
+            else:
+                plan.records.append(record)
+            run = record.run
+        return plan
+
+    def _evolve(self, run: WorkflowRun, fact: Event, now: Any) -> Record | None:
+        updated, decided = evolve(run, fact, now, self.ports.max_record_bytes)
+        appended = [a.event for a in decided if isinstance(a, AppendEvent)]
+        if updated is run and not appended and not any(isinstance(a, EnqueueTask) for a in decided):
+            # Nothing to record: at most a timer to arm again (a liveness check that passed).
+            return Record([], [], decided, run) if decided else None
+        events = [fact, *appended]
+        return Record(events, [encode_event(e) for e in events], decided, updated)
+
+    def _instead_of_too_large(self, run: WorkflowRun, fact: Event, record: Record, now: Any) -> Record | None:
+        limit = self.ports.max_record_bytes
+        substitute = unrecordable(fact, record.size, limit)
+        replaced = self._evolve(run, substitute, now) if substitute is not None else None
+        if replaced is None or replaced.size > limit:
+            log.error("run %s: dropping %s %s: its record would be %d bytes, over the limit of %d",
+                      self.run_id, fact.type, fact.id, record.size, limit)
+            return None
+        log.warning("run %s: %s %s is too large to record (%d bytes); recorded %s instead",
+                    self.run_id, fact.type, fact.id, record.size, replaced.events[0].type)
+        return replaced
+
+    def _write(self, plan: Plan) -> bool:
+        """Append the planned records in order; False if the history moved (plan again)."""
+        for record in plan.records:
+            tasks = [a for a in record.actions if isinstance(a, EnqueueTask)]
+            msg_id = f"{self.run_id}.{record.events[0].id}"
             try:
-                seq = self.ports.record(self.run_id, record, self.last_seq, f"{self.run_id}.{record[0].id}", tasks)
+                seq = self.ports.record(self.run_id, record.events, record.body(), self.last_seq, msg_id, tasks)
             except WrongLastSequence as conflict:
                 log.info("run %s: history moved past %d; refolding", self.run_id, self.last_seq)
                 if not self._refold() and conflict.duplicate:
                     # Nothing new, yet the id is taken: these facts were recorded long ago.
-                    log.warning("run %s: dropping facts already recorded under %s", self.run_id, record[0].id)
-                    return
-                continue
-            first_record = self.last_seq == 0
-            self.run, self.last_seq = run, seq
-            self._arm(actions)
-            self._publish_state()
-            self._after_append(first_record)
-            return
-        raise RuntimeError(f"run {self.run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicting appends")
+                    log.warning("run %s: dropping facts already recorded under %s", self.run_id, msg_id)
+                    return True
+                return False
+            self._adopt(record, seq)
+        self._effects(plan.loose)
+        return True
+
+    def _adopt(self, record: Record, seq: int) -> None:
+        first_record = self.last_seq == 0
+        self.run, self.last_seq = record.run, seq
+        self._effects([a for a in record.actions if not isinstance(a, EnqueueTask)])
+        self.ports.state.publish(self.run, seq, record.events)
+        if self.run.is_terminal:
+            # Not awaited: the history already holds the outcome; the snapshot is a cache.
+            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
+        elif first_record:
+            # The snapshot index lists every run; written once at start, not per step.
+            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
 
     def _refold(self, reissue: bool = True) -> int:
         """Fold the records appended since ``last_seq``; how many there were."""
@@ -131,62 +236,49 @@ class RunActor(pykka.ThreadingActor):
             for event in events:
                 self.run = fold(self.run, event)
             self.last_seq = seq
+        if records:
+            self.ports.state.publish(self.run, self.last_seq, [e for _, events in records for e in events])
         if reissue:
             self._reissue()
         return len(records)
 
     def _reissue(self) -> None:
         """Append what ``recover`` decides and re-publish what the run waits on."""
-        actions = recover(self.run, self.ports.clock.now())
+        actions = recover(self.run, self.ports.clock.now(), self.ports.max_record_bytes)
         decisions = [a.event for a in actions if isinstance(a, AppendEvent)]
         if decisions:
+            body = b"[" + b",".join(encode_event(e) for e in decisions) + b"]"
             try:
-                seq = self.ports.history.append(self.run_id, decisions, self.last_seq, f"{self.run_id}.{decisions[0].id}")
+                seq = self.ports.history.append(self.run_id, body, self.last_seq, f"{self.run_id}.{decisions[0].id}")
             except WrongLastSequence:
                 self._refold(reissue=False)  # the next delivery decides from the new state
                 return
             for event in decisions:
                 self.run = fold(self.run, event)
             self.last_seq = seq
-        self._effects(actions)
-
-    def _effects(self, actions: list[Action]) -> None:
+            self.ports.state.publish(self.run, seq, decisions)
         tasks = [a for a in actions if isinstance(a, EnqueueTask)]
         if tasks:
             self.ports.tasks.enqueue(tasks)
-        self._arm(actions)
+        self._effects(actions)
 
-    def _arm(self, actions: list[Action]) -> None:
+    def _effects(self, actions: list[Action]) -> None:
+        """Timers to arm or cancel, superseded tasks to drop (tasks go with their record)."""
+        drops = [a for a in actions if isinstance(a, DropTask)]
+        if drops:
+            self.ports.tasks.drop(drops)
         for action in actions:
             if isinstance(action, StartTimer):
                 self.timers.tell(ArmTimer(self.run_id, action, self.run.trace_parent))
-
-    def _after_append(self, first_record: bool) -> None:
-        if self.run.is_terminal:
-            # Not awaited: the history already holds the outcome; the snapshot is a cache.
-            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
-            self.directory.tell(Passivate(self.run_id))
-        elif first_record:
-            # The snapshot index lists every run; written once at start, not per step.
-            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
+            elif isinstance(action, CancelTimer):
+                self.timers.tell(DisarmTimer(self.run_id, action.timer_id))
 
     # ---- passivation -----------------------------------------------------------------
 
     def _passivate(self) -> None:
         if not self.run.is_terminal and self.last_seq:
             self.ports.history.save_snapshot(self.run, self.last_seq, wait=True)
-        self.live.pop(self.run_id, None)
-        self.directory.tell(Passivated(self.run_id))
+        self.ports.state.forget(self.run_id)
+        self.directory.tell(Passivated(self.run_id, self.run.is_terminal))
         self.stop()
 
-    def _publish_state(self) -> None:
-        # Readers (the API) take the latest frozen state without asking the actor.
-        self.live[self.run_id] = (self.run, self.last_seq)
-
-    def _redeliver_pending(self) -> None:
-        inbox = self.actor_inbox
-        while not inbox.empty():
-            envelope = inbox.get_nowait()
-            message = getattr(envelope, "message", None)
-            if isinstance(message, Deliver):
-                message.done(False)

@@ -3,8 +3,9 @@
 Timers are durable because the run's history holds them: a retry's due
 time and an attempt's start are folded state, so rebuilding a run re-arms
 every timer it waits on (``domain.timers.wanted_timers``). This actor keeps
-the in-process schedule, arms each (run, timer) once, and hands due timers
-to the directory as ordinary facts; ``decide`` ignores a fire that no
+the in-process schedule, arms each (run, timer) once, forgets a timer the
+run no longer waits on (``DisarmTimer``: its fire is dropped), and hands due
+timers to the directory as ordinary facts; ``decide`` ignores a fire that no
 longer matches the run (a duplicate, or a step that moved on).
 """
 
@@ -15,9 +16,9 @@ from typing import Any
 
 import pykka
 
-from dagnats.domain.events import TIMER_FIRED, Event, format_timestamp, parse_timestamp
+from dagnats.domain.events import TimerFire, TimerFired, format_timestamp, parse_timestamp
 
-from .messages import ArmTimer, Deliver, TimerDue
+from .messages import ArmTimer, Deliver, DisarmTimer, TimerDue
 from .ports import Clock, WorkerLiveness
 
 
@@ -28,7 +29,7 @@ class TimerActor(pykka.ThreadingActor):
         super().__init__()
         self.clock, self.workers = clock, workers
         self.directory: Any = None
-        self.armed: set[tuple[str, str]] = set()
+        self.armed: dict[tuple[str, str], str] = {}  # (run, timer id) -> due
 
     def on_start(self) -> None:
         threading.current_thread().name = "TimerActor"
@@ -39,34 +40,43 @@ class TimerActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ArmTimer):
             self._arm(message)
+        elif isinstance(message, DisarmTimer):
+            self.armed.pop((message.run_id, message.timer_id), None)
         elif isinstance(message, TimerDue):
             self._fire(message)
         return None
 
+    def pending(self) -> int:
+        """How many timers are armed (for tests and status)."""
+        return len(self.armed)
+
     def _arm(self, message: ArmTimer) -> None:
         key = (message.run_id, message.timer.timer_id)
-        if key in self.armed:
+        if self.armed.get(key) == message.timer.due:
             return
-        self.armed.add(key)
+        self.armed[key] = message.timer.due
         delay = (parse_timestamp(message.timer.due) - self.clock.now()).total_seconds()
         ref = self.actor_ref
         due = TimerDue(message.run_id, message.timer, message.trace_parent)
         self.clock.call_later(max(0.0, delay), lambda: ref.tell(due))
 
     def _fire(self, message: TimerDue) -> None:
-        self.armed.discard((message.run_id, message.timer.timer_id))
         timer = message.timer
-        payload = {"timer_id": timer.timer_id, "kind": timer.kind, "step_id": timer.step_id, "attempt": timer.attempt}
+        key = (message.run_id, timer.timer_id)
+        if self.armed.get(key) != timer.due:
+            return  # disarmed, or re-armed for another time
+        del self.armed[key]
+        fire = TimerFire(timer_id=timer.timer_id, kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt,
+                         due=timer.due)
         if timer.worker_id:
             # The fact says what the shell saw, so deciding on it stays pure.
-            payload["worker_id"] = timer.worker_id
-            payload["worker_alive"] = self.workers.alive(timer.worker_id) if self.workers else True
-        event = Event(
-            type=TIMER_FIRED,
+            alive = self.workers.alive(timer.worker_id) if self.workers else True
+            fire = TimerFire(timer_id=timer.timer_id, kind=timer.kind, step_id=timer.step_id,
+                             attempt=timer.attempt, worker_id=timer.worker_id, worker_alive=alive, due=timer.due)
+        event = TimerFired(
             run_id=message.run_id,
-            step_id="",
             timestamp=format_timestamp(self.clock.now()),
-            payload=payload,
+            payload=fire,
             trace_parent=message.trace_parent,
             # One fact per arming: a timer re-armed after it fired (a sticky check) fires anew.
             id=f"timer.{timer.timer_id}.{timer.due}",

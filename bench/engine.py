@@ -38,8 +38,9 @@ from dagnats.domain.events import (
     format_timestamp,
 )
 from dagnats.infra.client import Client
-from dagnats.infra.headers import MSG_ID, TRACEPARENT
-from dagnats.infra.resources import HISTORY_STREAM, INBOX_STREAM, RUNS_BUCKET, TASK_STREAM, inbox_subject
+from dagnats.infra.wire.headers import MSG_ID, TRACEPARENT
+from dagnats.infra.wire.names import HISTORY_STREAM, INBOX_STREAM, RUNS_BUCKET, TASK_STREAM
+from dagnats.infra.wire.subjects import inbox_subject
 from dagnats.infra.tracing import new_trace_parent
 
 from .load import closed_loop

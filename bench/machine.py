@@ -8,7 +8,7 @@ import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 
-from dagnats.infra.server import server_binary
+from dagnats.infra.engine.server import server_binary
 
 from .procs import REPO
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from dagnats.infra.server import NatsServer
+from dagnats.infra.engine.server import NatsServer
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -28,7 +28,9 @@ import nats
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 
-from dagnats.infra.resources import HISTORY_STREAM, INBOX_STREAM, TASK_STREAM, ensure_resources
+from dagnats.infra.engine.streams import ensure_resources
+
+from dagnats.infra.wire.names import HISTORY_STREAM, INBOX_STREAM, TASK_STREAM
 
 from .load import closed_loop
 from .procs import PYTHON, CpuMeter, Processes

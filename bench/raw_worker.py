@@ -22,7 +22,7 @@ import nats
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 
-from dagnats.infra.resources import TASK_STREAM
+from dagnats.infra.wire.names import TASK_STREAM
 
 TASK_FILTER = "task.raw.*"
 CONSUMER = "raw-worker"

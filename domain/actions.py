@@ -39,4 +39,24 @@ class StartTimer(msgspec.Struct, frozen=True, tag=True):
     worker_id: str = ""
 
 
-Action = AppendEvent | EnqueueTask | StartTimer
+class CancelTimer(msgspec.Struct, frozen=True, tag=True):
+    """Drop a timer the run no longer waits on (its step moved on, or the run ended)."""
+
+    timer_id: str
+    kind: str
+    step_id: str = ""
+    attempt: int = 0
+
+
+class DropTask(msgspec.Struct, frozen=True, tag=True):
+    """Remove still-queued tasks of attempts the run has moved past (timed out, cancelled),
+    so no worker spends a slot on them; ``up_to_attempt`` and earlier go."""
+
+    task: str
+    run_id: str
+    step_id: str
+    up_to_attempt: int
+    group: str = ""
+
+
+Action = AppendEvent | EnqueueTask | StartTimer | CancelTimer | DropTask

@@ -130,3 +130,59 @@ class UnsupportedStepType(DagnatsError, ValueError):
 
 class Unavailable(DagnatsError, ConnectionError):
     """NATS or the engine did not answer in time; the same request may succeed later."""
+
+
+class InvalidRequest(DagnatsError, ValueError):
+    """A control-plane request whose body does not fit its operation."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        self.operation, self.reason = operation, reason
+        super().__init__(f"invalid {operation} request: {reason}")
+
+
+class ReplyTooLarge(DagnatsError, ValueError):
+    """An answer that would not fit in one NATS message (ask for a page, or less)."""
+
+    def __init__(self, what: str, size: int, limit: int, hint: str = "") -> None:
+        self.what, self.size, self.limit = what, size, limit
+        super().__init__(f"the answer to {what} is {size} bytes, over the limit of {limit} bytes"
+                         + (f"; {hint}" if hint else ""))
+
+
+class RunAlreadyStarted(DagnatsError, ValueError):
+    """A start named a run id that is already taken by a different run."""
+
+    def __init__(self, run_id: str, workflow: str, reason: str = "with a different workflow or input") -> None:
+        self.run_id, self.workflow = run_id, workflow
+        super().__init__(f"run {run_id} is already started ({workflow}) {reason}")
+
+
+class WrongLastSequence(DagnatsError, RuntimeError):
+    """Someone else appended to the run's history: refold and decide again.
+
+    ``duplicate``: the store already holds a record under this message id.
+    """
+
+    def __init__(self, message: str, duplicate: bool = False) -> None:
+        self.duplicate = duplicate
+        super().__init__(message)
+
+
+class RecordTooLarge(DagnatsError, ValueError):
+    """A history record that would not fit in one NATS message."""
+
+    def __init__(self, run_id: str, size: int, limit: int) -> None:
+        self.run_id, self.size, self.limit = run_id, size, limit
+        super().__init__(f"a history record of run {run_id} would be {size} bytes, over the limit of {limit} bytes")
+
+
+class Permanent(DagnatsError):
+    """Raise from a handler to fail the step at once, without retries."""
+
+
+class RateLimited(DagnatsError):
+    """Raise from a handler to have the engine retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = max(0.0, float(retry_after))
+        super().__init__(message)

@@ -1,19 +1,26 @@
 """Events, task payloads and resolutions: the wire types of the protocol.
 
-One ``Event`` shape serves the inbox (facts from outside the run's owner)
-and the history (facts as recorded plus the owner's decisions). JSON field
-names are the seed protocol's; ``id`` is the event's identity within its
-run, from which every ``Nats-Msg-Id`` is derived, so re-sending a fact is
-harmless.
+One event shape serves the inbox (facts from outside the run's owner) and
+the history (facts as recorded plus the owner's decisions). Each event type
+is its own frozen Struct, tagged by ``type`` (a msgspec tagged union,
+``Event``), with a typed ``payload``: decoded once at the edge, read as
+fields by ``fold`` and ``decide``. JSON field names are the seed protocol's;
+``id`` is the event's identity within its run, from which every
+``Nats-Msg-Id`` is derived, so re-sending a fact is harmless.
+
+A new event type is one payload struct (if it carries data), one event
+class here, one fold rule and one transition row.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, Union
 
 import msgspec
+
+from .definition import WorkflowDef
 
 # Workflow-scoped
 WORKFLOW_STARTED = "workflow.started"
@@ -63,8 +70,94 @@ class FailureType(str, Enum):
             return cls.TRANSIENT
 
 
-class Event(msgspec.Struct, frozen=True, omit_defaults=True):
-    type: str
+# ---- payloads ---------------------------------------------------------------------
+
+
+class _Payload(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Payloads accept fields they do not know: a newer peer may add some."""
+
+
+class RunStart(_Payload, frozen=True):
+    """``workflow.started``: the definition the run follows for its whole life, and its input."""
+
+    workflow_def: WorkflowDef
+    input: Any = None
+
+
+class RunOutput(_Payload, frozen=True):
+    output: Any = None
+    # Set instead of ``output`` when the output is the outputs of the sink steps,
+    # which the run already holds (a large output is not recorded twice).
+    output_from_sinks: bool = False
+
+
+class RunEnd(_Payload, frozen=True):
+    """Why a run failed, was cancelled, or ended its compensation."""
+
+    error: str = ""
+    reason: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.error or self.reason
+
+
+class Compensation(_Payload, frozen=True):
+    chain: tuple[str, ...] = ()
+    trigger_step: str = ""
+    trigger_error: str = ""
+
+
+class Queued(_Payload, frozen=True):
+    task: str = ""
+    input: Any = None
+    # Set instead of ``input`` for a large input the run's state already holds:
+    # "wiring" (what the step's wiring resolves to at this point of the history)
+    # or "previous" (the input of the step's previous attempt). See fold.py.
+    input_from: str = ""
+
+
+class Failure(_Payload, frozen=True):
+    error: str = ""
+    failure_type: str = ""
+    # A worker's hint, clamped by ``decide``: any JSON value is accepted.
+    retry_after_ms: Any = None
+    timeout: bool = False
+    worker_lost: bool = False
+
+
+class RetryScheduled(_Payload, frozen=True):
+    retry_at: str = ""
+    delay_ms: int = 0
+    error: str = ""
+
+
+class Skipped(_Payload, frozen=True):
+    reason: str = ""
+    cascade: bool = False
+
+
+class Recovered(_Payload, frozen=True):
+    handler: str = ""
+
+
+class TimerFire(_Payload, frozen=True):
+    timer_id: str = ""
+    kind: str = ""
+    step_id: str = ""
+    attempt: int = 0
+    # For a sticky check: the worker whose liveness the shell saw when it fired.
+    worker_id: str = ""
+    worker_alive: bool = True
+    due: str = ""
+
+
+# ---- events -----------------------------------------------------------------------
+
+
+class EventBase(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type"):
+    """Fields every event has; ``type`` is the class's tag."""
+
     run_id: str
     step_id: str = ""
     timestamp: str = ""
@@ -76,6 +169,133 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
     # On a worker's result: when the attempt started, for a step whose
     # step.started was never sent (it finished before the worker reported it).
     started_at: str = ""
+
+    @property
+    def type(self) -> str:
+        return self.__struct_config__.tag  # type: ignore[return-value]
+
+
+class WorkflowStarted(EventBase, frozen=True, tag=WORKFLOW_STARTED):
+    payload: RunStart | None = None
+
+
+class WorkflowCompleted(EventBase, frozen=True, tag=WORKFLOW_COMPLETED):
+    payload: RunOutput = RunOutput()
+
+
+class WorkflowFailed(EventBase, frozen=True, tag=WORKFLOW_FAILED):
+    payload: RunEnd = RunEnd()
+
+
+class WorkflowCancelled(EventBase, frozen=True, tag=WORKFLOW_CANCELLED):
+    payload: RunEnd = RunEnd()
+
+
+class WorkflowPauseRequested(EventBase, frozen=True, tag=WORKFLOW_PAUSE_REQUESTED):
+    pass
+
+
+class WorkflowPaused(EventBase, frozen=True, tag=WORKFLOW_PAUSED):
+    pass
+
+
+class WorkflowResumed(EventBase, frozen=True, tag=WORKFLOW_RESUMED):
+    pass
+
+
+class WorkflowCompensating(EventBase, frozen=True, tag=WORKFLOW_COMPENSATING):
+    payload: Compensation = Compensation()
+
+
+class WorkflowCompensated(EventBase, frozen=True, tag=WORKFLOW_COMPENSATED):
+    payload: RunEnd = RunEnd()
+
+
+class WorkflowCompensateFailed(EventBase, frozen=True, tag=WORKFLOW_COMPENSATE_FAILED):
+    payload: RunEnd = RunEnd()
+
+
+class StepStarted(EventBase, frozen=True, tag=STEP_STARTED):
+    pass
+
+
+class StepCompleted(EventBase, frozen=True, tag=STEP_COMPLETED):
+    """``payload`` is the step's output, any JSON value."""
+
+
+class StepFailed(EventBase, frozen=True, tag=STEP_FAILED):
+    # A bare string is accepted as the error (a terse worker).
+    payload: Failure | str | None = None
+
+    @property
+    def failure(self) -> Failure:
+        if isinstance(self.payload, Failure):
+            return self.payload
+        return Failure(error=self.payload or "")
+
+
+class StepContinue(EventBase, frozen=True, tag=STEP_CONTINUE):
+    """``payload`` is the next iteration's input."""
+
+
+class StepQueued(EventBase, frozen=True, tag=STEP_QUEUED):
+    payload: Queued = Queued()
+
+
+class StepRetryScheduled(EventBase, frozen=True, tag=STEP_RETRY_SCHEDULED):
+    payload: RetryScheduled = RetryScheduled()
+
+
+class StepSkipped(EventBase, frozen=True, tag=STEP_SKIPPED):
+    payload: Skipped = Skipped()
+
+
+class StepRecovered(EventBase, frozen=True, tag=STEP_RECOVERED):
+    payload: Recovered = Recovered()
+
+
+class ApprovalGranted(EventBase, frozen=True, tag=APPROVAL_GRANTED):
+    pass
+
+
+class ApprovalRejected(EventBase, frozen=True, tag=APPROVAL_REJECTED):
+    pass
+
+
+class TimerFired(EventBase, frozen=True, tag=TIMER_FIRED):
+    payload: TimerFire = TimerFire()
+
+
+Event = Union[
+    WorkflowStarted, WorkflowCompleted, WorkflowFailed, WorkflowCancelled, WorkflowPauseRequested,
+    WorkflowPaused, WorkflowResumed, WorkflowCompensating, WorkflowCompensated, WorkflowCompensateFailed,
+    StepStarted, StepCompleted, StepFailed, StepContinue, StepQueued, StepRetryScheduled, StepSkipped,
+    StepRecovered, ApprovalGranted, ApprovalRejected, TimerFired,
+]
+EVENT_CLASSES: dict[str, type[EventBase]] = {
+    cls.__struct_config__.tag: cls for cls in Event.__args__  # type: ignore[attr-defined, misc]
+}
+EVENT_TYPES = frozenset(EVENT_CLASSES)
+
+
+def make_event(type: str, run_id: str, payload: Any = None, **fields: Any) -> Event:
+    """An event of ``type`` with its payload given as plain data (converted to its struct).
+
+    Raises ValueError for an unknown type, msgspec.ValidationError for a payload that does not fit.
+    """
+    cls = EVENT_CLASSES.get(type)
+    if cls is None:
+        raise ValueError(f"unknown event type {type!r}")
+    if payload is None:
+        return cls(run_id=run_id, **fields)  # type: ignore[return-value]
+    if not isinstance(payload, msgspec.Struct):
+        payload = msgspec.convert(payload, _PAYLOAD_TYPES[cls])
+    return cls(run_id=run_id, payload=payload, **fields)  # type: ignore[return-value]
+
+
+_PAYLOAD_TYPES: dict[type, Any] = {
+    cls: next(f.type for f in msgspec.structs.fields(cls) if f.name == "payload") for cls in EVENT_CLASSES.values()
+}
 
 
 class TaskPayload(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -129,6 +349,15 @@ EVENT_ENCODER = msgspec.json.Encoder()
 EVENT_DECODER = msgspec.json.Decoder(Event)
 RECORD_DECODER = msgspec.json.Decoder(list[Event])
 TASK_DECODER = msgspec.json.Decoder(TaskPayload)
+
+
+def encode_event(event: Event) -> bytes:
+    return EVENT_ENCODER.encode(event)
+
+
+def decode_event(data: bytes) -> Event:
+    """One event (raises msgspec.DecodeError or ValidationError, a DecodeError too)."""
+    return EVENT_DECODER.decode(data)
 
 
 def encode_record(events: list[Event]) -> bytes:

@@ -1,33 +1,45 @@
 """fold(run, event) -> run: the total, pure reducer over a run's history.
 
-Theory of operation: ``fold`` dispatches on the event type to one mutator.
-A mutator returns the *same object* when the event does not apply
-(duplicate, stale attempt, late report, anything after a terminal state,
-unknown type), so callers can tell "changed" by identity and never record
-a no-op. ``replay`` is the loop. Nothing here raises on a bad event.
+Theory of operation: ``fold`` dispatches on the event's class to one
+mutator. A mutator returns the *same object* when the event does not apply
+(duplicate, stale attempt, late report, anything after a terminal state),
+so callers can tell "changed" by identity and never record a no-op.
+``replay`` is the loop. Nothing here raises on a bad event.
+
+Inputs and outputs may be recorded by reference (``Queued.input_from``,
+``RunOutput.output_from_sinks``): the value is then rebuilt from the state
+the run has at that point of its history, exactly as ``decide`` computed it,
+so a large value is never recorded twice.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import msgspec
 
 from . import events as ev
 from . import state as st
-from .definition import WorkflowDef
+from .resolve import compensation_context, failure_context, resolve_input, run_output
 from .transitions import ATTEMPT_OPENING, next_run_status, next_step_status
 
 replace = msgspec.structs.replace
 
+# Queued.input_from: where a step's input comes from when it is not recorded inline.
+INPUT_FROM_WIRING = "wiring"  # what the step's wiring resolves to now
+INPUT_FROM_PREVIOUS = "previous"  # the input of the step's previous attempt
+INPUT_FROM_ON_FAILURE = "on_failure"  # the context of the failure this handler handles
+INPUT_FROM_COMPENSATION = "compensation"  # the context of the step this one undoes
+
 
 def fold(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
-    if event.type == ev.WORKFLOW_STARTED:
+    if isinstance(event, ev.WorkflowStarted):
         return _started(run, event)
     if run.definition is None or run.is_terminal:
         return run
-    if event.type.startswith("workflow."):
-        return _run_event(run, event)
+    mutator = _RUN_MUTATORS.get(type(event))
+    if mutator is not None:
+        return _run_event(run, event, mutator)
     if event.step_id:
         return _step_event(run, event)
     return run
@@ -41,19 +53,16 @@ def replay(events: Iterable[ev.Event], run: st.WorkflowRun | None = None) -> st.
     return run if run is not None else st.new_run("")
 
 
-def _started(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
-    if run.definition is not None or not isinstance(event.payload, dict):
+def _started(run: st.WorkflowRun, event: ev.WorkflowStarted) -> st.WorkflowRun:
+    if run.definition is not None or event.payload is None:
         return run
-    try:
-        definition = msgspec.convert(event.payload.get("workflow_def"), WorkflowDef)
-    except (msgspec.ValidationError, TypeError):
-        return run
+    definition = event.payload.workflow_def
     return replace(
         run,
         workflow=definition.name,
-        status=st.RUN_RUNNING,
+        status=st.RunStatus.RUNNING,
         steps={step.id: st.StepState(task=step.task) for step in definition.steps},
-        input=event.payload.get("input"),
+        input=event.payload.input,
         created_at=event.timestamp,
         started_at=event.timestamp,
         trace_parent=event.trace_parent,
@@ -61,83 +70,139 @@ def _started(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
     )
 
 
-def _run_event(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
+# ---- run events -------------------------------------------------------------------------
+
+RunChanges = dict[str, Any]
+
+
+def _run_event(run: st.WorkflowRun, event: ev.Event,
+               mutator: Callable[[st.WorkflowRun, Any], RunChanges]) -> st.WorkflowRun:
     status = next_run_status(run.status, event.type)
     if status is None:
         return run
-    payload = event.payload if isinstance(event.payload, dict) else {}
-    changes: dict[str, Any] = {"status": status}
-    if status in st.TERMINAL_RUN_STATUSES:
+    changes: RunChanges = {"status": status, **mutator(run, event)}
+    if status.is_terminal:
         changes["completed_at"] = event.timestamp
-    if event.type == ev.WORKFLOW_COMPLETED:
-        changes["output"] = payload.get("output")
-    elif event.type == ev.WORKFLOW_COMPENSATING:
-        changes["compensation"] = tuple(payload.get("chain") or ())
-        changes["trigger_step"] = str(payload.get("trigger_step") or "")
-        changes["trigger_error"] = str(payload.get("trigger_error") or "")
-    elif status in st.TERMINAL_RUN_STATUSES:
-        changes["error"] = str(payload.get("error") or payload.get("reason") or "")
-    if event.type == ev.WORKFLOW_CANCELLED:
-        changes["steps"] = _cancel_unfinished(run.steps, event.timestamp)
     return replace(run, **changes)
+
+
+def _no_change(run: st.WorkflowRun, event: ev.Event) -> RunChanges:
+    return {}
+
+
+def _completed_run(run: st.WorkflowRun, event: ev.WorkflowCompleted) -> RunChanges:
+    payload = event.payload
+    output = run_output(run.definition, run) if payload.output_from_sinks and run.definition else payload.output
+    return {"output": output}
+
+
+def _ended(run: st.WorkflowRun, event: ev.WorkflowFailed | ev.WorkflowCompensated
+           | ev.WorkflowCompensateFailed) -> RunChanges:
+    return {"error": event.payload.text}
+
+
+def _cancelled(run: st.WorkflowRun, event: ev.WorkflowCancelled) -> RunChanges:
+    return {"error": event.payload.text, "steps": _cancel_unfinished(run.steps, event.timestamp)}
+
+
+def _compensating(run: st.WorkflowRun, event: ev.WorkflowCompensating) -> RunChanges:
+    payload = event.payload
+    return {"compensation": tuple(payload.chain), "trigger_step": payload.trigger_step,
+            "trigger_error": payload.trigger_error}
 
 
 def _cancel_unfinished(steps: dict[str, st.StepState], at: str) -> dict[str, st.StepState]:
     return {
-        sid: s if s.status in st.TERMINAL_STEP_STATUSES else replace(s, status=st.STEP_CANCELLED, finished_at=at)
+        sid: s if s.status in st.TERMINAL_STEP_STATUSES else replace(s, status=st.StepStatus.CANCELLED, finished_at=at)
         for sid, s in steps.items()
     }
 
 
+_RUN_MUTATORS: dict[type, Callable[[st.WorkflowRun, Any], RunChanges]] = {
+    ev.WorkflowCompleted: _completed_run,
+    ev.WorkflowFailed: _ended,
+    ev.WorkflowCancelled: _cancelled,
+    ev.WorkflowPauseRequested: _no_change,
+    ev.WorkflowPaused: _no_change,
+    ev.WorkflowResumed: _no_change,
+    ev.WorkflowCompensating: _compensating,
+    ev.WorkflowCompensated: _ended,
+    ev.WorkflowCompensateFailed: _ended,
+}
+
+
+# ---- step events --------------------------------------------------------------------------
+
+
 def _step_event(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
     step = run.steps.get(event.step_id)
-    if step is None:
+    mutator = _STEP_MUTATORS.get(type(event))
+    if step is None or mutator is None:
         return run
     status = next_step_status(step.status, event.type)
     if status is None or not _attempt_applies(step, event):
         return run
-    updated = _STEP_MUTATORS[event.type](run, replace(step, status=status), event)
+    updated = mutator(run, replace(step, status=status), event)
     changes: dict[str, Any] = {"steps": {**run.steps, event.step_id: updated}}
-    if event.type == ev.STEP_COMPLETED:
+    if isinstance(event, ev.StepCompleted):
         changes["completions"] = updated.completed_order
-    if event.type in _BINDING and event.worker_id and run.definition and run.definition.sticky:
+    if type(event) in _BINDING and event.worker_id and run.definition and run.definition.sticky:
         # A sticky run is bound to the worker that first reports on one of its steps; a
         # soft one follows the worker that completed its latest step (after a fallback).
-        soft_move = run.definition.sticky == "soft" and event.type == ev.STEP_COMPLETED
+        soft_move = run.definition.sticky == "soft" and isinstance(event, ev.StepCompleted)
         if not run.sticky_worker or soft_move:
             changes["sticky_worker"] = event.worker_id
     return replace(run, **changes)
 
 
-_BINDING = frozenset({ev.STEP_STARTED, ev.STEP_COMPLETED, ev.STEP_FAILED})
+_BINDING = frozenset({ev.StepStarted, ev.StepCompleted, ev.StepFailed})
 
 
 def _attempt_applies(step: st.StepState, event: ev.Event) -> bool:
     if event.type in ATTEMPT_OPENING:
         return event.attempt > step.attempts
-    if event.type in (ev.STEP_SKIPPED, ev.STEP_RECOVERED):
+    if isinstance(event, (ev.StepSkipped, ev.StepRecovered)):
         return True
     return event.attempt == step.attempts
 
 
-def _queued(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.StepState:
-    payload = event.payload if isinstance(event.payload, dict) else {}
+def _queued(run: st.WorkflowRun, step: st.StepState, event: ev.StepQueued) -> st.StepState:
+    payload = event.payload
     return replace(
         step,
         attempts=event.attempt,
-        input=payload.get("input"),
-        task=payload.get("task", step.task),
+        input=queued_input(run, event.step_id, step, payload),
+        task=payload.task or step.task,
         queued_at=event.timestamp,
         started_at="",
         retry_at="",
     )
 
 
-def _started_step(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.StepState:
+def queued_input(run: st.WorkflowRun, step_id: str, step: st.StepState, payload: ev.Queued) -> Any:
+    """The input a ``step.queued`` event gives its attempt (inline, or by reference)."""
+    source, defn = payload.input_from, run.definition
+    if not source or defn is None:
+        return payload.input
+    if source == INPUT_FROM_PREVIOUS:
+        return step.input
+    try:
+        if source == INPUT_FROM_WIRING:
+            return resolve_input(run, defn.step(step_id))
+        if source == INPUT_FROM_ON_FAILURE:
+            return failure_context(defn, run, step_id)
+        if source == INPUT_FROM_COMPENSATION:
+            return compensation_context(defn, run, step_id)
+    except Exception:  # noqa: BLE001 - total: a history decide wrote resolves; a forged one must not crash
+        return None
+    return payload.input
+
+
+def _started_step(run: st.WorkflowRun, step: st.StepState, event: ev.StepStarted) -> st.StepState:
     return replace(step, started_at=event.timestamp, worker_id=event.worker_id)
 
 
-def _completed(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.StepState:
+def _completed(run: st.WorkflowRun, step: st.StepState, event: ev.StepCompleted) -> st.StepState:
     return replace(
         step, output=event.payload, error="", failure_type="", finished_at=event.timestamp,
         worker_id=event.worker_id or step.worker_id, completed_order=run.completions + 1,
@@ -145,42 +210,40 @@ def _completed(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.S
     )
 
 
-def _failed(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.StepState:
-    payload = event.payload if isinstance(event.payload, dict) else {"error": event.payload}
+def _failed(run: st.WorkflowRun, step: st.StepState, event: ev.StepFailed) -> st.StepState:
+    failure = event.failure
     limit = run.definition.max_step_error_bytes if run.definition else 4096
     return replace(
         step,
-        error=truncate_utf8(str(payload.get("error") or "failed"), limit),
-        failure_type=ev.FailureType.parse(payload.get("failure_type")).value,
+        error=truncate_utf8(failure.error or "failed", limit),
+        failure_type=ev.FailureType.parse(failure.failure_type).value,
         finished_at=event.timestamp,
         started_at=step.started_at or event.started_at,
         worker_id=event.worker_id or step.worker_id,
     )
 
 
-def _retry_scheduled(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.StepState:
-    payload = event.payload if isinstance(event.payload, dict) else {}
-    return replace(step, retry_at=str(payload.get("retry_at", "")))
+def _retry_scheduled(run: st.WorkflowRun, step: st.StepState, event: ev.StepRetryScheduled) -> st.StepState:
+    return replace(step, retry_at=event.payload.retry_at)
 
 
-def _skipped(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.StepState:
-    payload = event.payload if isinstance(event.payload, dict) else {}
-    return replace(step, finished_at=event.timestamp, skip_reason=str(payload.get("reason") or ""),
-                   skip_cascade=bool(payload.get("cascade")))
+def _skipped(run: st.WorkflowRun, step: st.StepState, event: ev.StepSkipped) -> st.StepState:
+    return replace(step, finished_at=event.timestamp, skip_reason=event.payload.reason,
+                   skip_cascade=event.payload.cascade)
 
 
-def _recovered(run: st.WorkflowRun, step: st.StepState, event: ev.Event) -> st.StepState:
+def _recovered(run: st.WorkflowRun, step: st.StepState, event: ev.StepRecovered) -> st.StepState:
     return replace(step, finished_at=event.timestamp)
 
 
-_STEP_MUTATORS = {
-    ev.STEP_QUEUED: _queued,
-    ev.STEP_STARTED: _started_step,
-    ev.STEP_COMPLETED: _completed,
-    ev.STEP_FAILED: _failed,
-    ev.STEP_RETRY_SCHEDULED: _retry_scheduled,
-    ev.STEP_SKIPPED: _skipped,
-    ev.STEP_RECOVERED: _recovered,
+_STEP_MUTATORS: dict[type, Callable[[st.WorkflowRun, st.StepState, Any], st.StepState]] = {
+    ev.StepQueued: _queued,
+    ev.StepStarted: _started_step,
+    ev.StepCompleted: _completed,
+    ev.StepFailed: _failed,
+    ev.StepRetryScheduled: _retry_scheduled,
+    ev.StepSkipped: _skipped,
+    ev.StepRecovered: _recovered,
 }
 
 

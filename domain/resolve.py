@@ -35,15 +35,15 @@ def is_aux(defn: WorkflowDef, step_id: str) -> bool:
 
 def outcome(defn: WorkflowDef, run: st.WorkflowRun, step_id: str) -> str:
     state = run.step(step_id)
-    if state.status in (st.STEP_COMPLETED, st.STEP_RECOVERED):
+    if state.status in (st.StepStatus.COMPLETED, st.StepStatus.RECOVERED):
         return OK
-    if state.status == st.STEP_SKIPPED:
+    if state.status == st.StepStatus.SKIPPED:
         return BAD if state.skip_cascade else OK
-    if state.status == st.STEP_CANCELLED:
+    if state.status == st.StepStatus.CANCELLED:
         return BAD
-    if state.status == st.STEP_FAILED:
+    if state.status == st.StepStatus.FAILED:
         handler = defn.step_map()[step_id].on_failure if step_id in run.steps else ""
-        if handler and run.step(handler).status not in (st.STEP_FAILED, st.STEP_CANCELLED):
+        if handler and run.step(handler).status not in (st.StepStatus.FAILED, st.StepStatus.CANCELLED):
             return PENDING
         return BAD
     return PENDING
@@ -53,7 +53,7 @@ def ready_steps(defn: WorkflowDef, run: st.WorkflowRun) -> list[StepDef]:
     """Pending, non-auxiliary steps all of whose dependencies have an outcome."""
     ready = []
     for step in defn.steps:
-        if run.step(step.id).status != st.STEP_PENDING or is_aux(defn, step.id):
+        if run.step(step.id).status != st.StepStatus.PENDING or is_aux(defn, step.id):
             continue
         if all(outcome(defn, run, dep) != PENDING for dep in dependencies(step)):
             ready.append(step)
@@ -87,7 +87,7 @@ def settled(defn: WorkflowDef, run: st.WorkflowRun, step: StepDef) -> bool:
     status = run.step(step.id).status
     if status in st.DONE_STEP_STATUSES:
         return True
-    return status == st.STEP_FAILED and step.optional and outcome(defn, run, step.id) == BAD
+    return status == st.StepStatus.FAILED and step.optional and outcome(defn, run, step.id) == BAD
 
 
 def is_complete(defn: WorkflowDef, run: st.WorkflowRun) -> bool:
@@ -95,7 +95,7 @@ def is_complete(defn: WorkflowDef, run: st.WorkflowRun) -> bool:
     for step in defn.steps:
         status = run.step(step.id).status
         if is_aux(defn, step.id):
-            if status in st.IN_FLIGHT_STEP_STATUSES or status == st.STEP_RETRYING:
+            if status in st.IN_FLIGHT_STEP_STATUSES or status == st.StepStatus.RETRYING:
                 return False
             continue
         if not settled(defn, run, step):
@@ -120,9 +120,38 @@ def blockers(defn: WorkflowDef, run: st.WorkflowRun) -> dict[str, list[str]]:
     """Pending steps and the dependencies they still wait on."""
     waiting = {}
     for step in defn.steps:
-        if run.step(step.id).status != st.STEP_PENDING or is_aux(defn, step.id):
+        if run.step(step.id).status != st.StepStatus.PENDING or is_aux(defn, step.id):
             continue
         deps = [d for d in dependencies(step) if outcome(defn, run, d) == PENDING]
         if deps:
             waiting[step.id] = deps
     return waiting
+
+
+def handled_by(defn: WorkflowDef, run: st.WorkflowRun, handler_id: str) -> str | None:
+    """The failed step whose on_failure handler is ``handler_id``, if any."""
+    for step in defn.steps:
+        if step.on_failure == handler_id and run.step(step.id).status == st.StepStatus.FAILED:
+            return step.id
+    return None
+
+
+def failure_context(defn: WorkflowDef, run: st.WorkflowRun, handler_id: str) -> Any:
+    """The input of on_failure handler ``handler_id``: what failed, how, and with what input."""
+    failed = handled_by(defn, run, handler_id)
+    if failed is None:
+        return None
+    state = run.step(failed)
+    return {"failed_step": failed, "error": state.error, "attempts": state.attempts, "input": state.input}
+
+
+def compensation_context(defn: WorkflowDef, run: st.WorkflowRun, target_id: str) -> Any:
+    """The input of compensation step ``target_id``: the step it undoes and why."""
+    steps = defn.step_map()
+    for original in run.compensation:
+        if steps[original].compensate == target_id:
+            return {
+                "original_step": original, "original_output": run.step(original).output,
+                "trigger_step": run.trigger_step, "trigger_error": run.trigger_error,
+            }
+    return None

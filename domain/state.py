@@ -7,45 +7,59 @@ never depends on what is registered today.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import msgspec
 
 from .definition import WorkflowDef
 
-RUN_PENDING = "pending"
-RUN_RUNNING = "running"
-RUN_PAUSING = "pausing"
-RUN_PAUSED = "paused"
-RUN_COMPLETED = "completed"
-RUN_FAILED = "failed"
-RUN_CANCELLED = "cancelled"
-RUN_COMPENSATING = "compensating"
-RUN_COMPENSATED = "compensated"
-RUN_COMPENSATE_FAILED = "compensate_failed"
-TERMINAL_RUN_STATUSES = frozenset(
-    {RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED, RUN_COMPENSATED, RUN_COMPENSATE_FAILED}
-)
+class RunStatus(StrEnum):
+    """A run's status; the last five are terminal."""
 
-STEP_PENDING = "pending"
-STEP_QUEUED = "queued"
-STEP_RUNNING = "running"
-STEP_RETRYING = "retrying"
-STEP_COMPLETED = "completed"
-STEP_FAILED = "failed"
-STEP_SKIPPED = "skipped"
-STEP_CANCELLED = "cancelled"
-STEP_RECOVERED = "recovered"
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    COMPENSATED = "compensated"
+    COMPENSATE_FAILED = "compensate_failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_RUN_STATUSES
+
+
+TERMINAL_RUN_STATUSES = frozenset({
+    RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.COMPENSATED, RunStatus.COMPENSATE_FAILED,
+})
+# A run in one of these still moves: its steps run, or it compensates.
+LIVE_RUN_STATUSES = frozenset({RunStatus.RUNNING, RunStatus.PAUSING, RunStatus.PAUSED, RunStatus.COMPENSATING})
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    RECOVERED = "recovered"
+
+
 # A dependency counts as satisfied in any of these.
-DONE_STEP_STATUSES = frozenset({STEP_COMPLETED, STEP_SKIPPED, STEP_RECOVERED})
-TERMINAL_STEP_STATUSES = frozenset(
-    {STEP_COMPLETED, STEP_FAILED, STEP_SKIPPED, STEP_CANCELLED, STEP_RECOVERED}
-)
-IN_FLIGHT_STEP_STATUSES = frozenset({STEP_QUEUED, STEP_RUNNING})
+DONE_STEP_STATUSES = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED, StepStatus.RECOVERED})
+TERMINAL_STEP_STATUSES = DONE_STEP_STATUSES | {StepStatus.FAILED, StepStatus.CANCELLED}
+IN_FLIGHT_STEP_STATUSES = frozenset({StepStatus.QUEUED, StepStatus.RUNNING})
 
 
 class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
-    status: str = STEP_PENDING
+    status: StepStatus = StepStatus.PENDING
     attempts: int = 0
     output: Any = None
     error: str = ""
@@ -68,7 +82,7 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
 class WorkflowRun(msgspec.Struct, frozen=True, omit_defaults=True):
     run_id: str
     workflow: str = ""
-    status: str = RUN_PENDING
+    status: RunStatus = RunStatus.PENDING
     steps: dict[str, StepState] = {}
     input: Any = None
     output: Any = None

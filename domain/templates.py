@@ -55,7 +55,7 @@ def resolve(template: Any, run: st.WorkflowRun) -> Any:
 def _resolve_ref(obj: dict[str, Any], run: st.WorkflowRun) -> Any:
     step_id, path = split_ref(obj[REF])
     state = run.step(step_id)
-    if state.status != st.STEP_COMPLETED:
+    if state.status != st.StepStatus.COMPLETED:
         if DEFAULT in obj:
             return obj[DEFAULT]
         raise SkipStep(f"upstream {step_id} {state.status}")

@@ -62,15 +62,15 @@ def wanted_timers(run: st.WorkflowRun) -> list[StartTimer]:
         wanted.append(deadline_timer(add_ns(run.created_at, int(run.definition.timeout))))
     for step in run.definition.steps:
         state = run.step(step.id)
-        if state.status == st.STEP_RETRYING and state.retry_at:
+        if state.status == st.StepStatus.RETRYING and state.retry_at:
             wanted.append(retry_timer(step.id, state.attempts, state.retry_at))
-        elif state.status == st.STEP_RUNNING:
+        elif state.status == st.StepStatus.RUNNING:
             if step.timeout and state.started_at:
                 wanted.append(step_timeout_timer(step.id, state.attempts, add_ns(state.started_at, int(step.timeout))))
             if watches_worker(run, state) and state.started_at:
                 wanted.append(sticky_check_timer(step.id, state.attempts, add_ns(state.started_at, STICKY_CHECK_NS),
                                                  state.worker_id))
-        elif state.status == st.STEP_QUEUED and run.definition.sticky == "soft" and run.sticky_worker:
+        elif state.status == st.StepStatus.QUEUED and run.definition.sticky == "soft" and run.sticky_worker:
             wanted.append(sticky_fallback_timer(step.id, state.attempts, add_ns(state.queued_at, STICKY_FALLBACK_NS)))
     return wanted
 

@@ -13,42 +13,40 @@ from __future__ import annotations
 from . import events as ev
 from . import state as st
 
-STEP_TRANSITIONS: dict[tuple[str, str], str] = {
-    (st.STEP_PENDING, ev.STEP_QUEUED): st.STEP_QUEUED,
-    (st.STEP_RETRYING, ev.STEP_QUEUED): st.STEP_QUEUED,
-    (st.STEP_QUEUED, ev.STEP_STARTED): st.STEP_RUNNING,
-    (st.STEP_QUEUED, ev.STEP_COMPLETED): st.STEP_COMPLETED,
-    (st.STEP_RUNNING, ev.STEP_COMPLETED): st.STEP_COMPLETED,
-    (st.STEP_QUEUED, ev.STEP_FAILED): st.STEP_FAILED,
-    (st.STEP_RUNNING, ev.STEP_FAILED): st.STEP_FAILED,
-    (st.STEP_FAILED, ev.STEP_RETRY_SCHEDULED): st.STEP_RETRYING,
-    (st.STEP_PENDING, ev.STEP_SKIPPED): st.STEP_SKIPPED,
-    (st.STEP_FAILED, ev.STEP_RECOVERED): st.STEP_RECOVERED,
+STEP_TRANSITIONS: dict[tuple[st.StepStatus, str], st.StepStatus] = {
+    (st.StepStatus.PENDING, ev.STEP_QUEUED): st.StepStatus.QUEUED,
+    (st.StepStatus.RETRYING, ev.STEP_QUEUED): st.StepStatus.QUEUED,
+    (st.StepStatus.QUEUED, ev.STEP_STARTED): st.StepStatus.RUNNING,
+    (st.StepStatus.QUEUED, ev.STEP_COMPLETED): st.StepStatus.COMPLETED,
+    (st.StepStatus.RUNNING, ev.STEP_COMPLETED): st.StepStatus.COMPLETED,
+    (st.StepStatus.QUEUED, ev.STEP_FAILED): st.StepStatus.FAILED,
+    (st.StepStatus.RUNNING, ev.STEP_FAILED): st.StepStatus.FAILED,
+    (st.StepStatus.FAILED, ev.STEP_RETRY_SCHEDULED): st.StepStatus.RETRYING,
+    (st.StepStatus.PENDING, ev.STEP_SKIPPED): st.StepStatus.SKIPPED,
+    (st.StepStatus.FAILED, ev.STEP_RECOVERED): st.StepStatus.RECOVERED,
 }
 
 # Events that open a new attempt rather than report on the current one.
 ATTEMPT_OPENING = frozenset({ev.STEP_QUEUED})
 
-LIVE_RUN_STATUSES = frozenset({st.RUN_RUNNING, st.RUN_PAUSING, st.RUN_PAUSED, st.RUN_COMPENSATING})
-
-RUN_TRANSITIONS: dict[tuple[str, str], str] = {
-    (st.RUN_RUNNING, ev.WORKFLOW_PAUSE_REQUESTED): st.RUN_PAUSING,
-    (st.RUN_PAUSING, ev.WORKFLOW_PAUSED): st.RUN_PAUSED,
-    (st.RUN_PAUSING, ev.WORKFLOW_RESUMED): st.RUN_RUNNING,
-    (st.RUN_PAUSED, ev.WORKFLOW_RESUMED): st.RUN_RUNNING,
-    (st.RUN_RUNNING, ev.WORKFLOW_COMPENSATING): st.RUN_COMPENSATING,
-    (st.RUN_PAUSING, ev.WORKFLOW_COMPENSATING): st.RUN_COMPENSATING,
-    (st.RUN_COMPENSATING, ev.WORKFLOW_COMPENSATED): st.RUN_COMPENSATED,
-    (st.RUN_COMPENSATING, ev.WORKFLOW_COMPENSATE_FAILED): st.RUN_COMPENSATE_FAILED,
-    **{(s, ev.WORKFLOW_COMPLETED): st.RUN_COMPLETED for s in (st.RUN_RUNNING, st.RUN_PAUSING)},
-    **{(s, ev.WORKFLOW_FAILED): st.RUN_FAILED for s in LIVE_RUN_STATUSES},
-    **{(s, ev.WORKFLOW_CANCELLED): st.RUN_CANCELLED for s in LIVE_RUN_STATUSES | {st.RUN_PENDING}},
+RUN_TRANSITIONS: dict[tuple[st.RunStatus, str], st.RunStatus] = {
+    (st.RunStatus.RUNNING, ev.WORKFLOW_PAUSE_REQUESTED): st.RunStatus.PAUSING,
+    (st.RunStatus.PAUSING, ev.WORKFLOW_PAUSED): st.RunStatus.PAUSED,
+    (st.RunStatus.PAUSING, ev.WORKFLOW_RESUMED): st.RunStatus.RUNNING,
+    (st.RunStatus.PAUSED, ev.WORKFLOW_RESUMED): st.RunStatus.RUNNING,
+    (st.RunStatus.RUNNING, ev.WORKFLOW_COMPENSATING): st.RunStatus.COMPENSATING,
+    (st.RunStatus.PAUSING, ev.WORKFLOW_COMPENSATING): st.RunStatus.COMPENSATING,
+    (st.RunStatus.COMPENSATING, ev.WORKFLOW_COMPENSATED): st.RunStatus.COMPENSATED,
+    (st.RunStatus.COMPENSATING, ev.WORKFLOW_COMPENSATE_FAILED): st.RunStatus.COMPENSATE_FAILED,
+    **{(s, ev.WORKFLOW_COMPLETED): st.RunStatus.COMPLETED for s in (st.RunStatus.RUNNING, st.RunStatus.PAUSING)},
+    **{(s, ev.WORKFLOW_FAILED): st.RunStatus.FAILED for s in st.LIVE_RUN_STATUSES},
+    **{(s, ev.WORKFLOW_CANCELLED): st.RunStatus.CANCELLED for s in st.LIVE_RUN_STATUSES | {st.RunStatus.PENDING}},
 }
 
 
-def next_step_status(status: str, event_type: str) -> str | None:
+def next_step_status(status: st.StepStatus, event_type: str) -> st.StepStatus | None:
     return STEP_TRANSITIONS.get((status, event_type))
 
 
-def next_run_status(status: str, event_type: str) -> str | None:
+def next_run_status(status: st.RunStatus, event_type: str) -> st.RunStatus | None:
     return RUN_TRANSITIONS.get((status, event_type))

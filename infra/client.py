@@ -1,15 +1,15 @@
 """Python client for the control plane (async, plus a thin sync wrapper).
 
 The CLI is built on this client; every operation is one request on
-``dagnats.api.<op>``. Errors come back as the same DagnatsError classes the
-engine raised.
+``dagnats.api.<op>`` (``wire.control``), and errors come back as the same
+DagnatsError classes, with the same attributes, the engine raised. Long
+answers (a run's events, lists of runs) arrive in pages the client joins.
+Waiting for a run costs the server no consumer (``wire.notices``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 from typing import Any, AsyncIterator
 
 import msgspec
@@ -21,36 +21,24 @@ from dagnats.domain import errors as errs
 from dagnats.domain.definition import WorkflowDef, workflow_to_object
 from dagnats.domain.events import Event, decode_record
 from dagnats.domain.identifiers import check_identifier
-from dagnats.domain.fold import fold
-from dagnats.domain.state import TERMINAL_RUN_STATUSES, new_run
+from dagnats.domain.state import TERMINAL_RUN_STATUSES, StepStatus
+from dagnats.domain.values import check_json_value
 
-from .api import API_PREFIX
-from .resources import HISTORY_STREAM, event_subject, history_subject
-from .views import run_view
+from .wire import control
+from .wire.connection import DEFAULT_URL, nats_url, server_list
+from .wire.names import HISTORY_STREAM
+from .wire.notices import await_run
+from .wire.subjects import event_subject, history_subject
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
-_ERRORS = {
-    name: cls for name, cls in vars(errs).items() if isinstance(cls, type) and issubclass(cls, errs.DagnatsError)
-}
+__all__ = ["Client", "SyncClient", "EngineUnavailable", "WaitTimeout", "DEFAULT_URL", "nats_url", "server_list"]
+
+RemoteError = control.RemoteError
 
 
 class EngineUnavailable(errs.Unavailable):
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
         super().__init__(f"{reason} at {url} (start one with `dagnats serve`, or set --nats-url)")
-
-
-class RemoteError(errs.DagnatsError):
-    """An engine error whose class this client does not know."""
-
-
-def nats_url(url: str | None = None) -> str:
-    return url or os.environ.get("DAGNATS_NATS_URL") or DEFAULT_URL
-
-
-def server_list(url: str) -> list[str]:
-    """A NATS URL, or several separated by commas (the nodes of a cluster)."""
-    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 class Client:
@@ -80,21 +68,18 @@ class Client:
     def max_payload(self) -> int:
         return self.nc.max_payload if self.nc else 1024 * 1024
 
-    async def request(self, op: str, body: dict[str, Any] | None = None) -> Any:
+    async def request(self, op: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         assert self.nc is not None, "call connect() first"
         data = msgspec.json.encode(body or {})
         if len(data) > self.max_payload:
             raise errs.PayloadTooLarge("request", len(data), self.max_payload)
         try:
-            msg = await self.nc.request(f"{API_PREFIX}.{op}", data, timeout=self.timeout)
+            msg = await self.nc.request(control.subject(op), data, timeout=timeout or self.timeout)
         except NoRespondersError:
             raise EngineUnavailable(self.url, "no dagnats engine is answering") from None
         except NatsTimeoutError:
             raise EngineUnavailable(self.url, "the dagnats engine did not answer in time") from None
-        reply = msgspec.json.decode(msg.data)
-        if "error" in reply:
-            raise _rebuild(_ERRORS.get(reply.get("kind", ""), RemoteError), reply["error"])
-        return reply.get("result")
+        return control.decode_reply(msg.data)
 
     # ---- workflows ------------------------------------------------------------------
 
@@ -117,7 +102,9 @@ class Client:
     async def start(self, workflow: str, input: Any = None, *, run_id: str | None = None,
                     trace_parent: str | None = None, idempotency_key: str | None = None) -> str:
         """Start a run; with an idempotency key (explicit, or the workflow's dot-path into
-        the input) a second start with the same key returns the first run's id."""
+        the input) a second start with the same key returns the first run's id. A
+        ``run_id`` already taken by a different run is a RunAlreadyStarted error."""
+        check_json_value(input, "run input")
         body: dict[str, Any] = {"workflow": workflow, "input": input}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
@@ -130,17 +117,40 @@ class Client:
     async def status(self, run_id: str) -> dict[str, Any]:
         return await self.request("run.get", {"run_id": run_id})
 
-    async def events(self, run_id: str) -> list[dict[str, Any]]:
-        return await self.request("run.events", {"run_id": run_id})
+    async def events(self, run_id: str, after_seq: int = 0) -> list[dict[str, Any]]:
+        """The run's whole history (after ``after_seq``), page by page."""
+        events: list[dict[str, Any]] = []
+        async for page in self._pages("run.events", {"run_id": run_id, "after_seq": after_seq}, "after_seq"):
+            events += page["events"]
+        return events
 
     async def output(self, run_id: str) -> Any:
         return (await self.status(run_id))["output"]
 
     async def runs(self, workflow: str | None = None, status: str | None = None, limit: int = 100) -> list[dict]:
-        return await self.request("run.list", {"workflow": workflow, "status": status, "limit": limit})
+        """Runs, newest first, at most ``limit`` (asked for page by page)."""
+        runs: list[dict[str, Any]] = []
+        body = {"workflow": workflow, "status": status, "limit": limit}
+        async for page in self._pages("run.list", body, "cursor"):
+            runs += page["runs"]
+            if len(runs) >= limit:
+                break
+            body["limit"] = limit - len(runs)
+        return runs[:limit]
 
-    async def cancel(self, run_id: str, reason: str | None = None) -> dict[str, Any]:
-        return await self.request("run.cancel", {"run_id": run_id, "reason": reason})
+    async def _pages(self, op: str, body: dict[str, Any], cursor: str) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            page = await self.request(op, body)
+            yield page
+            if page.get("next") is None:
+                return
+            body[cursor] = page["next"]
+
+    async def cancel(self, run_id: str, reason: str | None = None, wait: float = 5.0) -> dict[str, Any]:
+        """Cancel a run; the answer says how it ended (``status``), as seen within ``wait``
+        seconds: a run that completed before the cancel took effect says ``completed``."""
+        return await self.request("run.cancel", {"run_id": run_id, "reason": reason, "wait": wait},
+                                  timeout=self.timeout + wait)
 
     async def pause(self, run_id: str) -> dict[str, Any]:
         return await self.request("run.pause", {"run_id": run_id})
@@ -155,11 +165,13 @@ class Client:
         return await self.request("run.delete", {"run_id": run_id})
 
     async def signal(self, run_id: str, name: str, data: Any = None) -> dict[str, Any]:
+        check_json_value(data, "signal data")
         return await self.request("run.signal", {"run_id": run_id, "name": name, "data": data})
 
     async def publish_event(self, name: str, data: Any = None) -> int:
         """Store an external event on ``event.<name>`` (for cancel_on and waits)."""
         assert self.nc is not None
+        check_json_value(data, "event data")
         encoded = msgspec.json.encode(data)
         if len(encoded) > self.max_payload:
             raise errs.PayloadTooLarge("event data", len(encoded), self.max_payload)
@@ -167,27 +179,22 @@ class Client:
         return ack.seq
 
     async def wait(self, run_id: str, step: str | None = None, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the run (or one step) is terminal; returns the run's status view.
+        """Block until the run (or one step) is finished; returns the run's status view.
 
-        Works for runs started anywhere: it follows the run's history from the start.
+        Costs the server one plain subscription (no JetStream consumer), however
+        many runs a program waits for at once.
         """
-        first = await self.status(run_id)
-        if step is not None and step not in first["steps"]:
-            raise errs.DagnatsError(f"run {run_id} has no step {step!r}")
+        check_identifier("run id", run_id)
+        assert self.nc is not None
 
-        async def follow() -> dict[str, Any]:
-            # Fold the history here: the state at each event, with no read racing the engine.
-            state = new_run(run_id)
-            async with contextlib.aclosing(self.watch(run_id)) as events:
-                async for event in events:
-                    state = fold(state, event)
-                    view = run_view(state)
-                    if _finished(view, step):
-                        return view
-            return run_view(state)
+        def finished(view: dict[str, Any]) -> bool:
+            if step is not None and step not in view["steps"]:
+                raise errs.DagnatsError(f"run {run_id} has no step {step!r}")
+            return _finished(view, step)
 
         try:
-            return await asyncio.wait_for(follow(), timeout)
+            return await asyncio.wait_for(await_run(self.nc, run_id, lambda: self.status(run_id), finished, step),
+                                          timeout)
         except asyncio.TimeoutError:
             raise WaitTimeout(run_id, step, timeout or 0) from None
 
@@ -195,7 +202,8 @@ class Client:
         return await self.request("status")
 
     async def watch(self, run_id: str, idle_timeout: float | None = None) -> AsyncIterator[Event]:
-        """Yield the run's history events from the start until the run is terminal."""
+        """Yield the run's history events from the start until the run is terminal
+        (one ordered consumer for the watch's life: for a person following a run)."""
         check_identifier("run id", run_id)
         assert self.nc is not None
         js = self.nc.jetstream()
@@ -215,29 +223,24 @@ class Client:
 _TERMINAL_EVENTS = frozenset({
     "workflow.completed", "workflow.failed", "workflow.cancelled", "workflow.compensated", "workflow.compensate_failed",
 })
-_STEP_END = frozenset({"step.completed", "step.failed", "step.skipped", "step.recovered", "workflow.cancelled"})
+_STEP_ENDED = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED, StepStatus.CANCELLED, StepStatus.RECOVERED})
+_RUN_MOVING = frozenset({"running", "pausing", "paused", "compensating"})
 
 
 class WaitTimeout(errs.DagnatsError, TimeoutError):
     def __init__(self, run_id: str, step: str | None, timeout: float) -> None:
+        self.run_id, self.step, self.timeout = run_id, step, timeout
         what = f"step {step} of run {run_id}" if step else f"run {run_id}"
         super().__init__(f"{what} did not finish within {timeout:g}s")
 
 
 def _finished(run: dict[str, Any], step: str | None) -> bool:
+    if run["status"] in TERMINAL_RUN_STATUSES:
+        return True
     if step is None:
-        return run["status"] in TERMINAL_RUN_STATUSES
+        return False
     status = run["steps"][step]["status"]
-    done = status in ("completed", "skipped", "cancelled", "recovered")
-    failed_for_good = status == "failed" and run["status"] not in ("running", "pausing", "paused")
-    return done or failed_for_good or run["status"] in TERMINAL_RUN_STATUSES
-
-
-def _rebuild(cls: type, message: str) -> errs.DagnatsError:
-    """The engine's error as the same class, without re-running its constructor."""
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    return err
+    return status in _STEP_ENDED or (status == StepStatus.FAILED and run["status"] not in _RUN_MOVING)
 
 
 class SyncClient:

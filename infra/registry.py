@@ -1,10 +1,5 @@
-"""The worker registry: which workers are alive, in the ``workers`` KV.
-
-Each worker puts its record every second; the bucket's keys expire four
-seconds after their last write, so a worker killed with -9 drops out within
-about four seconds and one that stops gracefully deletes its key at once.
-The engine asks it whether the worker a sticky run is bound to still lives.
-"""
+"""The worker's side of the registry: keeps its record alive while it runs
+(see ``wire.workers``; the engine asks it whether a sticky run's worker lives)."""
 
 from __future__ import annotations
 
@@ -15,23 +10,13 @@ import socket
 from datetime import datetime, timezone
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from dagnats.domain.events import format_timestamp
 
-from .resources import WORKERS_BUCKET
+from .wire.names import WORKERS_BUCKET
+from .wire.workers import HEARTBEAT, WorkerRecord
 
 log = logging.getLogger("dagnats.registry")
-HEARTBEAT = 1.0  # seconds between a worker's puts (the bucket's TTL is 4 s)
-
-
-class WorkerRecord(msgspec.Struct, frozen=True):
-    worker_id: str
-    tasks: list[str]
-    groups: list[str]
-    pid: int
-    hostname: str
-    last_seen: str
 
 
 class Heartbeat:
@@ -72,10 +57,3 @@ class Heartbeat:
                 self._kv = None
             await asyncio.sleep(HEARTBEAT)
 
-
-async def worker_alive(js, worker_id: str) -> bool:
-    try:
-        entry = await (await js.key_value(WORKERS_BUCKET)).get(worker_id)
-    except (KeyNotFoundError, NotFoundError):
-        return False
-    return bool(entry and entry.value)

@@ -38,39 +38,28 @@ from nats.js import JetStreamContext
 from opentelemetry import propagate, trace
 
 from dagnats.domain.events import (
-    EVENT_ENCODER,
     STEP_COMPLETED,
     STEP_FAILED,
     STEP_STARTED,
     TASK_DECODER,
-    Event,
     FailureType,
     TaskPayload,
     fact_id,
     format_timestamp,
+    make_event,
 )
+from dagnats.domain.errors import Permanent, RateLimited
 from dagnats.domain.identifiers import check_identifier
 
-from .headers import MSG_ID, TRACEPARENT
-from .resources import INBOX_STREAM, inbox_subject
+from .wire.facts import publish_fact
+from .wire.headers import TRACEPARENT
+from .wire.subjects import inbox_subject
 
 log = logging.getLogger("dagnats.worker")
 _tracer = trace.get_tracer("dagnats.worker")
 
 MAX_ERROR_CHARS = 16_384  # the engine keeps less; this only keeps a fact under max_payload
 STARTED_REPORT_DELAY = 0.05  # seconds a handler runs before its step.started is sent
-
-
-class Permanent(Exception):
-    """Raise from a handler to fail the step at once, without retries."""
-
-
-class RateLimited(Exception):
-    """Raise from a handler to have the engine retry after ``retry_after`` seconds."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = max(0.0, float(retry_after))
 
 
 @dataclass(frozen=True)
@@ -233,24 +222,20 @@ class TaskRunner:
 
     async def _report(self, ctx: TaskContext, outcome: Outcome, at: str = "", started_at: str = "") -> bool:
         """Publish one fact to the run's inbox; True once JetStream has stored it."""
-        event = Event(
-            type=outcome.type,
-            run_id=ctx.run_id,
+        event = make_event(
+            outcome.type,
+            ctx.run_id,
+            outcome.payload,
             step_id=ctx.step_id,
             timestamp=at or format_timestamp(datetime.now(timezone.utc)),
             started_at=started_at,
-            payload=outcome.payload,
             trace_parent=ctx.trace_parent,
             attempt=ctx.attempt,
             worker_id=self.worker_id,
             id=fact_id(outcome.type, ctx.step_id, ctx.attempt),
         )
-        headers = {MSG_ID: f"{ctx.run_id}.{event.id}"}
-        if ctx.trace_parent:
-            headers[TRACEPARENT] = ctx.trace_parent
-        subject, body = inbox_subject(ctx.run_id), EVENT_ENCODER.encode(event)
         try:
-            await self.js.publish(subject, body, stream=INBOX_STREAM, headers=headers)
+            await publish_fact(self.js, event)
         except MaxPayloadError as err:
             if not outcome.failed:  # running again cannot shrink the output
                 return await self._report(ctx, failure(f"output too large: {err}", FailureType.PERMANENT),

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -44,10 +43,12 @@ from nats.js import JetStreamContext, api
 from dagnats.domain.errors import TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.identifiers import check_identifier, is_identifier
 
-from .client import server_list
-from .pull import more_pending
 from .registry import Heartbeat
-from .resources import TASK_STREAM
+from .wire.connection import nats_url as resolve_url
+from .wire.connection import server_list
+from .wire.names import TASK_STREAM
+from .wire.reading import more_pending
+from .wire.subjects import task_filter
 from .task_context import (
     Permanent,
     RateLimited,
@@ -62,7 +63,6 @@ __all__ = ["Worker", "TaskContext", "Permanent", "RateLimited", "load_worker"]
 
 log = logging.getLogger("dagnats.worker")
 
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 FETCH_TIMEOUT = 1.0  # short: a stop waits at most this long for the fetch loops
 MAX_BATCH = 100
 STALL_MARGIN = 5.0  # a fetch this much past its timeout is stuck (nats.py #933, #986)
@@ -92,7 +92,7 @@ class Worker:
             raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
         if ack_wait <= 0:
             raise ValueError(f"ack_wait must be positive, not {ack_wait}")
-        self.nats_url = nats_url or os.environ.get("DAGNATS_NATS_URL") or DEFAULT_NATS_URL
+        self.nats_url = resolve_url(nats_url)
         self.max_concurrent = max_concurrent
         self.groups = [check_identifier("worker group", g) for g in groups or []]
         self.worker_id = worker_id or f"worker-{secrets.token_hex(8)}"
@@ -381,7 +381,7 @@ class _Subscription:
 
     @property
     def filter_subject(self) -> str:
-        return f"task.{self.task}.*" if self.group is None else f"task.{self.task}.{self.group}.*"
+        return task_filter(self.task, self.group)
 
 
 class _Slots:

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import nats
 import pytest
 
-from dagnats.infra.server import NatsServer, run_cluster
+from dagnats.infra.engine.server import NatsServer, run_cluster
 
 T = TypeVar("T")
 

@@ -15,12 +15,13 @@ import msgspec
 import nats
 from nats.js import api
 
-from dagnats.domain.events import Event, TaskPayload, fact_id, format_timestamp
-from dagnats.infra.api import ControlPlane
+from dagnats.domain.events import TaskPayload, fact_id, format_timestamp, make_event
+from dagnats.infra.engine.control import ControlPlane
 from dagnats.domain.errors import Unavailable
 from dagnats.infra.client import Client
 from dagnats.infra.engine import Engine
-from dagnats.infra.resources import TASK_STREAM, inbox_subject
+from dagnats.infra.wire.names import TASK_STREAM
+from dagnats.infra.wire.subjects import inbox_subject
 
 
 class EngineHarness:
@@ -96,7 +97,7 @@ class FakeWorker:
         return msgspec.json.decode(msgs[0].data, type=TaskPayload), msgs[0]
 
     async def report(self, task: TaskPayload, event_type: str, payload: Any = None, msg_id: str | None = None) -> None:
-        event = Event(
+        event = make_event(
             type=event_type, run_id=task.run_id, step_id=task.step_id, attempt=task.attempt,
             timestamp=format_timestamp(datetime.now(timezone.utc)), payload=payload,
             trace_parent=task.traceparent, worker_id="fake-worker",

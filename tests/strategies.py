@@ -111,7 +111,7 @@ def at(seconds: float) -> datetime:
 
 
 def started_event(wf: WorkflowDef, data: Any = None, run_id: str = RUN_ID) -> ev.Event:
-    return ev.Event(
+    return ev.make_event(
         type=ev.WORKFLOW_STARTED, run_id=run_id, timestamp=ev.format_timestamp(BASE_TIME),
         payload={"workflow_def": msgspec.to_builtins(wf), "input": data}, id=ev.WORKFLOW_STARTED,
         trace_parent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
@@ -120,7 +120,7 @@ def started_event(wf: WorkflowDef, data: Any = None, run_id: str = RUN_ID) -> ev
 
 def worker_fact(event_type: str, step_id: str, attempt: int, payload: Any = None,
                 moment: datetime = BASE_TIME, run_id: str = RUN_ID) -> ev.Event:
-    return ev.Event(
+    return ev.make_event(
         type=event_type, run_id=run_id, step_id=step_id, attempt=attempt, payload=payload,
         timestamp=ev.format_timestamp(moment), worker_id="worker-1",
         id=ev.fact_id(event_type, step_id, attempt),
@@ -138,7 +138,7 @@ def failed(step_id: str, attempt: int, error: str = "boom", failure_type: str = 
 
 
 def timer_fired(timer: StartTimer, moment: datetime = BASE_TIME, run_id: str = RUN_ID) -> ev.Event:
-    return ev.Event(
+    return ev.make_event(
         type=ev.TIMER_FIRED, run_id=run_id, step_id=timer.step_id, timestamp=ev.format_timestamp(moment),
         payload={"timer_id": timer.timer_id, "kind": timer.kind, "step_id": timer.step_id, "attempt": timer.attempt},
         id=f"timer.{timer.timer_id}",
@@ -229,15 +229,39 @@ def recorded_runs(draw: st.DrawFn, definitions: st.SearchStrategy[WorkflowDef] =
     return RecordedRun(wf, rec.facts, rec.history, rec.run, rec.enqueued, rec.moments)
 
 
+_OTHER_DEFINITION = WorkflowDef(name="other", steps=(StepDef(id="x", task="t"),))
+_FAILURES = st.none() | st.text(max_size=8) | st.builds(
+    ev.Failure, error=st.text(max_size=8), failure_type=st.sampled_from(["transient", "permanent", "rate_limited", "?"]),
+    retry_after_ms=json_values, timeout=st.booleans())
+
+
+def _payloads(event_type: str) -> st.SearchStrategy[Any]:
+    """Payloads of any shape the event type's struct accepts (None: its default)."""
+    if event_type in (ev.STEP_COMPLETED, ev.STEP_CONTINUE, ev.APPROVAL_GRANTED, ev.APPROVAL_REJECTED):
+        return json_values
+    if event_type == ev.STEP_FAILED:
+        return _FAILURES
+    if event_type == ev.WORKFLOW_STARTED:
+        return st.none() | st.just(ev.RunStart(workflow_def=_OTHER_DEFINITION, input=1))
+    if event_type == ev.STEP_QUEUED:
+        return st.none() | st.builds(ev.Queued, task=task_names, input=json_values,
+                                     input_from=st.sampled_from(["", "wiring", "previous", "on_failure", "?"]))
+    if event_type == ev.TIMER_FIRED:
+        return st.none() | st.builds(ev.TimerFire, timer_id=st.text(max_size=8), kind=st.text(max_size=8),
+                                     step_id=st.sampled_from(["s0", "s1", ""]), attempt=st.integers(0, 5))
+    return st.none()
+
+
+@st.composite
+def _stray(draw: st.DrawFn, step_names: tuple[str, ...]) -> ev.Event:
+    event_type = draw(st.sampled_from(sorted(ev.EVENT_TYPES)))
+    return ev.make_event(
+        event_type, RUN_ID, draw(_payloads(event_type)), step_id=draw(st.sampled_from(step_names + ("", "nope"))),
+        timestamp=ev.format_timestamp(at(999)), attempt=draw(st.integers(0, 5)),
+    )
+
+
 @lru_cache(maxsize=None)
 def stray_events(step_names: tuple[str, ...]) -> st.SearchStrategy[ev.Event]:
-    """Any event at all about this run: worker facts, decisions, run events, nonsense."""
-    types = st.sampled_from([
-        ev.STEP_STARTED, ev.STEP_COMPLETED, ev.STEP_FAILED, ev.STEP_QUEUED, ev.STEP_RETRY_SCHEDULED,
-        ev.STEP_SKIPPED, ev.TIMER_FIRED, ev.WORKFLOW_COMPLETED, ev.WORKFLOW_FAILED, ev.WORKFLOW_CANCELLED,
-        ev.WORKFLOW_STARTED, "step.unknown", "something.else",
-    ])
-    return st.builds(
-        ev.Event, type=types, run_id=st.just(RUN_ID), step_id=st.sampled_from(step_names + ("", "nope")),
-        timestamp=st.just(ev.format_timestamp(at(999))), payload=json_values, attempt=st.integers(0, 5),
-    )
+    """Any event at all about this run: worker facts, decisions, run events, odd payloads."""
+    return _stray(step_names)

@@ -101,8 +101,8 @@ def test_no_step_runs_more_often_than_its_retry_policy_allows(recorded):
 @given(recorded_runs())
 def test_a_completed_run_has_every_step_completed_and_its_output(recorded):
     run = recorded.final
-    if run.status == rs.RUN_COMPLETED:
-        assert all(state.status == rs.STEP_COMPLETED for state in run.steps.values())
+    if run.status == rs.RunStatus.COMPLETED:
+        assert all(state.status == rs.StepStatus.COMPLETED for state in run.steps.values())
         assert run.output == run_output(recorded.definition, run)
 
 
@@ -122,8 +122,8 @@ def test_the_hello_pipeline_runs_step_by_step_to_completion():
     assert enqueued(actions) == [("reverse", 1)]
     actions = rec.feed(completed("reverse", 1, "!DLROW ,OLLEH"), at(3))
     (done,) = appended(actions, ev.WORKFLOW_COMPLETED)
-    assert done.payload == {"output": "!DLROW ,OLLEH"}
-    assert rec.run.status == rs.RUN_COMPLETED and rec.run.output == "!DLROW ,OLLEH"
+    assert done.payload == ev.RunOutput(output="!DLROW ,OLLEH")
+    assert rec.run.status == rs.RunStatus.COMPLETED and rec.run.output == "!DLROW ,OLLEH"
     assert rec.run.completed_at == ev.format_timestamp(at(3))
 
 
@@ -166,9 +166,9 @@ def test_run_output_of_several_sinks_is_an_object_keyed_by_sink():
     rec = start(wf(s("root"), s("left", "root"), s("right", "root")))
     rec.feed(completed("root", 1, 0), at(1))
     rec.feed(completed("right", 1, "R"), at(2))
-    assert rec.run.status == rs.RUN_RUNNING
+    assert rec.run.status == rs.RunStatus.RUNNING
     rec.feed(completed("left", 1, "L"), at(3))
-    assert rec.run.status == rs.RUN_COMPLETED
+    assert rec.run.status == rs.RunStatus.COMPLETED
     assert rec.run.output == {"left": "L", "right": "R"}
 
 
@@ -178,7 +178,7 @@ def test_auxiliary_steps_are_neither_dispatched_nor_sinks():
     rec = start(defn)
     assert enqueued(rec.actions) == [("a", 1)]
     rec.feed(completed("a", 1, "done"), at(1))
-    assert rec.run.status == rs.RUN_COMPLETED and rec.run.output == "done"
+    assert rec.run.status == rs.RunStatus.COMPLETED and rec.run.output == "done"
 
 
 def test_a_duplicate_fact_decides_nothing():
@@ -234,12 +234,12 @@ def test_a_transient_failure_schedules_a_retry_and_the_timer_redispatches():
     actions = rec.feed(failed("a", 1, "boom", moment=at(5)), at(5))
     (scheduled,) = appended(actions, ev.STEP_RETRY_SCHEDULED)
     due = ev.format_timestamp(at(7))
-    assert scheduled.payload == {"retry_at": due, "delay_ms": 2000, "error": "boom"}
+    assert scheduled.payload == ev.RetryScheduled(retry_at=due, delay_ms=2000, error="boom")
     assert timers(actions) == [retry_timer("a", 1, due)]
-    assert rec.run.step("a").status == rs.STEP_RETRYING and rec.run.step("a").retry_at == due
+    assert rec.run.step("a").status == rs.StepStatus.RETRYING and rec.run.step("a").retry_at == due
     actions = rec.feed(timer_fired(timers(actions)[0], at(7)), at(7))
     assert enqueued(actions) == [("a", 2)] and rec.enqueued[-1].payload.input == "in"
-    assert rec.run.step("a").status == rs.STEP_QUEUED and rec.run.step("a").attempts == 2
+    assert rec.run.step("a").status == rs.StepStatus.QUEUED and rec.run.step("a").attempts == 2
 
 
 def test_max_attempts_two_means_at_most_three_runs_then_the_run_fails():
@@ -250,7 +250,7 @@ def test_max_attempts_two_means_at_most_three_runs_then_the_run_fails():
     assert enqueued(rec.actions) == [("a", 1), ("a", 2), ("a", 3)]
     assert timers(actions) == []
     (failure,) = appended(actions, ev.WORKFLOW_FAILED)
-    assert rec.run.status == rs.RUN_FAILED
+    assert rec.run.status == rs.RunStatus.FAILED
     assert rec.run.error == "step a failed after 3 attempts: still broken"
     assert failure.step_id == "a"
 
@@ -259,14 +259,14 @@ def test_a_permanent_failure_fails_the_run_at_once():
     rec = start(wf(s("a", retry=policy(attempts=5)), s("b", "a")))
     actions = rec.feed(failed("a", 1, "bad input", "permanent"), at(1))
     assert appended(actions, ev.STEP_RETRY_SCHEDULED) == [] and timers(actions) == []
-    assert rec.run.status == rs.RUN_FAILED and rec.run.error == "step a failed: bad input"
-    assert rec.run.step("b").status == rs.STEP_PENDING
+    assert rec.run.status == rs.RunStatus.FAILED and rec.run.error == "step a failed: bad input"
+    assert rec.run.step("b").status == rs.StepStatus.PENDING
 
 
 def test_a_step_without_any_retry_policy_fails_the_run_on_its_first_failure():
     rec = start(wf(s("a")))
     rec.feed(failed("a", 1), at(1))
-    assert rec.run.status == rs.RUN_FAILED
+    assert rec.run.status == rs.RunStatus.FAILED
 
 
 def test_legacy_retries_mean_fixed_five_second_retries():
@@ -275,7 +275,7 @@ def test_legacy_retries_mean_fixed_five_second_retries():
         max_attempts=2, strategy="fixed", initial_delay=LEGACY_DELAY, max_delay=LEGACY_DELAY)
     rec = start(wf(step))
     actions = rec.feed(failed("a", 1), at(1))
-    assert appended(actions, ev.STEP_RETRY_SCHEDULED)[0].payload["delay_ms"] == 5000
+    assert appended(actions, ev.STEP_RETRY_SCHEDULED)[0].payload.delay_ms == 5000
 
 
 def test_default_retry_applies_when_the_step_has_none():
@@ -287,13 +287,13 @@ def test_default_retry_applies_when_the_step_has_none():
     assert resolve_retry_policy(defn, defn.step("c")) == default  # default_retry wins over legacy retries
     rec = start(defn)
     actions = rec.feed(failed("a", 1), at(1))
-    assert appended(actions, ev.STEP_RETRY_SCHEDULED)[0].payload["delay_ms"] == 3000
+    assert appended(actions, ev.STEP_RETRY_SCHEDULED)[0].payload.delay_ms == 3000
 
 
 def test_a_rate_limited_failure_waits_as_long_as_the_worker_asked():
     rec = start(wf(s("a", retry=policy("fixed", 10 * SECOND))))
     actions = rec.feed(failed("a", 1, "429", "rate_limited", retry_after_ms=1500), at(1))
-    assert appended(actions, ev.STEP_RETRY_SCHEDULED)[0].payload["delay_ms"] == 1500
+    assert appended(actions, ev.STEP_RETRY_SCHEDULED)[0].payload.delay_ms == 1500
 
 
 # ---- timers ---------------------------------------------------------------------------------------------
@@ -307,9 +307,9 @@ def test_a_step_timeout_fails_the_attempt_and_retries_it():
     assert timeout.due == ev.format_timestamp(at(31))
     actions = rec.feed(timer_fired(timeout, at(31)), at(31))
     (failure,) = appended(actions, ev.STEP_FAILED)
-    assert failure.payload["error"] == "step timeout exceeded (30s)" and failure.attempt == 1
+    assert failure.payload.error == "step timeout exceeded (30s)" and failure.attempt == 1
     assert rec.run.step("a").error == "step timeout exceeded (30s)"
-    assert rec.run.step("a").status == rs.STEP_RETRYING
+    assert rec.run.step("a").status == rs.StepStatus.RETRYING
     (retry,) = timers(actions)
     actions = rec.feed(timer_fired(retry, at(32)), at(32))
     assert enqueued(actions) == [("a", 2)]
@@ -322,7 +322,7 @@ def test_a_step_timeout_without_retries_fails_the_run():
     rec = start(wf(s("a", timeout=MINUTE)))
     (timeout,) = timers(rec.feed(worker_fact(ev.STEP_STARTED, "a", 1), at(1)))
     rec.feed(timer_fired(timeout, at(61)), at(61))
-    assert rec.run.status == rs.RUN_FAILED
+    assert rec.run.status == rs.RunStatus.FAILED
     assert rec.run.error == "step a failed: step timeout exceeded (1m0s)"
 
 
@@ -383,12 +383,12 @@ def test_recover_dispatches_steps_that_became_ready_but_were_never_queued():
 def test_a_malformed_or_extreme_retry_after_hint_is_clamped_not_a_crash(hint, delay_ms):
     rec = start(wf(s("a", retry=policy())))
     actions = rec.feed(failed("a", 1, "429", "rate_limited", retry_after_ms=hint), at(1))
-    assert appended(actions, ev.STEP_RETRY_SCHEDULED)[0].payload["delay_ms"] == delay_ms
+    assert appended(actions, ev.STEP_RETRY_SCHEDULED)[0].payload.delay_ms == delay_ms
 
 
 def test_recover_accepts_a_go_worker_timestamp_with_nanoseconds():
     rec = start(wf(s("t", timeout=MINUTE)))
-    go_started = ev.Event(type=ev.STEP_STARTED, run_id=RUN_ID, step_id="t", attempt=1,
+    go_started = ev.make_event(type=ev.STEP_STARTED, run_id=RUN_ID, step_id="t", attempt=1,
                           timestamp="2025-01-01T00:00:02.123456789Z", id="t.1.step.started")
     rec.feed(go_started, at(2))
     (timer,) = timers(recover(rec.run, at(10)))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from dagnats.infra.server import _port_is_free, server_binary
+from dagnats.infra.engine.server import _port_is_free, server_binary
 
 from e2e_support import TERMINAL, Cli, WorkerProc, _alive, _cmdline, wait_for
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dagnats.infra.server import NatsServer, free_port
+from dagnats.infra.engine.server import NatsServer, free_port
 
 from e2e_support import CLI, EXAMPLES, Cli, Result, Serve, base_env
 

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from dagnats.infra.server import NatsServer
+from dagnats.infra.engine.server import NatsServer
 
 from e2e_support import Cli, Serve, WorkerProc, wait_for
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import nats
 import pytest
 
-from dagnats.infra.server import NatsServer
+from dagnats.infra.engine.server import NatsServer
 
 from e2e_support import EXAMPLES, Cli, Serve, wait_for
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagnats.infra.server import free_port
+from dagnats.infra.engine.server import free_port
 
 from e2e_support import Cli, Serve, _alive
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from dagnats.infra.server import free_port
+from dagnats.infra.engine.server import free_port
 
 from e2e_support import EXAMPLES, Cli, Result, Serve, WorkerProc, wait_for
 

@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 import nats
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from dagnats.domain.events import Event, encode_record, format_timestamp
-from dagnats.infra.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
-from dagnats.infra.resources import history_subject
+from dagnats.domain.events import Event, encode_record, format_timestamp, make_event
+from dagnats.infra.wire.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
+from dagnats.infra.wire.subjects import history_subject
 
 from harness import CHAIN3, EngineHarness, FakeWorker
 
@@ -50,7 +50,7 @@ def test_foreign_append_makes_the_actor_refold_and_decide_again(nats_url, run, c
             # Write a step.started fact straight into the history, behind the actor's back.
             js = h.nc.jetstream()
             last = (await js.get_msg("WORKFLOW_HISTORY", subject=history_subject(run_id))).seq
-            foreign = Event(type="step.started", run_id=run_id, step_id="a", attempt=1,
+            foreign = make_event(type="step.started", run_id=run_id, step_id="a", attempt=1,
                             timestamp=format_timestamp(datetime.now(timezone.utc)),
                             worker_id="foreign", id="a.1.step.started")
             await js.publish(history_subject(run_id), encode_record([foreign]),
@@ -210,12 +210,12 @@ def test_a_crashed_actor_is_rebuilt_from_history(nats_url, run):
             real_record = ports.record
             crashes = []
 
-            def flaky_record(run_id, events, expected_seq, msg_id, tasks):
+            def flaky_record(run_id, events, body, expected_seq, msg_id, tasks):
                 if not crashes and tasks and tasks[0].payload.step_id == "b":
                     crashes.append(1)
-                    real_record(run_id, events, expected_seq, msg_id, [])  # stored; the task is lost
+                    real_record(run_id, events, body, expected_seq, msg_id, [])  # stored; the task is lost
                     raise RuntimeError("injected crash while dispatching b")
-                return real_record(run_id, events, expected_seq, msg_id, tasks)
+                return real_record(run_id, events, body, expected_seq, msg_id, tasks)
 
             ports.record = flaky_record
             await FakeWorker(h.nc, "ta").complete("a")
@@ -251,8 +251,8 @@ def test_unknown_and_hostile_run_ids_are_refused(nats_url, run):
 def test_a_fact_with_a_malformed_timestamp_does_not_poison_the_run(nats_url, run):
     import msgspec
 
-    from dagnats.domain.events import Event
-    from dagnats.infra.resources import inbox_subject
+    from dagnats.domain.events import make_event
+    from dagnats.infra.wire.subjects import inbox_subject
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -260,7 +260,7 @@ def test_a_fact_with_a_malformed_timestamp_does_not_poison_the_run(nats_url, run
             run_id = await h.client.start("chain3")
             worker = FakeWorker(h.nc, "ta")
             task, msg = await worker.next()
-            bad = Event(type="step.started", run_id=run_id, step_id="a", attempt=1, timestamp="yesterday-ish",
+            bad = make_event(type="step.started", run_id=run_id, step_id="a", attempt=1, timestamp="yesterday-ish",
                         trace_parent="not-a-traceparent", id="a.1.step.started")
             await h.nc.jetstream().publish(inbox_subject(run_id), msgspec.json.encode(bad))
             await worker.report(task, "step.completed", "a")
@@ -338,11 +338,11 @@ def test_a_poison_run_is_quarantined_while_other_runs_carry_on_and_resumes_once_
             ports, real_record = h.engine.ports, h.engine.ports.record
             attempts = []
 
-            def failing_record(run_id, events, expected_seq, msg_id, tasks):
+            def failing_record(run_id, events, body, expected_seq, msg_id, tasks):
                 if run_id == poison and healed == []:
                     attempts.append(1)
                     raise RuntimeError("injected: this run's decisions cannot be stored")
-                return real_record(run_id, events, expected_seq, msg_id, tasks)
+                return real_record(run_id, events, body, expected_seq, msg_id, tasks)
 
             healed: list[int] = []
             ports.record = failing_record

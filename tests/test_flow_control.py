@@ -377,7 +377,7 @@ def test_a_step_type_the_engine_does_not_run_is_refused_at_start_and_fails_a_run
 
     from dagnats.domain import events as ev
     from dagnats.domain.errors import UnsupportedStepType
-    from dagnats.infra.resources import inbox_subject
+    from dagnats.infra.wire.subjects import inbox_subject
 
     wf = _wf("sleepy", [{"id": "a", "task": "sl1"}, {"id": "nap", "type": "sleep", "depends_on": ["a"],
                                                    "config": {"duration": "1s"}}])
@@ -389,7 +389,7 @@ def test_a_step_type_the_engine_does_not_run_is_refused_at_start_and_fails_a_run
                 await h.client.start("sleepy")
             # A start that bypasses the API (an older engine's run, say) fails instead of hanging.
             stored = await h.client.workflow("sleepy")
-            start = ev.Event(type=ev.WORKFLOW_STARTED, run_id="handmade", id="workflow.started",
+            start = ev.make_event(type=ev.WORKFLOW_STARTED, run_id="handmade", id="workflow.started",
                              timestamp="2026-01-01T00:00:00.000000Z", payload={"workflow_def": stored, "input": None})
             await h.nc.jetstream().publish(inbox_subject("handmade"), msgspec.json.encode(start))
             await FakeWorker(h.nc, "sl1").complete("a")

@@ -1,6 +1,7 @@
 """fold: a total, pure, deterministic reducer; duplicates and stale facts change nothing."""
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,7 +69,7 @@ def test_duplicated_events_change_nothing(recorded, data):
 def test_a_late_completion_of_a_timed_out_attempt_changes_nothing(recorded, data):
     timeouts = [
         (i, e) for i, e in enumerate(recorded.history)
-        if e.type == ev.STEP_FAILED and isinstance(e.payload, dict) and e.payload.get("timeout")
+        if isinstance(e, ev.StepFailed) and e.failure.timeout
     ]
     for index, timeout in timeouts:
         late = completed(timeout.step_id, timeout.attempt, "too late", at(500))
@@ -93,7 +94,7 @@ def test_reports_from_earlier_attempts_change_nothing(recorded, data):
 def test_events_after_a_terminal_state_change_nothing(recorded, data):
     run = recorded.final
     if not run.is_terminal:
-        cancel = ev.Event(type=ev.WORKFLOW_CANCELLED, run_id=RUN_ID, timestamp=ev.format_timestamp(at(900)),
+        cancel = ev.make_event(type=ev.WORKFLOW_CANCELLED, run_id=RUN_ID, timestamp=ev.format_timestamp(at(900)),
                           payload={"reason": "cancelled by test"}, id=ev.WORKFLOW_CANCELLED)
         run = fold(run, cancel)
     assert run.is_terminal
@@ -137,13 +138,13 @@ def started_run() -> rs.WorkflowRun:
 
 
 def queued(step_id: str, attempt: int, data=None) -> ev.Event:
-    return ev.Event(type=ev.STEP_QUEUED, run_id=RUN_ID, step_id=step_id, attempt=attempt, timestamp="t-queued",
+    return ev.make_event(type=ev.STEP_QUEUED, run_id=RUN_ID, step_id=step_id, attempt=attempt, timestamp="t-queued",
                     payload={"task": "ta", "input": data}, id=ev.fact_id(ev.STEP_QUEUED, step_id, attempt))
 
 
 def test_workflow_started_sets_up_the_run_from_its_payload():
     run = started_run()
-    assert run.status == rs.RUN_RUNNING and run.workflow == "pair" and run.definition == WF
+    assert run.status == rs.RunStatus.RUNNING and run.workflow == "pair" and run.definition == WF
     assert run.input == {"n": 1}
     assert run.steps == {"a": rs.StepState(task="ta"), "b": rs.StepState(task="tb")}
     assert run.created_at == run.started_at == ev.format_timestamp(at(0))
@@ -156,10 +157,16 @@ def test_a_second_workflow_started_changes_nothing():
     assert fold(run, started_event(other)) is run
 
 
-def test_a_workflow_started_without_a_usable_definition_changes_nothing():
+def test_a_workflow_started_without_a_definition_changes_nothing():
     run = rs.new_run(RUN_ID)
-    for payload in (None, "x", {}, {"workflow_def": {"name": "x"}}, {"workflow_def": 5}):
-        assert fold(run, ev.Event(type=ev.WORKFLOW_STARTED, run_id=RUN_ID, payload=payload)) is run
+    assert fold(run, ev.make_event(type=ev.WORKFLOW_STARTED, run_id=RUN_ID)) is run
+
+
+@pytest.mark.parametrize("payload", ['"x"', "{}", '{"workflow_def": {"name": "x"}}', '{"workflow_def": 5}'])
+def test_a_workflow_started_without_a_usable_definition_does_not_decode(payload):
+    data = f'{{"type": "workflow.started", "run_id": "{RUN_ID}", "payload": {payload}}}'.encode()
+    with pytest.raises(msgspec.ValidationError):
+        ev.decode_event(data)
 
 
 def test_step_events_before_the_run_started_change_nothing():
@@ -170,18 +177,18 @@ def test_step_events_before_the_run_started_change_nothing():
 
 def test_a_step_goes_queued_running_completed():
     run = fold(started_run(), queued("a", 1, {"n": 1}))
-    assert run.step("a").status == rs.STEP_QUEUED and run.step("a").attempts == 1
+    assert run.step("a").status == rs.StepStatus.QUEUED and run.step("a").attempts == 1
     assert run.step("a").input == {"n": 1}
     run = fold(run, worker_fact(ev.STEP_STARTED, "a", 1, moment=at(1)))
-    assert run.step("a").status == rs.STEP_RUNNING and run.step("a").worker_id == "worker-1"
+    assert run.step("a").status == rs.StepStatus.RUNNING and run.step("a").worker_id == "worker-1"
     run = fold(run, completed("a", 1, "out", at(2)))
-    assert run.step("a").status == rs.STEP_COMPLETED and run.step("a").output == "out"
+    assert run.step("a").status == rs.StepStatus.COMPLETED and run.step("a").output == "out"
     assert run.step("a").finished_at == ev.format_timestamp(at(2))
 
 
 def test_a_completion_may_arrive_without_a_started_report():
     run = fold(fold(started_run(), queued("a", 1)), completed("a", 1, 42))
-    assert run.step("a").status == rs.STEP_COMPLETED and run.step("a").output == 42
+    assert run.step("a").status == rs.StepStatus.COMPLETED and run.step("a").output == 42
 
 
 def test_a_duplicate_completion_leaves_the_run_unchanged():
@@ -192,7 +199,7 @@ def test_a_duplicate_completion_leaves_the_run_unchanged():
 def test_a_failure_records_error_and_failure_type_truncated_to_the_limit():
     run = fold(fold(started_run(), queued("a", 1)), failed("a", 1, "ééééé!", "non_retriable"))
     state = run.step("a")
-    assert state.status == rs.STEP_FAILED
+    assert state.status == rs.StepStatus.FAILED
     assert state.error == "éééé"  # 8 bytes, no character split
     assert state.failure_type == "permanent"  # the Go alias
 
@@ -209,25 +216,30 @@ def test_a_queued_event_must_open_a_higher_attempt():
     assert fold(run, queued("a", 2)) is run
 
 
-def test_events_for_unknown_steps_or_types_change_nothing():
+def test_events_for_unknown_steps_change_nothing():
     run = started_run()
     assert fold(run, completed("ghost", 1)) is run
-    assert fold(run, ev.Event(type="step.teleported", run_id=RUN_ID, step_id="a", attempt=1)) is run
-    assert fold(run, ev.Event(type="workflow.exploded", run_id=RUN_ID)) is run
-    assert fold(run, ev.Event(type="whatever", run_id=RUN_ID)) is run
+
+
+@pytest.mark.parametrize("event_type", ["step.teleported", "workflow.exploded", "whatever"])
+def test_events_of_unknown_types_do_not_decode(event_type):
+    with pytest.raises(msgspec.ValidationError, match="Invalid value"):
+        ev.decode_event(f'{{"type": "{event_type}", "run_id": "{RUN_ID}"}}'.encode())
+    with pytest.raises(ValueError, match="unknown event type"):
+        ev.make_event(event_type, RUN_ID)
 
 
 def test_cancelling_marks_unfinished_steps_cancelled():
     run = fold(fold(started_run(), queued("a", 1)), completed("a", 1, "ok"))
-    run = fold(run, ev.Event(type=ev.WORKFLOW_CANCELLED, run_id=RUN_ID, timestamp="t9", payload={"reason": "user"}))
-    assert run.status == rs.RUN_CANCELLED and run.error == "user" and run.completed_at == "t9"
-    assert run.step("a").status == rs.STEP_COMPLETED
-    assert run.step("b").status == rs.STEP_CANCELLED
+    run = fold(run, ev.make_event(type=ev.WORKFLOW_CANCELLED, run_id=RUN_ID, timestamp="t9", payload={"reason": "user"}))
+    assert run.status == rs.RunStatus.CANCELLED and run.error == "user" and run.completed_at == "t9"
+    assert run.step("a").status == rs.StepStatus.COMPLETED
+    assert run.step("b").status == rs.StepStatus.CANCELLED
 
 
 def test_workflow_completed_records_the_output():
-    run = fold(started_run(), ev.Event(type=ev.WORKFLOW_COMPLETED, run_id=RUN_ID, payload={"output": [1, 2]}))
-    assert run.status == rs.RUN_COMPLETED and run.output == [1, 2] and run.is_terminal
+    run = fold(started_run(), ev.make_event(type=ev.WORKFLOW_COMPLETED, run_id=RUN_ID, payload={"output": [1, 2]}))
+    assert run.status == rs.RunStatus.COMPLETED and run.output == [1, 2] and run.is_terminal
 
 
 def test_run_state_survives_a_snapshot_round_trip():

@@ -71,7 +71,7 @@ def test_the_recorded_facts_still_lead_to_the_recorded_decisions(name):
 
 def test_the_hello_pipeline_history_is_the_tutorial_run():
     final = replay(load_history("hello-pipeline"))
-    assert final.status == rs.RUN_COMPLETED
+    assert final.status == rs.RunStatus.COMPLETED
     assert {sid: s.output for sid, s in final.steps.items()} == {
         "greet": "Hello, World!", "uppercase": "HELLO, WORLD!", "reverse": "!DLROW ,OLLEH"}
     assert final.output == "!DLROW ,OLLEH"
@@ -79,5 +79,5 @@ def test_the_hello_pipeline_history_is_the_tutorial_run():
 
 def test_the_exhausted_history_failed_after_three_attempts():
     final = replay(load_history("exhausted-retries"))
-    assert final.status == rs.RUN_FAILED and final.step("charge").attempts == 3
+    assert final.status == rs.RunStatus.FAILED and final.step("charge").attempts == 3
     assert final.error == "step charge failed after 3 attempts: card declined"

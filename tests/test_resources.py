@@ -10,22 +10,11 @@ import nats
 import pytest
 from nats.js import api
 
-from dagnats.infra import headers
-from dagnats.infra.resources import (
-    DEAD_LETTER_MAX_AGE,
-    EVENT_MAX_AGE,
-    KV_BUCKETS,
-    TIMER_STREAM,
-    InvalidSubjectTokenError,
-    ensure_resources,
-    event_subject,
-    history_subject,
-    inbox_subject,
-    stream_configs,
-    task_subject,
-    timer_fired_subject,
-    timer_sched_subject,
-)
+from dagnats.domain.errors import InvalidIdentifier
+from dagnats.infra.wire import headers
+from dagnats.infra.engine.streams import DEAD_LETTER_MAX_AGE, EVENT_MAX_AGE, KV_BUCKETS, ensure_resources, stream_configs
+from dagnats.infra.wire.names import TIMER_STREAM
+from dagnats.infra.wire.subjects import event_subject, history_subject, inbox_subject, task_subject, timer_fired_subject, timer_sched_subject
 
 LIMITS, WORK_QUEUE = api.RetentionPolicy.LIMITS, api.RetentionPolicy.WORK_QUEUE
 ENGINE_STREAMS = {
@@ -214,7 +203,7 @@ def test_subject_builders_put_ids_in_their_place():
 
 @pytest.mark.parametrize("bad", ["", "*", ">", "a.b", "a b", "x" * 65, None])
 def test_subject_builders_refuse_ids_that_are_not_single_tokens(bad):
-    with pytest.raises(InvalidSubjectTokenError) as caught:
+    with pytest.raises(InvalidIdentifier) as caught:
         history_subject(bad)
     assert "run id" in str(caught.value)
 

@@ -8,7 +8,7 @@ import nats
 import pytest
 from nats.js import api
 
-from dagnats.infra.server import NatsServer, PortInUseError, ServerError, free_port
+from dagnats.infra.engine.server import NatsServer, PortInUseError, ServerError, free_port
 
 
 async def publish_and_count(url: str, subject: str, *, publish: bool) -> int:

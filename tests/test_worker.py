@@ -25,8 +25,10 @@ from nats.js import api
 
 from dagnats.domain.errors import InvalidIdentifier, TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.events import EVENT_DECODER, Event, TaskPayload, parse_timestamp
-from dagnats.infra.headers import MSG_ID, TRACEPARENT
-from dagnats.infra.resources import INBOX_STREAM, TASK_STREAM, ensure_resources, inbox_subject, task_subject
+from dagnats.infra.wire.headers import MSG_ID, TRACEPARENT
+from dagnats.infra.engine.streams import ensure_resources
+from dagnats.infra.wire.names import INBOX_STREAM, TASK_STREAM
+from dagnats.infra.wire.subjects import inbox_subject, task_subject
 from dagnats.infra.worker import Permanent, RateLimited, TaskContext, Worker, load_worker
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -244,7 +246,7 @@ def test_input_that_does_not_decode_fails_permanently_without_running(nats_url, 
 
     result = run(body())
     assert result.type == "step.failed" and not calls
-    assert result.payload == {
+    assert msgspec.to_builtins(result.payload) == {
         "error": "input does not match Order: Expected `int`, got `str` - at `$.qty`",
         "failure_type": "permanent",
     }
@@ -287,7 +289,7 @@ def test_handler_exceptions_become_failure_types(nats_url, run, error, payload):
 
     result = run(body())
     assert (result.type, result.attempt, result.id) == ("step.failed", 2, "s1.2.step.failed")
-    assert result.payload == payload
+    assert msgspec.to_builtins(result.payload) == payload
     assert calls == [{"amount": 5}]
 
 
@@ -670,8 +672,8 @@ def test_output_too_large_to_report_fails_permanently(nats_url, run):
 
     result = run(body())
     assert result.type == "step.failed"
-    assert result.payload["failure_type"] == "permanent"
-    assert result.payload["error"].startswith("output too large")
+    assert result.failure.failure_type == "permanent"
+    assert result.failure.error.startswith("output too large")
 
 
 POLITE_WORKER = """

@@ -18,8 +18,9 @@ from typing import Any
 from dagnats.domain.errors import DagnatsError, InvalidInput
 from dagnats.domain.validate import parse_and_validate
 
+from ..client import Client
+from ..wire.connection import nats_url
 from . import render
-from .client import Client, nats_url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,8 +191,8 @@ def _parse_input(text: str | None) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
-    from .server import ServerError
+    from ..engine.serve import serve
+    from ..engine.server import ServerError
 
     try:
         asyncio.run(serve(_url(args), args.data_dir, args.external, args.max_live_runs))
@@ -209,11 +210,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import os
 
-    from .worker import load_worker
+    from ..worker import load_worker
 
     if getattr(args, "nats_url", None):
         os.environ["DAGNATS_NATS_URL"] = args.nats_url
-    from .tracing import setup_tracing
+    from ..tracing import setup_tracing
 
     setup_tracing("dagnats-worker")
     worker = load_worker(args.file)
@@ -355,6 +356,3 @@ def cmd_event_publish(args: argparse.Namespace) -> int:
     _print_json({"event": args.name, "seq": seq}) if args.json else print(f"Event published: {args.name} (seq {seq})")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

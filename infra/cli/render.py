@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
+from dagnats.domain import events as ev
 from dagnats.domain.durations import format_duration
+from dagnats.domain.events import Event
 
 MAX_CELL = 80
 
@@ -113,27 +115,27 @@ def engine_status(st: dict[str, Any]) -> str:
     return "\n".join(lines) + table(("STREAM", "MESSAGES", "BYTES"), rows)
 
 
-def watch_line(event: Any) -> str | None:
+def watch_line(event: Event) -> str | None:
     """One line per step outcome and run outcome, as the tutorial shows."""
-    t, step, payload = event.type, event.step_id, event.payload if isinstance(event.payload, dict) else {}
-    if t == "step.completed":
+    step = event.step_id
+    if isinstance(event, ev.StepCompleted):
         return f"step.{step}: completed"
-    if t == "step.failed":
-        return f"step.{step}: failed (attempt {event.attempt}: {payload.get('error', '')})"
-    if t == "step.retry_scheduled":
-        return f"step.{step}: retrying in {format_duration(int(payload.get('delay_ms', 0)) * 1_000_000)}"
-    if t == "step.skipped":
+    if isinstance(event, ev.StepFailed):
+        return f"step.{step}: failed (attempt {event.attempt}: {event.failure.error})"
+    if isinstance(event, ev.StepRetryScheduled):
+        return f"step.{step}: retrying in {format_duration(event.payload.delay_ms * 1_000_000)}"
+    if isinstance(event, ev.StepSkipped):
         return f"step.{step}: skipped"
-    if t == "workflow.completed":
-        return f"Run {event.run_id} completed"
-    if t == "step.recovered":
+    if isinstance(event, ev.StepRecovered):
         return f"step.{step}: recovered"
-    if t in ("workflow.paused", "workflow.resumed", "workflow.compensating"):
-        return f"Run {event.run_id} {t.split('.')[1]}"
-    if t in ("workflow.failed", "workflow.cancelled", "workflow.compensated", "workflow.compensate_failed"):
-        status = t.split(".")[1]
-        reason = payload.get("error") or payload.get("reason")
-        return f"Run {event.run_id} {status}" + (f": {reason}" if reason else "")
+    if isinstance(event, ev.WorkflowCompleted):
+        return f"Run {event.run_id} completed"
+    if isinstance(event, (ev.WorkflowPaused, ev.WorkflowResumed, ev.WorkflowCompensating)):
+        return f"Run {event.run_id} {event.type.split('.')[1]}"
+    if isinstance(event, (ev.WorkflowFailed, ev.WorkflowCancelled, ev.WorkflowCompensated,
+                          ev.WorkflowCompensateFailed)):
+        reason = event.payload.text
+        return f"Run {event.run_id} {event.type.split('.')[1]}" + (f": {reason}" if reason else "")
     return None
 
 

@@ -22,9 +22,11 @@ from dagnats.domain.definition import WorkflowDef
 from dagnats.domain.errors import SingletonConflict
 from dagnats.domain.paths import PathNotFound, extract_dot_path
 
-from .resources import IDEMPOTENCY_BUCKET, SINGLETON_BUCKET, WAITERS_BUCKET
+from dagnats.domain.state import RunStatus
 
-RunStatusOf = Callable[[str], Awaitable[str | None]]
+from ..wire.names import IDEMPOTENCY_BUCKET, SINGLETON_BUCKET, WAITERS_BUCKET
+
+RunStatusOf = Callable[[str], Awaitable[RunStatus | None]]
 
 
 class Waiter(msgspec.Struct, frozen=True):
@@ -101,7 +103,8 @@ class Admission:
                 holder, revision = entry.value.decode() if entry.value else "", entry.revision
             except (KeyNotFoundError, NotFoundError):
                 holder, revision = "", None
-            active = holder and (await status_of(holder)) not in (None, *_TERMINAL)
+            status = await status_of(holder) if holder else None
+            active = status is not None and not RunStatus(status).is_terminal
             if active and wf.singleton.mode == "skip":
                 raise SingletonConflict(wf.name, value or "", holder)
             try:
@@ -147,5 +150,3 @@ def waiter_matches(waiter: Waiter, data: Any) -> bool:
         return False
     return _value_text(left) == _value_text(waiter.right)
 
-
-_TERMINAL = ("completed", "failed", "cancelled", "compensated", "compensate_failed")

@@ -11,13 +11,15 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
-from dagnats.actors.ports import WrongLastSequence
-from dagnats.domain.events import Event, decode_record, encode_record
+from dagnats.domain.errors import WrongLastSequence
+from dagnats.domain.events import Event, decode_record
 from dagnats.domain.fold import fold
 from dagnats.domain.state import WorkflowRun
 
-from .headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE_CODES
-from .resources import HISTORY_STREAM, RUNS_BUCKET, history_subject
+from ..wire.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE_CODES
+from ..wire.names import HISTORY_STREAM, RUNS_BUCKET
+from ..wire.reading import kv_entries, stored_messages
+from ..wire.subjects import history_subject
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -43,10 +45,11 @@ class HistoryStore:
             self._runs = await self.js.key_value(RUNS_BUCKET)
         return self._runs
 
-    async def append(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str) -> int:
+    async def append(self, run_id: str, record: bytes, expected_seq: int, msg_id: str) -> int:
+        """Append one encoded record (``encode_record``) if the run's last sequence is ``expected_seq``."""
         headers = {MSG_ID: msg_id, EXPECTED_LAST_SUBJECT_SEQ: str(expected_seq)}
         try:
-            ack = await self.js.publish(history_subject(run_id), encode_record(events), headers=headers)
+            ack = await self.js.publish(history_subject(run_id), record, headers=headers)
         except APIError as err:
             if err.err_code in WRONG_LAST_SEQUENCE_CODES:
                 raise WrongLastSequence(str(err)) from None
@@ -57,15 +60,8 @@ class HistoryStore:
         return ack.seq
 
     async def read_after(self, run_id: str, after_seq: int) -> list[tuple[int, list[Event]]]:
-        subject = history_subject(run_id)
-        records, seq = [], after_seq + 1
-        while True:
-            try:
-                msg = await self.js.get_msg(HISTORY_STREAM, seq=seq, subject=subject, next=True)
-            except NotFoundError:
-                return records
-            records.append((msg.seq, decode_record(msg.data or b"[]")))
-            seq = msg.seq + 1
+        return [(msg.seq or 0, decode_record(msg.data or b"[]"))
+                async for msg in stored_messages(self.js, HISTORY_STREAM, history_subject(run_id), after_seq)]
 
     async def events(self, run_id: str) -> list[tuple[int, Event]]:
         return [(seq, e) for seq, events in await self.read_after(run_id, 0) for e in events]
@@ -103,27 +99,3 @@ class HistoryStore:
         kv = await self.runs_kv()
         await kv.purge(snapshot_key(run_id))
 
-
-async def kv_entries(js: JetStreamContext, bucket: str, pattern: str) -> list[tuple[str, bytes]]:
-    """(key, value) of every live key matching ``pattern``.
-
-    Read straight from the bucket's stream, message by message: a KV watch can
-    report "no more entries" before it has delivered them all, and startup
-    recovery must not miss an unfinished run.
-    """
-    stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
-    entries: dict[str, bytes] = {}
-    seq = 1
-    while True:
-        try:
-            msg = await js.get_msg(stream, seq=seq, subject=f"{prefix}{pattern}", next=True)
-        except NotFoundError:
-            break
-        key = msg.subject[len(prefix):]
-        operation = (msg.headers or {}).get("KV-Operation")
-        if operation in ("DEL", "PURGE") or not msg.data:
-            entries.pop(key, None)
-        else:
-            entries[key] = msg.data
-        seq = msg.seq + 1
-    return list(entries.items())

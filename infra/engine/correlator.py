@@ -21,15 +21,17 @@ from nats.js import api
 
 from dagnats.domain.events import parse_timestamp
 
+from dagnats.domain.state import RunStatus
+
+from ..wire.names import EVENT_STREAM, WAITERS_BUCKET
+from ..wire.reading import kv_entries
 from .admission import Waiter, waiter_matches
-from .history import kv_entries
-from .resources import EVENT_STREAM, WAITERS_BUCKET
 
 log = logging.getLogger("dagnats.correlator")
 CONSUMER = "correlator"
 _WAITER = msgspec.json.Decoder(Waiter)
 
-StatusOf = Callable[[str], Awaitable[str | None]]
+StatusOf = Callable[[str], Awaitable[RunStatus | None]]
 Cancel = Callable[[str, str, str], Awaitable[None]]
 
 
@@ -85,7 +87,7 @@ class Correlator:
         for key, raw in await kv_entries(self.js, WAITERS_BUCKET, f"{name}.>"):
             waiter = _WAITER.decode(raw)
             status = await self.status_of(waiter.run_id)
-            if status is None or status in _FINISHED or _expired(waiter, sent_at):
+            if status is None or RunStatus(status).is_terminal or _expired(waiter, sent_at):
                 await self.waiters.delete(key)
                 continue
             if waiter_matches(waiter, data):
@@ -96,5 +98,3 @@ class Correlator:
 def _expired(waiter: Waiter, at: datetime) -> bool:
     return bool(waiter.expires_at) and at > parse_timestamp(waiter.expires_at)
 
-
-_FINISHED = {"completed", "failed", "cancelled", "compensated", "compensate_failed"}

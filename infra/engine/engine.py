@@ -1,11 +1,14 @@
 """The engine: consumes run inboxes and hands facts to the run directory.
 
 One durable pull consumer on ``inbox.>`` (work-queue) feeds the directory;
-each fetched batch is grouped by run so a run's facts become one record.
-A message is acknowledged only after its run actor has recorded the fact
-and carried out what followed from it; on failure it is redelivered.
-On start the engine brings up every run its snapshots list as unfinished,
-so retries, timeouts and queued tasks pending at a crash are re-issued.
+each fetched batch is decoded once (a fact that does not decode is
+terminated, with a warning naming its subject) and grouped by run so a run's
+facts become one record. A message is acknowledged only after its run actor
+has recorded the fact and carried out what followed from it; on failure it
+is redelivered. On start the engine brings up every run its snapshots list
+as unfinished, so retries, timeouts and queued tasks pending at a crash are
+re-issued. Run actors publish their state into the ``RunReader``, which
+readers ask.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from dagnats.actors.directory import RunDirectory
 from dagnats.actors.messages import Deliver, LiveCount, Recover
 from dagnats.actors.timer import TimerActor
-from dagnats.domain.events import EVENT_DECODER, Event, format_timestamp, parse_timestamp
+from dagnats.domain.events import Event, decode_event, format_timestamp, parse_timestamp
 
+from ..tracing import valid_trace_parent
+from ..wire.names import INBOX_STREAM
+from ..wire.reading import more_pending
 from .bridge import LoopBridge
+from .history import HistoryStore
 from .ports import NatsPorts
-from .resources import INBOX_STREAM, ensure_resources
-from .tracing import valid_trace_parent
-from .pull import more_pending
+from .reader import RunReader
+from .streams import ensure_resources
 
 log = logging.getLogger("dagnats.engine")
 
@@ -49,12 +55,13 @@ class Engine:
 
     async def start(self) -> None:
         await ensure_resources(self.js, self.replicas)
-        self.bridge = LoopBridge(asyncio.get_running_loop())
-        self.ports = NatsPorts(self.js, self.bridge)
+        loop = asyncio.get_running_loop()
+        self.bridge = LoopBridge(loop)
+        self.reader = RunReader(self.nc, HistoryStore(self.js), loop)
+        self.ports = NatsPorts(self.js, self.bridge, self.reader, self.nc.max_payload)
         self.timers = TimerActor.start(self.ports.clock, self.ports.workers)
         self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
         self.timers.proxy().attach(self.directory).get()
-        self.live = self.directory.proxy().live.get()
         self._sub = await self.js.pull_subscribe(
             "inbox.>",
             durable=INBOX_CONSUMER,
@@ -108,9 +115,9 @@ class Engine:
         by_run: dict[str, list[tuple[Event, Msg]]] = defaultdict(list)
         for msg in msgs:
             try:
-                event = EVENT_DECODER.decode(msg.data)
-            except msgspec.DecodeError:
-                log.warning("dropping undecodable inbox message on %s", msg.subject)
+                event = decode_event(msg.data)
+            except msgspec.DecodeError as err:
+                log.warning("dropping an inbox message on %s that is not a fact: %s", msg.subject, err)
                 asyncio.create_task(msg.term())
                 continue
             run_id = msg.subject.split(".", 1)[1]
@@ -136,7 +143,7 @@ class Engine:
 
     async def _recover_unfinished(self) -> None:
         count = 0
-        for snap in await self.ports.store.snapshots():
+        for snap in await self.reader.store.snapshots():
             if not snap.run.is_terminal:
                 self.directory.tell(Recover(snap.run.run_id))
                 count += 1

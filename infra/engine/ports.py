@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from dagnats.domain.actions import EnqueueTask
+from dagnats.domain.actions import DropTask, EnqueueTask
 from dagnats.domain.events import EVENT_DECODER, STEP_COMPLETED, STEP_FAILED, TASK_DECODER, Event
 from dagnats.domain.state import WorkflowRun
 
+from ..tracing import engine_span
+from ..wire.headers import MSG_ID, TRACEPARENT
+from ..wire.names import INBOX_STREAM, TASK_STREAM
+from ..wire.reading import stored_messages
+from ..wire.subjects import inbox_subject, task_subject
+from ..wire.workers import worker_alive
 from .bridge import LoopBridge, SystemClock
-from .headers import MSG_ID, TRACEPARENT
 from .history import HistoryStore
-from .registry import worker_alive
-from .tracing import engine_span
-from .resources import INBOX_STREAM, TASK_STREAM, inbox_subject, task_subject
+from .reader import RunReader
 
+log = logging.getLogger("dagnats.ports")
 _TASK_ENCODER = msgspec.json.Encoder()
-_TASK_DECODER = TASK_DECODER
 RESULT_FACTS = frozenset({STEP_COMPLETED, STEP_FAILED})
+# Room a history record leaves for its headers under the server's max payload.
+HEADER_ROOM = 4096
 
 
 class NatsHistoryPort:
@@ -34,8 +40,8 @@ class NatsHistoryPort:
     def read_after(self, run_id: str, after_seq: int) -> list[tuple[int, list[Event]]]:
         return self.bridge.call(self.store.read_after(run_id, after_seq))
 
-    def append(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str) -> int:
-        return self.bridge.call(self.store.append(run_id, events, expected_seq, msg_id))
+    def append(self, run_id: str, record: bytes, expected_seq: int, msg_id: str) -> int:
+        return self.bridge.call(self.store.append(run_id, record, expected_seq, msg_id))
 
     def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool) -> None:
         coro = self.store.save_snapshot(run, last_seq)
@@ -61,13 +67,17 @@ async def publish_tasks(js: JetStreamContext, tasks: list[EnqueueTask]) -> None:
 
 
 class NatsTaskPort:
-    """Re-issues the tasks of a rebuilt run (the hot path publishes with the record)."""
+    """Re-issues the tasks of a rebuilt run and drops superseded ones (the hot path
+    publishes tasks with their record)."""
 
     def __init__(self, js: JetStreamContext, bridge: LoopBridge) -> None:
         self.js, self.bridge = js, bridge
 
     def enqueue(self, tasks: list[EnqueueTask]) -> None:
         self.bridge.call(self._reissue(tasks))
+
+    def drop(self, drops: list[DropTask]) -> None:
+        self.bridge.call(self._drop(drops))
 
     async def _reissue(self, tasks: list[EnqueueTask]) -> None:
         # A worker stores its result before it acks the task, so a dispatched
@@ -82,31 +92,30 @@ class NatsTaskPort:
     async def _accounted_for(self, task: EnqueueTask) -> bool:
         p = task.payload
         subject = task_subject(task.task, p.run_id, task.group or None)
-        for body in await _bodies(self.js, TASK_STREAM, subject):
-            queued = _TASK_DECODER.decode(body)
+        async for msg in stored_messages(self.js, TASK_STREAM, subject):
+            queued = TASK_DECODER.decode(msg.data or b"")
             if (queued.step_id, queued.attempt) == (p.step_id, p.attempt):
                 return True
-        for body in await _bodies(self.js, INBOX_STREAM, inbox_subject(p.run_id)):
-            fact = EVENT_DECODER.decode(body)
+        async for msg in stored_messages(self.js, INBOX_STREAM, inbox_subject(p.run_id)):
+            fact = EVENT_DECODER.decode(msg.data or b"")
             if (fact.step_id, fact.attempt) == (p.step_id, p.attempt) and fact.type in RESULT_FACTS:
                 return True
         return False
 
+    async def _drop(self, drops: list[DropTask]) -> None:
+        for drop in drops:
+            subject = task_subject(drop.task, drop.run_id, drop.group or None)
+            async for msg in stored_messages(self.js, TASK_STREAM, subject):
+                queued = TASK_DECODER.decode(msg.data or b"")
+                if queued.step_id == drop.step_id and queued.attempt <= drop.up_to_attempt and msg.seq:
+                    try:
+                        await self.js.delete_msg(TASK_STREAM, msg.seq)
+                    except NotFoundError:
+                        pass  # a worker acked it meanwhile
+
 
 def _traced(task: EnqueueTask, trace_parent: str) -> EnqueueTask:
     return msgspec.structs.replace(task, payload=msgspec.structs.replace(task.payload, traceparent=trace_parent))
-
-
-async def _bodies(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
-    """The bodies of the messages still stored on ``subject``."""
-    bodies, seq = [], 1
-    while True:
-        try:
-            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
-        except NotFoundError:
-            return bodies
-        bodies.append(msg.data or b"")
-        seq = msg.seq + 1
 
 
 class NatsWorkerLiveness:
@@ -118,32 +127,34 @@ class NatsWorkerLiveness:
 
 
 class NatsPorts:
-    def __init__(self, js: JetStreamContext, bridge: LoopBridge) -> None:
+    def __init__(self, js: JetStreamContext, bridge: LoopBridge, reader: RunReader, max_payload: int) -> None:
         self.js, self.bridge = js, bridge
-        self.store = HistoryStore(js)
+        self.store = reader.store
         self.history = NatsHistoryPort(self.store, bridge)
         self.tasks = NatsTaskPort(js, bridge)
         self.clock = SystemClock(bridge)
         self.workers = NatsWorkerLiveness(js, bridge)
+        self.state = reader
+        self.max_record_bytes = max_payload - HEADER_ROOM
 
-    def record(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str,
+    def record(self, run_id: str, events: list[Event], body: bytes, expected_seq: int, msg_id: str,
                tasks: list[EnqueueTask]) -> int:
-        return self.bridge.call(self._record(run_id, events, expected_seq, msg_id, tasks))
+        return self.bridge.call(self._record(run_id, events, body, expected_seq, msg_id, tasks))
 
-    async def _record(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str,
+    async def _record(self, run_id: str, events: list[Event], record: bytes, expected_seq: int, msg_id: str,
                       tasks: list[EnqueueTask]) -> int:
         with engine_span(run_id, events) as trace_parent:
             if trace_parent:  # workers' spans become children of this decision's span
                 tasks = [_traced(t, trace_parent) for t in tasks]
-            return await self._append_and_dispatch(run_id, events, expected_seq, msg_id, tasks)
+            return await self._append_and_dispatch(run_id, record, expected_seq, msg_id, tasks)
 
-    async def _append_and_dispatch(self, run_id: str, events: list[Event], expected_seq: int, msg_id: str,
+    async def _append_and_dispatch(self, run_id: str, record: bytes, expected_seq: int, msg_id: str,
                                    tasks: list[EnqueueTask]) -> int:
-        append = self.store.append(run_id, events, expected_seq, msg_id)
+        append = self.store.append(run_id, record, expected_seq, msg_id)
         if not tasks:
             return await append
         seq, published = await asyncio.gather(append, publish_tasks(self.js, tasks), return_exceptions=True)
         for outcome in (seq, published):
             if isinstance(outcome, BaseException):
                 raise outcome
-        return seq
+        return seq  # type: ignore[return-value]

@@ -1,12 +1,17 @@
-"""JSON views of runs and events for the API, the CLI and the client."""
+"""JSON views of runs and events for the control plane (and so the CLI and the client)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from dagnats.domain.events import Event, parse_timestamp
 from dagnats.domain.resolve import blockers
-from dagnats.domain.state import WorkflowRun
+from dagnats.domain.state import DONE_STEP_STATUSES, WorkflowRun
+from dagnats.domain.timers import add_ns
+
+_ENCODER = msgspec.json.Encoder()
 
 
 def trace_id(trace_parent: str) -> str:
@@ -49,7 +54,7 @@ def run_view(run: WorkflowRun) -> dict[str, Any]:
 
 
 def run_summary(run: WorkflowRun) -> dict[str, Any]:
-    done = sum(1 for s in run.steps.values() if s.status in ("completed", "skipped", "recovered"))
+    done = sum(1 for s in run.steps.values() if s.status in DONE_STEP_STATUSES)
     return {
         "run_id": run.run_id,
         "workflow": run.workflow,
@@ -69,7 +74,7 @@ def event_view(seq: int, event: Event) -> dict[str, Any]:
         "step_id": event.step_id or None,
         "timestamp": event.timestamp,
         "attempt": event.attempt or None,
-        "payload": event.payload,
+        "payload": msgspec.to_builtins(event.payload),
         "trace_parent": event.trace_parent or None,
     }
     if event.worker_id:
@@ -93,7 +98,28 @@ def inspect_view(run: WorkflowRun) -> dict[str, Any]:
         view["steps"][step_id]["exec_seconds"] = _seconds(s.started_at, s.finished_at)
     view["blockers"] = blockers(run.definition, run) if run.definition else {}
     if run.definition is not None and run.definition.timeout and run.created_at:
-        from dagnats.domain.timers import add_ns
-
         view["deadline"] = add_ns(run.created_at, int(run.definition.timeout))
+    return view
+
+
+def fit_view(view: dict[str, Any], budget: int) -> dict[str, Any]:
+    """``view`` with its largest values elided until it fits in ``budget`` bytes.
+
+    An elided value becomes ``{"elided": "<what>", "bytes": N}`` and the view
+    lists it under ``"elided"``: a run whose outputs add up to more than one
+    message can still be looked at.
+    """
+    if len(_ENCODER.encode(view)) <= budget:
+        return view
+    places = [("output", view, "output"), ("input", view, "input")]
+    for step_id, step in view["steps"].items():
+        places.append((f"steps.{step_id}.output", step, "output"))
+    sized = sorted(((len(_ENCODER.encode(holder[key])), name, holder, key) for name, holder, key in places),
+                   key=lambda item: item[0], reverse=True)
+    view["elided"] = []
+    for size, name, holder, key in sized:
+        holder[key] = {"elided": name, "bytes": size}
+        view["elided"].append(name)
+        if len(_ENCODER.encode(view)) <= budget:
+            break
     return view

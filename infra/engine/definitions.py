@@ -17,7 +17,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from dagnats.domain.definition import WorkflowDef, decode_workflow, encode_workflow
 from dagnats.domain.errors import DefinitionDecodeError, WorkflowNotFound
 
-from .resources import DEFS_BUCKET
+from ..wire.names import DEFS_BUCKET
 
 log = logging.getLogger("dagnats.definitions")
 

@@ -12,11 +12,11 @@ from urllib.parse import urlparse
 
 import nats
 
-from .api import ControlPlane
-from .client import server_list
+from ..tracing import setup_tracing
+from ..wire.connection import server_list
+from .control import ControlPlane
 from .engine import Engine
 from .server import NatsServer
-from .tracing import setup_tracing
 
 log = logging.getLogger("dagnats.serve")
 

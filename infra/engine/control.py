@@ -1,0 +1,362 @@
+"""The control plane: request/reply on ``dagnats.api.<op>``, served by the engine.
+
+Each request body is decoded once into its operation's Struct
+(``wire.control``); each handler returns a JSON value, and a DagnatsError
+goes back as its class, message and attributes. Workers and the API never
+write history: starting or cancelling a run publishes a fact to the run's
+inbox. Runs are read through the engine's ``RunReader`` only.
+
+Every reply fits in one NATS message: paged operations fill a page up to a
+byte budget, and any other answer that would not fit is a ReplyTooLarge
+error rather than silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from datetime import datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable
+
+import jsonschema
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.js.errors import ServiceUnavailableError
+
+from dagnats.domain import events as ev
+from dagnats.domain.decide import unsupported_step_type
+from dagnats.domain.definition import EXECUTED_STEP_TYPES, WorkflowDef, workflow_from_object, workflow_to_object
+from dagnats.domain.errors import (
+    DagnatsError, InvalidInput, InvalidRequest, InvalidRunState, PayloadTooLarge, ReplyTooLarge, RunAlreadyStarted,
+    Unavailable, UnsupportedStepType,
+)
+from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.state import RunStatus, WorkflowRun
+from dagnats.domain.validate import validate
+from dagnats.domain.values import json_problem
+
+from ..tracing import api_span
+from ..wire import control as wire
+from ..wire.facts import publish_fact
+from ..wire.names import API_PREFIX, API_QUEUE, SIGNALS_BUCKET
+from ..wire.notices import await_run
+from .admission import Admission
+from .correlator import Correlator
+from .definitions import Definitions
+from .engine import Engine
+from .paging import events_page, runs_page
+from .reader import RunReader
+from .views import fit_view, inspect_view, run_view
+
+log = logging.getLogger("dagnats.api")
+
+# Room kept for headers and the event envelope around the input.
+ENVELOPE_ROOM = 4096
+MAX_CONCURRENT_REQUESTS = 256
+MAX_CANCEL_WAIT = 30.0
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+class ControlPlane:
+    def __init__(self, nc: NATS, engine: Engine) -> None:
+        self.nc, self.engine = nc, engine
+        self.js = nc.jetstream()
+        self.handlers: dict[str, Handler] = {
+            "workflow.register": self.register_workflow,
+            "workflow.list": self.list_workflows,
+            "workflow.get": self.get_workflow,
+            "workflow.delete": self.delete_workflow,
+            "run.start": self.start_run,
+            "run.get": self.get_run,
+            "run.inspect": self.inspect_run,
+            "run.events": self.run_events,
+            "run.list": self.list_runs,
+            "run.cancel": self.cancel_run,
+            "run.pause": self.pause_run,
+            "run.resume": self.resume_run,
+            "run.delete": self.delete_run,
+            "run.signal": self.signal_run,
+            "status": self.status,
+        }
+        assert set(self.handlers) == set(wire.OPERATIONS), "every operation of the contract has a handler"
+
+    async def start(self) -> None:
+        self.defs = Definitions(self.js)
+        await self.defs.start()
+        self.signals = await self.js.key_value(SIGNALS_BUCKET)
+        self.admission = Admission(self.js)
+        await self.admission.open()
+        self.correlator = Correlator(self.js, self.reader.status_of, self.cancel_by)
+        await self.correlator.start()
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        self._inflight: set[asyncio.Task] = set()
+        self._sub = await self.nc.subscribe(f"{API_PREFIX}.>", queue=API_QUEUE, cb=self._accept)
+
+    async def stop(self) -> None:
+        await self._sub.unsubscribe()
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=5)
+        await self.correlator.stop()
+        await self.defs.stop()
+
+    @property
+    def reader(self) -> RunReader:
+        return self.engine.reader
+
+    @property
+    def max_reply(self) -> int:
+        return self.nc.max_payload - ENVELOPE_ROOM
+
+    async def _accept(self, msg: Msg) -> None:
+        # nats-py runs one callback at a time per subscription: serve each request
+        # in its own task so a start waiting on its fsync does not hold up the next.
+        await self._slots.acquire()
+        task = asyncio.create_task(self._serve(msg))
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._inflight.discard(task)
+        self._slots.release()
+
+    async def _serve(self, msg: Msg) -> None:
+        op = msg.subject[len(API_PREFIX) + 1:]
+        try:
+            request = wire.decode_request(op, msg.data)
+            reply = wire.encode_result(await self.handlers[op](request))
+            if len(reply) > self.nc.max_payload:
+                raise ReplyTooLarge(op, len(reply), self.nc.max_payload, _HINTS.get(op, ""))
+        except DagnatsError as err:
+            reply = wire.encode_error(err)
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as err:
+            # JetStream is busy or electing a leader (a node lost): worth asking again.
+            reply = wire.encode_error(
+                Unavailable(f"NATS did not answer in time ({err.__class__.__name__}); try again"))
+        except Exception as err:  # never leave a caller hanging
+            log.exception("api %s failed", op)
+            reply = wire.encode_error(DagnatsError(f"internal error: {err}"))
+        if msg.reply:
+            await msg.respond(reply)
+
+    # ---- workflows ----------------------------------------------------------------
+
+    async def register_workflow(self, req: wire.RegisterWorkflow) -> dict[str, Any]:
+        wf = validate(workflow_from_object(req.definition, "definition"))
+        action = "updated" if await self.defs.exists(wf.name) else "created"
+        await self.defs.put(wf)
+        return {"name": wf.name, "action": action, "steps": len(wf.steps)}
+
+    async def list_workflows(self, req: wire.Empty) -> list[dict[str, Any]]:
+        return [workflow_to_object(d) for d in await self.defs.all()]
+
+    async def get_workflow(self, req: wire.WorkflowRef) -> dict[str, Any]:
+        return workflow_to_object(await self.defs.get(check_identifier("workflow name", req.name)))
+
+    async def delete_workflow(self, req: wire.WorkflowRef) -> dict[str, Any]:
+        name = check_identifier("workflow name", req.name)
+        await self.defs.delete(name)
+        return {"name": name, "deleted": True}
+
+    # ---- starting runs -------------------------------------------------------------
+
+    async def start_run(self, req: wire.StartRun) -> dict[str, Any]:
+        wf = await self.defs.get(check_identifier("workflow name", req.workflow))
+        unsupported = [s for s in wf.steps if s.type not in EXECUTED_STEP_TYPES]
+        if unsupported:
+            raise UnsupportedStepType(wf.name, unsupported_step_type(unsupported[0]))
+        problem = json_problem(req.input)
+        if problem:
+            raise InvalidInput(f"run input: {problem}")
+        if wf.input_schema is not None:
+            _check_schema(wf.input_schema, req.input)
+        run_id = check_identifier("run id", req.run_id or secrets.token_hex(16))
+        with api_span("startRun", req.trace_parent) as trace_parent:
+            event = ev.WorkflowStarted(
+                run_id=run_id, timestamp=ev.format_timestamp(_now()), trace_parent=trace_parent,
+                payload=ev.RunStart(workflow_def=wf, input=req.input), id=ev.WORKFLOW_STARTED,
+            )
+            if req.run_id:
+                existing = await self._same_run(event)
+                if existing is not None:
+                    return existing
+            return await self._start(wf, event, req.idempotency_key)
+
+    async def _same_run(self, event: ev.WorkflowStarted) -> dict[str, Any] | None:
+        """An explicit run id already started: the same start again is answered with the
+        run; anything else is a conflict, as Temporal's "already started"."""
+        first = await self.reader.first_event(event.run_id)
+        if first is None or first.payload is None or event.payload is None:
+            return None
+        if first.payload.workflow_def.name == event.payload.workflow_def.name and \
+                first.payload.input == event.payload.input:
+            return {"run_id": event.run_id, "deduplicated": True}
+        raise RunAlreadyStarted(event.run_id, first.payload.workflow_def.name)
+
+    async def _start(self, wf: WorkflowDef, event: ev.WorkflowStarted, explicit_key: Any) -> dict[str, Any]:
+        data = event.payload.input if event.payload else None
+        encoded = ev.encode_event(event)
+        if len(encoded) > self.max_reply:
+            raise PayloadTooLarge("run input with its definition", len(encoded), self.max_reply)
+        run_id = event.run_id
+        existing, claimed = await self.admission.claim_idempotency(wf, data, run_id, explicit_key)
+        if existing:
+            return {"run_id": existing, "deduplicated": True}
+        try:
+            replaced = await self.admission.take_singleton(wf, data, run_id, self.reader.status_of)
+            now = ev.parse_timestamp(event.timestamp)
+            await self.admission.register_waiters(wf, data, run_id, lambda ns: _after(now, ns))
+            ack = await publish_fact(self.js, event, body=encoded)
+        except BaseException:
+            await self.admission.release_idempotency(claimed)
+            raise
+        if ack.duplicate:
+            # Another start with this run id got in first, a moment ago.
+            return await self._same_run(event) or {"run_id": run_id, "deduplicated": True}
+        if replaced:
+            await self.cancel_by(replaced, f"replaced by run {run_id} (singleton cancel)", f"singleton.{run_id}")
+        return {"run_id": run_id}
+
+    # ---- reading runs -----------------------------------------------------------------
+
+    async def get_run(self, req: wire.RunRef) -> dict[str, Any]:
+        return fit_view(run_view(await self.reader.get(req.run_id)), self.max_reply)
+
+    async def inspect_run(self, req: wire.RunRef) -> dict[str, Any]:
+        return fit_view(inspect_view(await self.reader.get(req.run_id)), self.max_reply)
+
+    async def run_events(self, req: wire.RunEvents) -> dict[str, Any]:
+        check_identifier("run id", req.run_id)
+        _check_page_size(req.limit, "run.events")
+        page = await events_page(self.reader.store, req.run_id, req.after_seq, req.limit, self.max_reply)
+        if not page["events"] and req.after_seq == 0:
+            await self.reader.get(req.run_id)  # RunNotFound for a run that does not exist
+        return page
+
+    async def list_runs(self, req: wire.ListRuns) -> dict[str, Any]:
+        _check_page_size(req.limit, "run.list")
+        if req.status is not None and req.status not in RunStatus.__members__.values():
+            raise InvalidRequest("run.list", f"unknown status {req.status!r} (one of {', '.join(RunStatus)})")
+        runs = {s.run.run_id: s.run for s in await self.reader.store.snapshots()}
+        runs.update((r.run_id, r) for r in self.reader.live())
+        chosen = [
+            r for r in runs.values()
+            if r.definition is not None and (not req.workflow or r.workflow == req.workflow)
+            and (not req.status or r.status == req.status)
+        ]
+        return runs_page(chosen, req.cursor, req.limit, self.max_reply)
+
+    # ---- run control --------------------------------------------------------------------
+
+    async def cancel_run(self, req: wire.CancelRun) -> dict[str, Any]:
+        run = await self.reader.get(req.run_id)
+        if run.is_terminal:
+            raise InvalidRunState(run.run_id, run.status, "cancel")
+        await self.publish_fact(run, ev.WorkflowCancelled, ev.RunEnd(reason=req.reason or "cancelled by user"),
+                                f"cancel.{secrets.token_hex(4)}")
+        status = await self._status_within(run.run_id, min(max(req.wait, 0.0), MAX_CANCEL_WAIT))
+        return {"run_id": run.run_id, "cancelled": status == RunStatus.CANCELLED, "status": status}
+
+    async def _status_within(self, run_id: str, seconds: float) -> str:
+        """The run's status once it has ended, or as it is after ``seconds``."""
+        async def read() -> dict[str, Any]:
+            return {"status": (await self.reader.get(run_id)).status}
+
+        def ended(view: dict[str, Any]) -> bool:
+            return RunStatus(view["status"]).is_terminal
+
+        try:
+            view = await asyncio.wait_for(await_run(self.nc, run_id, read, ended, recheck=0.5), seconds)
+        except asyncio.TimeoutError:
+            view = await read()
+        return str(view["status"])
+
+    async def pause_run(self, req: wire.RunRef) -> dict[str, Any]:
+        run = await self.reader.get(req.run_id)
+        if run.status != RunStatus.RUNNING:
+            raise InvalidRunState(run.run_id, run.status, "pause")
+        await self.publish_fact(run, ev.WorkflowPauseRequested, None, f"pause.{secrets.token_hex(4)}")
+        return {"run_id": run.run_id, "pausing": True}
+
+    async def resume_run(self, req: wire.RunRef) -> dict[str, Any]:
+        run = await self.reader.get(req.run_id)
+        if run.status not in (RunStatus.PAUSED, RunStatus.PAUSING):
+            raise InvalidRunState(run.run_id, run.status, "resume")
+        await self.publish_fact(run, ev.WorkflowResumed, None, f"resume.{secrets.token_hex(4)}")
+        return {"run_id": run.run_id, "resumed": True}
+
+    async def delete_run(self, req: wire.RunRef) -> dict[str, Any]:
+        run = await self.reader.get(req.run_id)
+        if not run.is_terminal:
+            raise InvalidRunState(run.run_id, run.status, "delete")
+        await self.reader.store.delete(run.run_id)
+        self.reader.forget(run.run_id)
+        return {"run_id": run.run_id, "deleted": True}
+
+    async def signal_run(self, req: wire.SignalRun) -> dict[str, Any]:
+        run = await self.reader.get(req.run_id)
+        name = check_identifier("signal name", req.name)
+        await self.signals.put(f"{run.run_id}.{name}", msgspec.json.encode(req.data))
+        return {"run_id": run.run_id, "signal": name, "sent": True}
+
+    async def cancel_by(self, run_id: str, reason: str, fact_id: str) -> None:
+        run = await self.reader.get(run_id)
+        if not run.is_terminal:
+            await self.publish_fact(run, ev.WorkflowCancelled, ev.RunEnd(reason=reason), fact_id)
+
+    async def publish_fact(self, run: WorkflowRun, cls: type[ev.EventBase], payload: Any, fact_id: str) -> None:
+        fields = {"payload": payload} if payload is not None else {}
+        event = cls(run_id=run.run_id, timestamp=ev.format_timestamp(_now()), trace_parent=run.trace_parent,
+                    id=fact_id, **fields)
+        await publish_fact(self.js, event)  # type: ignore[arg-type]
+
+    # ---- status ------------------------------------------------------------------------
+
+    async def status(self, req: wire.Empty) -> dict[str, Any]:
+        streams = {}
+        for info in await self.js.streams_info():
+            streams[info.config.name] = {"messages": info.state.messages, "bytes": info.state.bytes}
+        live = self.reader.live()
+        return {
+            "nats": {"connected": self.nc.is_connected,
+                     "url": self.nc.connected_url.geturl() if self.nc.connected_url else None,
+                     "server_version": _version(self.nc) if self.nc.is_connected else None,
+                     "max_payload": self.nc.max_payload},
+            "jetstream": {"streams": streams},
+            "engine": {"live_runs": len(live), "active_runs": sum(1 for r in live if not r.is_terminal)},
+        }
+
+
+_HINTS = {
+    "run.get": "large step outputs are elided from the status view; use `dagnats run events` for them",
+    "run.inspect": "large step outputs are elided from the inspect view; use `dagnats run events` for them",
+}
+
+
+def _check_page_size(limit: int, op: str) -> None:
+    if not 1 <= limit <= wire.MAX_PAGE:
+        raise InvalidRequest(op, f"limit must be between 1 and {wire.MAX_PAGE}, not {limit}")
+
+
+def _version(nc: NATS) -> str:
+    v = nc.connected_server_version
+    return f"{v.major}.{v.minor}.{v.patch}"
+
+
+def _check_schema(schema: dict[str, Any], data: Any) -> None:
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path)
+        raise InvalidInput(f"{err.message}" + (f" (at {where})" if where else "")) from None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _after(moment: datetime, ns: int) -> str:
+    return ev.format_timestamp(moment + timedelta(microseconds=ns // 1000))

@@ -1,0 +1,131 @@
+"""RunReader: the engine's owned read model of runs.
+
+Run actors publish their state here after each record they append (the
+``StatePort`` they are given), from their own threads; readers on the event
+loop (the control plane, the correlator, later the HTTP API) ask here and
+nowhere else. An answer comes from the live actor's published state (plus any
+record appended since, so a reader that saw a record in the history never
+reads an older state), else the snapshot plus the history after it, else the
+run's start request still waiting in its inbox (shown as pending).
+
+Each published record is also announced as a ``RunNotice`` on
+``dagnats.run.<run>`` (core NATS), which is what waiting clients listen to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from dagnats.domain.errors import RunNotFound
+from dagnats.domain.events import Event, WorkflowStarted, decode_record
+from dagnats.domain.fold import fold
+from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.state import RunStatus, WorkflowRun, new_run
+
+from ..wire.names import HISTORY_STREAM, INBOX_STREAM
+from ..wire.notices import RunNotice, encode_notice
+from ..wire.reading import first_message
+from ..wire.subjects import history_subject, inbox_subject, notice_subject
+from .history import HistoryStore
+
+log = logging.getLogger("dagnats.reader")
+
+
+class RunReader:
+    def __init__(self, nc: NATS, store: HistoryStore, loop: asyncio.AbstractEventLoop) -> None:
+        self.nc, self.store, self.loop = nc, store, loop
+        self.js = nc.jetstream()
+        self._lock = threading.Lock()
+        self._live: dict[str, tuple[WorkflowRun, int]] = {}
+
+    # ---- the actors' side (StatePort), called from their threads ---------------------
+
+    def publish(self, run: WorkflowRun, last_seq: int, recorded: list[Event]) -> None:
+        with self._lock:
+            self._live[run.run_id] = (run, last_seq)
+        if recorded:
+            notice = RunNotice(seq=last_seq, status=str(run.status),
+                               steps=tuple(sorted({e.step_id for e in recorded if e.step_id})),
+                               terminal=run.is_terminal)
+            self.loop.call_soon_threadsafe(self._announce, run.run_id, encode_notice(notice))
+
+    def forget(self, run_id: str) -> None:
+        with self._lock:
+            self._live.pop(run_id, None)
+
+    def _announce(self, run_id: str, data: bytes) -> None:
+        asyncio.ensure_future(self._send(notice_subject(run_id), data))
+
+    async def _send(self, subject: str, data: bytes) -> None:
+        try:
+            await self.nc.publish(subject, data)
+        except Exception as err:  # noqa: BLE001 - a notice is a hint; waiters re-read on their own
+            log.debug("notice on %s not sent: %s", subject, err)
+
+    # ---- the readers' side, on the loop ------------------------------------------------
+
+    def live(self) -> list[WorkflowRun]:
+        """The states of the runs with a live actor, as last published."""
+        with self._lock:
+            return [run for run, _ in self._live.values()]
+
+    def live_count(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    async def get(self, run_id: str) -> WorkflowRun:
+        """The run as recorded (or pending in its inbox); RunNotFound if it does not exist."""
+        check_identifier("run id", run_id)
+        with self._lock:
+            live = self._live.get(run_id)
+        if live is not None:
+            run, seq = live
+            for _, events in await self.store.read_after(run_id, seq):
+                for event in events:
+                    run = fold(run, event)
+            return run
+        run = await self._recorded(run_id)
+        # Not recorded yet: its start may wait in the inbox, or have just moved from
+        # there to the history (recorded before the inbox message is acked).
+        run = run or await self._accepted(run_id) or await self._recorded(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
+    async def status_of(self, run_id: str) -> RunStatus | None:
+        """The run's status, or None for a run that does not exist."""
+        try:
+            return (await self.get(run_id)).status
+        except RunNotFound:
+            return None
+
+    async def _recorded(self, run_id: str) -> WorkflowRun | None:
+        run, _ = await self.store.load(run_id)
+        return run if run is not None and run.definition is not None else None
+
+    async def _accepted(self, run_id: str) -> WorkflowRun | None:
+        """A run whose start request waits in its inbox: shown as pending."""
+        event = await self._first_start(INBOX_STREAM, inbox_subject(run_id))
+        if event is None:
+            return None
+        run = fold(new_run(run_id), event)
+        return msgspec.structs.replace(run, status=RunStatus.PENDING) if run.definition else None
+
+    async def first_event(self, run_id: str) -> WorkflowStarted | None:
+        """The start request of a run, recorded or still waiting in its inbox."""
+        check_identifier("run id", run_id)
+        return (await self._first_start(HISTORY_STREAM, history_subject(run_id))
+                or await self._first_start(INBOX_STREAM, inbox_subject(run_id)))
+
+    async def _first_start(self, stream: str, subject: str) -> WorkflowStarted | None:
+        msg = await first_message(self.js, stream, subject)
+        try:
+            events = decode_record(msg.data or b"") if msg is not None else []
+        except msgspec.DecodeError:
+            return None
+        return events[0] if events and isinstance(events[0], WorkflowStarted) else None

@@ -1,0 +1,139 @@
+"""Creating the engine's JetStream streams and KV buckets (names in ``wire.names``).
+
+`ensure_resources(js)` is safe to call on every start and from several
+processes at once: creating a stream that already exists with the same
+configuration is a no-op for JetStream, and a differing one is updated in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.js import JetStreamContext, api
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError, ServiceUnavailableError
+
+from dagnats.domain.errors import DagnatsError
+
+from ..wire.names import (
+    CHECKPOINTS_BUCKET, DEAD_LETTER_STREAM, DEFS_BUCKET, EVENT_STREAM, HISTORY_STREAM, IDEMPOTENCY_BUCKET,
+    INBOX_STREAM, RUNS_BUCKET, SIGNALS_BUCKET, SINGLETON_BUCKET, TASK_STREAM, TIMER_STREAM, WAITERS_BUCKET,
+    WORKERS_BUCKET,
+)
+
+KV_BUCKETS = (
+    DEFS_BUCKET,
+    RUNS_BUCKET,
+    SIGNALS_BUCKET,
+    CHECKPOINTS_BUCKET,
+    IDEMPOTENCY_BUCKET,
+    SINGLETON_BUCKET,
+    WAITERS_BUCKET,
+    WORKERS_BUCKET,
+)
+
+DUPLICATE_WINDOW = 120.0  # seconds: the longest client retry horizon we dedupe across
+EVENT_MAX_AGE = 14 * 24 * 3600.0
+DEAD_LETTER_MAX_AGE = 30 * 24 * 3600.0
+
+# JetStream: "stream name already in use with a different configuration".
+_STREAM_NAME_IN_USE = 10058
+
+
+class ResourceError(DagnatsError, RuntimeError):
+    """A stream or bucket exists with a configuration that cannot be updated."""
+
+    def __init__(self, name: str, cause: APIError) -> None:
+        self.name, self.err_code = name, cause.err_code
+        super().__init__(f"cannot create or update {name}: {cause.description} (error {cause.err_code})")
+
+
+# -- streams and buckets ----------------------------------------------------
+
+
+def stream_configs(replicas: int = 1) -> list[api.StreamConfig]:
+    """The configuration of every engine stream, at `replicas` copies each."""
+
+    def stream(name: str, subjects: list[str], retention: api.RetentionPolicy, **extra: object) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=name,
+            subjects=subjects,
+            storage=api.StorageType.FILE,
+            retention=retention,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW,
+            **extra,
+        )
+
+    limits, work_queue = api.RetentionPolicy.LIMITS, api.RetentionPolicy.WORK_QUEUE
+    return [
+        stream(HISTORY_STREAM, ["history.>"], limits),
+        stream(INBOX_STREAM, ["inbox.>"], work_queue),
+        stream(TASK_STREAM, ["task.>"], work_queue),
+        # Limits retention and no max_age: a schedule must outlive its longest
+        # timer, and a consumer acking it must not delete it.
+        stream(
+            TIMER_STREAM,
+            ["timer.sched.>", "timer.fired.>"],
+            limits,
+            allow_msg_schedules=True,
+            allow_msg_ttl=True,
+        ),
+        stream(EVENT_STREAM, ["event.>"], limits, max_age=EVENT_MAX_AGE),
+        stream(DEAD_LETTER_STREAM, ["dead.>"], limits, max_age=DEAD_LETTER_MAX_AGE),
+    ]
+
+
+async def ensure_resources(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create, or bring up to date, every stream and KV bucket the engine uses."""
+    await asyncio.gather(*(_patiently(_ensure_stream, js, config) for config in stream_configs(replicas)))
+    await asyncio.gather(*(_patiently(_ensure_bucket, js, bucket, replicas) for bucket in KV_BUCKETS))
+
+
+async def _patiently(create, *args, attempts: int = 8) -> None:
+    """Retry what a busy or electing cluster answers late (the JetStream API times out)."""
+    for attempt in range(attempts):
+        try:
+            return await create(*args)
+        except (NatsTimeoutError, ServiceUnavailableError, NoRespondersError):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(0.25 * 2**attempt, 4.0))
+
+
+async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except APIError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise ResourceError(config.name or "?", exc) from exc
+        await _update(js, config)
+
+
+# Buckets whose keys expire: an idempotency key dedups starts for a day.
+BUCKET_TTL = {IDEMPOTENCY_BUCKET: 24 * 3600.0, WORKERS_BUCKET: 4.0}
+
+
+async def _ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> None:
+    config = api.KeyValueConfig(
+        bucket=bucket, history=1, replicas=replicas, storage=api.StorageType.FILE, ttl=BUCKET_TTL.get(bucket),
+    )
+    try:
+        await js.create_key_value(config)
+    except APIError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise ResourceError(bucket, exc) from exc
+        # The bucket's stream is built by nats-py; change only what we own.
+        current = (await js.stream_info(f"KV_{bucket}")).config
+        current.num_replicas = replicas
+        current.max_msgs_per_subject = 1
+        if bucket in BUCKET_TTL:
+            current.max_age = BUCKET_TTL[bucket]
+        await _update(js, current)
+
+
+async def _update(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.update_stream(config)
+    except APIError as exc:
+        raise ResourceError(config.name or "?", exc) from exc

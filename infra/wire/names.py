@@ -1,0 +1,24 @@
+"""Names of the engine's JetStream streams and KV buckets, and the control plane's subjects."""
+
+from __future__ import annotations
+
+HISTORY_STREAM = "WORKFLOW_HISTORY"
+INBOX_STREAM = "RUN_INBOX"
+TASK_STREAM = "TASK_QUEUES"
+TIMER_STREAM = "TIMERS"
+EVENT_STREAM = "EVENTS"
+DEAD_LETTER_STREAM = "DEAD_LETTERS"
+
+DEFS_BUCKET = "workflow_defs"
+RUNS_BUCKET = "workflow_runs"
+SIGNALS_BUCKET = "signals"
+CHECKPOINTS_BUCKET = "checkpoints"
+IDEMPOTENCY_BUCKET = "idempotency_keys"
+SINGLETON_BUCKET = "singleton_locks"
+WAITERS_BUCKET = "event_waiters"
+WORKERS_BUCKET = "workers"
+
+# The control plane: request/reply on `dagnats.api.<op>`, served by every
+# engine in one queue group.
+API_PREFIX = "dagnats.api"
+API_QUEUE = "dagnats-api"

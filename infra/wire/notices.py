@@ -1,0 +1,80 @@
+"""Run notices: what the engine recorded for a run, announced on core NATS.
+
+After each record it appends to ``history.<run>``, the run's owner publishes a
+small ``RunNotice`` on ``dagnats.run.<run>`` (not stored). Waiting for a run
+costs the server one plain subscription, no JetStream consumer: ``await_run``
+subscribes, reads the run's status once to close the race with anything
+recorded before the subscription, then re-reads the status only when a notice
+says something relevant happened. Notices are at-most-once (an engine killed
+between its append and its notice sends none), so a waiter also re-reads the
+status after ``recheck`` seconds without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from .subjects import notice_subject
+
+RECHECK = 5.0
+
+
+class RunNotice(msgspec.Struct, frozen=True, array_like=True):
+    """One appended record: its sequence, the run's status after it, and what it holds."""
+
+    seq: int
+    status: str
+    steps: tuple[str, ...] = ()  # the steps its events are about
+    terminal: bool = False
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(RunNotice)
+
+
+def encode_notice(notice: RunNotice) -> bytes:
+    return _ENCODER.encode(notice)
+
+
+def decode_notice(data: bytes) -> RunNotice | None:
+    try:
+        return _DECODER.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
+View = dict[str, Any]
+
+
+async def await_run(nc: NATS, run_id: str, read: Callable[[], Awaitable[View]],
+                    finished: Callable[[View], bool], step: str | None = None,
+                    recheck: float = RECHECK) -> View:
+    """Read the run's view until ``finished(view)``; reads again only when a notice
+    about the run (or ``step``) arrives, or after ``recheck`` quiet seconds.
+
+    Not bounded here: wrap it in ``asyncio.wait_for`` for a timeout.
+    """
+    sub = await nc.subscribe(notice_subject(run_id))
+    try:
+        view = await read()
+        while not finished(view):
+            try:
+                msg = await sub.next_msg(timeout=recheck)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                view = await read()
+                continue
+            notice = decode_notice(msg.data)
+            if notice is None or notice.terminal or step is None or step in notice.steps:
+                view = await read()
+        return view
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # noqa: BLE001 - the connection is closing: nothing to undo
+            pass

@@ -1,0 +1,59 @@
+"""Subject builders: every subject a run's data travels on.
+
+Every identifier that becomes a subject token (run id, task, group, timer id,
+event name) must match `^[A-Za-z0-9_-]{1,64}$`: a `*` or `>` in a run id
+would otherwise read or write every run's history. Each builder checks its
+tokens and raises InvalidIdentifier naming the kind.
+"""
+
+from __future__ import annotations
+
+from dagnats.domain.identifiers import check_identifier
+
+
+def history_subject(run_id: str) -> str:
+    """`history.<run>`: the run's event history, the source of truth."""
+    return f"history.{check_identifier('run id', run_id)}"
+
+
+def inbox_subject(run_id: str) -> str:
+    """`inbox.<run>`: facts from outside the run's owner, waiting to be recorded."""
+    return f"inbox.{check_identifier('run id', run_id)}"
+
+
+def task_subject(task: str, run_id: str, group: str | None = None) -> str:
+    """`task.<task>.<run>`, or `task.<task>.<group>.<run>` for a worker group."""
+    task, run_id = check_identifier("task name", task), check_identifier("run id", run_id)
+    if group is None:
+        return f"task.{task}.{run_id}"
+    return f"task.{task}.{check_identifier('worker group', group)}.{run_id}"
+
+
+def task_filter(task: str, group: str | None = None) -> str:
+    """What the workers of `task` (in `group`) consume: every run's tasks."""
+    task = check_identifier("task name", task)
+    return f"task.{task}.*" if group is None else f"task.{task}.{check_identifier('worker group', group)}.*"
+
+
+def timer_sched_subject(run_id: str, timer_id: str) -> str:
+    """`timer.sched.<run>.<timer>`: one message schedule per timer (purge it to cancel)."""
+    return f"timer.sched.{check_identifier('run id', run_id)}.{check_identifier('timer id', timer_id)}"
+
+
+def timer_fired_subject(run_id: str) -> str:
+    """`timer.fired.<run>`: where the server publishes a schedule when it falls due."""
+    return f"timer.fired.{check_identifier('run id', run_id)}"
+
+
+def event_subject(name: str) -> str:
+    """`event.<name>`: an external event for wait-for-event steps and cancel_on."""
+    return f"event.{check_identifier('event name', name)}"
+
+
+def notice_subject(run_id: str) -> str:
+    """`dagnats.run.<run>`: core-NATS notices of what the engine recorded for the run.
+
+    Not stored: a client waiting for a run listens here (no JetStream
+    consumer per wait) and reads the run's status to close the race.
+    """
+    return f"dagnats.run.{check_identifier('run id', run_id)}"
