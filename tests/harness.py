@@ -25,14 +25,15 @@ from dagnats.infra.wire.subjects import inbox_subject
 
 
 class EngineHarness:
-    def __init__(self, url: str, max_live: int = 512, replicas: int = 1, quarantine_retry: float = 30.0) -> None:
+    def __init__(self, url: str, max_live: int = 512, replicas: int = 1, quarantine_retry: float = 30.0,
+                 clock: Any = None) -> None:
         self.url, self.max_live, self.replicas = url, max_live, replicas
-        self.quarantine_retry = quarantine_retry
+        self.quarantine_retry, self.clock = quarantine_retry, clock
 
     async def __aenter__(self) -> "EngineHarness":
         self.nc = await nats.connect(self.url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.5)
         self.engine = Engine(self.nc, max_live=self.max_live, replicas=self.replicas,
-                             quarantine_retry=self.quarantine_retry)
+                             quarantine_retry=self.quarantine_retry, clock=self.clock)
         await self.engine.start()
         self.api = ControlPlane(self.nc, self.engine)
         await self.api.start()

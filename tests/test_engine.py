@@ -188,7 +188,7 @@ def test_live_actors_stay_bounded_and_passivated_runs_carry_on(nats_url, run):
             run_ids = [await h.client.start("chain3", i) for i in range(12)]
             for run_id in run_ids:
                 await h.wait_status(run_id, "running")
-            peak = h.engine.live_count()
+            peak = await h.engine.live_count()
             for _ in run_ids:
                 await FakeWorker(h.nc, "ta").complete("a")
                 await FakeWorker(h.nc, "tb").complete("b")

@@ -40,3 +40,17 @@ def test_every_pinned_cli_command_exists(argv, capsys):
         build_parser().parse_args(argv)
     assert done.value.code == 0
     assert "--json" in capsys.readouterr().out
+
+
+def test_the_worker_sdk_and_the_client_load_neither_the_engine_nor_pykka():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, dagnats.infra.worker, dagnats.infra.client\n"
+        "engine = ('pykka', 'dagnats.actors', 'dagnats.infra.engine', 'dagnats.infra.cli')\n"
+        "bad = sorted(m for m in sys.modules if m in engine or m.startswith(tuple(e + '.' for e in engine)))\n"
+        "print(','.join(bad))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""

@@ -25,6 +25,7 @@ from nats.js import api
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from dagnats.actors.directory import RunDirectory
+from dagnats.actors.ports import Clock
 from dagnats.actors.messages import Deliver, LiveCount, Recover
 from dagnats.actors.timer import TimerActor
 from dagnats.domain.events import Event, decode_event, format_timestamp, parse_timestamp
@@ -46,8 +47,9 @@ INBOX_ACK_WAIT = 30.0
 
 
 class Engine:
-    def __init__(self, nc: NATS, *, max_live: int = 512, replicas: int = 1, quarantine_retry: float = 30.0) -> None:
-        self.nc, self.max_live, self.replicas = nc, max_live, replicas
+    def __init__(self, nc: NATS, *, max_live: int = 512, replicas: int = 1, quarantine_retry: float = 30.0,
+                 clock: Clock | None = None) -> None:
+        self.nc, self.max_live, self.replicas, self.clock = nc, max_live, replicas, clock
         self.quarantine_retry = quarantine_retry
         self.js = nc.jetstream()
         self._tasks: list[asyncio.Task] = []
@@ -58,7 +60,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         self.bridge = LoopBridge(loop)
         self.reader = RunReader(self.nc, HistoryStore(self.js), loop)
-        self.ports = NatsPorts(self.js, self.bridge, self.reader, self.nc.max_payload)
+        self.ports = NatsPorts(self.js, self.bridge, self.reader, self.nc.max_payload, self.clock)
         self.timers = TimerActor.start(self.ports.clock, self.ports.workers)
         self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
         self.timers.proxy().attach(self.directory).get()
@@ -88,8 +90,13 @@ class Engine:
             if ref.is_alive():
                 ref.stop(block=True, timeout=10)
 
-    def live_count(self) -> int:
-        return self.directory.ask(LiveCount(), timeout=5)
+    async def live_count(self) -> int:
+        """How many run actors are alive (asked of the directory, off the loop)."""
+        return await asyncio.to_thread(self.directory.ask, LiveCount(), timeout=5)
+
+    async def pending_timers(self) -> int:
+        """How many timers the engine holds armed."""
+        return await asyncio.to_thread(lambda: self.timers.proxy().pending().get(timeout=5))
 
     # ---- inbox -----------------------------------------------------------------
 

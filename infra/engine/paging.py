@@ -17,7 +17,7 @@ from dagnats.domain.events import decode_record
 from dagnats.domain.state import WorkflowRun
 
 from ..wire.names import HISTORY_STREAM
-from ..wire.reading import stored_messages
+from ..wire.reading import stored_batches
 from ..wire.subjects import history_subject
 from .history import HistoryStore
 from .views import event_view, run_summary
@@ -29,7 +29,7 @@ async def events_page(store: HistoryStore, run_id: str, after_seq: int, limit: i
     """Whole records after ``after_seq``, as event views, up to ``limit`` events and ``budget`` bytes."""
     events: list[dict[str, Any]] = []
     size, last_seq = 0, after_seq
-    async for msg in stored_messages(store.js, HISTORY_STREAM, history_subject(run_id), after_seq):
+    async for msg in stored_batches(store.js, HISTORY_STREAM, history_subject(run_id), after_seq):
         views = [event_view(msg.seq or 0, e) for e in decode_record(msg.data or b"[]")]
         cost = sum(len(_ENCODER.encode(v)) + 1 for v in views)
         if events and (len(events) + len(views) > limit or size + cost > budget):

@@ -9,6 +9,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from dagnats.actors.ports import Clock
 from dagnats.domain.actions import DropTask, EnqueueTask
 from dagnats.domain.events import EVENT_DECODER, STEP_COMPLETED, STEP_FAILED, TASK_DECODER, Event
 from dagnats.domain.state import WorkflowRun
@@ -127,12 +128,13 @@ class NatsWorkerLiveness:
 
 
 class NatsPorts:
-    def __init__(self, js: JetStreamContext, bridge: LoopBridge, reader: RunReader, max_payload: int) -> None:
+    def __init__(self, js: JetStreamContext, bridge: LoopBridge, reader: RunReader, max_payload: int,
+                 clock: Clock | None = None) -> None:
         self.js, self.bridge = js, bridge
         self.store = reader.store
         self.history = NatsHistoryPort(self.store, bridge)
         self.tasks = NatsTaskPort(js, bridge)
-        self.clock = SystemClock(bridge)
+        self.clock: Clock = clock or SystemClock(bridge)
         self.workers = NatsWorkerLiveness(js, bridge)
         self.state = reader
         self.max_record_bytes = max_payload - HEADER_ROOM

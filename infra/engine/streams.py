@@ -62,6 +62,7 @@ def stream_configs(replicas: int = 1) -> list[api.StreamConfig]:
             retention=retention,
             num_replicas=replicas,
             duplicate_window=DUPLICATE_WINDOW,
+            allow_direct=True,  # readers fetch many messages per request (wire.reading)
             **extra,
         )
 
@@ -117,6 +118,7 @@ BUCKET_TTL = {IDEMPOTENCY_BUCKET: 24 * 3600.0, WORKERS_BUCKET: 4.0}
 async def _ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> None:
     config = api.KeyValueConfig(
         bucket=bucket, history=1, replicas=replicas, storage=api.StorageType.FILE, ttl=BUCKET_TTL.get(bucket),
+        direct=True,
     )
     try:
         await js.create_key_value(config)
@@ -127,6 +129,7 @@ async def _ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> No
         current = (await js.stream_info(f"KV_{bucket}")).config
         current.num_replicas = replicas
         current.max_msgs_per_subject = 1
+        current.allow_direct = True
         if bucket in BUCKET_TTL:
             current.max_age = BUCKET_TTL[bucket]
         await _update(js, current)

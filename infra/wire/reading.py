@@ -1,20 +1,27 @@
 """Reading stored messages: the one way to walk a subject, and the pull-loop hint.
 
 ``stored_messages`` yields the messages still stored on a subject (wildcards
-allowed) in sequence order, straight from the stream: no consumer is made, so
+allowed) in sequence order, straight from the stream leader, one request per
+message: what a run's owner reads, since it must see its own last append.
+``stored_batches`` yields the same, hundreds per request (batched direct get,
+ADR-31, on streams that allow direct access): for readers, which may be
+answered by a replica a moment behind. No consumer is made either way, so
 reading costs the server nothing to clean up. ``kv_entries`` builds the live
-keys of a bucket the same way (a KV watch can report its end before it has
-delivered every entry).
+keys of a bucket from its stream in batches (a KV watch can report its end
+before it has delivered every entry).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
+
+_ENCODER = msgspec.json.Encoder()
 
 
 async def stored_messages(js: JetStreamContext, stream: str, subject: str,
@@ -30,6 +37,43 @@ async def stored_messages(js: JetStreamContext, stream: str, subject: str,
         seq = (msg.seq or seq) + 1
 
 
+DIRECT_BATCH = 256
+_DIRECT_TIMEOUT = 5.0
+
+
+async def stored_batches(js: JetStreamContext, stream: str, subject: str, after_seq: int = 0,
+                         batch: int = DIRECT_BATCH) -> AsyncIterator[RawStreamMsg]:
+    """The messages stored on ``subject`` after ``after_seq``, oldest first, fetched in batches."""
+    nc = js._nc  # nats-py has no batched direct get of its own: the request is made here
+    seq = after_seq + 1
+    while True:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        try:
+            request = _ENCODER.encode({"seq": seq, "next_by_subj": subject, "batch": batch})
+            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
+            pending, last = 0, seq - 1
+            while True:
+                msg = await sub.next_msg(timeout=_DIRECT_TIMEOUT)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "503":  # the stream does not allow direct gets: one by one
+                    async for stored in stored_messages(js, stream, subject, seq - 1):
+                        yield stored
+                    return
+                if status:  # 204 end of batch, 404 nothing (more) stored
+                    pending = int(headers.get("Nats-Num-Pending") or 0) if status == "204" else 0
+                    break
+                last = int(headers["Nats-Sequence"])
+                yield RawStreamMsg(subject=headers.get("Nats-Subject"), seq=last, data=msg.data,
+                                   headers=headers, stream=stream)
+        finally:
+            await sub.unsubscribe()
+        if not pending:
+            return
+        seq = last + 1
+
+
 async def first_message(js: JetStreamContext, stream: str, subject: str) -> RawStreamMsg | None:
     """The oldest message still stored on ``subject``, if any."""
     async for msg in stored_messages(js, stream, subject):
@@ -41,7 +85,7 @@ async def kv_entries(js: JetStreamContext, bucket: str, pattern: str) -> list[tu
     """(key, value) of every live key of ``bucket`` matching ``pattern``."""
     prefix = f"$KV.{bucket}."
     entries: dict[str, bytes] = {}
-    async for msg in stored_messages(js, f"KV_{bucket}", f"{prefix}{pattern}"):
+    async for msg in stored_batches(js, f"KV_{bucket}", f"{prefix}{pattern}"):
         key = (msg.subject or "")[len(prefix):]
         operation = (msg.headers or {}).get("KV-Operation")
         if operation in ("DEL", "PURGE") or not msg.data:

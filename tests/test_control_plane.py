@@ -1,0 +1,77 @@
+"""The control plane's contract: typed requests, errors that keep their attributes,
+explicit run ids that conflict, and answers that always fit."""
+
+from __future__ import annotations
+
+import pytest
+
+from dagnats.domain.errors import InvalidRequest, InvalidRunState, RunAlreadyStarted, RunNotFound
+
+from harness import EngineHarness, FakeWorker
+
+ONE = {"name": "cp-one", "steps": [{"id": "a", "task": "cp-a"}]}
+
+
+def test_a_request_field_of_the_wrong_type_is_a_clear_error_not_an_internal_one(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            errors = []
+            for op, request in (("run.list", {"limit": "x"}), ("run.list", {"limit": 0}),
+                                ("run.list", {"status": "sleepy"}), ("run.events", {"run_id": 5}),
+                                ("run.list", {"cursor": "not-one-of-ours"}), ("run.explode", {})):
+                with pytest.raises(InvalidRequest) as caught:
+                    await h.client.request(op, request)
+                errors.append(caught.value)
+            return errors
+
+    errors = run(body())
+    assert "Expected `int`, got `str` - at `$.limit`" in str(errors[0]) and errors[0].operation == "run.list"
+    assert "limit must be between 1 and 10000" in str(errors[1])
+    assert "unknown status 'sleepy'" in str(errors[2])
+    assert "at `$.run_id`" in str(errors[3])
+    assert "cursor" in str(errors[4])
+    assert "unknown operation" in str(errors[5])
+
+
+def test_errors_keep_their_attributes_across_the_control_plane(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE)
+            run_id = await h.client.start("cp-one")
+            await FakeWorker(h.nc, "cp-a").complete("done")
+            await h.client.wait(run_id, timeout=10)
+            with pytest.raises(InvalidRunState) as terminal:
+                await h.client.pause(run_id)
+            with pytest.raises(RunNotFound) as missing:
+                await h.client.status("no-such-run")
+            return run_id, terminal.value, missing.value
+
+    run_id, terminal, missing = run(body())
+    assert (terminal.run_id, terminal.status, terminal.operation) == (run_id, "completed", "pause")
+    assert missing.run_id == "no-such-run" and isinstance(missing, LookupError)
+
+
+def test_starting_an_existing_run_id_again_returns_it_and_with_other_input_is_a_conflict(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE)
+            await h.client.register({"name": "cp-other", "steps": [{"id": "a", "task": "cp-a"}]})
+            first = await h.client.start("cp-one", {"n": 1}, run_id="order-42")
+            again = await h.client.request("run.start", {"workflow": "cp-one", "input": {"n": 1}, "run_id": "order-42"})
+            conflicts = []
+            for workflow, data in (("cp-one", {"n": 2}), ("cp-other", {"n": 1})):
+                with pytest.raises(RunAlreadyStarted) as caught:
+                    await h.client.start(workflow, data, run_id="order-42")
+                conflicts.append(caught.value)
+            await FakeWorker(h.nc, "cp-a").complete("done")
+            done = await h.client.wait("order-42", timeout=10)
+            after = await h.client.request("run.start", {"workflow": "cp-one", "input": {"n": 1}, "run_id": "order-42"})
+            events = await h.client.events("order-42")
+            return first, again, conflicts, done, after, events
+
+    first, again, conflicts, done, after, events = run(body())
+    assert first == "order-42" and again == {"run_id": "order-42", "deduplicated": True}
+    assert all(c.run_id == "order-42" and c.workflow == "cp-one" for c in conflicts)
+    assert "already started" in str(conflicts[0])
+    assert done["status"] == "completed" and after["deduplicated"]
+    assert [e["type"] for e in events].count("workflow.started") == 1

@@ -1,0 +1,125 @@
+"""Waiting for runs at scale: no JetStream consumer per wait, every wait returns.
+
+A program that starts runs and waits for each, hundreds in flight from one
+client, must see every run finish, and the server must hold no consumer per
+wait (nats-server caps a stream at 1,000 consumers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from dagnats.domain.errors import InvalidRunState
+from dagnats.infra.wire.names import HISTORY_STREAM, INBOX_STREAM
+from dagnats.infra.wire.notices import await_run
+from dagnats.infra.worker import TaskContext, Worker
+
+from harness import EngineHarness, FakeWorker
+
+ONE_STEP = {"name": "one-step", "steps": [{"id": "a", "task": "w-noop"}]}
+
+
+async def _consumer_counts(js) -> dict[str, int]:
+    return {name: (await js.stream_info(name)).state.consumer_count for name in (HISTORY_STREAM, INBOX_STREAM)}
+
+
+def test_1200_starts_and_waits_with_300_in_flight_all_return_and_hold_no_consumers(nats_url, run):
+    total, in_flight = 1200, 300
+    worker = Worker(nats_url, max_concurrent=100)
+
+    @worker.task("w-noop")
+    async def noop(ctx: TaskContext, n: int) -> int:
+        return n + 1
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE_STEP)
+            await worker.start()
+            js = h.nc.jetstream()
+            baseline, peaks, done = await _consumer_counts(js), [], asyncio.Event()
+
+            async def sample() -> None:
+                while not done.is_set():
+                    peaks.append(await _consumer_counts(js))
+                    await asyncio.sleep(0.05)
+
+            slots = asyncio.Semaphore(in_flight)
+
+            async def start_and_wait(n: int) -> dict:
+                async with slots:
+                    run_id = await h.client.start("one-step", n)
+                    return await h.client.wait(run_id, timeout=120)
+
+            sampler = asyncio.create_task(sample())
+            try:
+                views = await asyncio.gather(*(start_and_wait(n) for n in range(total)))
+            finally:
+                done.set()
+                await sampler
+                await worker.stop()
+            return baseline, peaks, views
+
+    baseline, peaks, views = run(body(), timeout=240)
+    assert [v["status"] for v in views] == ["completed"] * total
+    assert sorted(v["output"] for v in views) == list(range(1, total + 1))
+    assert peaks and all(p == baseline for p in peaks), (baseline, max(peaks, key=lambda p: sum(p.values())))
+
+
+def test_a_wait_on_a_finished_run_returns_at_once_and_a_step_wait_returns_when_its_step_ends(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register({"name": "two-steps", "steps": [
+                {"id": "a", "task": "wa"}, {"id": "b", "task": "wb", "depends_on": ["a"]}]})
+            run_id = await h.client.start("two-steps")
+            step_wait = asyncio.create_task(h.client.wait(run_id, step="a", timeout=30))
+            await FakeWorker(h.nc, "wa").complete("A")
+            after_a = await step_wait
+            await FakeWorker(h.nc, "wb").complete("B")
+            first = await h.client.wait(run_id, timeout=30)
+            again = await h.client.wait(run_id, timeout=5)
+            return after_a, first, again
+
+    after_a, first, again = run(body())
+    assert after_a["steps"]["a"]["status"] == "completed"
+    assert first["status"] == again["status"] == "completed" and again["output"] == "B"
+
+
+def test_a_wait_whose_notices_are_lost_still_returns(nats_url, run):
+    # Notices are core NATS: an engine killed between its append and its notice sends
+    # none. A waiter re-reads the run after a quiet spell; here no notice is ever sent.
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            h.engine.reader._announce = lambda run_id, data: None
+            await h.client.register(ONE_STEP)
+            run_id = await h.client.start("one-step", 1)
+            waiting = asyncio.create_task(
+                await_run(h.nc, run_id, lambda: h.client.status(run_id), lambda v: v["status"] == "completed",
+                          recheck=0.2))
+            await FakeWorker(h.nc, "w-noop").complete(2)
+            return await asyncio.wait_for(waiting, 10)
+
+    assert run(body())["status"] == "completed"
+
+
+def test_cancel_says_how_the_run_ended_when_it_completes_first(nats_url, run):
+    async def body():
+        outcomes = []
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE_STEP)
+            for n in range(5):
+                run_id = await h.client.start("one-step", n)
+                worker = FakeWorker(h.nc, "w-noop")
+                task, msg = await worker.next()
+                await worker.report(task, "step.completed", "done")  # completes, racing the cancel
+                try:
+                    answer = await h.client.cancel(run_id)
+                except InvalidRunState as err:  # already recorded as completed
+                    answer = {"cancelled": False, "status": err.status}
+                await msg.ack()
+                final = await h.client.wait(run_id, timeout=10)
+                outcomes.append((answer, final["status"]))
+        return outcomes
+
+    for answer, final in run(body(), timeout=60):
+        assert answer["status"] == final
+        assert answer["cancelled"] == (final == "cancelled")
