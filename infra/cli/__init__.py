@@ -297,7 +297,7 @@ def cmd_run_output(args: argparse.Namespace) -> int:
 
 
 def cmd_run_cancel(args: argparse.Namespace) -> int:
-    return _show(args, lambda c: c.cancel(args.run_id), lambda r: f"Run {args.run_id} cancelled")
+    return _show(args, lambda c: c.cancel(args.run_id), render.cancelled)
 
 
 def cmd_run_list(args: argparse.Namespace) -> int:

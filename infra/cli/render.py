@@ -115,6 +115,16 @@ def engine_status(st: dict[str, Any]) -> str:
     return "\n".join(lines) + table(("STREAM", "MESSAGES", "BYTES"), rows)
 
 
+def cancelled(answer: dict[str, Any]) -> str:
+    """What a cancel did: the run ended cancelled, ended otherwise first, or is still ending."""
+    run_id, status = answer["run_id"], answer["status"]
+    if answer["cancelled"]:
+        return f"Run {run_id} cancelled"
+    if status in ("completed", "failed", "compensated", "compensate_failed"):
+        return f"Run {run_id} {status} before the cancel took effect"
+    return f"Run {run_id}: cancel requested; still {status}"
+
+
 def watch_line(event: Event) -> str | None:
     """One line per step outcome and run outcome, as the tutorial shows."""
     step = event.step_id

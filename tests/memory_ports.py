@@ -1,0 +1,112 @@
+"""In-memory implementations of the actors' ports, for actor-level tests.
+
+Not a mock of NATS: a small model of what the engine relies on from it — a
+conditional append per run (``WrongLastSequence`` when the expected sequence
+is not the run's last), message-id deduplication, snapshots as a cache — so
+the RunDirectory and RunActor can be driven message by message, with a
+FakeClock, and failures injected where a test wants them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from dagnats.domain.actions import DropTask, EnqueueTask
+from dagnats.domain.errors import WrongLastSequence
+from dagnats.domain.events import Event, decode_record
+from dagnats.domain.fold import fold
+from dagnats.domain.state import WorkflowRun, new_run
+
+from fakes import FakeClock
+
+
+class MemoryHistory:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records: dict[str, list[tuple[int, bytes]]] = {}
+        self.ids: dict[str, int] = {}
+        self.snapshots: dict[str, tuple[WorkflowRun, int]] = {}
+        self.seq = 0
+        # Called before each append; raise from it to inject a failure.
+        self.before_append: Callable[[str], None] = lambda run_id: None
+
+    def load(self, run_id: str) -> tuple[WorkflowRun | None, int]:
+        run, last = self.snapshots.get(run_id, (None, 0))
+        for seq, events in self.read_after(run_id, last):
+            for event in events:
+                run = fold(run or new_run(run_id), event)
+            last = seq
+        return run, last
+
+    def read_after(self, run_id: str, after_seq: int) -> list[tuple[int, list[Event]]]:
+        with self.lock:
+            return [(seq, decode_record(body)) for seq, body in self.records.get(run_id, []) if seq > after_seq]
+
+    def append(self, run_id: str, record: bytes, expected_seq: int, msg_id: str) -> int:
+        self.before_append(run_id)
+        with self.lock:
+            if msg_id in self.ids:
+                raise WrongLastSequence(f"duplicate record {msg_id}", duplicate=True)
+            records = self.records.setdefault(run_id, [])
+            last = records[-1][0] if records else 0
+            if last != expected_seq:
+                raise WrongLastSequence(f"wrong last sequence: {last}")
+            self.seq += 1
+            records.append((self.seq, record))
+            self.ids[msg_id] = self.seq
+            return self.seq
+
+    def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool) -> None:
+        with self.lock:
+            self.snapshots[run.run_id] = (run, last_seq)
+
+    def events(self, run_id: str) -> list[Event]:
+        return [e for _, events in self.read_after(run_id, 0) for e in events]
+
+
+class MemoryTasks:
+    def __init__(self) -> None:
+        self.published: list[EnqueueTask] = []
+        self.dropped: list[DropTask] = []
+
+    def enqueue(self, tasks: list[EnqueueTask]) -> None:
+        self.published += tasks
+
+    def drop(self, drops: list[DropTask]) -> None:
+        self.dropped += drops
+
+
+class MemoryState:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.live: dict[str, tuple[WorkflowRun, int]] = {}
+
+    def publish(self, run: WorkflowRun, last_seq: int, recorded: list[Event]) -> None:
+        with self.lock:
+            self.live[run.run_id] = (run, last_seq)
+
+    def forget(self, run_id: str) -> None:
+        with self.lock:
+            self.live.pop(run_id, None)
+
+
+class AlwaysAlive:
+    def alive(self, worker_id: str) -> bool:
+        return True
+
+
+class MemoryPorts:
+    def __init__(self, clock: FakeClock | None = None, max_record_bytes: int = 1024 * 1024 - 4096) -> None:
+        self.history = MemoryHistory()
+        self.tasks = MemoryTasks()
+        self.clock = clock or FakeClock()
+        self.workers = AlwaysAlive()
+        self.state = MemoryState()
+        self.max_record_bytes = max_record_bytes
+
+    def record(self, run_id: str, events: list[Event], body: bytes, expected_seq: int, msg_id: str,
+               tasks: list[EnqueueTask]) -> int:
+        seq = self.history.append(run_id, body, expected_seq, msg_id)
+        self.tasks.published += tasks
+        return seq

@@ -1,0 +1,172 @@
+"""RunDirectory and RunActor driven message by message on in-memory ports and a fake clock:
+passivation, supervision, quarantine, and fires of finished runs."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+
+import pytest
+
+from dagnats.actors.directory import QUARANTINE_AFTER, RunDirectory
+from dagnats.actors.messages import Deliver, LiveCount
+from dagnats.actors.timer import TimerActor
+from dagnats.domain import events as ev
+from dagnats.domain.definition import StepDef, WorkflowDef
+from dagnats.domain.state import RunStatus
+
+from fakes import FakeClock
+from memory_ports import MemoryPorts
+
+CHAIN = WorkflowDef(name="chain", steps=(StepDef(id="a", task="ta"), StepDef(id="b", task="tb", depends_on=("a",))))
+STAMP = ev.format_timestamp(datetime(2025, 1, 1, tzinfo=timezone.utc))
+
+
+class Acks:
+    """The outcome of each delivery, as the engine's acker would see it."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[bool, float]] = []
+        self.changed = threading.Condition()
+
+    def done(self, ok: bool, retry_in: float = 0.5) -> None:
+        with self.changed:
+            self.outcomes.append((ok, retry_in))
+            self.changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[tuple[bool, float]]:
+        with self.changed:
+            if not self.changed.wait_for(lambda: len(self.outcomes) >= count, timeout):
+                raise AssertionError(f"{len(self.outcomes)} of {count} deliveries settled")
+            return list(self.outcomes)
+
+
+@pytest.fixture
+def engine():
+    clock = FakeClock()
+    ports = MemoryPorts(clock)
+    timers = TimerActor.start(clock, ports.workers)
+    started = []
+
+    def start(max_live: int = 512, quarantine_retry: float = 30.0):
+        directory = RunDirectory.start(ports, timers, max_live, quarantine_retry)
+        timers.proxy().attach(directory).get()
+        started.append(directory)
+        return directory
+
+    yield ports, clock, timers, start
+    for ref in [*started, timers]:
+        ref.stop()
+
+
+def start_fact(run_id: str) -> ev.Event:
+    return ev.WorkflowStarted(run_id=run_id, timestamp=STAMP, id=ev.WORKFLOW_STARTED,
+                              payload=ev.RunStart(workflow_def=CHAIN, input=run_id))
+
+
+def completed(run_id: str, step: str, output: str) -> ev.Event:
+    return ev.StepCompleted(run_id=run_id, step_id=step, attempt=1, timestamp=STAMP, payload=output,
+                            id=ev.fact_id(ev.STEP_COMPLETED, step, 1))
+
+
+def deliver(directory, acks: Acks, event: ev.Event) -> None:
+    directory.tell(Deliver(event.run_id, (event,), acks.done))
+
+
+def test_live_actors_stay_within_max_live_and_a_passivated_run_carries_on_from_its_history(engine):
+    ports, clock, timers, start = engine
+    directory = start(max_live=2)
+    acks = Acks()
+    runs = [f"run-{n}" for n in range(5)]
+    for n, run_id in enumerate(runs):
+        deliver(directory, acks, start_fact(run_id))
+        acks.wait_for(n + 1)
+        assert directory.ask(LiveCount()) <= 2
+    for run_id in runs:  # the first runs were passivated long ago: each is rebuilt
+        deliver(directory, acks, completed(run_id, "a", f"{run_id}-a"))
+    assert all(ok for ok, _ in acks.wait_for(10))
+    for run_id in runs:
+        queued_b = [e for e in ports.history.events(run_id) if isinstance(e, ev.StepQueued) and e.step_id == "b"]
+        assert [e.payload.input for e in queued_b] == [f"{run_id}-a"]
+    assert len([t for t in ports.tasks.published if t.task == "tb"]) == 5
+
+
+def test_a_finished_run_passivates_at_once_and_its_late_timer_fires_start_no_actor(engine):
+    ports, clock, timers, start = engine
+    directory = start()
+    acks = Acks()
+    deliver(directory, acks, start_fact("r1"))
+    deliver(directory, acks, completed("r1", "a", "A"))
+    deliver(directory, acks, completed("r1", "b", "B"))
+    acks.wait_for(3)
+    _until(lambda: directory.ask(LiveCount()) == 0)
+    fire = ev.TimerFired(run_id="r1", timestamp=STAMP, id="timer.late",
+                         payload=ev.TimerFire(timer_id="step-timeout-b-1", kind="step_timeout", step_id="b", attempt=1))
+    deliver(directory, acks, fire)
+    assert acks.wait_for(4)[-1] == (True, 0.5)  # acked and dropped
+    assert directory.ask(LiveCount()) == 0
+    assert ports.history.load("r1")[0].status == RunStatus.COMPLETED
+
+
+def test_a_crashed_actor_hands_its_facts_back_and_is_rebuilt_from_history(engine):
+    ports, clock, timers, start = engine
+    directory = start()
+    acks = Acks()
+    deliver(directory, acks, start_fact("r1"))
+    acks.wait_for(1)
+    failures = ["once"]
+
+    def fail_once(run_id: str) -> None:
+        if failures:
+            failures.pop()
+            raise RuntimeError("injected: the store refused this append")
+
+    ports.history.before_append = fail_once
+    deliver(directory, acks, completed("r1", "a", "A"))
+    assert acks.wait_for(2)[-1][0] is False  # handed back for redelivery
+    deliver(directory, acks, completed("r1", "a", "A"))  # the redelivery: a rebuilt actor records it
+    assert acks.wait_for(3)[-1][0] is True
+    steps = [(e.type, e.step_id) for e in ports.history.events("r1")]
+    assert steps.count((ev.STEP_COMPLETED, "a")) == 1 and (ev.STEP_QUEUED, "b") in steps
+
+
+def test_a_poison_run_is_held_back_between_tries_by_the_injected_clock(engine):
+    ports, clock, timers, start = engine
+    directory = start(quarantine_retry=30.0)
+    acks = Acks()
+    deliver(directory, acks, start_fact("healthy"))
+    deliver(directory, acks, start_fact("poison"))
+    acks.wait_for(2)
+    tries = []
+
+    def poison(run_id: str) -> None:
+        if run_id == "poison" and not healed:
+            tries.append(1)
+            raise RuntimeError("injected: this run's records cannot be stored")
+
+    healed: list[bool] = []
+    ports.history.before_append = poison
+    for n in range(QUARANTINE_AFTER + 3):  # quick crashes, then redeliveries held back
+        deliver(directory, acks, completed("poison", "a", "A"))
+        acks.wait_for(3 + n)
+    assert len(tries) == QUARANTINE_AFTER + 1  # the first try after quarantine is allowed, then held
+    assert acks.outcomes[-1] == (False, 30.0)
+    deliver(directory, acks, completed("healthy", "a", "fine"))  # other runs carry on
+    assert acks.wait_for(3 + QUARANTINE_AFTER + 3)[-1][0] is True
+    healed.append(True)
+    deliver(directory, acks, completed("poison", "a", "A"))
+    assert acks.wait_for(4 + QUARANTINE_AFTER + 3)[-1] == (False, 30.0)  # still within the period
+    clock.advance(30.0)
+    deliver(directory, acks, completed("poison", "a", "A"))
+    assert acks.wait_for(5 + QUARANTINE_AFTER + 3)[-1][0] is True
+    assert any(isinstance(e, ev.StepQueued) and e.step_id == "b" for e in ports.history.events("poison"))
+
+
+def _until(predicate, timeout: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.01)
