@@ -16,6 +16,11 @@ dependencies, per-type bounds) stay with ``validate()`` and surface from
 
 Builder durations are seconds (int or float), ``timedelta`` or Go-style
 strings ("30s"); a ``RetryPolicy`` object is taken as already parsed.
+
+The builder writes every step type and setting the language has, executed or
+not: only normal (``task``) and ``agent`` steps run today, and the engine
+refuses to start a workflow with any other step type (``UnsupportedStepType``).
+Methods for what is validated but not executed yet say so.
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ class WorkflowBuilder:
 
     def with_default_retry(self, policy: RetryPolicy | Mapping[str, Any] | None = None,
                            **fields: Any) -> WorkflowBuilder:
-        """Retry policy of every step that has neither ``retry`` nor ``retries``."""
+        """Retry policy of every step without its own ``retry``; it takes precedence over ``retries``."""
         return self._set("default_retry", self._policy("default_retry", policy, fields))
 
     def with_idempotency_key(self, dot_path: str) -> WorkflowBuilder:
@@ -98,11 +103,13 @@ class WorkflowBuilder:
         return self
 
     def with_concurrency(self, max_runs: int = 0, max_steps: int = 0) -> WorkflowBuilder:
+        """Runs of this workflow at once, steps at once in a run: validated, not enforced yet."""
         return self._set("concurrency", {"max_runs": self._count("concurrency.max_runs", max_runs),
                                          "max_steps": self._count("concurrency.max_steps", max_steps)})
 
     def with_priority(self, key: str, rules: Mapping[str, int], default_offset: int = 0) -> WorkflowBuilder:
-        """Order queued runs by the value at ``key`` of their input: ``rules[value]`` seconds earlier or later."""
+        """Order queued runs by the value at ``key`` of their input (``rules[value]`` seconds earlier
+        or later): validated, not enforced yet."""
         rules = dict(rules)
         offsets = [*rules.values(), default_offset]
         if not all(isinstance(k, str) for k in rules) or any(type(o) is not int for o in offsets):
@@ -144,7 +151,10 @@ class WorkflowBuilder:
 
     def sleep(self, step_id: str, duration: Any = None, *, cron: str | None = None,
               until_input_path: str | None = None) -> StepRef:
-        """A durable pause: a duration, the next ``cron`` time, or the time at an input path."""
+        """A durable pause until a duration, the next ``cron`` time, or the time at an input path.
+
+        Validated, not executed yet: ``run start`` refuses a workflow with a sleep step.
+        """
         config: dict[str, Any] = {}
         if duration is not None:
             config["duration"] = self._ns(f"step {step_id!r}: sleep duration", duration)
@@ -158,7 +168,10 @@ class WorkflowBuilder:
 
     def wait_for_event(self, step_id: str, event: str, match: Match | Mapping[str, str] | None = None,
                        *, timeout: Any) -> StepRef:
-        """Wait until ``event`` arrives whose ``match.left`` equals ``match.right``, or time out."""
+        """Wait until ``event`` arrives whose ``match.left`` equals ``match.right``, or time out.
+
+        Validated, not executed yet: ``run start`` refuses a workflow with this step type.
+        """
         config: dict[str, Any] = {"event": self._identifier("event", event)}
         if match is not None:
             config["match"] = self._match(f"step {step_id!r}", match)
@@ -167,7 +180,11 @@ class WorkflowBuilder:
 
     def approval(self, step_id: str, subject: str, timeout: Any, description: str = "",
                  metadata: Mapping[str, str] | None = None) -> StepRef:
-        """A human gate: ``dagnats run approve|reject`` decides, or the timeout rejects."""
+        """A human gate, approved or rejected before ``timeout``.
+
+        Validated, not executed yet: ``run start`` refuses a workflow with an approval
+        step, and there is no command to approve or reject.
+        """
         config: dict[str, Any] = {"subject": self._text("subject", subject),
                                   "timeout": self._ns(f"step {step_id!r}: timeout", timeout)}
         if description:
@@ -177,20 +194,29 @@ class WorkflowBuilder:
         return self._add(step_id, "approval", config=config)
 
     def sub_workflow(self, step_id: str, workflow: str, detach: bool = False) -> StepRef:
-        """Start a run of ``workflow``; wait for it unless ``detach``."""
+        """Start a run of ``workflow``; wait for it unless ``detach``.
+
+        Validated, not executed yet: ``run start`` refuses a workflow with this step type.
+        """
         config: dict[str, Any] = {"workflow": self._identifier("sub-workflow name", workflow)}
         if detach:
             config["detach"] = True
         return self._add(step_id, "sub_workflow", config=config)
 
     def map(self, step_id: str, task: str, max_items: int = 1000) -> StepRef:
-        """Run ``task`` once per item of the array its one dependency returned."""
+        """Run ``task`` once per item of the array its one dependency returned.
+
+        Validated, not executed yet: ``run start`` refuses a workflow with a map step.
+        """
         config = {"max_items": self._count(f"step {step_id!r}: max_items", max_items, 1)}
         return self._add(step_id, "map", task, config=config)
 
     def agent_loop(self, step_id: str, task: str, max_iterations: int | None = None, max_duration: Any = None,
                    loop_delay: Any = None, budget_warn_at: int = 0, budget_force_at: int = 0) -> StepRef:
-        """Re-run ``task`` while it answers "continue", within the bounds given."""
+        """Re-run ``task`` while it answers "continue", within the bounds given.
+
+        Validated, not executed yet: ``run start`` refuses a workflow with this step type.
+        """
         where, config = f"step {step_id!r}", {}
         if max_iterations is not None:
             config["max_iterations"] = self._count(f"{where}: max_iterations", max_iterations, 1)
@@ -203,14 +229,18 @@ class WorkflowBuilder:
         return self._add(step_id, "agent_loop", task, config=config)
 
     def agent(self, step_id: str, task: str, metadata: Mapping[str, str] | None = None) -> StepRef:
-        """An agent step; ``metadata`` (role, ...) goes to the worker as is."""
+        """An agent step, run like a normal step; ``metadata`` (role, ...) is stored on the
+        step but not sent to the worker yet."""
         if metadata is not None:
             metadata = self._strings(f"step {step_id!r}: metadata", metadata)
         return self._add(step_id, "agent", task, metadata=metadata)
 
     def planner(self, step_id: str, task: str, max_steps: int, max_depth: int = 0,
                 allowed_tasks: tuple[str, ...] | list[str] = ()) -> StepRef:
-        """A step whose worker returns a DAG fragment that the engine adds to the run."""
+        """A step whose worker returns a DAG fragment for the engine to add to the run.
+
+        Validated, not executed yet: ``run start`` refuses a workflow with a planner step.
+        """
         config: dict[str, Any] = {"max_steps": self._count(f"step {step_id!r}: max_steps", max_steps, 1)}
         if max_depth:
             config["max_depth"] = self._count(f"step {step_id!r}: max_depth", max_depth)

@@ -41,7 +41,8 @@ class StepRef:
     # ---- wiring ----------------------------------------------------------------------------
 
     def after(self, *refs: StepRef) -> StepRef:
-        """Start only when every one of ``refs`` is done (depends_on)."""
+        """Start only when every one of ``refs`` completed, was skipped by skip_if, or recovered
+        (depends_on)."""
         return self._extend("depends_on", refs)
 
     def after_any(self, *refs: StepRef) -> StepRef:
@@ -80,7 +81,11 @@ class StepRef:
     # ---- attempts ----------------------------------------------------------------------------
 
     def with_retries(self, n: int) -> StepRef:
-        """Retry up to ``n`` times with no delay (the legacy ``retries`` field)."""
+        """Retry up to ``n`` times, 5 seconds apart (the legacy ``retries`` field).
+
+        Applies only when the step has no ``retry`` and the workflow no ``default_retry``;
+        for another delay use ``with_retry``.
+        """
         return self._set("retries", self._builder._count(f"step {self.id!r}: retries", n))
 
     def with_retry(self, policy: RetryPolicy | Mapping[str, Any] | None = None, **fields: Any) -> StepRef:
@@ -101,56 +106,60 @@ class StepRef:
         return self._set("worker_group", self._builder._identifier("worker group", group))
 
     def with_capabilities(self, *names: str) -> StepRef:
-        """Only workers offering every one of ``names`` may run this step."""
+        """Workers offering every one of ``names`` (``required_capabilities``): validated, no
+        effect yet; any worker of the task takes the step."""
         added = [self._builder._text("capability", n) for n in names]
         current = self._step.get("required_capabilities", [])
         return self._set("required_capabilities", current + [n for n in dict.fromkeys(added) if n not in current])
 
     def with_rate_limit(self, limit: int, period: Any) -> StepRef:
-        """At most ``limit`` tasks of this step's type start per ``period``, across all runs."""
+        """At most ``limit`` tasks of this step's type start per ``period``, across all runs:
+        validated, not enforced yet."""
         where = f"step {self.id!r}: rate_limit"
         return self._set("rate_limit", {"limit": self._builder._count(f"{where}.limit", limit, 1),
                                         "period": self._builder._ns(f"{where}.period", period)})
 
     def with_keyed_rate_limit(self, key: str, limit: int, period: Any, units: int = 1) -> StepRef:
-        """Like with_rate_limit, one bucket per value at ``key`` of the step input; a task takes ``units``."""
+        """Like with_rate_limit, one bucket per value at ``key`` of the step input; a task takes
+        ``units``. Validated, not enforced yet."""
         b, where = self._builder, f"step {self.id!r}: keyed_rate_limit"
         return self._set("keyed_rate_limit", {
             "key": b._path(f"{where}.key", key), "limit": b._count(f"{where}.limit", limit, 1),
             "period": b._ns(f"{where}.period", period), "units": b._count(f"{where}.units", units, 1)})
 
     def with_task_concurrency(self, n: int) -> StepRef:
-        """At most ``n`` tasks of this step's type run at once, across all runs."""
+        """At most ``n`` tasks of this step's type run at once, across all runs: validated, not
+        enforced yet."""
         return self._set("max_task_concurrency", self._builder._count(self._at("max_task_concurrency"), n, 1))
 
     def with_metadata(self, metadata: Mapping[str, str]) -> StepRef:
-        """String pairs handed to the worker with the task (merged with earlier ones)."""
+        """String pairs stored on the step (merged with earlier ones); not sent to workers yet."""
         added = self._builder._strings(f"step {self.id!r}: metadata", metadata)
         return self._set("metadata", {**self._step.get("metadata", {}), **added})
 
     # ---- type-specific ---------------------------------------------------------------------------
 
     def with_max_items(self, n: int) -> StepRef:
-        """Bound on the items a map step fans out over."""
+        """Bound on the items a map step fans out over (map steps are not executed yet)."""
         return self._config("with_max_items", "map", max_items=self._builder._count(self._at("max_items"), n, 1))
 
     def with_max_iterations(self, n: int) -> StepRef:
-        """Bound on the iterations of an agent_loop step."""
+        """Bound on the iterations of an agent_loop step (not executed yet)."""
         n = self._builder._count(self._at("max_iterations"), n, 1)
         return self._config("with_max_iterations", "agent_loop", max_iterations=n)
 
     def with_max_duration(self, duration: Any) -> StepRef:
-        """Wall-clock bound on an agent_loop step."""
+        """Wall-clock bound on an agent_loop step (not executed yet)."""
         duration = self._builder._ns(self._at("max_duration"), duration)
         return self._config("with_max_duration", "agent_loop", max_duration=duration)
 
     def with_loop_delay(self, duration: Any) -> StepRef:
-        """Pause between the iterations of an agent_loop step."""
+        """Pause between the iterations of an agent_loop step (not executed yet)."""
         duration = self._builder._ns(self._at("loop_delay"), duration)
         return self._config("with_loop_delay", "agent_loop", loop_delay=duration)
 
     def with_detach(self) -> StepRef:
-        """The sub-workflow step completes once the child run is started."""
+        """The sub-workflow step completes once the child run is started (not executed yet)."""
         return self._config("with_detach", "sub_workflow", detach=True)
 
     # ---- helpers -------------------------------------------------------------------------------
