@@ -1,7 +1,7 @@
 """The worker SDK: run task handlers on the tasks the engine dispatches.
 
 Theory of operation. Every (task, group) pair has one durable pull consumer
-on TASK_QUEUES, ``workers-<task>[-<group>]``, shared by all worker processes
+on TASK_QUEUES, ``workers-<task>[+<group>]``, shared by all worker processes
 of that task. One fetch loop per consumer pulls as many messages as the
 worker has free execution slots (``max_concurrent`` in all, across every
 task) and hands each to a ``TaskRunner`` (task_context.py), which reports
