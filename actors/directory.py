@@ -29,7 +29,7 @@ import pykka
 
 from dagnats.domain.events import TimerFired, WorkflowStarted
 
-from .messages import Crashed, Deliver, Healthy, LiveCount, Passivate, Passivated, Recover
+from .messages import Crashed, Deliver, Healthy, LiveCount, Passivate, Passivated
 from .ports import Ports
 from .run import RunActor
 
@@ -58,7 +58,7 @@ class RunDirectory(pykka.ThreadingActor):
         threading.current_thread().name = "RunDirectory"
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, (Deliver, Recover)):
+        if isinstance(message, Deliver):
             self._route(message)
         elif isinstance(message, Passivate):
             self._passivate(message.run_id)
@@ -77,9 +77,9 @@ class RunDirectory(pykka.ThreadingActor):
         for ref in list(self.actors.values()):
             ref.stop(block=False)
 
-    def _route(self, message: Deliver | Recover) -> None:
+    def _route(self, message: Deliver) -> None:
         run_id = message.run_id
-        if isinstance(message, Deliver) and run_id in self.finished and _only_timers(message):
+        if run_id in self.finished and _only_timers(message):
             message.done(True)  # the run ended: nothing waits on its timers any more
             return
         if self.crashes.get(run_id, 0) >= QUARANTINE_AFTER and self._held_back(message):
@@ -94,14 +94,13 @@ class RunDirectory(pykka.ThreadingActor):
             self.actors.move_to_end(run_id)
         ref.tell(message)
 
-    def _held_back(self, message: Deliver | Recover) -> bool:
+    def _held_back(self, message: Deliver) -> bool:
         """Quarantine: one try per retry period; the other deliveries wait in the inbox."""
         now = self.ports.clock.monotonic()
         if now >= self._next_try.get(message.run_id, 0.0):
             self._next_try[message.run_id] = now + self.quarantine_retry
             return False
-        if isinstance(message, Deliver):
-            message.done(False, self.quarantine_retry)
+        message.done(False, self.quarantine_retry)
         return True
 
     def _start(self, run_id: str, fresh: bool = False) -> pykka.ActorRef:
@@ -140,9 +139,9 @@ class RunDirectory(pykka.ThreadingActor):
                       message.run_id, count, message.error, self.quarantine_retry)
 
 
-def _starts_run(message: Deliver | Recover) -> bool:
+def _starts_run(message: Deliver) -> bool:
     """A delivery that opens with the run's start request (nothing to load yet)."""
-    return isinstance(message, Deliver) and bool(message.events) and isinstance(message.events[0], WorkflowStarted)
+    return bool(message.events) and isinstance(message.events[0], WorkflowStarted)
 
 
 def _only_timers(message: Deliver) -> bool:

@@ -27,13 +27,6 @@ class Deliver:
 
 
 @dataclass(frozen=True, slots=True)
-class Recover:
-    """Bring a run's actor up (after an engine restart) so it re-issues its effects."""
-
-    run_id: str
-
-
-@dataclass(frozen=True, slots=True)
 class Passivate:
     run_id: str
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Callable, Protocol
 
-from dagnats.domain.actions import DropTask, EnqueueTask
+from dagnats.domain.actions import DropTask, EnqueueTask, StartTimer
 from dagnats.domain.errors import WrongLastSequence
-from dagnats.domain.events import Event
+from dagnats.domain.events import Event, TimerFired
 from dagnats.domain.state import WorkflowRun
 
-__all__ = ["Clock", "HistoryPort", "Ports", "StatePort", "TaskPort", "WorkerLiveness", "WrongLastSequence"]
+__all__ = ["Clock", "HistoryPort", "Ports", "StatePort", "TaskPort", "TimerPort", "WorkerLiveness", "WrongLastSequence"]
 
 
 class HistoryPort(Protocol):
@@ -38,6 +38,17 @@ class TaskPort(Protocol):
 
     def drop(self, drops: list[DropTask]) -> None:
         """Delete still-queued tasks of attempts the run has moved past."""
+
+
+class TimerPort(Protocol):
+    def arm(self, run_id: str, timers: list[StartTimer], trace_parent: str) -> None:
+        """Store the timers' schedules durably (re-arming one replaces it)."""
+
+    def cancel(self, run_id: str, timer_ids: list[str]) -> None:
+        """Drop the timers' schedules (in the background: a late fire is ignored anyway)."""
+
+    def fire(self, event: TimerFired) -> None:
+        """Put a timer's fact into its run's inbox now (the in-memory fast path)."""
 
 
 class Clock(Protocol):
@@ -67,6 +78,7 @@ class StatePort(Protocol):
 class Ports(Protocol):
     history: HistoryPort
     tasks: TaskPort
+    timers: TimerPort
     clock: Clock
     workers: WorkerLiveness
     state: StatePort
@@ -74,7 +86,8 @@ class Ports(Protocol):
     max_record_bytes: int
 
     def record(self, run_id: str, events: list[Event], body: bytes, expected_seq: int, msg_id: str,
-               tasks: list[EnqueueTask]) -> int:
-        """Append one record (``events``, encoded as ``body``) and publish its tasks
-        concurrently; the record's sequence (raises WrongLastSequence, after the tasks
-        went out)."""
+               tasks: list[EnqueueTask], timers: list[StartTimer], trace_parent: str) -> int:
+        """Append one record (``events``, encoded as ``body``), publish its tasks and arm its
+        timers, all concurrently; the record's sequence (raises WrongLastSequence, after the
+        tasks and timers went out: a decision that did not happen dispatches at most a
+        task that runs for nothing and a timer whose fire is ignored)."""

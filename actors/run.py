@@ -36,12 +36,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pykka
 
 from dagnats.domain.actions import Action, AppendEvent, CancelTimer, DropTask, EnqueueTask, StartTimer
 from dagnats.domain.decide import evolve, recover, unrecordable
 from dagnats.domain.errors import WrongLastSequence
-from dagnats.domain.events import Event, encode_event
+from dagnats.domain.events import Event, TimerFired, encode_event
 from dagnats.domain.fold import fold
 from dagnats.domain.state import WorkflowRun, new_run
 
@@ -96,9 +97,10 @@ class RunActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if self.crashed:
-            # Crashed, stopping: what was queued behind the failure goes back to the inbox.
+            # Crashed, stopping: what was queued behind the failure goes back to the
+            # directory, which has dropped this actor and starts a fresh one.
             if isinstance(message, Deliver):
-                message.done(False)
+                self.directory.tell(message)
             return None
         try:
             self._load()
@@ -133,7 +135,7 @@ class RunActor(pykka.ThreadingActor):
         self.crashed = True
         self.ports.state.forget(self.run_id)
         self.directory.tell(Crashed(self.run_id, repr(err)))
-        self.stop()  # queued behind what is already in the inbox, which goes back first
+        self.stop()  # queued behind what is already in the inbox, which goes back first (after Crashed)
 
     # ---- deliveries ---------------------------------------------------------------
 
@@ -147,10 +149,19 @@ class RunActor(pykka.ThreadingActor):
             self.directory.tell(Passivate(self.run_id))
 
     def _handle(self, facts: list[Event]) -> None:
+        facts = [self._observed(fact) for fact in facts]
         for _ in range(MAX_CONFLICT_RETRIES):
             if self._write(self._plan(facts)):
                 return
         raise RuntimeError(f"run {self.run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicting appends")
+
+    def _observed(self, fact: Event) -> Event:
+        """A liveness check says whether its worker is alive as the shell sees it now,
+        so deciding on it stays pure."""
+        if isinstance(fact, TimerFired) and fact.payload.worker_id:
+            alive = self.ports.workers.alive(fact.payload.worker_id)
+            return msgspec.structs.replace(fact, payload=msgspec.structs.replace(fact.payload, worker_alive=alive))
+        return fact
 
     def _plan(self, facts: list[Event]) -> Plan:
         """Compute the records ``facts`` lead to from the current state; touches nothing."""
@@ -203,9 +214,11 @@ class RunActor(pykka.ThreadingActor):
         """Append the planned records in order; False if the history moved (plan again)."""
         for record in plan.records:
             tasks = [a for a in record.actions if isinstance(a, EnqueueTask)]
+            timers = [a for a in record.actions if isinstance(a, StartTimer)]
             msg_id = f"{self.run_id}.{record.events[0].id}"
             try:
-                seq = self.ports.record(self.run_id, record.events, record.body(), self.last_seq, msg_id, tasks)
+                seq = self.ports.record(self.run_id, record.events, record.body(), self.last_seq, msg_id, tasks,
+                                        timers, record.run.trace_parent)
             except WrongLastSequence as conflict:
                 log.info("run %s: history moved past %d; refolding", self.run_id, self.last_seq)
                 if not self._refold() and conflict.duplicate:
@@ -214,13 +227,16 @@ class RunActor(pykka.ThreadingActor):
                     return True
                 return False
             self._adopt(record, seq)
+        loose_timers = [a for a in plan.loose if isinstance(a, StartTimer)]
+        if loose_timers:  # the next liveness check: armed as durably as any other timer
+            self.ports.timers.arm(self.run_id, loose_timers, self.run.trace_parent)
         self._effects(plan.loose)
         return True
 
     def _adopt(self, record: Record, seq: int) -> None:
         first_record = self.last_seq == 0
         self.run, self.last_seq = record.run, seq
-        self._effects([a for a in record.actions if not isinstance(a, EnqueueTask)])
+        self._effects(record.actions)
         self.ports.state.publish(self.run, seq, record.events)
         if self.run.is_terminal:
             # Not awaited: the history already holds the outcome; the snapshot is a cache.
@@ -260,10 +276,14 @@ class RunActor(pykka.ThreadingActor):
         tasks = [a for a in actions if isinstance(a, EnqueueTask)]
         if tasks:
             self.ports.tasks.enqueue(tasks)
+        timers = [a for a in actions if isinstance(a, StartTimer)]
+        if timers:
+            self.ports.timers.arm(self.run_id, timers, self.run.trace_parent)
         self._effects(actions)
 
     def _effects(self, actions: list[Action]) -> None:
-        """Timers to arm or cancel, superseded tasks to drop (tasks go with their record)."""
+        """What follows a record besides its tasks and schedules: timers to fire on time or
+        cancel, superseded tasks to drop."""
         drops = [a for a in actions if isinstance(a, DropTask)]
         if drops:
             self.ports.tasks.drop(drops)

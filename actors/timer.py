@@ -1,12 +1,15 @@
-"""TimerActor: fires ``timer.fired`` facts into runs when their timers fall due.
+"""TimerActor: cancels timers and fires short ones on time.
 
-Timers are durable because the run's history holds them: a retry's due
-time and an attempt's start are folded state, so rebuilding a run re-arms
-every timer it waits on (``domain.timers.wanted_timers``). This actor keeps
-the in-process schedule, arms each (run, timer) once, forgets a timer the
-run no longer waits on (``DisarmTimer``: its fire is dropped), and hands due
-timers to the directory as ordinary facts; ``decide`` ignores a fire that no
-longer matches the run (a duplicate, or a step that moved on).
+Every timer is durable without this actor: the record that decides it also
+stores its NATS message schedule (``ports.timers``), which fires the run's
+``timer.fired`` fact into its inbox when due, across any restart. This actor
+holds no timer only in memory; it does two things the schedules cannot:
+
+- the server fires a schedule a quarter of a second after it is due at the
+  earliest, so a timer due within ``SHORT_TIMER`` is also fired from memory,
+  on time; the schedule's later copy of the same fact is ignored by ``decide``;
+- a timer the run no longer waits on (``DisarmTimer``) is dropped from memory
+  and its schedule purged.
 """
 
 from __future__ import annotations
@@ -16,70 +19,51 @@ from typing import Any
 
 import pykka
 
-from dagnats.domain.events import TimerFire, TimerFired, format_timestamp, parse_timestamp
+from dagnats.domain.events import parse_timestamp
+from dagnats.domain.timers import fired_event
 
-from .messages import ArmTimer, Deliver, DisarmTimer, TimerDue
-from .ports import Clock, WorkerLiveness
+from .messages import ArmTimer, DisarmTimer, TimerDue
+from .ports import Clock, TimerPort
+
+SHORT_TIMER = 1.0  # seconds: timers due sooner also fire from memory
 
 
 class TimerActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
-    def __init__(self, clock: Clock, workers: WorkerLiveness | None = None) -> None:
+    def __init__(self, clock: Clock, timers: TimerPort) -> None:
         super().__init__()
-        self.clock, self.workers = clock, workers
-        self.directory: Any = None
-        self.armed: dict[tuple[str, str], str] = {}  # (run, timer id) -> due
+        self.clock, self.timers = clock, timers
+        self.armed: dict[tuple[str, str], str] = {}  # (run, timer id) -> due, fast path only
 
     def on_start(self) -> None:
         threading.current_thread().name = "TimerActor"
-
-    def attach(self, directory: Any) -> None:
-        self.directory = directory
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ArmTimer):
             self._arm(message)
         elif isinstance(message, DisarmTimer):
             self.armed.pop((message.run_id, message.timer_id), None)
+            self.timers.cancel(message.run_id, [message.timer_id])
         elif isinstance(message, TimerDue):
             self._fire(message)
         return None
 
     def pending(self) -> int:
-        """How many timers are armed (for tests and status)."""
+        """How many short timers wait in memory."""
         return len(self.armed)
 
     def _arm(self, message: ArmTimer) -> None:
-        key = (message.run_id, message.timer.timer_id)
-        if self.armed.get(key) == message.timer.due:
-            return
-        self.armed[key] = message.timer.due
         delay = (parse_timestamp(message.timer.due) - self.clock.now()).total_seconds()
-        ref = self.actor_ref
-        due = TimerDue(message.run_id, message.timer, message.trace_parent)
+        if delay >= SHORT_TIMER:
+            return  # its schedule fires it
+        self.armed[(message.run_id, message.timer.timer_id)] = message.timer.due
+        ref, due = self.actor_ref, TimerDue(message.run_id, message.timer, message.trace_parent)
         self.clock.call_later(max(0.0, delay), lambda: ref.tell(due))
 
     def _fire(self, message: TimerDue) -> None:
-        timer = message.timer
-        key = (message.run_id, timer.timer_id)
-        if self.armed.get(key) != timer.due:
+        key = (message.run_id, message.timer.timer_id)
+        if self.armed.get(key) != message.timer.due:
             return  # disarmed, or re-armed for another time
         del self.armed[key]
-        fire = TimerFire(timer_id=timer.timer_id, kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt,
-                         due=timer.due)
-        if timer.worker_id:
-            # The fact says what the shell saw, so deciding on it stays pure.
-            alive = self.workers.alive(timer.worker_id) if self.workers else True
-            fire = TimerFire(timer_id=timer.timer_id, kind=timer.kind, step_id=timer.step_id,
-                             attempt=timer.attempt, worker_id=timer.worker_id, worker_alive=alive, due=timer.due)
-        event = TimerFired(
-            run_id=message.run_id,
-            timestamp=format_timestamp(self.clock.now()),
-            payload=fire,
-            trace_parent=message.trace_parent,
-            # One fact per arming: a timer re-armed after it fired (a sticky check) fires anew.
-            id=f"timer.{timer.timer_id}.{timer.due}",
-        )
-        if self.directory is not None:
-            self.directory.tell(Deliver(message.run_id, (event,)))
+        self.timers.fire(fired_event(message.run_id, message.timer, message.trace_parent))

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from . import state as st
 from .actions import StartTimer
-from .events import format_timestamp, parse_timestamp
+from .events import TimerFire, TimerFired, format_timestamp, parse_timestamp
 
 RETRY = "retry"
 STEP_TIMEOUT = "step_timeout"
@@ -79,3 +79,17 @@ def watches_worker(run: st.WorkflowRun, state: st.StepState) -> bool:
     """A soft-sticky step running on its run's worker: checked so a dead worker does not hold it."""
     return bool(run.definition and run.definition.sticky == "soft" and state.worker_id
                 and state.worker_id == run.sticky_worker)
+
+
+def fired_event(run_id: str, timer: StartTimer, trace_parent: str = "") -> TimerFired:
+    """The fact a timer puts into its run's inbox when it falls due (stamped with its due time:
+    the same fact whether the server's schedule or the engine's memory fires it)."""
+    return TimerFired(
+        run_id=run_id,
+        timestamp=timer.due,
+        payload=TimerFire(timer_id=timer.timer_id, kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt,
+                          worker_id=timer.worker_id, due=timer.due),
+        trace_parent=trace_parent,
+        # One fact per arming: a timer re-armed for another time (a sticky check) fires anew.
+        id=f"timer.{timer.timer_id}.{timer.due}",
+    )

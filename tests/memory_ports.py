@@ -12,9 +12,9 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from dagnats.domain.actions import DropTask, EnqueueTask
+from dagnats.domain.actions import DropTask, EnqueueTask, StartTimer
 from dagnats.domain.errors import WrongLastSequence
-from dagnats.domain.events import Event, decode_record
+from dagnats.domain.events import Event, TimerFired, decode_record
 from dagnats.domain.fold import fold
 from dagnats.domain.state import WorkflowRun, new_run
 
@@ -91,6 +91,28 @@ class MemoryState:
             self.live.pop(run_id, None)
 
 
+class MemoryTimers:
+    """Schedules by (run, timer id), as the inbox stream holds them; fired facts are collected."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.schedules: dict[tuple[str, str], StartTimer] = {}
+        self.fired: list[TimerFired] = []
+
+    def arm(self, run_id: str, timers: list[StartTimer], trace_parent: str) -> None:
+        with self.lock:
+            self.schedules.update(((run_id, t.timer_id), t) for t in timers)
+
+    def cancel(self, run_id: str, timer_ids: list[str]) -> None:
+        with self.lock:
+            for timer_id in timer_ids:
+                self.schedules.pop((run_id, timer_id), None)
+
+    def fire(self, event: TimerFired) -> None:
+        with self.lock:
+            self.fired.append(event)
+
+
 class AlwaysAlive:
     def alive(self, worker_id: str) -> bool:
         return True
@@ -100,13 +122,15 @@ class MemoryPorts:
     def __init__(self, clock: FakeClock | None = None, max_record_bytes: int = 1024 * 1024 - 4096) -> None:
         self.history = MemoryHistory()
         self.tasks = MemoryTasks()
+        self.timers = MemoryTimers()
         self.clock = clock or FakeClock()
         self.workers = AlwaysAlive()
         self.state = MemoryState()
         self.max_record_bytes = max_record_bytes
 
     def record(self, run_id: str, events: list[Event], body: bytes, expected_seq: int, msg_id: str,
-               tasks: list[EnqueueTask]) -> int:
+               tasks: list[EnqueueTask], timers: list[StartTimer], trace_parent: str) -> int:
         seq = self.history.append(run_id, body, expected_seq, msg_id)
         self.tasks.published += tasks
+        self.timers.arm(run_id, timers, trace_parent)
         return seq

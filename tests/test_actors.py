@@ -45,12 +45,11 @@ class Acks:
 def engine():
     clock = FakeClock()
     ports = MemoryPorts(clock)
-    timers = TimerActor.start(clock, ports.workers)
+    timers = TimerActor.start(clock, ports.timers)
     started = []
 
     def start(max_live: int = 512, quarantine_retry: float = 30.0):
         directory = RunDirectory.start(ports, timers, max_live, quarantine_retry)
-        timers.proxy().attach(directory).get()
         started.append(directory)
         return directory
 
@@ -170,3 +169,26 @@ def _until(predicate, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.01)
+
+
+def test_a_liveness_check_that_finds_its_worker_alive_records_nothing_and_arms_the_next(engine):
+    ports, clock, timers, start = engine
+    directory = start()
+    acks = Acks()
+    soft = WorkflowDef(name="soft", sticky="soft", steps=(StepDef(id="a", task="ta"),))
+    deliver(directory, acks, ev.WorkflowStarted(run_id="r1", timestamp=STAMP, id=ev.WORKFLOW_STARTED,
+                                                payload=ev.RunStart(workflow_def=soft)))
+    deliver(directory, acks, ev.StepStarted(run_id="r1", step_id="a", attempt=1, timestamp=STAMP, worker_id="w1",
+                                            id=ev.fact_id(ev.STEP_STARTED, "a", 1)))
+    acks.wait_for(2)
+    records = len(ports.history.read_after("r1", 0))
+    for n in range(10):  # twenty seconds of checks, the worker alive at each
+        check = ports.timers.schedules[("r1", "sticky-check-a-1")]
+        fire = ev.TimerFired(run_id="r1", timestamp=check.due, id=f"timer.{check.timer_id}.{check.due}",
+                             payload=ev.TimerFire(timer_id=check.timer_id, kind=check.kind, step_id="a", attempt=1,
+                                                  worker_id="w1", due=check.due))
+        clock.advance(2.0)
+        deliver(directory, acks, fire)
+        acks.wait_for(3 + n)
+        _until(lambda: ports.timers.schedules[("r1", "sticky-check-a-1")].due != check.due)
+    assert len(ports.history.read_after("r1", 0)) == records

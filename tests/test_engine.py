@@ -211,12 +211,12 @@ def test_a_crashed_actor_is_rebuilt_from_history(nats_url, run):
             real_record = ports.record
             crashes = []
 
-            def flaky_record(run_id, events, body, expected_seq, msg_id, tasks):
+            def flaky_record(run_id, events, body, expected_seq, msg_id, tasks, *rest):
                 if not crashes and tasks and tasks[0].payload.step_id == "b":
                     crashes.append(1)
-                    real_record(run_id, events, body, expected_seq, msg_id, [])  # stored; the task is lost
+                    real_record(run_id, events, body, expected_seq, msg_id, [], *rest)  # stored; the task is lost
                     raise RuntimeError("injected crash while dispatching b")
-                return real_record(run_id, events, body, expected_seq, msg_id, tasks)
+                return real_record(run_id, events, body, expected_seq, msg_id, tasks, *rest)
 
             ports.record = flaky_record
             await FakeWorker(h.nc, "ta").complete("a")
@@ -340,11 +340,11 @@ def test_a_poison_run_is_quarantined_while_other_runs_carry_on_and_resumes_once_
             ports, real_record = h.engine.ports, h.engine.ports.record
             attempts = []
 
-            def failing_record(run_id, events, body, expected_seq, msg_id, tasks):
+            def failing_record(run_id, events, body, expected_seq, msg_id, tasks, *rest):
                 if run_id == poison and healed == []:
                     attempts.append(1)
                     raise RuntimeError("injected: this run's decisions cannot be stored")
-                return real_record(run_id, events, body, expected_seq, msg_id, tasks)
+                return real_record(run_id, events, body, expected_seq, msg_id, tasks, *rest)
 
             healed: list[int] = []
             ports.record = failing_record

@@ -1,7 +1,9 @@
-"""Timers that end: cancelled when their run moves on, never waking a finished run,
-recorded only when they lead somewhere; superseded tasks leave the queue.
+"""Timers that end: cancelled (their schedules purged) when their run moves on, never
+waking a finished run; superseded tasks leave the queue.
 
-The engine runs on a FakeClock here: the tests move time instead of sleeping.
+Timers here are NATS message schedules that fire on the server's clock, so these tests
+use short real durations; the actor-level behaviour is tested on a fake clock in
+test_actors.py.
 """
 
 from __future__ import annotations
@@ -13,11 +15,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 
 from dagnats.domain.events import TaskPayload
-from dagnats.infra.wire.names import HISTORY_STREAM, TASK_STREAM
-from dagnats.infra.wire.subjects import history_subject
+from dagnats.infra.wire.names import INBOX_STREAM, TASK_STREAM
 from dagnats.infra.worker import TaskContext, Worker
 
-from fakes import FakeClock
 from harness import EngineHarness, FakeWorker
 
 TIMED = {
@@ -27,13 +27,7 @@ TIMED = {
 }
 
 
-async def _records(js, run_id: str) -> int:
-    info = await js.stream_info(HISTORY_STREAM, subjects_filter=history_subject(run_id))
-    return (info.state.subjects or {}).get(history_subject(run_id), 0)
-
-
 def test_after_1000_finished_runs_with_timeouts_the_engine_holds_no_actor_and_no_timer(nats_url, run):
-    clock = FakeClock()
     worker = Worker(nats_url, max_concurrent=100)
 
     @worker.task("t-timed")
@@ -42,7 +36,7 @@ def test_after_1000_finished_runs_with_timeouts_the_engine_holds_no_actor_and_no
         return n
 
     async def body():
-        async with EngineHarness(nats_url, clock=clock) as h:
+        async with EngineHarness(nats_url) as h:
             await h.client.register(TIMED)
             await worker.start()
             slots = asyncio.Semaphore(200)
@@ -56,25 +50,17 @@ def test_after_1000_finished_runs_with_timeouts_the_engine_holds_no_actor_and_no
             finally:
                 await worker.stop()
             await _eventually(lambda: _zero(h.engine.live_count))
-            armed_after_runs = await h.engine.pending_timers()
-            fired = clock.advance(2 * 3600)  # every step timeout and run deadline falls due
-            await asyncio.sleep(0.5)  # let anything a fire started show up
-            return statuses, armed_after_runs, fired, await h.engine.live_count()
+            await _eventually(lambda: _no_schedules(h.nc.jetstream()))  # cancelled: purged
+            return statuses, await h.engine.pending_timers(), await h.engine.live_count()
 
-    statuses, armed, fired, live = run(body(), timeout=240)
+    statuses, in_memory, live = run(body(), timeout=240)
     assert statuses == ["completed"] * 1000
-    assert armed == 0 and live == 0
-    assert fired >= 1000  # the in-memory schedule did fall due, and nothing came of it
+    assert in_memory == 0 and live == 0
 
 
-async def advance_until(clock: FakeClock, seconds: float, predicate, tries: int = 100) -> None:
-    """Move the clock on ``seconds`` at a time (timers are armed asynchronously) until ``predicate``."""
-    for _ in range(tries):
-        if await predicate():
-            return
-        clock.advance(seconds)
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached while moving the clock")
+async def _no_schedules(js) -> bool:
+    info = await js.stream_info(INBOX_STREAM, subjects_filter="schedule.>")
+    return not info.state.subjects
 
 
 async def _step_is(h: EngineHarness, run_id: str, step: str, status: str, attempts: int) -> bool:
@@ -94,47 +80,11 @@ async def _eventually(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_a_running_soft_sticky_step_adds_no_history_while_its_worker_lives(nats_url, run):
-    clock = FakeClock()
-    release = asyncio.Event()
-    worker = Worker(nats_url, worker_id="sticky-one")
-
-    @worker.task("t-long")
-    async def long(ctx: TaskContext) -> str:
-        await release.wait()
-        return "done"
-
-    async def body():
-        async with EngineHarness(nats_url, clock=clock) as h:
-            await h.client.register({"name": "soft-long", "sticky": "soft", "steps": [{"id": "a", "task": "t-long"}]})
-            await worker.start()
-            try:
-                run_id = await h.client.start("soft-long")
-                await h.wait_step(run_id, "a", "running")
-                js = h.nc.jetstream()
-                before = await _records(js, run_id)
-                for _ in range(10):  # twenty seconds of liveness checks
-                    clock.advance(2.0)
-                    await asyncio.sleep(0.1)
-                during = await _records(js, run_id)
-                release.set()
-                final = await h.client.wait(run_id, timeout=10)
-            finally:
-                await worker.stop()
-            return before, during, final
-
-    before, during, final = run(body(), timeout=60)
-    assert during == before
-    assert final["status"] == "completed"
-
-
 def test_a_timed_out_attempt_leaves_the_queue_and_no_worker_gets_it_later(nats_url, run):
-    clock = FakeClock()
-
     async def body():
-        async with EngineHarness(nats_url, clock=clock) as h:
+        async with EngineHarness(nats_url) as h:
             await h.client.register({"name": "superseded", "steps": [
-                {"id": "a", "task": "t-sup", "timeout": "30s", "retry": {"max_attempts": 1}}]})
+                {"id": "a", "task": "t-sup", "timeout": "1s", "retry": {"max_attempts": 1}}]})
             run_id = await h.client.start("superseded")
             js = h.nc.jetstream()
             # A worker takes attempt 1, says it started, then dies without acking: the
@@ -145,7 +95,7 @@ def test_a_timed_out_attempt_leaves_the_queue_and_no_worker_gets_it_later(nats_u
             await FakeWorker(h.nc, "t-sup").report(first, "step.started")
             await h.wait_step(run_id, "a", "running")
             # The step timeout fires: attempt 1 fails; its retry's backoff ends: attempt 2 is queued.
-            await advance_until(clock, 31, lambda: _step_is(h, run_id, "a", "queued", attempts=2))
+            await _eventually(lambda: _step_is(h, run_id, "a", "queued", attempts=2))
             seen = []
             for _ in range(3):  # past ack_wait: attempt 1 would come back now if still queued
                 try:
@@ -161,3 +111,51 @@ def test_a_timed_out_attempt_leaves_the_queue_and_no_worker_gets_it_later(nats_u
     assert first_attempt == 1
     assert seen == [2]
 
+
+
+RETRY_LATER = {"name": "retry-later", "steps": [
+    {"id": "a", "task": "t-later", "retry": {"max_attempts": 1, "initial_delay": "1h"}}]}
+
+
+def test_passivated_runs_waiting_on_timers_cost_no_actor_and_inspect_lists_their_timers(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url, max_live=2) as h:
+            await h.client.register(RETRY_LATER)
+            run_ids = [await h.client.start("retry-later", n) for n in range(20)]
+            worker = FakeWorker(h.nc, "t-later")
+            for _ in run_ids:
+                await worker.fail("not now")
+            for run_id in run_ids:
+                await h.wait_step(run_id, "a", "retrying")
+            inspected = await h.client.inspect(run_ids[0])
+            info = await h.nc.jetstream().stream_info(INBOX_STREAM, subjects_filter="schedule.>")
+            return await h.engine.live_count(), inspected, len(info.state.subjects or {})
+
+    live, inspected, schedules = run(body(), timeout=60)
+    assert live <= 2 and schedules == 20
+    (timer,) = inspected["timers"]
+    assert (timer["kind"], timer["step_id"], timer["attempt"]) == ("retry", "a", 1)
+    assert timer["due"] == inspected["steps"]["a"]["retry_at"]
+
+
+def test_a_timer_fires_once_across_engine_restarts(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register({"name": "retry-soon", "steps": [
+                {"id": "a", "task": "t-soon", "retry": {"max_attempts": 2, "initial_delay": "2s"}}]})
+            run_id = await h.client.start("retry-soon")
+            await FakeWorker(h.nc, "t-soon").fail("first try fails")
+            await h.wait_step(run_id, "a", "retrying")
+        for _ in range(3):  # the engine goes away and comes back while the timer is pending
+            async with EngineHarness(nats_url):
+                pass
+        async with EngineHarness(nats_url) as h:
+            await FakeWorker(h.nc, "t-soon").complete("second try", timeout=15)
+            final = await h.client.wait(run_id, timeout=15)
+            return final, await h.client.events(run_id)
+
+    final, events = run(body(), timeout=60)
+    assert final["status"] == "completed" and final["steps"]["a"]["attempts"] == 2
+    assert [e["type"] for e in events].count("timer.fired") == 1
+    assert [(e["type"], e["attempt"]) for e in events if e["type"] == "step.queued"] == [
+        ("step.queued", 1), ("step.queued", 2)]

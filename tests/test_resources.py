@@ -13,15 +13,14 @@ from nats.js import api
 from dagnats.domain.errors import InvalidIdentifier
 from dagnats.infra.wire import headers
 from dagnats.infra.engine.streams import DEAD_LETTER_MAX_AGE, EVENT_MAX_AGE, KV_BUCKETS, ensure_resources, stream_configs
-from dagnats.infra.wire.names import TIMER_STREAM
-from dagnats.infra.wire.subjects import event_subject, history_subject, inbox_subject, task_subject, timer_fired_subject, timer_sched_subject
+from dagnats.infra.wire.names import INBOX_STREAM
+from dagnats.infra.wire.subjects import event_subject, history_subject, inbox_subject, schedule_subject, task_subject
 
 LIMITS, WORK_QUEUE = api.RetentionPolicy.LIMITS, api.RetentionPolicy.WORK_QUEUE
 ENGINE_STREAMS = {
     "WORKFLOW_HISTORY",
     "RUN_INBOX",
     "TASK_QUEUES",
-    "TIMERS",
     "EVENTS",
     "DEAD_LETTERS",
 }
@@ -34,10 +33,10 @@ def at(seconds: float) -> str:
 
 
 def schedule(run_id: str, timer_id: str, seconds: float, **extra: str) -> dict[str, str]:
-    """Headers of a one-shot timer firing into the run's timer.fired subject."""
+    """Headers of a one-shot timer firing into the run's inbox."""
     return {
         headers.SCHEDULE: at(seconds),
-        headers.SCHEDULE_TARGET: timer_fired_subject(run_id),
+        headers.SCHEDULE_TARGET: inbox_subject(run_id),
         **extra,
     }
 
@@ -47,17 +46,6 @@ async def engine_js(url: str):
     js = nc.jetstream()
     await ensure_resources(js)
     return nc, js
-
-
-async def drain(sub, seconds: float) -> list:
-    """Every message the subscription receives within `seconds`."""
-    received, deadline = [], time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            received.append(await sub.next_msg(timeout=left))
-        except nats.errors.TimeoutError:
-            break
-    return received
 
 
 def test_ensure_resources_is_idempotent_sequentially_and_concurrently(nats_url, run):
@@ -84,9 +72,8 @@ def test_streams_have_the_configured_retention_and_limits(nats_url, run):
     configs = run(body())
     expected = {
         "WORKFLOW_HISTORY": (["history.>"], LIMITS, 0),
-        "RUN_INBOX": (["inbox.>"], WORK_QUEUE, 0),
+        "RUN_INBOX": (["inbox.>", "schedule.>"], WORK_QUEUE, 0),
         "TASK_QUEUES": (["task.>"], WORK_QUEUE, 0),
-        "TIMERS": (["timer.sched.>", "timer.fired.>"], LIMITS, 0),
         "EVENTS": (["event.>"], LIMITS, EVENT_MAX_AGE),
         "DEAD_LETTERS": (["dead.>"], LIMITS, DEAD_LETTER_MAX_AGE),
     }
@@ -95,7 +82,8 @@ def test_streams_have_the_configured_retention_and_limits(nats_url, run):
         assert (config.subjects, config.retention, config.max_age) == (subjects, retention, max_age), name
         assert config.storage == api.StorageType.FILE
         assert config.num_replicas == 1
-    assert configs["TIMERS"].allow_msg_schedules and configs["TIMERS"].allow_msg_ttl
+    assert configs["RUN_INBOX"].allow_msg_schedules
+    assert all(config.allow_direct for config in configs.values())
     assert configs["WORKFLOW_HISTORY"].duplicate_window == 120
 
 
@@ -128,59 +116,82 @@ def test_ensure_resources_updates_a_stream_created_with_other_settings(nats_url,
     assert signals.history == 1
 
 
-def test_message_schedule_fires_into_timer_fired_with_body_and_headers(nats_url, run):
+async def inbox_reader(js):
+    """A consumer of the inbox, as the engine's (it acks: the work queue then forgets)."""
+    return await js.pull_subscribe("inbox.>", durable="engine", stream=INBOX_STREAM)
+
+
+async def fetch_all(sub, seconds: float) -> list:
+    received, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            for msg in await sub.fetch(1, timeout=min(left, 0.5)):
+                await msg.ack()
+                received.append(msg)
+        except nats.errors.TimeoutError:
+            continue
+    return received
+
+
+def test_message_schedule_fires_into_the_run_inbox_with_body_and_headers(nats_url, run):
     async def body():
         nc, js = await engine_js(nats_url)
-        sub = await js.subscribe("timer.fired.>", ordered_consumer=True)
-        sched = timer_sched_subject("run1", "sleep-1")
+        sub = await inbox_reader(js)
+        sched = schedule_subject("run1", "sleep-1")
         traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        hdrs = schedule(
-            "run1",
-            "sleep-1",
-            0.5,
-            **{headers.SCHEDULE_TTL: "168h", headers.TRACEPARENT: traceparent, "Dagnats-Timer": "sleep-1"},
-        )
+        hdrs = schedule("run1", "sleep-1", 0.5, **{headers.TRACEPARENT: traceparent, "Dagnats-Timer": "sleep-1"})
         await js.publish(sched, b'{"timer":"sleep-1"}', headers=hdrs)
-        fired = await sub.next_msg(timeout=5)
-        left = await js.stream_info(TIMER_STREAM, subjects_filter="timer.sched.>")
+        (fired,) = await fetch_all(sub, 2.0)
+        left = await js.stream_info(INBOX_STREAM, subjects_filter="schedule.>")
         await nc.close()
         return fired, traceparent, sched, left
 
     fired, traceparent, sched, left = run(body())
-    assert fired.subject == "timer.fired.run1"
+    assert fired.subject == "inbox.run1"
     assert fired.data == b'{"timer":"sleep-1"}'
     assert fired.headers[headers.TRACEPARENT] == traceparent
     assert fired.headers["Dagnats-Timer"] == "sleep-1"
     assert fired.headers[headers.SCHEDULER] == sched
     assert fired.headers[headers.SCHEDULE_NEXT] == headers.SCHEDULE_NEXT_PURGE
-    assert fired.headers["Nats-TTL"] == "168h"  # Nats-Schedule-TTL carried over
     assert not left.state.subjects  # a fired @at schedule removes itself
+
+
+def test_publishing_a_schedule_again_replaces_it(nats_url, run):
+    async def body():
+        nc, js = await engine_js(nats_url)
+        sub = await inbox_reader(js)
+        await js.publish(schedule_subject("run1", "t1"), b"first", headers=schedule("run1", "t1", 0.3))
+        await js.publish(schedule_subject("run1", "t1"), b"second", headers=schedule("run1", "t1", 0.6))
+        received = await fetch_all(sub, 1.5)
+        await nc.close()
+        return received
+
+    assert [(msg.subject, msg.data) for msg in run(body())] == [("inbox.run1", b"second")]
 
 
 def test_purging_a_schedule_subject_cancels_the_timer(nats_url, run):
     async def body():
         nc, js = await engine_js(nats_url)
-        sub = await js.subscribe("timer.fired.>", ordered_consumer=True)
-        await js.publish(timer_sched_subject("runA", "t1"), b"cancelled", headers=schedule("runA", "t1", 0.4))
-        await js.publish(timer_sched_subject("runB", "t1"), b"kept", headers=schedule("runB", "t1", 0.6))
-        await js.purge_stream(TIMER_STREAM, subject=timer_sched_subject("runA", "t1"))
-        received = await drain(sub, 1.5)
+        sub = await inbox_reader(js)
+        await js.publish(schedule_subject("runA", "t1"), b"cancelled", headers=schedule("runA", "t1", 0.4))
+        await js.publish(schedule_subject("runB", "t1"), b"kept", headers=schedule("runB", "t1", 0.6))
+        await js.purge_stream(INBOX_STREAM, subject=schedule_subject("runA", "t1"))
+        received = await fetch_all(sub, 1.5)
         await nc.close()
         return received
 
-    assert [(msg.subject, msg.data) for msg in run(body())] == [("timer.fired.runB", b"kept")]
+    assert [(msg.subject, msg.data) for msg in run(body())] == [("inbox.runB", b"kept")]
 
 
 def test_schedule_due_while_the_server_was_down_fires_on_restart(nats_server, run):
     async def publish():
         nc, js = await engine_js(nats_server.url)
-        await js.publish(timer_sched_subject("run1", "t1"), b"late", headers=schedule("run1", "t1", 0.5))
+        await js.publish(schedule_subject("run1", "t1"), b"late", headers=schedule("run1", "t1", 0.5))
         await nc.close()
 
     async def first_fired():
         nc = await nats.connect(nats_server.url)
-        sub = await nc.jetstream().subscribe("timer.fired.>", ordered_consumer=True)
-        fired = await sub.next_msg(timeout=5)
+        (fired,) = await fetch_all(await inbox_reader(nc.jetstream()), 5.0)
         await nc.close()
         return fired
 
@@ -196,8 +207,7 @@ def test_subject_builders_put_ids_in_their_place():
     assert inbox_subject("r-1") == "inbox.r-1"
     assert task_subject("greet", "r-1") == "task.greet.r-1"
     assert task_subject("greet", "r-1", group="gpu") == "task.greet.gpu.r-1"
-    assert timer_sched_subject("r-1", "t_2") == "timer.sched.r-1.t_2"
-    assert timer_fired_subject("r-1") == "timer.fired.r-1"
+    assert schedule_subject("r-1", "t_2") == "schedule.r-1.t_2"
     assert event_subject("order_paid") == "event.order_paid"
 
 

@@ -53,6 +53,11 @@ def inspect(view: dict[str, Any]) -> str:
         for sid, s in view["steps"].items()
     ]
     lines.append(table(("STEP", "STATUS", "ATTEMPTS", "QUEUED", "RAN", "ERROR"), rows))
+    if view.get("timers"):
+        lines.append("")
+        lines.append(table(("TIMER", "STEP", "ATTEMPT", "DUE"),
+                           ((t["kind"], t.get("step_id") or "-", t.get("attempt") or "-", t["due"])
+                            for t in view["timers"])))
     if view.get("blockers"):
         lines.append("")
         lines.append("Blocked:")

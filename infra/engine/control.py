@@ -43,6 +43,7 @@ from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.names import API_PREFIX, API_QUEUE, SIGNALS_BUCKET
 from ..wire.notices import await_run
+from ..wire.timers import pending_timers
 from .admission import Admission
 from .correlator import Correlator
 from .definitions import Definitions
@@ -226,7 +227,9 @@ class ControlPlane:
         return fit_view(run_view(await self.reader.get(req.run_id)), self.max_reply)
 
     async def inspect_run(self, req: wire.RunRef) -> dict[str, Any]:
-        return fit_view(inspect_view(await self.reader.get(req.run_id)), self.max_reply)
+        run = await self.reader.get(req.run_id)
+        timers = [] if run.is_terminal else await pending_timers(self.js, run.run_id)
+        return fit_view(inspect_view(run, timers), self.max_reply)
 
     async def run_events(self, req: wire.RunEvents) -> dict[str, Any]:
         check_identifier("run id", req.run_id)

@@ -5,10 +5,12 @@ each fetched batch is decoded once (a fact that does not decode is
 terminated, with a warning naming its subject) and grouped by run so a run's
 facts become one record. A message is acknowledged only after its run actor
 has recorded the fact and carried out what followed from it; on failure it
-is redelivered. On start the engine brings up every run its snapshots list
-as unfinished, so retries, timeouts and queued tasks pending at a crash are
-re-issued. Run actors publish their state into the ``RunReader``, which
-readers ask.
+is redelivered. Every effect of a recorded decision (tasks, timer schedules)
+is stored before the fact that led to it is acknowledged, and a fact whose
+effects were not stored comes back and rebuilds its run, so nothing needs
+re-arming at start; the engine still brings up the runs its snapshots list as
+unfinished, to re-issue a task lost behind its back (a purged queue). Run
+actors publish their state into the ``RunReader``, which readers ask.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from dagnats.actors.directory import RunDirectory
 from dagnats.actors.ports import Clock
-from dagnats.actors.messages import Deliver, LiveCount, Recover
+from dagnats.actors.messages import Deliver, LiveCount
 from dagnats.actors.timer import TimerActor
 from dagnats.domain.events import Event, decode_event, format_timestamp, parse_timestamp
 
@@ -61,9 +63,8 @@ class Engine:
         self.bridge = LoopBridge(loop)
         self.reader = RunReader(self.nc, HistoryStore(self.js), loop)
         self.ports = NatsPorts(self.js, self.bridge, self.reader, self.nc.max_payload, self.clock)
-        self.timers = TimerActor.start(self.ports.clock, self.ports.workers)
+        self.timers = TimerActor.start(self.ports.clock, self.ports.timers)
         self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
-        self.timers.proxy().attach(self.directory).get()
         self._sub = await self.js.pull_subscribe(
             "inbox.>",
             durable=INBOX_CONSUMER,
@@ -149,13 +150,12 @@ class Engine:
     # ---- recovery --------------------------------------------------------------------
 
     async def _recover_unfinished(self) -> None:
-        count = 0
-        for snap in await self.reader.store.snapshots():
-            if not snap.run.is_terminal:
-                self.directory.tell(Recover(snap.run.run_id))
-                count += 1
-        if count:
-            log.info("recovering %d unfinished runs", count)
+        """Bring up each unfinished run once (an empty delivery): it re-issues what it waits on."""
+        unfinished = [s.run.run_id for s in await self.reader.store.snapshots() if not s.run.is_terminal]
+        for run_id in unfinished:
+            self.directory.tell(Deliver(run_id, ()))
+        if unfinished:
+            log.info("recovering %d unfinished runs", len(unfinished))
 
 
 def _sanitized(event: Event) -> Event:

@@ -10,15 +10,17 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from dagnats.actors.ports import Clock
-from dagnats.domain.actions import DropTask, EnqueueTask
-from dagnats.domain.events import EVENT_DECODER, STEP_COMPLETED, STEP_FAILED, TASK_DECODER, Event
+from dagnats.domain.actions import DropTask, EnqueueTask, StartTimer
+from dagnats.domain.events import EVENT_DECODER, STEP_COMPLETED, STEP_FAILED, TASK_DECODER, Event, TimerFired
 from dagnats.domain.state import WorkflowRun
 
 from ..tracing import engine_span
+from ..wire.facts import publish_fact
 from ..wire.headers import MSG_ID, TRACEPARENT
 from ..wire.names import INBOX_STREAM, TASK_STREAM
 from ..wire.reading import stored_messages
 from ..wire.subjects import inbox_subject, task_subject
+from ..wire.timers import arm_timers, cancel_timers
 from ..wire.workers import worker_alive
 from .bridge import LoopBridge, SystemClock
 from .history import HistoryStore
@@ -119,6 +121,20 @@ def _traced(task: EnqueueTask, trace_parent: str) -> EnqueueTask:
     return msgspec.structs.replace(task, payload=msgspec.structs.replace(task.payload, traceparent=trace_parent))
 
 
+class NatsTimerPort:
+    def __init__(self, js: JetStreamContext, bridge: LoopBridge) -> None:
+        self.js, self.bridge = js, bridge
+
+    def arm(self, run_id: str, timers: list[StartTimer], trace_parent: str) -> None:
+        self.bridge.call(arm_timers(self.js, run_id, timers, trace_parent))
+
+    def cancel(self, run_id: str, timer_ids: list[str]) -> None:
+        self.bridge.spawn(cancel_timers(self.js, run_id, timer_ids))
+
+    def fire(self, event: TimerFired) -> None:
+        self.bridge.spawn(publish_fact(self.js, event))
+
+
 class NatsWorkerLiveness:
     def __init__(self, js: JetStreamContext, bridge: LoopBridge) -> None:
         self.js, self.bridge = js, bridge
@@ -134,29 +150,30 @@ class NatsPorts:
         self.store = reader.store
         self.history = NatsHistoryPort(self.store, bridge)
         self.tasks = NatsTaskPort(js, bridge)
+        self.timers = NatsTimerPort(js, bridge)
         self.clock: Clock = clock or SystemClock(bridge)
         self.workers = NatsWorkerLiveness(js, bridge)
         self.state = reader
         self.max_record_bytes = max_payload - HEADER_ROOM
 
     def record(self, run_id: str, events: list[Event], body: bytes, expected_seq: int, msg_id: str,
-               tasks: list[EnqueueTask]) -> int:
-        return self.bridge.call(self._record(run_id, events, body, expected_seq, msg_id, tasks))
+               tasks: list[EnqueueTask], timers: list[StartTimer], trace_parent: str) -> int:
+        return self.bridge.call(self._record(run_id, events, body, expected_seq, msg_id, tasks, timers, trace_parent))
 
     async def _record(self, run_id: str, events: list[Event], record: bytes, expected_seq: int, msg_id: str,
-                      tasks: list[EnqueueTask]) -> int:
-        with engine_span(run_id, events) as trace_parent:
-            if trace_parent:  # workers' spans become children of this decision's span
-                tasks = [_traced(t, trace_parent) for t in tasks]
-            return await self._append_and_dispatch(run_id, record, expected_seq, msg_id, tasks)
-
-    async def _append_and_dispatch(self, run_id: str, record: bytes, expected_seq: int, msg_id: str,
-                                   tasks: list[EnqueueTask]) -> int:
-        append = self.store.append(run_id, record, expected_seq, msg_id)
-        if not tasks:
-            return await append
-        seq, published = await asyncio.gather(append, publish_tasks(self.js, tasks), return_exceptions=True)
-        for outcome in (seq, published):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return seq  # type: ignore[return-value]
+                      tasks: list[EnqueueTask], timers: list[StartTimer], trace_parent: str) -> int:
+        with engine_span(run_id, events) as span_parent:
+            if span_parent:  # workers' spans become children of this decision's span
+                tasks = [_traced(t, span_parent) for t in tasks]
+            writes = [self.store.append(run_id, record, expected_seq, msg_id)]
+            if tasks:
+                writes.append(publish_tasks(self.js, tasks))
+            if timers:
+                writes.append(arm_timers(self.js, run_id, timers, trace_parent))
+            if len(writes) == 1:
+                return await writes[0]
+            outcomes = await asyncio.gather(*writes, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            return outcomes[0]  # type: ignore[return-value]

@@ -17,7 +17,7 @@ from dagnats.domain.errors import DagnatsError
 
 from ..wire.names import (
     CHECKPOINTS_BUCKET, DEAD_LETTER_STREAM, DEFS_BUCKET, EVENT_STREAM, HISTORY_STREAM, IDEMPOTENCY_BUCKET,
-    INBOX_STREAM, RUNS_BUCKET, SIGNALS_BUCKET, SINGLETON_BUCKET, TASK_STREAM, TIMER_STREAM, WAITERS_BUCKET,
+    INBOX_STREAM, RUNS_BUCKET, SIGNALS_BUCKET, SINGLETON_BUCKET, TASK_STREAM, WAITERS_BUCKET,
     WORKERS_BUCKET,
 )
 
@@ -69,17 +69,10 @@ def stream_configs(replicas: int = 1) -> list[api.StreamConfig]:
     limits, work_queue = api.RetentionPolicy.LIMITS, api.RetentionPolicy.WORK_QUEUE
     return [
         stream(HISTORY_STREAM, ["history.>"], limits),
-        stream(INBOX_STREAM, ["inbox.>"], work_queue),
+        # Timers are message schedules beside the facts they fire (ADR-51 targets a
+        # subject of the schedule's own stream); the engine consumes only inbox.>.
+        stream(INBOX_STREAM, ["inbox.>", "schedule.>"], work_queue, allow_msg_schedules=True),
         stream(TASK_STREAM, ["task.>"], work_queue),
-        # Limits retention and no max_age: a schedule must outlive its longest
-        # timer, and a consumer acking it must not delete it.
-        stream(
-            TIMER_STREAM,
-            ["timer.sched.>", "timer.fired.>"],
-            limits,
-            allow_msg_schedules=True,
-            allow_msg_ttl=True,
-        ),
         stream(EVENT_STREAM, ["event.>"], limits, max_age=EVENT_MAX_AGE),
         stream(DEAD_LETTER_STREAM, ["dead.>"], limits, max_age=DEAD_LETTER_MAX_AGE),
     ]

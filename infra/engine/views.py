@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from dagnats.domain.events import Event, parse_timestamp
+from dagnats.domain.events import Event, TimerFired, parse_timestamp
 from dagnats.domain.resolve import blockers
 from dagnats.domain.state import DONE_STEP_STATUSES, WorkflowRun
 from dagnats.domain.timers import add_ns
@@ -90,9 +90,15 @@ def _seconds(start: str, end: str) -> float | None:
     return round((parse_timestamp(end) - parse_timestamp(start)).total_seconds(), 6)
 
 
-def inspect_view(run: WorkflowRun) -> dict[str, Any]:
-    """The run with per-step queue and execution times and what pending steps wait on."""
+def inspect_view(run: WorkflowRun, timers: list[TimerFired] | None = None) -> dict[str, Any]:
+    """The run with per-step queue and execution times, what pending steps wait on, and
+    its armed timers (soonest first)."""
     view = run_view(run)
+    view["timers"] = [
+        {"kind": t.payload.kind, "step_id": t.payload.step_id or None, "attempt": t.payload.attempt or None,
+         "due": t.payload.due, "timer_id": t.payload.timer_id}
+        for t in sorted(timers or [], key=lambda t: t.payload.due)
+    ]
     for step_id, s in run.steps.items():
         view["steps"][step_id]["queue_seconds"] = _seconds(s.queued_at, s.started_at)
         view["steps"][step_id]["exec_seconds"] = _seconds(s.started_at, s.finished_at)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 HISTORY_STREAM = "WORKFLOW_HISTORY"
+# The inbox stream also holds the runs' timers, as message schedules (`schedule.<run>.<timer>`).
 INBOX_STREAM = "RUN_INBOX"
 TASK_STREAM = "TASK_QUEUES"
-TIMER_STREAM = "TIMERS"
 EVENT_STREAM = "EVENTS"
 DEAD_LETTER_STREAM = "DEAD_LETTERS"
 

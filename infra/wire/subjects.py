@@ -35,14 +35,15 @@ def task_filter(task: str, group: str | None = None) -> str:
     return f"task.{task}.*" if group is None else f"task.{task}.{check_identifier('worker group', group)}.*"
 
 
-def timer_sched_subject(run_id: str, timer_id: str) -> str:
-    """`timer.sched.<run>.<timer>`: one message schedule per timer (purge it to cancel)."""
-    return f"timer.sched.{check_identifier('run id', run_id)}.{check_identifier('timer id', timer_id)}"
+def schedule_subject(run_id: str, timer_id: str) -> str:
+    """`schedule.<run>.<timer>`: a timer's message schedule, in the inbox stream (ADR-51
+    fires a schedule only into its own stream). Publishing again replaces it; purging cancels it."""
+    return f"schedule.{check_identifier('run id', run_id)}.{check_identifier('timer id', timer_id)}"
 
 
-def timer_fired_subject(run_id: str) -> str:
-    """`timer.fired.<run>`: where the server publishes a schedule when it falls due."""
-    return f"timer.fired.{check_identifier('run id', run_id)}"
+def schedules_filter(run_id: str) -> str:
+    """Every pending timer of a run."""
+    return f"schedule.{check_identifier('run id', run_id)}.*"
 
 
 def event_subject(name: str) -> str:

@@ -1,0 +1,64 @@
+"""Durable timers: one NATS message schedule per timer (ADR-51, nats-server >= 2.12).
+
+A timer is armed by publishing its ``timer.fired`` fact to ``schedule.<run>.<timer>``
+in the inbox stream with ``Nats-Schedule: @at <due>`` and ``Nats-Schedule-Target:
+inbox.<run>``: when it falls due the server publishes the fact into the run's
+inbox, where the engine consumes it like any other. No engine holds the timer:
+it survives restarts and kill -9 (a schedule due while the server was down fires
+on restart), and a passivated run waiting on it costs the engine nothing.
+
+Arming the same timer again replaces its schedule (one per subject); cancelling
+purges it. The server fires a schedule about a quarter of a second after it is
+due at the earliest; the engine fires short timers from memory as well
+(``actors.timer``) — a second copy of a fact is ignored by ``decide``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from dagnats.domain.actions import StartTimer
+from dagnats.domain.events import TimerFired, encode_event
+from dagnats.domain.timers import fired_event
+
+from .headers import SCHEDULE, SCHEDULE_TARGET
+from .names import INBOX_STREAM
+from .reading import stored_batches
+from .subjects import inbox_subject, schedule_subject, schedules_filter
+
+_DECODER = msgspec.json.Decoder(TimerFired)
+
+
+async def arm_timers(js: JetStreamContext, run_id: str, timers: list[StartTimer], trace_parent: str) -> None:
+    """Store one schedule per timer (concurrently); each fires ``fired_event`` into the run's inbox."""
+
+    async def arm(timer: StartTimer) -> None:
+        headers = {SCHEDULE: f"@at {timer.due}", SCHEDULE_TARGET: inbox_subject(run_id)}
+        body = encode_event(fired_event(run_id, timer, trace_parent))
+        await js.publish(schedule_subject(run_id, timer.timer_id), body, stream=INBOX_STREAM, headers=headers)
+
+    await asyncio.gather(*(arm(t) for t in timers))
+
+
+async def cancel_timers(js: JetStreamContext, run_id: str, timer_ids: list[str]) -> None:
+    """Purge the schedules of these timers (one that already fired is gone already)."""
+    for timer_id in timer_ids:
+        try:
+            await js.purge_stream(INBOX_STREAM, subject=schedule_subject(run_id, timer_id))
+        except NotFoundError:
+            pass
+
+
+async def pending_timers(js: JetStreamContext, run_id: str) -> list[TimerFired]:
+    """The run's armed timers, as the facts they will fire."""
+    found = []
+    async for msg in stored_batches(js, INBOX_STREAM, schedules_filter(run_id)):
+        try:
+            found.append(_DECODER.decode(msg.data or b""))
+        except msgspec.DecodeError:
+            continue
+    return found
