@@ -68,6 +68,7 @@ MAX_BATCH = 100
 STALL_MARGIN = 5.0  # a fetch this much past its timeout is stuck (nats.py #933, #986)
 MAX_ACK_PENDING = 1000
 STICKY_CONSUMER_IDLE = 3600.0  # seconds
+CLOSE_TIMEOUT = 2.0  # seconds a stopping worker waits for the connection to close
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -215,13 +216,21 @@ class Worker:
             _, late = await asyncio.wait(list(self._running), timeout=self.drain_timeout)
             await self._abandon(late)
         await self._heartbeat.stop()
-        with contextlib.suppress(Exception):  # nothing left to save on a dead connection
-            await self._nc.flush(timeout=2)
-        await self._nc.close()
+        await self._close_connection()
         assert self._executor is not None
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._nc = self._js = None
         log.info("worker %s stopped", self.worker_id)
+
+    async def _close_connection(self) -> None:
+        """Flush and close; bounded and quiet, since NATS may be gone by now."""
+        assert self._nc is not None
+        with contextlib.suppress(Exception):  # nothing left to save on a dead connection
+            await self._nc.flush(timeout=2)
+        try:
+            await asyncio.wait_for(self._nc.close(), CLOSE_TIMEOUT)
+        except Exception as err:  # noqa: BLE001 - e.g. the server went away: the socket is gone anyway
+            log.info("worker %s: NATS connection did not close cleanly (%s)", self.worker_id, describe(err))
 
     async def _abandon(self, late: set[asyncio.Task[None]]) -> None:
         """Return tasks still running after drain_timeout to the queue, for another worker."""

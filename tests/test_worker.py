@@ -771,6 +771,45 @@ def test_a_worker_exits_after_the_drain_timeout_even_if_a_handler_hangs(nats_url
     assert "1 task handlers still running after the drain timeout" in log_path.read_text()
 
 
+ECHO_WORKER = """
+from dagnats.infra.worker import Worker
+
+w = Worker(worker_id="echo")
+
+@w.task("echo")
+def echo(ctx, data):
+    return data
+
+if __name__ == "__main__":
+    w.run()
+"""
+
+
+def test_a_worker_stopped_while_nats_is_down_exits_without_a_traceback(nats_server, run, tmp_path):
+    proc, log_path = start_worker_process(tmp_path, "echo", ECHO_WORKER, nats_server.url)
+
+    async def body():
+        nc, js = await engine_js(nats_server.url)
+        inbox = await Inbox.open(js, "r1")
+        await publish_task(js, "echo", "r1", "hi")
+        result = await inbox.result(timeout=15)  # the worker is connected and working
+        await nc.close()
+        return result
+
+    try:
+        result = run(body())
+        nats_server.kill()
+        time.sleep(0.5)  # the worker notices the server is gone and starts reconnecting
+        proc.send_signal(signal.SIGTERM)
+        code = exit_code(proc, log_path, 15)
+    finally:
+        proc.kill()
+        proc.wait()
+    output = log_path.read_text()
+    assert (result.payload, code) == ("hi", 0)
+    assert "Traceback" not in output, output
+
+
 def test_execution_is_traced_as_a_child_of_the_tasks_traceparent(nats_url, run, monkeypatch):
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
