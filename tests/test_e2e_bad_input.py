@@ -138,6 +138,27 @@ def test_input_that_is_not_json_is_refused_with_a_hint(cli):
     assert_nothing_stored(cli)
 
 
+NOT_JSON_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e999", '{"deep": [1, -1e999]}']
+
+
+def test_nan_and_infinity_are_refused_as_run_input_signal_data_and_event_data(cli):
+    run_id = "0123456789abcdef0123456789abcdef"
+    for value in NOT_JSON_NUMBERS:  # "--": a value starting with "-" is not an option
+        for command, what in ((("run", "start", "hello-pipeline"), "run input"),
+                              (("run", "signal", run_id, "go"), "signal data"),
+                              (("event", "publish", "go"), "event data")):
+            assert_one_error_line(cli(*command, "--", value, check=False),
+                                  f"invalid input: {what}:", "JSON has no NaN or Infinity")
+    assert_nothing_stored(cli)
+    assert cli("status", json=True)["jetstream"]["streams"]["EVENTS"]["messages"] == 0
+
+
+def test_nan_input_is_refused_before_connecting_to_nats():
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens: only a check before connecting answers
+    assert_one_error_line(Cli(url)("run", "start", "wf", "NaN", check=False),
+                          "invalid input: run input:", "JSON has no NaN or Infinity")
+
+
 @pytest.mark.parametrize("command", ["status", "events", "output", "cancel"])
 def test_an_unknown_run_id_is_reported_as_not_found(cli, command):
     run_id = "0123456789abcdef0123456789abcdef"
