@@ -258,3 +258,10 @@ def test_step_lookup_by_id():
     assert set(wf.step_map()) == {"a", "b"}
     with pytest.raises(KeyError):
         wf.step("zz")
+
+
+def test_a_document_nested_thousands_of_levels_deep_is_a_decode_error_not_a_recursion_error():
+    text = '{"name": "w", "steps": [{"id": "a", "task": "t", "input": %s}]}' % ("[" * 5000 + "]" * 5000)
+    for decode_text in (d.decode_workflow, d.decode_workflow_strictly):
+        with pytest.raises(DefinitionDecodeError, match="may nest at most 64 levels"):
+            decode_text(text, "deep.json")

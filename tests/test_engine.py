@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
+import msgspec
 import nats
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from dagnats.domain.events import Event, encode_record, format_timestamp, make_event
+from dagnats.infra.wire import control
 from dagnats.infra.wire.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
 from dagnats.infra.wire.subjects import history_subject
 
@@ -363,3 +365,26 @@ def test_a_poison_run_is_quarantined_while_other_runs_carry_on_and_resumes_once_
     assert 5 <= tries <= 8  # five quick tries, then one per retry period, not a hot loop
     assert final["output"] == "c"
     assert any("quarantined after 5 crashes" in r.getMessage() for r in caplog.records)
+
+
+def test_requests_nested_thousands_of_levels_deep_are_refused_as_invalid(nats_url, run):
+    # Not through the client (it refuses such values itself): straight onto the control plane.
+    deep = b"[" * 5000 + b"]" * 5000
+    bodies = {
+        "run.start": b'{"workflow": "wf", "input": ' + deep + b"}",
+        "workflow.register": b'{"definition": {"name": "deep", "steps": [{"id": "a", "task": "t", "input": '
+                             + deep + b"}]}}",
+    }
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            replies = {op: (await h.nc.request(control.subject(op), data, timeout=5)).data
+                       for op, data in bodies.items()}
+            return replies, await h.client.workflows()
+
+    replies, workflows = run(body())
+    for op, reply in replies.items():
+        error = msgspec.json.decode(reply)
+        assert error["kind"] == "InvalidRequest", error
+        assert error["error"] == f"invalid {op} request: nested too deeply (a value may nest at most 64 levels)"
+    assert workflows == []
