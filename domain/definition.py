@@ -15,7 +15,7 @@ from msgspec import UNSET, UnsetType
 
 from .durations import parse_duration
 from .errors import DefinitionDecodeError, InvalidDuration
-from .json_document import where_too_deep
+from .json_document import duplicate_key_problem, where_too_deep
 from .values import MAX_DEPTH, short_path
 
 Duration = int | str
@@ -294,12 +294,17 @@ def decode_workflow(data: bytes | str, source: str = "workflow") -> WorkflowDef:
 
 
 def decode_workflow_strictly(data: bytes | str, source: str = "workflow") -> WorkflowDef:
-    """decode_workflow for a document a user wrote: also refuses nesting deeper than
-    MAX_DOCUMENT_DEPTH, naming where, before the decoder's recursion would."""
+    """decode_workflow for a document a user wrote: also refuses a key given twice in
+    one object (a decoder keeps the last) and nesting deeper than MAX_DOCUMENT_DEPTH,
+    naming where. Costs a second parse: meant for registration, not stored definitions."""
     where = where_too_deep(data, MAX_DOCUMENT_DEPTH)
     if where:
         raise DefinitionDecodeError(source, f"{short_path(where)}: {TOO_DEEP}")
-    return decode_workflow(data, source)
+    wf = decode_workflow(data, source)
+    problem = duplicate_key_problem(data)
+    if problem:
+        raise DefinitionDecodeError(source, problem)
+    return wf
 
 
 def workflow_from_object(obj: Any, source: str = "workflow") -> WorkflowDef:

@@ -1,16 +1,19 @@
-"""A JSON document a user wrote, read strictly: where it nests too deeply.
+"""A JSON document a user wrote, read strictly: where it nests too deeply, which key it repeats.
 
 JSON decoders (msgspec's and the stdlib's) recurse once per level, so a
 document nested thousands of levels deep fails with a RecursionError that
-names nothing. ``where_too_deep`` says where instead, as a path like
-``$.steps[1].input``, scanning the text without recursing. It leaves
-malformed JSON to the decoder.
+names nothing; and both keep the last of two equal keys in an object,
+silently dropping the first. These checks say where instead, as a path
+like ``$.steps[1].input``. ``where_too_deep`` scans the text without
+recursing; ``duplicate_key_problem`` parses it (run it on text already
+known to nest moderately). Both leave malformed JSON to the decoder.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 # A string (escapes included) or a character that opens, closes or separates.
 _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},:]')
@@ -40,6 +43,27 @@ def where_too_deep(data: bytes | str, max_depth: int) -> str:
     return ""
 
 
+def duplicate_key_problem(data: bytes | str) -> str:
+    """The first key that occurs twice in one object of ``data``, and where, or ""."""
+    try:
+        document = json.loads(data, object_pairs_hook=_object)
+    except (ValueError, RecursionError):
+        return ""  # not JSON, or too deep: the decoder says so
+    stack: list[tuple[Any, list[str | int]]] = [(document, [])]
+    while stack:  # depth first, in document order
+        value, path = stack.pop()
+        if isinstance(value, _Repeated):
+            return f"duplicate key {json.dumps(value.repeated, ensure_ascii=False)} at {json_path(path)}"
+        if isinstance(value, dict):
+            children = [(child, [*path, key]) for key, child in value.items()]
+        elif isinstance(value, list):
+            children = [(child, [*path, index]) for index, child in enumerate(value)]
+        else:
+            continue
+        stack.extend(reversed(children))
+    return ""
+
+
 def json_path(path: list[str | int]) -> str:
     """``["steps", 1, "input"]`` as ``$.steps[1].input``."""
     parts = ["$"]
@@ -49,8 +73,32 @@ def json_path(path: list[str | int]) -> str:
         elif _PLAIN_KEY.fullmatch(part):
             parts.append(f".{part}")
         else:
-            parts.append(f"[{json.dumps(part)}]")
+            parts.append(f"[{json.dumps(part, ensure_ascii=False)}]")
     return "".join(parts)
+
+
+class _Repeated(dict):
+    """An object in which some key occurred twice (the last value kept, as decoders do)."""
+
+    repeated: str
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    marked = _Repeated(value)
+    marked.repeated = _first_repeated(pairs)
+    return marked
+
+
+def _first_repeated(pairs: list[tuple[str, Any]]) -> str:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    raise AssertionError("no key repeats")
 
 
 def _key(token: str) -> str:

@@ -101,6 +101,8 @@ BAD_DEFINITIONS = {
                      ["`timeout`", "invalid duration '3x'"]),
     "input-nested-5000-deep": ('{"name": "deep", "steps": [{"id": "a", "task": "t", "input": %s}]}'
                                % ("[" * 5000 + "]" * 5000), ["$.steps[0].input[0]", "nest at most 64 levels"]),
+    "duplicate-key": ('{"name": "dup", "steps": [{"id": "a", "task": "t"}, {"id": "b", "task": "t", "task": "u"}]}',
+                      ['duplicate key "task" at $.steps[1]']),
     "input-nested-65-deep": ({"name": "deep", "steps": steps({"id": "a", "task": "t", "input": NESTED_65})},
                              ['step "a": input: nested deeper than 64 levels']),
 }
