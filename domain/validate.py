@@ -28,6 +28,7 @@ MAX_STEPS = 1000
 MAX_STEP_TIMEOUT = 24 * HOUR
 MAX_RETRIES = 100_000
 MAX_SLEEP = 365 * 24 * HOUR
+MAX_WORKFLOW_TIMEOUT = MAX_SLEEP  # a run may wait as long as its longest sleep, no longer
 MAX_APPROVAL_TIMEOUT = 168 * HOUR
 MAX_MAP_ITEMS = 10_000
 MAX_TASK_CONCURRENCY = 1000
@@ -151,7 +152,7 @@ def _workflow_issues(wf: WorkflowDef) -> Issues:
         if wf.concurrency.max_runs < 0:
             yield f"concurrency.max_runs: must not be negative (got {wf.concurrency.max_runs})"
         yield from _within("concurrency.max_steps", wf.concurrency.max_steps, 0, MAX_STEPS)
-    yield from _duration("timeout", int(wf.timeout))
+    yield from _duration("timeout", int(wf.timeout), MAX_WORKFLOW_TIMEOUT)
     if wf.default_retry is not None:
         yield from _retry_issues("default_retry", wf.default_retry)
     if wf.idempotency_key:

@@ -562,6 +562,12 @@ def test_workflow_level_rules(fields, fragment):
     assert_issue(doc(**fields), fragment)
 
 
+def test_the_workflow_timeout_is_at_most_365_days():
+    assert_valid(doc(timeout="8760h"))
+    assert_issue(doc(timeout="8760h1s"), "timeout: 8760h0m1s is longer than the maximum of 8760h0m0s")
+    assert_issue(doc(timeout=2**63 - 1), "is longer than the maximum of 8760h0m0s")
+
+
 def test_sticky_cannot_be_combined_with_a_worker_group():
     assert_issue(doc(step("a", worker_group="gpu"), step("b"), sticky="soft"),
                  'sticky: cannot be combined with a step worker_group (set on "a")')
