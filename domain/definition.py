@@ -15,6 +15,8 @@ from msgspec import UNSET, UnsetType
 
 from .durations import parse_duration
 from .errors import DefinitionDecodeError, InvalidDuration
+from .json_document import duplicate_key_problem, where_too_deep
+from .values import MAX_DEPTH, short_path
 
 Duration = int | str
 
@@ -35,6 +37,10 @@ WORKER_STEP_TYPES = frozenset({"normal", "agent_loop", "agent", "map", "planner"
 # Step types this engine runs today; the others parse and validate only.
 EXECUTED_STEP_TYPES = frozenset({"normal", "agent"})
 COMPARISON_OPS = ("==", "!=", "<", ">", "<=", ">=")
+# Values in a definition (inputs, configs, schemas) nest at most MAX_DEPTH levels;
+# the definition's own structure around them is at most five levels deep.
+MAX_DOCUMENT_DEPTH = MAX_DEPTH + 8
+TOO_DEEP = f"nested too deeply (a value in a definition may nest at most {MAX_DEPTH} levels)"
 
 
 class _Def(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -283,6 +289,22 @@ def decode_workflow(data: bytes | str, source: str = "workflow") -> WorkflowDef:
         raise DefinitionDecodeError(source, _explain(err)) from None
     except msgspec.DecodeError as err:
         raise DefinitionDecodeError(source, f"invalid JSON: {err}") from None
+    except RecursionError:
+        raise DefinitionDecodeError(source, TOO_DEEP) from None
+
+
+def decode_workflow_strictly(data: bytes | str, source: str = "workflow") -> WorkflowDef:
+    """decode_workflow for a document a user wrote: also refuses a key given twice in
+    one object (a decoder keeps the last) and nesting deeper than MAX_DOCUMENT_DEPTH,
+    naming where. Costs a second parse: meant for registration, not stored definitions."""
+    where = where_too_deep(data, MAX_DOCUMENT_DEPTH)
+    if where:
+        raise DefinitionDecodeError(source, f"{short_path(where)}: {TOO_DEEP}")
+    wf = decode_workflow(data, source)
+    problem = duplicate_key_problem(data)
+    if problem:
+        raise DefinitionDecodeError(source, problem)
+    return wf
 
 
 def workflow_from_object(obj: Any, source: str = "workflow") -> WorkflowDef:

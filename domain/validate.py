@@ -16,17 +16,19 @@ import msgspec
 
 from .definition import COMPARISON_OPS, STEP_TYPES, WORKER_STEP_TYPES, RetryPolicy, StepDef, WorkflowDef
 from .definition import AgentLoopConfig, ApprovalConfig, MapConfig, Match, PlannerConfig, RespondConfig
-from .definition import SleepConfig, SubWorkflowConfig, WaitForEventConfig, decode_workflow, parse_config
+from .definition import SleepConfig, SubWorkflowConfig, WaitForEventConfig, decode_workflow_strictly, parse_config
 from .durations import HOUR, format_duration
 from .errors import WorkflowInvalid
 from .identifiers import is_identifier
 from .paths import is_valid_path
 from .resolve import dependencies
+from .values import json_problem
 
 MAX_STEPS = 1000
 MAX_STEP_TIMEOUT = 24 * HOUR
 MAX_RETRIES = 100_000
 MAX_SLEEP = 365 * 24 * HOUR
+MAX_WORKFLOW_TIMEOUT = MAX_SLEEP  # a run may wait as long as its longest sleep, no longer
 MAX_APPROVAL_TIMEOUT = 168 * HOUR
 MAX_MAP_ITEMS = 10_000
 MAX_TASK_CONCURRENCY = 1000
@@ -50,8 +52,9 @@ def validate(wf: WorkflowDef) -> WorkflowDef:
 
 
 def parse_and_validate(data: bytes | str, source: str = "workflow") -> WorkflowDef:
-    """Decode a JSON definition and validate it (DefinitionDecodeError or WorkflowInvalid)."""
-    return validate(decode_workflow(data, source))
+    """Decode a JSON definition a user wrote and validate it (DefinitionDecodeError or
+    WorkflowInvalid); a key given twice or nesting too deep is refused, naming where."""
+    return validate(decode_workflow_strictly(data, source))
 
 
 def aux_targets(wf: WorkflowDef) -> dict[str, bool]:
@@ -61,16 +64,30 @@ def aux_targets(wf: WorkflowDef) -> dict[str, bool]:
 
 def find_issues(wf: WorkflowDef) -> list[str]:
     """Every problem with ``wf``, each naming the field (and step) it is about."""
+    issues = list(_value_issues(wf))
+    if issues:  # the rules below walk these values recursively: stop before they do
+        return issues
     steps: dict[str, StepDef] = {}
     for step in wf.steps:
         steps.setdefault(step.id, step)
     aux = aux_targets(wf)
     issues = list(_workflow_issues(wf))
     for index, step in enumerate(wf.steps):
-        label = f"step {_q(step.id)}" if step.id else f"steps[{index}]"
-        issues += [f"{label}: {issue}" for issue in _step_issues(step, steps, aux)]
+        issues += [f"{_step_label(step, index)}: {issue}" for issue in _step_issues(step, steps, aux)]
     issues += _cycle_issues(steps)
     return issues
+
+
+def _value_issues(wf: WorkflowDef) -> Issues:
+    """Free-form JSON values (schemas, inputs, configs): at most MAX_DEPTH deep, no NaN."""
+    for field in ("input_schema", "output_schema"):
+        yield from _json_value(field, getattr(wf, field))
+    for index, step in enumerate(wf.steps):
+        label = _step_label(step, index)
+        yield from _json_value(f"{label}: input", step.input)
+        yield from _json_value(f"{label}: config", step.config)
+        if step.skip_if is not None:
+            yield from _json_value(f"{label}: skip_if.value", step.skip_if.value)
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -82,6 +99,16 @@ def _q(value: Any) -> str:
         return msgspec.json.encode(value).decode()
     except (TypeError, msgspec.EncodeError):
         return repr(value)
+
+
+def _step_label(step: StepDef, index: int) -> str:
+    return f"step {_q(step.id)}" if step.id else f"steps[{index}]"
+
+
+def _json_value(field: str, value: Any) -> Issues:
+    problem = json_problem(value)
+    if problem:
+        yield f"{field}: {problem}"
 
 
 def _identifier(field: str, value: Any) -> Issues:
@@ -125,7 +152,7 @@ def _workflow_issues(wf: WorkflowDef) -> Issues:
         if wf.concurrency.max_runs < 0:
             yield f"concurrency.max_runs: must not be negative (got {wf.concurrency.max_runs})"
         yield from _within("concurrency.max_steps", wf.concurrency.max_steps, 0, MAX_STEPS)
-    yield from _duration("timeout", int(wf.timeout))
+    yield from _duration("timeout", int(wf.timeout), MAX_WORKFLOW_TIMEOUT)
     if wf.default_retry is not None:
         yield from _retry_issues("default_retry", wf.default_retry)
     if wf.idempotency_key:

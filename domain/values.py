@@ -14,6 +14,7 @@ from typing import Any
 from .errors import InvalidInput
 
 MAX_DEPTH = 64
+SHOWN_PATH_CHARS = 32  # a path 64 levels deep is too long for a one-line error
 
 
 def check_json_value(value: Any, what: str = "value") -> Any:
@@ -30,7 +31,7 @@ def json_problem(value: Any) -> str:
     while stack:
         item, depth, where = stack.pop()
         if depth > MAX_DEPTH:
-            return f"nested deeper than {MAX_DEPTH} levels (at {where})"
+            return f"nested deeper than {MAX_DEPTH} levels (at {short_path(where)})"
         if isinstance(item, float) and not math.isfinite(item):
             return f"{item!r} is not a JSON number (at {where}); JSON has no NaN or Infinity"
         if isinstance(item, dict):
@@ -41,3 +42,8 @@ def json_problem(value: Any) -> str:
         elif isinstance(item, (list, tuple)):
             stack.extend((child, depth + 1, f"{where}[{i}]") for i, child in enumerate(item))
     return ""
+
+
+def short_path(where: str) -> str:
+    """A JSON path (``$.a[0]...``) cut to a length one line can show."""
+    return where if len(where) <= SHOWN_PATH_CHARS else where[:SHOWN_PATH_CHARS] + "..."

@@ -30,7 +30,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from nats.js import JetStreamContext, api
 from dagnats.domain.errors import TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.identifiers import check_identifier, is_identifier
 
+from .handler_threads import HandlerThreads, exit_if_handlers_hang
 from .registry import Heartbeat
 from .wire.connection import nats_url as resolve_url
 from .wire.connection import server_list
@@ -68,6 +68,7 @@ MAX_BATCH = 100
 STALL_MARGIN = 5.0  # a fetch this much past its timeout is stuck (nats.py #933, #986)
 MAX_ACK_PENDING = 1000
 STICKY_CONSUMER_IDLE = 3600.0  # seconds
+CLOSE_TIMEOUT = 2.0  # seconds a stopping worker waits for the connection to close
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,6 +106,7 @@ class Worker:
         self._subs: list[_Subscription] = []
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[asyncio.Task[None], Msg] = {}
+        self._executor: HandlerThreads | None = None
         self._last_error_logged = ""
 
     @property
@@ -129,7 +131,11 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------
 
     def run(self) -> None:
-        """Connect, work until SIGINT/SIGTERM, then drain; blocks."""
+        """Connect, work until SIGINT/SIGTERM, then drain; blocks.
+
+        A sync handler still running after the drain timeout does not keep the
+        process alive: it exits (see handler_threads.py).
+        """
         if (path := _loading.get()) is not None:
             raise WorkerLoadError(
                 path, cause='Worker.run() called at import; guard it with if __name__ == "__main__":'
@@ -138,6 +144,7 @@ class Worker:
             asyncio.run(self._run_until_signalled())
         except KeyboardInterrupt:  # a second Ctrl-C, or no signal handlers off the main thread
             pass
+        exit_if_handlers_hang(self._executor, self.worker_id)
 
     async def _run_until_signalled(self) -> None:
         await self.start()
@@ -178,7 +185,7 @@ class Worker:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._slots = _Slots(self.max_concurrent)
-        self._executor = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="dagnats-task")
+        self._executor = HandlerThreads(self.max_concurrent)
         self._runner = TaskRunner(self._js, self.worker_id, self.ack_wait, self._executor)
         self._subs = [
             _Subscription(task, group, handler)
@@ -209,12 +216,21 @@ class Worker:
             _, late = await asyncio.wait(list(self._running), timeout=self.drain_timeout)
             await self._abandon(late)
         await self._heartbeat.stop()
-        with contextlib.suppress(Exception):  # nothing left to save on a dead connection
-            await self._nc.flush(timeout=2)
-        await self._nc.close()
+        await self._close_connection()
+        assert self._executor is not None
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._nc = self._js = None
         log.info("worker %s stopped", self.worker_id)
+
+    async def _close_connection(self) -> None:
+        """Flush and close; bounded and quiet, since NATS may be gone by now."""
+        assert self._nc is not None
+        with contextlib.suppress(Exception):  # nothing left to save on a dead connection
+            await self._nc.flush(timeout=2)
+        try:
+            await asyncio.wait_for(self._nc.close(), CLOSE_TIMEOUT)
+        except Exception as err:  # noqa: BLE001 - e.g. the server went away: the socket is gone anyway
+            log.info("worker %s: NATS connection did not close cleanly (%s)", self.worker_id, describe(err))
 
     async def _abandon(self, late: set[asyncio.Task[None]]) -> None:
         """Return tasks still running after drain_timeout to the queue, for another worker."""

@@ -258,3 +258,27 @@ def test_step_lookup_by_id():
     assert set(wf.step_map()) == {"a", "b"}
     with pytest.raises(KeyError):
         wf.step("zz")
+
+
+def test_a_document_nested_thousands_of_levels_deep_is_a_decode_error_not_a_recursion_error():
+    text = '{"name": "w", "steps": [{"id": "a", "task": "t", "input": %s}]}' % ("[" * 5000 + "]" * 5000)
+    for decode_text in (d.decode_workflow, d.decode_workflow_strictly):
+        with pytest.raises(DefinitionDecodeError, match="may nest at most 64 levels"):
+            decode_text(text, "deep.json")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"name": "w", "name": "v", "steps": [{"id": "a"}]}', 'duplicate key "name" at $'),
+        ('{"name": "w", "steps": [{"id": "a"}, {"id": "b", "task": "t", "task": "u"}]}',
+         'duplicate key "task" at $.steps[1]'),
+        ('{"name": "w", "steps": [{"id": "a", "input": {"x": {"$ref": "p", "$ref": "q"}}}]}',
+         'duplicate key "$ref" at $.steps[0].input.x'),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_the_key_and_where(text, problem):
+    d.decode_workflow(text)  # the plain decoder keeps the last: reading stored definitions stays cheap
+    with pytest.raises(DefinitionDecodeError) as info:
+        d.decode_workflow_strictly(text, "dup.json")
+    assert str(info.value) == f"dup.json: {problem}"

@@ -77,6 +77,10 @@ def steps(*items: dict) -> list[dict]:
     return list(items)
 
 
+NESTED_65: object = "x"
+for _ in range(65):
+    NESTED_65 = [NESTED_65]
+
 BAD_DEFINITIONS = {
     "invalid-json": ('{"name": "broken", "steps": [', ["invalid JSON"]),
     "cycle": ({"name": "cyclic", "steps": steps(
@@ -95,6 +99,12 @@ BAD_DEFINITIONS = {
                           ['duplicate step id "a"']),
     "bad-duration": ({"name": "slow", "steps": steps({"id": "a", "task": "t", "timeout": "3x"})},
                      ["`timeout`", "invalid duration '3x'"]),
+    "input-nested-5000-deep": ('{"name": "deep", "steps": [{"id": "a", "task": "t", "input": %s}]}'
+                               % ("[" * 5000 + "]" * 5000), ["$.steps[0].input[0]", "nest at most 64 levels"]),
+    "duplicate-key": ('{"name": "dup", "steps": [{"id": "a", "task": "t"}, {"id": "b", "task": "t", "task": "u"}]}',
+                      ['duplicate key "task" at $.steps[1]']),
+    "input-nested-65-deep": ({"name": "deep", "steps": steps({"id": "a", "task": "t", "input": NESTED_65})},
+                             ['step "a": input: nested deeper than 64 levels']),
 }
 
 
@@ -136,6 +146,34 @@ def test_input_that_is_not_json_is_refused_with_a_hint(cli):
                                  "invalid input: not valid JSON")
     assert "\"World\"" in line  # the hint shows how to quote a string
     assert_nothing_stored(cli)
+
+
+NOT_JSON_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e999", '{"deep": [1, -1e999]}']
+
+
+def test_nan_and_infinity_are_refused_as_run_input_signal_data_and_event_data(cli):
+    run_id = "0123456789abcdef0123456789abcdef"
+    for value in NOT_JSON_NUMBERS:  # "--": a value starting with "-" is not an option
+        for command, what in ((("run", "start", "hello-pipeline"), "run input"),
+                              (("run", "signal", run_id, "go"), "signal data"),
+                              (("event", "publish", "go"), "event data")):
+            assert_one_error_line(cli(*command, "--", value, check=False),
+                                  f"invalid input: {what}:", "JSON has no NaN or Infinity")
+    assert_nothing_stored(cli)
+    assert cli("status", json=True)["jetstream"]["streams"]["EVENTS"]["messages"] == 0
+
+
+def test_run_input_nested_thousands_of_levels_deep_is_refused_in_one_line(cli):
+    deep = "[" * 5000 + "]" * 5000
+    assert_one_error_line(cli("run", "start", "hello-pipeline", deep, check=False),
+                          "invalid input: run input: nested deeper than 64 levels")
+    assert_nothing_stored(cli)
+
+
+def test_nan_input_is_refused_before_connecting_to_nats():
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens: only a check before connecting answers
+    assert_one_error_line(Cli(url)("run", "start", "wf", "NaN", check=False),
+                          "invalid input: run input:", "JSON has no NaN or Infinity")
 
 
 @pytest.mark.parametrize("command", ["status", "events", "output", "cancel"])

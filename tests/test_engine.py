@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
+import msgspec
 import nats
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from dagnats.domain.events import Event, encode_record, format_timestamp, make_event
+from dagnats.infra.wire import control
 from dagnats.infra.wire.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
 from dagnats.infra.wire.subjects import history_subject
 
@@ -374,3 +376,26 @@ async def _until(predicate, timeout: float = 15.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.02)
+
+
+def test_requests_nested_thousands_of_levels_deep_are_refused_as_invalid(nats_url, run):
+    # Not through the client (it refuses such values itself): straight onto the control plane.
+    deep = b"[" * 5000 + b"]" * 5000
+    bodies = {
+        "run.start": b'{"workflow": "wf", "input": ' + deep + b"}",
+        "workflow.register": b'{"definition": {"name": "deep", "steps": [{"id": "a", "task": "t", "input": '
+                             + deep + b"}]}}",
+    }
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            replies = {op: (await h.nc.request(control.subject(op), data, timeout=5)).data
+                       for op, data in bodies.items()}
+            return replies, await h.client.workflows()
+
+    replies, workflows = run(body())
+    for op, reply in replies.items():
+        error = msgspec.json.decode(reply)
+        assert error["kind"] == "InvalidRequest", error
+        assert error["error"] == f"invalid {op} request: nested too deeply (a value may nest at most 64 levels)"
+    assert workflows == []

@@ -562,6 +562,12 @@ def test_workflow_level_rules(fields, fragment):
     assert_issue(doc(**fields), fragment)
 
 
+def test_the_workflow_timeout_is_at_most_365_days():
+    assert_valid(doc(timeout="8760h"))
+    assert_issue(doc(timeout="8760h1s"), "timeout: 8760h0m1s is longer than the maximum of 8760h0m0s")
+    assert_issue(doc(timeout=2**63 - 1), "is longer than the maximum of 8760h0m0s")
+
+
 def test_sticky_cannot_be_combined_with_a_worker_group():
     assert_issue(doc(step("a", worker_group="gpu"), step("b"), sticky="soft"),
                  'sticky: cannot be combined with a step worker_group (set on "a")')
@@ -588,3 +594,48 @@ def test_negative_durations_are_refused_before_validation():
     # Decoding turns every duration into nanoseconds >= 0, so validate only checks upper bounds.
     with pytest.raises(DefinitionDecodeError, match="must not be negative"):
         workflow_from_object(doc(timeout=-1))
+
+
+# ---- free-form values: depth and numbers ----------------------------------------------------------------
+
+
+def nested(levels: int):
+    value = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_a_value_nested_64_levels_deep_is_accepted():
+    assert_valid(doc(step("a", input=nested(64))))
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"input": nested(65)}, 'step "a": input: nested deeper than 64 levels'),
+        ({"input": {"deep": nested(5000)}}, 'step "a": input: nested deeper than 64 levels (at $.deep[0]'),
+        ({"type": "sleep", "config": {"duration": "1s", "extra": nested(65)}}, 'step "a": config: nested deeper'),
+        ({"input": [1, float("nan")]}, 'step "a": input: nan is not a JSON number (at $[1])'),
+    ],
+)
+def test_step_values_nested_too_deeply_or_holding_nan_are_refused_naming_the_step(fields, fragment):
+    assert_issue(doc(step("a", **fields)), fragment)
+
+
+def test_a_skip_if_value_or_a_schema_nested_too_deeply_is_refused():
+    condition = {"step_id": "p", "field": "f", "op": "==", "value": nested(65)}
+    assert_issue(doc(step("p"), step("a", depends_on=["p"], skip_if=condition)),
+                 'step "a": skip_if.value: nested deeper than 64 levels')
+    # jsonschema's own check of a schema recurses per level: 5,000 would exhaust the stack.
+    assert_issue(doc(input_schema={"items": nested(5000)}), "input_schema: nested deeper than 64 levels")
+
+
+def test_a_definition_document_nested_5000_levels_deep_is_one_decode_error_naming_the_step():
+    text = '{"name": "wf", "steps": [{"id": "a", "task": "t", "input": %s}]}' % ("[" * 5000 + "]" * 5000)
+    with pytest.raises(DefinitionDecodeError) as info:
+        parse_and_validate(text, "deep.json")
+    message = str(info.value)
+    assert message.startswith("deep.json: $.steps[0].input[0][0]")
+    assert "nested too deeply (a value in a definition may nest at most 64 levels)" in message
+    assert len(message) < 200

@@ -17,6 +17,7 @@ from typing import Any
 
 from dagnats.domain.errors import DagnatsError, InvalidInput
 from dagnats.domain.validate import parse_and_validate
+from dagnats.domain.values import MAX_DEPTH, check_json_value
 
 from ..client import Client
 from ..wire.connection import nats_url
@@ -175,16 +176,19 @@ def _input_text(args: argparse.Namespace) -> str | None:
         raise DagnatsError(f"cannot read {args.input_file}: {err.strerror}") from None
 
 
-def _parse_input(text: str | None) -> Any:
+def _parse_input(text: str | None, what: str) -> Any:
+    """``text`` as a JSON value; refused before anything is sent if it is not plain JSON."""
     if text is None:
         return None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as err:
         raise InvalidInput(f"not valid JSON ({err.msg} at position {err.pos}); "
                            "quote strings as JSON, e.g. '\"World\"'") from None
     except RecursionError:
-        raise InvalidInput("nested too deeply") from None
+        raise InvalidInput(f"{what}: nested deeper than {MAX_DEPTH} levels") from None
+    # json.loads takes NaN, Infinity and 1e999, which JSON has not: they would be stored as null.
+    return check_json_value(value, what)
 
 
 # ---- commands -----------------------------------------------------------------------
@@ -254,7 +258,7 @@ def cmd_workflow_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_run_start(args: argparse.Namespace) -> int:
-    data = _parse_input(_input_text(args))
+    data = _parse_input(_input_text(args), "run input")
 
     async def go(client: Client) -> int:
         run_id = await client.start(args.name, data, idempotency_key=args.idempotency_key)
@@ -341,7 +345,7 @@ def cmd_run_wait(args: argparse.Namespace) -> int:
 
 
 def cmd_run_signal(args: argparse.Namespace) -> int:
-    data = _parse_input(args.data)
+    data = _parse_input(args.data, "signal data")
     result = _call(args, lambda c: c.signal(args.run_id, args.name, data))
     _print_json(result) if args.json else print(f"Signal sent: {args.name}")
     return 0
@@ -351,7 +355,7 @@ def cmd_event_publish(args: argparse.Namespace) -> int:
     from dagnats.domain.identifiers import check_identifier
 
     check_identifier("event name", args.name)
-    data = _parse_input(args.data)
+    data = _parse_input(args.data, "event data")
     seq = _call(args, lambda c: c.publish_event(args.name, data))
     _print_json({"event": args.name, "seq": seq}) if args.json else print(f"Event published: {args.name} (seq {seq})")
     return 0

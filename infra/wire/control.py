@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from dagnats.domain import errors as errs
+from dagnats.domain.values import MAX_DEPTH
 
 from .names import API_PREFIX
 
@@ -115,6 +116,8 @@ def decode_request(op: str, data: bytes) -> Request:
         raise errs.InvalidRequest(op, str(err)) from None
     except msgspec.DecodeError as err:
         raise errs.InvalidRequest(op, f"not valid JSON: {err}") from None
+    except RecursionError:  # the decoder recurses per level; values may nest MAX_DEPTH deep
+        raise errs.InvalidRequest(op, f"nested too deeply (a value may nest at most {MAX_DEPTH} levels)") from None
 
 
 def encode_result(value: Any) -> bytes:
