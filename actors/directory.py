@@ -43,8 +43,9 @@ FINISHED_MEMORY = 10_000
 class RunDirectory(pykka.ThreadingActor):
     use_daemon_thread = True
 
-    def __init__(self, ports: Ports, timers: Any, max_live: int = 512,
-                 quarantine_retry: float = QUARANTINE_RETRY) -> None:
+    def __init__(
+        self, ports: Ports, timers: Any, max_live: int = 512, quarantine_retry: float = QUARANTINE_RETRY
+    ) -> None:
         super().__init__()
         self.ports, self.timers, self.max_live = ports, timers, max_live
         self.quarantine_retry = quarantine_retry
@@ -135,8 +136,13 @@ class RunDirectory(pykka.ThreadingActor):
         self.actors.pop(message.run_id, None)
         count = self.crashes[message.run_id] = self.crashes.get(message.run_id, 0) + 1
         if count == QUARANTINE_AFTER:
-            log.error("run %s quarantined after %d crashes (last: %s); its facts wait %gs between tries",
-                      message.run_id, count, message.error, self.quarantine_retry)
+            log.error(
+                "run %s quarantined after %d crashes (last: %s); its facts wait %gs between tries",
+                message.run_id,
+                count,
+                message.error,
+                self.quarantine_retry,
+            )
 
 
 def _starts_run(message: Deliver) -> bool:

@@ -6,8 +6,8 @@ to acknowledge (True) or redeliver (False) the messages they came from.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from dagnats.domain.actions import StartTimer
 from dagnats.domain.events import Event

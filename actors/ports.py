@@ -7,8 +7,9 @@ only the calling actor until the loop has done the work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable, Protocol
+from typing import Protocol
 
 from dagnats.domain.actions import DropTask, EnqueueTask, StartTimer
 from dagnats.domain.errors import WrongLastSequence
@@ -85,8 +86,17 @@ class Ports(Protocol):
     # The largest encoded history record (and task) the server takes.
     max_record_bytes: int
 
-    def record(self, run_id: str, events: list[Event], body: bytes, expected_seq: int, msg_id: str,
-               tasks: list[EnqueueTask], timers: list[StartTimer], trace_parent: str) -> int:
+    def record(
+        self,
+        run_id: str,
+        events: list[Event],
+        body: bytes,
+        expected_seq: int,
+        msg_id: str,
+        tasks: list[EnqueueTask],
+        timers: list[StartTimer],
+        trace_parent: str,
+    ) -> int:
         """Append one record (``events``, encoded as ``body``), publish its tasks and arm its
         timers, all concurrently; the record's sequence (raises WrongLastSequence, after the
         tasks and timers went out: a decision that did not happen dispatches at most a

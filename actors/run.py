@@ -80,8 +80,9 @@ class Plan:
 class RunActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
-    def __init__(self, run_id: str, ports: Ports, directory: Any, timers: Any,
-                 fresh: bool = False, recovering: bool = False) -> None:
+    def __init__(
+        self, run_id: str, ports: Ports, directory: Any, timers: Any, fresh: bool = False, recovering: bool = False
+    ) -> None:
         super().__init__()
         self.run_id, self.fresh, self.recovering = run_id, fresh, recovering
         self.ports, self.directory, self.timers = ports, directory, timers
@@ -203,11 +204,23 @@ class RunActor(pykka.ThreadingActor):
         substitute = unrecordable(fact, record.size, limit)
         replaced = self._evolve(run, substitute, now) if substitute is not None else None
         if replaced is None or replaced.size > limit:
-            log.error("run %s: dropping %s %s: its record would be %d bytes, over the limit of %d",
-                      self.run_id, fact.type, fact.id, record.size, limit)
+            log.error(
+                "run %s: dropping %s %s: its record would be %d bytes, over the limit of %d",
+                self.run_id,
+                fact.type,
+                fact.id,
+                record.size,
+                limit,
+            )
             return None
-        log.warning("run %s: %s %s is too large to record (%d bytes); recorded %s instead",
-                    self.run_id, fact.type, fact.id, record.size, replaced.events[0].type)
+        log.warning(
+            "run %s: %s %s is too large to record (%d bytes); recorded %s instead",
+            self.run_id,
+            fact.type,
+            fact.id,
+            record.size,
+            replaced.events[0].type,
+        )
         return replaced
 
     def _write(self, plan: Plan) -> bool:
@@ -217,8 +230,16 @@ class RunActor(pykka.ThreadingActor):
             timers = [a for a in record.actions if isinstance(a, StartTimer)]
             msg_id = f"{self.run_id}.{record.events[0].id}"
             try:
-                seq = self.ports.record(self.run_id, record.events, record.body(), self.last_seq, msg_id, tasks,
-                                        timers, record.run.trace_parent)
+                seq = self.ports.record(
+                    self.run_id,
+                    record.events,
+                    record.body(),
+                    self.last_seq,
+                    msg_id,
+                    tasks,
+                    timers,
+                    record.run.trace_parent,
+                )
             except WrongLastSequence as conflict:
                 log.info("run %s: history moved past %d; refolding", self.run_id, self.last_seq)
                 if not self._refold() and conflict.duplicate:
@@ -301,4 +322,3 @@ class RunActor(pykka.ThreadingActor):
         self.ports.state.forget(self.run_id)
         self.directory.tell(Passivated(self.run_id, self.run.is_terminal))
         self.stop()
-

@@ -25,7 +25,7 @@ import os
 import secrets
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from nats.js import api
 
@@ -38,10 +38,10 @@ from dagnats.domain.events import (
     format_timestamp,
 )
 from dagnats.infra.client import Client
+from dagnats.infra.tracing import new_trace_parent
 from dagnats.infra.wire.headers import MSG_ID, TRACEPARENT
 from dagnats.infra.wire.names import HISTORY_STREAM, INBOX_STREAM, RUNS_BUCKET, TASK_STREAM
 from dagnats.infra.wire.subjects import inbox_subject
-from dagnats.infra.tracing import new_trace_parent
 
 from .load import closed_loop
 from .procs import PYTHON, REPO, Child, CpuMeter, Processes, proc_status, rss_mb
@@ -90,8 +90,11 @@ class EngineUnderTest:
         self.client = await Client(url, timeout=10).connect()
         js = self.client.nc.jetstream()
         self._observer = await js.subscribe(
-            "history.>", stream=HISTORY_STREAM, ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.NEW, cb=self._on_record,
+            "history.>",
+            stream=HISTORY_STREAM,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.NEW,
+            cb=self._on_record,
         )
         await self.client.register(CHAIN3)
         self.stored_def = await self.client.workflow(CHAIN3["name"])
@@ -109,7 +112,7 @@ class EngineUnderTest:
         if _TERMINAL_MARK not in msg.data:
             return
         arrived = time.perf_counter()
-        future = self.waiting.get(msg.subject[len("history."):])
+        future = self.waiting.get(msg.subject[len("history.") :])
         if future is None or future.done():
             return
         for event in decode_record(msg.data):
@@ -127,9 +130,14 @@ class EngineUnderTest:
 
     async def _publish_start(self, run_id: str, n: int) -> None:
         trace_parent = new_trace_parent()
-        event = Event(type=WORKFLOW_STARTED, run_id=run_id, timestamp=format_timestamp(datetime.now(timezone.utc)),
-                      payload={"workflow_def": self.stored_def, "input": {"n": n}},
-                      trace_parent=trace_parent, id="workflow.started")
+        event = Event(
+            type=WORKFLOW_STARTED,
+            run_id=run_id,
+            timestamp=format_timestamp(datetime.now(UTC)),
+            payload={"workflow_def": self.stored_def, "input": {"n": n}},
+            trace_parent=trace_parent,
+            id="workflow.started",
+        )
         headers = {MSG_ID: f"{run_id}.workflow.started", TRACEPARENT: trace_parent}
         await self.client.nc.jetstream().publish(inbox_subject(run_id), EVENT_ENCODER.encode(event), headers=headers)
 
@@ -168,10 +176,16 @@ class EngineUnderTest:
                 gaps.setdefault(f"{label} -> {name}", []).append(stamp - previous)
                 previous, label = stamp, name
             gaps.setdefault(f"{label} -> terminal record seen", []).append(wall_observed - previous)
-        return [{"hop": hop, "count": len(values), "p50_ms": round(statistics.median(values) * 1000, 2),
-                 "p90_ms": round(sorted(values)[int(0.9 * (len(values) - 1))] * 1000, 2),
-                 "max_ms": round(max(values) * 1000, 2)}
-                for hop, values in gaps.items()]
+        return [
+            {
+                "hop": hop,
+                "count": len(values),
+                "p50_ms": round(statistics.median(values) * 1000, 2),
+                "p90_ms": round(sorted(values)[int(0.9 * (len(values) - 1))] * 1000, 2),
+                "max_ms": round(max(values) * 1000, 2),
+            }
+            for hop, values in gaps.items()
+        ]
 
     def check_alive(self) -> None:
         self.engine.check_alive()
@@ -183,29 +197,53 @@ class EngineUnderTest:
         status = proc_status(self.engine.pid)
         live = (await self.client.engine_status())["engine"]
         return {
-            "rss_mb": round(status["VmRSS"] / 1024, 1), "hwm_mb": round(status["VmHWM"] / 1024, 1),
-            "threads": status["Threads"], "live_runs": live["live_runs"],
+            "rss_mb": round(status["VmRSS"] / 1024, 1),
+            "hwm_mb": round(status["VmHWM"] / 1024, 1),
+            "threads": status["Threads"],
+            "live_runs": live["live_runs"],
             "worker_rss_mb": rss_mb(self.worker.pid),
         }
 
     async def writes_per_run(self) -> dict:
         """Messages ever stored per stream (its last sequence) per run started, all batches."""
         js = self.client.nc.jetstream()
-        streams = {"history appends": HISTORY_STREAM, "inbox facts": INBOX_STREAM,
-                   "task publishes": TASK_STREAM, "snapshot puts": f"KV_{RUNS_BUCKET}"}
+        streams = {
+            "history appends": HISTORY_STREAM,
+            "inbox facts": INBOX_STREAM,
+            "task publishes": TASK_STREAM,
+            "snapshot puts": f"KV_{RUNS_BUCKET}",
+        }
         counts = {label: (await js.stream_info(name)).state.last_seq for label, name in streams.items()}
         counts["total"] = sum(counts.values())
-        return {"runs_started": self._serial,
-                **{label: round(n / max(1, self._serial), 2) for label, n in counts.items()}}
+        return {
+            "runs_started": self._serial,
+            **{label: round(n / max(1, self._serial), 2) for label, n in counts.items()},
+        }
 
     def cpu_meter(self) -> CpuMeter:
-        return CpuMeter({"nats-server": self.server.pid, "engine": self.engine.pid,
-                         "worker": self.worker.pid, "client (bench)": os.getpid()})
+        return CpuMeter(
+            {
+                "nats-server": self.server.pid,
+                "engine": self.engine.pid,
+                "worker": self.worker.pid,
+                "client (bench)": os.getpid(),
+            }
+        )
 
 
-async def engine_bench(procs: Processes, server, *, runs: int, sequential_runs: int, concurrency: int,
-                       second_batch_concurrency: int | None, warmup: int, max_seconds: float,
-                       direct_batch: bool = True, profiler=None) -> dict:
+async def engine_bench(
+    procs: Processes,
+    server,
+    *,
+    runs: int,
+    sequential_runs: int,
+    concurrency: int,
+    second_batch_concurrency: int | None,
+    warmup: int,
+    max_seconds: float,
+    direct_batch: bool = True,
+    profiler=None,
+) -> dict:
     """Warm-up, batch 1, memory, unloaded runs, batch 2, memory, and the direct-start batch."""
     async with EngineUnderTest(procs, server) as eng:
         result: dict = {"memory": {"idle_after_start": await eng.memory(settle=1.0)}}

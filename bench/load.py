@@ -9,8 +9,7 @@ from collections.abc import Awaitable, Callable
 from .stats import latency_summary, rate
 
 
-async def closed_loop(one: Callable[[], Awaitable[float]], runs: int, concurrency: int,
-                      max_seconds: float) -> dict:
+async def closed_loop(one: Callable[[], Awaitable[float]], runs: int, concurrency: int, max_seconds: float) -> dict:
     """`runs` runs, `concurrency` in flight at a time; throughput and latency.
 
     A run that fails or times out is counted, not retried; no new run starts
@@ -34,7 +33,11 @@ async def closed_loop(one: Callable[[], Awaitable[float]], runs: int, concurrenc
     await asyncio.gather(*(lane() for _ in range(concurrency)))
     elapsed = time.perf_counter() - began
     return {
-        "concurrency": concurrency, "runs": len(latencies), "failed": len(failures),
-        "first_failures": failures[:3], "elapsed_s": round(elapsed, 2),
-        "runs_per_s": rate(len(latencies), elapsed), **latency_summary(latencies),
+        "concurrency": concurrency,
+        "runs": len(latencies),
+        "failed": len(failures),
+        "first_failures": failures[:3],
+        "elapsed_s": round(elapsed, 2),
+        "runs_per_s": rate(len(latencies), elapsed),
+        **latency_summary(latencies),
     }

@@ -57,8 +57,14 @@ class Child:
     def start(self) -> Child:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=REPO, env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         return self
 
@@ -177,7 +183,4 @@ class CpuMeter:
 
     def read(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self._start
-        return {
-            name: round((cpu_seconds(pid) - self._cpu[name]) / elapsed * 100, 1)
-            for name, pid in self.pids.items()
-        }
+        return {name: round((cpu_seconds(pid) - self._cpu[name]) / elapsed * 100, 1) for name, pid in self.pids.items()}

@@ -55,9 +55,24 @@ class Profiler:
         for mode, flags in MODES.items():
             with open(self.path(mode, ".log"), "wb") as log:
                 self.procs[mode] = subprocess.Popen(
-                    [binary, "record", "--pid", str(pid), "--format", "raw", "--threads", "--full-filenames",
-                     "--nonblocking", *flags, "--output", str(self.path(mode))],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    [
+                        binary,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--format",
+                        "raw",
+                        "--threads",
+                        "--full-filenames",
+                        "--nonblocking",
+                        *flags,
+                        "--output",
+                        str(self.path(mode)),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
 
     def stop(self) -> dict:
@@ -143,8 +158,11 @@ def summarise(raw: str, path: str = "", top: int = 15) -> dict:
     if not total:
         return {"samples": 0, "raw_file": path}
     return {
-        "samples": total, "raw_file": path,
-        "threads": shares(threads, 8), "self": shares(leaf), "inclusive": shares(inclusive, 25),
+        "samples": total,
+        "raw_file": path,
+        "threads": shares(threads, 8),
+        "self": shares(leaf),
+        "inclusive": shares(inclusive, 25),
         "packages": shares(packages, 12),
         "sites": {kind: shares(sites[kind], 6, threads[kind]) for kind, _ in threads.most_common(4)},
     }

@@ -29,7 +29,6 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 
 from dagnats.infra.engine.streams import ensure_resources
-
 from dagnats.infra.wire.names import HISTORY_STREAM, INBOX_STREAM, TASK_STREAM
 
 from .load import closed_loop
@@ -37,10 +36,16 @@ from .procs import PYTHON, CpuMeter, Processes
 from .stats import latency_summary, rate
 
 # About the size of an engine task or fact (ids, attempt, trace parent, input).
-PAYLOAD = msgspec.json.encode({
-    "run_id": "0" * 32, "step_id": "step", "attempt": 1, "task": "noop",
-    "traceparent": "00-" + "0" * 32 + "-" + "0" * 16 + "-01", "input": {"n": 1, "text": "x" * 64},
-})
+PAYLOAD = msgspec.json.encode(
+    {
+        "run_id": "0" * 32,
+        "step_id": "step",
+        "attempt": 1,
+        "task": "noop",
+        "traceparent": "00-" + "0" * 32 + "-" + "0" * 16 + "-01",
+        "input": {"n": 1, "text": "x" * 64},
+    }
+)
 PULL_TIMEOUT = 5.0
 DRIVER_BATCH = 256  # as the engine's inbox consumer
 
@@ -79,19 +84,27 @@ async def round_trips(url: str, loops: int, trips_per_loop: int, max_seconds: fl
         began = time.perf_counter()
         await asyncio.gather(*(loop(i) for i in range(loops)))
         elapsed = time.perf_counter() - began
-        return {"loops": loops, "trips_per_s": rate(len(latencies), elapsed),
-                "elapsed_s": round(elapsed, 2), **latency_summary(latencies)}
+        return {
+            "loops": loops,
+            "trips_per_s": rate(len(latencies), elapsed),
+            "elapsed_s": round(elapsed, 2),
+            **latency_summary(latencies),
+        }
     finally:
         await nc.close()
 
 
 async def _trip_consumers(js, i: int):
     task_sub = await js.pull_subscribe(
-        f"task.rt.l{i}", durable=f"rt-task-{i}", stream=TASK_STREAM,
+        f"task.rt.l{i}",
+        durable=f"rt-task-{i}",
+        stream=TASK_STREAM,
         config=api.ConsumerConfig(ack_wait=30),
     )
     history_sub = await js.pull_subscribe(
-        f"history.rt-l{i}", durable=f"rt-history-{i}", stream=HISTORY_STREAM,
+        f"history.rt-l{i}",
+        durable=f"rt-history-{i}",
+        stream=HISTORY_STREAM,
         config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.NEW),
     )
     return task_sub, history_sub
@@ -115,8 +128,12 @@ async def publish_rate(url: str, publishers: int, per_publisher: int, max_second
         began = time.perf_counter()
         await asyncio.gather(*(publisher(i) for i in range(publishers)))
         elapsed = time.perf_counter() - began
-        return {"publishers": publishers, "publishes_per_s": rate(len(latencies), elapsed),
-                "elapsed_s": round(elapsed, 2), **latency_summary(latencies)}
+        return {
+            "publishers": publishers,
+            "publishes_per_s": rate(len(latencies), elapsed),
+            "elapsed_s": round(elapsed, 2),
+            **latency_summary(latencies),
+        }
     finally:
         await nc.close()
 
@@ -143,7 +160,9 @@ class RawLoop:
         )
         await asyncio.to_thread(self.worker.wait_for, "raw worker ready", 30)
         self.sub = await self.js.pull_subscribe(
-            "inbox.>", durable="raw-driver", stream=INBOX_STREAM,
+            "inbox.>",
+            durable="raw-driver",
+            stream=INBOX_STREAM,
             config=api.ConsumerConfig(ack_wait=30, max_ack_pending=50_000, max_deliver=-1),
         )
         self._running = True
@@ -161,7 +180,7 @@ class RawLoop:
         while self._running:
             try:
                 msgs = await self.sub.fetch(DRIVER_BATCH, timeout=1.0)
-            except (asyncio.TimeoutError, NatsTimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 continue
             for msg in msgs:
                 task = asyncio.create_task(self._on_result(msg))
@@ -195,8 +214,17 @@ class RawLoop:
         return finished - began
 
 
-async def raw_loop(procs: Processes, server, name: str, *, runs: int, sequential_runs: int,
-                   concurrency: int, warmup: int, max_seconds: float) -> dict:
+async def raw_loop(
+    procs: Processes,
+    server,
+    name: str,
+    *,
+    runs: int,
+    sequential_runs: int,
+    concurrency: int,
+    warmup: int,
+    max_seconds: float,
+) -> dict:
     """The raw 3-step loop: loaded (`concurrency` in flight) and unloaded (one at a time)."""
     async with RawLoop(procs, server.url, name) as loop:
         one = lambda: loop.run_once(timeout=30)  # noqa: E731

@@ -37,7 +37,9 @@ class RawWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.js.pull_subscribe(
-            TASK_FILTER, durable=CONSUMER, stream=TASK_STREAM,
+            TASK_FILTER,
+            durable=CONSUMER,
+            stream=TASK_STREAM,
             config=api.ConsumerConfig(ack_wait=30, max_ack_pending=10_000, max_deliver=-1),
         )
         print("raw worker ready", flush=True)
@@ -48,7 +50,7 @@ class RawWorker:
                 continue
             try:
                 msgs = await sub.fetch(self.free, timeout=FETCH_TIMEOUT)
-            except (asyncio.TimeoutError, NatsTimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 continue
             self.free -= len(msgs)
             for msg in msgs:

@@ -41,10 +41,30 @@ from bench.profile import Profiler  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
-FULL = dict(publishes=1000, trips=1000, loops=100, trips_per_loop=50, raw_runs=2000, runs=1000,
-            sequential_runs=200, warmup=20, concurrency=100, second_batch_concurrency=200)
-QUICK = dict(publishes=200, trips=200, loops=100, trips_per_loop=10, raw_runs=400, runs=200,
-             sequential_runs=50, warmup=20, concurrency=100, second_batch_concurrency=200)
+FULL = dict(
+    publishes=1000,
+    trips=1000,
+    loops=100,
+    trips_per_loop=50,
+    raw_runs=2000,
+    runs=1000,
+    sequential_runs=200,
+    warmup=20,
+    concurrency=100,
+    second_batch_concurrency=200,
+)
+QUICK = dict(
+    publishes=200,
+    trips=200,
+    loops=100,
+    trips_per_loop=10,
+    raw_runs=400,
+    runs=200,
+    sequential_runs=50,
+    warmup=20,
+    concurrency=100,
+    second_batch_concurrency=200,
+)
 PHASES = ("substrate", "raw", "raw-default", "engine", "raw-again")
 PHASE_SECONDS = 300.0  # no phase may take longer than this
 LOAD_SECONDS = 180.0  # no new run starts after this long in one load
@@ -54,10 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="dagnats benchmark: engine vs. raw JetStream loop")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run (~1 min)")
     parser.add_argument("--out", type=Path, help="also write the JSON results here")
-    parser.add_argument("--profile", action="store_true",
-                        help="sample the engine with py-spy during engine batch 1 (slows the engine)")
-    parser.add_argument("--only", choices=list(PHASES), action="append",
-                        help="run only these phases (repeatable); default all")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the engine with py-spy during engine batch 1 (slows the engine)"
+    )
+    parser.add_argument(
+        "--only", choices=list(PHASES), action="append", help="run only these phases (repeatable); default all"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
     return parser.parse_args(argv)
 
@@ -82,23 +104,36 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict, 
         server = procs.server("substrate", sync_always=True)
         sub = results["substrate"] = {"sync": "always"}
         sub["publish_sequential"] = await phase(
-            "publish, 1 at a time", lambda: raw.publish_rate(server.url, 1, size["publishes"], 30))
+            "publish, 1 at a time", lambda: raw.publish_rate(server.url, 1, size["publishes"], 30)
+        )
         sub["publish_concurrent"] = await phase(
-            "publish, 100 at a time", lambda: raw.publish_rate(server.url, 100, size["publishes"] // 10, 30))
+            "publish, 100 at a time", lambda: raw.publish_rate(server.url, 100, size["publishes"] // 10, 30)
+        )
         sub["round_trip_sequential"] = await phase(
-            "round trips, 1 loop", lambda: raw.round_trips(server.url, 1, size["trips"], 60))
+            "round trips, 1 loop", lambda: raw.round_trips(server.url, 1, size["trips"], 60)
+        )
         sub["round_trip_concurrent"] = await phase(
-            "round trips, 100 loops",
-            lambda: raw.round_trips(server.url, size["loops"], size["trips_per_loop"], 60))
+            "round trips, 100 loops", lambda: raw.round_trips(server.url, size["loops"], size["trips_per_loop"], 60)
+        )
         procs.stop(server)
 
     async def raw_phase(name: str, sync: str, key: str) -> None:
         if name not in wanted:
             return
         server = procs.server(name, sync_always=sync == "always")
-        value = await phase(f"{name}: raw 3-step loop, sync {sync}", lambda: raw.raw_loop(
-            procs, server, name, runs=size["raw_runs"], sequential_runs=size["sequential_runs"],
-            concurrency=size["concurrency"], warmup=size["warmup"], max_seconds=LOAD_SECONDS))
+        value = await phase(
+            f"{name}: raw 3-step loop, sync {sync}",
+            lambda: raw.raw_loop(
+                procs,
+                server,
+                name,
+                runs=size["raw_runs"],
+                sequential_runs=size["sequential_runs"],
+                concurrency=size["concurrency"],
+                warmup=size["warmup"],
+                max_seconds=LOAD_SECONDS,
+            ),
+        )
         if value is not None:
             results.setdefault("raw_loop", {})[key] = {"sync": sync, **value}
         procs.stop(server)
@@ -108,17 +143,28 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict, 
     if "engine" in wanted:
         server = procs.server("engine", sync_always=True)
         profiler = Profiler(RESULTS / f"profile-{stamp}") if args.profile else None
-        value = await phase("engine", lambda: engine_bench(
-            procs, server, runs=size["runs"], sequential_runs=size["sequential_runs"],
-            concurrency=size["concurrency"], second_batch_concurrency=size["second_batch_concurrency"],
-            warmup=size["warmup"], max_seconds=LOAD_SECONDS, profiler=profiler))
+        value = await phase(
+            "engine",
+            lambda: engine_bench(
+                procs,
+                server,
+                runs=size["runs"],
+                sequential_runs=size["sequential_runs"],
+                concurrency=size["concurrency"],
+                second_batch_concurrency=size["second_batch_concurrency"],
+                warmup=size["warmup"],
+                max_seconds=LOAD_SECONDS,
+                profiler=profiler,
+            ),
+        )
         if profiler is not None:
             profiler.stop()  # no-op unless the phase failed while it was sampling
         if value is not None:
             results["engine"] = {
-                "sync": "always", "profiled": bool(args.profile),
+                "sync": "always",
+                "profiled": bool(args.profile),
                 "completion_observed_by": "one ordered push consumer on history.> in the bench process "
-                                          "(no requests to the engine)",
+                "(no requests to the engine)",
                 **value,
             }
         procs.stop(server)
@@ -138,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="dagnats-bench-"))
     procs = Processes(work_dir)
     size = QUICK if args.quick else FULL
-    results: dict = {"machine": machine.describe(), "settings": {"quick": args.quick, **size},
-                     "errors": []}
+    results: dict = {"machine": machine.describe(), "settings": {"quick": args.quick, **size}, "errors": []}
     try:
         asyncio.run(run_phases(args, procs, results, stamp))
     finally:

@@ -58,7 +58,7 @@ class WorkflowBuilder:
 
     @property
     def name(self) -> str:
-        return self._doc["name"]
+        return str(self._doc["name"])
 
     def __repr__(self) -> str:
         return f"WorkflowBuilder({self.name!r}, {len(self._steps)} steps)"
@@ -75,8 +75,9 @@ class WorkflowBuilder:
         """Wall-clock limit of a whole run."""
         return self._set("timeout", self._ns("timeout", duration))
 
-    def with_default_retry(self, policy: RetryPolicy | Mapping[str, Any] | None = None,
-                           **fields: Any) -> WorkflowBuilder:
+    def with_default_retry(
+        self, policy: RetryPolicy | Mapping[str, Any] | None = None, **fields: Any
+    ) -> WorkflowBuilder:
         """Retry policy of every step without its own ``retry``; it takes precedence over ``retries``."""
         return self._set("default_retry", self._policy("default_retry", policy, fields))
 
@@ -85,18 +86,19 @@ class WorkflowBuilder:
 
     def with_singleton(self, mode: str, key: str = "") -> WorkflowBuilder:
         if mode not in ("skip", "cancel"):
-            raise self._error(f"singleton mode must be \"skip\" or \"cancel\" (got {mode!r})")
+            raise self._error(f'singleton mode must be "skip" or "cancel" (got {mode!r})')
         config = {"mode": mode, "key": self._path("singleton key", key)} if key else {"mode": mode}
         return self._set("singleton", config)
 
-    def cancel_on(self, event: str, left: str | None = None, op: str = "eq",
-                  right: str | None = None, timeout: Any = None) -> WorkflowBuilder:
+    def cancel_on(
+        self, event: str, left: str | None = None, op: str = "eq", right: str | None = None, timeout: Any = None
+    ) -> WorkflowBuilder:
         """Cancel the run when ``event`` arrives (and ``left`` of the event equals ``right``)."""
         entry: dict[str, Any] = {"event": self._identifier("cancel_on event", event)}
         if (left is None) != (right is None):
             raise self._error(f"cancel_on {event!r}: give both left and right, or neither")
         if left is not None:
-            entry["match"] = self._match(f"cancel_on {event!r}", Match(left=left, op=op, right=right))
+            entry["match"] = self._match(f"cancel_on {event!r}", Match(left=left, op=op, right=str(right)))
         if timeout is not None:
             entry["timeout"] = self._ns(f"cancel_on {event!r}: timeout", timeout)
         self._doc.setdefault("cancel_on", []).append(entry)
@@ -104,8 +106,13 @@ class WorkflowBuilder:
 
     def with_concurrency(self, max_runs: int = 0, max_steps: int = 0) -> WorkflowBuilder:
         """Runs of this workflow at once, steps at once in a run: validated, not enforced yet."""
-        return self._set("concurrency", {"max_runs": self._count("concurrency.max_runs", max_runs),
-                                         "max_steps": self._count("concurrency.max_steps", max_steps)})
+        return self._set(
+            "concurrency",
+            {
+                "max_runs": self._count("concurrency.max_runs", max_runs),
+                "max_steps": self._count("concurrency.max_steps", max_steps),
+            },
+        )
 
     def with_priority(self, key: str, rules: Mapping[str, int], default_offset: int = 0) -> WorkflowBuilder:
         """Order queued runs by the value at ``key`` of their input (``rules[value]`` seconds earlier
@@ -113,14 +120,17 @@ class WorkflowBuilder:
         rules = dict(rules)
         offsets = [*rules.values(), default_offset]
         if not all(isinstance(k, str) for k in rules) or any(type(o) is not int for o in offsets):
-            raise self._error(f"priority: rules must map strings to integer offsets, "
-                              f"and default_offset be an integer (got {rules!r}, {default_offset!r})")
-        return self._set("priority", {"key": self._path("priority key", key), "rules": rules,
-                                      "default_offset": default_offset})
+            raise self._error(
+                f"priority: rules must map strings to integer offsets, "
+                f"and default_offset be an integer (got {rules!r}, {default_offset!r})"
+            )
+        return self._set(
+            "priority", {"key": self._path("priority key", key), "rules": rules, "default_offset": default_offset}
+        )
 
     def with_sticky(self, strategy: str) -> WorkflowBuilder:
         if strategy not in ("soft", "hard"):
-            raise self._error(f"sticky must be \"soft\" or \"hard\" (got {strategy!r})")
+            raise self._error(f'sticky must be "soft" or "hard" (got {strategy!r})')
         return self._set("sticky", strategy)
 
     def with_max_step_error_bytes(self, limit: int) -> WorkflowBuilder:
@@ -149,8 +159,9 @@ class WorkflowBuilder:
         """A normal step: one task run by a worker."""
         return self._add(step_id, "normal", task)
 
-    def sleep(self, step_id: str, duration: Any = None, *, cron: str | None = None,
-              until_input_path: str | None = None) -> StepRef:
+    def sleep(
+        self, step_id: str, duration: Any = None, *, cron: str | None = None, until_input_path: str | None = None
+    ) -> StepRef:
         """A durable pause until a duration, the next ``cron`` time, or the time at an input path.
 
         Validated, not executed yet: ``run start`` refuses a workflow with a sleep step.
@@ -166,8 +177,9 @@ class WorkflowBuilder:
             raise self._error(f"step {step_id!r}: a sleep needs exactly one of duration, cron, until_input_path")
         return self._add(step_id, "sleep", config=config)
 
-    def wait_for_event(self, step_id: str, event: str, match: Match | Mapping[str, str] | None = None,
-                       *, timeout: Any) -> StepRef:
+    def wait_for_event(
+        self, step_id: str, event: str, match: Match | Mapping[str, str] | None = None, *, timeout: Any
+    ) -> StepRef:
         """Wait until ``event`` arrives whose ``match.left`` equals ``match.right``, or time out.
 
         Validated, not executed yet: ``run start`` refuses a workflow with this step type.
@@ -178,15 +190,18 @@ class WorkflowBuilder:
         config["timeout"] = self._ns(f"step {step_id!r}: timeout", timeout)
         return self._add(step_id, "wait_for_event", config=config)
 
-    def approval(self, step_id: str, subject: str, timeout: Any, description: str = "",
-                 metadata: Mapping[str, str] | None = None) -> StepRef:
+    def approval(
+        self, step_id: str, subject: str, timeout: Any, description: str = "", metadata: Mapping[str, str] | None = None
+    ) -> StepRef:
         """A human gate, approved or rejected before ``timeout``.
 
         Validated, not executed yet: ``run start`` refuses a workflow with an approval
         step, and there is no command to approve or reject.
         """
-        config: dict[str, Any] = {"subject": self._text("subject", subject),
-                                  "timeout": self._ns(f"step {step_id!r}: timeout", timeout)}
+        config: dict[str, Any] = {
+            "subject": self._text("subject", subject),
+            "timeout": self._ns(f"step {step_id!r}: timeout", timeout),
+        }
         if description:
             config["description"] = self._text("description", description)
         if metadata is not None:
@@ -211,8 +226,16 @@ class WorkflowBuilder:
         config = {"max_items": self._count(f"step {step_id!r}: max_items", max_items, 1)}
         return self._add(step_id, "map", task, config=config)
 
-    def agent_loop(self, step_id: str, task: str, max_iterations: int | None = None, max_duration: Any = None,
-                   loop_delay: Any = None, budget_warn_at: int = 0, budget_force_at: int = 0) -> StepRef:
+    def agent_loop(
+        self,
+        step_id: str,
+        task: str,
+        max_iterations: int | None = None,
+        max_duration: Any = None,
+        loop_delay: Any = None,
+        budget_warn_at: int = 0,
+        budget_force_at: int = 0,
+    ) -> StepRef:
         """Re-run ``task`` while it answers "continue", within the bounds given.
 
         Validated, not executed yet: ``run start`` refuses a workflow with this step type.
@@ -235,8 +258,14 @@ class WorkflowBuilder:
             metadata = self._strings(f"step {step_id!r}: metadata", metadata)
         return self._add(step_id, "agent", task, metadata=metadata)
 
-    def planner(self, step_id: str, task: str, max_steps: int, max_depth: int = 0,
-                allowed_tasks: tuple[str, ...] | list[str] = ()) -> StepRef:
+    def planner(
+        self,
+        step_id: str,
+        task: str,
+        max_steps: int,
+        max_depth: int = 0,
+        allowed_tasks: tuple[str, ...] | list[str] = (),
+    ) -> StepRef:
         """A step whose worker returns a DAG fragment for the engine to add to the run.
 
         Validated, not executed yet: ``run start`` refuses a workflow with a planner step.
@@ -269,8 +298,14 @@ class WorkflowBuilder:
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def _add(self, step_id: str, step_type: str, task: str = "", config: dict[str, Any] | None = None,
-             metadata: dict[str, str] | None = None) -> StepRef:
+    def _add(
+        self,
+        step_id: str,
+        step_type: str,
+        task: str = "",
+        config: dict[str, Any] | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> StepRef:
         self._identifier("step id", step_id)
         if step_id in self._steps:
             raise self._error(f"step {step_id!r} is already defined in workflow {self.name!r}", step_id)
@@ -306,7 +341,7 @@ class WorkflowBuilder:
 
     def _path(self, field: str, value: Any) -> str:
         if not isinstance(value, str) or not is_valid_path(value):
-            raise self._error(f"{field}: {value!r} is not a dot path such as \"data.user.id\"")
+            raise self._error(f'{field}: {value!r} is not a dot path such as "data.user.id"')
         return value
 
     def _count(self, field: str, value: Any, minimum: int = 0) -> int:
@@ -318,8 +353,10 @@ class WorkflowBuilder:
         try:
             return duration_ns(value)
         except InvalidDuration:
-            raise self._error(f"{field}: invalid duration {value!r}: expected a non-negative number of "
-                              "seconds, a timedelta or a Go-style string such as \"30s\"") from None
+            raise self._error(
+                f"{field}: invalid duration {value!r}: expected a non-negative number of "
+                'seconds, a timedelta or a Go-style string such as "30s"'
+            ) from None
 
     def _json(self, field: str, value: Any) -> Any:
         """``value`` as the JSON path would hold it (lists, not tuples); StepRefs become $refs."""
@@ -335,7 +372,8 @@ class WorkflowBuilder:
 
     def _strings(self, field: str, mapping: Mapping[str, str]) -> dict[str, str]:
         if not isinstance(mapping, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+        ):
             raise self._error(f"{field} must map strings to strings (got {mapping!r})")
         return dict(mapping)
 
@@ -345,21 +383,25 @@ class WorkflowBuilder:
         except msgspec.ValidationError as err:
             raise self._error(f"{where}: match: {err}") from None
         if parsed.op != "eq":
-            raise self._error(f"{where}: match op must be \"eq\" (got {parsed.op!r})")
-        return msgspec.to_builtins(parsed)
+            raise self._error(f'{where}: match op must be "eq" (got {parsed.op!r})')
+        built: dict[str, str] = msgspec.to_builtins(parsed)
+        return built
 
     def _policy(self, field: str, policy: Any, fields: dict[str, Any]) -> dict[str, Any]:
         if isinstance(policy, RetryPolicy):
             data = msgspec.to_builtins(policy)  # durations already in nanoseconds
         elif policy is None or isinstance(policy, Mapping):
-            data = {k: self._ns(f"{field}.{k}", v) if k in ("initial_delay", "max_delay") else v
-                    for k, v in dict(policy or {}).items()}
+            data = {
+                k: self._ns(f"{field}.{k}", v) if k in ("initial_delay", "max_delay") else v
+                for k, v in dict(policy or {}).items()
+            }
         else:
             raise self._error(f"{field} must be a RetryPolicy or a dict (got {policy!r})")
         for key, value in fields.items():
             data[key] = self._ns(f"{field}.{key}", value) if key in ("initial_delay", "max_delay") else value
         try:
-            return msgspec.to_builtins(msgspec.convert(data, RetryPolicy))
+            converted: dict[str, Any] = msgspec.to_builtins(msgspec.convert(data, RetryPolicy))
+            return converted
         except msgspec.ValidationError as err:
             raise self._error(f"{field}: {str(err).replace('Object contains unknown', 'unknown')}") from None
 
@@ -369,7 +411,7 @@ class WorkflowBuilder:
             jsonschema.validators.validator_for(value).check_schema(value)
         except jsonschema.exceptions.SchemaError as err:
             raise self._error(f"{field}: not a valid JSON Schema: {err.message}") from None
-        return value
+        return dict(value)
 
 
 def duration_ns(value: Any) -> int:
@@ -381,9 +423,7 @@ def duration_ns(value: Any) -> int:
     elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         ns = round(value * SECOND)
     else:
-        raise InvalidDuration(value, "expected seconds, a timedelta or a string such as \"30s\"")
+        raise InvalidDuration(value, 'expected seconds, a timedelta or a string such as "30s"')
     if not 0 <= ns <= _MAX_NS:
         raise InvalidDuration(value, "must be between 0 and about 292 years")
     return ns
-
-

@@ -26,9 +26,9 @@ def evaluate(cond: ParentCond, run: st.WorkflowRun) -> bool:
         return False
     left, right = output[cond.field], cond.value
     if _is_number(left) and _is_number(right):
-        return _OPS[cond.op](float(left), float(right))
+        return bool(_OPS[cond.op](float(left), float(right)))
     if isinstance(left, str) and isinstance(right, str):
-        return _OPS[cond.op](left, right)
+        return bool(_OPS[cond.op](left, right))
     if isinstance(left, bool) and isinstance(right, bool) and cond.op in ("==", "!="):
-        return _OPS[cond.op](left, right)
+        return bool(_OPS[cond.op](left, right))
     return False

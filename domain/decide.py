@@ -30,13 +30,31 @@ from .durations import HOUR, MILLISECOND, format_duration
 from .fold import INPUT_FROM_COMPENSATION, INPUT_FROM_ON_FAILURE, INPUT_FROM_PREVIOUS, INPUT_FROM_WIRING, fold
 from .identifiers import is_identifier
 from .resolve import (
-    compensation_context, failed_upstream, failure_context, handled_by, is_complete, ready_steps, resolve_input,
+    compensation_context,
+    failed_upstream,
+    failure_context,
+    handled_by,
+    is_complete,
+    ready_steps,
+    resolve_input,
     run_output,
 )
 from .retry import calculate_delay, may_retry, resolve_retry_policy
 from .timers import (
-    DEADLINE, RETRY, STEP_TIMEOUT, STICKY_CHECK, STICKY_CHECK_NS, STICKY_FALLBACK, STICKY_FALLBACK_NS, add_ns,
-    deadline_timer, retry_timer, step_timeout_timer, sticky_check_timer, sticky_fallback_timer, wanted_timers,
+    DEADLINE,
+    RETRY,
+    STEP_TIMEOUT,
+    STICKY_CHECK,
+    STICKY_CHECK_NS,
+    STICKY_FALLBACK,
+    STICKY_FALLBACK_NS,
+    add_ns,
+    deadline_timer,
+    retry_timer,
+    step_timeout_timer,
+    sticky_check_timer,
+    sticky_fallback_timer,
+    wanted_timers,
     watches_worker,
 )
 
@@ -49,8 +67,9 @@ INLINE_VALUE_LIMIT = 16 * 1024
 DEFAULT_MAX_MESSAGE = 1024 * 1024 - 4096
 
 
-def decide(defn: WorkflowDef, run: st.WorkflowRun, event: ev.Event, now: datetime,
-           max_message: int = DEFAULT_MAX_MESSAGE) -> list[Action]:
+def decide(
+    defn: WorkflowDef, run: st.WorkflowRun, event: ev.Event, now: datetime, max_message: int = DEFAULT_MAX_MESSAGE
+) -> list[Action]:
     if run.is_terminal or run.definition is None:
         return []
     decision = Decision(defn, run, now, max_message)
@@ -76,8 +95,9 @@ def recover(run: st.WorkflowRun, now: datetime, max_message: int = DEFAULT_MAX_M
 
 
 class Decision:
-    def __init__(self, defn: WorkflowDef, run: st.WorkflowRun, now: datetime,
-                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(
+        self, defn: WorkflowDef, run: st.WorkflowRun, now: datetime, max_message: int = DEFAULT_MAX_MESSAGE
+    ) -> None:
         self.defn, self.run, self.now, self.max_message = defn, run, now, max_message
         self.stamp = ev.format_timestamp(now)
         self.actions: list[Action] = []
@@ -88,12 +108,17 @@ class Decision:
 
     # ---- recording ---------------------------------------------------------------
 
-    def append(self, cls: type[ev.EventBase], step_id: str = "", attempt: int = 0, payload: Any = None,
-               event_id: str = "") -> None:
+    def append(
+        self, cls: type[ev.EventBase], step_id: str = "", attempt: int = 0, payload: Any = None, event_id: str = ""
+    ) -> None:
         fields: dict[str, Any] = {"payload": payload} if payload is not None else {}
         event = cls(
-            run_id=self.run.run_id, step_id=step_id, timestamp=self.stamp, trace_parent=self.run.trace_parent,
-            attempt=attempt, id=event_id or ev.fact_id(cls.__struct_config__.tag, step_id, attempt),  # type: ignore[arg-type]
+            run_id=self.run.run_id,
+            step_id=step_id,
+            timestamp=self.stamp,
+            trace_parent=self.run.trace_parent,
+            attempt=attempt,
+            id=event_id or ev.fact_id(cls.__struct_config__.tag, step_id, attempt),  # type: ignore[arg-type]
             **fields,
         )
         self.run = fold(self.run, event)  # type: ignore[arg-type]
@@ -108,12 +133,19 @@ class Decision:
         recorded = ev.Queued(task=step.task, input=data)
         if input_from and size > INLINE_VALUE_LIMIT:
             recorded = ev.Queued(task=step.task, input_from=input_from)
-        if size > self.max_message - TASK_ENVELOPE:
+        limit = self.max_message - TASK_ENVELOPE
+        if size > limit:
             # No task message can carry it: fail the step (permanently) rather than hang.
             self.append(ev.StepQueued, step.id, attempt, ev.Queued(task=step.task, input=None))
-            self.append(ev.StepFailed, step.id, attempt, ev.Failure(
-                error=f"input of {size} bytes is too large for a task message (limit {self.max_message - TASK_ENVELOPE})",
-                failure_type=ev.FailureType.PERMANENT.value))
+            self.append(
+                ev.StepFailed,
+                step.id,
+                attempt,
+                ev.Failure(
+                    error=f"input of {size} bytes is too large for a task message (limit {limit})",
+                    failure_type=ev.FailureType.PERMANENT.value,
+                ),
+            )
             self.handle_failure(step.id)
             return
         self.append(ev.StepQueued, step.id, attempt, recorded)
@@ -128,9 +160,15 @@ class Decision:
 
     def task_for(self, step: StepDef, attempt: int, data: Any, sticky: bool = True) -> EnqueueTask:
         payload = ev.TaskPayload(
-            task_id=f"{self.run.run_id}.{step.id}", run_id=self.run.run_id, step_id=step.id,
-            attempt=attempt, input=data, task=step.task, workflow_name=self.defn.name,
-            timeout_ns=int(step.timeout), traceparent=self.run.trace_parent,
+            task_id=f"{self.run.run_id}.{step.id}",
+            run_id=self.run.run_id,
+            step_id=step.id,
+            attempt=attempt,
+            input=data,
+            task=step.task,
+            workflow_name=self.defn.name,
+            timeout_ns=int(step.timeout),
+            traceparent=self.run.trace_parent,
         )
         return EnqueueTask(task=step.task, payload=payload, group=self._group(step, sticky))
 
@@ -185,8 +223,12 @@ class Decision:
         if step.type not in EXECUTED_STEP_TYPES:
             # Started before the API refused such workflows, or written by hand: fail, never hang.
             self.append(ev.StepQueued, step.id, 1, ev.Queued(task=step.task))
-            self.append(ev.StepFailed, step.id, 1, ev.Failure(error=unsupported_step_type(step),
-                                                              failure_type=ev.FailureType.PERMANENT.value))
+            self.append(
+                ev.StepFailed,
+                step.id,
+                1,
+                ev.Failure(error=unsupported_step_type(step), failure_type=ev.FailureType.PERMANENT.value),
+            )
             self.handle_failure(step.id)
             return True
         self.dispatch(step, 1, data, input_from=INPUT_FROM_WIRING)
@@ -213,27 +255,38 @@ class Decision:
             return
         step = self.steps[step_id]
         policy = resolve_retry_policy(self.defn, step)
-        if state.failure_type != ev.FailureType.PERMANENT.value and may_retry(policy, state.attempts):
+        if (
+            policy is not None
+            and state.failure_type != ev.FailureType.PERMANENT.value
+            and may_retry(policy, state.attempts)
+        ):
             self.schedule_retry(step, state, retry_after_ns or calculate_delay(policy, state.attempts))
             return
         self.failed_for_good(step, state)
 
     def schedule_retry(self, step: StepDef, state: st.StepState, delay_ns: int) -> None:
         due = self.after(delay_ns)
-        self.append(ev.StepRetryScheduled, step.id, state.attempts,
-                    ev.RetryScheduled(retry_at=due, delay_ms=delay_ns // MILLISECOND, error=state.error))
+        self.append(
+            ev.StepRetryScheduled,
+            step.id,
+            state.attempts,
+            ev.RetryScheduled(retry_at=due, delay_ms=delay_ns // MILLISECOND, error=state.error),
+        )
         self.actions.append(retry_timer(step.id, state.attempts, due))
 
     def failed_for_good(self, step: StepDef, state: st.StepState) -> None:
         """No retry left: compensation, on_failure, optional, saga, or a failed run."""
         if self.run.status == st.RunStatus.COMPENSATING and step.id in self._compensation_targets():
-            self.append(ev.WorkflowCompensateFailed,
-                        payload=ev.RunEnd(error=f"compensation step {step.id} failed: {state.error}"))
+            self.append(
+                ev.WorkflowCompensateFailed,
+                payload=ev.RunEnd(error=f"compensation step {step.id} failed: {state.error}"),
+            )
             return
         handled = self._handled_by(step.id)
         if handled is not None:
-            self.fail_run(handled, self.run.step(handled),
-                          suffix=f"; its on_failure step {step.id} failed too: {state.error}")
+            self.fail_run(
+                handled, self.run.step(handled), suffix=f"; its on_failure step {step.id} failed too: {state.error}"
+            )
             return
         if step.on_failure:
             self._run_handler(step, state)
@@ -245,8 +298,11 @@ class Decision:
 
     def fail_run(self, step_id: str, state: st.StepState, suffix: str = "") -> None:
         attempts = f" after {state.attempts} attempts" if state.attempts > 1 else ""
-        self.append(ev.WorkflowFailed, step_id=step_id,
-                    payload=ev.RunEnd(error=f"step {step_id} failed{attempts}: {state.error}{suffix}"))
+        self.append(
+            ev.WorkflowFailed,
+            step_id=step_id,
+            payload=ev.RunEnd(error=f"step {step_id} failed{attempts}: {state.error}{suffix}"),
+        )
 
     def worker_lost(self, step: StepDef, state: st.StepState) -> None:
         """The worker holding a soft-sticky step is gone: run the step elsewhere now.
@@ -255,11 +311,19 @@ class Decision:
         failed and the next one goes to any worker.
         """
         error = f"worker {state.worker_id} running the step is gone"
-        self.append(ev.StepFailed, step.id, state.attempts,
-                    ev.Failure(error=error, failure_type=ev.FailureType.TRANSIENT.value, worker_lost=True),
-                    event_id=f"{step.id}.{state.attempts}.worker_lost")
-        self.append(ev.StepRetryScheduled, step.id, state.attempts,
-                    ev.RetryScheduled(retry_at=self.stamp, delay_ms=0, error=error))
+        self.append(
+            ev.StepFailed,
+            step.id,
+            state.attempts,
+            ev.Failure(error=error, failure_type=ev.FailureType.TRANSIENT.value, worker_lost=True),
+            event_id=f"{step.id}.{state.attempts}.worker_lost",
+        )
+        self.append(
+            ev.StepRetryScheduled,
+            step.id,
+            state.attempts,
+            ev.RetryScheduled(retry_at=self.stamp, delay_ms=0, error=error),
+        )
         self.drop_tasks(step, state.attempts)
         self.retry(step, state.attempts + 1, sticky=False)
 
@@ -289,10 +353,7 @@ class Decision:
         return [self.steps[s].compensate for s in self.run.compensation]
 
     def _start_saga(self, step: StepDef, state: st.StepState) -> bool:
-        done = [
-            s for s in self.defn.steps
-            if s.compensate and self.run.step(s.id).status == st.StepStatus.COMPLETED
-        ]
+        done = [s for s in self.defn.steps if s.compensate and self.run.step(s.id).status == st.StepStatus.COMPLETED]
         if not done:
             return False
         done.sort(key=lambda s: self.run.step(s.id).completed_order, reverse=True)
@@ -301,8 +362,10 @@ class Decision:
             if s.compensate not in seen:
                 seen.add(s.compensate)
                 chain.append(s.id)
-        self.append(ev.WorkflowCompensating,
-                    payload=ev.Compensation(chain=tuple(chain), trigger_step=step.id, trigger_error=state.error))
+        self.append(
+            ev.WorkflowCompensating,
+            payload=ev.Compensation(chain=tuple(chain), trigger_step=step.id, trigger_error=state.error),
+        )
         self.compensate_next()
         return True
 
@@ -313,11 +376,14 @@ class Decision:
             if status == st.StepStatus.COMPLETED:
                 continue
             if status == st.StepStatus.PENDING:
-                self.dispatch(target, 1, compensation_context(self.defn, self.run, target.id),
-                              input_from=INPUT_FROM_COMPENSATION)
+                self.dispatch(
+                    target, 1, compensation_context(self.defn, self.run, target.id), input_from=INPUT_FROM_COMPENSATION
+                )
             return
-        self.append(ev.WorkflowCompensated, payload=ev.RunEnd(
-            error=f"step {self.run.trigger_step} failed: {self.run.trigger_error}; compensated"))
+        self.append(
+            ev.WorkflowCompensated,
+            payload=ev.RunEnd(error=f"step {self.run.trigger_step} failed: {self.run.trigger_error}; compensated"),
+        )
 
 
 # ---- handlers, one per event type ---------------------------------------------------------
@@ -366,14 +432,21 @@ def _on_timer(d: Decision, event: ev.TimerFired) -> None:
     state = d.run.step(fire.step_id)
     if step is None or state.attempts != fire.attempt:
         return
-    if fire.kind == RETRY and state.status == st.StepStatus.RETRYING and d.run.status in (
-            st.RunStatus.RUNNING, st.RunStatus.COMPENSATING):
+    if (
+        fire.kind == RETRY
+        and state.status == st.StepStatus.RETRYING
+        and d.run.status in (st.RunStatus.RUNNING, st.RunStatus.COMPENSATING)
+    ):
         d.retry(step, fire.attempt + 1)
     elif fire.kind == STEP_TIMEOUT and state.status in st.IN_FLIGHT_STEP_STATUSES:
         error = f"step timeout exceeded ({format_duration(int(step.timeout))})"
-        d.append(ev.StepFailed, fire.step_id, fire.attempt,
-                 ev.Failure(error=error, failure_type=ev.FailureType.TRANSIENT.value, timeout=True),
-                 event_id=f"{fire.step_id}.{fire.attempt}.timeout")
+        d.append(
+            ev.StepFailed,
+            fire.step_id,
+            fire.attempt,
+            ev.Failure(error=error, failure_type=ev.FailureType.TRANSIENT.value, timeout=True),
+            event_id=f"{fire.step_id}.{fire.attempt}.timeout",
+        )
         d.drop_tasks(step, fire.attempt)
         d.handle_failure(fire.step_id)
     elif fire.kind == STICKY_CHECK and state.status == st.StepStatus.RUNNING and state.worker_id == fire.worker_id:
@@ -411,7 +484,7 @@ def encoded_size(value: Any) -> int:
         return 0
 
 
-def _schema_problem(schema: dict | None, value: Any) -> str:
+def _schema_problem(schema: dict[str, Any] | None, value: Any) -> str:
     if schema is None:
         return ""
     import jsonschema  # imported on first use: most workflows have no schema
@@ -420,7 +493,7 @@ def _schema_problem(schema: dict | None, value: Any) -> str:
         jsonschema.validate(value, schema)
     except jsonschema.ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path)
-        return err.message + (f" (at {where})" if where else "")
+        return str(err.message) + (f" (at {where})" if where else "")
     return ""
 
 
@@ -437,8 +510,9 @@ _HANDLERS: dict[type, Any] = {
 }
 
 
-def evolve(run: st.WorkflowRun, event: ev.Event, now: datetime,
-           max_message: int = DEFAULT_MAX_MESSAGE) -> tuple[st.WorkflowRun, list[Action]]:
+def evolve(
+    run: st.WorkflowRun, event: ev.Event, now: datetime, max_message: int = DEFAULT_MAX_MESSAGE
+) -> tuple[st.WorkflowRun, list[Action]]:
     """Fold ``event``, decide, and fold the decisions: the new state and the actions."""
     folded = fold(run, event)
     if folded.definition is None or (folded is run and type(event) not in ALWAYS_DECIDE):
@@ -456,8 +530,11 @@ def _ended_timers(before: st.WorkflowRun, after: st.WorkflowRun, event: ev.Event
     """Timers the run waited on before and no longer does (the one that just fired is gone already)."""
     fired = event.payload.timer_id if isinstance(event, ev.TimerFired) else ""
     wanted = {t.timer_id for t in wanted_timers(after)}
-    return [CancelTimer(t.timer_id, t.kind, t.step_id, t.attempt)
-            for t in wanted_timers(before) if t.timer_id not in wanted and t.timer_id != fired]
+    return [
+        CancelTimer(t.timer_id, t.kind, t.step_id, t.attempt)
+        for t in wanted_timers(before)
+        if t.timer_id not in wanted and t.timer_id != fired
+    ]
 
 
 def _dropped_tasks(before: st.WorkflowRun, after: st.WorkflowRun, now: datetime) -> list[Action]:
@@ -472,15 +549,23 @@ def _dropped_tasks(before: st.WorkflowRun, after: st.WorkflowRun, now: datetime)
     return d.actions
 
 
-
 def unrecordable(fact: ev.Event, size: int, limit: int) -> ev.Event | None:
     """What to record instead of a fact whose record would be ``size`` bytes, over ``limit``:
     a step's output too large to keep fails the step (running it again cannot shrink it).
     None: nothing can stand in for it (the fact is dropped)."""
     if isinstance(fact, ev.StepCompleted):
         return ev.StepFailed(
-            run_id=fact.run_id, step_id=fact.step_id, timestamp=fact.timestamp, trace_parent=fact.trace_parent,
-            attempt=fact.attempt, worker_id=fact.worker_id, id=f"{fact.id}.too-large", started_at=fact.started_at,
-            payload=ev.Failure(error=f"output too large to record: {size} bytes with its decisions, over the "
-                                     f"limit of {limit} bytes", failure_type=ev.FailureType.PERMANENT.value))
+            run_id=fact.run_id,
+            step_id=fact.step_id,
+            timestamp=fact.timestamp,
+            trace_parent=fact.trace_parent,
+            attempt=fact.attempt,
+            worker_id=fact.worker_id,
+            id=f"{fact.id}.too-large",
+            started_at=fact.started_at,
+            payload=ev.Failure(
+                error=f"output too large to record: {size} bytes with its decisions, over the limit of {limit} bytes",
+                failure_type=ev.FailureType.PERMANENT.value,
+            ),
+        )
     return None

@@ -319,7 +319,8 @@ def encode_workflow(wf: WorkflowDef) -> bytes:
 
 
 def workflow_to_object(wf: WorkflowDef) -> dict[str, Any]:
-    return msgspec.to_builtins(wf)
+    data: dict[str, Any] = msgspec.to_builtins(wf)
+    return data
 
 
 def _explain(err: msgspec.ValidationError) -> str:

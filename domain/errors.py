@@ -27,7 +27,7 @@ class InvalidDuration(DagnatsError, ValueError):
         detail = f": {reason}" if reason else ""
         super().__init__(
             f"invalid duration {value!r}{detail} "
-            "(use a Go-style string such as \"30s\", \"1m30s\", \"250ms\" or integer nanoseconds)"
+            '(use a Go-style string such as "30s", "1m30s", "250ms" or integer nanoseconds)'
         )
 
 
@@ -145,8 +145,9 @@ class ReplyTooLarge(DagnatsError, ValueError):
 
     def __init__(self, what: str, size: int, limit: int, hint: str = "") -> None:
         self.what, self.size, self.limit = what, size, limit
-        super().__init__(f"the answer to {what} is {size} bytes, over the limit of {limit} bytes"
-                         + (f"; {hint}" if hint else ""))
+        super().__init__(
+            f"the answer to {what} is {size} bytes, over the limit of {limit} bytes" + (f"; {hint}" if hint else "")
+        )
 
 
 class RunAlreadyStarted(DagnatsError, ValueError):

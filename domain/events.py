@@ -14,9 +14,9 @@ class here, one fold rule and one transition row.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -60,7 +60,7 @@ class FailureType(str, Enum):
     RATE_LIMITED = "rate_limited"
 
     @classmethod
-    def parse(cls, value: object) -> "FailureType":
+    def parse(cls, value: object) -> FailureType:
         # The Go engine's names are accepted as aliases.
         aliases = {"non_retriable": "permanent", "retriable": "transient", "retry_after": "rate_limited"}
         text = aliases.get(str(value), str(value)) if value else "transient"
@@ -266,15 +266,30 @@ class TimerFired(EventBase, frozen=True, tag=TIMER_FIRED):
     payload: TimerFire = TimerFire()
 
 
-Event = Union[
-    WorkflowStarted, WorkflowCompleted, WorkflowFailed, WorkflowCancelled, WorkflowPauseRequested,
-    WorkflowPaused, WorkflowResumed, WorkflowCompensating, WorkflowCompensated, WorkflowCompensateFailed,
-    StepStarted, StepCompleted, StepFailed, StepContinue, StepQueued, StepRetryScheduled, StepSkipped,
-    StepRecovered, ApprovalGranted, ApprovalRejected, TimerFired,
-]
-EVENT_CLASSES: dict[str, type[EventBase]] = {
-    cls.__struct_config__.tag: cls for cls in Event.__args__  # type: ignore[attr-defined, misc]
-}
+Event = (
+    WorkflowStarted
+    | WorkflowCompleted
+    | WorkflowFailed
+    | WorkflowCancelled
+    | WorkflowPauseRequested
+    | WorkflowPaused
+    | WorkflowResumed
+    | WorkflowCompensating
+    | WorkflowCompensated
+    | WorkflowCompensateFailed
+    | StepStarted
+    | StepCompleted
+    | StepFailed
+    | StepContinue
+    | StepQueued
+    | StepRetryScheduled
+    | StepSkipped
+    | StepRecovered
+    | ApprovalGranted
+    | ApprovalRejected
+    | TimerFired
+)
+EVENT_CLASSES: dict[str, type[EventBase]] = {cls.__struct_config__.tag: cls for cls in Event.__args__}
 EVENT_TYPES = frozenset(EVENT_CLASSES)
 
 
@@ -328,15 +343,15 @@ class TaskResolution(msgspec.Struct, frozen=True, omit_defaults=True):
 
 def format_timestamp(moment: datetime) -> str:
     """RFC3339 in UTC with microseconds (Python's resolution)."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_timestamp(text: str) -> datetime:
     """Any RFC3339 instant: ours, or a Go peer's (nanoseconds, no fraction, an offset)."""
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def fact_id(event_type: str, step_id: str = "", attempt: int = 0) -> str:

@@ -14,7 +14,8 @@ so a large value is never recorded twice.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 
@@ -75,8 +76,9 @@ def _started(run: st.WorkflowRun, event: ev.WorkflowStarted) -> st.WorkflowRun:
 RunChanges = dict[str, Any]
 
 
-def _run_event(run: st.WorkflowRun, event: ev.Event,
-               mutator: Callable[[st.WorkflowRun, Any], RunChanges]) -> st.WorkflowRun:
+def _run_event(
+    run: st.WorkflowRun, event: ev.Event, mutator: Callable[[st.WorkflowRun, Any], RunChanges]
+) -> st.WorkflowRun:
     status = next_run_status(run.status, event.type)
     if status is None:
         return run
@@ -96,8 +98,9 @@ def _completed_run(run: st.WorkflowRun, event: ev.WorkflowCompleted) -> RunChang
     return {"output": output}
 
 
-def _ended(run: st.WorkflowRun, event: ev.WorkflowFailed | ev.WorkflowCompensated
-           | ev.WorkflowCompensateFailed) -> RunChanges:
+def _ended(
+    run: st.WorkflowRun, event: ev.WorkflowFailed | ev.WorkflowCompensated | ev.WorkflowCompensateFailed
+) -> RunChanges:
     return {"error": event.payload.text}
 
 
@@ -107,8 +110,11 @@ def _cancelled(run: st.WorkflowRun, event: ev.WorkflowCancelled) -> RunChanges:
 
 def _compensating(run: st.WorkflowRun, event: ev.WorkflowCompensating) -> RunChanges:
     payload = event.payload
-    return {"compensation": tuple(payload.chain), "trigger_step": payload.trigger_step,
-            "trigger_error": payload.trigger_error}
+    return {
+        "compensation": tuple(payload.chain),
+        "trigger_step": payload.trigger_step,
+        "trigger_error": payload.trigger_error,
+    }
 
 
 def _cancel_unfinished(steps: dict[str, st.StepState], at: str) -> dict[str, st.StepState]:
@@ -204,8 +210,13 @@ def _started_step(run: st.WorkflowRun, step: st.StepState, event: ev.StepStarted
 
 def _completed(run: st.WorkflowRun, step: st.StepState, event: ev.StepCompleted) -> st.StepState:
     return replace(
-        step, output=event.payload, error="", failure_type="", finished_at=event.timestamp,
-        worker_id=event.worker_id or step.worker_id, completed_order=run.completions + 1,
+        step,
+        output=event.payload,
+        error="",
+        failure_type="",
+        finished_at=event.timestamp,
+        worker_id=event.worker_id or step.worker_id,
+        completed_order=run.completions + 1,
         started_at=step.started_at or event.started_at,
     )
 
@@ -228,8 +239,9 @@ def _retry_scheduled(run: st.WorkflowRun, step: st.StepState, event: ev.StepRetr
 
 
 def _skipped(run: st.WorkflowRun, step: st.StepState, event: ev.StepSkipped) -> st.StepState:
-    return replace(step, finished_at=event.timestamp, skip_reason=event.payload.reason,
-                   skip_cascade=event.payload.cascade)
+    return replace(
+        step, finished_at=event.timestamp, skip_reason=event.payload.reason, skip_cascade=event.payload.cascade
+    )
 
 
 def _recovered(run: st.WorkflowRun, step: st.StepState, event: ev.StepRecovered) -> st.StepState:

@@ -77,7 +77,7 @@ def json_path(path: list[str | int]) -> str:
     return "".join(parts)
 
 
-class _Repeated(dict):
+class _Repeated(dict[str, Any]):
     """An object in which some key occurred twice (the last value kept, as decoders do)."""
 
     repeated: str
@@ -103,7 +103,7 @@ def _first_repeated(pairs: list[tuple[str, Any]]) -> str:
 
 def _key(token: str) -> str:
     try:
-        return json.loads(token)
+        return str(json.loads(token))
     except ValueError:
         return token
 

@@ -151,7 +151,9 @@ def compensation_context(defn: WorkflowDef, run: st.WorkflowRun, target_id: str)
     for original in run.compensation:
         if steps[original].compensate == target_id:
             return {
-                "original_step": original, "original_output": run.step(original).output,
-                "trigger_step": run.trigger_step, "trigger_error": run.trigger_error,
+                "original_step": original,
+                "original_output": run.step(original).output,
+                "trigger_step": run.trigger_step,
+                "trigger_error": run.trigger_error,
             }
     return None

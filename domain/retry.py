@@ -40,8 +40,9 @@ def calculate_delay(policy: RetryPolicy, retry_number: int) -> int:
         delay = int(min(base * growth, MAX_DELAY + 1)) if base else 0
     else:
         delay = base
-    if policy.max_delay and delay > policy.max_delay:
-        delay = int(policy.max_delay)
+    max_delay = int(policy.max_delay)  # a duration: nanoseconds once parsed
+    if max_delay and delay > max_delay:
+        delay = max_delay
     return min(max(delay, MIN_DELAY), MAX_DELAY)
 
 

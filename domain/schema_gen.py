@@ -28,7 +28,7 @@ def schema_for(tp: Any) -> dict[str, Any]:
     defs: dict[str, Any] = raw.pop("$defs", {})
     root = raw
     if set(raw) == {"$ref"} and raw["$ref"].startswith(_DEFS_PREFIX):
-        root = dict(defs[raw["$ref"][len(_DEFS_PREFIX):]])
+        root = dict(defs[raw["$ref"][len(_DEFS_PREFIX) :]])
     kept = {name: defs[name] for name in _reachable(root, defs)}
     schema = {"$schema": DRAFT, **root}
     if kept:
@@ -55,7 +55,7 @@ def _refs(node: Any) -> list[str]:
         found = []
         for key, value in node.items():
             if key == "$ref" and isinstance(value, str) and value.startswith(_DEFS_PREFIX):
-                found.append(value[len(_DEFS_PREFIX):])
+                found.append(value[len(_DEFS_PREFIX) :])
             else:
                 found.extend(_refs(value))
         return found

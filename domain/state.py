@@ -14,6 +14,7 @@ import msgspec
 
 from .definition import WorkflowDef
 
+
 class RunStatus(StrEnum):
     """A run's status; the last five are terminal."""
 
@@ -33,9 +34,15 @@ class RunStatus(StrEnum):
         return self in TERMINAL_RUN_STATUSES
 
 
-TERMINAL_RUN_STATUSES = frozenset({
-    RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.COMPENSATED, RunStatus.COMPENSATE_FAILED,
-})
+TERMINAL_RUN_STATUSES = frozenset(
+    {
+        RunStatus.COMPLETED,
+        RunStatus.FAILED,
+        RunStatus.CANCELLED,
+        RunStatus.COMPENSATED,
+        RunStatus.COMPENSATE_FAILED,
+    }
+)
 # A run in one of these still moves: its steps run, or it compensates.
 LIVE_RUN_STATUSES = frozenset({RunStatus.RUNNING, RunStatus.PAUSING, RunStatus.PAUSED, RunStatus.COMPENSATING})
 

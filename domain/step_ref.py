@@ -61,8 +61,9 @@ class StepRef:
         """Skip this step when ``parent``'s output ``field`` compares true with ``value``."""
         parent_id = self._other(parent, "skip on its own output")
         if parent_id not in self._step.get("depends_on", []):
-            raise self._fail(f"skip_if parent {parent_id!r} is not a dependency of {self.id!r}; "
-                             f"call .after({parent_id}) first")
+            raise self._fail(
+                f"skip_if parent {parent_id!r} is not a dependency of {self.id!r}; call .after({parent_id}) first"
+            )
         if op not in COMPARISON_OPS:
             raise self._fail(f"skip_if op must be one of {' '.join(COMPARISON_OPS)} (got {op!r})")
         if not isinstance(field, str) or not field:
@@ -116,16 +117,27 @@ class StepRef:
         """At most ``limit`` tasks of this step's type start per ``period``, across all runs:
         validated, not enforced yet."""
         where = f"step {self.id!r}: rate_limit"
-        return self._set("rate_limit", {"limit": self._builder._count(f"{where}.limit", limit, 1),
-                                        "period": self._builder._ns(f"{where}.period", period)})
+        return self._set(
+            "rate_limit",
+            {
+                "limit": self._builder._count(f"{where}.limit", limit, 1),
+                "period": self._builder._ns(f"{where}.period", period),
+            },
+        )
 
     def with_keyed_rate_limit(self, key: str, limit: int, period: Any, units: int = 1) -> StepRef:
         """Like with_rate_limit, one bucket per value at ``key`` of the step input; a task takes
         ``units``. Validated, not enforced yet."""
         b, where = self._builder, f"step {self.id!r}: keyed_rate_limit"
-        return self._set("keyed_rate_limit", {
-            "key": b._path(f"{where}.key", key), "limit": b._count(f"{where}.limit", limit, 1),
-            "period": b._ns(f"{where}.period", period), "units": b._count(f"{where}.units", units, 1)})
+        return self._set(
+            "keyed_rate_limit",
+            {
+                "key": b._path(f"{where}.key", key),
+                "limit": b._count(f"{where}.limit", limit, 1),
+                "period": b._ns(f"{where}.period", period),
+                "units": b._count(f"{where}.units", units, 1),
+            },
+        )
 
     def with_task_concurrency(self, n: int) -> StepRef:
         """At most ``n`` tasks of this step's type run at once, across all runs: validated, not
@@ -204,7 +216,7 @@ def ref(step: StepRef | str, path: str | None = None, default: Any = msgspec.UNS
     target = step_id if path is None else f"{step_id}.{path}"
     if not isinstance(target, str) or not is_valid_path(target):
         workflow = step._builder.name if isinstance(step, StepRef) else ""
-        raise BuilderError(workflow, f"ref: {target!r} is not \"<step-id>\" or \"<step-id>.<dot.path>\"")
+        raise BuilderError(workflow, f'ref: {target!r} is not "<step-id>" or "<step-id>.<dot.path>"')
     out: dict[str, Any] = {"$ref": target}
     if default is not msgspec.UNSET:
         out["default"] = default
@@ -217,7 +229,10 @@ def _owned(builder: WorkflowBuilder, target: Any, where: str) -> str:
         raise builder._error(f"{where}: expected a StepRef returned by the builder, got {target!r}")
     if target._builder is not builder:
         other = target._builder.name
-        owner = f"another builder of workflow {other!r}" if other == builder.name else \
-            f"workflow {other!r}, not {builder.name!r}"
+        owner = (
+            f"another builder of workflow {other!r}"
+            if other == builder.name
+            else f"workflow {other!r}, not {builder.name!r}"
+        )
         raise builder._error(f"step {target.id!r} belongs to {owner}", target.id)
     return target.id

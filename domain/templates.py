@@ -7,7 +7,8 @@ failed or was skipped; without a default such an upstream skips the step.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from . import state as st
 from .paths import PathNotFound, extract_dot_path

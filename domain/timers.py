@@ -68,8 +68,11 @@ def wanted_timers(run: st.WorkflowRun) -> list[StartTimer]:
             if step.timeout and state.started_at:
                 wanted.append(step_timeout_timer(step.id, state.attempts, add_ns(state.started_at, int(step.timeout))))
             if watches_worker(run, state) and state.started_at:
-                wanted.append(sticky_check_timer(step.id, state.attempts, add_ns(state.started_at, STICKY_CHECK_NS),
-                                                 state.worker_id))
+                wanted.append(
+                    sticky_check_timer(
+                        step.id, state.attempts, add_ns(state.started_at, STICKY_CHECK_NS), state.worker_id
+                    )
+                )
         elif state.status == st.StepStatus.QUEUED and run.definition.sticky == "soft" and run.sticky_worker:
             wanted.append(sticky_fallback_timer(step.id, state.attempts, add_ns(state.queued_at, STICKY_FALLBACK_NS)))
     return wanted
@@ -77,8 +80,9 @@ def wanted_timers(run: st.WorkflowRun) -> list[StartTimer]:
 
 def watches_worker(run: st.WorkflowRun, state: st.StepState) -> bool:
     """A soft-sticky step running on its run's worker: checked so a dead worker does not hold it."""
-    return bool(run.definition and run.definition.sticky == "soft" and state.worker_id
-                and state.worker_id == run.sticky_worker)
+    return bool(
+        run.definition and run.definition.sticky == "soft" and state.worker_id and state.worker_id == run.sticky_worker
+    )
 
 
 def fired_event(run_id: str, timer: StartTimer, trace_parent: str = "") -> TimerFired:
@@ -87,8 +91,14 @@ def fired_event(run_id: str, timer: StartTimer, trace_parent: str = "") -> Timer
     return TimerFired(
         run_id=run_id,
         timestamp=timer.due,
-        payload=TimerFire(timer_id=timer.timer_id, kind=timer.kind, step_id=timer.step_id, attempt=timer.attempt,
-                          worker_id=timer.worker_id, due=timer.due),
+        payload=TimerFire(
+            timer_id=timer.timer_id,
+            kind=timer.kind,
+            step_id=timer.step_id,
+            attempt=timer.attempt,
+            worker_id=timer.worker_id,
+            due=timer.due,
+        ),
         trace_parent=trace_parent,
         # One fact per arming: a timer re-armed for another time (a sticky check) fires anew.
         id=f"timer.{timer.timer_id}.{timer.due}",

@@ -10,13 +10,30 @@ where it is: ``step "b": depends_on: unknown step "x"``.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 
-from .definition import COMPARISON_OPS, STEP_TYPES, WORKER_STEP_TYPES, RetryPolicy, StepDef, WorkflowDef
-from .definition import AgentLoopConfig, ApprovalConfig, MapConfig, Match, PlannerConfig, RespondConfig
-from .definition import SleepConfig, SubWorkflowConfig, WaitForEventConfig, decode_workflow_strictly, parse_config
+from .definition import (
+    COMPARISON_OPS,
+    STEP_TYPES,
+    WORKER_STEP_TYPES,
+    AgentLoopConfig,
+    ApprovalConfig,
+    MapConfig,
+    Match,
+    PlannerConfig,
+    RespondConfig,
+    RetryPolicy,
+    SleepConfig,
+    StepDef,
+    SubWorkflowConfig,
+    WaitForEventConfig,
+    WorkflowDef,
+    decode_workflow_strictly,
+    parse_config,
+)
 from .durations import HOUR, format_duration
 from .errors import WorkflowInvalid
 from .identifiers import is_identifier
@@ -118,7 +135,7 @@ def _identifier(field: str, value: Any) -> Issues:
 
 def _path(field: str, value: Any) -> Issues:
     if not isinstance(value, str) or not is_valid_path(value):
-        yield f"{field}: {_q(value)} is not a dot path such as \"data.user.id\""
+        yield f'{field}: {_q(value)} is not a dot path such as "data.user.id"'
 
 
 def _within(field: str, value: Any, low: int | float, high: int | float) -> Issues:
@@ -162,7 +179,7 @@ def _workflow_issues(wf: WorkflowDef) -> Issues:
     yield from _cancel_on_issues(wf)
     if wf.singleton is not None:
         if wf.singleton.mode not in ("skip", "cancel"):
-            yield f"singleton.mode: must be \"skip\" or \"cancel\" (got {_q(wf.singleton.mode)})"
+            yield f'singleton.mode: must be "skip" or "cancel" (got {_q(wf.singleton.mode)})'
         if wf.singleton.key:
             yield from _path("singleton.key", wf.singleton.key)
     yield from _within("max_step_error_bytes", wf.max_step_error_bytes, 1, MAX_STEP_ERROR_BYTES)
@@ -182,9 +199,9 @@ def _duplicate_ids(wf: WorkflowDef) -> Issues:
 
 def _sticky_issues(wf: WorkflowDef) -> Issues:
     if wf.sticky not in ("", "soft", "hard"):
-        yield f"sticky: must be \"soft\" or \"hard\" (got {_q(wf.sticky)})"
+        yield f'sticky: must be "soft" or "hard" (got {_q(wf.sticky)})'
     elif wf.sticky == "hard" and not wf.timeout:
-        yield "sticky: \"hard\" needs a workflow timeout, or a run could wait forever for its worker"
+        yield 'sticky: "hard" needs a workflow timeout, or a run could wait forever for its worker'
     if wf.sticky:
         grouped = [step.id for step in wf.steps if step.worker_group]
         if grouped:
@@ -214,7 +231,7 @@ def _cancel_on_issues(wf: WorkflowDef) -> Issues:
             if not cancel.match.left:
                 yield f"{field}.match.left: must not be empty"
             if cancel.match.op != "eq":
-                yield f"{field}.match.op: must be \"eq\" (got {_q(cancel.match.op)})"
+                yield f'{field}.match.op: must be "eq" (got {_q(cancel.match.op)})'
             if not cancel.match.right:
                 yield f"{field}.match.right: must not be empty"
 
@@ -261,8 +278,9 @@ def _step_issues(step: StepDef, steps: dict[str, StepDef], aux: dict[str, bool])
         yield from _template_issues("input", step.input, dependencies(step))
 
 
-def _dependency_issues(field: str, step: StepDef, deps: tuple[str, ...], steps: dict[str, StepDef],
-                       aux: dict[str, bool]) -> Issues:
+def _dependency_issues(
+    field: str, step: StepDef, deps: tuple[str, ...], steps: dict[str, StepDef], aux: dict[str, bool]
+) -> Issues:
     seen: set[str] = set()
     for dep in deps:
         if dep == step.id:
@@ -285,8 +303,10 @@ def _retry_issues(field: str, policy: RetryPolicy) -> Issues:
     if policy.multiplier < 0:
         yield f"{field}.multiplier: must not be negative (got {policy.multiplier})"
     if policy.strategy == "exponential" and 0 < int(policy.max_delay) < int(policy.initial_delay):
-        yield (f"{field}.max_delay: {format_duration(int(policy.max_delay))} is shorter than "
-               f"initial_delay {format_duration(int(policy.initial_delay))}")
+        yield (
+            f"{field}.max_delay: {format_duration(int(policy.max_delay))} is shorter than "
+            f"initial_delay {format_duration(int(policy.initial_delay))}"
+        )
 
 
 def _skip_if_issues(step: StepDef) -> Issues:
@@ -311,8 +331,7 @@ def _aux_issues(field: str, step: StepDef, target: str, steps: dict[str, StepDef
     elif target not in steps:
         yield f"{field}: unknown step {_q(target)}"
     elif steps[target].depends_on or steps[target].after_any:
-        yield (f"{field}: target {_q(target)} must not have depends_on or after_any "
-               "(it runs only when triggered)")
+        yield (f"{field}: target {_q(target)} must not have depends_on or after_any (it runs only when triggered)")
 
 
 def _rate_limit_issues(step: StepDef) -> Issues:
@@ -344,10 +363,10 @@ def _template_issues(where: str, value: Any, deps: tuple[str, ...]) -> Issues:
 def _ref_issues(where: str, value: dict[str, Any], deps: tuple[str, ...]) -> Issues:
     extra = sorted(set(value) - {"$ref", "default"})
     if extra:
-        yield f"{where}: a $ref object takes only \"$ref\" and \"default\" (got {', '.join(_q(k) for k in extra)})"
+        yield f'{where}: a $ref object takes only "$ref" and "default" (got {", ".join(_q(k) for k in extra)})'
     ref = value["$ref"]
     if not isinstance(ref, str) or not is_valid_path(ref):
-        yield f"{where}.$ref: {_q(ref)} is not \"<step-id>\" or \"<step-id>.<dot.path>\""
+        yield f'{where}.$ref: {_q(ref)} is not "<step-id>" or "<step-id>.<dot.path>"'
     elif ref.split(".", 1)[0] not in deps:
         yield f"{where}.$ref: step {_q(ref.split('.', 1)[0])} is not in depends_on or after_any"
 
@@ -407,7 +426,7 @@ def _sleep(config: SleepConfig, step: StepDef, steps: dict[str, StepDef]) -> Iss
 def _wait_for_event(config: WaitForEventConfig, step: StepDef, steps: dict[str, StepDef]) -> Issues:
     yield from _identifier("config.event", config.event)
     if config.match is None:
-        yield "config.match: required ({\"left\": ..., \"op\": \"eq\", \"right\": ...})"
+        yield 'config.match: required ({"left": ..., "op": "eq", "right": ...})'
     else:
         yield from _event_match("config.match", config.match, steps)
     yield from _duration("config.timeout", int(config.timeout), required=True)
@@ -417,13 +436,13 @@ def _event_match(field: str, match: Match, steps: dict[str, StepDef]) -> Issues:
     if not match.left:
         yield f"{field}.left: must not be empty"
     if match.op != "eq":
-        yield f"{field}.op: must be \"eq\" (got {_q(match.op)})"
+        yield f'{field}.op: must be "eq" (got {_q(match.op)})'
     right = match.right
     parts = right.split(".")
     if not right:
         yield f"{field}.right: must not be empty"
     elif parts[0] not in ("step", "input") or not is_valid_path(right) or len(parts) < 2:
-        yield f"{field}.right: {_q(right)} must be \"step.<id>.output[.<path>]\" or \"input.<path>\""
+        yield f'{field}.right: {_q(right)} must be "step.<id>.output[.<path>]" or "input.<path>"'
     elif parts[0] == "step" and (len(parts) < 3 or parts[2] != "output"):
         yield f"{field}.right: {_q(right)} is malformed (expected step.<id>.output[.<path>])"
     elif parts[0] == "step" and parts[1] not in steps:

@@ -10,11 +10,13 @@ Waiting for a run costs the server no consumer (``wire.notices``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import msgspec
 import nats
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api as js_api
 
 from dagnats.domain import errors as errs
@@ -46,10 +48,15 @@ class Client:
         self.url, self.timeout = nats_url(url), timeout
         self.nc: nats.NATS | None = None
 
-    async def connect(self) -> "Client":
+    async def connect(self) -> Client:
         try:
-            self.nc = await nats.connect(server_list(self.url), connect_timeout=3, max_reconnect_attempts=3,
-                                         allow_reconnect=True, reconnect_time_wait=0.5)
+            self.nc = await nats.connect(
+                server_list(self.url),
+                connect_timeout=3,
+                max_reconnect_attempts=3,
+                allow_reconnect=True,
+                reconnect_time_wait=0.5,
+            )
         except Exception as err:
             raise EngineUnavailable(self.url, f"cannot connect to NATS ({err.__class__.__name__})") from None
         return self
@@ -58,7 +65,7 @@ class Client:
         if self.nc is not None:
             await self.nc.close()
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         return await self.connect()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -99,8 +106,15 @@ class Client:
 
     # ---- runs ------------------------------------------------------------------------------
 
-    async def start(self, workflow: str, input: Any = None, *, run_id: str | None = None,
-                    trace_parent: str | None = None, idempotency_key: str | None = None) -> str:
+    async def start(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        trace_parent: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
         """Start a run; with an idempotency key (explicit, or the workflow's dot-path into
         the input) a second start with the same key returns the first run's id. A
         ``run_id`` already taken by a different run is a RunAlreadyStarted error."""
@@ -149,8 +163,9 @@ class Client:
     async def cancel(self, run_id: str, reason: str | None = None, wait: float = 5.0) -> dict[str, Any]:
         """Cancel a run; the answer says how it ended (``status``), as seen within ``wait``
         seconds: a run that completed before the cancel took effect says ``completed``."""
-        return await self.request("run.cancel", {"run_id": run_id, "reason": reason, "wait": wait},
-                                  timeout=self.timeout + wait)
+        return await self.request(
+            "run.cancel", {"run_id": run_id, "reason": reason, "wait": wait}, timeout=self.timeout + wait
+        )
 
     async def pause(self, run_id: str) -> dict[str, Any]:
         return await self.request("run.pause", {"run_id": run_id})
@@ -193,22 +208,27 @@ class Client:
             return _finished(view, step)
 
         try:
-            return await asyncio.wait_for(await_run(self.nc, run_id, lambda: self.status(run_id), finished, step),
-                                          timeout)
-        except asyncio.TimeoutError:
+            return await asyncio.wait_for(
+                await_run(self.nc, run_id, lambda: self.status(run_id), finished, step), timeout
+            )
+        except TimeoutError:
             raise WaitTimeout(run_id, step, timeout or 0) from None
 
     async def engine_status(self) -> dict[str, Any]:
         return await self.request("status")
 
-    async def watch(self, run_id: str, idle_timeout: float | None = None) -> AsyncIterator[Event]:
+    async def watch(self, run_id: str, idle_timeout: float | None = None) -> AsyncGenerator[Event, None]:
         """Yield the run's history events from the start until the run is terminal
         (one ordered consumer for the watch's life: for a person following a run)."""
         check_identifier("run id", run_id)
         assert self.nc is not None
         js = self.nc.jetstream()
-        sub = await js.subscribe(history_subject(run_id), stream=HISTORY_STREAM, ordered_consumer=True,
-                                 deliver_policy=js_api.DeliverPolicy.ALL)
+        sub = await js.subscribe(
+            history_subject(run_id),
+            stream=HISTORY_STREAM,
+            ordered_consumer=True,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+        )
         try:
             while True:
                 msg = await sub.next_msg(timeout=idle_timeout or 3600)
@@ -220,9 +240,15 @@ class Client:
             await sub.unsubscribe()
 
 
-_TERMINAL_EVENTS = frozenset({
-    "workflow.completed", "workflow.failed", "workflow.cancelled", "workflow.compensated", "workflow.compensate_failed",
-})
+_TERMINAL_EVENTS = frozenset(
+    {
+        "workflow.completed",
+        "workflow.failed",
+        "workflow.cancelled",
+        "workflow.compensated",
+        "workflow.compensate_failed",
+    }
+)
 _STEP_ENDED = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED, StepStatus.CANCELLED, StepStatus.RECOVERED})
 _RUN_MOVING = frozenset({"running", "pausing", "paused", "compensating"})
 
@@ -255,7 +281,7 @@ class SyncClient:
         self._loop.run_until_complete(self._client.close())
         self._loop.close()
 
-    def __enter__(self) -> "SyncClient":
+    def __enter__(self) -> SyncClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -65,8 +65,9 @@ def exit_if_handlers_hang(threads: HandlerThreads | None, worker_id: str) -> Non
     if threading.current_thread() is not threading.main_thread():
         log.warning("worker %s stopped with %d task handlers still running", worker_id, hung)
         return
-    log.warning("worker %s: %d task handlers still running after the drain timeout; exiting without them",
-                worker_id, hung)
+    log.warning(
+        "worker %s: %d task handlers still running after the drain timeout; exiting without them", worker_id, hung
+    )
     _flush_before_exit()
     os._exit(0)
 

@@ -7,9 +7,10 @@ import asyncio
 import logging
 import os
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
+from nats.js.kv import KeyValue
 
 from dagnats.domain.events import format_timestamp
 
@@ -25,7 +26,7 @@ class Heartbeat:
     def __init__(self, js, worker_id: str, tasks: list[str], groups: list[str]) -> None:
         self.js, self.worker_id, self.tasks, self.groups = js, worker_id, tasks, groups
         self._task: asyncio.Task | None = None
-        self._kv = None
+        self._kv: KeyValue | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._beat(), name=f"heartbeat-{self.worker_id}")
@@ -46,14 +47,19 @@ class Heartbeat:
     async def _beat(self) -> None:
         while True:
             try:
-                self._kv = self._kv or await self.js.key_value(WORKERS_BUCKET)
-                record = WorkerRecord(self.worker_id, self.tasks, self.groups, os.getpid(), socket.gethostname(),
-                                      format_timestamp(datetime.now(timezone.utc)))
-                await self._kv.put(self.worker_id, msgspec.json.encode(record))
+                kv = self._kv = self._kv or await self.js.key_value(WORKERS_BUCKET)
+                record = WorkerRecord(
+                    self.worker_id,
+                    self.tasks,
+                    self.groups,
+                    os.getpid(),
+                    socket.gethostname(),
+                    format_timestamp(datetime.now(UTC)),
+                )
+                await kv.put(self.worker_id, msgspec.json.encode(record))
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # no bucket yet (engine not started), reconnecting, ...
                 log.debug("worker %s heartbeat failed: %s", self.worker_id, err)
                 self._kv = None
             await asyncio.sleep(HEARTBEAT)
-

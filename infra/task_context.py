@@ -28,7 +28,7 @@ import typing
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -37,6 +37,7 @@ from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from opentelemetry import propagate, trace
 
+from dagnats.domain.errors import Permanent, RateLimited
 from dagnats.domain.events import (
     STEP_COMPLETED,
     STEP_FAILED,
@@ -48,7 +49,6 @@ from dagnats.domain.events import (
     format_timestamp,
     make_event,
 )
-from dagnats.domain.errors import Permanent, RateLimited
 from dagnats.domain.identifiers import check_identifier
 
 from .wire.facts import publish_fact
@@ -154,11 +154,12 @@ class TaskRunner:
         # while (the engine needs it for timeouts and to show the step running); a
         # quick step reports its start time with its result instead: two stored
         # writes and one history append less on every such step.
-        began = format_timestamp(datetime.now(timezone.utc))
+        began = format_timestamp(datetime.now(UTC))
         started: list[asyncio.Future] = []
         delay = min(STARTED_REPORT_DELAY, payload.timeout_ns / 2e9) if payload.timeout_ns else STARTED_REPORT_DELAY
         report_start = asyncio.get_running_loop().call_later(
-            delay, lambda: started.append(asyncio.ensure_future(self._report(ctx, Outcome(STEP_STARTED), began))))
+            delay, lambda: started.append(asyncio.ensure_future(self._report(ctx, Outcome(STEP_STARTED), began)))
+        )
         try:
             outcome = await self._invoke(handler, ctx, payload)
             report_start.cancel()
@@ -206,7 +207,11 @@ class TaskRunner:
 
     async def _invoke(self, handler: TaskHandler, ctx: TaskContext, payload: TaskPayload) -> Outcome:
         parent = propagate.extract({"traceparent": ctx.trace_parent}) if ctx.trace_parent else None
-        ids = {"dagnats.run_id": ctx.run_id, "dagnats.step_id": ctx.step_id, "dagnats.attempt": ctx.attempt}
+        ids: dict[str, str | int] = {
+            "dagnats.run_id": ctx.run_id,
+            "dagnats.step_id": ctx.step_id,
+            "dagnats.attempt": ctx.attempt,
+        }
         with _tracer.start_as_current_span(
             f"executeTask {ctx.task}", context=parent, kind=trace.SpanKind.CONSUMER, attributes=ids
         ) as span:
@@ -216,8 +221,16 @@ class TaskRunner:
         if outcome.failed:
             kind, error = outcome.payload["failure_type"], outcome.payload["error"]
             level = logging.WARNING if kind == FailureType.PERMANENT.value else logging.INFO
-            log.log(level, "task %s run %s step %s attempt %d failed (%s): %s",
-                    ctx.task, ctx.run_id, ctx.step_id, ctx.attempt, kind, error)
+            log.log(
+                level,
+                "task %s run %s step %s attempt %d failed (%s): %s",
+                ctx.task,
+                ctx.run_id,
+                ctx.step_id,
+                ctx.attempt,
+                kind,
+                error,
+            )
         return outcome
 
     async def _report(self, ctx: TaskContext, outcome: Outcome, at: str = "", started_at: str = "") -> bool:
@@ -227,7 +240,7 @@ class TaskRunner:
             ctx.run_id,
             outcome.payload,
             step_id=ctx.step_id,
-            timestamp=at or format_timestamp(datetime.now(timezone.utc)),
+            timestamp=at or format_timestamp(datetime.now(UTC)),
             started_at=started_at,
             trace_parent=ctx.trace_parent,
             attempt=ctx.attempt,
@@ -238,8 +251,9 @@ class TaskRunner:
             await publish_fact(self.js, event)
         except MaxPayloadError as err:
             if not outcome.failed:  # running again cannot shrink the output
-                return await self._report(ctx, failure(f"output too large: {err}", FailureType.PERMANENT),
-                                          started_at=started_at)
+                return await self._report(
+                    ctx, failure(f"output too large: {err}", FailureType.PERMANENT), started_at=started_at
+                )
             log.warning("cannot report %s for run %s: %s", outcome.type, ctx.run_id, err)
             return False
         except Exception as err:  # noqa: BLE001 - the task is NAKed and runs again

@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 import secrets
-from typing import Iterator
+from collections.abc import Iterator
 
 _TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _configured = False
@@ -72,8 +72,9 @@ def engine_span(run_id: str, events: list) -> Iterator[str]:
         "dagnats.step_ids": ",".join(sorted({e.step_id for e in events if e.step_id})),
     }
     tracer = trace.get_tracer("dagnats.engine")
-    with tracer.start_as_current_span("dagnats.engine record", context=parent, kind=trace.SpanKind.INTERNAL,
-                                      attributes=attributes) as span:
+    with tracer.start_as_current_span(
+        "dagnats.engine record", context=parent, kind=trace.SpanKind.INTERNAL, attributes=attributes
+    ) as span:
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         yield carrier.get("traceparent", "")
@@ -83,7 +84,7 @@ def engine_span(run_id: str, events: list) -> Iterator[str]:
 def api_span(operation: str, trace_parent: str | None) -> Iterator[str]:
     """A span for a control-plane operation; yields the traceparent the run carries."""
     if not _configured:
-        yield trace_parent if valid_trace_parent(trace_parent) else new_trace_parent()
+        yield trace_parent if trace_parent and valid_trace_parent(trace_parent) else new_trace_parent()
         return
     from opentelemetry import propagate, trace
 

@@ -44,11 +44,6 @@ from dagnats.domain.identifiers import check_identifier, is_identifier
 
 from .handler_threads import HandlerThreads, exit_if_handlers_hang
 from .registry import Heartbeat
-from .wire.connection import nats_url as resolve_url
-from .wire.connection import server_list
-from .wire.names import TASK_STREAM
-from .wire.reading import more_pending
-from .wire.subjects import task_filter
 from .task_context import (
     Permanent,
     RateLimited,
@@ -58,6 +53,11 @@ from .task_context import (
     describe,
     settle,
 )
+from .wire.connection import nats_url as resolve_url
+from .wire.connection import server_list
+from .wire.names import TASK_STREAM
+from .wire.reading import more_pending
+from .wire.subjects import task_filter
 
 __all__ = ["Worker", "TaskContext", "Permanent", "RateLimited", "load_worker"]
 
@@ -137,9 +137,7 @@ class Worker:
         process alive: it exits (see handler_threads.py).
         """
         if (path := _loading.get()) is not None:
-            raise WorkerLoadError(
-                path, cause='Worker.run() called at import; guard it with if __name__ == "__main__":'
-            )
+            raise WorkerLoadError(path, cause='Worker.run() called at import; guard it with if __name__ == "__main__":')
         try:
             asyncio.run(self._run_until_signalled())
         except KeyboardInterrupt:  # a second Ctrl-C, or no signal handlers off the main thread
@@ -190,7 +188,7 @@ class Worker:
         self._subs = [
             _Subscription(task, group, handler)
             for task, handler in self._handlers.items()
-            for group in self.groups or [None]
+            for group in self._group_list()
         ]
         sticky = f"sticky-{self.worker_id}"
         if is_identifier(sticky):  # runs bound to this worker (sticky soft/hard) send tasks here
@@ -198,10 +196,12 @@ class Worker:
         await asyncio.gather(*(self._ensure(sub) for sub in self._subs))
         self._heartbeat = Heartbeat(self._js, self.worker_id, self.tasks, self.groups)
         await self._heartbeat.start()
-        self._loops = [
-            asyncio.create_task(self._consume(sub), name=f"fetch-{sub.consumer}") for sub in self._subs
-        ]
+        self._loops = [asyncio.create_task(self._consume(sub), name=f"fetch-{sub.consumer}") for sub in self._subs]
         log.info("worker %s started: %s on %s", self.worker_id, ", ".join(self.tasks), self.nats_url)
+
+    def _group_list(self) -> list[str | None]:
+        """The groups this worker consumes in; None: the task's own subject."""
+        return list(self.groups) if self.groups else [None]
 
     async def stop(self) -> None:
         """Stop fetching, let running handlers finish (up to drain_timeout), close."""
@@ -236,8 +236,7 @@ class Worker:
         """Return tasks still running after drain_timeout to the queue, for another worker."""
         if not late:
             return
-        log.warning("worker %s: %d tasks outlived the drain timeout; returning them", self.worker_id,
-                    len(late))
+        log.warning("worker %s: %d tasks outlived the drain timeout; returning them", self.worker_id, len(late))
         msgs = [self._running[task] for task in late]
         for task in late:
             task.cancel()
@@ -309,10 +308,8 @@ class Worker:
         assert sub.pull is not None
         began = time.monotonic()
         try:
-            return await asyncio.wait_for(
-                sub.pull.fetch(batch, timeout=FETCH_TIMEOUT), FETCH_TIMEOUT + STALL_MARGIN
-            )
-        except asyncio.TimeoutError:  # nats' own fetch timeout is one: no messages
+            return await asyncio.wait_for(sub.pull.fetch(batch, timeout=FETCH_TIMEOUT), FETCH_TIMEOUT + STALL_MARGIN)
+        except TimeoutError:  # nats' own fetch timeout is one: no messages
             if time.monotonic() - began >= FETCH_TIMEOUT + STALL_MARGIN:
                 raise RuntimeError(f"fetch stalled for {time.monotonic() - began:.1f} s") from None
             return []
@@ -355,8 +352,7 @@ class Worker:
         level = logging.DEBUG if text == self._last_error_logged else logging.WARNING
         self._last_error_logged = text
         if isinstance(err, (OSError, asyncio.TimeoutError)):
-            log.log(level, "worker %s: cannot reach NATS at %s (%s); retrying",
-                    self.worker_id, self.nats_url, text)
+            log.log(level, "worker %s: cannot reach NATS at %s (%s); retrying", self.worker_id, self.nats_url, text)
         else:
             log.log(level, "worker %s: NATS error: %s", self.worker_id, text)
 

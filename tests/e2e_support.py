@@ -118,8 +118,9 @@ def stop_foreign_pid(pid: int, cmdline: str, grace: float = 5.0) -> None:
 class Proc:
     """One subprocess whose stdout and stderr are drained by threads into memory."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path = ROOT,
-                 ready_line: str | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path = ROOT, ready_line: str | None = None
+    ) -> None:
         self.name, self.argv, self.env, self.cwd = name, list(argv), env, cwd
         self.ready_line = ready_line
         self.lines: collections.deque[str] = collections.deque(maxlen=2000)
@@ -130,12 +131,18 @@ class Proc:
 
     def start(self, timeout: float = 30.0) -> Proc:
         self.popen = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         for stream in (self.popen.stdout, self.popen.stderr):
-            pump = threading.Thread(target=self._pump, args=(stream,), daemon=True,
-                                    name=f"e2e-{self.name}-{self.popen.pid}")
+            pump = threading.Thread(
+                target=self._pump, args=(stream,), daemon=True, name=f"e2e-{self.name}-{self.popen.pid}"
+            )
             pump.start()
             self._pumps.append(pump)
         if self.ready_line is not None:
@@ -154,11 +161,13 @@ class Proc:
         while not self.ready.wait(0.05):
             if self.popen.poll() is not None:
                 self._join()
-                raise AssertionError(f"{self.name} exited with code {self.popen.returncode} "
-                                     f"before {self.ready_line!r}:\n{self.output}")
+                raise AssertionError(
+                    f"{self.name} exited with code {self.popen.returncode} before {self.ready_line!r}:\n{self.output}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name} did not print {self.ready_line!r} within "
-                                     f"{timeout:g} s:\n{self.output}")
+                raise AssertionError(
+                    f"{self.name} did not print {self.ready_line!r} within {timeout:g} s:\n{self.output}"
+                )
 
     @property
     def pid(self) -> int:
@@ -218,8 +227,9 @@ class Serve:
 
     READY = "engine ready"
 
-    def __init__(self, nats_url: str, *, data_dir: Path | None = None, external: bool = False,
-                 extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self, nats_url: str, *, data_dir: Path | None = None, external: bool = False, extra: Sequence[str] = ()
+    ) -> None:
         assert external or data_dir is not None, "an embedded serve needs a data dir"
         self.url, self.data_dir, self.external = nats_url, data_dir, external
         self.extra = list(extra)
@@ -299,21 +309,30 @@ class Cli:
     def __init__(self, nats_url: str, cwd: Path = ROOT) -> None:
         self.url, self.cwd = nats_url, cwd
 
-    def __call__(self, *args: str, json: bool = False, check: bool = True, timeout: float = 30.0,
-                 raw: bool = False) -> Any:
+    def __call__(
+        self, *args: str, json: bool = False, check: bool = True, timeout: float = 30.0, raw: bool = False
+    ) -> Any:
         """`Result(returncode, stdout, stderr)`, or with `json=True` the parsed stdout.
 
         `json=True` adds `--json`; with `raw=True` it still returns the Result.
         `check` fails the test on a non-zero exit, showing both streams.
         """
         argv = [*CLI, *args, *(["--json"] if json else [])]
-        done = subprocess.run(argv, check=False, env=base_env(self.url), cwd=self.cwd, capture_output=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-        result = Result(done.returncode, done.stdout.decode(errors="replace"),
-                        done.stderr.decode(errors="replace"))
+        done = subprocess.run(
+            argv,
+            check=False,
+            env=base_env(self.url),
+            cwd=self.cwd,
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        result = Result(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
         if check and result.returncode != 0:
-            raise AssertionError(f"`dagnats {' '.join(args)}` exited {result.returncode}\n"
-                                 f"stdout: {result.stdout}\nstderr: {result.stderr}")
+            raise AssertionError(
+                f"`dagnats {' '.join(args)}` exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
         if json and not raw and result.returncode == 0:
             return _json.loads(result.stdout)
         return result
@@ -414,11 +433,11 @@ w = Worker({worker_args})
 
 '''
 
-WORKER_EPILOGUE = '''
+WORKER_EPILOGUE = """
 
 if __name__ == "__main__":
     w.run()
-'''
+"""
 
 
 @dataclass
@@ -456,8 +475,13 @@ class Journal:
             elif row["phase"] == "end":
                 # The latest open execution of the same step, attempt and process.
                 for e in reversed(found):
-                    if (e.run, e.step, e.attempt, e.pid, e.end) == (row["run"], row["step"], row["attempt"],
-                                                                     row["pid"], None):
+                    if (e.run, e.step, e.attempt, e.pid, e.end) == (
+                        row["run"],
+                        row["step"],
+                        row["attempt"],
+                        row["pid"],
+                        None,
+                    ):
                         e.end = row["t"]
                         break
         return found
@@ -471,14 +495,23 @@ class WorkerProc:
 
     READY = "started:"
 
-    def __init__(self, directory: Path, nats_url: str, handlers: str, *, name: str = "worker",
-                 worker_args: str = "", journal: Path | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        nats_url: str,
+        handlers: str,
+        *,
+        name: str = "worker",
+        worker_args: str = "",
+        journal: Path | None = None,
+    ) -> None:
         self.directory, self.url, self.name = directory, nats_url, name
         self.journal = Journal(journal or directory / "journal.jsonl")
         self.path = directory / f"{name}.py"
         self.path.write_text(
             WORKER_PRELUDE.format(journal=str(self.journal.path), worker_args=worker_args)
-            + textwrap.dedent(handlers) + WORKER_EPILOGUE
+            + textwrap.dedent(handlers)
+            + WORKER_EPILOGUE
         )
         self.procs: list[Proc] = []
 
@@ -491,8 +524,9 @@ class WorkerProc:
 
     def start(self, timeout: float = 30.0) -> Proc:
         """Start one more process of this worker file; returns once its consumers exist."""
-        proc = Proc(f"worker {self.path.name}", [*CLI, "worker", str(self.path)], base_env(self.url),
-                    ready_line=self.READY)
+        proc = Proc(
+            f"worker {self.path.name}", [*CLI, "worker", str(self.path)], base_env(self.url), ready_line=self.READY
+        )
         self.procs.append(proc)
         proc.start(timeout)
         return proc
@@ -537,8 +571,13 @@ class CliCall:
     def __init__(self, cli: Cli, *args: str) -> None:
         self.args = args
         self.popen = subprocess.Popen(
-            [*CLI, *args], env=base_env(cli.url), cwd=cli.cwd, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            [*CLI, *args],
+            env=base_env(cli.url),
+            cwd=cli.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
 
     @property
@@ -579,8 +618,12 @@ def wait_inbox_drained(cli: Cli, timeout: float = 10.0) -> None:
     worker just after the handler's last journal line.
     """
     time.sleep(0.3)
-    wait_for(lambda: cli("status", json=True)["jetstream"]["streams"]["RUN_INBOX"]["messages"] == 0,
-             timeout, "the run inbox to drain", interval=0.1)
+    wait_for(
+        lambda: cli("status", json=True)["jetstream"]["streams"]["RUN_INBOX"]["messages"] == 0,
+        timeout,
+        "the run inbox to drain",
+        interval=0.1,
+    )
 
 
 # -- one engine and one worker per test module -----------------------------------------
@@ -608,22 +651,28 @@ class Env:
 
     def wait(self, run_id: str, timeout: float = 15.0) -> dict[str, Any]:
         """`dagnats run wait` until the run is terminal, then its `run status --json`."""
-        done = self.cli("run", "wait", run_id, "--timeout", str(timeout), "--json", check=False,
-                        timeout=timeout + 15)
+        done = self.cli("run", "wait", run_id, "--timeout", str(timeout), "--json", check=False, timeout=timeout + 15)
         run = self.cli.status(run_id)
         assert run["status"] in TERMINAL, f"{done}\n{run}\n{self.diagnose()}"
         return run
 
-    def rows(self, run_id: str, step: str | None = None, phase: str = "begin",
-             journal: Journal | None = None) -> list[dict[str, Any]]:
+    def rows(
+        self, run_id: str, step: str | None = None, phase: str = "begin", journal: Journal | None = None
+    ) -> list[dict[str, Any]]:
         """The journal lines of one run (and step) in one phase, in the order written."""
-        return [r for r in (journal or self.journal).rows()
-                if r["run"] == run_id and (step is None or r["step"] == step) and r["phase"] == phase]
+        return [
+            r
+            for r in (journal or self.journal).rows()
+            if r["run"] == run_id and (step is None or r["step"] == step) and r["phase"] == phase
+        ]
 
     def began(self, run_id: str, step: str, journal: Journal | None = None, timeout: float = 10.0) -> dict[str, Any]:
         """Wait until the step's handler has begun; its journal line."""
-        return wait_for(lambda: (self.rows(run_id, step, journal=journal) or [None])[0], timeout,
-                        f"step {step} of {run_id} to begin")
+        return wait_for(
+            lambda: (self.rows(run_id, step, journal=journal) or [None])[0],
+            timeout,
+            f"step {step} of {run_id} to begin",
+        )
 
     def running(self, run_id: str, step: str) -> dict[str, Any]:
         """Wait until the engine shows the step running (the worker reported step.started)."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 
 class FakeClock:
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime.now(timezone.utc)
+        self._now = start or datetime.now(UTC)
         self._mono = 1000.0
         self._due: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()

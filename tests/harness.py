@@ -8,32 +8,38 @@ so engine tests control timing (and misbehaviour) step by step.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import nats
 from nats.js import api
 
-from dagnats.domain.events import TaskPayload, fact_id, format_timestamp, make_event
-from dagnats.infra.engine.control import ControlPlane
 from dagnats.domain.errors import Unavailable
+from dagnats.domain.events import TaskPayload, fact_id, format_timestamp, make_event
 from dagnats.infra.client import Client
 from dagnats.infra.engine import Engine
+from dagnats.infra.engine.control import ControlPlane
 from dagnats.infra.wire.names import TASK_STREAM
 from dagnats.infra.wire.subjects import inbox_subject
 
 
 class EngineHarness:
-    def __init__(self, url: str, max_live: int = 512, replicas: int = 1, quarantine_retry: float = 30.0,
-                 clock: Any = None) -> None:
+    def __init__(
+        self, url: str, max_live: int = 512, replicas: int = 1, quarantine_retry: float = 30.0, clock: Any = None
+    ) -> None:
         self.url, self.max_live, self.replicas = url, max_live, replicas
         self.quarantine_retry, self.clock = quarantine_retry, clock
 
-    async def __aenter__(self) -> "EngineHarness":
+    async def __aenter__(self) -> EngineHarness:
         self.nc = await nats.connect(self.url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.5)
-        self.engine = Engine(self.nc, max_live=self.max_live, replicas=self.replicas,
-                             quarantine_retry=self.quarantine_retry, clock=self.clock)
+        self.engine = Engine(
+            self.nc,
+            max_live=self.max_live,
+            replicas=self.replicas,
+            quarantine_retry=self.quarantine_retry,
+            clock=self.clock,
+        )
         await self.engine.start()
         self.api = ControlPlane(self.nc, self.engine)
         await self.api.start()
@@ -57,7 +63,6 @@ class EngineHarness:
                 raise AssertionError(f"run {run_id} stayed {run['status']}, wanted {wanted}: {run}")
             await asyncio.sleep(0.02)
 
-
     async def wait_step(self, run_id: str, step_id: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -67,7 +72,6 @@ class EngineHarness:
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"step {step_id} stayed {run['steps'][step_id]['status']}, wanted {status}")
             await asyncio.sleep(0.02)
-
 
     async def _status(self, run_id: str, deadline: float) -> dict[str, Any]:
         """The run's status, asked again while the engine cannot answer (a node lost)."""
@@ -91,7 +95,9 @@ class FakeWorker:
     async def next(self, timeout: float = 5.0) -> tuple[TaskPayload, Any]:
         if self.sub is None:
             self.sub = await self.js.pull_subscribe(
-                f"task.{self.task}.*", durable=f"workers-{self.task}", stream=TASK_STREAM,
+                f"task.{self.task}.*",
+                durable=f"workers-{self.task}",
+                stream=TASK_STREAM,
                 config=api.ConsumerConfig(ack_wait=30),
             )
         msgs = await self.sub.fetch(1, timeout=timeout)
@@ -99,9 +105,14 @@ class FakeWorker:
 
     async def report(self, task: TaskPayload, event_type: str, payload: Any = None, msg_id: str | None = None) -> None:
         event = make_event(
-            type=event_type, run_id=task.run_id, step_id=task.step_id, attempt=task.attempt,
-            timestamp=format_timestamp(datetime.now(timezone.utc)), payload=payload,
-            trace_parent=task.traceparent, worker_id="fake-worker",
+            type=event_type,
+            run_id=task.run_id,
+            step_id=task.step_id,
+            attempt=task.attempt,
+            timestamp=format_timestamp(datetime.now(UTC)),
+            payload=payload,
+            trace_parent=task.traceparent,
+            worker_id="fake-worker",
             id=fact_id(event_type, task.step_id, task.attempt),
         )
         headers = {"Nats-Msg-Id": msg_id or f"{task.run_id}.{event.id}"}

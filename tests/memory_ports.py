@@ -10,7 +10,7 @@ FakeClock, and failures injected where a test wants them.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from dagnats.domain.actions import DropTask, EnqueueTask, StartTimer
 from dagnats.domain.errors import WrongLastSequence
@@ -128,8 +128,17 @@ class MemoryPorts:
         self.state = MemoryState()
         self.max_record_bytes = max_record_bytes
 
-    def record(self, run_id: str, events: list[Event], body: bytes, expected_seq: int, msg_id: str,
-               tasks: list[EnqueueTask], timers: list[StartTimer], trace_parent: str) -> int:
+    def record(
+        self,
+        run_id: str,
+        events: list[Event],
+        body: bytes,
+        expected_seq: int,
+        msg_id: str,
+        tasks: list[EnqueueTask],
+        timers: list[StartTimer],
+        trace_parent: str,
+    ) -> int:
         seq = self.history.append(run_id, body, expected_seq, msg_id)
         self.tasks.published += tasks
         self.timers.arm(run_id, timers, trace_parent)

@@ -10,8 +10,8 @@ followed by the decision events it caused, in order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 import msgspec
@@ -25,7 +25,7 @@ from dagnats.domain.definition import RetryPolicy, StepDef, WorkflowDef
 from dagnats.domain.durations import SECOND
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
-BASE_TIME = datetime(2025, 1, 1, tzinfo=timezone.utc)
+BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
 
 task_names = st.sampled_from(["greet", "fetch", "upper", "store"])
 json_values = st.recursive(
@@ -44,13 +44,13 @@ retry_policies = st.builds(
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _index(size: int) -> st.SearchStrategy[int]:
     """An index into a list of ``size`` items (strategies are cached: building them is costly)."""
     return st.integers(0, size - 1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _earlier_steps(index: int) -> st.SearchStrategy[list[str]]:
     return st.lists(st.sampled_from([f"s{i}" for i in range(index)]), unique=True, max_size=3)
 
@@ -60,21 +60,25 @@ _legacy_retries = st.sampled_from([0, 0, 1])
 
 
 @st.composite
-def dag_definitions(draw: st.DrawFn, max_steps: int = 6, timeouts: tuple[int, ...] = (0, 0, 30 * SECOND)) -> WorkflowDef:
+def dag_definitions(
+    draw: st.DrawFn, max_steps: int = 6, timeouts: tuple[int, ...] = (0, 0, 30 * SECOND)
+) -> WorkflowDef:
     """A valid definition of normal steps, acyclic by construction (each step depends only on earlier ones)."""
     count = draw(st.integers(1, max_steps))
     timeout = st.sampled_from(timeouts)
     steps = []
     for index in range(count):
         deps = draw(_earlier_steps(index)) if index else []
-        steps.append(StepDef(
-            id=f"s{index}",
-            task=draw(task_names),
-            depends_on=tuple(sorted(deps)),
-            timeout=draw(timeout),
-            retry=draw(_maybe_retry),
-            retries=draw(_legacy_retries),
-        ))
+        steps.append(
+            StepDef(
+                id=f"s{index}",
+                task=draw(task_names),
+                depends_on=tuple(sorted(deps)),
+                timeout=draw(timeout),
+                retry=draw(_maybe_retry),
+                retries=draw(_legacy_retries),
+            )
+        )
     return WorkflowDef(name="random-dag", steps=tuple(steps), default_retry=draw(_maybe_retry))
 
 
@@ -112,17 +116,26 @@ def at(seconds: float) -> datetime:
 
 def started_event(wf: WorkflowDef, data: Any = None, run_id: str = RUN_ID) -> ev.Event:
     return ev.make_event(
-        type=ev.WORKFLOW_STARTED, run_id=run_id, timestamp=ev.format_timestamp(BASE_TIME),
-        payload={"workflow_def": msgspec.to_builtins(wf), "input": data}, id=ev.WORKFLOW_STARTED,
+        type=ev.WORKFLOW_STARTED,
+        run_id=run_id,
+        timestamp=ev.format_timestamp(BASE_TIME),
+        payload={"workflow_def": msgspec.to_builtins(wf), "input": data},
+        id=ev.WORKFLOW_STARTED,
         trace_parent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     )
 
 
-def worker_fact(event_type: str, step_id: str, attempt: int, payload: Any = None,
-                moment: datetime = BASE_TIME, run_id: str = RUN_ID) -> ev.Event:
+def worker_fact(
+    event_type: str, step_id: str, attempt: int, payload: Any = None, moment: datetime = BASE_TIME, run_id: str = RUN_ID
+) -> ev.Event:
     return ev.make_event(
-        type=event_type, run_id=run_id, step_id=step_id, attempt=attempt, payload=payload,
-        timestamp=ev.format_timestamp(moment), worker_id="worker-1",
+        type=event_type,
+        run_id=run_id,
+        step_id=step_id,
+        attempt=attempt,
+        payload=payload,
+        timestamp=ev.format_timestamp(moment),
+        worker_id="worker-1",
         id=ev.fact_id(event_type, step_id, attempt),
     )
 
@@ -131,15 +144,24 @@ def completed(step_id: str, attempt: int, output: Any = None, moment: datetime =
     return worker_fact(ev.STEP_COMPLETED, step_id, attempt, output, moment)
 
 
-def failed(step_id: str, attempt: int, error: str = "boom", failure_type: str = "transient",
-           moment: datetime = BASE_TIME, **extra: Any) -> ev.Event:
+def failed(
+    step_id: str,
+    attempt: int,
+    error: str = "boom",
+    failure_type: str = "transient",
+    moment: datetime = BASE_TIME,
+    **extra: Any,
+) -> ev.Event:
     payload = {"error": error, "failure_type": failure_type, **extra}
     return worker_fact(ev.STEP_FAILED, step_id, attempt, payload, moment)
 
 
 def timer_fired(timer: StartTimer, moment: datetime = BASE_TIME, run_id: str = RUN_ID) -> ev.Event:
     return ev.make_event(
-        type=ev.TIMER_FIRED, run_id=run_id, step_id=timer.step_id, timestamp=ev.format_timestamp(moment),
+        type=ev.TIMER_FIRED,
+        run_id=run_id,
+        step_id=timer.step_id,
+        timestamp=ev.format_timestamp(moment),
         payload={"timer_id": timer.timer_id, "kind": timer.kind, "step_id": timer.step_id, "attempt": timer.attempt},
         id=f"timer.{timer.timer_id}",
     )
@@ -212,8 +234,9 @@ class RecordedRun:
 
 
 @st.composite
-def recorded_runs(draw: st.DrawFn, definitions: st.SearchStrategy[WorkflowDef] = dag_definitions(),
-                  max_facts: int = 30) -> RecordedRun:
+def recorded_runs(
+    draw: st.DrawFn, definitions: st.SearchStrategy[WorkflowDef] = dag_definitions(), max_facts: int = 30
+) -> RecordedRun:
     """A run driven by a random sequence of plausible facts (see the module docstring)."""
     wf = draw(definitions)
     rec = Recorder()
@@ -230,9 +253,17 @@ def recorded_runs(draw: st.DrawFn, definitions: st.SearchStrategy[WorkflowDef] =
 
 
 _OTHER_DEFINITION = WorkflowDef(name="other", steps=(StepDef(id="x", task="t"),))
-_FAILURES = st.none() | st.text(max_size=8) | st.builds(
-    ev.Failure, error=st.text(max_size=8), failure_type=st.sampled_from(["transient", "permanent", "rate_limited", "?"]),
-    retry_after_ms=json_values, timeout=st.booleans())
+_FAILURES = (
+    st.none()
+    | st.text(max_size=8)
+    | st.builds(
+        ev.Failure,
+        error=st.text(max_size=8),
+        failure_type=st.sampled_from(["transient", "permanent", "rate_limited", "?"]),
+        retry_after_ms=json_values,
+        timeout=st.booleans(),
+    )
+)
 
 
 def _payloads(event_type: str) -> st.SearchStrategy[Any]:
@@ -244,11 +275,20 @@ def _payloads(event_type: str) -> st.SearchStrategy[Any]:
     if event_type == ev.WORKFLOW_STARTED:
         return st.none() | st.just(ev.RunStart(workflow_def=_OTHER_DEFINITION, input=1))
     if event_type == ev.STEP_QUEUED:
-        return st.none() | st.builds(ev.Queued, task=task_names, input=json_values,
-                                     input_from=st.sampled_from(["", "wiring", "previous", "on_failure", "?"]))
+        return st.none() | st.builds(
+            ev.Queued,
+            task=task_names,
+            input=json_values,
+            input_from=st.sampled_from(["", "wiring", "previous", "on_failure", "?"]),
+        )
     if event_type == ev.TIMER_FIRED:
-        return st.none() | st.builds(ev.TimerFire, timer_id=st.text(max_size=8), kind=st.text(max_size=8),
-                                     step_id=st.sampled_from(["s0", "s1", ""]), attempt=st.integers(0, 5))
+        return st.none() | st.builds(
+            ev.TimerFire,
+            timer_id=st.text(max_size=8),
+            kind=st.text(max_size=8),
+            step_id=st.sampled_from(["s0", "s1", ""]),
+            attempt=st.integers(0, 5),
+        )
     return st.none()
 
 
@@ -256,12 +296,16 @@ def _payloads(event_type: str) -> st.SearchStrategy[Any]:
 def _stray(draw: st.DrawFn, step_names: tuple[str, ...]) -> ev.Event:
     event_type = draw(st.sampled_from(sorted(ev.EVENT_TYPES)))
     return ev.make_event(
-        event_type, RUN_ID, draw(_payloads(event_type)), step_id=draw(st.sampled_from(step_names + ("", "nope"))),
-        timestamp=ev.format_timestamp(at(999)), attempt=draw(st.integers(0, 5)),
+        event_type,
+        RUN_ID,
+        draw(_payloads(event_type)),
+        step_id=draw(st.sampled_from(step_names + ("", "nope"))),
+        timestamp=ev.format_timestamp(at(999)),
+        attempt=draw(st.integers(0, 5)),
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def stray_events(step_names: tuple[str, ...]) -> st.SearchStrategy[ev.Event]:
     """Any event at all about this run: worker facts, decisions, run events, odd payloads."""
     return _stray(step_names)

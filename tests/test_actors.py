@@ -4,7 +4,7 @@ passivation, supervision, quarantine, and fires of finished runs."""
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -19,7 +19,7 @@ from fakes import FakeClock
 from memory_ports import MemoryPorts
 
 CHAIN = WorkflowDef(name="chain", steps=(StepDef(id="a", task="ta"), StepDef(id="b", task="tb", depends_on=("a",))))
-STAMP = ev.format_timestamp(datetime(2025, 1, 1, tzinfo=timezone.utc))
+STAMP = ev.format_timestamp(datetime(2025, 1, 1, tzinfo=UTC))
 
 
 class Acks:
@@ -59,13 +59,20 @@ def engine():
 
 
 def start_fact(run_id: str) -> ev.Event:
-    return ev.WorkflowStarted(run_id=run_id, timestamp=STAMP, id=ev.WORKFLOW_STARTED,
-                              payload=ev.RunStart(workflow_def=CHAIN, input=run_id))
+    return ev.WorkflowStarted(
+        run_id=run_id, timestamp=STAMP, id=ev.WORKFLOW_STARTED, payload=ev.RunStart(workflow_def=CHAIN, input=run_id)
+    )
 
 
 def completed(run_id: str, step: str, output: str) -> ev.Event:
-    return ev.StepCompleted(run_id=run_id, step_id=step, attempt=1, timestamp=STAMP, payload=output,
-                            id=ev.fact_id(ev.STEP_COMPLETED, step, 1))
+    return ev.StepCompleted(
+        run_id=run_id,
+        step_id=step,
+        attempt=1,
+        timestamp=STAMP,
+        payload=output,
+        id=ev.fact_id(ev.STEP_COMPLETED, step, 1),
+    )
 
 
 def deliver(directory, acks: Acks, event: ev.Event) -> None:
@@ -99,8 +106,12 @@ def test_a_finished_run_passivates_at_once_and_its_late_timer_fires_start_no_act
     deliver(directory, acks, completed("r1", "b", "B"))
     acks.wait_for(3)
     _until(lambda: directory.ask(LiveCount()) == 0)
-    fire = ev.TimerFired(run_id="r1", timestamp=STAMP, id="timer.late",
-                         payload=ev.TimerFire(timer_id="step-timeout-b-1", kind="step_timeout", step_id="b", attempt=1))
+    fire = ev.TimerFired(
+        run_id="r1",
+        timestamp=STAMP,
+        id="timer.late",
+        payload=ev.TimerFire(timer_id="step-timeout-b-1", kind="step_timeout", step_id="b", attempt=1),
+    )
     deliver(directory, acks, fire)
     assert acks.wait_for(4)[-1] == (True, 0.5)  # acked and dropped
     assert directory.ask(LiveCount()) == 0
@@ -176,19 +187,34 @@ def test_a_liveness_check_that_finds_its_worker_alive_records_nothing_and_arms_t
     directory = start()
     acks = Acks()
     soft = WorkflowDef(name="soft", sticky="soft", steps=(StepDef(id="a", task="ta"),))
-    deliver(directory, acks, ev.WorkflowStarted(run_id="r1", timestamp=STAMP, id=ev.WORKFLOW_STARTED,
-                                                payload=ev.RunStart(workflow_def=soft)))
-    deliver(directory, acks, ev.StepStarted(run_id="r1", step_id="a", attempt=1, timestamp=STAMP, worker_id="w1",
-                                            id=ev.fact_id(ev.STEP_STARTED, "a", 1)))
+    deliver(
+        directory,
+        acks,
+        ev.WorkflowStarted(
+            run_id="r1", timestamp=STAMP, id=ev.WORKFLOW_STARTED, payload=ev.RunStart(workflow_def=soft)
+        ),
+    )
+    deliver(
+        directory,
+        acks,
+        ev.StepStarted(
+            run_id="r1", step_id="a", attempt=1, timestamp=STAMP, worker_id="w1", id=ev.fact_id(ev.STEP_STARTED, "a", 1)
+        ),
+    )
     acks.wait_for(2)
     records = len(ports.history.read_after("r1", 0))
     for n in range(10):  # twenty seconds of checks, the worker alive at each
         check = ports.timers.schedules[("r1", "sticky-check-a-1")]
-        fire = ev.TimerFired(run_id="r1", timestamp=check.due, id=f"timer.{check.timer_id}.{check.due}",
-                             payload=ev.TimerFire(timer_id=check.timer_id, kind=check.kind, step_id="a", attempt=1,
-                                                  worker_id="w1", due=check.due))
+        fire = ev.TimerFired(
+            run_id="r1",
+            timestamp=check.due,
+            id=f"timer.{check.timer_id}.{check.due}",
+            payload=ev.TimerFire(
+                timer_id=check.timer_id, kind=check.kind, step_id="a", attempt=1, worker_id="w1", due=check.due
+            ),
+        )
         clock.advance(2.0)
         deliver(directory, acks, fire)
         acks.wait_for(3 + n)
-        _until(lambda: ports.timers.schedules[("r1", "sticky-check-a-1")].due != check.due)
+        _until(lambda due=check.due: ports.timers.schedules[("r1", "sticky-check-a-1")].due != due)
     assert len(ports.history.read_after("r1", 0)) == records

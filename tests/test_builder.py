@@ -60,9 +60,9 @@ def test_version_defaults_to_1_like_the_go_builder():
 
 
 def test_example_script_prints_a_definition_that_registers(tmp_path):
-    import runpy
     import contextlib
     import io
+    import runpy
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -81,41 +81,63 @@ STEP_MODIFIERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "after_any": (lambda s, a: s.after_any(a), {"after_any": ["a"]}),
     "with_retries": (lambda s, a: s.with_retries(3), {"retries": 3}),
     "with_retry keywords": (
-        lambda s, a: s.with_retry(max_attempts=3, strategy="exponential", initial_delay=1,
-                                  max_delay="30s", multiplier=2.0),
-        {"retry": {"max_attempts": 3, "strategy": "exponential", "initial_delay": "1s",
-                   "max_delay": "30s", "multiplier": 2.0}}),
+        lambda s, a: s.with_retry(
+            max_attempts=3, strategy="exponential", initial_delay=1, max_delay="30s", multiplier=2.0
+        ),
+        {
+            "retry": {
+                "max_attempts": 3,
+                "strategy": "exponential",
+                "initial_delay": "1s",
+                "max_delay": "30s",
+                "multiplier": 2.0,
+            }
+        },
+    ),
     "with_retry RetryPolicy": (
         lambda s, a: s.with_retry(RetryPolicy(max_attempts=2, strategy="linear", initial_delay="500ms")),
-        {"retry": {"max_attempts": 2, "strategy": "linear", "initial_delay": "500ms"}}),
+        {"retry": {"max_attempts": 2, "strategy": "linear", "initial_delay": "500ms"}},
+    ),
     "with_retry dict": (
         lambda s, a: s.with_retry({"max_attempts": 2, "initial_delay": timedelta(seconds=2)}),
-        {"retry": {"max_attempts": 2, "initial_delay": 2 * S}}),
+        {"retry": {"max_attempts": 2, "initial_delay": 2 * S}},
+    ),
     "with_timeout seconds": (lambda s, a: s.with_timeout(30), {"timeout": "30s"}),
     "with_timeout float": (lambda s, a: s.with_timeout(1.5), {"timeout": "1.5s"}),
     "with_timeout timedelta": (lambda s, a: s.with_timeout(timedelta(minutes=1, seconds=30)), {"timeout": "1m30s"}),
     "with_timeout string": (lambda s, a: s.with_timeout("250ms"), {"timeout": 250_000_000}),
-    "skip_if": (lambda s, a: s.after(a).skip_if(a, "skip", "==", True),
-                {"depends_on": ["a"], "skip_if": {"step_id": "a", "field": "skip", "op": "==", "value": True}}),
-    "skip_if with a tuple value": (lambda s, a: s.after(a).skip_if(a, "tags", "!=", ("x", 1)),
-                                   {"depends_on": ["a"], "skip_if": {"step_id": "a", "field": "tags", "op": "!=",
-                                                                     "value": ["x", 1]}}),
+    "skip_if": (
+        lambda s, a: s.after(a).skip_if(a, "skip", "==", True),
+        {"depends_on": ["a"], "skip_if": {"step_id": "a", "field": "skip", "op": "==", "value": True}},
+    ),
+    "skip_if with a tuple value": (
+        lambda s, a: s.after(a).skip_if(a, "tags", "!=", ("x", 1)),
+        {"depends_on": ["a"], "skip_if": {"step_id": "a", "field": "tags", "op": "!=", "value": ["x", 1]}},
+    ),
     "optional": (lambda s, a: s.optional(), {"optional": True}),
     "with_worker_group": (lambda s, a: s.with_worker_group("gpu"), {"worker_group": "gpu"}),
-    "with_capabilities": (lambda s, a: s.with_capabilities("cuda", "fast").with_capabilities("cuda", "big"),
-                          {"required_capabilities": ["cuda", "fast", "big"]}),
-    "with_input ref": (lambda s, a: s.after(a).with_input({"id": ref(a, "user.id"), "all": a, "n": (1, 2)}),
-                       {"depends_on": ["a"],
-                        "input": {"id": {"$ref": "a.user.id"}, "all": {"$ref": "a"}, "n": [1, 2]}}),
-    "with_input default": (lambda s, a: s.after(a).with_input([a.output("x", default=None), ref(a, default={"k": 1})]),
-                           {"depends_on": ["a"], "input": [{"$ref": "a.x", "default": None},
-                                                           {"$ref": "a", "default": {"k": 1}}]}),
+    "with_capabilities": (
+        lambda s, a: s.with_capabilities("cuda", "fast").with_capabilities("cuda", "big"),
+        {"required_capabilities": ["cuda", "fast", "big"]},
+    ),
+    "with_input ref": (
+        lambda s, a: s.after(a).with_input({"id": ref(a, "user.id"), "all": a, "n": (1, 2)}),
+        {"depends_on": ["a"], "input": {"id": {"$ref": "a.user.id"}, "all": {"$ref": "a"}, "n": [1, 2]}},
+    ),
+    "with_input default": (
+        lambda s, a: s.after(a).with_input([a.output("x", default=None), ref(a, default={"k": 1})]),
+        {"depends_on": ["a"], "input": [{"$ref": "a.x", "default": None}, {"$ref": "a", "default": {"k": 1}}]},
+    ),
     "with_rate_limit": (lambda s, a: s.with_rate_limit(10, "1m"), {"rate_limit": {"limit": 10, "period": "1m"}}),
-    "with_keyed_rate_limit": (lambda s, a: s.with_keyed_rate_limit("user.id", 5, 60, units=2),
-                              {"keyed_rate_limit": {"key": "user.id", "limit": 5, "period": "60s", "units": 2}}),
+    "with_keyed_rate_limit": (
+        lambda s, a: s.with_keyed_rate_limit("user.id", 5, 60, units=2),
+        {"keyed_rate_limit": {"key": "user.id", "limit": 5, "period": "60s", "units": 2}},
+    ),
     "with_task_concurrency": (lambda s, a: s.with_task_concurrency(4), {"max_task_concurrency": 4}),
-    "with_metadata merges": (lambda s, a: s.with_metadata({"role": "x"}).with_metadata({"team": "y"}),
-                             {"metadata": {"role": "x", "team": "y"}}),
+    "with_metadata merges": (
+        lambda s, a: s.with_metadata({"role": "x"}).with_metadata({"team": "y"}),
+        {"metadata": {"role": "x", "team": "y"}},
+    ),
 }
 
 
@@ -139,40 +161,88 @@ STEP_TYPES: dict[str, tuple[Any, dict[str, Any]]] = {
     "task": (lambda b: b.task("s", "work"), {"task": "work"}),
     "sleep": (lambda b: b.sleep("s", "1m30s"), {"type": "sleep", "config": {"duration": 90 * S}}),
     "sleep cron": (lambda b: b.sleep("s", cron="0 9 * * 1"), {"type": "sleep", "config": {"cron": "0 9 * * 1"}}),
-    "sleep until": (lambda b: b.sleep("s", until_input_path="wake.at"),
-                    {"type": "sleep", "config": {"until_input_path": "wake.at"}}),
+    "sleep until": (
+        lambda b: b.sleep("s", until_input_path="wake.at"),
+        {"type": "sleep", "config": {"until_input_path": "wake.at"}},
+    ),
     "wait_for_event": (
         lambda b: b.wait_for_event("s", "paid", Match(left="order_id", op="eq", right="input.order.id"), timeout=3600),
-        {"type": "wait_for_event", "config": {"event": "paid", "timeout": 3600 * S,
-                                              "match": {"left": "order_id", "op": "eq", "right": "input.order.id"}}}),
+        {
+            "type": "wait_for_event",
+            "config": {
+                "event": "paid",
+                "timeout": 3600 * S,
+                "match": {"left": "order_id", "op": "eq", "right": "input.order.id"},
+            },
+        },
+    ),
     "wait_for_event dict match": (
-        lambda b: b.wait_for_event("s", "paid", {"left": "id", "op": "eq", "right": "step.a.output.id"},
-                                   timeout=timedelta(days=1)),
-        {"type": "wait_for_event", "config": {"event": "paid", "timeout": 86400 * S,
-                                              "match": {"left": "id", "op": "eq", "right": "step.a.output.id"}}}),
-    "approval": (lambda b: b.approval("s", "manager", "48h", description="ship it?", metadata={"team": "ops"}),
-                 {"type": "approval", "config": {"subject": "manager", "timeout": 48 * 3600 * S,
-                                                 "description": "ship it?", "metadata": {"team": "ops"}}}),
+        lambda b: b.wait_for_event(
+            "s", "paid", {"left": "id", "op": "eq", "right": "step.a.output.id"}, timeout=timedelta(days=1)
+        ),
+        {
+            "type": "wait_for_event",
+            "config": {
+                "event": "paid",
+                "timeout": 86400 * S,
+                "match": {"left": "id", "op": "eq", "right": "step.a.output.id"},
+            },
+        },
+    ),
+    "approval": (
+        lambda b: b.approval("s", "manager", "48h", description="ship it?", metadata={"team": "ops"}),
+        {
+            "type": "approval",
+            "config": {
+                "subject": "manager",
+                "timeout": 48 * 3600 * S,
+                "description": "ship it?",
+                "metadata": {"team": "ops"},
+            },
+        },
+    ),
     "sub_workflow": (lambda b: b.sub_workflow("s", "child"), {"type": "sub_workflow", "config": {"workflow": "child"}}),
-    "sub_workflow detach": (lambda b: b.sub_workflow("s", "child", detach=True),
-                            {"type": "sub_workflow", "config": {"workflow": "child", "detach": True}}),
-    "with_detach": (lambda b: b.sub_workflow("s", "child").with_detach(),
-                    {"type": "sub_workflow", "config": {"workflow": "child", "detach": True}}),
+    "sub_workflow detach": (
+        lambda b: b.sub_workflow("s", "child", detach=True),
+        {"type": "sub_workflow", "config": {"workflow": "child", "detach": True}},
+    ),
+    "with_detach": (
+        lambda b: b.sub_workflow("s", "child").with_detach(),
+        {"type": "sub_workflow", "config": {"workflow": "child", "detach": True}},
+    ),
     "map": (lambda b: b.map("s", "item"), {"type": "map", "task": "item", "config": {"max_items": 1000}}),
-    "map with_max_items": (lambda b: b.map("s", "item").with_max_items(50),
-                           {"type": "map", "task": "item", "config": {"max_items": 50}}),
-    "agent_loop": (lambda b: b.agent_loop("s", "think", max_iterations=5, max_duration="10m", loop_delay=2),
-                   {"type": "agent_loop", "task": "think",
-                    "config": {"max_iterations": 5, "max_duration": 600 * S, "loop_delay": 2 * S}}),
+    "map with_max_items": (
+        lambda b: b.map("s", "item").with_max_items(50),
+        {"type": "map", "task": "item", "config": {"max_items": 50}},
+    ),
+    "agent_loop": (
+        lambda b: b.agent_loop("s", "think", max_iterations=5, max_duration="10m", loop_delay=2),
+        {
+            "type": "agent_loop",
+            "task": "think",
+            "config": {"max_iterations": 5, "max_duration": 600 * S, "loop_delay": 2 * S},
+        },
+    ),
     "agent_loop modifiers": (
         lambda b: b.agent_loop("s", "think").with_max_iterations(5).with_max_duration(60).with_loop_delay("1s"),
-        {"type": "agent_loop", "task": "think", "config": {"max_iterations": 5, "max_duration": 60 * S,
-                                                           "loop_delay": S}}),
-    "agent": (lambda b: b.agent("s", "claude", {"role": "reviewer"}),
-              {"type": "agent", "task": "claude", "metadata": {"role": "reviewer"}}),
-    "planner": (lambda b: b.planner("s", "plan", 8, max_depth=3, allowed_tasks=["fetch", "store"]),
-                {"type": "planner", "task": "plan",
-                 "config": {"max_steps": 8, "max_depth": 3, "allowed_tasks": ["fetch", "store"]}}),
+        {
+            "type": "agent_loop",
+            "task": "think",
+            "config": {"max_iterations": 5, "max_duration": 60 * S, "loop_delay": S},
+        },
+    ),
+    "agent": (
+        lambda b: b.agent("s", "claude", {"role": "reviewer"}),
+        {"type": "agent", "task": "claude", "metadata": {"role": "reviewer"}},
+    ),
+    "planner": (
+        lambda b: b.planner("s", "plan", 8, max_depth=3, allowed_tasks=["fetch", "store"]),
+        {
+            "type": "planner",
+            "task": "plan",
+            "config": {"max_steps": 8, "max_depth": 3, "allowed_tasks": ["fetch", "store"]},
+        },
+    ),
 }
 
 
@@ -199,28 +269,47 @@ WORKFLOW_SETTINGS: dict[str, tuple[Any, dict[str, Any]]] = {
     "version": (lambda b: b.version("2.1"), {"version": "2.1"}),
     "description": (lambda b: b.description("greets"), {"description": "greets"}),
     "with_timeout": (lambda b: b.with_timeout(timedelta(hours=1)), {"timeout": "1h"}),
-    "with_default_retry": (lambda b: b.with_default_retry(max_attempts=4, strategy="fixed", initial_delay=0.25),
-                           {"default_retry": {"max_attempts": 4, "initial_delay": "250ms"}}),
+    "with_default_retry": (
+        lambda b: b.with_default_retry(max_attempts=4, strategy="fixed", initial_delay=0.25),
+        {"default_retry": {"max_attempts": 4, "initial_delay": "250ms"}},
+    ),
     "with_idempotency_key": (lambda b: b.with_idempotency_key("order.id"), {"idempotency_key": "order.id"}),
     "with_singleton": (lambda b: b.with_singleton("skip"), {"singleton": {"mode": "skip"}}),
-    "with_singleton key": (lambda b: b.with_singleton("cancel", "user.id"),
-                           {"singleton": {"mode": "cancel", "key": "user.id"}}),
+    "with_singleton key": (
+        lambda b: b.with_singleton("cancel", "user.id"),
+        {"singleton": {"mode": "cancel", "key": "user.id"}},
+    ),
     "cancel_on": (lambda b: b.cancel_on("shutdown"), {"cancel_on": [{"event": "shutdown"}]}),
     "cancel_on match timeout": (
-        lambda b: b.cancel_on("order-cancelled", left="order_id", right="input.order_id", timeout="1h")
-                   .cancel_on("shutdown"),
-        {"cancel_on": [{"event": "order-cancelled", "timeout": "1h",
-                        "match": {"left": "order_id", "op": "eq", "right": "input.order_id"}},
-                       {"event": "shutdown"}]}),
-    "with_concurrency": (lambda b: b.with_concurrency(max_runs=3, max_steps=2),
-                         {"concurrency": {"max_runs": 3, "max_steps": 2}}),
-    "with_priority": (lambda b: b.with_priority("tier", {"gold": -60, "free": 30}, default_offset=10),
-                      {"priority": {"key": "tier", "rules": {"gold": -60, "free": 30}, "default_offset": 10}}),
+        lambda b: b.cancel_on("order-cancelled", left="order_id", right="input.order_id", timeout="1h").cancel_on(
+            "shutdown"
+        ),
+        {
+            "cancel_on": [
+                {
+                    "event": "order-cancelled",
+                    "timeout": "1h",
+                    "match": {"left": "order_id", "op": "eq", "right": "input.order_id"},
+                },
+                {"event": "shutdown"},
+            ]
+        },
+    ),
+    "with_concurrency": (
+        lambda b: b.with_concurrency(max_runs=3, max_steps=2),
+        {"concurrency": {"max_runs": 3, "max_steps": 2}},
+    ),
+    "with_priority": (
+        lambda b: b.with_priority("tier", {"gold": -60, "free": 30}, default_offset=10),
+        {"priority": {"key": "tier", "rules": {"gold": -60, "free": 30}, "default_offset": 10}},
+    ),
     "with_sticky": (lambda b: b.with_sticky("soft"), {"sticky": "soft"}),
     "with_sticky hard": (lambda b: b.with_sticky("hard").with_timeout(60), {"sticky": "hard", "timeout": "1m"}),
     "with_max_step_error_bytes": (lambda b: b.with_max_step_error_bytes(1024), {"max_step_error_bytes": 1024}),
-    "with_input_schema": (lambda b: b.with_input_schema({"type": "object", "required": ["name"]}),
-                          {"input_schema": {"type": "object", "required": ["name"]}}),
+    "with_input_schema": (
+        lambda b: b.with_input_schema({"type": "object", "required": ["name"]}),
+        {"input_schema": {"type": "object", "required": ["name"]}},
+    ),
     "with_output_schema": (lambda b: b.with_output_schema({"type": "string"}), {"output_schema": {"type": "string"}}),
 }
 
@@ -252,12 +341,15 @@ def test_on_failure_and_compensate_targets_become_aux_steps():
     ship.on_failure(alert)
     wf = b.build()
     assert wf.aux_steps == {"refund": True, "alert": True}
-    assert wf == from_json([
-        {"id": "charge", "task": "charge", "compensate": "refund"},
-        {"id": "ship", "task": "ship", "depends_on": ["charge"], "on_failure": "alert"},
-        {"id": "refund", "task": "refund"},
-        {"id": "alert", "task": "alert"},
-    ], name="saga")
+    assert wf == from_json(
+        [
+            {"id": "charge", "task": "charge", "compensate": "refund"},
+            {"id": "ship", "task": "ship", "depends_on": ["charge"], "on_failure": "alert"},
+            {"id": "refund", "task": "refund"},
+            {"id": "alert", "task": "alert"},
+        ],
+        name="saga",
+    )
 
 
 def test_to_json_and_from_json_round_trip():
@@ -273,11 +365,15 @@ def test_to_json_and_from_json_round_trip():
 def test_to_dict_is_the_json_document_and_a_copy():
     b = hello_pipeline()
     doc = b.to_dict()
-    assert doc == {"name": "hello-pipeline", "version": "1.0", "steps": [
-        {"id": "greet", "task": "greet"},
-        {"id": "uppercase", "task": "uppercase", "depends_on": ["greet"]},
-        {"id": "reverse", "task": "reverse", "depends_on": ["uppercase"]},
-    ]}
+    assert doc == {
+        "name": "hello-pipeline",
+        "version": "1.0",
+        "steps": [
+            {"id": "greet", "task": "greet"},
+            {"id": "uppercase", "task": "uppercase", "depends_on": ["greet"]},
+            {"id": "reverse", "task": "reverse", "depends_on": ["uppercase"]},
+        ],
+    }
     doc["steps"][0]["task"] = "changed"
     assert b.build().step("greet").task == "greet"
 
@@ -314,10 +410,15 @@ class Tree(msgspec.Struct):
 
 
 SCHEMA_CASES = [
-    (Order, Order(id=1, items=["a"], ship_to=Address(city="Oslo")), [{"id": "1", "items": [], "ship_to": {"city": "x"}},
-                                                                     {"id": 1, "items": []},
-                                                                     {"id": 1, "items": [], "ship_to": {"city": "x"},
-                                                                      "status": "lost"}]),
+    (
+        Order,
+        Order(id=1, items=["a"], ship_to=Address(city="Oslo")),
+        [
+            {"id": "1", "items": [], "ship_to": {"city": "x"}},
+            {"id": 1, "items": []},
+            {"id": 1, "items": [], "ship_to": {"city": "x"}, "status": "lost"},
+        ],
+    ),
     (Receipt, Receipt(total=9.5, paid=True), [{"total": "9.5", "paid": True}, {"total": 1.0}]),
     (Greeting, Greeting(name="Ada", times=2), [{"name": "Ada"}, {"name": 3, "times": 1}]),
     (Tree, Tree("root", [Tree("leaf")]), [{"label": "root", "children": [{"children": []}]}]),
@@ -373,6 +474,7 @@ def _foreign(method: str):
         _, a, _ = _two()
         other = WorkflowBuilder("other")
         getattr(a, method)(other.task("x", "work"))
+
     return act
 
 
@@ -383,7 +485,8 @@ MISUSE: dict[str, tuple[Any, str]] = {
     "compensate a foreign step": (_foreign("compensate"), "step 'x' belongs to workflow 'other', not 'this'"),
     "a foreign step of the same name": (
         lambda: _two()[1].after(WorkflowBuilder("this").task("x", "work")),
-        "step 'x' belongs to another builder of workflow 'this'"),
+        "step 'x' belongs to another builder of workflow 'this'",
+    ),
     "a foreign step in an input template": (_foreign("with_input"), "step 'x' belongs to workflow 'other'"),
     "after a string": (lambda: _two()[1].after("b"), "expected a StepRef returned by the builder, got 'b'"),
     "after itself": (lambda: (lambda a: a.after(a))(_two()[1]), "step 'a' cannot come after itself"),
@@ -405,35 +508,54 @@ MISUSE: dict[str, tuple[Any, str]] = {
     "negative timedelta": (lambda: WorkflowBuilder("wf").with_timeout(timedelta(seconds=-1)), "timeout: invalid"),
     "bad retry delay": (lambda: _two()[1].with_retry(initial_delay="1 second"), "retry.initial_delay: invalid"),
     "unknown retry field": (lambda: _two()[1].with_retry(attempts=3), "retry: unknown field `attempts`"),
-    "unknown retry strategy": (lambda: _two()[1].with_retry(strategy="random"),
-                               "retry: Invalid enum value 'random' - at `$.strategy`"),
+    "unknown retry strategy": (
+        lambda: _two()[1].with_retry(strategy="random"),
+        "retry: Invalid enum value 'random' - at `$.strategy`",
+    ),
     "negative retries": (lambda: _two()[1].with_retries(-1), "retries must be an integer >= 0"),
     "skip_if on a non-dependency": (
         lambda: (lambda b, a, s: s.skip_if(a, "ok", "==", True))(*_two()),
-        "step 'b': skip_if parent 'a' is not a dependency of 'b'; call .after(a) first"),
+        "step 'b': skip_if parent 'a' is not a dependency of 'b'; call .after(a) first",
+    ),
     "skip_if with a bad op": (
-        lambda: (lambda b, a, s: s.after(a).skip_if(a, "ok", "=", True))(*_two()), "skip_if op must be one of"),
+        lambda: (lambda b, a, s: s.after(a).skip_if(a, "ok", "=", True))(*_two()),
+        "skip_if op must be one of",
+    ),
     "skip_if value not JSON": (
-        lambda: (lambda b, a, s: s.after(a).skip_if(a, "ok", "==", object()))(*_two()), "skip_if value: not a JSON"),
-    "with_max_items on a task": (lambda: _two()[1].with_max_items(3),
-                                 "step 'a': with_max_items applies to map steps, but 'a' is a normal step"),
-    "with_max_iterations on a map": (lambda: WorkflowBuilder("wf").map("m", "t").with_max_iterations(3),
-                                     "with_max_iterations applies to agent_loop steps, but 'm' is a map step"),
+        lambda: (lambda b, a, s: s.after(a).skip_if(a, "ok", "==", object()))(*_two()),
+        "skip_if value: not a JSON",
+    ),
+    "with_max_items on a task": (
+        lambda: _two()[1].with_max_items(3),
+        "step 'a': with_max_items applies to map steps, but 'a' is a normal step",
+    ),
+    "with_max_iterations on a map": (
+        lambda: WorkflowBuilder("wf").map("m", "t").with_max_iterations(3),
+        "with_max_iterations applies to agent_loop steps, but 'm' is a map step",
+    ),
     "with_detach on a task": (lambda: _two()[1].with_detach(), "with_detach applies to sub_workflow steps"),
     "with_loop_delay on a task": (lambda: _two()[1].with_loop_delay(1), "with_loop_delay applies to agent_loop"),
     "sleep with two forms": (lambda: WorkflowBuilder("wf").sleep("s", 1, cron="* * * * *"), "exactly one of"),
     "sleep with no form": (lambda: WorkflowBuilder("wf").sleep("s"), "exactly one of"),
-    "map of zero items": (lambda: WorkflowBuilder("wf").map("m", "t", max_items=0),
-                          "step 'm': max_items must be an integer >= 1"),
-    "agent_loop of zero iterations": (lambda: WorkflowBuilder("wf").agent_loop("l", "t", max_iterations=0),
-                                      "step 'l': max_iterations must be an integer >= 1"),
-    "priority offsets": (lambda: WorkflowBuilder("wf").with_priority("tier", {"gold": "high"}),
-                         "priority: rules must map strings to integer offsets"),
-    "match op": (lambda: WorkflowBuilder("wf").wait_for_event("w", "e", Match("a", "gt", "input.b"), timeout=1),
-                 "match op must be \"eq\""),
+    "map of zero items": (
+        lambda: WorkflowBuilder("wf").map("m", "t", max_items=0),
+        "step 'm': max_items must be an integer >= 1",
+    ),
+    "agent_loop of zero iterations": (
+        lambda: WorkflowBuilder("wf").agent_loop("l", "t", max_iterations=0),
+        "step 'l': max_iterations must be an integer >= 1",
+    ),
+    "priority offsets": (
+        lambda: WorkflowBuilder("wf").with_priority("tier", {"gold": "high"}),
+        "priority: rules must map strings to integer offsets",
+    ),
+    "match op": (
+        lambda: WorkflowBuilder("wf").wait_for_event("w", "e", Match("a", "gt", "input.b"), timeout=1),
+        'match op must be "eq"',
+    ),
     "cancel_on half a match": (lambda: WorkflowBuilder("wf").cancel_on("stop", left="id"), "give both left and right"),
     "singleton mode": (lambda: WorkflowBuilder("wf").with_singleton("once"), "singleton mode must be"),
-    "sticky strategy": (lambda: WorkflowBuilder("wf").with_sticky("firm"), "sticky must be \"soft\" or \"hard\""),
+    "sticky strategy": (lambda: WorkflowBuilder("wf").with_sticky("firm"), 'sticky must be "soft" or "hard"'),
     "idempotency key": (lambda: WorkflowBuilder("wf").with_idempotency_key("a..b"), "is not a dot path"),
     "keyed rate limit key": (lambda: _two()[1].with_keyed_rate_limit("$user", 1, 1), "keyed_rate_limit.key"),
     "metadata values": (lambda: _two()[1].with_metadata({"n": 1}), "metadata must map strings to strings"),
@@ -510,12 +632,16 @@ def dags(draw: st.DrawFn) -> list[dict[str, Any]]:
     for index in range(draw(st.integers(1, 10))):
         earlier = [f"s{i}" for i in range(index)]
         deps = draw(st.lists(st.sampled_from(earlier), unique=True, max_size=3)) if earlier else []
-        steps.append({
-            "id": f"s{index}", "task": draw(st.sampled_from(["fetch", "store", "greet"])), "deps": deps,
-            "timeout": draw(st.sampled_from([None, 5, "1m", timedelta(milliseconds=250)])),
-            "retries": draw(st.sampled_from([None, 0, 2])),
-            "optional": draw(st.booleans()),
-        })
+        steps.append(
+            {
+                "id": f"s{index}",
+                "task": draw(st.sampled_from(["fetch", "store", "greet"])),
+                "deps": deps,
+                "timeout": draw(st.sampled_from([None, 5, "1m", timedelta(milliseconds=250)])),
+                "retries": draw(st.sampled_from([None, 0, 2])),
+                "optional": draw(st.booleans()),
+            }
+        )
     return steps
 
 
@@ -587,9 +713,13 @@ def test_any_graph_is_accepted_or_refused_exactly_as_its_json_twin(graph):
 @pytest.mark.parametrize("module", ["builder.py", "schema_gen.py"])
 def test_builder_modules_bring_no_io(module):
     tree = ast.parse((ROOT / "domain" / module).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.level == 0}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 0
+    }
     forbidden = {"nats", "pykka", "asyncio", "threading", "time", "uuid", "random", "logging", "opentelemetry"}
     assert not imported & forbidden

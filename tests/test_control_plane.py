@@ -16,9 +16,14 @@ def test_a_request_field_of_the_wrong_type_is_a_clear_error_not_an_internal_one(
     async def body():
         async with EngineHarness(nats_url) as h:
             errors = []
-            for op, request in (("run.list", {"limit": "x"}), ("run.list", {"limit": 0}),
-                                ("run.list", {"status": "sleepy"}), ("run.events", {"run_id": 5}),
-                                ("run.list", {"cursor": "not-one-of-ours"}), ("run.explode", {})):
+            for op, request in (
+                ("run.list", {"limit": "x"}),
+                ("run.list", {"limit": 0}),
+                ("run.list", {"status": "sleepy"}),
+                ("run.events", {"run_id": 5}),
+                ("run.list", {"cursor": "not-one-of-ours"}),
+                ("run.explode", {}),
+            ):
                 with pytest.raises(InvalidRequest) as caught:
                     await h.client.request(op, request)
                 errors.append(caught.value)

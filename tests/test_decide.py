@@ -82,7 +82,7 @@ def test_a_step_is_dispatched_only_after_its_dependencies_are_done(recorded):
 @given(recorded_runs())
 def test_driving_the_same_facts_again_decides_the_same_things(recorded):
     again = Recorder()
-    for fact, moment in zip(recorded.facts, recorded.moments):
+    for fact, moment in zip(recorded.facts, recorded.moments, strict=True):
         again.feed(fact, moment)
     assert again.history == recorded.history
     assert again.enqueued == recorded.enqueued
@@ -201,8 +201,9 @@ def test_decide_on_a_terminal_run_does_nothing():
 
 
 def policy(strategy="fixed", initial=SECOND, max_delay=0, multiplier=0.0, attempts=3) -> RetryPolicy:
-    return RetryPolicy(max_attempts=attempts, strategy=strategy, initial_delay=initial, max_delay=max_delay,
-                       multiplier=multiplier)
+    return RetryPolicy(
+        max_attempts=attempts, strategy=strategy, initial_delay=initial, max_delay=max_delay, multiplier=multiplier
+    )
 
 
 @pytest.mark.parametrize(
@@ -272,7 +273,8 @@ def test_a_step_without_any_retry_policy_fails_the_run_on_its_first_failure():
 def test_legacy_retries_mean_fixed_five_second_retries():
     step = s("a", retries=2)
     assert resolve_retry_policy(wf(step), step) == RetryPolicy(
-        max_attempts=2, strategy="fixed", initial_delay=LEGACY_DELAY, max_delay=LEGACY_DELAY)
+        max_attempts=2, strategy="fixed", initial_delay=LEGACY_DELAY, max_delay=LEGACY_DELAY
+    )
     rec = start(wf(step))
     actions = rec.feed(failed("a", 1), at(1))
     assert appended(actions, ev.STEP_RETRY_SCHEDULED)[0].payload.delay_ms == 5000
@@ -378,8 +380,10 @@ def test_recover_dispatches_steps_that_became_ready_but_were_never_queued():
     assert [e.type for e in appended(actions, ev.STEP_QUEUED)] == [ev.STEP_QUEUED]
 
 
-@pytest.mark.parametrize(("hint", "delay_ms"), [(None, 100), ("soon", 100), ([1], 100), (True, 100), (10, 100),
-                                                (1e400, 3_600_000), (7_200_000, 3_600_000)])
+@pytest.mark.parametrize(
+    ("hint", "delay_ms"),
+    [(None, 100), ("soon", 100), ([1], 100), (True, 100), (10, 100), (1e400, 3_600_000), (7_200_000, 3_600_000)],
+)
 def test_a_malformed_or_extreme_retry_after_hint_is_clamped_not_a_crash(hint, delay_ms):
     rec = start(wf(s("a", retry=policy())))
     actions = rec.feed(failed("a", 1, "429", "rate_limited", retry_after_ms=hint), at(1))
@@ -388,8 +392,14 @@ def test_a_malformed_or_extreme_retry_after_hint_is_clamped_not_a_crash(hint, de
 
 def test_recover_accepts_a_go_worker_timestamp_with_nanoseconds():
     rec = start(wf(s("t", timeout=MINUTE)))
-    go_started = ev.make_event(type=ev.STEP_STARTED, run_id=RUN_ID, step_id="t", attempt=1,
-                          timestamp="2025-01-01T00:00:02.123456789Z", id="t.1.step.started")
+    go_started = ev.make_event(
+        type=ev.STEP_STARTED,
+        run_id=RUN_ID,
+        step_id="t",
+        attempt=1,
+        timestamp="2025-01-01T00:00:02.123456789Z",
+        id="t.1.step.started",
+    )
     rec.feed(go_started, at(2))
     (timer,) = timers(recover(rec.run, at(10)))
     assert timer.due == "2025-01-01T00:01:02.123456Z"

@@ -19,8 +19,13 @@ FULL_STEP = {
     "depends_on": ["start"],
     "timeout": "30s",
     "retries": 2,
-    "retry": {"max_attempts": 3, "strategy": "exponential", "initial_delay": "1s", "max_delay": 10_000_000_000,
-              "multiplier": 2.0},
+    "retry": {
+        "max_attempts": 3,
+        "strategy": "exponential",
+        "initial_delay": "1s",
+        "max_delay": 10_000_000_000,
+        "multiplier": 2.0,
+    },
     "skip_if": {"step_id": "start", "field": "skip", "op": "==", "value": True},
     "metadata": {"role": "fetcher"},
     "worker_group": "gpu",
@@ -49,8 +54,9 @@ FULL_WORKFLOW = {
     "idempotency_key": "order.id",
     "sticky": "soft",
     "priority": {"key": "tier", "rules": {"gold": -60}, "default_offset": 30},
-    "cancel_on": [{"event": "order-cancelled", "match": {"left": "id", "op": "eq", "right": "input.id"},
-                   "timeout": "10m"}],
+    "cancel_on": [
+        {"event": "order-cancelled", "match": {"left": "id", "op": "eq", "right": "input.id"}, "timeout": "10m"}
+    ],
     "singleton": {"mode": "skip", "key": "user.id"},
     "max_step_error_bytes": 1024,
 }
@@ -63,8 +69,9 @@ def decode(obj) -> d.WorkflowDef:
 def test_every_workflow_field_parses():
     wf = decode(FULL_WORKFLOW)
     assert (wf.name, wf.version, wf.description) == ("everything", "1.2", "every field")
-    assert wf.default_retry == d.RetryPolicy(max_attempts=2, strategy="fixed", initial_delay=5 * SECOND,
-                                             max_delay=5 * SECOND)
+    assert wf.default_retry == d.RetryPolicy(
+        max_attempts=2, strategy="fixed", initial_delay=5 * SECOND, max_delay=5 * SECOND
+    )
     assert wf.concurrency == d.ConcurrencyLimit(max_runs=3, max_steps=10)
     assert wf.timeout == HOUR
     assert wf.input_schema == {"type": "object"} and wf.output_schema == {"type": "string"}
@@ -72,8 +79,9 @@ def test_every_workflow_field_parses():
     assert wf.idempotency_key == "order.id"
     assert wf.sticky == "soft"
     assert wf.priority == d.PriorityConfig(key="tier", rules={"gold": -60}, default_offset=30)
-    assert wf.cancel_on == (d.CancelOn(event="order-cancelled", match=d.Match("id", "eq", "input.id"),
-                                       timeout=10 * MINUTE),)
+    assert wf.cancel_on == (
+        d.CancelOn(event="order-cancelled", match=d.Match("id", "eq", "input.id"), timeout=10 * MINUTE),
+    )
     assert wf.singleton == d.SingletonConfig(mode="skip", key="user.id")
     assert wf.max_step_error_bytes == 1024
 
@@ -84,8 +92,9 @@ def test_every_step_field_parses():
     assert step.depends_on == ("start",) and step.after_any == ("other",)
     assert step.timeout == 30 * SECOND
     assert step.retries == 2
-    assert step.retry == d.RetryPolicy(max_attempts=3, strategy="exponential", initial_delay=SECOND,
-                                       max_delay=10 * SECOND, multiplier=2.0)
+    assert step.retry == d.RetryPolicy(
+        max_attempts=3, strategy="exponential", initial_delay=SECOND, max_delay=10 * SECOND, multiplier=2.0
+    )
     assert step.skip_if == d.ParentCond(step_id="start", field="skip", op="==", value=True)
     assert step.metadata == {"role": "fetcher"}
     assert (step.worker_group, step.on_failure, step.compensate) == ("gpu", "report", "undo")
@@ -97,8 +106,12 @@ def test_every_step_field_parses():
 
 
 def test_keyed_rate_limit_parses_with_default_units():
-    wf = decode({"name": "w", "steps": [{"id": "a", "task": "t",
-                                         "keyed_rate_limit": {"key": "user.id", "limit": 5, "period": "1s"}}]})
+    wf = decode(
+        {
+            "name": "w",
+            "steps": [{"id": "a", "task": "t", "keyed_rate_limit": {"key": "user.id", "limit": 5, "period": "1s"}}],
+        }
+    )
     assert wf.steps[0].keyed_rate_limit == d.KeyedRateLimit(key="user.id", limit=5, period=SECOND, units=1)
 
 
@@ -113,28 +126,50 @@ def test_defaults_of_a_minimal_definition():
 @pytest.mark.parametrize(
     ("step_type", "config", "expected"),
     [
-        ("agent_loop", {"max_iterations": 5, "max_duration": "1m", "loop_delay": 1_000_000_000, "budget_warn_at": 3,
-                        "budget_force_at": 4},
-         d.AgentLoopConfig(max_iterations=5, max_duration=MINUTE, loop_delay=SECOND, budget_warn_at=3,
-                           budget_force_at=4)),
+        (
+            "agent_loop",
+            {
+                "max_iterations": 5,
+                "max_duration": "1m",
+                "loop_delay": 1_000_000_000,
+                "budget_warn_at": 3,
+                "budget_force_at": 4,
+            },
+            d.AgentLoopConfig(
+                max_iterations=5, max_duration=MINUTE, loop_delay=SECOND, budget_warn_at=3, budget_force_at=4
+            ),
+        ),
         ("map", {"max_items": 50}, d.MapConfig(max_items=50)),
         ("map", None, d.MapConfig(max_items=1000)),
-        ("sub_workflow", {"workflow": "payment-flow", "detach": True},
-         d.SubWorkflowConfig(workflow="payment-flow", detach=True)),
+        (
+            "sub_workflow",
+            {"workflow": "payment-flow", "detach": True},
+            d.SubWorkflowConfig(workflow="payment-flow", detach=True),
+        ),
         ("sleep", {"duration": "1h30m"}, d.SleepConfig(duration=90 * MINUTE)),
         ("sleep", {"duration": 5_000_000_000}, d.SleepConfig(duration=5 * SECOND)),
         ("sleep", {"cron": "0 9 * * 1-5"}, d.SleepConfig(cron="0 9 * * 1-5")),
         ("sleep", {"until_input_path": "wake.at"}, d.SleepConfig(until_input_path="wake.at")),
-        ("wait_for_event", {"event": "paid", "match": {"left": "order", "op": "eq", "right": "input.order"},
-                            "timeout": "24h"},
-         d.WaitForEventConfig(event="paid", match=d.Match("order", "eq", "input.order"), timeout=24 * HOUR)),
-        ("approval", {"subject": "Deploy?", "timeout": 3_600_000_000_000, "description": "prod",
-                      "metadata": {"team": "ops"}},
-         d.ApprovalConfig(subject="Deploy?", timeout=HOUR, description="prod", metadata={"team": "ops"})),
-        ("planner", {"max_steps": 10, "max_depth": 2, "allowed_tasks": ["search", "summarize"]},
-         d.PlannerConfig(max_steps=10, max_depth=2, allowed_tasks=("search", "summarize"))),
-        ("respond", {"status": 201, "headers": {"X-A": "1"}, "body_from": "out", "content_type": "text/plain"},
-         d.RespondConfig(status=201, headers={"X-A": "1"}, body_from="out", content_type="text/plain")),
+        (
+            "wait_for_event",
+            {"event": "paid", "match": {"left": "order", "op": "eq", "right": "input.order"}, "timeout": "24h"},
+            d.WaitForEventConfig(event="paid", match=d.Match("order", "eq", "input.order"), timeout=24 * HOUR),
+        ),
+        (
+            "approval",
+            {"subject": "Deploy?", "timeout": 3_600_000_000_000, "description": "prod", "metadata": {"team": "ops"}},
+            d.ApprovalConfig(subject="Deploy?", timeout=HOUR, description="prod", metadata={"team": "ops"}),
+        ),
+        (
+            "planner",
+            {"max_steps": 10, "max_depth": 2, "allowed_tasks": ["search", "summarize"]},
+            d.PlannerConfig(max_steps=10, max_depth=2, allowed_tasks=("search", "summarize")),
+        ),
+        (
+            "respond",
+            {"status": 201, "headers": {"X-A": "1"}, "body_from": "out", "content_type": "text/plain"},
+            d.RespondConfig(status=201, headers={"X-A": "1"}, body_from="out", content_type="text/plain"),
+        ),
         ("respond", {}, d.RespondConfig(status=200, content_type="application/json")),
         ("normal", None, d.EmptyConfig()),
         ("agent", {}, d.EmptyConfig()),
@@ -159,8 +194,11 @@ def test_durations_accept_strings_and_nanoseconds_alike(duration):
         ({"name": "w", "steps": [{"id": "a", "dependson": ["b"]}]}, "`dependson`", "$.steps[0]"),
         ({"name": "w", "steps": [{"id": "a", "loop": {}}]}, "`loop`", "$.steps[0]"),
         ({"name": "w", "steps": [{"id": "a", "retry": {"attempts": 3}}]}, "`attempts`", "$.steps[0].retry"),
-        ({"name": "w", "default_retry": {"max_attempt": 1}, "steps": [{"id": "a"}]}, "`max_attempt`",
-         "$.default_retry"),
+        (
+            {"name": "w", "default_retry": {"max_attempt": 1}, "steps": [{"id": "a"}]},
+            "`max_attempt`",
+            "$.default_retry",
+        ),
         ({"name": "w", "priority": {"key": "k", "rule": {}}, "steps": [{"id": "a"}]}, "`rule`", "$.priority"),
     ],
 )
@@ -176,8 +214,11 @@ def test_unknown_fields_are_errors_naming_the_field(doc, named, where):
     [
         ("map", {"max_item": 3}, "`max_item`"),
         ("sleep", {"duration": "1s", "durtion": "2s"}, "`durtion`"),
-        ("wait_for_event", {"event": "e", "match": {"left": "a", "op": "eq", "right": "input.a", "rigth": 1}},
-         "`rigth`"),
+        (
+            "wait_for_event",
+            {"event": "e", "match": {"left": "a", "op": "eq", "right": "input.a", "rigth": 1}},
+            "`rigth`",
+        ),
         ("normal", {"anything": 1}, "`anything`"),
     ],
 )
@@ -223,9 +264,20 @@ def test_the_seed_tutorial_definition_parses_with_string_durations():
         "version": "1.1",
         "default_retry": {"max_attempts": 2, "strategy": "fixed", "initial_delay": "5s", "max_delay": "5s"},
         "steps": [
-            {"id": "greet", "task": "greet", "depends_on": [], "timeout": "30s", "type": "normal",
-             "retry": {"max_attempts": 3, "strategy": "exponential", "initial_delay": "1s", "max_delay": "30s",
-                       "multiplier": 2.0}},
+            {
+                "id": "greet",
+                "task": "greet",
+                "depends_on": [],
+                "timeout": "30s",
+                "type": "normal",
+                "retry": {
+                    "max_attempts": 3,
+                    "strategy": "exponential",
+                    "initial_delay": "1s",
+                    "max_delay": "30s",
+                    "multiplier": 2.0,
+                },
+            },
             {"id": "uppercase", "task": "uppercase", "depends_on": ["greet"]},
             {"id": "reverse", "task": "reverse", "depends_on": ["uppercase"]},
         ],
@@ -271,10 +323,14 @@ def test_a_document_nested_thousands_of_levels_deep_is_a_decode_error_not_a_recu
     ("text", "problem"),
     [
         ('{"name": "w", "name": "v", "steps": [{"id": "a"}]}', 'duplicate key "name" at $'),
-        ('{"name": "w", "steps": [{"id": "a"}, {"id": "b", "task": "t", "task": "u"}]}',
-         'duplicate key "task" at $.steps[1]'),
-        ('{"name": "w", "steps": [{"id": "a", "input": {"x": {"$ref": "p", "$ref": "q"}}}]}',
-         'duplicate key "$ref" at $.steps[0].input.x'),
+        (
+            '{"name": "w", "steps": [{"id": "a"}, {"id": "b", "task": "t", "task": "u"}]}',
+            'duplicate key "task" at $.steps[1]',
+        ),
+        (
+            '{"name": "w", "steps": [{"id": "a", "input": {"x": {"$ref": "p", "$ref": "q"}}}]}',
+            'duplicate key "$ref" at $.steps[0].input.x',
+        ),
     ],
 )
 def test_a_key_given_twice_is_refused_naming_the_key_and_where(text, problem):

@@ -45,8 +45,13 @@ NODES = (1, 2, 3)
 
 @pytest.mark.parametrize("conf", sorted(p.name for p in (DEPLOY / "nats").glob("*.conf")))
 def test_nats_config_is_valid(conf):
-    done = subprocess.run([server_binary(), "-t", "-c", str(DEPLOY / "nats" / conf)],
-                          capture_output=True, text=True, timeout=30, cwd=DEPLOY)
+    done = subprocess.run(
+        [server_binary(), "-t", "-c", str(DEPLOY / "nats" / conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=DEPLOY,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "is valid" in done.stdout + done.stderr
 
@@ -83,8 +88,9 @@ def test_compose_file_is_valid(compose):
     docker_compose = _docker_compose()
     if docker_compose is None:
         pytest.skip("the docker compose plugin is not available (it validates without an engine)")
-    done = subprocess.run([*docker_compose, "-f", str(DEPLOY / compose), "config", "-q"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*docker_compose, "-f", str(DEPLOY / compose), "config", "-q"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -135,12 +141,20 @@ class Cluster:
         self.pids: dict[int, str] = {}  # every process the script started: pid -> command line
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 45.0) -> subprocess.CompletedProcess:
-        done = subprocess.run(["bash", str(SCRIPT), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            ["bash", str(SCRIPT), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         self._record_pids()
         if check and done.returncode != 0:
-            raise AssertionError(f"cluster.sh {' '.join(args)} exited {done.returncode}\n"
-                                 f"stdout: {done.stdout}\nstderr: {done.stderr}\n{self.logs()}")
+            raise AssertionError(
+                f"cluster.sh {' '.join(args)} exited {done.returncode}\n"
+                f"stdout: {done.stdout}\nstderr: {done.stderr}\n{self.logs()}"
+            )
         return done
 
     def _record_pids(self) -> None:
@@ -166,8 +180,11 @@ class Cluster:
             return json.load(response)
 
     def streams_on(self, i: int) -> set[str]:
-        return {stream["name"] for account in self.jsz(i).get("account_details") or []
-                for stream in account.get("stream_detail") or []}
+        return {
+            stream["name"]
+            for account in self.jsz(i).get("account_details") or []
+            for stream in account.get("stream_detail") or []
+        }
 
     def left_running(self) -> list[int]:
         """Started processes still alive (a zombie does not count) with their command line."""
@@ -189,12 +206,12 @@ class Cluster:
 
 WORKFLOW = {"name": "deploy-drill", "steps": [{"id": "echo", "task": "deploy-echo"}]}
 
-HANDLERS = '''
+HANDLERS = """
 @w.task("deploy-echo")
 def echo(ctx, data):
     journal(ctx, "begin")
     return {"echo": data}
-'''
+"""
 
 
 def _wait_completed(cli: Cli, run_id: str, timeout: float) -> dict:
@@ -233,8 +250,12 @@ def test_cluster_script_drill_kill_node_3_and_runs_complete(tmp_path):
         hosts = {i: cluster.streams_on(i) for i in NODES}
         assert "WORKFLOW_HISTORY" in set().union(*hosts.values()), hosts
         n3_holds_engine_streams = bool(hosts[3])
-        print("engine streams per node:", {i: len(names) for i, names in hosts.items()},
-              "meta leader:", cluster.jsz(1)["meta_cluster"].get("leader"))
+        print(
+            "engine streams per node:",
+            {i: len(names) for i, names in hosts.items()},
+            "meta leader:",
+            cluster.jsz(1)["meta_cluster"].get("leader"),
+        )
 
         n3 = cluster.pid("n3")
         cluster("kill-node", "3")
@@ -254,8 +275,7 @@ def test_cluster_script_drill_kill_node_3_and_runs_complete(tmp_path):
             assert _wait_completed(cli, second, 20)["output"] == {"echo": {"n": 2}}
         assert cluster.pid("n3") != n3
         # Every node healthy again (after a meta leader's loss the others answer 503 until they elect one).
-        wait_for(lambda: cluster("status", check=False).returncode == 0, 20, "all three nodes healthy",
-                 interval=0.5)
+        wait_for(lambda: cluster("status", check=False).returncode == 0, 20, "all three nodes healthy", interval=0.5)
 
         assert cli.status(first)["status"] == "completed"
         assert len(worker.journal.rows()) == 2  # one execution per run
@@ -284,9 +304,11 @@ def _start(cli: Cli, data: dict, key: str, timeout: float = 20.0) -> str:
     CLI says "no dagnats engine is answering" meanwhile). The idempotency key
     makes a retry of a start that did reach the engine return the same run.
     """
+
     def attempt() -> str | None:
-        result = cli("run", "start", "deploy-drill", json.dumps(data), "--idempotency-key", key, "--json",
-                     check=False, raw=True)
+        result = cli(
+            "run", "start", "deploy-drill", json.dumps(data), "--idempotency-key", key, "--json", check=False, raw=True
+        )
         attempts.append(result)
         return json.loads(result.stdout)["run_id"] if result.returncode == 0 else None
 

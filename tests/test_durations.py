@@ -40,8 +40,27 @@ def test_integers_are_nanoseconds():
 
 @pytest.mark.parametrize(
     "value",
-    ["3x", "-1s", "", "1.2.3s", "5", "s", "1 s", " 1s", "1s ", "-0", "1h-2m", "999999999999h", "+", -1, True, False,
-     None, [1], {"s": 1}],
+    [
+        "3x",
+        "-1s",
+        "",
+        "1.2.3s",
+        "5",
+        "s",
+        "1 s",
+        " 1s",
+        "1s ",
+        "-0",
+        "1h-2m",
+        "999999999999h",
+        "+",
+        -1,
+        True,
+        False,
+        None,
+        [1],
+        {"s": 1},
+    ],
 )
 def test_malformed_durations_are_refused_with_a_clear_error(value):
     with pytest.raises(InvalidDuration) as info:
@@ -85,7 +104,10 @@ def test_format_then_parse_is_the_identity_on_nanoseconds(ns):
 
 @settings(max_examples=100)
 @given(
-    st.integers(0, 1000), st.integers(0, 59), st.integers(0, 59), st.integers(0, 999),
+    st.integers(0, 1000),
+    st.integers(0, 59),
+    st.integers(0, 59),
+    st.integers(0, 999),
 )
 def test_composed_strings_parse_to_the_sum_of_their_parts(h, m, s, ms):
     text = f"{h}h{m}m{s}s{ms}ms"

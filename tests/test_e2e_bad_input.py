@@ -83,28 +83,51 @@ for _ in range(65):
 
 BAD_DEFINITIONS = {
     "invalid-json": ('{"name": "broken", "steps": [', ["invalid JSON"]),
-    "cycle": ({"name": "cyclic", "steps": steps(
-        {"id": "a", "task": "t", "depends_on": ["b"]}, {"id": "b", "task": "t", "depends_on": ["a"]})},
-        ["invalid workflow 'cyclic'", "cycle", '"a"', '"b"']),
-    "unknown-dependency": ({"name": "dangling", "steps": steps({"id": "a", "task": "t", "depends_on": ["ghost"]})},
-                           ['step "a"', "depends_on", 'unknown step "ghost"']),
-    "unknown-top-level-field": ({"name": "extra", "colour": "red", "steps": steps({"id": "a", "task": "t"})},
-                                ["unknown field `colour`"]),
-    "unknown-step-field": ({"name": "extra", "steps": steps({"id": "a", "task": "t", "retires": 3})},
-                           ["unknown field `retires`", "$.steps[0]"]),
-    "unknown-retry-field": ({"name": "extra", "steps": steps(
-        {"id": "a", "task": "t", "retry": {"max_attempts": 2, "backoff": "1s"}})},
-        ["unknown field `backoff`", "$.steps[0].retry"]),
-    "duplicate-step-id": ({"name": "twice", "steps": steps({"id": "a", "task": "t"}, {"id": "a", "task": "t"})},
-                          ['duplicate step id "a"']),
-    "bad-duration": ({"name": "slow", "steps": steps({"id": "a", "task": "t", "timeout": "3x"})},
-                     ["`timeout`", "invalid duration '3x'"]),
-    "input-nested-5000-deep": ('{"name": "deep", "steps": [{"id": "a", "task": "t", "input": %s}]}'
-                               % ("[" * 5000 + "]" * 5000), ["$.steps[0].input[0]", "nest at most 64 levels"]),
-    "duplicate-key": ('{"name": "dup", "steps": [{"id": "a", "task": "t"}, {"id": "b", "task": "t", "task": "u"}]}',
-                      ['duplicate key "task" at $.steps[1]']),
-    "input-nested-65-deep": ({"name": "deep", "steps": steps({"id": "a", "task": "t", "input": NESTED_65})},
-                             ['step "a": input: nested deeper than 64 levels']),
+    "cycle": (
+        {
+            "name": "cyclic",
+            "steps": steps(
+                {"id": "a", "task": "t", "depends_on": ["b"]}, {"id": "b", "task": "t", "depends_on": ["a"]}
+            ),
+        },
+        ["invalid workflow 'cyclic'", "cycle", '"a"', '"b"'],
+    ),
+    "unknown-dependency": (
+        {"name": "dangling", "steps": steps({"id": "a", "task": "t", "depends_on": ["ghost"]})},
+        ['step "a"', "depends_on", 'unknown step "ghost"'],
+    ),
+    "unknown-top-level-field": (
+        {"name": "extra", "colour": "red", "steps": steps({"id": "a", "task": "t"})},
+        ["unknown field `colour`"],
+    ),
+    "unknown-step-field": (
+        {"name": "extra", "steps": steps({"id": "a", "task": "t", "retires": 3})},
+        ["unknown field `retires`", "$.steps[0]"],
+    ),
+    "unknown-retry-field": (
+        {"name": "extra", "steps": steps({"id": "a", "task": "t", "retry": {"max_attempts": 2, "backoff": "1s"}})},
+        ["unknown field `backoff`", "$.steps[0].retry"],
+    ),
+    "duplicate-step-id": (
+        {"name": "twice", "steps": steps({"id": "a", "task": "t"}, {"id": "a", "task": "t"})},
+        ['duplicate step id "a"'],
+    ),
+    "bad-duration": (
+        {"name": "slow", "steps": steps({"id": "a", "task": "t", "timeout": "3x"})},
+        ["`timeout`", "invalid duration '3x'"],
+    ),
+    "input-nested-5000-deep": (
+        '{"name": "deep", "steps": [{"id": "a", "task": "t", "input": %s}]}' % ("[" * 5000 + "]" * 5000),
+        ["$.steps[0].input[0]", "nest at most 64 levels"],
+    ),
+    "duplicate-key": (
+        '{"name": "dup", "steps": [{"id": "a", "task": "t"}, {"id": "b", "task": "t", "task": "u"}]}',
+        ['duplicate key "task" at $.steps[1]'],
+    ),
+    "input-nested-65-deep": (
+        {"name": "deep", "steps": steps({"id": "a", "task": "t", "input": NESTED_65})},
+        ['step "a": input: nested deeper than 64 levels'],
+    ),
 }
 
 
@@ -135,16 +158,18 @@ def test_names_with_dots_wildcards_or_spaces_are_refused(cli, tmp_path, where):
 
 
 def test_starting_an_unknown_workflow_is_refused(cli):
-    assert_one_error_line(cli("run", "start", "no-such-workflow", '"x"', check=False),
-                          "workflow 'no-such-workflow' not found")
+    assert_one_error_line(
+        cli("run", "start", "no-such-workflow", '"x"', check=False), "workflow 'no-such-workflow' not found"
+    )
     assert_one_error_line(cli("run", "start", "a.b", '"x"', check=False), "invalid workflow name 'a.b'", ID_RULE)
     assert_nothing_stored(cli)
 
 
 def test_input_that_is_not_json_is_refused_with_a_hint(cli):
-    line = assert_one_error_line(cli("run", "start", "hello-pipeline", "World", check=False),
-                                 "invalid input: not valid JSON")
-    assert "\"World\"" in line  # the hint shows how to quote a string
+    line = assert_one_error_line(
+        cli("run", "start", "hello-pipeline", "World", check=False), "invalid input: not valid JSON"
+    )
+    assert '"World"' in line  # the hint shows how to quote a string
     assert_nothing_stored(cli)
 
 
@@ -154,26 +179,32 @@ NOT_JSON_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e999", '{"deep": [1, -1e99
 def test_nan_and_infinity_are_refused_as_run_input_signal_data_and_event_data(cli):
     run_id = "0123456789abcdef0123456789abcdef"
     for value in NOT_JSON_NUMBERS:  # "--": a value starting with "-" is not an option
-        for command, what in ((("run", "start", "hello-pipeline"), "run input"),
-                              (("run", "signal", run_id, "go"), "signal data"),
-                              (("event", "publish", "go"), "event data")):
-            assert_one_error_line(cli(*command, "--", value, check=False),
-                                  f"invalid input: {what}:", "JSON has no NaN or Infinity")
+        for command, what in (
+            (("run", "start", "hello-pipeline"), "run input"),
+            (("run", "signal", run_id, "go"), "signal data"),
+            (("event", "publish", "go"), "event data"),
+        ):
+            assert_one_error_line(
+                cli(*command, "--", value, check=False), f"invalid input: {what}:", "JSON has no NaN or Infinity"
+            )
     assert_nothing_stored(cli)
     assert cli("status", json=True)["jetstream"]["streams"]["EVENTS"]["messages"] == 0
 
 
 def test_run_input_nested_thousands_of_levels_deep_is_refused_in_one_line(cli):
     deep = "[" * 5000 + "]" * 5000
-    assert_one_error_line(cli("run", "start", "hello-pipeline", deep, check=False),
-                          "invalid input: run input: nested deeper than 64 levels")
+    assert_one_error_line(
+        cli("run", "start", "hello-pipeline", deep, check=False),
+        "invalid input: run input: nested deeper than 64 levels",
+    )
     assert_nothing_stored(cli)
 
 
 def test_nan_input_is_refused_before_connecting_to_nats():
     url = f"nats://127.0.0.1:{free_port()}"  # nothing listens: only a check before connecting answers
-    assert_one_error_line(Cli(url)("run", "start", "wf", "NaN", check=False),
-                          "invalid input: run input:", "JSON has no NaN or Infinity")
+    assert_one_error_line(
+        Cli(url)("run", "start", "wf", "NaN", check=False), "invalid input: run input:", "JSON has no NaN or Infinity"
+    )
 
 
 @pytest.mark.parametrize("command", ["status", "events", "output", "cancel"])
@@ -193,14 +224,18 @@ def test_hostile_run_ids_are_refused_before_they_reach_a_subject(cli, run_id):
 
 def test_input_larger_than_the_servers_max_payload_names_the_size_and_the_limit(cli):
     too_big = json.dumps("x" * 70_000)  # the request alone exceeds max_payload
-    line = assert_one_error_line(cli("run", "start", "hello-pipeline", too_big, check=False),
-                                 f"larger than the limit of {MAX_PAYLOAD} bytes")
+    line = assert_one_error_line(
+        cli("run", "start", "hello-pipeline", too_big, check=False), f"larger than the limit of {MAX_PAYLOAD} bytes"
+    )
     size = int(re.search(r"is (\d+) bytes", line).group(1))
     assert size > len(too_big) > MAX_PAYLOAD
     # Fits in a request, but not in the workflow.started fact with the definition around it.
     nearly = json.dumps("x" * 62_000)
-    line = assert_one_error_line(cli("run", "start", "hello-pipeline", nearly, check=False),
-                                 "run input with its definition is", "larger than the limit of")
+    line = assert_one_error_line(
+        cli("run", "start", "hello-pipeline", nearly, check=False),
+        "run input with its definition is",
+        "larger than the limit of",
+    )
     size, limit = (int(n) for n in re.findall(r"(\d+) bytes", line))
     assert size > limit and limit < MAX_PAYLOAD
     assert_nothing_stored(cli)
@@ -208,16 +243,18 @@ def test_input_larger_than_the_servers_max_payload_names_the_size_and_the_limit(
 
 def test_registering_a_missing_file_names_the_file(cli, tmp_path):
     missing = tmp_path / "nowhere.json"
-    assert_one_error_line(cli("workflow", "register", str(missing), check=False),
-                          f"cannot read {missing}: No such file or directory")
+    assert_one_error_line(
+        cli("workflow", "register", str(missing), check=False), f"cannot read {missing}: No such file or directory"
+    )
     error = json.loads(cli("workflow", "register", str(missing), "--json", check=False).stderr)
     assert error == {"error": f"cannot read {missing}: No such file or directory"}
     assert_nothing_stored(cli)
 
 
 def test_showing_an_unknown_workflow_is_reported_as_not_found(cli):
-    assert_one_error_line(cli("workflow", "show", "no-such-workflow", check=False),
-                          "workflow 'no-such-workflow' not found")
+    assert_one_error_line(
+        cli("workflow", "show", "no-such-workflow", check=False), "workflow 'no-such-workflow' not found"
+    )
 
 
 def test_commands_without_an_engine_say_so_in_one_line(nats_server):
@@ -238,18 +275,33 @@ def test_serve_on_a_port_already_in_use_exits_with_one_clear_line(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         argv = [*CLI, "serve", "--nats-url", f"nats://127.0.0.1:{port}", "--data-dir", str(tmp_path / "data")]
-        done = subprocess.run(argv, check=False, env=base_env(), capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
-    assert_one_error_line(Result(done.returncode, done.stdout, done.stderr),
-                          f"port 127.0.0.1:{port} is already in use")
+        done = subprocess.run(
+            argv,
+            check=False,
+            env=base_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    assert_one_error_line(Result(done.returncode, done.stdout, done.stderr), f"port 127.0.0.1:{port} is already in use")
 
 
 def test_serve_external_without_nats_exits_with_one_clear_line():
     url = f"nats://127.0.0.1:{free_port()}"
     argv = [*CLI, "serve", "--external", "--nats-url", url]
     try:  # run() SIGKILLs the process it started when the timeout expires
-        done = subprocess.run(argv, check=False, env=base_env(), capture_output=True, text=True, timeout=10,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
+        done = subprocess.run(
+            argv,
+            check=False,
+            env=base_env(),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     except subprocess.TimeoutExpired as expired:
         stderr = expired.stderr or b""  # bytes even with text=True (CPython's TimeoutExpired)
         stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr

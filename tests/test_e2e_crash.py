@@ -19,7 +19,7 @@ from e2e_support import Cli, Serve, WorkerProc, wait_for
 
 pytestmark = pytest.mark.e2e
 
-HANDLERS = '''
+HANDLERS = """
 from typing import Any
 
 
@@ -45,7 +45,7 @@ def doomed(ctx: TaskContext, data: Any) -> str:
         time.sleep(120)  # the first process to take this task is killed here
     journal(ctx, "end")
     return f"rescued by {os.getpid()}"
-'''
+"""
 
 # ack_wait=2: a task whose worker died comes back after ~2 s, not 30.
 WORKER_ARGS = "max_concurrent=8, ack_wait=2, drain_timeout=1"
@@ -86,11 +86,14 @@ def worker(nats, tmp_path):
 
 
 def chain(name: str, middle: str) -> dict:
-    return {"name": name, "steps": [
-        {"id": "s1", "task": "drill-quick"},
-        {"id": "s2", "task": middle, "depends_on": ["s1"]},
-        {"id": "s3", "task": "drill-quick", "depends_on": ["s2"]},
-    ]}
+    return {
+        "name": name,
+        "steps": [
+            {"id": "s1", "task": "drill-quick"},
+            {"id": "s2", "task": middle, "depends_on": ["s1"]},
+            {"id": "s3", "task": "drill-quick", "depends_on": ["s2"]},
+        ],
+    }
 
 
 def completed_per_step(cli: Cli, run_id: str) -> Counter:

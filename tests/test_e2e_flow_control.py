@@ -18,14 +18,24 @@ from pathlib import Path
 
 import pytest
 
-
-from e2e_support import Env, module_env, step
-from e2e_support import (GATE_HANDLERS, Journal, WorkerProc, open_gate, restart_serve, wait_for,
-                         wait_inbox_drained)
+from e2e_support import (
+    GATE_HANDLERS,
+    Env,
+    Journal,
+    WorkerProc,
+    module_env,
+    open_gate,
+    restart_serve,
+    step,
+    wait_for,
+    wait_inbox_drained,
+)
 
 pytestmark = pytest.mark.e2e
 
-HANDLERS = GATE_HANDLERS + '''
+HANDLERS = (
+    GATE_HANDLERS
+    + '''
 from typing import Any
 
 
@@ -87,9 +97,12 @@ def fc_big_error(ctx: TaskContext, data: Any) -> str:
     journal(ctx, "begin")
     raise Permanent("x" + "\\u00fc" * 5000)
 '''
+)
 
 # Handlers for the tests that start workers of their own; TASK is replaced.
-OWN_WORKER_HANDLERS = GATE_HANDLERS + '''
+OWN_WORKER_HANDLERS = (
+    GATE_HANDLERS
+    + """
 from typing import Any
 
 
@@ -102,10 +115,8 @@ async def own_step(ctx: TaskContext, data: Any) -> str:
     await asyncio.sleep(float(data.get("sleep", 0)))
     journal(ctx, "end", worker=ctx.worker_id)
     return ctx.worker_id
-'''
-
-
-
+"""
+)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +124,6 @@ def env(tmp_path_factory):
     # Slots to spare: some tests leave handlers waiting at their gates.
     with module_env(tmp_path_factory.mktemp("flow-control"), HANDLERS, max_concurrent=32) as env:
         yield env
-
 
 
 def seconds_between(start: str, end: str) -> float:
@@ -128,20 +138,31 @@ def statuses(run: dict) -> dict[str, str]:
 
 
 def test_skip_if_skips_on_a_numeric_match_and_not_on_a_missing_field_or_a_string(env):
-    env.register({"name": "fc-skip-if", "steps": [
-        step("check", "fc-echo"),
-        step("notify", "fc-record", ["check"],
-             skip_if={"step_id": "check", "field": "score", "op": ">=", "value": 50}),
-        step("done", "fc-record", ["notify"]),
-    ]})
-    inputs = {"match": {"score": 90}, "below": {"score": 10}, "missing": {"other": 90},
-              "string": {"score": "90"}}
+    env.register(
+        {
+            "name": "fc-skip-if",
+            "steps": [
+                step("check", "fc-echo"),
+                step(
+                    "notify",
+                    "fc-record",
+                    ["check"],
+                    skip_if={"step_id": "check", "field": "score", "op": ">=", "value": 50},
+                ),
+                step("done", "fc-record", ["notify"]),
+            ],
+        }
+    )
+    inputs = {"match": {"score": 90}, "below": {"score": 10}, "missing": {"other": 90}, "string": {"score": "90"}}
     runs = {name: env.cli.start("fc-skip-if", data) for name, data in inputs.items()}
     final = {name: env.wait(run_id) for name, run_id in runs.items()}
 
     assert {name: (run["status"], run["steps"]["notify"]["status"]) for name, run in final.items()} == {
-        "match": ("completed", "skipped"), "below": ("completed", "completed"),
-        "missing": ("completed", "completed"), "string": ("completed", "completed")}, env.diagnose()
+        "match": ("completed", "skipped"),
+        "below": ("completed", "completed"),
+        "missing": ("completed", "completed"),
+        "string": ("completed", "completed"),
+    }, env.diagnose()
     assert final["match"]["steps"]["notify"]["skip_reason"] == "skip_if check.score >= 50"
     executed = {name: (len(env.rows(run_id, "notify")), len(env.rows(run_id, "done"))) for name, run_id in runs.items()}
     assert executed == {"match": (0, 1), "below": (1, 1), "missing": (1, 1), "string": (1, 1)}
@@ -154,11 +175,18 @@ def test_skip_if_skips_on_a_numeric_match_and_not_on_a_missing_field_or_a_string
 
 
 def test_on_failure_handler_gets_the_failure_and_recovers_the_step(env):
-    env.register({"name": "fc-on-failure", "steps": [
-        step("charge", "fc-maybe-fail", on_failure="report", retry={"max_attempts": 2, "initial_delay": "100ms"}),
-        step("ship", "fc-record", ["charge"]),
-        step("report", "fc-record"),
-    ]})
+    env.register(
+        {
+            "name": "fc-on-failure",
+            "steps": [
+                step(
+                    "charge", "fc-maybe-fail", on_failure="report", retry={"max_attempts": 2, "initial_delay": "100ms"}
+                ),
+                step("ship", "fc-record", ["charge"]),
+                step("report", "fc-record"),
+            ],
+        }
+    )
     failing = {"fail": True, "message": "card declined", "amount": 5}
     failed_id = env.cli.start("fc-on-failure", failing)
     ok_id = env.cli.start("fc-on-failure", {"amount": 5})
@@ -167,7 +195,8 @@ def test_on_failure_handler_gets_the_failure_and_recovers_the_step(env):
     assert failed["status"] == "completed", env.diagnose()
     assert statuses(failed) == {"charge": "recovered", "ship": "skipped", "report": "completed"}
     assert [r["input"] for r in env.rows(failed_id, "report")] == [
-        {"failed_step": "charge", "error": "card declined", "attempts": 1, "input": failing}]
+        {"failed_step": "charge", "error": "card declined", "attempts": 1, "input": failing}
+    ]
     assert len(env.rows(failed_id, "charge")) == 1  # Permanent: no retry despite the policy
     assert env.rows(failed_id, "ship") == []
 
@@ -183,44 +212,73 @@ def test_on_failure_handler_gets_the_failure_and_recovers_the_step(env):
 def test_a_saga_compensates_completed_steps_one_at_a_time_in_reverse_completion_order(env):
     # book_flight completes after book_hotel (it sleeps): reverse completion order
     # (flight, then hotel) differs from reverse definition order (hotel, then flight).
-    env.register({"name": "fc-saga", "steps": [
-        step("book_flight", "fc-slow", compensate="cancel_flight", input={"sleep": 0.6}),
-        step("book_hotel", "fc-slow", compensate="cancel_hotel", input={"sleep": 0}),
-        step("charge", "fc-maybe-fail", ["book_flight", "book_hotel"], compensate="refund",
-             input={"fail": True, "message": "insufficient funds"}),
-        step("cancel_flight", "fc-undo"),
-        step("cancel_hotel", "fc-undo"),
-        step("refund", "fc-undo"),
-    ]})
+    env.register(
+        {
+            "name": "fc-saga",
+            "steps": [
+                step("book_flight", "fc-slow", compensate="cancel_flight", input={"sleep": 0.6}),
+                step("book_hotel", "fc-slow", compensate="cancel_hotel", input={"sleep": 0}),
+                step(
+                    "charge",
+                    "fc-maybe-fail",
+                    ["book_flight", "book_hotel"],
+                    compensate="refund",
+                    input={"fail": True, "message": "insufficient funds"},
+                ),
+                step("cancel_flight", "fc-undo"),
+                step("cancel_hotel", "fc-undo"),
+                step("refund", "fc-undo"),
+            ],
+        }
+    )
     run_id = env.cli.start("fc-saga")
     run = env.wait(run_id)
 
     assert run["status"] == "compensated", env.diagnose()
     assert run["error"] == "step charge failed: insufficient funds; compensated"
-    assert statuses(run) == {"book_flight": "completed", "book_hotel": "completed", "charge": "failed",
-                             "cancel_flight": "completed", "cancel_hotel": "completed", "refund": "pending"}
+    assert statuses(run) == {
+        "book_flight": "completed",
+        "book_hotel": "completed",
+        "charge": "failed",
+        "cancel_flight": "completed",
+        "cancel_hotel": "completed",
+        "refund": "pending",
+    }
     assert run["steps"]["book_hotel"]["finished_at"] < run["steps"]["book_flight"]["finished_at"]
     begun = env.rows(run_id, phase="begin")
     undo = [r for r in begun if r["step"] in ("cancel_flight", "cancel_hotel", "refund")]
     assert [r["step"] for r in undo] == ["cancel_flight", "cancel_hotel"]
     assert [r["input"] for r in undo] == [
-        {"original_step": "book_flight", "original_output": "book_flight slept",
-         "trigger_step": "charge", "trigger_error": "insufficient funds"},
-        {"original_step": "book_hotel", "original_output": "book_hotel slept",
-         "trigger_step": "charge", "trigger_error": "insufficient funds"},
+        {
+            "original_step": "book_flight",
+            "original_output": "book_flight slept",
+            "trigger_step": "charge",
+            "trigger_error": "insufficient funds",
+        },
+        {
+            "original_step": "book_hotel",
+            "original_output": "book_hotel slept",
+            "trigger_step": "charge",
+            "trigger_error": "insufficient funds",
+        },
     ]
     first_end = env.rows(run_id, "cancel_flight", phase="end")[0]["t"]
     assert undo[1]["t"] >= first_end, "the second compensation began before the first one ended"
 
 
 def test_a_compensation_failing_after_its_retries_ends_compensate_failed(env):
-    env.register({"name": "fc-saga-broken", "steps": [
-        step("s1", "fc-echo", compensate="u1"),
-        step("s2", "fc-echo", ["s1"], compensate="u2"),
-        step("s3", "fc-maybe-fail", ["s2"], input={"fail": True, "message": "boom"}),
-        step("u1", "fc-undo"),
-        step("u2", "fc-undo-broken", retry={"max_attempts": 1, "initial_delay": "100ms"}),
-    ]})
+    env.register(
+        {
+            "name": "fc-saga-broken",
+            "steps": [
+                step("s1", "fc-echo", compensate="u1"),
+                step("s2", "fc-echo", ["s1"], compensate="u2"),
+                step("s3", "fc-maybe-fail", ["s2"], input={"fail": True, "message": "boom"}),
+                step("u1", "fc-undo"),
+                step("u2", "fc-undo-broken", retry={"max_attempts": 1, "initial_delay": "100ms"}),
+            ],
+        }
+    )
     run_id = env.cli.start("fc-saga-broken", {"order": 1})
     run = env.wait(run_id)
 
@@ -231,12 +289,17 @@ def test_a_compensation_failing_after_its_retries_ends_compensate_failed(env):
 
 
 def test_cancelling_a_run_does_not_compensate(env):
-    env.register({"name": "fc-saga-cancel", "steps": [
-        step("s1", "fc-echo", compensate="u1"),
-        step("s2", "fc-gated", ["s1"], compensate="u2"),
-        step("u1", "fc-undo"),
-        step("u2", "fc-undo"),
-    ]})
+    env.register(
+        {
+            "name": "fc-saga-cancel",
+            "steps": [
+                step("s1", "fc-echo", compensate="u1"),
+                step("s2", "fc-gated", ["s1"], compensate="u2"),
+                step("u1", "fc-undo"),
+                step("u2", "fc-undo"),
+            ],
+        }
+    )
     run_id = env.cli.start("fc-saga-cancel", {"order": 2})
     env.began(run_id, "s2")
     env.cli("run", "cancel", run_id)
@@ -257,9 +320,14 @@ def test_cancelling_a_run_does_not_compensate(env):
 
 
 def test_input_failing_the_schema_is_refused_and_output_failing_it_fails_the_run(env):
-    env.register({"name": "fc-schemas", "steps": [step("a", "fc-echo")],
-                  "input_schema": {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}},
-                  "output_schema": {"type": "string"}})
+    env.register(
+        {
+            "name": "fc-schemas",
+            "steps": [step("a", "fc-echo")],
+            "input_schema": {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}},
+            "output_schema": {"type": "string"},
+        }
+    )
     missing = env.cli("run", "start", "fc-schemas", '{"m": 1}', check=False)
     assert (missing.returncode, missing.stdout) == (1, "")
     assert missing.stderr == "error: invalid input: 'n' is a required property\n"
@@ -273,6 +341,7 @@ def test_input_failing_the_schema_is_refused_and_output_failing_it_fails_the_run
     assert (good["status"], good["output"]) == ("completed", "fine"), env.diagnose()
     assert bad["status"] == "failed"
     assert bad["error"] == "output does not match output_schema: 42 is not of type 'string'"
+
     # Only the two accepted starts made runs.
     def two_listed():
         runs = env.cli("run", "list", "--workflow", "fc-schemas", json=True)
@@ -304,32 +373,56 @@ def test_a_long_step_error_is_cut_in_the_status_and_kept_whole_in_the_events(env
 
 
 def test_input_references_deliver_the_resolved_object(env):
-    env.register({"name": "fc-wiring", "steps": [
-        step("user", "fc-echo"),
-        step("mail", "fc-record", ["user"],
-             input={"to": {"$ref": "user.email"}, "n": 1, "all": {"$ref": "user"}, "nope": {"$ref": "user.phone"}}),
-    ]})
+    env.register(
+        {
+            "name": "fc-wiring",
+            "steps": [
+                step("user", "fc-echo"),
+                step(
+                    "mail",
+                    "fc-record",
+                    ["user"],
+                    input={
+                        "to": {"$ref": "user.email"},
+                        "n": 1,
+                        "all": {"$ref": "user"},
+                        "nope": {"$ref": "user.phone"},
+                    },
+                ),
+            ],
+        }
+    )
     run_id = env.cli.start("fc-wiring", {"email": "a@b.c", "name": "A"})
     run = env.wait(run_id)
     assert run["status"] == "completed", env.diagnose()
     assert [r["input"] for r in env.rows(run_id, "mail")] == [
-        {"to": "a@b.c", "n": 1, "all": {"email": "a@b.c", "name": "A"}, "nope": None}]
+        {"to": "a@b.c", "n": 1, "all": {"email": "a@b.c", "name": "A"}, "nope": None}
+    ]
 
 
 def test_a_reference_to_a_failed_optional_step_uses_its_default_or_skips_and_cascades(env):
-    env.register({"name": "fc-wiring-default", "steps": [
-        step("extra", "fc-maybe-fail", optional=True),
-        step("with_default", "fc-record", ["extra"], input={"value": {"$ref": "extra.value", "default": 0}}),
-        step("no_default", "fc-record", ["extra"], input={"value": {"$ref": "extra.value"}}),
-        step("after_no_default", "fc-record", ["no_default"]),
-    ]})
+    env.register(
+        {
+            "name": "fc-wiring-default",
+            "steps": [
+                step("extra", "fc-maybe-fail", optional=True),
+                step("with_default", "fc-record", ["extra"], input={"value": {"$ref": "extra.value", "default": 0}}),
+                step("no_default", "fc-record", ["extra"], input={"value": {"$ref": "extra.value"}}),
+                step("after_no_default", "fc-record", ["no_default"]),
+            ],
+        }
+    )
     failed_id = env.cli.start("fc-wiring-default", {"fail": True, "message": "no extra today"})
     ok_id = env.cli.start("fc-wiring-default", {"value": 7})
     failed, ok = env.wait(failed_id), env.wait(ok_id)
 
     assert failed["status"] == "completed", env.diagnose()
-    assert statuses(failed) == {"extra": "failed", "with_default": "completed", "no_default": "skipped",
-                                "after_no_default": "skipped"}
+    assert statuses(failed) == {
+        "extra": "failed",
+        "with_default": "completed",
+        "no_default": "skipped",
+        "after_no_default": "skipped",
+    }
     assert [r["input"] for r in env.rows(failed_id, "with_default")] == [{"value": 0}]
     assert env.rows(failed_id, "no_default") == env.rows(failed_id, "after_no_default") == []
 
@@ -340,11 +433,16 @@ def test_a_reference_to_a_failed_optional_step_uses_its_default_or_skips_and_cas
 
 
 def test_an_optional_failure_does_not_fail_the_run_and_after_any_cleanup_runs(env):
-    env.register({"name": "fc-optional", "steps": [
-        step("extra", "fc-maybe-fail", optional=True),
-        step("uses_extra", "fc-record", ["extra"]),
-        step("cleanup", "fc-record", after_any=["extra"]),
-    ]})
+    env.register(
+        {
+            "name": "fc-optional",
+            "steps": [
+                step("extra", "fc-maybe-fail", optional=True),
+                step("uses_extra", "fc-record", ["extra"]),
+                step("cleanup", "fc-record", after_any=["extra"]),
+            ],
+        }
+    )
     run_id = env.cli.start("fc-optional", {"fail": True, "message": "extra is down"})
     run = env.wait(run_id)
 
@@ -381,8 +479,15 @@ def test_a_run_past_its_workflow_timeout_is_cancelled_and_the_late_result_ignore
 
 def test_a_matching_event_cancels_only_the_run_whose_input_it_matches(env):
     # No worker serves fc-idle: the runs wait on their first step until cancelled.
-    env.register({"name": "fc-cancel-on", "steps": [step("a", "fc-idle")], "cancel_on": [
-        {"event": "fc_order_cancelled", "match": {"left": "order_id", "op": "eq", "right": "input.order_id"}}]})
+    env.register(
+        {
+            "name": "fc-cancel-on",
+            "steps": [step("a", "fc-idle")],
+            "cancel_on": [
+                {"event": "fc_order_cancelled", "match": {"left": "order_id", "op": "eq", "right": "input.order_id"}}
+            ],
+        }
+    )
     runs = {order: env.cli.start("fc-cancel-on", {"order_id": order}) for order in ("o-1", "o-2", "o-3")}
     for run_id in runs.values():
         env.cli.wait_status(run_id, "running")
@@ -407,13 +512,16 @@ def test_a_matching_event_cancels_only_the_run_whose_input_it_matches(env):
 
 
 def test_singleton_skip_refuses_a_second_active_run_for_the_same_key(env):
-    env.register({"name": "fc-single-skip", "singleton": {"mode": "skip", "key": "account"},
-                  "steps": [step("a", "fc-gated")]})
+    env.register(
+        {"name": "fc-single-skip", "singleton": {"mode": "skip", "key": "account"}, "steps": [step("a", "fc-gated")]}
+    )
     first = env.cli.start("fc-single-skip", {"account": "x"})
     refused = env.cli("run", "start", "fc-single-skip", '{"account": "x"}', check=False)
     assert (refused.returncode, refused.stdout) == (1, "")
-    assert refused.stderr == (f"error: workflow 'fc-single-skip' already has an active run for key 'x': {first} "
-                              "(singleton mode skip refuses a second one)\n")
+    assert refused.stderr == (
+        f"error: workflow 'fc-single-skip' already has an active run for key 'x': {first} "
+        "(singleton mode skip refuses a second one)\n"
+    )
     other_key = env.cli.start("fc-single-skip", {"account": "y"})
     listed = env.cli("run", "list", "--workflow", "fc-single-skip", json=True)
     assert sorted(r["run_id"] for r in listed) == sorted([first, other_key])
@@ -451,8 +559,14 @@ def test_singleton_cancel_replaces_the_active_run(env):
 def own_worker(tmp_path: Path, url: str, task: str, worker_id: str, extra: str = "", ack_wait: float = 5) -> WorkerProc:
     """A worker of its own (id `worker_id`) for `task`; all of them journal to tmp_path."""
     args = f'worker_id="{worker_id}", max_concurrent=8, drain_timeout=1, ack_wait={ack_wait}{extra}'
-    return WorkerProc(tmp_path, url, OWN_WORKER_HANDLERS.replace('"TASK"', json.dumps(task)), name=worker_id,
-                      worker_args=args, journal=tmp_path / "journal.jsonl")
+    return WorkerProc(
+        tmp_path,
+        url,
+        OWN_WORKER_HANDLERS.replace('"TASK"', json.dumps(task)),
+        name=worker_id,
+        worker_args=args,
+        journal=tmp_path / "journal.jsonl",
+    )
 
 
 def executed_by(env: Env, journal: Journal, run_id: str) -> dict[str, str]:
@@ -465,10 +579,16 @@ def test_a_worker_group_step_runs_only_on_a_worker_of_that_group(env, tmp_path):
     try:
         gpu.start()
         plain.start()
-        env.register({"name": "fc-worker-group", "steps": [
-            step("prep", "fc-group"), step("render", "fc-group", ["prep"], worker_group="gpu"),
-            step("publish", "fc-group", ["render"]),
-        ]})
+        env.register(
+            {
+                "name": "fc-worker-group",
+                "steps": [
+                    step("prep", "fc-group"),
+                    step("render", "fc-group", ["prep"], worker_group="gpu"),
+                    step("publish", "fc-group", ["render"]),
+                ],
+            }
+        )
         runs = [env.cli.start("fc-worker-group", {"n": n}) for n in range(4)]
         final = [env.wait(run_id) for run_id in runs]
     finally:
@@ -503,9 +623,17 @@ def test_sticky_soft_keeps_a_run_on_one_worker_and_falls_back_when_that_worker_d
         for worker in workers.values():
             worker.start()
         slow = {"sleep": 0.2}  # long enough for the worker to report step.started
-        env.register({"name": "fc-sticky-soft", "sticky": "soft", "steps": [
-            step("a", "fc-soft", input=slow), step("b", "fc-soft", ["a"], input=slow),
-            step("c", "fc-soft", ["b"], input=slow)]})
+        env.register(
+            {
+                "name": "fc-sticky-soft",
+                "sticky": "soft",
+                "steps": [
+                    step("a", "fc-soft", input=slow),
+                    step("b", "fc-soft", ["a"], input=slow),
+                    step("c", "fc-soft", ["b"], input=slow),
+                ],
+            }
+        )
         runs = [env.cli.start("fc-sticky-soft") for _ in range(6)]
         final = [env.wait(run_id) for run_id in runs]
         assert [r["status"] for r in final] == ["completed"] * 6
@@ -513,8 +641,13 @@ def test_sticky_soft_keeps_a_run_on_one_worker_and_falls_back_when_that_worker_d
             ran = executed_by(env, journal, run_id)
             assert len(ran) == 3 and len(set(ran.values())) == 1, (run_id, ran)
 
-        env.register({"name": "fc-sticky-soft-fallback", "sticky": "soft",
-                      "steps": [step("a", "fc-soft"), step("b", "fc-soft", ["a"])]})
+        env.register(
+            {
+                "name": "fc-sticky-soft-fallback",
+                "sticky": "soft",
+                "steps": [step("a", "fc-soft"), step("b", "fc-soft", ["a"])],
+            }
+        )
         run_id, bound = hold_first_step_and_pause(env, journal, "fc-sticky-soft-fallback")
         (other,) = set(workers) - {bound}
         workers[bound].procs[-1].kill()
@@ -535,8 +668,13 @@ def test_sticky_soft_binds_a_run_whose_steps_are_quick(env, tmp_path):
     try:
         for worker in workers.values():
             worker.start()
-        env.register({"name": "fc-sticky-quick", "sticky": "soft", "steps": [
-            step("a", "fc-quick"), step("b", "fc-quick", ["a"]), step("c", "fc-quick", ["b"])]})
+        env.register(
+            {
+                "name": "fc-sticky-quick",
+                "sticky": "soft",
+                "steps": [step("a", "fc-quick"), step("b", "fc-quick", ["a"]), step("c", "fc-quick", ["b"])],
+            }
+        )
         runs = [env.cli.start("fc-sticky-quick") for _ in range(6)]
         final = [env.wait(run_id) for run_id in runs]
     finally:
@@ -553,8 +691,14 @@ def test_sticky_hard_waits_for_its_worker_to_come_back(env, tmp_path):
     try:
         for worker in workers.values():
             worker.start()
-        env.register({"name": "fc-sticky-hard", "sticky": "hard", "timeout": "60s",
-                      "steps": [step("a", "fc-hard"), step("b", "fc-hard", ["a"])]})
+        env.register(
+            {
+                "name": "fc-sticky-hard",
+                "sticky": "hard",
+                "timeout": "60s",
+                "steps": [step("a", "fc-hard"), step("b", "fc-hard", ["a"])],
+            }
+        )
         run_id, bound = hold_first_step_and_pause(env, journal, "fc-sticky-hard")
         first_pid = env.rows(run_id, "a", journal=journal)[0]["pid"]
         workers[bound].procs[-1].kill()
@@ -578,15 +722,23 @@ def test_sticky_hard_waits_for_its_worker_to_come_back(env, tmp_path):
 
 
 def test_sticky_soft_step_whose_worker_dies_mid_task_falls_back_to_another_worker(env, tmp_path):
-    workers = {wid: own_worker(tmp_path, env.cli.url, "fc-soft-crash", wid, ack_wait=2)
-               for wid in ("crash-1", "crash-2")}
+    workers = {
+        wid: own_worker(tmp_path, env.cli.url, "fc-soft-crash", wid, ack_wait=2) for wid in ("crash-1", "crash-2")
+    }
     journal = workers["crash-1"].journal
     try:
         for worker in workers.values():
             worker.start()
-        env.register({"name": "fc-sticky-soft-crash", "sticky": "soft",
-                      "steps": [step("a", "fc-soft-crash", input={"sleep": 0.2}),
-                                step("b", "fc-soft-crash", ["a"], input={"hold": ["b"]})]})
+        env.register(
+            {
+                "name": "fc-sticky-soft-crash",
+                "sticky": "soft",
+                "steps": [
+                    step("a", "fc-soft-crash", input={"sleep": 0.2}),
+                    step("b", "fc-soft-crash", ["a"], input={"hold": ["b"]}),
+                ],
+            }
+        )
         run_id = env.cli.start("fc-sticky-soft-crash")
         bound = env.began(run_id, "b", journal)["worker"]
         (other,) = set(workers) - {bound}
@@ -613,8 +765,7 @@ def test_an_idempotency_key_returns_the_same_run_also_after_an_engine_restart(en
     other = env.cli.start("fc-idem", {"order": {"id": 8}})
     assert other != run_id
     keyed = env.cli("run", "start", "fc-idem-explicit", "1", "--idempotency-key", "job-42", json=True)["run_id"]
-    assert env.cli("run", "start", "fc-idem-explicit", "2", "--idempotency-key", "job-42",
-                   json=True)["run_id"] == keyed
+    assert env.cli("run", "start", "fc-idem-explicit", "2", "--idempotency-key", "job-42", json=True)["run_id"] == keyed
     plain = env.cli.start("fc-idem-explicit", 1)
     assert plain != keyed
     assert env.wait(run_id)["input"] == {"order": {"id": 7}}  # the first start's input, run once
@@ -623,8 +774,7 @@ def test_an_idempotency_key_returns_the_same_run_also_after_an_engine_restart(en
     old_pid, new_pid = restart_serve(env.serve)
     assert new_pid != old_pid
     assert env.cli.start("fc-idem", {"order": {"id": 7}}) == run_id
-    assert env.cli("run", "start", "fc-idem-explicit", "3", "--idempotency-key", "job-42",
-                   json=True)["run_id"] == keyed
+    assert env.cli("run", "start", "fc-idem-explicit", "3", "--idempotency-key", "job-42", json=True)["run_id"] == keyed
     listed = env.cli("run", "list", "--workflow", "fc-idem", json=True)
     assert sorted(r["run_id"] for r in listed) == sorted([run_id, other])
 
@@ -641,4 +791,3 @@ def test_a_workflow_deadline_survives_an_engine_restart(env):
     assert 4.0 <= seconds_between(run["created_at"], run["completed_at"]) < 6.0
     types = [e["type"] for e in env.cli.events(run_id)]
     assert types.count("workflow.cancelled") == 1, types
-

@@ -12,13 +12,11 @@ import re
 
 import pytest
 
-
-from e2e_support import module_env, step
-from e2e_support import WorkerProc, wait_for
+from e2e_support import WorkerProc, module_env, step, wait_for
 
 pytestmark = pytest.mark.e2e
 
-HANDLERS = '''
+HANDLERS = """
 from typing import Any
 
 
@@ -86,10 +84,9 @@ async def blocker(ctx: TaskContext, data: Any) -> str:
 def after(ctx: TaskContext, data: Any) -> str:
     journal(ctx, "begin")
     return "after"
-'''
+"""
 
 RUN_ID = r"[0-9a-f]{32}"
-
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +95,19 @@ def env(tmp_path_factory):
         yield env
 
 
-
 def test_fan_out_steps_run_in_parallel_and_the_join_gets_each_output_by_id(env):
-    env.register({"name": "e2e-fan-out", "steps": [
-        step("A", "fan-start"),
-        step("B", "fan-sleep", ["A"]), step("C", "fan-sleep", ["A"]), step("D", "fan-sleep", ["A"]),
-        step("E", "fan-join", ["B", "C", "D"]),
-    ]})
+    env.register(
+        {
+            "name": "e2e-fan-out",
+            "steps": [
+                step("A", "fan-start"),
+                step("B", "fan-sleep", ["A"]),
+                step("C", "fan-sleep", ["A"]),
+                step("D", "fan-sleep", ["A"]),
+                step("E", "fan-join", ["B", "C", "D"]),
+            ],
+        }
+    )
     run_id = env.cli.start("e2e-fan-out", {"x": 1})
     run = env.cli.wait_status(run_id, {"completed", "failed"})
     assert run["status"] == "completed", env.diagnose()
@@ -116,7 +119,7 @@ def test_fan_out_steps_run_in_parallel_and_the_join_gets_each_output_by_id(env):
     assert max(e.start for e in done) < min(e.end for e in done), done
 
 
-THREE_SLOT_HANDLERS = '''
+THREE_SLOT_HANDLERS = """
 @w.task("slots-start")
 def slots_start(ctx: TaskContext) -> str:
     return "go"
@@ -133,18 +136,25 @@ def slots_sleep(ctx: TaskContext, data: str) -> str:
 @w.task("slots-join")
 def slots_join(ctx: TaskContext, data: dict) -> dict:
     return data
-'''
+"""
 
 
 def test_a_worker_with_three_slots_runs_three_ready_tasks_at_once(env, tmp_path):
     worker = WorkerProc(tmp_path, env.cli.url, THREE_SLOT_HANDLERS, worker_args="max_concurrent=3")
     try:
         worker.start()
-        env.register({"name": "e2e-three-slots", "steps": [
-            step("A", "slots-start"),
-            step("B", "slots-sleep", ["A"]), step("C", "slots-sleep", ["A"]), step("D", "slots-sleep", ["A"]),
-            step("E", "slots-join", ["B", "C", "D"]),
-        ]})
+        env.register(
+            {
+                "name": "e2e-three-slots",
+                "steps": [
+                    step("A", "slots-start"),
+                    step("B", "slots-sleep", ["A"]),
+                    step("C", "slots-sleep", ["A"]),
+                    step("D", "slots-sleep", ["A"]),
+                    step("E", "slots-join", ["B", "C", "D"]),
+                ],
+            }
+        )
         run_id = env.cli.start("e2e-three-slots")
         run = env.cli.wait_status(run_id, {"completed", "failed"})
     finally:
@@ -155,9 +165,14 @@ def test_a_worker_with_three_slots_runs_three_ready_tasks_at_once(env, tmp_path)
 
 
 def test_a_step_failing_twice_succeeds_on_its_third_attempt(env):
-    env.register({"name": "e2e-retry-ok", "steps": [
-        step("s", "flaky", retry={"max_attempts": 3, "initial_delay": "100ms"}),
-    ]})
+    env.register(
+        {
+            "name": "e2e-retry-ok",
+            "steps": [
+                step("s", "flaky", retry={"max_attempts": 3, "initial_delay": "100ms"}),
+            ],
+        }
+    )
     run_id = env.cli.start("e2e-retry-ok")
     run = env.cli.wait_status(run_id, {"completed", "failed"})
     assert run["status"] == "completed", run
@@ -169,9 +184,14 @@ def test_a_step_failing_twice_succeeds_on_its_third_attempt(env):
 
 
 def test_exhausted_retries_fail_the_run_and_watch_exits_non_zero(env):
-    env.register({"name": "e2e-retry-exhausted", "steps": [
-        step("s", "always-fails", retry={"max_attempts": 2, "initial_delay": "100ms"}),
-    ]})
+    env.register(
+        {
+            "name": "e2e-retry-exhausted",
+            "steps": [
+                step("s", "always-fails", retry={"max_attempts": 2, "initial_delay": "100ms"}),
+            ],
+        }
+    )
     watched = env.cli("run", "start", "e2e-retry-exhausted", "--watch", check=False, timeout=30)
     assert watched.returncode != 0, watched
     lines = watched.stdout.splitlines()
@@ -190,9 +210,14 @@ def test_exhausted_retries_fail_the_run_and_watch_exits_non_zero(env):
 
 
 def test_permanent_fails_at_once_despite_a_retry_policy(env):
-    env.register({"name": "e2e-permanent", "steps": [
-        step("s", "refuses", retry={"max_attempts": 3, "initial_delay": "100ms"}),
-    ]})
+    env.register(
+        {
+            "name": "e2e-permanent",
+            "steps": [
+                step("s", "refuses", retry={"max_attempts": 3, "initial_delay": "100ms"}),
+            ],
+        }
+    )
     run_id = env.cli.start("e2e-permanent")
     run = env.cli.wait_status(run_id, {"completed", "failed"})
     assert run["status"] == "failed"
@@ -203,9 +228,14 @@ def test_permanent_fails_at_once_despite_a_retry_policy(env):
 
 
 def test_input_that_does_not_decode_into_the_annotated_type_fails_permanently(env):
-    env.register({"name": "e2e-typed", "steps": [
-        step("s", "wants-int", retry={"max_attempts": 3, "initial_delay": "100ms"}),
-    ]})
+    env.register(
+        {
+            "name": "e2e-typed",
+            "steps": [
+                step("s", "wants-int", retry={"max_attempts": 3, "initial_delay": "100ms"}),
+            ],
+        }
+    )
     run_id = env.cli.start("e2e-typed", "abc")
     run = env.cli.wait_status(run_id, {"completed", "failed"})
     assert run["status"] == "failed"
@@ -216,9 +246,14 @@ def test_input_that_does_not_decode_into_the_annotated_type_fails_permanently(en
 
 
 def test_a_timed_out_attempt_is_retried_and_its_late_result_ignored(env):
-    env.register({"name": "e2e-timeout", "steps": [
-        step("s", "slow-first", timeout="1s", retry={"max_attempts": 2, "initial_delay": "100ms"}),
-    ]})
+    env.register(
+        {
+            "name": "e2e-timeout",
+            "steps": [
+                step("s", "slow-first", timeout="1s", retry={"max_attempts": 2, "initial_delay": "100ms"}),
+            ],
+        }
+    )
     run_id = env.cli.start("e2e-timeout")
     run = env.cli.wait_status(run_id, {"completed", "failed"})
     assert run["status"] == "completed", run
@@ -229,33 +264,45 @@ def test_a_timed_out_attempt_is_retried_and_its_late_result_ignored(env):
     assert "step timeout exceeded (1s)" in str(failed[0]["payload"])
 
     # Attempt 1 still finishes (about 3 s after it began) and reports: nothing changes.
-    wait_for(lambda: [e for e in env.journal.executions(run_id) if e.attempt == 1 and e.end], 10,
-             "attempt 1 to finish its sleep")
-    late_seen = lambda: any(
-        e["type"] == "step.completed" and e["attempt"] == 1 for e in env.cli.events(run_id)
-    ) or None
+    wait_for(
+        lambda: [e for e in env.journal.executions(run_id) if e.attempt == 1 and e.end],
+        10,
+        "attempt 1 to finish its sleep",
+    )
+    late_seen = lambda: any(e["type"] == "step.completed" and e["attempt"] == 1 for e in env.cli.events(run_id)) or None
     try:  # the late report may be recorded, or dropped: either way the run must not change
         wait_for(late_seen, 2, "the late report")
     except AssertionError:
         pass
     again = env.cli.status(run_id)
     assert (again["status"], again["output"], again["steps"]["s"]["attempts"]) == (
-        "completed", "result of attempt 2", 2)
+        "completed",
+        "result of attempt 2",
+        2,
+    )
     assert [e["type"] for e in env.cli.events(run_id)].count("workflow.completed") == 1
     assert env.cli("run", "output", run_id, "--json").stdout == '"result of attempt 2"\n'
 
 
 def test_cancel_stops_a_blocked_run_and_a_second_cancel_is_refused(env):
-    env.register({"name": "e2e-cancel", "steps": [
-        step("blocked", "blocker"), step("next", "after", ["blocked"]),
-    ]})
+    env.register(
+        {
+            "name": "e2e-cancel",
+            "steps": [
+                step("blocked", "blocker"),
+                step("next", "after", ["blocked"]),
+            ],
+        }
+    )
     run_id = env.cli.start("e2e-cancel")
     wait_for(lambda: env.journal.count(run_id, "blocked"), 10, "the blocked step to begin")
     cancelled = env.cli("run", "cancel", run_id)
     assert cancelled.stdout == f"Run {run_id} cancelled\n"
     run = env.cli.wait_status(run_id, {"cancelled"})
     assert {s: (v["status"], v["attempts"]) for s, v in run["steps"].items()} == {
-        "blocked": ("cancelled", 1), "next": ("cancelled", 0)}
+        "blocked": ("cancelled", 1),
+        "next": ("cancelled", 0),
+    }
     assert run["error"] == "cancelled by user"
     assert env.journal.count(run_id, "next") == 0
     events = [e["type"] for e in env.cli.events(run_id)]

@@ -37,8 +37,12 @@ def test_listing_runs_leaves_no_consumers_behind(tmp_path, run):
         before = run(consumer_count(server.url, RUNS_STREAM))
         for _ in range(10):
             cli("run", "list", json=True)
-        wait_for(lambda: run(consumer_count(server.url, RUNS_STREAM)) <= before + 1, 8,
-                 f"the consumers of 10 `run list` calls on {RUNS_STREAM} to go away", interval=0.5)
+        wait_for(
+            lambda: run(consumer_count(server.url, RUNS_STREAM)) <= before + 1,
+            8,
+            f"the consumers of 10 `run list` calls on {RUNS_STREAM} to go away",
+            interval=0.5,
+        )
     finally:
         serve.stop()
         server.stop_sync()

@@ -14,14 +14,13 @@ import time
 
 import pytest
 
-
-from e2e_support import module_env, step
-from e2e_support import (GATE_HANDLERS, CliCall, open_gate, wait_for,
-                         wait_inbox_drained)
+from e2e_support import GATE_HANDLERS, CliCall, module_env, open_gate, step, wait_for, wait_inbox_drained
 
 pytestmark = pytest.mark.e2e
 
-HANDLERS = GATE_HANDLERS + '''
+HANDLERS = (
+    GATE_HANDLERS
+    + """
 from typing import Any
 
 
@@ -43,15 +42,14 @@ async def rc_gated(ctx: TaskContext, data: Any) -> str:
 def rc_refuse(ctx: TaskContext, data: Any) -> str:
     journal(ctx, "begin")
     raise Permanent(f"{ctx.step_id} refuses")
-'''
-
+"""
+)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     with module_env(tmp_path_factory.mktemp("run-control"), HANDLERS, max_concurrent=32) as env:
         yield env
-
 
 
 def statuses(run: dict) -> dict[str, str]:
@@ -67,8 +65,12 @@ def refused(result, message: str) -> None:
 
 
 def test_cancel_cancels_pending_steps_and_ignores_the_running_tasks_late_result(env):
-    env.register({"name": "rc-cancel", "steps": [
-        step("a", "rc-gated"), step("b", "rc-echo", ["a"]), step("c", "rc-echo", ["b"])]})
+    env.register(
+        {
+            "name": "rc-cancel",
+            "steps": [step("a", "rc-gated"), step("b", "rc-echo", ["a"]), step("c", "rc-echo", ["b"])],
+        }
+    )
     run_id = env.cli.start("rc-cancel", {"n": 1})
     env.running(run_id, "a")
 
@@ -82,7 +84,10 @@ def test_cancel_cancels_pending_steps_and_ignores_the_running_tasks_late_result(
     wait_inbox_drained(env.cli)
     later = env.cli.status(run_id)
     assert (later["status"], later["output"], statuses(later)) == (
-        "cancelled", None, {"a": "cancelled", "b": "cancelled", "c": "cancelled"})
+        "cancelled",
+        None,
+        {"a": "cancelled", "b": "cancelled", "c": "cancelled"},
+    )
     assert env.rows(run_id, "b") == env.rows(run_id, "c") == []
     types = [e["type"] for e in env.cli.events(run_id)]
     assert types[-1] == "workflow.cancelled" and "step.completed" not in types, types
@@ -167,8 +172,13 @@ def test_wait_blocks_until_the_run_finishes_and_prints_its_output(env):
         whole.stop()
         first.stop()
     assert step_done.returncode == 0, step_done
-    assert json.loads(step_done.stdout) == {"run_id": run_id, "step": "a", "status": "completed",
-                                            "output": "a passed its gate", "error": None}
+    assert json.loads(step_done.stdout) == {
+        "run_id": run_id,
+        "step": "a",
+        "status": "completed",
+        "output": "a passed its gate",
+        "error": None,
+    }
     assert (run_done.returncode, run_done.stdout, run_done.stderr) == (0, '"a passed its gate"\n', "")
     assert env.cli.status(run_id)["status"] == "completed"
     # A finished run: wait returns at once.
@@ -177,22 +187,36 @@ def test_wait_blocks_until_the_run_finishes_and_prints_its_output(env):
 
 
 def test_wait_for_a_step_exits_non_zero_when_the_step_failed_or_was_skipped(env):
-    env.register({"name": "rc-wait-fail", "steps": [
-        step("ok", "rc-echo"), step("bad", "rc-refuse", ["ok"]), step("after", "rc-echo", ["bad"])]})
+    env.register(
+        {
+            "name": "rc-wait-fail",
+            "steps": [step("ok", "rc-echo"), step("bad", "rc-refuse", ["ok"]), step("after", "rc-echo", ["bad"])],
+        }
+    )
     run_id = env.cli.start("rc-wait-fail", "in")
     failed = env.cli("run", "wait", run_id, "--step", "bad", "--timeout", "15", check=False, timeout=30)
     assert (failed.returncode, failed.stdout) == (1, ""), failed
     assert failed.stderr == "error: step bad is failed: bad refuses\n"
 
-    env.register({"name": "rc-wait-skip", "steps": [
-        step("ok", "rc-echo"), step("maybe", "rc-echo", ["ok"], skip_if={"step_id": "ok", "field": "go",
-                                                                         "op": "==", "value": False})]})
+    env.register(
+        {
+            "name": "rc-wait-skip",
+            "steps": [
+                step("ok", "rc-echo"),
+                step("maybe", "rc-echo", ["ok"], skip_if={"step_id": "ok", "field": "go", "op": "==", "value": False}),
+            ],
+        }
+    )
     skip_id = env.cli.start("rc-wait-skip", {"go": False})
-    skipped = env.cli("run", "wait", skip_id, "--step", "maybe", "--json", "--timeout", "15", check=False,
-                      timeout=30)
+    skipped = env.cli("run", "wait", skip_id, "--step", "maybe", "--json", "--timeout", "15", check=False, timeout=30)
     assert skipped.returncode == 1, skipped
-    assert json.loads(skipped.stdout) == {"run_id": skip_id, "step": "maybe", "status": "skipped", "output": None,
-                                          "error": "skip_if ok.go == False"}
+    assert json.loads(skipped.stdout) == {
+        "run_id": skip_id,
+        "step": "maybe",
+        "status": "skipped",
+        "output": None,
+        "error": "skip_if ok.go == False",
+    }
     ok = env.cli("run", "wait", skip_id, "--step", "ok", check=False)
     assert (ok.returncode, json.loads(ok.stdout)) == (0, {"go": False})
     whole = env.cli("run", "wait", run_id, check=False)
@@ -227,10 +251,17 @@ def test_wait_with_a_timeout_exits_non_zero_when_the_run_does_not_finish(env):
 
 
 def test_inspect_shows_steps_attempts_timings_errors_and_blockers(env):
-    env.register({"name": "rc-inspect", "steps": [
-        step("a", "rc-gated"), step("b", "rc-echo", ["a"]), step("c", "rc-echo", ["a", "b"]),
-        step("extra", "rc-refuse", optional=True),
-    ]})
+    env.register(
+        {
+            "name": "rc-inspect",
+            "steps": [
+                step("a", "rc-gated"),
+                step("b", "rc-echo", ["a"]),
+                step("c", "rc-echo", ["a", "b"]),
+                step("extra", "rc-refuse", optional=True),
+            ],
+        }
+    )
     run_id = env.cli.start("rc-inspect")
     env.running(run_id, "a")
     wait_for(lambda: env.cli.status(run_id)["steps"]["extra"]["status"] == "failed", 10, "extra to fail")
@@ -258,7 +289,11 @@ def test_inspect_shows_steps_attempts_timings_errors_and_blockers(env):
     done = env.cli("run", "inspect", run_id, json=True)
     assert done["blockers"] == {}
     assert {s: v["status"] for s, v in done["steps"].items()} == {
-        "a": "completed", "b": "completed", "c": "completed", "extra": "failed"}
+        "a": "completed",
+        "b": "completed",
+        "c": "completed",
+        "extra": "failed",
+    }
     assert done["steps"]["a"]["exec_seconds"] >= 0.5  # held at its gate at least that long
     assert all(v["queue_seconds"] >= 0 and v["exec_seconds"] >= 0 for v in done["steps"].values())
     assert "Blocked:" not in env.cli("run", "inspect", run_id).stdout
@@ -275,8 +310,11 @@ def test_delete_refuses_a_running_run_and_removes_a_finished_one(env):
 
     open_gate(env.journal, run_id, "a")
     assert env.wait(run_id)["status"] == "completed"
-    wait_for(lambda: [r for r in env.cli("run", "list", "--workflow", "rc-delete", json=True)
-                      if r["run_id"] == run_id], 5, "the run to be listed")
+    wait_for(
+        lambda: [r for r in env.cli("run", "list", "--workflow", "rc-delete", json=True) if r["run_id"] == run_id],
+        5,
+        "the run to be listed",
+    )
     assert env.cli("run", "delete", run_id).stdout == f"Run {run_id} deleted\n"
 
     refused(env.cli("run", "status", run_id, check=False), f"run {run_id!r} not found")
@@ -289,19 +327,30 @@ def test_delete_refuses_a_running_run_and_removes_a_finished_one(env):
 
 
 def test_list_filters_by_workflow_and_status_and_limits_the_count(env):
-    env.register({"name": "rc-list-a", "steps": [step("a", "rc-echo"), step("b", "rc-refuse", ["a"],
-                                                                            skip_if={"step_id": "a", "field": "ok",
-                                                                                     "op": "==", "value": True})]})
+    env.register(
+        {
+            "name": "rc-list-a",
+            "steps": [
+                step("a", "rc-echo"),
+                step("b", "rc-refuse", ["a"], skip_if={"step_id": "a", "field": "ok", "op": "==", "value": True}),
+            ],
+        }
+    )
     env.register({"name": "rc-list-b", "steps": [step("a", "rc-echo")]})
     made = []
-    for workflow, data in (("rc-list-a", {"ok": True}), ("rc-list-a", {"ok": False}), ("rc-list-a", {"ok": True}),
-                           ("rc-list-b", {"ok": True})):
+    for workflow, data in (
+        ("rc-list-a", {"ok": True}),
+        ("rc-list-a", {"ok": False}),
+        ("rc-list-a", {"ok": True}),
+        ("rc-list-b", {"ok": True}),
+    ):
         made.append(env.cli.start(workflow, data))
         env.wait(made[-1])
     a_ok1, a_failed, a_ok2, b_ok = made
 
     def listed(*args: str, count: int) -> list[dict]:
         """`run list ARGS --json` once it shows `count` runs (the snapshot of a finished run lands a moment later)."""
+
         def enough():
             runs = env.cli("run", "list", *args, json=True)
             return runs if len(runs) >= count else None
@@ -314,7 +363,8 @@ def test_list_filters_by_workflow_and_status_and_limits_the_count(env):
     assert [r["status"] for r in in_a] == ["completed", "failed", "completed"]
     failed = listed("--workflow", "rc-list-a", "--status", "failed", count=1)
     assert [(r["run_id"], r["status"], r["steps_done"], r["steps_total"]) for r in failed] == [
-        (a_failed, "failed", 1, 2)]
+        (a_failed, "failed", 1, 2)
+    ]
     assert [r["run_id"] for r in listed("--workflow", "rc-list-a", "--limit", "2", count=2)] == [a_ok2, a_failed]
     assert [r["run_id"] for r in listed("--workflow", "rc-list-b", count=1)] == [b_ok]
     assert env.cli("run", "list", "--workflow", "rc-list-b", "--status", "failed", json=True) == []
@@ -323,6 +373,8 @@ def test_list_filters_by_workflow_and_status_and_limits_the_count(env):
 
     human = env.cli("run", "list", "--workflow", "rc-list-a", "--limit", "2").stdout.splitlines()
     assert re.fullmatch(r"RUN_ID +WORKFLOW +STATUS +CREATED +STEPS", human[0]), human
-    assert [line.split()[:3] for line in human[1:]] == [[a_ok2, "rc-list-a", "completed"],
-                                                         [a_failed, "rc-list-a", "failed"]]
+    assert [line.split()[:3] for line in human[1:]] == [
+        [a_ok2, "rc-list-a", "completed"],
+        [a_failed, "rc-list-a", "failed"],
+    ]
     assert env.cli("run", "list", "--workflow", "rc-list-none").stdout == "No runs.\n"

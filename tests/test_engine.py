@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import nats
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from dagnats.domain.events import Event, encode_record, format_timestamp, make_event
+from dagnats.domain.events import encode_record, format_timestamp, make_event
 from dagnats.infra.wire import control
 from dagnats.infra.wire.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
 from dagnats.infra.wire.subjects import history_subject
@@ -53,11 +53,20 @@ def test_foreign_append_makes_the_actor_refold_and_decide_again(nats_url, run, c
             # Write a step.started fact straight into the history, behind the actor's back.
             js = h.nc.jetstream()
             last = (await js.get_msg("WORKFLOW_HISTORY", subject=history_subject(run_id))).seq
-            foreign = make_event(type="step.started", run_id=run_id, step_id="a", attempt=1,
-                            timestamp=format_timestamp(datetime.now(timezone.utc)),
-                            worker_id="foreign", id="a.1.step.started")
-            await js.publish(history_subject(run_id), encode_record([foreign]),
-                             headers={MSG_ID: "foreign-1", EXPECTED_LAST_SUBJECT_SEQ: str(last)})
+            foreign = make_event(
+                type="step.started",
+                run_id=run_id,
+                step_id="a",
+                attempt=1,
+                timestamp=format_timestamp(datetime.now(UTC)),
+                worker_id="foreign",
+                id="a.1.step.started",
+            )
+            await js.publish(
+                history_subject(run_id),
+                encode_record([foreign]),
+                headers={MSG_ID: "foreign-1", EXPECTED_LAST_SUBJECT_SEQ: str(last)},
+            )
             # The actor still believes `last` is the tail; this report forces a conflict.
             await worker.report(task, "step.completed", "done-a")
             await msg.ack()
@@ -102,7 +111,10 @@ def test_a_duplicate_report_is_recorded_once(nats_url, run):
 
 
 def test_a_failed_attempt_is_retried_after_its_backoff(nats_url, run):
-    wf = {"name": "retry1", "steps": [{"id": "a", "task": "ra", "retry": {"max_attempts": 2, "initial_delay": "200ms"}}]}
+    wf = {
+        "name": "retry1",
+        "steps": [{"id": "a", "task": "ra", "retry": {"max_attempts": 2, "initial_delay": "200ms"}}],
+    }
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -121,7 +133,10 @@ def test_a_failed_attempt_is_retried_after_its_backoff(nats_url, run):
 
 
 def test_exhausted_retries_fail_the_run_naming_the_step(nats_url, run):
-    wf = {"name": "retry2", "steps": [{"id": "a", "task": "rb", "retry": {"max_attempts": 1, "initial_delay": "100ms"}}]}
+    wf = {
+        "name": "retry2",
+        "steps": [{"id": "a", "task": "rb", "retry": {"max_attempts": 1, "initial_delay": "100ms"}}],
+    }
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -138,7 +153,10 @@ def test_exhausted_retries_fail_the_run_naming_the_step(nats_url, run):
 
 
 def test_a_pending_backoff_fires_after_the_engine_restarts(nats_url, run):
-    wf = {"name": "retry3", "steps": [{"id": "a", "task": "rc", "retry": {"max_attempts": 1, "initial_delay": "1500ms"}}]}
+    wf = {
+        "name": "retry3",
+        "steps": [{"id": "a", "task": "rc", "retry": {"max_attempts": 1, "initial_delay": "1500ms"}}],
+    }
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -158,8 +176,10 @@ def test_a_pending_backoff_fires_after_the_engine_restarts(nats_url, run):
 
 
 def test_a_step_timeout_fails_the_attempt_and_ignores_its_late_result(nats_url, run):
-    wf = {"name": "slow", "steps": [{"id": "a", "task": "sl", "timeout": "300ms",
-                                     "retry": {"max_attempts": 1, "initial_delay": "1ms"}}]}
+    wf = {
+        "name": "slow",
+        "steps": [{"id": "a", "task": "sl", "timeout": "300ms", "retry": {"max_attempts": 1, "initial_delay": "1ms"}}],
+    }
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -240,7 +260,12 @@ def test_unknown_and_hostile_run_ids_are_refused(nats_url, run):
     async def body():
         async with EngineHarness(nats_url) as h:
             results = []
-            for run_id, expected in (("0" * 32, RunNotFound), ("a.b", InvalidIdentifier), ("*", InvalidIdentifier), (">", InvalidIdentifier)):
+            for run_id, expected in (
+                ("0" * 32, RunNotFound),
+                ("a.b", InvalidIdentifier),
+                ("*", InvalidIdentifier),
+                (">", InvalidIdentifier),
+            ):
                 try:
                     await h.client.status(run_id)
                 except expected as err:
@@ -263,8 +288,15 @@ def test_a_fact_with_a_malformed_timestamp_does_not_poison_the_run(nats_url, run
             run_id = await h.client.start("chain3")
             worker = FakeWorker(h.nc, "ta")
             task, msg = await worker.next()
-            bad = make_event(type="step.started", run_id=run_id, step_id="a", attempt=1, timestamp="yesterday-ish",
-                        trace_parent="not-a-traceparent", id="a.1.step.started")
+            bad = make_event(
+                type="step.started",
+                run_id=run_id,
+                step_id="a",
+                attempt=1,
+                timestamp="yesterday-ish",
+                trace_parent="not-a-traceparent",
+                id="a.1.step.started",
+            )
             await h.nc.jetstream().publish(inbox_subject(run_id), msgspec.json.encode(bad))
             await worker.report(task, "step.completed", "a")
             await msg.ack()
@@ -384,13 +416,15 @@ def test_requests_nested_thousands_of_levels_deep_are_refused_as_invalid(nats_ur
     bodies = {
         "run.start": b'{"workflow": "wf", "input": ' + deep + b"}",
         "workflow.register": b'{"definition": {"name": "deep", "steps": [{"id": "a", "task": "t", "input": '
-                             + deep + b"}]}}",
+        + deep
+        + b"}]}}",
     }
 
     async def body():
         async with EngineHarness(nats_url) as h:
-            replies = {op: (await h.nc.request(control.subject(op), data, timeout=5)).data
-                       for op, data in bodies.items()}
+            replies = {
+                op: (await h.nc.request(control.subject(op), data, timeout=5)).data for op, data in bodies.items()
+            }
             return replies, await h.client.workflows()
 
     replies, workflows = run(body())

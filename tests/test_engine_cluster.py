@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from dagnats.infra.worker import Worker
-
 from dagnats.domain.errors import Unavailable
+from dagnats.infra.worker import Worker
 
 from harness import CHAIN3, EngineHarness
 
@@ -30,6 +29,7 @@ def _worker(urls: str, delay: float = 0.0) -> Worker:
         async def handler(ctx, data):
             await asyncio.sleep(delay)
             return f"{task}:{data}"
+
         return handler
 
     for task in ("ta", "tb", "tc"):

@@ -83,14 +83,19 @@ async def _eventually(predicate, timeout: float = 10.0) -> None:
 def test_a_timed_out_attempt_leaves_the_queue_and_no_worker_gets_it_later(nats_url, run):
     async def body():
         async with EngineHarness(nats_url) as h:
-            await h.client.register({"name": "superseded", "steps": [
-                {"id": "a", "task": "t-sup", "timeout": "1s", "retry": {"max_attempts": 1}}]})
+            await h.client.register(
+                {
+                    "name": "superseded",
+                    "steps": [{"id": "a", "task": "t-sup", "timeout": "1s", "retry": {"max_attempts": 1}}],
+                }
+            )
             run_id = await h.client.start("superseded")
             js = h.nc.jetstream()
             # A worker takes attempt 1, says it started, then dies without acking: the
             # task stays un-acked and would be handed out again after ack_wait.
-            sub = await js.pull_subscribe("task.t-sup.*", durable="workers-t-sup", stream=TASK_STREAM,
-                                          config=api.ConsumerConfig(ack_wait=1.0))
+            sub = await js.pull_subscribe(
+                "task.t-sup.*", durable="workers-t-sup", stream=TASK_STREAM, config=api.ConsumerConfig(ack_wait=1.0)
+            )
             first = msgspec.json.decode((await sub.fetch(1, timeout=5))[0].data, type=TaskPayload)
             await FakeWorker(h.nc, "t-sup").report(first, "step.started")
             await h.wait_step(run_id, "a", "running")
@@ -100,7 +105,7 @@ def test_a_timed_out_attempt_leaves_the_queue_and_no_worker_gets_it_later(nats_u
             for _ in range(3):  # past ack_wait: attempt 1 would come back now if still queued
                 try:
                     msgs = await sub.fetch(1, timeout=1.5)
-                except (NatsTimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, NatsTimeoutError):
                     continue
                 seen += [msgspec.json.decode(m.data, type=TaskPayload).attempt for m in msgs]
                 for m in msgs:
@@ -112,9 +117,10 @@ def test_a_timed_out_attempt_leaves_the_queue_and_no_worker_gets_it_later(nats_u
     assert seen == [2]
 
 
-
-RETRY_LATER = {"name": "retry-later", "steps": [
-    {"id": "a", "task": "t-later", "retry": {"max_attempts": 1, "initial_delay": "1h"}}]}
+RETRY_LATER = {
+    "name": "retry-later",
+    "steps": [{"id": "a", "task": "t-later", "retry": {"max_attempts": 1, "initial_delay": "1h"}}],
+}
 
 
 def test_passivated_runs_waiting_on_timers_cost_no_actor_and_inspect_lists_their_timers(nats_url, run):
@@ -141,8 +147,12 @@ def test_passivated_runs_waiting_on_timers_cost_no_actor_and_inspect_lists_their
 def test_a_timer_fires_once_across_engine_restarts(nats_url, run):
     async def body():
         async with EngineHarness(nats_url) as h:
-            await h.client.register({"name": "retry-soon", "steps": [
-                {"id": "a", "task": "t-soon", "retry": {"max_attempts": 2, "initial_delay": "2s"}}]})
+            await h.client.register(
+                {
+                    "name": "retry-soon",
+                    "steps": [{"id": "a", "task": "t-soon", "retry": {"max_attempts": 2, "initial_delay": "2s"}}],
+                }
+            )
             run_id = await h.client.start("retry-soon")
             await FakeWorker(h.nc, "t-soon").fail("first try fails")
             await h.wait_step(run_id, "a", "retrying")
@@ -158,4 +168,6 @@ def test_a_timer_fires_once_across_engine_restarts(nats_url, run):
     assert final["status"] == "completed" and final["steps"]["a"]["attempts"] == 2
     assert [e["type"] for e in events].count("timer.fired") == 1
     assert [(e["type"], e["attempt"]) for e in events if e["type"] == "step.queued"] == [
-        ("step.queued", 1), ("step.queued", 2)]
+        ("step.queued", 1),
+        ("step.queued", 2),
+    ]

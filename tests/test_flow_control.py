@@ -16,12 +16,19 @@ def _wf(name: str, steps: list[dict], **extra) -> dict:
 
 
 def test_skip_if_skips_the_step_and_its_dependents_still_run(nats_url, run):
-    wf = _wf("skipper", [
-        {"id": "check", "task": "check"},
-        {"id": "notify", "task": "notify", "depends_on": ["check"],
-         "skip_if": {"step_id": "check", "field": "score", "op": ">=", "value": 50}},
-        {"id": "done", "task": "done", "depends_on": ["notify"]},
-    ])
+    wf = _wf(
+        "skipper",
+        [
+            {"id": "check", "task": "check"},
+            {
+                "id": "notify",
+                "task": "notify",
+                "depends_on": ["check"],
+                "skip_if": {"step_id": "check", "field": "score", "op": ">=", "value": 50},
+            },
+            {"id": "done", "task": "done", "depends_on": ["notify"]},
+        ],
+    )
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -37,10 +44,18 @@ def test_skip_if_skips_the_step_and_its_dependents_still_run(nats_url, run):
 
 
 def test_skip_if_with_a_missing_field_does_not_skip(nats_url, run):
-    wf = _wf("noskip", [
-        {"id": "a", "task": "na"},
-        {"id": "b", "task": "nb", "depends_on": ["a"], "skip_if": {"step_id": "a", "field": "x", "op": "==", "value": 1}},
-    ])
+    wf = _wf(
+        "noskip",
+        [
+            {"id": "a", "task": "na"},
+            {
+                "id": "b",
+                "task": "nb",
+                "depends_on": ["a"],
+                "skip_if": {"step_id": "a", "field": "x", "op": "==", "value": 1},
+            },
+        ],
+    )
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -54,11 +69,14 @@ def test_skip_if_with_a_missing_field_does_not_skip(nats_url, run):
 
 
 def test_on_failure_runs_the_handler_and_recovers_the_step(nats_url, run):
-    wf = _wf("recover", [
-        {"id": "charge", "task": "charge", "on_failure": "report"},
-        {"id": "ship", "task": "ship", "depends_on": ["charge"]},
-        {"id": "report", "task": "report"},
-    ])
+    wf = _wf(
+        "recover",
+        [
+            {"id": "charge", "task": "charge", "on_failure": "report"},
+            {"id": "ship", "task": "ship", "depends_on": ["charge"]},
+            {"id": "report", "task": "report"},
+        ],
+    )
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -75,13 +93,16 @@ def test_on_failure_runs_the_handler_and_recovers_the_step(nats_url, run):
 
 
 def test_a_failure_compensates_completed_steps_in_reverse_order(nats_url, run):
-    wf = _wf("saga", [
-        {"id": "book_flight", "task": "book_flight", "compensate": "cancel_flight"},
-        {"id": "book_hotel", "task": "book_hotel", "depends_on": ["book_flight"], "compensate": "cancel_hotel"},
-        {"id": "charge", "task": "charge_card", "depends_on": ["book_hotel"]},
-        {"id": "cancel_flight", "task": "cancel_flight"},
-        {"id": "cancel_hotel", "task": "cancel_hotel"},
-    ])
+    wf = _wf(
+        "saga",
+        [
+            {"id": "book_flight", "task": "book_flight", "compensate": "cancel_flight"},
+            {"id": "book_hotel", "task": "book_hotel", "depends_on": ["book_flight"], "compensate": "cancel_hotel"},
+            {"id": "charge", "task": "charge_card", "depends_on": ["book_hotel"]},
+            {"id": "cancel_flight", "task": "cancel_flight"},
+            {"id": "cancel_hotel", "task": "cancel_hotel"},
+        ],
+    )
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -95,18 +116,25 @@ def test_a_failure_compensates_completed_steps_in_reverse_order(nats_url, run):
             return first, second, await h.wait_status(run_id, "compensated")
 
     first, second, final = run(body())
-    assert first.input == {"original_step": "book_hotel", "original_output": "H1",
-                           "trigger_step": "charge", "trigger_error": "insufficient funds"}
+    assert first.input == {
+        "original_step": "book_hotel",
+        "original_output": "H1",
+        "trigger_step": "charge",
+        "trigger_error": "insufficient funds",
+    }
     assert second.input["original_step"] == "book_flight"
     assert final["status"] == "compensated"
 
 
 def test_a_failing_compensation_ends_compensate_failed(nats_url, run):
-    wf = _wf("saga2", [
-        {"id": "a", "task": "sa", "compensate": "undo_a"},
-        {"id": "b", "task": "sb", "depends_on": ["a"]},
-        {"id": "undo_a", "task": "undo_a"},
-    ])
+    wf = _wf(
+        "saga2",
+        [
+            {"id": "a", "task": "sa", "compensate": "undo_a"},
+            {"id": "b", "task": "sb", "depends_on": ["a"]},
+            {"id": "undo_a", "task": "undo_a"},
+        ],
+    )
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -121,13 +149,20 @@ def test_a_failing_compensation_ends_compensate_failed(nats_url, run):
 
 
 def test_an_optional_failure_skips_dependents_and_the_run_completes(nats_url, run):
-    wf = _wf("opt", [
-        {"id": "extra", "task": "extra", "optional": True},
-        {"id": "uses_extra", "task": "uses", "depends_on": ["extra"]},
-        {"id": "defaults", "task": "defaults", "depends_on": ["extra"],
-         "input": {"value": {"$ref": "extra.value", "default": 0}}},
-        {"id": "cleanup", "task": "cleanup", "after_any": ["extra"]},
-    ])
+    wf = _wf(
+        "opt",
+        [
+            {"id": "extra", "task": "extra", "optional": True},
+            {"id": "uses_extra", "task": "uses", "depends_on": ["extra"]},
+            {
+                "id": "defaults",
+                "task": "defaults",
+                "depends_on": ["extra"],
+                "input": {"value": {"$ref": "extra.value", "default": 0}},
+            },
+            {"id": "cleanup", "task": "cleanup", "after_any": ["extra"]},
+        ],
+    )
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -145,11 +180,18 @@ def test_an_optional_failure_skips_dependents_and_the_run_completes(nats_url, ru
 
 
 def test_input_templates_pick_parts_of_upstream_outputs(nats_url, run):
-    wf = _wf("wired", [
-        {"id": "user", "task": "user"},
-        {"id": "mail", "task": "mail", "depends_on": ["user"],
-         "input": {"to": {"$ref": "user.email"}, "subject": "hi", "all": {"$ref": "user"}}},
-    ])
+    wf = _wf(
+        "wired",
+        [
+            {"id": "user", "task": "user"},
+            {
+                "id": "mail",
+                "task": "mail",
+                "depends_on": ["user"],
+                "input": {"to": {"$ref": "user.email"}, "subject": "hi", "all": {"$ref": "user"}},
+            },
+        ],
+    )
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -164,9 +206,12 @@ def test_input_templates_pick_parts_of_upstream_outputs(nats_url, run):
 
 
 def test_schemas_refuse_bad_input_and_fail_bad_output(nats_url, run):
-    wf = _wf("typed", [{"id": "a", "task": "ty"}],
-             input_schema={"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}},
-             output_schema={"type": "string"})
+    wf = _wf(
+        "typed",
+        [{"id": "a", "task": "ty"}],
+        input_schema={"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}},
+        output_schema={"type": "string"},
+    )
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -273,8 +318,11 @@ def test_singleton_skip_refuses_and_cancel_replaces_the_active_run(nats_url, run
 
 
 def test_cancel_on_a_matching_event_cancels_the_run(nats_url, run):
-    wf = _wf("cancellable", [{"id": "a", "task": "co"}],
-             cancel_on=[{"event": "order_cancelled", "match": {"left": "order_id", "op": "eq", "right": "input.order_id"}}])
+    wf = _wf(
+        "cancellable",
+        [{"id": "a", "task": "co"}],
+        cancel_on=[{"event": "order_cancelled", "match": {"left": "order_id", "op": "eq", "right": "input.order_id"}}],
+    )
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -379,8 +427,10 @@ def test_a_step_type_the_engine_does_not_run_is_refused_at_start_and_fails_a_run
     from dagnats.domain.errors import UnsupportedStepType
     from dagnats.infra.wire.subjects import inbox_subject
 
-    wf = _wf("sleepy", [{"id": "a", "task": "sl1"}, {"id": "nap", "type": "sleep", "depends_on": ["a"],
-                                                   "config": {"duration": "1s"}}])
+    wf = _wf(
+        "sleepy",
+        [{"id": "a", "task": "sl1"}, {"id": "nap", "type": "sleep", "depends_on": ["a"], "config": {"duration": "1s"}}],
+    )
 
     async def body():
         async with EngineHarness(nats_url) as h:
@@ -389,8 +439,13 @@ def test_a_step_type_the_engine_does_not_run_is_refused_at_start_and_fails_a_run
                 await h.client.start("sleepy")
             # A start that bypasses the API (an older engine's run, say) fails instead of hanging.
             stored = await h.client.workflow("sleepy")
-            start = ev.make_event(type=ev.WORKFLOW_STARTED, run_id="handmade", id="workflow.started",
-                             timestamp="2026-01-01T00:00:00.000000Z", payload={"workflow_def": stored, "input": None})
+            start = ev.make_event(
+                type=ev.WORKFLOW_STARTED,
+                run_id="handmade",
+                id="workflow.started",
+                timestamp="2026-01-01T00:00:00.000000Z",
+                payload={"workflow_def": stored, "input": None},
+            )
             await h.nc.jetstream().publish(inbox_subject("handmade"), msgspec.json.encode(start))
             await FakeWorker(h.nc, "sl1").complete("a")
             return await h.wait_status("handmade", "failed")

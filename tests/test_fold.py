@@ -67,10 +67,7 @@ def test_duplicated_events_change_nothing(recorded, data):
 @settings(max_examples=150)
 @given(recorded_runs(TIMED), st.data())
 def test_a_late_completion_of_a_timed_out_attempt_changes_nothing(recorded, data):
-    timeouts = [
-        (i, e) for i, e in enumerate(recorded.history)
-        if isinstance(e, ev.StepFailed) and e.failure.timeout
-    ]
+    timeouts = [(i, e) for i, e in enumerate(recorded.history) if isinstance(e, ev.StepFailed) and e.failure.timeout]
     for index, timeout in timeouts:
         late = completed(timeout.step_id, timeout.attempt, "too late", at(500))
         position = data.draw(st.integers(index + 1, len(recorded.history)))
@@ -94,8 +91,13 @@ def test_reports_from_earlier_attempts_change_nothing(recorded, data):
 def test_events_after_a_terminal_state_change_nothing(recorded, data):
     run = recorded.final
     if not run.is_terminal:
-        cancel = ev.make_event(type=ev.WORKFLOW_CANCELLED, run_id=RUN_ID, timestamp=ev.format_timestamp(at(900)),
-                          payload={"reason": "cancelled by test"}, id=ev.WORKFLOW_CANCELLED)
+        cancel = ev.make_event(
+            type=ev.WORKFLOW_CANCELLED,
+            run_id=RUN_ID,
+            timestamp=ev.format_timestamp(at(900)),
+            payload={"reason": "cancelled by test"},
+            id=ev.WORKFLOW_CANCELLED,
+        )
         run = fold(run, cancel)
     assert run.is_terminal
     strays = data.draw(st.lists(stray_events(step_names(run)), max_size=10))
@@ -129,8 +131,11 @@ def test_fold_never_raises_on_any_event(events, wf):
 # ---- single events ----------------------------------------------------------------------------------------
 
 
-WF = WorkflowDef(name="pair", steps=(StepDef(id="a", task="ta"), StepDef(id="b", task="tb", depends_on=("a",))),
-                 max_step_error_bytes=8)
+WF = WorkflowDef(
+    name="pair",
+    steps=(StepDef(id="a", task="ta"), StepDef(id="b", task="tb", depends_on=("a",))),
+    max_step_error_bytes=8,
+)
 
 
 def started_run() -> rs.WorkflowRun:
@@ -138,8 +143,15 @@ def started_run() -> rs.WorkflowRun:
 
 
 def queued(step_id: str, attempt: int, data=None) -> ev.Event:
-    return ev.make_event(type=ev.STEP_QUEUED, run_id=RUN_ID, step_id=step_id, attempt=attempt, timestamp="t-queued",
-                    payload={"task": "ta", "input": data}, id=ev.fact_id(ev.STEP_QUEUED, step_id, attempt))
+    return ev.make_event(
+        type=ev.STEP_QUEUED,
+        run_id=RUN_ID,
+        step_id=step_id,
+        attempt=attempt,
+        timestamp="t-queued",
+        payload={"task": "ta", "input": data},
+        id=ev.fact_id(ev.STEP_QUEUED, step_id, attempt),
+    )
 
 
 def test_workflow_started_sets_up_the_run_from_its_payload():
@@ -231,7 +243,9 @@ def test_events_of_unknown_types_do_not_decode(event_type):
 
 def test_cancelling_marks_unfinished_steps_cancelled():
     run = fold(fold(started_run(), queued("a", 1)), completed("a", 1, "ok"))
-    run = fold(run, ev.make_event(type=ev.WORKFLOW_CANCELLED, run_id=RUN_ID, timestamp="t9", payload={"reason": "user"}))
+    run = fold(
+        run, ev.make_event(type=ev.WORKFLOW_CANCELLED, run_id=RUN_ID, timestamp="t9", payload={"reason": "user"})
+    )
     assert run.status == rs.RunStatus.CANCELLED and run.error == "user" and run.completed_at == "t9"
     assert run.step("a").status == rs.StepStatus.COMPLETED
     assert run.step("b").status == rs.StepStatus.CANCELLED

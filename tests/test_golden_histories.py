@@ -64,7 +64,7 @@ def test_the_recorded_facts_still_lead_to_the_recorded_decisions(name):
         fact = history[index]
         run, actions = evolve(run, fact, ev.parse_timestamp(fact.timestamp))
         decisions = [a.event for a in actions if isinstance(a, AppendEvent)]
-        assert history[index + 1:index + 1 + len(decisions)] == decisions, f"after event {index} ({fact.type})"
+        assert history[index + 1 : index + 1 + len(decisions)] == decisions, f"after event {index} ({fact.type})"
         index += 1 + len(decisions)
     assert as_json(run) == load_expected(name)
 
@@ -73,7 +73,10 @@ def test_the_hello_pipeline_history_is_the_tutorial_run():
     final = replay(load_history("hello-pipeline"))
     assert final.status == rs.RunStatus.COMPLETED
     assert {sid: s.output for sid, s in final.steps.items()} == {
-        "greet": "Hello, World!", "uppercase": "HELLO, WORLD!", "reverse": "!DLROW ,OLLEH"}
+        "greet": "Hello, World!",
+        "uppercase": "HELLO, WORLD!",
+        "reverse": "!DLROW ,OLLEH",
+    }
     assert final.output == "!DLROW ,OLLEH"
 
 

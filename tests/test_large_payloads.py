@@ -29,8 +29,12 @@ async def record_sizes(h: EngineHarness, run_id: str) -> list[int]:
 def test_a_600kb_output_passed_to_the_next_step_is_recorded_once(nats_url, run):
     async def body():
         async with EngineHarness(nats_url) as h:
-            await h.client.register({"name": "big-chain", "steps": [
-                {"id": "a", "task": "big-a"}, {"id": "b", "task": "big-b", "depends_on": ["a"]}]})
+            await h.client.register(
+                {
+                    "name": "big-chain",
+                    "steps": [{"id": "a", "task": "big-a"}, {"id": "b", "task": "big-b", "depends_on": ["a"]}],
+                }
+            )
             run_id = await h.client.start("big-chain")
             await FakeWorker(h.nc, "big-a").complete(blob(600))
             b_task = await FakeWorker(h.nc, "big-b").complete("small")
@@ -102,8 +106,12 @@ def test_three_450kb_sink_outputs_complete_the_run_with_the_output_by_reference(
 def test_an_output_too_large_to_record_fails_its_step_and_cancel_and_delete_still_work(nats_url, run):
     async def body():
         async with EngineHarness(nats_url) as h:
-            await h.client.register({"name": "huge-out", "steps": [
-                {"id": "a", "task": "huge-a"}, {"id": "b", "task": "huge-b", "depends_on": ["a"]}]})
+            await h.client.register(
+                {
+                    "name": "huge-out",
+                    "steps": [{"id": "a", "task": "huge-a"}, {"id": "b", "task": "huge-b", "depends_on": ["a"]}],
+                }
+            )
             run_id = await h.client.start("huge-out")
             worker = FakeWorker(h.nc, "huge-a")
             task, msg = await worker.next()
@@ -129,8 +137,18 @@ def test_the_events_of_a_run_with_1001_attempts_arrive_in_pages(nats_url, run):
 
     async def body():
         async with EngineHarness(nats_url) as h:
-            await h.client.register({"name": "many-attempts", "steps": [{"id": "a", "task": "flaky", "retry": {
-                "max_attempts": attempts - 1, "initial_delay": "1ms", "max_delay": "1ms"}}]})
+            await h.client.register(
+                {
+                    "name": "many-attempts",
+                    "steps": [
+                        {
+                            "id": "a",
+                            "task": "flaky",
+                            "retry": {"max_attempts": attempts - 1, "initial_delay": "1ms", "max_delay": "1ms"},
+                        }
+                    ],
+                }
+            )
             run_id = await h.client.start("many-attempts")
             worker = FakeWorker(h.nc, "flaky")
             for n in range(attempts):

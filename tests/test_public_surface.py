@@ -19,22 +19,51 @@ def test_the_builder_and_client_are_where_the_docs_say():
     from dagnats.domain.builder import StepRef, WorkflowBuilder  # noqa: F401
     from dagnats.infra.client import Client, SyncClient
 
-    for op in ("register", "start", "status", "events", "output", "wait", "cancel", "pause", "resume",
-               "signal", "inspect", "delete", "runs", "publish_event"):
+    for op in (
+        "register",
+        "start",
+        "status",
+        "events",
+        "output",
+        "wait",
+        "cancel",
+        "pause",
+        "resume",
+        "signal",
+        "inspect",
+        "delete",
+        "runs",
+        "publish_event",
+    ):
         assert callable(getattr(Client, op)), op
     assert SyncClient.__init__
 
 
-@pytest.mark.parametrize("argv", [
-    ["serve", "--help"], ["status", "--help"], ["worker", "--help"],
-    ["workflow", "register", "--help"], ["workflow", "list", "--help"], ["workflow", "show", "--help"],
-    ["workflow", "delete", "--help"],
-    ["run", "start", "--help"], ["run", "status", "--help"], ["run", "events", "--help"],
-    ["run", "list", "--help"], ["run", "output", "--help"], ["run", "cancel", "--help"],
-    ["run", "signal", "--help"], ["run", "pause", "--help"], ["run", "resume", "--help"],
-    ["run", "wait", "--help"], ["run", "inspect", "--help"], ["run", "delete", "--help"],
-    ["event", "publish", "--help"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--help"],
+        ["status", "--help"],
+        ["worker", "--help"],
+        ["workflow", "register", "--help"],
+        ["workflow", "list", "--help"],
+        ["workflow", "show", "--help"],
+        ["workflow", "delete", "--help"],
+        ["run", "start", "--help"],
+        ["run", "status", "--help"],
+        ["run", "events", "--help"],
+        ["run", "list", "--help"],
+        ["run", "output", "--help"],
+        ["run", "cancel", "--help"],
+        ["run", "signal", "--help"],
+        ["run", "pause", "--help"],
+        ["run", "resume", "--help"],
+        ["run", "wait", "--help"],
+        ["run", "inspect", "--help"],
+        ["run", "delete", "--help"],
+        ["event", "publish", "--help"],
+    ],
+)
 def test_every_pinned_cli_command_exists(argv, capsys):
     with pytest.raises(SystemExit) as done:
         build_parser().parse_args(argv)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import nats
 import pytest
 from nats.js import api
 
 from dagnats.domain.errors import InvalidIdentifier
+from dagnats.infra.engine.streams import (
+    DEAD_LETTER_MAX_AGE,
+    EVENT_MAX_AGE,
+    KV_BUCKETS,
+    ensure_resources,
+    stream_configs,
+)
 from dagnats.infra.wire import headers
-from dagnats.infra.engine.streams import DEAD_LETTER_MAX_AGE, EVENT_MAX_AGE, KV_BUCKETS, ensure_resources, stream_configs
 from dagnats.infra.wire.names import INBOX_STREAM
 from dagnats.infra.wire.subjects import event_subject, history_subject, inbox_subject, schedule_subject, task_subject
 
@@ -28,7 +34,7 @@ ENGINE_STREAMS = {
 
 def at(seconds: float) -> str:
     """A `Nats-Schedule` value due `seconds` from now (RFC 3339, UTC)."""
-    due = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    due = datetime.now(UTC) + timedelta(seconds=seconds)
     return "@at " + due.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

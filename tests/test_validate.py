@@ -53,8 +53,14 @@ def test_a_minimal_definition_is_valid():
 
 
 def test_the_hello_pipeline_tutorial_is_valid():
-    assert_valid(doc(step("greet"), step("uppercase", depends_on=["greet"]), step("reverse", depends_on=["uppercase"]),
-                     name="hello-pipeline"))
+    assert_valid(
+        doc(
+            step("greet"),
+            step("uppercase", depends_on=["greet"]),
+            step("reverse", depends_on=["uppercase"]),
+            name="hello-pipeline",
+        )
+    )
 
 
 def test_an_invalid_definition_raises_once_with_every_problem():
@@ -73,10 +79,15 @@ def test_an_invalid_definition_raises_once_with_every_problem():
 
 
 def test_validate_returns_a_copy_with_aux_steps_computed():
-    wf = workflow_from_object(doc(
-        step("pay", on_failure="alert", compensate="refund"), step("alert"), step("refund"), step("ship"),
-        aux_steps={"ship": True},
-    ))
+    wf = workflow_from_object(
+        doc(
+            step("pay", on_failure="alert", compensate="refund"),
+            step("alert"),
+            step("refund"),
+            step("ship"),
+            aux_steps={"ship": True},
+        )
+    )
     valid = validate(wf)
     assert valid.aux_steps == {"alert": True, "refund": True}
     assert valid.steps == wf.steps
@@ -148,8 +159,10 @@ def test_at_least_one_step_is_required():
 
 def test_at_most_1000_steps_are_allowed():
     assert_valid({"name": "wf", "steps": [step(f"s{i}") for i in range(1000)]})
-    assert_issue({"name": "wf", "steps": [step(f"s{i}") for i in range(1001)]},
-                 "steps: 1001 steps is more than the maximum of 1000")
+    assert_issue(
+        {"name": "wf", "steps": [step(f"s{i}") for i in range(1001)]},
+        "steps: 1001 steps is more than the maximum of 1000",
+    )
 
 
 def test_duplicate_step_ids_are_reported_once_each():
@@ -159,19 +172,26 @@ def test_duplicate_step_ids_are_reported_once_each():
 
 @pytest.mark.parametrize("step_type", ["normal", "agent_loop", "agent", "map", "planner"])
 def test_task_is_required_for_steps_that_workers_run(step_type):
-    assert_issue(doc(step("p"), {"id": "a", "type": step_type, "depends_on": ["p"]}),
-                 f'step "a": task: required for a "{step_type}" step')
+    assert_issue(
+        doc(step("p"), {"id": "a", "type": step_type, "depends_on": ["p"]}),
+        f'step "a": task: required for a "{step_type}" step',
+    )
 
 
 def test_task_is_not_required_for_steps_the_engine_runs():
-    assert_valid(doc(
-        {"id": "sub", "type": "sub_workflow", "config": {"workflow": "child"}},
-        {"id": "nap", "type": "sleep", "config": {"duration": "1s"}},
-        {"id": "ok", "type": "approval", "config": {"subject": "Go?", "timeout": "1h"}},
-        {"id": "reply", "type": "respond"},
-        {"id": "wait", "type": "wait_for_event",
-         "config": {"event": "paid", "match": {"left": "id", "op": "eq", "right": "input.id"}, "timeout": "1m"}},
-    ))
+    assert_valid(
+        doc(
+            {"id": "sub", "type": "sub_workflow", "config": {"workflow": "child"}},
+            {"id": "nap", "type": "sleep", "config": {"duration": "1s"}},
+            {"id": "ok", "type": "approval", "config": {"subject": "Go?", "timeout": "1h"}},
+            {"id": "reply", "type": "respond"},
+            {
+                "id": "wait",
+                "type": "wait_for_event",
+                "config": {"event": "paid", "match": {"left": "id", "op": "eq", "right": "input.id"}, "timeout": "1m"},
+            },
+        )
+    )
 
 
 @pytest.mark.parametrize("field", ["depends_on", "after_any"])
@@ -200,8 +220,15 @@ def test_cycle_is_reported_with_its_steps():
 
 
 def test_cycle_report_includes_the_steps_stuck_behind_it():
-    found = problems(doc(step("start"), step("a", depends_on=["start", "c"]), step("b", depends_on=["a"]),
-                         step("c", depends_on=["b"]), step("tail", depends_on=["c"])))
+    found = problems(
+        doc(
+            step("start"),
+            step("a", depends_on=["start", "c"]),
+            step("b", depends_on=["a"]),
+            step("c", depends_on=["b"]),
+            step("tail", depends_on=["c"]),
+        )
+    )
     assert found == ['steps: cycle among steps "a", "b", "c", "tail" (1 of 5 steps are reachable)']
 
 
@@ -246,15 +273,19 @@ def typed(step_type, config, **fields):
 
 
 def test_config_that_does_not_decode_is_reported_with_step_and_field():
-    assert_issue(doc(typed("map", {"max_itmes": 3}, task="t", depends_on=["a"]), step("a")),
-                 'step "x": config: unknown field `max_itmes`')
+    assert_issue(
+        doc(typed("map", {"max_itmes": 3}, task="t", depends_on=["a"]), step("a")),
+        'step "x": config: unknown field `max_itmes`',
+    )
     assert_issue(doc(typed("sleep", {"duration": "soon"})), 'step "x": config: `duration`: invalid duration')
     assert_issue(doc(typed("planner", {"max_steps": "5"}, task="t")), 'step "x": config: Expected `int`')
 
 
 @pytest.mark.parametrize("step_type", ["normal", "agent"])
 def test_config_for_a_type_that_takes_none_is_reported(step_type):
-    assert_issue(doc(typed(step_type, {"max_items": 3}, task="t")), f'step "x": config: a "{step_type}" step takes no config')
+    assert_issue(
+        doc(typed(step_type, {"max_items": 3}, task="t")), f'step "x": config: a "{step_type}" step takes no config'
+    )
     assert_valid(doc(typed(step_type, {}, task="t")))
 
 
@@ -264,16 +295,24 @@ def test_agent_loop_needs_max_iterations():
 
 
 def test_map_needs_exactly_one_dependency():
-    assert_issue(doc(typed("map", None, task="t")), 'step "x": depends_on: a map step needs exactly one dependency (has 0)')
-    assert_issue(doc(step("a"), step("b"), typed("map", None, task="t", depends_on=["a", "b"])),
-                 "exactly one dependency (has 2)")
+    assert_issue(
+        doc(typed("map", None, task="t")), 'step "x": depends_on: a map step needs exactly one dependency (has 0)'
+    )
+    assert_issue(
+        doc(step("a"), step("b"), typed("map", None, task="t", depends_on=["a", "b"])), "exactly one dependency (has 2)"
+    )
     assert_valid(doc(step("a"), typed("map", None, task="t", depends_on=["a"])))
 
 
 def test_map_cannot_depend_on_a_map():
-    assert_issue(doc(step("a"), typed("map", None, task="t", depends_on=["a"]) | {"id": "m"},
-                     typed("map", None, task="t", depends_on=["m"])),
-                 'step "x": depends_on: a map step cannot depend on another map step ("m"')
+    assert_issue(
+        doc(
+            step("a"),
+            typed("map", None, task="t", depends_on=["a"]) | {"id": "m"},
+            typed("map", None, task="t", depends_on=["m"]),
+        ),
+        'step "x": depends_on: a map step cannot depend on another map step ("m"',
+    )
 
 
 @pytest.mark.parametrize(("items", "ok"), [(0, False), (1, True), (10_000, True), (10_001, False)])
@@ -310,8 +349,9 @@ def test_sleep_rules(config, fragment):
     assert_issue(doc(typed("sleep", config)), f'step "x": {fragment}' if fragment.startswith("config") else fragment)
 
 
-@pytest.mark.parametrize("config", [{"duration": "8760h"}, {"duration": 1}, {"cron": "*/15 0-6,22 1 * 1-5"},
-                                    {"until_input_path": "wake.at"}])
+@pytest.mark.parametrize(
+    "config", [{"duration": "8760h"}, {"duration": 1}, {"cron": "*/15 0-6,22 1 * 1-5"}, {"until_input_path": "wake.at"}]
+)
 def test_valid_sleeps(config):
     assert_valid(doc(typed("sleep", config)))
 
@@ -326,14 +366,22 @@ def wait_config(**changes):
     [
         (wait_config(match=None), "config.match: required"),
         (wait_config(match={"left": "", "op": "eq", "right": "input.id"}), "config.match.left: must not be empty"),
-        (wait_config(match={"left": "id", "op": "ne", "right": "input.id"}), 'config.match.op: must be "eq" (got "ne")'),
+        (
+            wait_config(match={"left": "id", "op": "ne", "right": "input.id"}),
+            'config.match.op: must be "eq" (got "ne")',
+        ),
         (wait_config(match={"left": "id", "op": "", "right": "input.id"}), "config.match.op: "),
         (wait_config(match={"left": "id", "op": "eq", "right": ""}), "config.match.right: must not be empty"),
         (wait_config(match={"left": "id", "op": "eq", "right": "event.id"}), 'config.match.right: "event.id" must be'),
         (wait_config(match={"left": "id", "op": "eq", "right": "input"}), 'config.match.right: "input" must be'),
-        (wait_config(match={"left": "id", "op": "eq", "right": "step.ghost.output.id"}),
-         'config.match.right: unknown step "ghost"'),
-        (wait_config(match={"left": "id", "op": "eq", "right": "step.a.id"}), "config.match.right: \"step.a.id\" is malformed (expected step.<id>.output"),
+        (
+            wait_config(match={"left": "id", "op": "eq", "right": "step.ghost.output.id"}),
+            'config.match.right: unknown step "ghost"',
+        ),
+        (
+            wait_config(match={"left": "id", "op": "eq", "right": "step.a.id"}),
+            'config.match.right: "step.a.id" is malformed (expected step.<id>.output',
+        ),
         (wait_config(timeout=0), "config.timeout: must be greater than 0"),
         (wait_config(event=""), 'config.event: "" must match'),
     ],
@@ -396,7 +444,9 @@ def test_respond_status_is_an_http_status(status, ok):
 
 def test_step_timeout_is_at_most_24_hours():
     assert_valid(doc(step(timeout="24h")))
-    assert_issue(doc(step(timeout="24h1ns")), 'step "a": timeout: 24h0m0.000000001s is longer than the maximum of 24h0m0s')
+    assert_issue(
+        doc(step(timeout="24h1ns")), 'step "a": timeout: 24h0m0.000000001s is longer than the maximum of 24h0m0s'
+    )
 
 
 @pytest.mark.parametrize(("retries", "ok"), [(-1, False), (0, True), (100_000, True), (100_001, False)])
@@ -413,8 +463,10 @@ def test_legacy_retries_are_bounded(retries, ok):
         ({"max_attempts": -1}, "max_attempts: must be between 0 and 100000 (got -1)"),
         ({"max_attempts": 100_001}, "max_attempts: must be between 0 and 100000 (got 100001)"),
         ({"multiplier": -0.5}, "multiplier: must not be negative (got -0.5)"),
-        ({"strategy": "exponential", "initial_delay": "10s", "max_delay": "5s"},
-         "max_delay: 5s is shorter than initial_delay 10s"),
+        (
+            {"strategy": "exponential", "initial_delay": "10s", "max_delay": "5s"},
+            "max_delay: 5s is shorter than initial_delay 10s",
+        ),
     ],
 )
 def test_retry_policy_bounds(policy, fragment):
@@ -451,25 +503,33 @@ def test_skip_if_rules(cond, fragment):
 
 @pytest.mark.parametrize("op", ["==", "!=", "<", ">", "<=", ">="])
 def test_skip_if_on_a_parent_is_valid(op):
-    assert_valid(doc(step("a"), step("b", depends_on=["a"], skip_if={"step_id": "a", "field": "n", "op": op, "value": 1})))
+    assert_valid(
+        doc(step("a"), step("b", depends_on=["a"], skip_if={"step_id": "a", "field": "n", "op": op, "value": 1}))
+    )
 
 
 @pytest.mark.parametrize("field", ["on_failure", "compensate"])
 def test_aux_targets_must_exist_be_another_step_and_have_no_dependencies(field):
     assert_issue(doc(step("a", **{field: "ghost"})), f'step "a": {field}: unknown step "ghost"')
     assert_issue(doc(step("a", **{field: "a"})), f'step "a": {field}: a step cannot be its own {field} step')
-    assert_issue(doc(step("a", **{field: "h"}), step("h", depends_on=["a"])),
-                 f'step "a": {field}: target "h" must not have depends_on or after_any')
-    assert_issue(doc(step("z"), step("a", **{field: "h"}), step("h", after_any=["z"])),
-                 f'step "a": {field}: target "h" must not have depends_on or after_any')
+    assert_issue(
+        doc(step("a", **{field: "h"}), step("h", depends_on=["a"])),
+        f'step "a": {field}: target "h" must not have depends_on or after_any',
+    )
+    assert_issue(
+        doc(step("z"), step("a", **{field: "h"}), step("h", after_any=["z"])),
+        f'step "a": {field}: target "h" must not have depends_on or after_any',
+    )
     assert_valid(doc(step("a", **{field: "h"}), step("h")))
 
 
 @pytest.mark.parametrize("field", ["on_failure", "compensate"])
 @pytest.mark.parametrize("dependency", ["depends_on", "after_any"])
 def test_no_step_may_wait_for_an_aux_step_which_might_never_run(field, dependency):
-    assert_issue(doc(step("a", **{field: "h"}), step("h"), step("c", **{dependency: ["h"]})),
-                 f'step "c": {dependency}: "h" is an on_failure/compensate step, which runs only when triggered')
+    assert_issue(
+        doc(step("a", **{field: "h"}), step("h"), step("c", **{dependency: ["h"]})),
+        f'step "c": {dependency}: "h" is an on_failure/compensate step, which runs only when triggered',
+    )
 
 
 @pytest.mark.parametrize(
@@ -477,16 +537,31 @@ def test_no_step_may_wait_for_an_aux_step_which_might_never_run(field, dependenc
     [
         ({"rate_limit": {"limit": 0, "period": "1s"}}, "rate_limit.limit: must be greater than 0 (got 0)"),
         ({"rate_limit": {"limit": 1, "period": 0}}, "rate_limit.period: must be greater than 0 (got 0)"),
-        ({"keyed_rate_limit": {"key": "a..b", "limit": 1, "period": "1s"}}, 'keyed_rate_limit.key: "a..b" is not a dot path'),
+        (
+            {"keyed_rate_limit": {"key": "a..b", "limit": 1, "period": "1s"}},
+            'keyed_rate_limit.key: "a..b" is not a dot path',
+        ),
         ({"keyed_rate_limit": {"key": "", "limit": 1, "period": "1s"}}, "keyed_rate_limit.key: "),
-        ({"keyed_rate_limit": {"key": "u", "limit": 0, "period": "1s"}}, "keyed_rate_limit.limit: must be greater than 0"),
-        ({"keyed_rate_limit": {"key": "u", "limit": 1, "period": 0}}, "keyed_rate_limit.period: must be greater than 0"),
-        ({"keyed_rate_limit": {"key": "u", "limit": 5, "period": "1s", "units": 0}},
-         "keyed_rate_limit.units: must be between 1 and 5 (got 0)"),
-        ({"keyed_rate_limit": {"key": "u", "limit": 5, "period": "1s", "units": 6}},
-         "keyed_rate_limit.units: must be between 1 and 5 (got 6)"),
-        ({"rate_limit": {"limit": 1, "period": "1s"}, "keyed_rate_limit": {"key": "u", "limit": 1, "period": "1s"}},
-         "rate_limit: cannot be combined with keyed_rate_limit"),
+        (
+            {"keyed_rate_limit": {"key": "u", "limit": 0, "period": "1s"}},
+            "keyed_rate_limit.limit: must be greater than 0",
+        ),
+        (
+            {"keyed_rate_limit": {"key": "u", "limit": 1, "period": 0}},
+            "keyed_rate_limit.period: must be greater than 0",
+        ),
+        (
+            {"keyed_rate_limit": {"key": "u", "limit": 5, "period": "1s", "units": 0}},
+            "keyed_rate_limit.units: must be between 1 and 5 (got 0)",
+        ),
+        (
+            {"keyed_rate_limit": {"key": "u", "limit": 5, "period": "1s", "units": 6}},
+            "keyed_rate_limit.units: must be between 1 and 5 (got 6)",
+        ),
+        (
+            {"rate_limit": {"limit": 1, "period": "1s"}, "keyed_rate_limit": {"key": "u", "limit": 1, "period": "1s"}},
+            "rate_limit: cannot be combined with keyed_rate_limit",
+        ),
         ({"max_task_concurrency": -1}, "max_task_concurrency: must be between 0 and 1000 (got -1)"),
         ({"max_task_concurrency": 1001}, "max_task_concurrency: must be between 0 and 1000 (got 1001)"),
     ],
@@ -496,8 +571,12 @@ def test_flow_control_rules(fields, fragment):
 
 
 def test_valid_flow_control():
-    assert_valid(doc(step("a", rate_limit={"limit": 10, "period": "1s"}, max_task_concurrency=1000),
-                     step("b", keyed_rate_limit={"key": "user.id", "limit": 5, "period": "1m", "units": 5})))
+    assert_valid(
+        doc(
+            step("a", rate_limit={"limit": 10, "period": "1s"}, max_task_concurrency=1000),
+            step("b", keyed_rate_limit={"key": "user.id", "limit": 5, "period": "1m", "units": 5}),
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -513,13 +592,18 @@ def test_valid_flow_control():
     ],
 )
 def test_input_template_refs_must_name_a_dependency(template, fragment):
-    assert_issue(doc(step("a"), step("b"), step("c"), step("t", depends_on=["a"], after_any=["b"], input=template)),
-                 f'step "t": {fragment}')
+    assert_issue(
+        doc(step("a"), step("b"), step("c"), step("t", depends_on=["a"], after_any=["b"], input=template)),
+        f'step "t": {fragment}',
+    )
 
 
 def test_valid_input_templates():
-    template = {"user": {"$ref": "a.user.id", "default": {"$ref": "not-a-ref-inside-a-default"}},
-                "all": [{"$ref": "b"}, "literal", 3], "plain": {"nested": True}}
+    template = {
+        "user": {"$ref": "a.user.id", "default": {"$ref": "not-a-ref-inside-a-default"}},
+        "all": [{"$ref": "b"}, "literal", 3],
+        "plain": {"nested": True},
+    }
     assert_valid(doc(step("a"), step("b"), step("t", depends_on=["a"], after_any=["b"], input=template)))
     assert_valid(doc(step("t", input="just a constant")))
 
@@ -538,24 +622,37 @@ def test_valid_input_templates():
         ({"sticky": "hard"}, 'sticky: "hard" needs a workflow timeout'),
         ({"priority": {"key": "", "rules": {"a": 1}}}, 'priority.key: "" is not a dot path'),
         ({"priority": {"key": "tier"}}, "priority.rules: needs 1 to 20 rules (got 0)"),
-        ({"priority": {"key": "tier", "rules": {str(i): 0 for i in range(21)}}},
-         "priority.rules: needs 1 to 20 rules (got 21)"),
+        (
+            {"priority": {"key": "tier", "rules": {str(i): 0 for i in range(21)}}},
+            "priority.rules: needs 1 to 20 rules (got 21)",
+        ),
         ({"priority": {"key": "tier", "rules": {"gold": 601}}}, 'priority.rules["gold"]: must be between -600 and 600'),
-        ({"priority": {"key": "tier", "rules": {"gold": 1}, "default_offset": -601}},
-         "priority.default_offset: must be between -600 and 600 (got -601)"),
+        (
+            {"priority": {"key": "tier", "rules": {"gold": 1}, "default_offset": -601}},
+            "priority.default_offset: must be between -600 and 600 (got -601)",
+        ),
         ({"cancel_on": [{"event": f"e{i}"} for i in range(6)]}, "cancel_on: 6 entries is more than the maximum of 5"),
-        ({"cancel_on": [{"event": "e", "match": {"left": "id", "op": "ne", "right": "input.id"}}]},
-         'cancel_on[0].match.op: must be "eq" (got "ne")'),
-        ({"cancel_on": [{"event": "e", "match": {"left": "", "op": "eq", "right": "input.id"}}]},
-         "cancel_on[0].match.left: must not be empty"),
-        ({"cancel_on": [{"event": "e", "match": {"left": "id", "op": "eq", "right": ""}}]},
-         "cancel_on[0].match.right: must not be empty"),
+        (
+            {"cancel_on": [{"event": "e", "match": {"left": "id", "op": "ne", "right": "input.id"}}]},
+            'cancel_on[0].match.op: must be "eq" (got "ne")',
+        ),
+        (
+            {"cancel_on": [{"event": "e", "match": {"left": "", "op": "eq", "right": "input.id"}}]},
+            "cancel_on[0].match.left: must not be empty",
+        ),
+        (
+            {"cancel_on": [{"event": "e", "match": {"left": "id", "op": "eq", "right": ""}}]},
+            "cancel_on[0].match.right: must not be empty",
+        ),
         ({"singleton": {"mode": "skip", "key": "a b"}}, 'singleton.key: "a b" is not a dot path'),
         ({"max_step_error_bytes": 0}, "max_step_error_bytes: must be between 1 and 1048576 (got 0)"),
         ({"max_step_error_bytes": 1_048_577}, "max_step_error_bytes: must be between 1 and 1048576"),
         ({"input_schema": {"type": "objekt"}}, "input_schema: not a valid JSON Schema: "),
         ({"output_schema": {"properties": {"a": {"minLength": -1}}}}, "output_schema: not a valid JSON Schema: "),
-        ({"input_schema": {"required": "name"}}, "input_schema: not a valid JSON Schema: 'name' is not of type 'array'"),
+        (
+            {"input_schema": {"required": "name"}},
+            "input_schema: not a valid JSON Schema: 'name' is not of type 'array'",
+        ),
     ],
 )
 def test_workflow_level_rules(fields, fragment):
@@ -569,25 +666,33 @@ def test_the_workflow_timeout_is_at_most_365_days():
 
 
 def test_sticky_cannot_be_combined_with_a_worker_group():
-    assert_issue(doc(step("a", worker_group="gpu"), step("b"), sticky="soft"),
-                 'sticky: cannot be combined with a step worker_group (set on "a")')
+    assert_issue(
+        doc(step("a", worker_group="gpu"), step("b"), sticky="soft"),
+        'sticky: cannot be combined with a step worker_group (set on "a")',
+    )
 
 
 def test_a_fully_loaded_valid_workflow():
-    assert_valid(doc(
-        step("a"),
-        concurrency={"max_runs": 5, "max_steps": 1000},
-        timeout="1h",
-        idempotency_key="order.id",
-        sticky="hard",
-        priority={"key": "tier", "rules": {"gold": -600, "free": 600}, "default_offset": 0},
-        cancel_on=[{"event": f"e{i}", "match": {"left": "id", "op": "eq", "right": "input.id"}} for i in range(5)],
-        singleton={"mode": "cancel", "key": "user.id"},
-        max_step_error_bytes=1_048_576,
-        input_schema={"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
-                      "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}},
-        output_schema={"type": "string"},
-    ))
+    assert_valid(
+        doc(
+            step("a"),
+            concurrency={"max_runs": 5, "max_steps": 1000},
+            timeout="1h",
+            idempotency_key="order.id",
+            sticky="hard",
+            priority={"key": "tier", "rules": {"gold": -600, "free": 600}, "default_offset": 0},
+            cancel_on=[{"event": f"e{i}", "match": {"left": "id", "op": "eq", "right": "input.id"}} for i in range(5)],
+            singleton={"mode": "cancel", "key": "user.id"},
+            max_step_error_bytes=1_048_576,
+            input_schema={
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string", "minLength": 1}},
+            },
+            output_schema={"type": "string"},
+        )
+    )
 
 
 def test_negative_durations_are_refused_before_validation():
@@ -625,8 +730,10 @@ def test_step_values_nested_too_deeply_or_holding_nan_are_refused_naming_the_ste
 
 def test_a_skip_if_value_or_a_schema_nested_too_deeply_is_refused():
     condition = {"step_id": "p", "field": "f", "op": "==", "value": nested(65)}
-    assert_issue(doc(step("p"), step("a", depends_on=["p"], skip_if=condition)),
-                 'step "a": skip_if.value: nested deeper than 64 levels')
+    assert_issue(
+        doc(step("p"), step("a", depends_on=["p"], skip_if=condition)),
+        'step "a": skip_if.value: nested deeper than 64 levels',
+    )
     # jsonschema's own check of a schema recurses per level: 5,000 would exhaust the stack.
     assert_issue(doc(input_schema={"items": nested(5000)}), "input_schema: nested deeper than 64 levels")
 

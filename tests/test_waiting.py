@@ -68,8 +68,12 @@ def test_1200_starts_and_waits_with_300_in_flight_all_return_and_hold_no_consume
 def test_a_wait_on_a_finished_run_returns_at_once_and_a_step_wait_returns_when_its_step_ends(nats_url, run):
     async def body():
         async with EngineHarness(nats_url) as h:
-            await h.client.register({"name": "two-steps", "steps": [
-                {"id": "a", "task": "wa"}, {"id": "b", "task": "wb", "depends_on": ["a"]}]})
+            await h.client.register(
+                {
+                    "name": "two-steps",
+                    "steps": [{"id": "a", "task": "wa"}, {"id": "b", "task": "wb", "depends_on": ["a"]}],
+                }
+            )
             run_id = await h.client.start("two-steps")
             step_wait = asyncio.create_task(h.client.wait(run_id, step="a", timeout=30))
             await FakeWorker(h.nc, "wa").complete("A")
@@ -93,8 +97,10 @@ def test_a_wait_whose_notices_are_lost_still_returns(nats_url, run):
             await h.client.register(ONE_STEP)
             run_id = await h.client.start("one-step", 1)
             waiting = asyncio.create_task(
-                await_run(h.nc, run_id, lambda: h.client.status(run_id), lambda v: v["status"] == "completed",
-                          recheck=0.2))
+                await_run(
+                    h.nc, run_id, lambda: h.client.status(run_id), lambda v: v["status"] == "completed", recheck=0.2
+                )
+            )
             await FakeWorker(h.nc, "w-noop").complete(2)
             return await asyncio.wait_for(waiting, 10)
 

@@ -25,8 +25,8 @@ from nats.js import api
 
 from dagnats.domain.errors import InvalidIdentifier, TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.events import EVENT_DECODER, Event, TaskPayload, parse_timestamp
-from dagnats.infra.wire.headers import MSG_ID, TRACEPARENT
 from dagnats.infra.engine.streams import ensure_resources
+from dagnats.infra.wire.headers import MSG_ID, TRACEPARENT
 from dagnats.infra.wire.names import INBOX_STREAM, TASK_STREAM
 from dagnats.infra.wire.subjects import inbox_subject, task_subject
 from dagnats.infra.worker import Permanent, RateLimited, TaskContext, Worker, load_worker
@@ -44,12 +44,16 @@ async def engine_js(url: str):
     return nc, js
 
 
-async def publish_task(
-    js, task: str, run_id: str, data=None, *, step_id="s1", attempt=1, group=None, traceparent=""
-):
+async def publish_task(js, task: str, run_id: str, data=None, *, step_id="s1", attempt=1, group=None, traceparent=""):
     payload = TaskPayload(
-        task_id=f"{run_id}.{step_id}", run_id=run_id, step_id=step_id, attempt=attempt,
-        input=data, task=task, workflow_name="wf", traceparent=traceparent,
+        task_id=f"{run_id}.{step_id}",
+        run_id=run_id,
+        step_id=step_id,
+        attempt=attempt,
+        input=data,
+        task=task,
+        workflow_name="wf",
+        traceparent=traceparent,
     )
     headers = {MSG_ID: f"{run_id}.{step_id}.{attempt}"}
     if traceparent:
@@ -65,7 +69,7 @@ class Inbox:
         self.headers: list[dict] = []
 
     @classmethod
-    async def open(cls, js, run_id: str) -> "Inbox":
+    async def open(cls, js, run_id: str) -> Inbox:
         config = api.ConsumerConfig(inactive_threshold=120.0)
         return cls(await js.pull_subscribe(inbox_subject(run_id), stream=INBOX_STREAM, config=config))
 
@@ -162,7 +166,7 @@ def test_sync_typed_handler_reports_started_then_completed_with_encoded_output(n
     completed = events[0]
     assert completed.payload == "Hello, Ada!"
     assert parse_timestamp(completed.started_at) <= parse_timestamp(completed.timestamp)
-    for event, header in zip(events, headers):
+    for event, header in zip(events, headers, strict=True):
         assert (event.run_id, event.step_id, event.attempt, event.worker_id) == ("r1", "s1", 1, "w-greet")
         assert event.trace_parent == TP
         assert header[MSG_ID] == f"r1.{event.id}"
@@ -170,7 +174,12 @@ def test_sync_typed_handler_reports_started_then_completed_with_encoded_output(n
     assert completed.id == "s1.1.step.completed"
     ctx = seen[0]
     assert (ctx.run_id, ctx.step_id, ctx.attempt, ctx.task, ctx.workflow_name, ctx.trace_parent) == (
-        "r1", "s1", 1, "greet", "wf", TP
+        "r1",
+        "s1",
+        1,
+        "greet",
+        "wf",
+        TP,
     )
     assert config.filter_subject == "task.greet.*"
     assert config.ack_policy == api.AckPolicy.EXPLICIT
@@ -582,7 +591,10 @@ def write(tmp_path, name: str, text: str) -> str:
 
 def test_load_worker_finds_the_worker_defined_in_a_file(tmp_path):
     (tmp_path / "helpers_for_worker.py").write_text("GREETING = 'Hi'\n")
-    path = write(tmp_path, "greeter.py", """
+    path = write(
+        tmp_path,
+        "greeter.py",
+        """
         from helpers_for_worker import GREETING
         from dagnats.infra.worker import Worker, TaskContext
         w = Worker("nats://127.0.0.1:1")
@@ -594,18 +606,23 @@ def test_load_worker_finds_the_worker_defined_in_a_file(tmp_path):
 
         if __name__ == "__main__":
             w.run()
-    """)
+    """,
+    )
     worker = load_worker(path)
     assert isinstance(worker, Worker) and worker.tasks == ["greet"]
 
 
 def test_load_worker_reports_no_worker_and_several_workers(tmp_path):
     none = write(tmp_path, "none.py", "x = 1\n")
-    several = write(tmp_path, "several.py", """
+    several = write(
+        tmp_path,
+        "several.py",
+        """
         from dagnats.infra.worker import Worker
         a = Worker("nats://127.0.0.1:1")
         b = Worker("nats://127.0.0.1:1")
-    """)
+    """,
+    )
     with pytest.raises(WorkerLoadError, match=f"^no Worker found in {none}$"):
         load_worker(none)
     with pytest.raises(WorkerLoadError, match=f"^several Worker objects in {several}: a, b$"):
@@ -613,7 +630,10 @@ def test_load_worker_reports_no_worker_and_several_workers(tmp_path):
 
 
 def test_load_worker_refuses_a_file_that_runs_the_worker_at_import(tmp_path):
-    path = write(tmp_path, "eager.py", """
+    path = write(
+        tmp_path,
+        "eager.py",
+        """
         from dagnats.infra.worker import Worker
         w = Worker("nats://127.0.0.1:1")
 
@@ -622,7 +642,8 @@ def test_load_worker_refuses_a_file_that_runs_the_worker_at_import(tmp_path):
             return None
 
         w.run()
-    """)
+    """,
+    )
     with pytest.raises(WorkerLoadError, match="guard it with"):
         load_worker(path)
 

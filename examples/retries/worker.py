@@ -31,8 +31,10 @@ def lookup(ctx: TaskContext, data: dict) -> dict:
     if request.get("missing"):
         # Fails at once, whatever the policy. The step keeps only the first
         # max_step_error_bytes (64) bytes of this message; the history keeps it all.
-        raise Permanent("no such customer: looked in billing, crm and the legacy ledger, "
-                        "checked spelling variants, found nothing for this request")
+        raise Permanent(
+            "no such customer: looked in billing, crm and the legacy ledger, "
+            "checked spelling variants, found nothing for this request"
+        )
     if request.get("busy") and ctx.attempt == 1:
         raise RateLimited("quota exceeded", retry_after=1.5)  # retried after 1.5 s
     return {**data, "lookup_attempts": ctx.attempt}

@@ -33,7 +33,9 @@ def charge(ctx: TaskContext, booking: dict) -> str:
 
 @w.task("trip-cancel-hotel")
 def cancel_hotel(ctx: TaskContext, undo: dict[str, Any]) -> str:
-    return f"cancelled {undo['original_output']['hotel']} because {undo['trigger_step']} failed: {undo['trigger_error']}"
+    return (
+        f"cancelled {undo['original_output']['hotel']} because {undo['trigger_step']} failed: {undo['trigger_error']}"
+    )
 
 
 @w.task("trip-cancel-flight")

@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
-    logging.basicConfig(level=logging.INFO if args.command in ("serve", "worker") else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.command in ("serve", "worker") else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("nats").setLevel(logging.NOTSET if args.command in ("serve", "worker") else logging.CRITICAL)
     try:
         return args.func(args) or 0
@@ -51,11 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS keeps a flag given before the subcommand from being reset after it.
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
-    common.add_argument("--nats-url", default=argparse.SUPPRESS,
-                        help="NATS URL (env DAGNATS_NATS_URL, default nats://127.0.0.1:4222)")
+    common.add_argument(
+        "--nats-url", default=argparse.SUPPRESS, help="NATS URL (env DAGNATS_NATS_URL, default nats://127.0.0.1:4222)"
+    )
 
-    parser = argparse.ArgumentParser(prog="dagnats", description="Durable workflows on NATS JetStream.",
-                                     parents=[common])
+    parser = argparse.ArgumentParser(
+        prog="dagnats", description="Durable workflows on NATS JetStream.", parents=[common]
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run NATS (embedded) and the engine")
@@ -72,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     wf = commands.add_parser("workflow", help="register and inspect workflows").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
+        dest="action", required=True, metavar="ACTION"
+    )
     p = wf.add_parser("register", parents=[common], help="register (or update) a workflow from a JSON file")
     p.add_argument("file")
     p.set_defaults(func=cmd_workflow_register)
@@ -86,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_workflow_delete)
 
     run = commands.add_parser("run", help="start and inspect runs").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
+        dest="action", required=True, metavar="ACTION"
+    )
     p = run.add_parser("start", parents=[common], help="start a run of workflow NAME")
     p.add_argument("name")
     p.add_argument("input", nargs="?", help="run input as JSON (default null)")
@@ -94,14 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="print step events until the run ends")
     p.add_argument("--idempotency-key", help="a second start with the same key returns the first run")
     p.set_defaults(func=cmd_run_start)
-    for name, func, text in (("status", cmd_run_status, "show a run and its steps"),
-                             ("events", cmd_run_events, "show a run's event history"),
-                             ("output", cmd_run_output, "print a run's output"),
-                             ("cancel", cmd_run_cancel, "cancel a run"),
-                             ("pause", cmd_run_pause, "stop dispatching new steps (in-flight steps finish)"),
-                             ("resume", cmd_run_resume, "resume a paused run"),
-                             ("inspect", cmd_run_inspect, "steps with timings, errors and blockers"),
-                             ("delete", cmd_run_delete, "delete a finished run's history and snapshot")):
+    for name, func, text in (
+        ("status", cmd_run_status, "show a run and its steps"),
+        ("events", cmd_run_events, "show a run's event history"),
+        ("output", cmd_run_output, "print a run's output"),
+        ("cancel", cmd_run_cancel, "cancel a run"),
+        ("pause", cmd_run_pause, "stop dispatching new steps (in-flight steps finish)"),
+        ("resume", cmd_run_resume, "resume a paused run"),
+        ("inspect", cmd_run_inspect, "steps with timings, errors and blockers"),
+        ("delete", cmd_run_delete, "delete a finished run's history and snapshot"),
+    ):
         p = run.add_parser(name, parents=[common], help=text)
         p.add_argument("run_id")
         p.set_defaults(func=func)
@@ -122,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run_list)
 
     event = commands.add_parser("event", help="external events").add_subparsers(
-        dest="action", required=True, metavar="ACTION")
+        dest="action", required=True, metavar="ACTION"
+    )
     p = event.add_parser("publish", parents=[common], help="publish event NAME with JSON DATA")
     p.add_argument("name")
     p.add_argument("data", nargs="?")
@@ -183,8 +192,9 @@ def _parse_input(text: str | None, what: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise InvalidInput(f"not valid JSON ({err.msg} at position {err.pos}); "
-                           "quote strings as JSON, e.g. '\"World\"'") from None
+        raise InvalidInput(
+            f"not valid JSON ({err.msg} at position {err.pos}); quote strings as JSON, e.g. '\"World\"'"
+        ) from None
     except RecursionError:
         raise InvalidInput(f"{what}: nested deeper than {MAX_DEPTH} levels") from None
     # json.loads takes NaN, Infinity and 1e999, which JSON has not: they would be stored as null.
@@ -309,7 +319,9 @@ def cmd_run_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run_pause(args: argparse.Namespace) -> int:
-    return _show(args, lambda c: c.pause(args.run_id), lambda r: f"Run {args.run_id} pausing (in-flight steps finish first)")
+    return _show(
+        args, lambda c: c.pause(args.run_id), lambda r: f"Run {args.run_id} pausing (in-flight steps finish first)"
+    )
 
 
 def cmd_run_resume(args: argparse.Namespace) -> int:
@@ -334,8 +346,15 @@ def cmd_run_wait(args: argparse.Namespace) -> int:
         ok, value, status = run["status"] == "completed", run["output"], run["status"]
         problem = run.get("error") or status
     if args.json:
-        _print_json({"run_id": run["run_id"], "step": args.step, "status": status, "output": value,
-                     "error": None if ok else problem})
+        _print_json(
+            {
+                "run_id": run["run_id"],
+                "step": args.step,
+                "status": status,
+                "output": value,
+                "error": None if ok else problem,
+            }
+        )
     elif ok:
         _print_json(value)
     else:
@@ -359,4 +378,3 @@ def cmd_event_publish(args: argparse.Namespace) -> int:
     seq = _call(args, lambda c: c.publish_event(args.name, data))
     _print_json({"event": args.name, "seq": seq}) if args.json else print(f"Event published: {args.name} (seq {seq})")
     return 0
-

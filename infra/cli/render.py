@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from dagnats.domain import events as ev
 from dagnats.domain.durations import format_duration
@@ -20,7 +21,7 @@ def compact(value: Any, limit: int = MAX_CELL) -> str:
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
 
 
@@ -48,16 +49,25 @@ def inspect(view: dict[str, Any]) -> str:
     lines = _run_header(view, ("Deadline", "deadline"), ("Error", "error"))
     lines.append("")
     rows = [
-        (sid, s["status"], s["attempts"], _secs(s.get("queue_seconds")), _secs(s.get("exec_seconds")),
-         s.get("error") or s.get("skip_reason") or "")
+        (
+            sid,
+            s["status"],
+            s["attempts"],
+            _secs(s.get("queue_seconds")),
+            _secs(s.get("exec_seconds")),
+            s.get("error") or s.get("skip_reason") or "",
+        )
         for sid, s in view["steps"].items()
     ]
     lines.append(table(("STEP", "STATUS", "ATTEMPTS", "QUEUED", "RAN", "ERROR"), rows))
     if view.get("timers"):
         lines.append("")
-        lines.append(table(("TIMER", "STEP", "ATTEMPT", "DUE"),
-                           ((t["kind"], t.get("step_id") or "-", t.get("attempt") or "-", t["due"])
-                            for t in view["timers"])))
+        lines.append(
+            table(
+                ("TIMER", "STEP", "ATTEMPT", "DUE"),
+                ((t["kind"], t.get("step_id") or "-", t.get("attempt") or "-", t["due"]) for t in view["timers"]),
+            )
+        )
     if view.get("blockers"):
         lines.append("")
         lines.append("Blocked:")
@@ -72,7 +82,13 @@ def _secs(value: float | None) -> str:
 
 def events(items: list[dict[str, Any]]) -> str:
     rows = [
-        (e["timestamp"], e["type"], e.get("step_id") or "", e.get("attempt") or "", compact(e.get("payload")) if e.get("payload") is not None else "")
+        (
+            e["timestamp"],
+            e["type"],
+            e.get("step_id") or "",
+            e.get("attempt") or "",
+            compact(e.get("payload")) if e.get("payload") is not None else "",
+        )
         for e in items
     ]
     return table(("TIMESTAMP", "TYPE", "STEP", "ATTEMPT", "DATA"), rows)
@@ -81,7 +97,10 @@ def events(items: list[dict[str, Any]]) -> str:
 def run_list(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "No runs."
-    rows = [(r["run_id"], r["workflow"], r["status"], r.get("created_at") or "", f"{r['steps_done']}/{r['steps_total']}") for r in runs]
+    rows = [
+        (r["run_id"], r["workflow"], r["status"], r.get("created_at") or "", f"{r['steps_done']}/{r['steps_total']}")
+        for r in runs
+    ]
     return table(("RUN_ID", "WORKFLOW", "STATUS", "CREATED", "STEPS"), rows)
 
 
@@ -101,8 +120,13 @@ def workflow_show(d: dict[str, Any]) -> str:
         "",
     ]
     rows = [
-        (s["id"], s.get("task", ""), s.get("type", "normal"), ", ".join(s.get("depends_on", [])) or "-",
-         _timeout(s.get("timeout", 0)))
+        (
+            s["id"],
+            s.get("task", ""),
+            s.get("type", "normal"),
+            ", ".join(s.get("depends_on", [])) or "-",
+            _timeout(s.get("timeout", 0)),
+        )
         for s in d["steps"]
     ]
     return "\n".join(head) + table(("ID", "TASK", "TYPE", "DEPENDS ON", "TIMEOUT"), rows)
@@ -111,7 +135,8 @@ def workflow_show(d: dict[str, Any]) -> str:
 def engine_status(st: dict[str, Any]) -> str:
     nats = st["nats"]
     lines = [
-        f"NATS:       {'connected' if nats['connected'] else 'disconnected'} ({nats.get('url')}, server {nats.get('server_version')})",
+        f"NATS:       {'connected' if nats['connected'] else 'disconnected'} "
+        f"({nats.get('url')}, server {nats.get('server_version')})",
         f"JetStream:  available ({len(st['jetstream']['streams'])} streams)",
         f"Live runs:  {st['engine']['live_runs']} ({st['engine']['active_runs']} active)",
         "",
@@ -147,8 +172,9 @@ def watch_line(event: Event) -> str | None:
         return f"Run {event.run_id} completed"
     if isinstance(event, (ev.WorkflowPaused, ev.WorkflowResumed, ev.WorkflowCompensating)):
         return f"Run {event.run_id} {event.type.split('.')[1]}"
-    if isinstance(event, (ev.WorkflowFailed, ev.WorkflowCancelled, ev.WorkflowCompensated,
-                          ev.WorkflowCompensateFailed)):
+    if isinstance(
+        event, (ev.WorkflowFailed, ev.WorkflowCancelled, ev.WorkflowCompensated, ev.WorkflowCompensateFailed)
+    ):
         reason = event.payload.text
         return f"Run {event.run_id} {event.type.split('.')[1]}" + (f": {reason}" if reason else "")
     return None

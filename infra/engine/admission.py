@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError, APIError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from dagnats.domain.definition import WorkflowDef
 from dagnats.domain.errors import SingletonConflict
 from dagnats.domain.paths import PathNotFound, extract_dot_path
-
 from dagnats.domain.state import RunStatus
 
 from ..wire.names import IDEMPOTENCY_BUCKET, SINGLETON_BUCKET, WAITERS_BUCKET
@@ -65,8 +65,9 @@ class Admission:
 
     # ---- idempotency ----------------------------------------------------------------
 
-    async def claim_idempotency(self, wf: WorkflowDef, data: Any, run_id: str,
-                                explicit: str | None = None) -> tuple[str | None, str | None]:
+    async def claim_idempotency(
+        self, wf: WorkflowDef, data: Any, run_id: str, explicit: str | None = None
+    ) -> tuple[str | None, str | None]:
         """(existing run id or None, key taken or None). An explicit key wins over
         the workflow's ``idempotency_key`` dot-path into the input."""
         if explicit is not None:
@@ -127,12 +128,16 @@ class Admission:
                 right = match.right
                 if isinstance(right, str) and right.startswith("input."):
                     try:
-                        right = extract_dot_path(data, right[len("input."):])
+                        right = extract_dot_path(data, right[len("input.") :])
                     except PathNotFound:
                         right = None
             waiter = Waiter(
-                run_id=run_id, event=cancel.event, left=match.left if match else "", op=match.op if match else "eq",
-                right=right, has_match=match is not None,
+                run_id=run_id,
+                event=cancel.event,
+                left=match.left if match else "",
+                op=match.op if match else "eq",
+                right=right,
+                has_match=match is not None,
                 expires_at=expires_at(int(cancel.timeout)) if cancel.timeout else "",
             )
             await self.waiters.put(f"{cancel.event}.{run_id}.{i}", msgspec.json.encode(waiter))
@@ -149,4 +154,3 @@ def waiter_matches(waiter: Waiter, data: Any) -> bool:
     if waiter.right is None:
         return False
     return _value_text(left) == _value_text(waiter.right)
-

@@ -16,22 +16,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jsonschema
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import ServiceUnavailableError
 
 from dagnats.domain import events as ev
 from dagnats.domain.decide import unsupported_step_type
 from dagnats.domain.definition import EXECUTED_STEP_TYPES, WorkflowDef, workflow_from_object, workflow_to_object
 from dagnats.domain.errors import (
-    DagnatsError, InvalidInput, InvalidRequest, InvalidRunState, PayloadTooLarge, ReplyTooLarge, RunAlreadyStarted,
-    Unavailable, UnsupportedStepType,
+    DagnatsError,
+    InvalidInput,
+    InvalidRequest,
+    InvalidRunState,
+    PayloadTooLarge,
+    ReplyTooLarge,
+    RunAlreadyStarted,
+    Unavailable,
+    UnsupportedStepType,
 )
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.state import RunStatus, WorkflowRun
@@ -125,7 +134,7 @@ class ControlPlane:
         self._slots.release()
 
     async def _serve(self, msg: Msg) -> None:
-        op = msg.subject[len(API_PREFIX) + 1:]
+        op = msg.subject[len(API_PREFIX) + 1 :]
         try:
             request = wire.decode_request(op, msg.data)
             reply = wire.encode_result(await self.handlers[op](request))
@@ -135,8 +144,7 @@ class ControlPlane:
             reply = wire.encode_error(err)
         except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as err:
             # JetStream is busy or electing a leader (a node lost): worth asking again.
-            reply = wire.encode_error(
-                Unavailable(f"NATS did not answer in time ({err.__class__.__name__}); try again"))
+            reply = wire.encode_error(Unavailable(f"NATS did not answer in time ({err.__class__.__name__}); try again"))
         except Exception as err:  # never leave a caller hanging
             log.exception("api %s failed", op)
             reply = wire.encode_error(DagnatsError(f"internal error: {err}"))
@@ -177,8 +185,11 @@ class ControlPlane:
         run_id = check_identifier("run id", req.run_id or secrets.token_hex(16))
         with api_span("startRun", req.trace_parent) as trace_parent:
             event = ev.WorkflowStarted(
-                run_id=run_id, timestamp=ev.format_timestamp(_now()), trace_parent=trace_parent,
-                payload=ev.RunStart(workflow_def=wf, input=req.input), id=ev.WORKFLOW_STARTED,
+                run_id=run_id,
+                timestamp=ev.format_timestamp(_now()),
+                trace_parent=trace_parent,
+                payload=ev.RunStart(workflow_def=wf, input=req.input),
+                id=ev.WORKFLOW_STARTED,
             )
             if req.run_id:
                 existing = await self._same_run(event)
@@ -192,8 +203,10 @@ class ControlPlane:
         first = await self.reader.first_event(event.run_id)
         if first is None or first.payload is None or event.payload is None:
             return None
-        if first.payload.workflow_def.name == event.payload.workflow_def.name and \
-                first.payload.input == event.payload.input:
+        if (
+            first.payload.workflow_def.name == event.payload.workflow_def.name
+            and first.payload.input == event.payload.input
+        ):
             return {"run_id": event.run_id, "deduplicated": True}
         raise RunAlreadyStarted(event.run_id, first.payload.workflow_def.name)
 
@@ -246,8 +259,10 @@ class ControlPlane:
         runs = {s.run.run_id: s.run for s in await self.reader.store.snapshots()}
         runs.update((r.run_id, r) for r in self.reader.live())
         chosen = [
-            r for r in runs.values()
-            if r.definition is not None and (not req.workflow or r.workflow == req.workflow)
+            r
+            for r in runs.values()
+            if r.definition is not None
+            and (not req.workflow or r.workflow == req.workflow)
             and (not req.status or r.status == req.status)
         ]
         return runs_page(chosen, req.cursor, req.limit, self.max_reply)
@@ -258,13 +273,18 @@ class ControlPlane:
         run = await self.reader.get(req.run_id)
         if run.is_terminal:
             raise InvalidRunState(run.run_id, run.status, "cancel")
-        await self.publish_fact(run, ev.WorkflowCancelled, ev.RunEnd(reason=req.reason or "cancelled by user"),
-                                f"cancel.{secrets.token_hex(4)}")
+        await self.publish_fact(
+            run,
+            ev.WorkflowCancelled,
+            ev.RunEnd(reason=req.reason or "cancelled by user"),
+            f"cancel.{secrets.token_hex(4)}",
+        )
         status = await self._status_within(run.run_id, min(max(req.wait, 0.0), MAX_CANCEL_WAIT))
         return {"run_id": run.run_id, "cancelled": status == RunStatus.CANCELLED, "status": status}
 
     async def _status_within(self, run_id: str, seconds: float) -> str:
         """The run's status once it has ended, or as it is after ``seconds``."""
+
         async def read() -> dict[str, Any]:
             return {"status": (await self.reader.get(run_id)).status}
 
@@ -273,7 +293,7 @@ class ControlPlane:
 
         try:
             view = await asyncio.wait_for(await_run(self.nc, run_id, read, ended, recheck=0.5), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             view = await read()
         return str(view["status"])
 
@@ -312,8 +332,13 @@ class ControlPlane:
 
     async def publish_fact(self, run: WorkflowRun, cls: type[ev.EventBase], payload: Any, fact_id: str) -> None:
         fields = {"payload": payload} if payload is not None else {}
-        event = cls(run_id=run.run_id, timestamp=ev.format_timestamp(_now()), trace_parent=run.trace_parent,
-                    id=fact_id, **fields)
+        event = cls(
+            run_id=run.run_id,
+            timestamp=ev.format_timestamp(_now()),
+            trace_parent=run.trace_parent,
+            id=fact_id,
+            **fields,
+        )
         await publish_fact(self.js, event)  # type: ignore[arg-type]
 
     # ---- status ------------------------------------------------------------------------
@@ -324,10 +349,12 @@ class ControlPlane:
             streams[info.config.name] = {"messages": info.state.messages, "bytes": info.state.bytes}
         live = self.reader.live()
         return {
-            "nats": {"connected": self.nc.is_connected,
-                     "url": self.nc.connected_url.geturl() if self.nc.connected_url else None,
-                     "server_version": _version(self.nc) if self.nc.is_connected else None,
-                     "max_payload": self.nc.max_payload},
+            "nats": {
+                "connected": self.nc.is_connected,
+                "url": self.nc.connected_url.geturl() if self.nc.connected_url else None,
+                "server_version": _version(self.nc) if self.nc.is_connected else None,
+                "max_payload": self.nc.max_payload,
+            },
             "jetstream": {"streams": streams},
             "engine": {"live_runs": len(live), "active_runs": sum(1 for r in live if not r.is_terminal)},
         }
@@ -358,7 +385,7 @@ def _check_schema(schema: dict[str, Any], data: Any) -> None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _after(moment: datetime, ns: int) -> str:

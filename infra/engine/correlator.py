@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -20,7 +21,6 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 
 from dagnats.domain.events import parse_timestamp
-
 from dagnats.domain.state import RunStatus
 
 from ..wire.names import EVENT_STREAM, WAITERS_BUCKET
@@ -43,7 +43,9 @@ class Correlator:
     async def start(self) -> None:
         self.waiters = await self.js.key_value(WAITERS_BUCKET)
         self._sub = await self.js.pull_subscribe(
-            "event.>", durable=CONSUMER, stream=EVENT_STREAM,
+            "event.>",
+            durable=CONSUMER,
+            stream=EVENT_STREAM,
             config=api.ConsumerConfig(ack_wait=30, max_deliver=-1, deliver_policy=api.DeliverPolicy.NEW),
         )
         self._task = asyncio.create_task(self._consume(), name="correlator")
@@ -61,7 +63,7 @@ class Correlator:
         while True:
             try:
                 msgs = await self._sub.fetch(64, timeout=1.0)
-            except (asyncio.TimeoutError, NatsTimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise
@@ -83,7 +85,7 @@ class Correlator:
             data: Any = msgspec.json.decode(msg.data) if msg.data else None
         except msgspec.DecodeError:
             data = msg.data.decode(errors="replace")
-        sent_at = msg.metadata.timestamp if msg.metadata else datetime.now(timezone.utc)
+        sent_at = msg.metadata.timestamp if msg.metadata else datetime.now(UTC)
         for key, raw in await kv_entries(self.js, WAITERS_BUCKET, f"{name}.>"):
             waiter = _WAITER.decode(raw)
             status = await self.status_of(waiter.run_id)
@@ -91,10 +93,11 @@ class Correlator:
                 await self.waiters.delete(key)
                 continue
             if waiter_matches(waiter, data):
-                await self.cancel(waiter.run_id, f"cancelled by event {name}", f"cancel-on.{name}.{msg.metadata.sequence.stream}")
+                await self.cancel(
+                    waiter.run_id, f"cancelled by event {name}", f"cancel-on.{name}.{msg.metadata.sequence.stream}"
+                )
                 await self.waiters.delete(key)
 
 
 def _expired(waiter: Waiter, at: datetime) -> bool:
     return bool(waiter.expires_at) and at > parse_timestamp(waiter.expires_at)
-

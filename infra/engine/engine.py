@@ -18,17 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import api
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api
 
 from dagnats.actors.directory import RunDirectory
-from dagnats.actors.ports import Clock
 from dagnats.actors.messages import Deliver, LiveCount
+from dagnats.actors.ports import Clock
 from dagnats.actors.timer import TimerActor
 from dagnats.domain.events import Event, decode_event, format_timestamp, parse_timestamp
 
@@ -49,8 +49,15 @@ INBOX_ACK_WAIT = 30.0
 
 
 class Engine:
-    def __init__(self, nc: NATS, *, max_live: int = 512, replicas: int = 1, quarantine_retry: float = 30.0,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        max_live: int = 512,
+        replicas: int = 1,
+        quarantine_retry: float = 30.0,
+        clock: Clock | None = None,
+    ) -> None:
         self.nc, self.max_live, self.replicas, self.clock = nc, max_live, replicas, clock
         self.quarantine_retry = quarantine_retry
         self.js = nc.jetstream()
@@ -93,7 +100,8 @@ class Engine:
 
     async def live_count(self) -> int:
         """How many run actors are alive (asked of the directory, off the loop)."""
-        return await asyncio.to_thread(self.directory.ask, LiveCount(), timeout=5)
+        count = await asyncio.to_thread(lambda: self.directory.ask(LiveCount(), timeout=5))
+        return int(count)  # type: ignore[arg-type]
 
     async def pending_timers(self) -> int:
         """How many timers the engine holds armed."""
@@ -108,7 +116,7 @@ class Engine:
                 # A batch pull on an empty queue lingers until the batch fills or the
                 # timeout ends, so ask for one message unless the server said more wait.
                 msgs = await self._sub.fetch(batch, timeout=1.0)
-            except (asyncio.TimeoutError, NatsTimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise
@@ -164,7 +172,7 @@ def _sanitized(event: Event) -> Event:
     try:
         parse_timestamp(event.timestamp)
     except (TypeError, ValueError):
-        changes["timestamp"] = format_timestamp(datetime.now(timezone.utc))
+        changes["timestamp"] = format_timestamp(datetime.now(UTC))
     if event.started_at:
         try:
             parse_timestamp(event.started_at)

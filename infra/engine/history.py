@@ -60,8 +60,10 @@ class HistoryStore:
         return ack.seq
 
     async def read_after(self, run_id: str, after_seq: int) -> list[tuple[int, list[Event]]]:
-        return [(msg.seq or 0, decode_record(msg.data or b"[]"))
-                async for msg in stored_messages(self.js, HISTORY_STREAM, history_subject(run_id), after_seq)]
+        return [
+            (msg.seq or 0, decode_record(msg.data or b"[]"))
+            async for msg in stored_messages(self.js, HISTORY_STREAM, history_subject(run_id), after_seq)
+        ]
 
     async def events(self, run_id: str) -> list[tuple[int, Event]]:
         return [(seq, e) for seq, events in await self.read_after(run_id, 0) for e in events]
@@ -98,4 +100,3 @@ class HistoryStore:
         await self.js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id))
         kv = await self.runs_kv()
         await kv.purge(snapshot_key(run_id))
-

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
@@ -144,8 +146,9 @@ class NatsWorkerLiveness:
 
 
 class NatsPorts:
-    def __init__(self, js: JetStreamContext, bridge: LoopBridge, reader: RunReader, max_payload: int,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self, js: JetStreamContext, bridge: LoopBridge, reader: RunReader, max_payload: int, clock: Clock | None = None
+    ) -> None:
         self.js, self.bridge = js, bridge
         self.store = reader.store
         self.history = NatsHistoryPort(self.store, bridge)
@@ -156,24 +159,43 @@ class NatsPorts:
         self.state = reader
         self.max_record_bytes = max_payload - HEADER_ROOM
 
-    def record(self, run_id: str, events: list[Event], body: bytes, expected_seq: int, msg_id: str,
-               tasks: list[EnqueueTask], timers: list[StartTimer], trace_parent: str) -> int:
+    def record(
+        self,
+        run_id: str,
+        events: list[Event],
+        body: bytes,
+        expected_seq: int,
+        msg_id: str,
+        tasks: list[EnqueueTask],
+        timers: list[StartTimer],
+        trace_parent: str,
+    ) -> int:
         return self.bridge.call(self._record(run_id, events, body, expected_seq, msg_id, tasks, timers, trace_parent))
 
-    async def _record(self, run_id: str, events: list[Event], record: bytes, expected_seq: int, msg_id: str,
-                      tasks: list[EnqueueTask], timers: list[StartTimer], trace_parent: str) -> int:
+    async def _record(
+        self,
+        run_id: str,
+        events: list[Event],
+        record: bytes,
+        expected_seq: int,
+        msg_id: str,
+        tasks: list[EnqueueTask],
+        timers: list[StartTimer],
+        trace_parent: str,
+    ) -> int:
         with engine_span(run_id, events) as span_parent:
             if span_parent:  # workers' spans become children of this decision's span
                 tasks = [_traced(t, span_parent) for t in tasks]
-            writes = [self.store.append(run_id, record, expected_seq, msg_id)]
+            append = self.store.append(run_id, record, expected_seq, msg_id)
+            if not tasks and not timers:
+                return await append
+            effects: list[Coroutine[Any, Any, None]] = []
             if tasks:
-                writes.append(publish_tasks(self.js, tasks))
+                effects.append(publish_tasks(self.js, tasks))
             if timers:
-                writes.append(arm_timers(self.js, run_id, timers, trace_parent))
-            if len(writes) == 1:
-                return await writes[0]
-            outcomes = await asyncio.gather(*writes, return_exceptions=True)
-            for outcome in outcomes:
+                effects.append(arm_timers(self.js, run_id, timers, trace_parent))
+            seq, *done = await asyncio.gather(append, *effects, return_exceptions=True)
+            for outcome in (seq, *done):
                 if isinstance(outcome, BaseException):
                     raise outcome
-            return outcomes[0]  # type: ignore[return-value]
+            return int(seq)

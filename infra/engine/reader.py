@@ -49,9 +49,12 @@ class RunReader:
         with self._lock:
             self._live[run.run_id] = (run, last_seq)
         if recorded:
-            notice = RunNotice(seq=last_seq, status=str(run.status),
-                               steps=tuple(sorted({e.step_id for e in recorded if e.step_id})),
-                               terminal=run.is_terminal)
+            notice = RunNotice(
+                seq=last_seq,
+                status=str(run.status),
+                steps=tuple(sorted({e.step_id for e in recorded if e.step_id})),
+                terminal=run.is_terminal,
+            )
             self.loop.call_soon_threadsafe(self._announce, run.run_id, encode_notice(notice))
 
     def forget(self, run_id: str) -> None:
@@ -89,13 +92,12 @@ class RunReader:
                 for event in events:
                     run = fold(run, event)
             return run
-        run = await self._recorded(run_id)
         # Not recorded yet: its start may wait in the inbox, or have just moved from
         # there to the history (recorded before the inbox message is acked).
-        run = run or await self._accepted(run_id) or await self._recorded(run_id)
-        if run is None:
+        found = await self._recorded(run_id) or await self._accepted(run_id) or await self._recorded(run_id)
+        if found is None:
             raise RunNotFound(run_id)
-        return run
+        return found
 
     async def status_of(self, run_id: str) -> RunStatus | None:
         """The run's status, or None for a run that does not exist."""
@@ -119,8 +121,9 @@ class RunReader:
     async def first_event(self, run_id: str) -> WorkflowStarted | None:
         """The start request of a run, recorded or still waiting in its inbox."""
         check_identifier("run id", run_id)
-        return (await self._first_start(HISTORY_STREAM, history_subject(run_id))
-                or await self._first_start(INBOX_STREAM, inbox_subject(run_id)))
+        return await self._first_start(HISTORY_STREAM, history_subject(run_id)) or await self._first_start(
+            INBOX_STREAM, inbox_subject(run_id)
+        )
 
     async def _first_start(self, stream: str, subject: str) -> WorkflowStarted | None:
         msg = await first_message(self.js, stream, subject)

@@ -26,8 +26,9 @@ def default_data_dir() -> Path:
     return Path(base) / "dagnats"
 
 
-async def serve(url: str, data_dir: Path | None, external: bool, max_live: int = 512,
-                ready_file: Path | None = None) -> None:
+async def serve(
+    url: str, data_dir: Path | None, external: bool, max_live: int = 512, ready_file: Path | None = None
+) -> None:
     setup_tracing("dagnats-engine")
     server = None
     if not external:
@@ -83,8 +84,9 @@ async def _reachable(url: str) -> None:
         parsed = urlparse(server)
         try:
             _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222), 3)
-        except (OSError, asyncio.TimeoutError) as err:
+                asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222), 3
+            )
+        except (TimeoutError, OSError) as err:
             failure = err
             continue
         writer.close()

@@ -200,7 +200,7 @@ class NatsServer:
     @property
     def pid(self) -> int | None:
         """PID of the running server process, or None."""
-        return self._proc.pid if self.running else None
+        return self._proc.pid if self._proc is not None and self.running else None
 
     @property
     def running(self) -> bool:
@@ -328,9 +328,7 @@ class NatsServer:
                 )
             if time.monotonic() > deadline:
                 self.kill()
-                raise ServerError(
-                    f"nats-server was not ready within {self.ready_timeout:g} s", pump.evidence()
-                )
+                raise ServerError(f"nats-server was not ready within {self.ready_timeout:g} s", pump.evidence())
         # Keep the ports the server chose, so a restart binds the same ones.
         self._port = pump.client_port or self._port
         if self._http_port is not None:
@@ -423,9 +421,7 @@ async def run_cluster(
 
 
 @contextlib.asynccontextmanager
-async def cluster(
-    size: int = 3, *, base_dir: Path, **options: object
-) -> AsyncIterator[list[NatsServer]]:
+async def cluster(size: int = 3, *, base_dir: Path, **options: object) -> AsyncIterator[list[NatsServer]]:
     """`async with cluster(base_dir=tmp) as servers:` runs `run_cluster`, then stops every node."""
     servers = await run_cluster(size, base_dir=base_dir, **options)  # type: ignore[arg-type]
     try:

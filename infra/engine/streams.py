@@ -8,16 +8,28 @@ configuration is a no-op for JetStream, and a differing one is updated in place.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError, ServiceUnavailableError
 
 from dagnats.domain.errors import DagnatsError
 
 from ..wire.names import (
-    CHECKPOINTS_BUCKET, DEAD_LETTER_STREAM, DEFS_BUCKET, EVENT_STREAM, HISTORY_STREAM, IDEMPOTENCY_BUCKET,
-    INBOX_STREAM, RUNS_BUCKET, SIGNALS_BUCKET, SINGLETON_BUCKET, TASK_STREAM, WAITERS_BUCKET,
+    CHECKPOINTS_BUCKET,
+    DEAD_LETTER_STREAM,
+    DEFS_BUCKET,
+    EVENT_STREAM,
+    HISTORY_STREAM,
+    IDEMPOTENCY_BUCKET,
+    INBOX_STREAM,
+    RUNS_BUCKET,
+    SIGNALS_BUCKET,
+    SINGLETON_BUCKET,
+    TASK_STREAM,
+    WAITERS_BUCKET,
     WORKERS_BUCKET,
 )
 
@@ -54,7 +66,7 @@ class ResourceError(DagnatsError, RuntimeError):
 def stream_configs(replicas: int = 1) -> list[api.StreamConfig]:
     """The configuration of every engine stream, at `replicas` copies each."""
 
-    def stream(name: str, subjects: list[str], retention: api.RetentionPolicy, **extra: object) -> api.StreamConfig:
+    def stream(name: str, subjects: list[str], retention: api.RetentionPolicy, **extra: Any) -> api.StreamConfig:
         return api.StreamConfig(
             name=name,
             subjects=subjects,
@@ -110,7 +122,11 @@ BUCKET_TTL = {IDEMPOTENCY_BUCKET: 24 * 3600.0, WORKERS_BUCKET: 4.0}
 
 async def _ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> None:
     config = api.KeyValueConfig(
-        bucket=bucket, history=1, replicas=replicas, storage=api.StorageType.FILE, ttl=BUCKET_TTL.get(bucket),
+        bucket=bucket,
+        history=1,
+        replicas=replicas,
+        storage=api.StorageType.FILE,
+        ttl=BUCKET_TTL.get(bucket),
         direct=True,
     )
     try:

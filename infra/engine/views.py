@@ -95,8 +95,13 @@ def inspect_view(run: WorkflowRun, timers: list[TimerFired] | None = None) -> di
     its armed timers (soonest first)."""
     view = run_view(run)
     view["timers"] = [
-        {"kind": t.payload.kind, "step_id": t.payload.step_id or None, "attempt": t.payload.attempt or None,
-         "due": t.payload.due, "timer_id": t.payload.timer_id}
+        {
+            "kind": t.payload.kind,
+            "step_id": t.payload.step_id or None,
+            "attempt": t.payload.attempt or None,
+            "due": t.payload.due,
+            "timer_id": t.payload.timer_id,
+        }
         for t in sorted(timers or [], key=lambda t: t.payload.due)
     ]
     for step_id, s in run.steps.items():
@@ -120,8 +125,11 @@ def fit_view(view: dict[str, Any], budget: int) -> dict[str, Any]:
     places = [("output", view, "output"), ("input", view, "input")]
     for step_id, step in view["steps"].items():
         places.append((f"steps.{step_id}.output", step, "output"))
-    sized = sorted(((len(_ENCODER.encode(holder[key])), name, holder, key) for name, holder, key in places),
-                   key=lambda item: item[0], reverse=True)
+    sized = sorted(
+        ((len(_ENCODER.encode(holder[key])), name, holder, key) for name, holder, key in places),
+        key=lambda item: item[0],
+        reverse=True,
+    )
     view["elided"] = []
     for size, name, holder, key in sized:
         holder[key] = {"elided": name, "bytes": size}

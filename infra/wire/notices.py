@@ -12,7 +12,6 @@ status after ``recheck`` seconds without one.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,9 +51,14 @@ def decode_notice(data: bytes) -> RunNotice | None:
 View = dict[str, Any]
 
 
-async def await_run(nc: NATS, run_id: str, read: Callable[[], Awaitable[View]],
-                    finished: Callable[[View], bool], step: str | None = None,
-                    recheck: float = RECHECK) -> View:
+async def await_run(
+    nc: NATS,
+    run_id: str,
+    read: Callable[[], Awaitable[View]],
+    finished: Callable[[View], bool],
+    step: str | None = None,
+    recheck: float = RECHECK,
+) -> View:
     """Read the run's view until ``finished(view)``; reads again only when a notice
     about the run (or ``step``) arrives, or after ``recheck`` quiet seconds.
 
@@ -66,7 +70,7 @@ async def await_run(nc: NATS, run_id: str, read: Callable[[], Awaitable[View]],
         while not finished(view):
             try:
                 msg = await sub.next_msg(timeout=recheck)
-            except (NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 view = await read()
                 continue
             notice = decode_notice(msg.data)

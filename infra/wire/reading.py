@@ -24,8 +24,9 @@ from nats.js.errors import NotFoundError
 _ENCODER = msgspec.json.Encoder()
 
 
-async def stored_messages(js: JetStreamContext, stream: str, subject: str,
-                          after_seq: int = 0) -> AsyncIterator[RawStreamMsg]:
+async def stored_messages(
+    js: JetStreamContext, stream: str, subject: str, after_seq: int = 0
+) -> AsyncIterator[RawStreamMsg]:
     """The messages stored on ``subject`` after ``after_seq``, oldest first."""
     seq = after_seq + 1
     while True:
@@ -41,8 +42,9 @@ DIRECT_BATCH = 256
 _DIRECT_TIMEOUT = 5.0
 
 
-async def stored_batches(js: JetStreamContext, stream: str, subject: str, after_seq: int = 0,
-                         batch: int = DIRECT_BATCH) -> AsyncIterator[RawStreamMsg]:
+async def stored_batches(
+    js: JetStreamContext, stream: str, subject: str, after_seq: int = 0, batch: int = DIRECT_BATCH
+) -> AsyncIterator[RawStreamMsg]:
     """The messages stored on ``subject`` after ``after_seq``, oldest first, fetched in batches."""
     nc = js._nc  # nats-py has no batched direct get of its own: the request is made here
     seq = after_seq + 1
@@ -65,8 +67,9 @@ async def stored_batches(js: JetStreamContext, stream: str, subject: str, after_
                     pending = int(headers.get("Nats-Num-Pending") or 0) if status == "204" else 0
                     break
                 last = int(headers["Nats-Sequence"])
-                yield RawStreamMsg(subject=headers.get("Nats-Subject"), seq=last, data=msg.data,
-                                   headers=headers, stream=stream)
+                yield RawStreamMsg(
+                    subject=headers.get("Nats-Subject"), seq=last, data=msg.data, headers=headers, stream=stream
+                )
         finally:
             await sub.unsubscribe()
         if not pending:
@@ -86,7 +89,7 @@ async def kv_entries(js: JetStreamContext, bucket: str, pattern: str) -> list[tu
     prefix = f"$KV.{bucket}."
     entries: dict[str, bytes] = {}
     async for msg in stored_batches(js, f"KV_{bucket}", f"{prefix}{pattern}"):
-        key = (msg.subject or "")[len(prefix):]
+        key = (msg.subject or "")[len(prefix) :]
         operation = (msg.headers or {}).get("KV-Operation")
         if operation in ("DEL", "PURGE") or not msg.data:
             entries.pop(key, None)

@@ -36,11 +36,17 @@ def started(step_id: str, attempt: int, t: float) -> ev.Event:
 
 def hello_pipeline() -> Recorder:
     """The tutorial run: greet -> uppercase -> reverse on "World"."""
-    wf = definition({
-        "name": "hello-pipeline", "version": "1.0",
-        "steps": [{"id": "greet", "task": "greet"}, {"id": "uppercase", "task": "uppercase", "depends_on": ["greet"]},
-                  {"id": "reverse", "task": "reverse", "depends_on": ["uppercase"]}],
-    })
+    wf = definition(
+        {
+            "name": "hello-pipeline",
+            "version": "1.0",
+            "steps": [
+                {"id": "greet", "task": "greet"},
+                {"id": "uppercase", "task": "uppercase", "depends_on": ["greet"]},
+                {"id": "reverse", "task": "reverse", "depends_on": ["uppercase"]},
+            ],
+        }
+    )
     rec = Recorder()
     rec.feed(started_event(wf, "World"), at(0))
     for t, (step, output) in enumerate(
@@ -53,15 +59,26 @@ def hello_pipeline() -> Recorder:
 
 def retry_then_success() -> Recorder:
     """fetch fails once, is retried after its backoff, succeeds; a re-sent completion is ignored."""
-    wf = definition({
-        "name": "flaky-fetch",
-        "steps": [
-            {"id": "fetch", "task": "fetch", "timeout": "30s",
-             "retry": {"max_attempts": 3, "strategy": "exponential", "initial_delay": "2s", "max_delay": "30s",
-                       "multiplier": 2.0}},
-            {"id": "store", "task": "store", "depends_on": ["fetch"]},
-        ],
-    })
+    wf = definition(
+        {
+            "name": "flaky-fetch",
+            "steps": [
+                {
+                    "id": "fetch",
+                    "task": "fetch",
+                    "timeout": "30s",
+                    "retry": {
+                        "max_attempts": 3,
+                        "strategy": "exponential",
+                        "initial_delay": "2s",
+                        "max_delay": "30s",
+                        "multiplier": 2.0,
+                    },
+                },
+                {"id": "store", "task": "store", "depends_on": ["fetch"]},
+            ],
+        }
+    )
     rec = Recorder()
     rec.feed(started_event(wf, {"url": "https://example.com/data"}), at(0))
     rec.feed(started("fetch", 1, 1), at(1))
@@ -78,14 +95,19 @@ def retry_then_success() -> Recorder:
 
 def exhausted_retries() -> Recorder:
     """charge fails on every one of its 1 + 2 attempts; the run fails."""
-    wf = definition({
-        "name": "always-declined",
-        "steps": [
-            {"id": "charge", "task": "charge",
-             "retry": {"max_attempts": 2, "strategy": "fixed", "initial_delay": "1s"}},
-            {"id": "ship", "task": "ship", "depends_on": ["charge"]},
-        ],
-    })
+    wf = definition(
+        {
+            "name": "always-declined",
+            "steps": [
+                {
+                    "id": "charge",
+                    "task": "charge",
+                    "retry": {"max_attempts": 2, "strategy": "fixed", "initial_delay": "1s"},
+                },
+                {"id": "ship", "task": "ship", "depends_on": ["charge"]},
+            ],
+        }
+    )
     rec = Recorder()
     rec.feed(started_event(wf, {"amount": 42}), at(0))
     t = 1
@@ -99,8 +121,11 @@ def exhausted_retries() -> Recorder:
     return rec
 
 
-SCENARIOS = {"hello-pipeline": hello_pipeline, "retry-then-success": retry_then_success,
-             "exhausted-retries": exhausted_retries}
+SCENARIOS = {
+    "hello-pipeline": hello_pipeline,
+    "retry-then-success": retry_then_success,
+    "exhausted-retries": exhausted_retries,
+}
 
 
 def write(name: str, rec: Recorder) -> None:
