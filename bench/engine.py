@@ -29,19 +29,11 @@ from datetime import UTC, datetime
 
 from nats.js import api
 
-from dagnats.domain.events import (
-    EVENT_ENCODER,
-    WORKFLOW_COMPLETED,
-    WORKFLOW_STARTED,
-    Event,
-    decode_record,
-    format_timestamp,
-)
+from dagnats.domain.events import WORKFLOW_COMPLETED, WORKFLOW_STARTED, decode_record, format_timestamp, make_event
 from dagnats.infra.client import Client
 from dagnats.infra.tracing import new_trace_parent
-from dagnats.infra.wire.headers import MSG_ID, TRACEPARENT
+from dagnats.infra.wire.facts import publish_fact
 from dagnats.infra.wire.names import HISTORY_STREAM, INBOX_STREAM, RUNS_BUCKET, TASK_STREAM
-from dagnats.infra.wire.subjects import inbox_subject
 
 from .load import closed_loop
 from .procs import PYTHON, REPO, Child, CpuMeter, Processes, proc_status, rss_mb
@@ -130,16 +122,15 @@ class EngineUnderTest:
 
     async def _publish_start(self, run_id: str, n: int) -> None:
         trace_parent = new_trace_parent()
-        event = Event(
-            type=WORKFLOW_STARTED,
-            run_id=run_id,
+        event = make_event(
+            WORKFLOW_STARTED,
+            run_id,
             timestamp=format_timestamp(datetime.now(UTC)),
             payload={"workflow_def": self.stored_def, "input": {"n": n}},
             trace_parent=trace_parent,
             id="workflow.started",
         )
-        headers = {MSG_ID: f"{run_id}.workflow.started", TRACEPARENT: trace_parent}
-        await self.client.nc.jetstream().publish(inbox_subject(run_id), EVENT_ENCODER.encode(event), headers=headers)
+        await publish_fact(self.client.nc.jetstream(), event)
 
     async def _timed_run(self, start, timeout: float) -> float:
         self._serial += 1

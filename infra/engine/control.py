@@ -192,15 +192,14 @@ class ControlPlane:
                 id=ev.WORKFLOW_STARTED,
             )
             if req.run_id:
-                existing = await self._same_run(event)
+                existing = await self._same_run(event, await self.reader.recorded_start(run_id))
                 if existing is not None:
                     return existing
             return await self._start(wf, event, req.idempotency_key)
 
-    async def _same_run(self, event: ev.WorkflowStarted) -> dict[str, Any] | None:
-        """An explicit run id already started: the same start again is answered with the
-        run; anything else is a conflict, as Temporal's "already started"."""
-        first = await self.reader.first_event(event.run_id)
+    async def _same_run(self, event: ev.WorkflowStarted, first: ev.WorkflowStarted | None) -> dict[str, Any] | None:
+        """An explicit run id already started (``first``): the same start again is answered
+        with the run; anything else is a conflict, as Temporal's "already started"."""
         if first is None or first.payload is None or event.payload is None:
             return None
         if (
@@ -228,8 +227,10 @@ class ControlPlane:
             await self.admission.release_idempotency(claimed)
             raise
         if ack.duplicate:
-            # Another start with this run id got in first, a moment ago.
-            return await self._same_run(event) or {"run_id": run_id, "deduplicated": True}
+            # Another start with this run id got in first, a moment ago (it may still
+            # wait in the inbox: the recorded history was read before the publish).
+            first = await self.reader.first_event(run_id)
+            return await self._same_run(event, first) or {"run_id": run_id, "deduplicated": True}
         if replaced:
             await self.cancel_by(replaced, f"replaced by run {run_id} (singleton cancel)", f"singleton.{run_id}")
         return {"run_id": run_id}

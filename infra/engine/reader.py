@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -42,6 +43,7 @@ class RunReader:
         self.js = nc.jetstream()
         self._lock = threading.Lock()
         self._live: dict[str, tuple[WorkflowRun, int]] = {}
+        self._outbox: deque[tuple[str, bytes]] = deque()  # notices, touched on the loop only
 
     # ---- the actors' side (StatePort), called from their threads ---------------------
 
@@ -62,13 +64,18 @@ class RunReader:
             self._live.pop(run_id, None)
 
     def _announce(self, run_id: str, data: bytes) -> None:
-        asyncio.ensure_future(self._send(notice_subject(run_id), data))
+        # One task sends every notice queued meanwhile: no task per record.
+        self._outbox.append((notice_subject(run_id), data))
+        if len(self._outbox) == 1:
+            asyncio.ensure_future(self._send_queued())
 
-    async def _send(self, subject: str, data: bytes) -> None:
-        try:
-            await self.nc.publish(subject, data)
-        except Exception as err:  # noqa: BLE001 - a notice is a hint; waiters re-read on their own
-            log.debug("notice on %s not sent: %s", subject, err)
+    async def _send_queued(self) -> None:
+        while self._outbox:
+            subject, data = self._outbox.popleft()
+            try:
+                await self.nc.publish(subject, data)
+            except Exception as err:  # noqa: BLE001 - a notice is a hint; waiters re-read on their own
+                log.debug("notice on %s not sent: %s", subject, err)
 
     # ---- the readers' side, on the loop ------------------------------------------------
 
@@ -117,6 +124,10 @@ class RunReader:
             return None
         run = fold(new_run(run_id), event)
         return msgspec.structs.replace(run, status=RunStatus.PENDING) if run.definition else None
+
+    async def recorded_start(self, run_id: str) -> WorkflowStarted | None:
+        """The start request of a run, if its history holds one (a single read)."""
+        return await self._first_start(HISTORY_STREAM, history_subject(check_identifier("run id", run_id)))
 
     async def first_event(self, run_id: str) -> WorkflowStarted | None:
         """The start request of a run, recorded or still waiting in its inbox."""
