@@ -50,3 +50,6 @@ def next_step_status(status: st.StepStatus, event_type: str) -> st.StepStatus | 
 
 def next_run_status(status: st.RunStatus, event_type: str) -> st.RunStatus | None:
     return RUN_TRANSITIONS.get((status, event_type))
+
+# Events after which a run has ended (each leads to a terminal status).
+ENDING_EVENTS = frozenset(event for (_, event), status in RUN_TRANSITIONS.items() if status.is_terminal)

@@ -23,7 +23,8 @@ from dagnats.domain import errors as errs
 from dagnats.domain.definition import WorkflowDef, workflow_to_object
 from dagnats.domain.events import Event, decode_record
 from dagnats.domain.identifiers import check_identifier
-from dagnats.domain.state import TERMINAL_RUN_STATUSES, StepStatus
+from dagnats.domain.state import DONE_STEP_STATUSES, LIVE_RUN_STATUSES, TERMINAL_RUN_STATUSES, StepStatus
+from dagnats.domain.transitions import ENDING_EVENTS
 from dagnats.domain.values import check_json_value
 
 from .wire import control
@@ -234,23 +235,14 @@ class Client:
                 msg = await sub.next_msg(timeout=idle_timeout or 3600)
                 for event in decode_record(msg.data):
                     yield event
-                    if event.type in _TERMINAL_EVENTS:
+                    if event.type in ENDING_EVENTS:
                         return
         finally:
             await sub.unsubscribe()
 
 
-_TERMINAL_EVENTS = frozenset(
-    {
-        "workflow.completed",
-        "workflow.failed",
-        "workflow.cancelled",
-        "workflow.compensated",
-        "workflow.compensate_failed",
-    }
-)
-_STEP_ENDED = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED, StepStatus.CANCELLED, StepStatus.RECOVERED})
-_RUN_MOVING = frozenset({"running", "pausing", "paused", "compensating"})
+# A step waited on is finished once done or cancelled, or failed in a run that no longer moves.
+_STEP_ENDED = DONE_STEP_STATUSES | {StepStatus.CANCELLED}
 
 
 class WaitTimeout(errs.DagnatsError, TimeoutError):
@@ -266,7 +258,7 @@ def _finished(run: dict[str, Any], step: str | None) -> bool:
     if step is None:
         return False
     status = run["steps"][step]["status"]
-    return status in _STEP_ENDED or (status == StepStatus.FAILED and run["status"] not in _RUN_MOVING)
+    return status in _STEP_ENDED or (status == StepStatus.FAILED and run["status"] not in LIVE_RUN_STATUSES)
 
 
 class SyncClient:

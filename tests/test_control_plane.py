@@ -3,6 +3,8 @@ explicit run ids that conflict, and answers that always fit."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from dagnats.domain.errors import InvalidRequest, InvalidRunState, RunAlreadyStarted, RunNotFound
@@ -80,3 +82,37 @@ def test_starting_an_existing_run_id_again_returns_it_and_with_other_input_is_a_
     assert "already started" in str(conflicts[0])
     assert done["status"] == "completed" and after["deduplicated"]
     assert [e["type"] for e in events].count("workflow.started") == 1
+
+
+def test_status_and_lists_read_while_hundreds_of_runs_start_and_end_never_fail(nats_url, run):
+    # The engine's status and run list read the live runs while actors come and go:
+    # they ask the owned read model, never a dict the actors mutate meanwhile.
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE)
+            done = asyncio.Event()
+            reads = []
+
+            async def read_all_the_time() -> None:
+                while not done.is_set():
+                    reads.append((await h.client.engine_status())["engine"]["live_runs"])
+                    await h.client.runs(limit=50)
+
+            async def churn() -> None:
+                worker = FakeWorker(h.nc, "cp-a")
+                run_ids = [await h.client.start("cp-one", n) for n in range(300)]
+                for _ in run_ids:
+                    await worker.complete("done")
+                for run_id in run_ids:
+                    await h.client.wait(run_id, timeout=30)
+
+            readers = [asyncio.create_task(read_all_the_time()) for _ in range(4)]
+            try:
+                await churn()
+            finally:
+                done.set()
+                await asyncio.gather(*readers)
+            return reads
+
+    reads = run(body(), timeout=120)
+    assert len(reads) > 10 and max(reads) > 0

@@ -9,6 +9,7 @@ from typing import Any
 from dagnats.domain import events as ev
 from dagnats.domain.durations import format_duration
 from dagnats.domain.events import Event
+from dagnats.domain.state import RunStatus
 
 MAX_CELL = 80
 
@@ -150,7 +151,7 @@ def cancelled(answer: dict[str, Any]) -> str:
     run_id, status = answer["run_id"], answer["status"]
     if answer["cancelled"]:
         return f"Run {run_id} cancelled"
-    if status in ("completed", "failed", "compensated", "compensate_failed"):
+    if RunStatus(status).is_terminal:
         return f"Run {run_id} {status} before the cancel took effect"
     return f"Run {run_id}: cancel requested; still {status}"
 
