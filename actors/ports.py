@@ -11,12 +11,22 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
-from dagnats.domain.actions import DropTask, EnqueueTask, StartTimer
+from dagnats.domain.actions import Action, DropTask, EnqueueTask, StartTimer
 from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, TimerFired
 from dagnats.domain.state import WorkflowRun
 
-__all__ = ["Clock", "HistoryPort", "Ports", "StatePort", "TaskPort", "TimerPort", "WorkerLiveness", "WrongLastSequence"]
+__all__ = [
+    "Clock",
+    "HistoryPort",
+    "OutboxPort",
+    "Ports",
+    "StatePort",
+    "TaskPort",
+    "TimerPort",
+    "WorkerLiveness",
+    "WrongLastSequence",
+]
 
 
 class HistoryPort(Protocol):
@@ -52,6 +62,13 @@ class TimerPort(Protocol):
         """Put a timer's fact into its run's inbox now (the in-memory fast path)."""
 
 
+class OutboxPort(Protocol):
+    def send(self, run_id: str, actions: list[Action], trace_parent: str) -> None:
+        """Carry out what a record asks of the world beyond tasks and timers: approval
+        requests, event waiters, child runs, facts for other runs. Blocks until done (a
+        crash before then redelivers the fact, and the rebuilt run asks again)."""
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...
 
@@ -80,6 +97,7 @@ class Ports(Protocol):
     history: HistoryPort
     tasks: TaskPort
     timers: TimerPort
+    outbox: OutboxPort
     clock: Clock
     workers: WorkerLiveness
     state: StatePort

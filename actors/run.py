@@ -39,7 +39,19 @@ from typing import Any
 import msgspec
 import pykka
 
-from dagnats.domain.actions import Action, AppendEvent, CancelTimer, DropTask, EnqueueTask, StartTimer
+from dagnats.domain.actions import (
+    Action,
+    AppendEvent,
+    CancelTimer,
+    DropTask,
+    EnqueueTask,
+    PublishFact,
+    PublishMessage,
+    RegisterWaiter,
+    RemoveWaiter,
+    StartChildRun,
+    StartTimer,
+)
 from dagnats.domain.decide import evolve, recover, unrecordable
 from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, TimerFired, encode_event
@@ -51,6 +63,7 @@ from .ports import Ports
 
 log = logging.getLogger("dagnats.run")
 MAX_CONFLICT_RETRIES = 8
+OUTBOX_ACTIONS = (PublishMessage, RegisterWaiter, RemoveWaiter, StartChildRun, PublishFact)
 
 
 @dataclass
@@ -304,10 +317,13 @@ class RunActor(pykka.ThreadingActor):
 
     def _effects(self, actions: list[Action]) -> None:
         """What follows a record besides its tasks and schedules: timers to fire on time or
-        cancel, superseded tasks to drop."""
+        cancel, superseded tasks to drop, and what the world outside the run must do."""
         drops = [a for a in actions if isinstance(a, DropTask)]
         if drops:
             self.ports.tasks.drop(drops)
+        outgoing = [a for a in actions if isinstance(a, OUTBOX_ACTIONS)]
+        if outgoing:
+            self.ports.outbox.send(self.run_id, outgoing, self.run.trace_parent)
         for action in actions:
             if isinstance(action, StartTimer):
                 self.timers.tell(ArmTimer(self.run_id, action, self.run.trace_parent))

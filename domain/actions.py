@@ -5,6 +5,8 @@ The RunActor is the only code that turns these into port calls.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from .events import Event, TaskPayload
@@ -37,6 +39,8 @@ class StartTimer(msgspec.Struct, frozen=True, tag=True):
     attempt: int = 0
     # For a sticky check: the worker whose liveness the fired fact must report.
     worker_id: str = ""
+    # A map instance's retry or timeout.
+    instance: int | None = None
 
 
 class CancelTimer(msgspec.Struct, frozen=True, tag=True):
@@ -57,6 +61,68 @@ class DropTask(msgspec.Struct, frozen=True, tag=True):
     step_id: str
     up_to_attempt: int
     group: str = ""
+    # One instance of a map step; None: every task of the step.
+    instance: int | None = None
 
 
-Action = AppendEvent | EnqueueTask | StartTimer | CancelTimer | DropTask
+ALL_ATTEMPTS = 1 << 30
+
+
+class PublishMessage(msgspec.Struct, frozen=True, tag=True):
+    """Send ``payload`` (JSON) on core NATS to ``subject`` (an approval request), at most once."""
+
+    subject: str
+    payload: dict[str, Any]
+    # An approval request: the shell mints the one-time token that approves it.
+    approval_step: str = ""
+
+
+class RegisterWaiter(msgspec.Struct, frozen=True, tag=True):
+    """Have the correlator hand the step the first ``event`` that matches, from ``since`` on."""
+
+    event: str
+    step_id: str
+    attempt: int
+    left: str
+    op: str
+    right: Any
+    since: str
+    expires_at: str
+
+
+class RemoveWaiter(msgspec.Struct, frozen=True, tag=True):
+    event: str
+    step_id: str
+    op: str
+    right: Any
+
+
+class StartChildRun(msgspec.Struct, frozen=True, tag=True):
+    """Start run ``child_run_id`` of ``workflow`` through the same admission as any run."""
+
+    child_run_id: str
+    workflow: str
+    input: Any
+    parent_step_id: str
+    attempt: int
+    detach: bool = False
+
+
+class PublishFact(msgspec.Struct, frozen=True, tag=True):
+    """Put a fact into another run's inbox (a child's outcome to its parent, a cancel to a child)."""
+
+    event: Event
+
+
+Action = (
+    AppendEvent
+    | EnqueueTask
+    | StartTimer
+    | CancelTimer
+    | DropTask
+    | PublishMessage
+    | RegisterWaiter
+    | RemoveWaiter
+    | StartChildRun
+    | PublishFact
+)

@@ -34,8 +34,8 @@ StepType = Literal[
 ]
 STEP_TYPES: tuple[str, ...] = StepType.__args__  # type: ignore[attr-defined]
 WORKER_STEP_TYPES = frozenset({"normal", "agent_loop", "agent", "map", "planner"})
-# Step types this engine runs today; the others parse and validate only.
-EXECUTED_STEP_TYPES = frozenset({"normal", "agent"})
+# Step types this engine runs (respond answers an HTTP trigger, which has no server yet).
+EXECUTED_STEP_TYPES = frozenset(STEP_TYPES) - {"respond"}
 COMPARISON_OPS = ("==", "!=", "<", ">", "<=", ">=")
 # Values in a definition (inputs, configs, schemas) nest at most MAX_DEPTH levels;
 # the definition's own structure around them is at most five levels deep.
@@ -146,6 +146,8 @@ class AgentLoopConfig(_Def, frozen=True):
 
 class MapConfig(_Def, frozen=True):
     max_items: int = 1000
+    # At most this many elements in flight at once; 0: no limit.
+    concurrency: int = 0
 
 
 class SubWorkflowConfig(_Def, frozen=True):

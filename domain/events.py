@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from .definition import WorkflowDef
+from .definition import StepDef, WorkflowDef
 
 # Workflow-scoped
 WORKFLOW_STARTED = "workflow.started"
@@ -43,13 +43,30 @@ STEP_QUEUED = "step.queued"
 STEP_RETRY_SCHEDULED = "step.retry_scheduled"
 STEP_SKIPPED = "step.skipped"
 STEP_RECOVERED = "step.recovered"
+# Step types the engine runs itself, or that wait for something outside a worker
+STEP_SLEEP_STARTED = "step.sleep.started"
+STEP_SLEEP_COMPLETED = "step.sleep.completed"
+STEP_WAIT_STARTED = "step.wait.started"
+STEP_WAIT_MATCHED = "step.wait.matched"
+STEP_WAIT_TIMED_OUT = "step.wait.timed_out"
+STEP_WAITING = "step.waiting"
+STEP_MAP_STARTED = "step.map.started"
+STEP_MAP_COMPLETED = "step.map.completed"
+CHILD_STARTED = "workflow.child.started"
+CHILD_COMPLETED = "workflow.child.completed"
+CHILD_FAILED = "workflow.child.failed"
+PLANNER_MATERIALIZED = "planner.materialized"
+PLANNER_REJECTED = "planner.rejected"
+PLANNER_COMPLETED = "planner.completed"
+STEPS_ADDED = "steps.added"
 # Approvals
+APPROVAL_REQUESTED = "approval.requested"
 APPROVAL_GRANTED = "approval.granted"
 APPROVAL_REJECTED = "approval.rejected"
 # Timers
 TIMER_FIRED = "timer.fired"
 
-WORKER_FACTS = frozenset({STEP_STARTED, STEP_COMPLETED, STEP_FAILED, STEP_CONTINUE})
+WORKER_FACTS = frozenset({STEP_STARTED, STEP_COMPLETED, STEP_FAILED, STEP_CONTINUE, STEPS_ADDED, STEP_WAITING})
 
 
 class FailureType(str, Enum):
@@ -82,6 +99,12 @@ class RunStart(_Payload, frozen=True):
 
     workflow_def: WorkflowDef
     input: Any = None
+    # A child run (sub_workflow): its parent, the parent's step and attempt, the tree's root.
+    parent_run_id: str = ""
+    parent_step_id: str = ""
+    parent_attempt: int = 0
+    root_run_id: str = ""
+    depth: int = 0
 
 
 class RunOutput(_Payload, frozen=True):
@@ -141,6 +164,73 @@ class Recovered(_Payload, frozen=True):
     handler: str = ""
 
 
+class Sleep(_Payload, frozen=True):
+    wake_at: str = ""
+
+
+class ApprovalRequest(_Payload, frozen=True):
+    subject: str = ""
+    description: str = ""
+    metadata: dict[str, str] | None = None
+    expires_at: str = ""
+
+
+class ApprovalDecision(_Payload, frozen=True):
+    """An approve carries a comment (the step's output is the decision); a reject a reason."""
+
+    comment: str = ""
+    reason: str = ""
+    by: str = ""
+    data: Any = None
+
+
+class WaitStart(_Payload, frozen=True):
+    """A wait_for_event: the event name and the match, its right side resolved when the wait began."""
+
+    event: str = ""
+    left: str = ""
+    op: str = "eq"
+    right: Any = None
+    since: str = ""
+    expires_at: str = ""
+
+
+class EventMatch(_Payload, frozen=True):
+    data: Any = None
+    seq: int = 0
+
+
+class WaitingFor(_Payload, frozen=True):
+    """A worker's handler waits on something (a signal) outside the engine."""
+
+    kind: str = "signal"
+    name: str = ""
+    due: str = ""
+
+
+class Child(_Payload, frozen=True):
+    child_run_id: str = ""
+    workflow: str = ""
+    detach: bool = False
+
+
+class ChildResult(_Payload, frozen=True):
+    child_run_id: str = ""
+    status: str = ""
+    output: Any = None
+    error: str = ""
+
+
+class MapStart(_Payload, frozen=True):
+    count: int = 0
+
+
+class Fragment(_Payload, frozen=True):
+    """Steps added to a run while it runs (a planner's plan, a handler's add_step)."""
+
+    steps: tuple[StepDef, ...] = ()
+
+
 class TimerFire(_Payload, frozen=True):
     timer_id: str = ""
     kind: str = ""
@@ -150,6 +240,7 @@ class TimerFire(_Payload, frozen=True):
     worker_id: str = ""
     worker_alive: bool = True
     due: str = ""
+    instance: int | None = None
 
 
 # ---- events -----------------------------------------------------------------------
@@ -169,6 +260,8 @@ class EventBase(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type
     # On a worker's result: when the attempt started, for a step whose
     # step.started was never sent (it finished before the worker reported it).
     started_at: str = ""
+    # A map step's facts about one of its instances (the index of its element).
+    instance: int | None = None
 
     @property
     def type(self) -> str:
@@ -254,12 +347,76 @@ class StepRecovered(EventBase, frozen=True, tag=STEP_RECOVERED):
     payload: Recovered = Recovered()
 
 
-class ApprovalGranted(EventBase, frozen=True, tag=APPROVAL_GRANTED):
+class StepSleepStarted(EventBase, frozen=True, tag=STEP_SLEEP_STARTED):
+    payload: Sleep = Sleep()
+
+
+class StepSleepCompleted(EventBase, frozen=True, tag=STEP_SLEEP_COMPLETED):
     pass
+
+
+class ApprovalRequested(EventBase, frozen=True, tag=APPROVAL_REQUESTED):
+    payload: ApprovalRequest = ApprovalRequest()
+
+
+class ApprovalGranted(EventBase, frozen=True, tag=APPROVAL_GRANTED):
+    payload: ApprovalDecision = ApprovalDecision()
 
 
 class ApprovalRejected(EventBase, frozen=True, tag=APPROVAL_REJECTED):
+    payload: ApprovalDecision = ApprovalDecision()
+
+
+class StepWaitStarted(EventBase, frozen=True, tag=STEP_WAIT_STARTED):
+    payload: WaitStart = WaitStart()
+
+
+class StepWaitMatched(EventBase, frozen=True, tag=STEP_WAIT_MATCHED):
+    payload: EventMatch = EventMatch()
+
+
+class StepWaitTimedOut(EventBase, frozen=True, tag=STEP_WAIT_TIMED_OUT):
     pass
+
+
+class StepWaiting(EventBase, frozen=True, tag=STEP_WAITING):
+    payload: WaitingFor = WaitingFor()
+
+
+class ChildStarted(EventBase, frozen=True, tag=CHILD_STARTED):
+    payload: Child = Child()
+
+
+class ChildCompleted(EventBase, frozen=True, tag=CHILD_COMPLETED):
+    payload: ChildResult = ChildResult()
+
+
+class ChildFailed(EventBase, frozen=True, tag=CHILD_FAILED):
+    payload: ChildResult = ChildResult()
+
+
+class StepMapStarted(EventBase, frozen=True, tag=STEP_MAP_STARTED):
+    payload: MapStart = MapStart()
+
+
+class StepMapCompleted(EventBase, frozen=True, tag=STEP_MAP_COMPLETED):
+    pass
+
+
+class PlannerMaterialized(EventBase, frozen=True, tag=PLANNER_MATERIALIZED):
+    payload: Fragment = Fragment()
+
+
+class PlannerRejected(EventBase, frozen=True, tag=PLANNER_REJECTED):
+    payload: RunEnd = RunEnd()
+
+
+class PlannerCompleted(EventBase, frozen=True, tag=PLANNER_COMPLETED):
+    pass
+
+
+class StepsAdded(EventBase, frozen=True, tag=STEPS_ADDED):
+    payload: Fragment = Fragment()
 
 
 class TimerFired(EventBase, frozen=True, tag=TIMER_FIRED):
@@ -285,8 +442,24 @@ Event = (
     | StepRetryScheduled
     | StepSkipped
     | StepRecovered
+    | ApprovalRequested
     | ApprovalGranted
     | ApprovalRejected
+    | StepSleepStarted
+    | StepSleepCompleted
+    | StepWaitStarted
+    | StepWaitMatched
+    | StepWaitTimedOut
+    | StepWaiting
+    | ChildStarted
+    | ChildCompleted
+    | ChildFailed
+    | StepMapStarted
+    | StepMapCompleted
+    | PlannerMaterialized
+    | PlannerRejected
+    | PlannerCompleted
+    | StepsAdded
     | TimerFired
 )
 EVENT_CLASSES: dict[str, type[EventBase]] = {cls.__struct_config__.tag: cls for cls in Event.__args__}
@@ -320,12 +493,17 @@ class TaskPayload(msgspec.Struct, frozen=True, omit_defaults=True):
     run_id: str
     step_id: str
     attempt: int = 1
+    # agent_loop: which iteration (0 for the first); map: which element.
     iteration: int = 0
+    instance: int | None = None
     input: Any = None
     task: str = ""
     workflow_name: str = ""
     timeout_ns: int = 0
     traceparent: str = ""
+    # The step's metadata (role, model, ...): for the handler, as ctx.metadata.
+    metadata: dict[str, str] | None = None
+    step_type: str = ""
 
 
 class TaskResolution(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -354,9 +532,10 @@ def parse_timestamp(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def fact_id(event_type: str, step_id: str = "", attempt: int = 0) -> str:
+def fact_id(event_type: str, step_id: str = "", attempt: int = 0, instance: int | None = None) -> str:
     """The identity of a fact; retries of the same report share it."""
-    parts = [p for p in (step_id, str(attempt) if attempt else "", event_type) if p]
+    index = f"i{instance}" if instance is not None else ""
+    parts = [p for p in (step_id, index, str(attempt) if attempt else "", event_type) if p]
     return ".".join(parts)
 
 

@@ -22,6 +22,7 @@ import msgspec
 from . import events as ev
 from . import state as st
 from .resolve import compensation_context, failure_context, resolve_input, run_output
+from .step_states import COMPLETING, RUN_CHANGES, STEP_MUTATORS
 from .transitions import ATTEMPT_OPENING, next_run_status, next_step_status
 
 replace = msgspec.structs.replace
@@ -68,6 +69,11 @@ def _started(run: st.WorkflowRun, event: ev.WorkflowStarted) -> st.WorkflowRun:
         started_at=event.timestamp,
         trace_parent=event.trace_parent,
         definition=definition,
+        parent_run_id=event.payload.parent_run_id,
+        parent_step_id=event.payload.parent_step_id,
+        parent_attempt=event.payload.parent_attempt,
+        root_run_id=event.payload.root_run_id,
+        depth=event.payload.depth,
     )
 
 
@@ -145,12 +151,17 @@ def _step_event(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
     mutator = _STEP_MUTATORS.get(type(event))
     if step is None or mutator is None:
         return run
+    if event.instance is not None:
+        return _instance_event(run, step, event, mutator)
     status = next_step_status(step.status, event.type)
     if status is None or not _attempt_applies(step, event):
         return run
-    updated = mutator(run, replace(step, status=status), event)
-    changes: dict[str, Any] = {"steps": {**run.steps, event.step_id: updated}}
-    if isinstance(event, ev.StepCompleted):
+    updated = mutator(run, step if status == step.status else replace(step, status=status), event)
+    extra = RUN_CHANGES[type(event)](run, event) if type(event) in RUN_CHANGES else {}
+    if updated is step and not extra:
+        return run
+    changes: dict[str, Any] = {**extra, "steps": {**extra.get("steps", run.steps), event.step_id: updated}}
+    if type(event) in COMPLETING:
         changes["completions"] = updated.completed_order
     if type(event) in _BINDING and event.worker_id and run.definition and run.definition.sticky:
         # A sticky run is bound to the worker that first reports on one of its steps; a
@@ -162,6 +173,25 @@ def _step_event(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
 
 
 _BINDING = frozenset({ev.StepStarted, ev.StepCompleted, ev.StepFailed})
+
+
+def _instance_event(
+    run: st.WorkflowRun,
+    step: st.StepState,
+    event: ev.Event,
+    mutator: Callable[[st.WorkflowRun, st.StepState, Any], st.StepState],
+) -> st.WorkflowRun:
+    """A fact about one instance of a running map step: the same rules as for a step."""
+    index = event.instance
+    if step.status != st.StepStatus.RUNNING or index is None or not 0 <= index < len(step.instances):
+        return run
+    instance = step.instances[index]
+    status = next_step_status(instance.status, event.type)
+    if status is None or not _attempt_applies(instance, event):
+        return run
+    updated = mutator(run, replace(instance, status=status), event)
+    instances = step.instances[:index] + (updated,) + step.instances[index + 1 :]
+    return replace(run, steps={**run.steps, event.step_id: replace(step, instances=instances)})
 
 
 def _attempt_applies(step: st.StepState, event: ev.Event) -> bool:
@@ -177,7 +207,7 @@ def _queued(run: st.WorkflowRun, step: st.StepState, event: ev.StepQueued) -> st
     return replace(
         step,
         attempts=event.attempt,
-        input=queued_input(run, event.step_id, step, payload),
+        input=queued_input(run, event, step, payload),
         task=payload.task or step.task,
         queued_at=event.timestamp,
         started_at="",
@@ -185,14 +215,16 @@ def _queued(run: st.WorkflowRun, step: st.StepState, event: ev.StepQueued) -> st
     )
 
 
-def queued_input(run: st.WorkflowRun, step_id: str, step: st.StepState, payload: ev.Queued) -> Any:
+def queued_input(run: st.WorkflowRun, event: ev.StepQueued, step: st.StepState, payload: ev.Queued) -> Any:
     """The input a ``step.queued`` event gives its attempt (inline, or by reference)."""
-    source, defn = payload.input_from, run.definition
+    source, defn, step_id = payload.input_from, run.definition, event.step_id
     if not source or defn is None:
         return payload.input
     if source == INPUT_FROM_PREVIOUS:
         return step.input
     try:
+        if source == INPUT_FROM_WIRING and event.instance is not None:
+            return resolve_input(run, defn.step(step_id))[event.instance]
         if source == INPUT_FROM_WIRING:
             return resolve_input(run, defn.step(step_id))
         if source == INPUT_FROM_ON_FAILURE:
@@ -218,6 +250,7 @@ def _completed(run: st.WorkflowRun, step: st.StepState, event: ev.StepCompleted)
         worker_id=event.worker_id or step.worker_id,
         completed_order=run.completions + 1,
         started_at=step.started_at or event.started_at,
+        waiting=None,
     )
 
 
@@ -231,6 +264,7 @@ def _failed(run: st.WorkflowRun, step: st.StepState, event: ev.StepFailed) -> st
         finished_at=event.timestamp,
         started_at=step.started_at or event.started_at,
         worker_id=event.worker_id or step.worker_id,
+        waiting=None,
     )
 
 
@@ -256,6 +290,7 @@ _STEP_MUTATORS: dict[type, Callable[[st.WorkflowRun, st.StepState, Any], st.Step
     ev.StepRetryScheduled: _retry_scheduled,
     ev.StepSkipped: _skipped,
     ev.StepRecovered: _recovered,
+    **STEP_MUTATORS,
 }
 
 

@@ -52,6 +52,8 @@ class StepStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     RETRYING = "retrying"
+    # An agent loop between iterations: its next one is queued after loop_delay.
+    CONTINUING = "continuing"
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -63,6 +65,19 @@ class StepStatus(StrEnum):
 DONE_STEP_STATUSES = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED, StepStatus.RECOVERED})
 TERMINAL_STEP_STATUSES = DONE_STEP_STATUSES | {StepStatus.FAILED, StepStatus.CANCELLED}
 IN_FLIGHT_STEP_STATUSES = frozenset({StepStatus.QUEUED, StepStatus.RUNNING})
+
+
+class Waiting(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a running step that no worker holds waits for."""
+
+    kind: str  # sleep | approval | event | child | signal | instances | fragment
+    since: str = ""
+    due: str = ""  # when it wakes, or gives up
+    event: str = ""  # wait_for_event: the event name; signal: the signal name
+    match: dict[str, Any] | None = None  # wait_for_event: left, op and the resolved right
+    subject: str = ""  # approval: where the request went
+    description: str = ""
+    child_run_id: str = ""
 
 
 class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -84,6 +99,14 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     skip_reason: str = ""
     # Order of completion within the run (sagas compensate in reverse).
     completed_order: int = 0
+    waiting: Waiting | None = None
+    # agent_loop: iterations finished with Continue, and when the first began.
+    iterations: int = 0
+    loop_started_at: str = ""
+    # map: one state per element of the input array, in order.
+    instances: tuple[StepState, ...] = ()
+    # planner: the ids of the steps it added to the run.
+    fragment: tuple[str, ...] = ()
 
 
 class WorkflowRun(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -105,10 +128,23 @@ class WorkflowRun(msgspec.Struct, frozen=True, omit_defaults=True):
     compensation: tuple[str, ...] = ()
     trigger_step: str = ""
     trigger_error: str = ""
+    # A child run (sub_workflow): who started it, and the tree's root (empty for a root).
+    parent_run_id: str = ""
+    parent_step_id: str = ""
+    parent_attempt: int = 0
+    root_run_id: str = ""
+    depth: int = 0
+    # Steps added while the run ran (planners, handlers); the definition holds them.
+    dynamic_steps: tuple[str, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_RUN_STATUSES
+
+    @property
+    def root(self) -> str:
+        """The run at the top of this run's tree of sub_workflows (itself, unless a child)."""
+        return self.root_run_id or self.run_id
 
     def step(self, step_id: str) -> StepState:
         return self.steps.get(step_id, _PENDING)

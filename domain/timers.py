@@ -2,7 +2,9 @@
 
 A timer id is unique within its run and deterministic, so arming the same
 timer twice (after a restart, say) is harmless, and a fire that no longer
-matches the state is ignored by ``decide``.
+matches the state is ignored by ``decide``. ``wanted_timers`` reads them off
+the state: what a rebuilt run re-arms, and (before minus after) what a
+decision cancels.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from datetime import timedelta
 
 from . import state as st
 from .actions import StartTimer
+from .definition import AgentLoopConfig, StepDef
 from .events import TimerFire, TimerFired, format_timestamp, parse_timestamp
 
 RETRY = "retry"
@@ -20,33 +23,48 @@ STICKY_FALLBACK = "sticky_fallback"
 STICKY_FALLBACK_NS = 5_000_000_000
 STICKY_CHECK = "sticky_check"
 STICKY_CHECK_NS = 2_000_000_000
+SLEEP = "sleep"
+APPROVAL_TIMEOUT = "approval_timeout"
+WAIT_TIMEOUT = "wait_timeout"
+LOOP_DELAY = "loop_delay"
+
+# What an engine-run step waits for -> the timer that ends the wait.
+_WAIT_TIMERS = {"sleep": SLEEP, "approval": APPROVAL_TIMEOUT, "event": WAIT_TIMEOUT}
 
 
-def timer_id(kind: str, step_id: str = "", attempt: int = 0) -> str:
-    parts = [kind.replace("_", "-")] + ([step_id] if step_id else []) + ([str(attempt)] if attempt else [])
+def timer_id(kind: str, step_id: str = "", attempt: int = 0, instance: int | None = None) -> str:
+    parts = [kind.replace("_", "-")] + ([step_id] if step_id else [])
+    parts += [f"i{instance}"] if instance is not None else []
+    parts += [str(attempt)] if attempt else []
     return "-".join(parts)
 
 
-def retry_timer(step_id: str, attempt: int, due: str) -> StartTimer:
-    return StartTimer(timer_id(RETRY, step_id, attempt), due, RETRY, step_id, attempt)
+def timer(
+    kind: str, due: str, step_id: str = "", attempt: int = 0, instance: int | None = None, worker_id: str = ""
+) -> StartTimer:
+    return StartTimer(timer_id(kind, step_id, attempt, instance), due, kind, step_id, attempt, worker_id, instance)
 
 
-def step_timeout_timer(step_id: str, attempt: int, due: str) -> StartTimer:
-    return StartTimer(timer_id(STEP_TIMEOUT, step_id, attempt), due, STEP_TIMEOUT, step_id, attempt)
+def retry_timer(step_id: str, attempt: int, due: str, instance: int | None = None) -> StartTimer:
+    return timer(RETRY, due, step_id, attempt, instance)
+
+
+def step_timeout_timer(step_id: str, attempt: int, due: str, instance: int | None = None) -> StartTimer:
+    return timer(STEP_TIMEOUT, due, step_id, attempt, instance)
 
 
 def deadline_timer(due: str) -> StartTimer:
-    return StartTimer(timer_id(DEADLINE), due, DEADLINE)
+    return timer(DEADLINE, due)
 
 
 def sticky_fallback_timer(step_id: str, attempt: int, due: str) -> StartTimer:
-    return StartTimer(timer_id(STICKY_FALLBACK, step_id, attempt), due, STICKY_FALLBACK, step_id, attempt)
+    return timer(STICKY_FALLBACK, due, step_id, attempt)
 
 
 def sticky_check_timer(step_id: str, attempt: int, due: str, worker_id: str) -> StartTimer:
     """Asks, when due, whether the worker running a soft-sticky step is still alive
     (re-armed after each check while the step runs)."""
-    return StartTimer(timer_id(STICKY_CHECK, step_id, attempt), due, STICKY_CHECK, step_id, attempt, worker_id)
+    return timer(STICKY_CHECK, due, step_id, attempt, worker_id=worker_id)
 
 
 def add_ns(timestamp: str, ns: int) -> str:
@@ -54,7 +72,7 @@ def add_ns(timestamp: str, ns: int) -> str:
 
 
 def wanted_timers(run: st.WorkflowRun) -> list[StartTimer]:
-    """Every timer the run's current state waits on (used when rebuilding a run)."""
+    """Every timer the run's current state waits on."""
     if run.definition is None or run.is_terminal:
         return []
     wanted = []
@@ -62,20 +80,51 @@ def wanted_timers(run: st.WorkflowRun) -> list[StartTimer]:
         wanted.append(deadline_timer(add_ns(run.created_at, int(run.definition.timeout))))
     for step in run.definition.steps:
         state = run.step(step.id)
-        if state.status == st.StepStatus.RETRYING and state.retry_at:
-            wanted.append(retry_timer(step.id, state.attempts, state.retry_at))
-        elif state.status == st.StepStatus.RUNNING:
-            if step.timeout and state.started_at:
-                wanted.append(step_timeout_timer(step.id, state.attempts, add_ns(state.started_at, int(step.timeout))))
-            if watches_worker(run, state) and state.started_at:
-                wanted.append(
-                    sticky_check_timer(
-                        step.id, state.attempts, add_ns(state.started_at, STICKY_CHECK_NS), state.worker_id
-                    )
-                )
-        elif state.status == st.StepStatus.QUEUED and run.definition.sticky == "soft" and run.sticky_worker:
-            wanted.append(sticky_fallback_timer(step.id, state.attempts, add_ns(state.queued_at, STICKY_FALLBACK_NS)))
+        wanted += _step_timers(run, step, state)
+        for index, instance in enumerate(state.instances):
+            wanted += _attempt_timers(step, instance, index)
     return wanted
+
+
+def _step_timers(run: st.WorkflowRun, step: StepDef, state: st.StepState) -> list[StartTimer]:
+    waiting = state.waiting
+    if state.status == st.StepStatus.RUNNING and waiting is not None and waiting.kind in _WAIT_TIMERS:
+        return [timer(_WAIT_TIMERS[waiting.kind], waiting.due, step.id, state.attempts)] if waiting.due else []
+    if state.status == st.StepStatus.CONTINUING:
+        delay = _loop_delay(step)
+        return [timer(LOOP_DELAY, add_ns(state.finished_at, delay), step.id, state.attempts)] if delay else []
+    wanted = _attempt_timers(step, state)
+    if state.status == st.StepStatus.RUNNING and watches_worker(run, state) and state.started_at:
+        check = add_ns(state.started_at, STICKY_CHECK_NS)
+        wanted.append(sticky_check_timer(step.id, state.attempts, check, state.worker_id))
+    elif (
+        state.status == st.StepStatus.QUEUED
+        and run.definition
+        and run.definition.sticky == "soft"
+        and run.sticky_worker
+    ):
+        wanted.append(sticky_fallback_timer(step.id, state.attempts, add_ns(state.queued_at, STICKY_FALLBACK_NS)))
+    return wanted
+
+
+def _attempt_timers(step: StepDef, state: st.StepState, instance: int | None = None) -> list[StartTimer]:
+    """A worker's attempt: its retry backoff, or its timeout while it runs."""
+    if state.status == st.StepStatus.RETRYING and state.retry_at:
+        return [retry_timer(step.id, state.attempts, state.retry_at, instance)]
+    if (
+        state.status == st.StepStatus.RUNNING
+        and step.timeout
+        and state.started_at
+        and not state.instances
+        and (state.waiting is None or state.waiting.kind == "signal")
+    ):
+        return [step_timeout_timer(step.id, state.attempts, add_ns(state.started_at, int(step.timeout)), instance)]
+    return []
+
+
+def _loop_delay(step: StepDef) -> int:
+    config = step.parsed_config()
+    return int(config.loop_delay) if isinstance(config, AgentLoopConfig) else 0
 
 
 def watches_worker(run: st.WorkflowRun, state: st.StepState) -> bool:
@@ -98,6 +147,7 @@ def fired_event(run_id: str, timer: StartTimer, trace_parent: str = "") -> Timer
             attempt=timer.attempt,
             worker_id=timer.worker_id,
             due=timer.due,
+            instance=timer.instance,
         ),
         trace_parent=trace_parent,
         # One fact per arming: a timer re-armed for another time (a sticky check) fires anew.

@@ -24,10 +24,53 @@ STEP_TRANSITIONS: dict[tuple[st.StepStatus, str], st.StepStatus] = {
     (st.StepStatus.FAILED, ev.STEP_RETRY_SCHEDULED): st.StepStatus.RETRYING,
     (st.StepStatus.PENDING, ev.STEP_SKIPPED): st.StepStatus.SKIPPED,
     (st.StepStatus.FAILED, ev.STEP_RECOVERED): st.StepStatus.RECOVERED,
+    # A handler that reports what it waits for (a signal) is running; one that adds
+    # steps is still in flight.
+    (st.StepStatus.QUEUED, ev.STEP_WAITING): st.StepStatus.RUNNING,
+    (st.StepStatus.RUNNING, ev.STEP_WAITING): st.StepStatus.RUNNING,
+    (st.StepStatus.QUEUED, ev.STEPS_ADDED): st.StepStatus.QUEUED,
+    (st.StepStatus.RUNNING, ev.STEPS_ADDED): st.StepStatus.RUNNING,
+    # agent_loop: Continue ends an iteration; the next one is queued (after loop_delay).
+    (st.StepStatus.QUEUED, ev.STEP_CONTINUE): st.StepStatus.CONTINUING,
+    (st.StepStatus.RUNNING, ev.STEP_CONTINUE): st.StepStatus.CONTINUING,
+    (st.StepStatus.CONTINUING, ev.STEP_QUEUED): st.StepStatus.QUEUED,
+    (st.StepStatus.CONTINUING, ev.STEP_FAILED): st.StepStatus.FAILED,
+    # Steps the engine runs itself: they open an attempt running, and end on what they wait for.
+    (st.StepStatus.PENDING, ev.STEP_SLEEP_STARTED): st.StepStatus.RUNNING,
+    (st.StepStatus.RETRYING, ev.STEP_SLEEP_STARTED): st.StepStatus.RUNNING,
+    (st.StepStatus.RUNNING, ev.STEP_SLEEP_COMPLETED): st.StepStatus.COMPLETED,
+    (st.StepStatus.PENDING, ev.APPROVAL_REQUESTED): st.StepStatus.RUNNING,
+    (st.StepStatus.RETRYING, ev.APPROVAL_REQUESTED): st.StepStatus.RUNNING,
+    (st.StepStatus.RUNNING, ev.APPROVAL_GRANTED): st.StepStatus.COMPLETED,
+    (st.StepStatus.RUNNING, ev.APPROVAL_REJECTED): st.StepStatus.FAILED,
+    (st.StepStatus.PENDING, ev.STEP_WAIT_STARTED): st.StepStatus.RUNNING,
+    (st.StepStatus.RETRYING, ev.STEP_WAIT_STARTED): st.StepStatus.RUNNING,
+    (st.StepStatus.RUNNING, ev.STEP_WAIT_MATCHED): st.StepStatus.COMPLETED,
+    (st.StepStatus.RUNNING, ev.STEP_WAIT_TIMED_OUT): st.StepStatus.COMPLETED,
+    (st.StepStatus.PENDING, ev.CHILD_STARTED): st.StepStatus.RUNNING,
+    (st.StepStatus.RETRYING, ev.CHILD_STARTED): st.StepStatus.RUNNING,
+    (st.StepStatus.RUNNING, ev.CHILD_COMPLETED): st.StepStatus.COMPLETED,
+    (st.StepStatus.RUNNING, ev.CHILD_FAILED): st.StepStatus.FAILED,
+    (st.StepStatus.PENDING, ev.STEP_MAP_STARTED): st.StepStatus.RUNNING,
+    (st.StepStatus.RETRYING, ev.STEP_MAP_STARTED): st.StepStatus.RUNNING,
+    (st.StepStatus.RUNNING, ev.STEP_MAP_COMPLETED): st.StepStatus.COMPLETED,
+    # planner: its plan (a completion) becomes steps of the run, which it then waits for.
+    (st.StepStatus.COMPLETED, ev.PLANNER_MATERIALIZED): st.StepStatus.RUNNING,
+    (st.StepStatus.COMPLETED, ev.PLANNER_REJECTED): st.StepStatus.FAILED,
+    (st.StepStatus.RUNNING, ev.PLANNER_COMPLETED): st.StepStatus.COMPLETED,
 }
 
 # Events that open a new attempt rather than report on the current one.
-ATTEMPT_OPENING = frozenset({ev.STEP_QUEUED})
+ATTEMPT_OPENING = frozenset(
+    {
+        ev.STEP_QUEUED,
+        ev.STEP_SLEEP_STARTED,
+        ev.APPROVAL_REQUESTED,
+        ev.STEP_WAIT_STARTED,
+        ev.CHILD_STARTED,
+        ev.STEP_MAP_STARTED,
+    }
+)
 
 RUN_TRANSITIONS: dict[tuple[st.RunStatus, str], st.RunStatus] = {
     (st.RunStatus.RUNNING, ev.WORKFLOW_PAUSE_REQUESTED): st.RunStatus.PAUSING,
@@ -50,6 +93,7 @@ def next_step_status(status: st.StepStatus, event_type: str) -> st.StepStatus | 
 
 def next_run_status(status: st.RunStatus, event_type: str) -> st.RunStatus | None:
     return RUN_TRANSITIONS.get((status, event_type))
+
 
 # Events after which a run has ended (each leads to a terminal status).
 ENDING_EVENTS = frozenset(event for (_, event), status in RUN_TRANSITIONS.items() if status.is_terminal)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from dagnats.domain.actions import DropTask, EnqueueTask, StartTimer
+from dagnats.domain.actions import Action, DropTask, EnqueueTask, StartTimer
 from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, TimerFired, decode_record
 from dagnats.domain.fold import fold
@@ -113,6 +113,16 @@ class MemoryTimers:
             self.fired.append(event)
 
 
+class MemoryOutbox:
+    """What runs asked of the world beyond their own records, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Action]] = []
+
+    def send(self, run_id: str, actions: list[Action], trace_parent: str) -> None:
+        self.sent += [(run_id, action) for action in actions]
+
+
 class AlwaysAlive:
     def alive(self, worker_id: str) -> bool:
         return True
@@ -123,6 +133,7 @@ class MemoryPorts:
         self.history = MemoryHistory()
         self.tasks = MemoryTasks()
         self.timers = MemoryTimers()
+        self.outbox = MemoryOutbox()
         self.clock = clock or FakeClock()
         self.workers = AlwaysAlive()
         self.state = MemoryState()

@@ -268,7 +268,7 @@ _FAILURES = (
 
 def _payloads(event_type: str) -> st.SearchStrategy[Any]:
     """Payloads of any shape the event type's struct accepts (None: its default)."""
-    if event_type in (ev.STEP_COMPLETED, ev.STEP_CONTINUE, ev.APPROVAL_GRANTED, ev.APPROVAL_REJECTED):
+    if event_type in (ev.STEP_COMPLETED, ev.STEP_CONTINUE):
         return json_values
     if event_type == ev.STEP_FAILED:
         return _FAILURES

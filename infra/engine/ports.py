@@ -26,6 +26,7 @@ from ..wire.timers import arm_timers, cancel_timers
 from ..wire.workers import worker_alive
 from .bridge import LoopBridge, SystemClock
 from .history import HistoryStore
+from .outbox import NatsOutbox
 from .reader import RunReader
 
 log = logging.getLogger("dagnats.ports")
@@ -154,6 +155,7 @@ class NatsPorts:
         self.history = NatsHistoryPort(self.store, bridge)
         self.tasks = NatsTaskPort(js, bridge)
         self.timers = NatsTimerPort(js, bridge)
+        self.outbox = NatsOutbox(reader.nc, bridge)
         self.clock: Clock = clock or SystemClock(bridge)
         self.workers = NatsWorkerLiveness(js, bridge)
         self.state = reader

@@ -18,6 +18,7 @@ from nats.js.errors import APIError, ServiceUnavailableError
 from dagnats.domain.errors import DagnatsError
 
 from ..wire.names import (
+    APPROVALS_BUCKET,
     CHECKPOINTS_BUCKET,
     DEAD_LETTER_STREAM,
     DEFS_BUCKET,
@@ -42,6 +43,7 @@ KV_BUCKETS = (
     SINGLETON_BUCKET,
     WAITERS_BUCKET,
     WORKERS_BUCKET,
+    APPROVALS_BUCKET,
 )
 
 DUPLICATE_WINDOW = 120.0  # seconds: the longest client retry horizon we dedupe across
@@ -117,7 +119,7 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
 
 
 # Buckets whose keys expire: an idempotency key dedups starts for a day.
-BUCKET_TTL = {IDEMPOTENCY_BUCKET: 24 * 3600.0, WORKERS_BUCKET: 4.0}
+BUCKET_TTL = {IDEMPOTENCY_BUCKET: 24 * 3600.0, WORKERS_BUCKET: 4.0, APPROVALS_BUCKET: 168 * 3600.0}
 
 
 async def _ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> None:

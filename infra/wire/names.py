@@ -17,6 +17,8 @@ IDEMPOTENCY_BUCKET = "idempotency_keys"
 SINGLETON_BUCKET = "singleton_locks"
 WAITERS_BUCKET = "event_waiters"
 WORKERS_BUCKET = "workers"
+# Approval requests' one-time tokens (their digests), by run and step.
+APPROVALS_BUCKET = "approval_tokens"
 
 # The control plane: request/reply on `dagnats.api.<op>`, served by every
 # engine in one queue group.

@@ -1,0 +1,417 @@
+"""Decision: the working copy of a run while ``decide`` works out what follows.
+
+A ``Decision`` collects actions and folds each decision event it appends into
+its copy of the run, so one call can cascade: a failure schedules a retry or
+starts a saga; a completion dispatches the next steps, skips what must be
+skipped, and completes the run. Each step type starts its own way
+(``STARTERS``, filled in by ``domain/kinds``); what happens to an attempt
+that fails — retry, on_failure, saga, failed run — is the same for all.
+
+A map step's instances are attempts of their own (``instance`` on the events
+and actions): each retries by the step's policy, and the map fails when one
+fails for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from . import conditions, templates
+from . import events as ev
+from . import state as st
+from .actions import ALL_ATTEMPTS, Action, AppendEvent, DropTask, EnqueueTask
+from .definition import StepDef, WorkflowDef
+from .durations import HOUR, MILLISECOND
+from .fold import INPUT_FROM_COMPENSATION, INPUT_FROM_ON_FAILURE, INPUT_FROM_PREVIOUS, INPUT_FROM_WIRING, fold
+from .identifiers import is_identifier
+from .resolve import (
+    compensation_context,
+    failed_upstream,
+    failure_context,
+    handled_by,
+    is_complete,
+    ready_steps,
+    resolve_input,
+    run_output,
+)
+from .retry import calculate_delay, may_retry, resolve_retry_policy
+from .timers import STICKY_FALLBACK_NS, retry_timer, sticky_fallback_timer
+
+# A value (step input, run output) larger than this, encoded, is recorded by
+# reference to the state that holds it: a history record must stay under the
+# server's max payload even when one decision carries several large values.
+INLINE_VALUE_LIMIT = 16 * 1024
+# The largest task message (TaskPayload) the server takes: its max payload (1 MiB
+# by default) less room for headers. The engine passes the server's own figure.
+DEFAULT_MAX_MESSAGE = 1024 * 1024 - 4096
+# Room a task message needs besides its input (ids, names, trace context).
+TASK_ENVELOPE = 2048
+
+# step type -> how a ready step of that type starts (given its resolved input)
+Starter = Callable[["Decision", StepDef, Any], None]
+STARTERS: dict[str, Starter] = {}
+
+
+class Decision:
+    def __init__(
+        self, defn: WorkflowDef, run: st.WorkflowRun, now: datetime, max_message: int = DEFAULT_MAX_MESSAGE
+    ) -> None:
+        self.defn, self.run, self.now, self.max_message = defn, run, now, max_message
+        self.stamp = ev.format_timestamp(now)
+        self.actions: list[Action] = []
+        self.steps = defn.step_map()
+
+    def after(self, ns: int) -> str:
+        return ev.format_timestamp(self.now + timedelta(microseconds=ns // 1000))
+
+    def refresh(self) -> None:
+        """The definition grew (steps added while the run runs): decide with all of it."""
+        if self.run.definition is not None and self.run.definition is not self.defn:
+            self.defn = self.run.definition
+            self.steps = self.defn.step_map()
+
+    # ---- recording ---------------------------------------------------------------
+
+    def append(
+        self,
+        cls: type[ev.EventBase],
+        step_id: str = "",
+        attempt: int = 0,
+        payload: Any = None,
+        event_id: str = "",
+        instance: int | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {"payload": payload} if payload is not None else {}
+        if instance is not None:
+            fields["instance"] = instance
+        tag: str = cls.__struct_config__.tag  # type: ignore[assignment]
+        event = cls(
+            run_id=self.run.run_id,
+            step_id=step_id,
+            timestamp=self.stamp,
+            trace_parent=self.run.trace_parent,
+            attempt=attempt,
+            id=event_id or ev.fact_id(tag, step_id, attempt, instance),
+            **fields,
+        )
+        self.run = fold(self.run, event)  # type: ignore[arg-type]
+        self.actions.append(AppendEvent(event))  # type: ignore[arg-type]
+        self.refresh()
+
+    # ---- dispatch ------------------------------------------------------------------
+
+    def dispatch(
+        self,
+        step: StepDef,
+        attempt: int,
+        data: Any,
+        sticky: bool = True,
+        input_from: str = "",
+        instance: int | None = None,
+        iteration: int = 0,
+    ) -> None:
+        """Queue an attempt of ``step`` with input ``data``; ``input_from`` says where the
+        state holds that value, so a large one is recorded by reference."""
+        size = encoded_size(data)
+        recorded = ev.Queued(task=step.task, input=data)
+        if input_from and size > INLINE_VALUE_LIMIT:
+            recorded = ev.Queued(task=step.task, input_from=input_from)
+        limit = self.max_message - TASK_ENVELOPE
+        if size > limit:
+            # No task message can carry it: fail the step (permanently) rather than hang.
+            self.append(ev.StepQueued, step.id, attempt, ev.Queued(task=step.task), instance=instance)
+            error = f"input of {size} bytes is too large for a task message (limit {limit})"
+            failure = ev.Failure(error=error, failure_type=ev.FailureType.PERMANENT.value)
+            self.append(ev.StepFailed, step.id, attempt, failure, instance=instance)
+            self.handle_failure(step.id, instance=instance)
+            return
+        self.append(ev.StepQueued, step.id, attempt, recorded, instance=instance)
+        task = self.task_for(step, attempt, data, sticky, instance, iteration)
+        self.actions.append(task)
+        if task.group.startswith("sticky-") and self.defn.sticky == "soft":
+            self.actions.append(sticky_fallback_timer(step.id, attempt, self.after(STICKY_FALLBACK_NS)))
+
+    def retry(self, step: StepDef, attempt: int, sticky: bool = True, instance: int | None = None) -> None:
+        """Queue the next attempt with the previous attempt's input (the same iteration)."""
+        state = self.state_of(step.id, instance)
+        parent = self.run.step(step.id)
+        self.dispatch(step, attempt, state.input, sticky, INPUT_FROM_PREVIOUS, instance, parent.iterations)
+
+    def task_for(
+        self,
+        step: StepDef,
+        attempt: int,
+        data: Any,
+        sticky: bool = True,
+        instance: int | None = None,
+        iteration: int = 0,
+    ) -> EnqueueTask:
+        payload = ev.TaskPayload(
+            task_id=f"{self.run.run_id}.{step.id}" + (f".{instance}" if instance is not None else ""),
+            run_id=self.run.run_id,
+            step_id=step.id,
+            attempt=attempt,
+            iteration=iteration,
+            instance=instance,
+            input=data,
+            task=step.task,
+            workflow_name=self.defn.name,
+            timeout_ns=int(step.timeout),
+            traceparent=self.run.trace_parent,
+            metadata=step.metadata,
+            step_type=step.type,
+        )
+        return EnqueueTask(task=step.task, payload=payload, group=self._group(step, sticky))
+
+    def _group(self, step: StepDef, sticky: bool) -> str:
+        worker = self.run.sticky_worker
+        if sticky and self.defn.sticky and worker and is_identifier(f"sticky-{worker}"):
+            return f"sticky-{worker}"
+        return step.worker_group
+
+    def drop_tasks(self, step: StepDef, up_to_attempt: int, instance: int | None = None) -> None:
+        """Take still-queued tasks of attempts the run moved past out of the queue
+        (the worker group and the sticky subject both, wherever they went)."""
+        if not step.task:
+            return
+        for group in sorted({step.worker_group, self._group(step, True)}):
+            self.actions.append(DropTask(step.task, self.run.run_id, step.id, up_to_attempt, group, instance))
+
+    def reject(self, step: StepDef, error: str) -> None:
+        """A step that cannot start (bad input for its type): it fails at once, for good."""
+        attempt = self.run.step(step.id).attempts + 1
+        self.append(ev.StepQueued, step.id, attempt, ev.Queued(task=step.task))
+        failure = ev.Failure(error=error, failure_type=ev.FailureType.PERMANENT.value)
+        self.append(ev.StepFailed, step.id, attempt, failure)
+        self.handle_failure(step.id)
+
+    def skip(self, step: StepDef, reason: str, cascade: bool) -> None:
+        self.append(ev.StepSkipped, step.id, payload=ev.Skipped(reason=reason, cascade=cascade))
+
+    def advance(self) -> None:
+        """Dispatch or skip every ready step, then settle the run if it can."""
+        if self.run.status == st.RunStatus.PAUSING and not self._in_flight():
+            self.append(ev.WorkflowPaused)
+            return
+        if self.run.status != st.RunStatus.RUNNING:
+            if self.run.status == st.RunStatus.PAUSING and is_complete(self.defn, self.run):
+                self.complete()
+            return
+        progressed = True
+        while progressed:
+            progressed = False
+            for step in ready_steps(self.defn, self.run):
+                progressed |= self._start_or_skip(step)
+        if is_complete(self.defn, self.run):
+            self.complete()
+
+    def _start_or_skip(self, step: StepDef) -> bool:
+        """Start ``step`` (False) or skip it (True: readiness may have changed)."""
+        upstream = failed_upstream(self.defn, self.run, step)
+        if upstream is not None:
+            self.skip(step, f"upstream step {upstream} did not complete", cascade=True)
+            return True
+        if step.skip_if is not None and conditions.evaluate(step.skip_if, self.run):
+            cond = step.skip_if
+            self.skip(step, f"skip_if {cond.step_id}.{cond.field} {cond.op} {cond.value!r}", cascade=False)
+            return True
+        try:
+            data = resolve_input(self.run, step)
+        except templates.SkipStep as why:
+            self.skip(step, f"input reference: {why}", cascade=True)
+            return True
+        starter = STARTERS.get(step.type)
+        if starter is None:  # a type this engine does not run: fail, never hang
+            self.reject(step, unsupported_step_type(step))
+            return True
+        starter(self, step, data)
+        return self.run.step(step.id).status in st.TERMINAL_STEP_STATUSES
+
+    def _in_flight(self) -> bool:
+        return any(s.status in st.IN_FLIGHT_STEP_STATUSES for s in self.run.steps.values())
+
+    def complete(self) -> None:
+        output = run_output(self.defn, self.run)
+        problem = _schema_problem(self.defn.output_schema, output)
+        if problem:
+            self.append(ev.WorkflowFailed, payload=ev.RunEnd(error=f"output does not match output_schema: {problem}"))
+        elif encoded_size(output) > INLINE_VALUE_LIMIT:
+            self.append(ev.WorkflowCompleted, payload=ev.RunOutput(output_from_sinks=True))
+        else:
+            self.append(ev.WorkflowCompleted, payload=ev.RunOutput(output=output))
+
+    # ---- failures ----------------------------------------------------------------
+
+    def state_of(self, step_id: str, instance: int | None = None) -> st.StepState:
+        state = self.run.step(step_id)
+        if instance is not None and 0 <= instance < len(state.instances):
+            return state.instances[instance]
+        return state
+
+    def handle_failure(self, step_id: str, retry_after_ns: int = 0, instance: int | None = None) -> None:
+        state = self.state_of(step_id, instance)
+        if state.status != st.StepStatus.FAILED:
+            return
+        step = self.steps[step_id]
+        policy = resolve_retry_policy(self.defn, step)
+        permanent = state.failure_type == ev.FailureType.PERMANENT.value
+        if policy is not None and not permanent and may_retry(policy, state.attempts):
+            self.schedule_retry(step, state, retry_after_ns or calculate_delay(policy, state.attempts), instance)
+        elif instance is not None:
+            self.instance_failed(step, instance, state)
+        else:
+            self.failed_for_good(step, state)
+
+    def schedule_retry(self, step: StepDef, state: st.StepState, delay_ns: int, instance: int | None = None) -> None:
+        due = self.after(delay_ns)
+        scheduled = ev.RetryScheduled(retry_at=due, delay_ms=delay_ns // MILLISECOND, error=state.error)
+        self.append(ev.StepRetryScheduled, step.id, state.attempts, scheduled, instance=instance)
+        self.actions.append(retry_timer(step.id, state.attempts, due, instance))
+
+    def instance_failed(self, step: StepDef, instance: int, state: st.StepState) -> None:
+        """One element of a map failed for good: the map step fails (its other tasks go)."""
+        parent = self.run.step(step.id)
+        self.drop_tasks(step, ALL_ATTEMPTS)
+        attempts = f" after {state.attempts} attempts" if state.attempts > 1 else ""
+        error = f"map instance {instance} failed{attempts}: {state.error}"
+        failure = ev.Failure(error=error, failure_type=ev.FailureType.PERMANENT.value)
+        self.append(ev.StepFailed, step.id, parent.attempts, failure)
+        self.handle_failure(step.id)
+
+    def failed_for_good(self, step: StepDef, state: st.StepState) -> None:
+        """No retry left: compensation, on_failure, optional, saga, or a failed run."""
+        if self.run.status == st.RunStatus.COMPENSATING and step.id in self._compensation_targets():
+            error = f"compensation step {step.id} failed: {state.error}"
+            self.append(ev.WorkflowCompensateFailed, payload=ev.RunEnd(error=error))
+            return
+        handled = self._handled_by(step.id)
+        if handled is not None:
+            suffix = f"; its on_failure step {step.id} failed too: {state.error}"
+            self.fail_run(handled, self.run.step(handled), suffix=suffix)
+            return
+        if step.on_failure:
+            self._run_handler(step, state)
+            return
+        if step.optional:
+            return
+        if not self._start_saga(step, state):
+            self.fail_run(step.id, state)
+
+    def fail_run(self, step_id: str, state: st.StepState, suffix: str = "") -> None:
+        attempts = f" after {state.attempts} attempts" if state.attempts > 1 else ""
+        error = f"step {step_id} failed{attempts}: {state.error}{suffix}"
+        self.append(ev.WorkflowFailed, step_id=step_id, payload=ev.RunEnd(error=error))
+
+    def worker_lost(self, step: StepDef, state: st.StepState) -> None:
+        """The worker holding a soft-sticky step is gone: run the step elsewhere now.
+
+        Not the step's failure, so no retry is spent: the attempt is recorded as
+        failed and the next one goes to any worker.
+        """
+        error = f"worker {state.worker_id} running the step is gone"
+        failure = ev.Failure(error=error, failure_type=ev.FailureType.TRANSIENT.value, worker_lost=True)
+        self.append(ev.StepFailed, step.id, state.attempts, failure, event_id=f"{step.id}.{state.attempts}.worker_lost")
+        scheduled = ev.RetryScheduled(retry_at=self.stamp, delay_ms=0, error=error)
+        self.append(ev.StepRetryScheduled, step.id, state.attempts, scheduled)
+        self.drop_tasks(step, state.attempts)
+        self.retry(step, state.attempts + 1, sticky=False)
+
+    # ---- on_failure ----------------------------------------------------------------
+
+    def _handled_by(self, handler_id: str) -> str | None:
+        return handled_by(self.defn, self.run, handler_id)
+
+    def _run_handler(self, step: StepDef, state: st.StepState) -> None:
+        handler = self.steps[step.on_failure]
+        if self.run.step(handler.id).status != st.StepStatus.PENDING:
+            return
+        context = failure_context(self.defn, self.run, handler.id)
+        self.dispatch(handler, 1, context, input_from=INPUT_FROM_ON_FAILURE)
+
+    def recover_from(self, handler_id: str) -> None:
+        failed = self._handled_by(handler_id)
+        if failed is None:
+            return
+        self.append(ev.StepRecovered, failed, payload=ev.Recovered(handler=handler_id))
+        for step in self.defn.steps:
+            if failed in step.depends_on and self.run.step(step.id).status == st.StepStatus.PENDING:
+                self.skip(step, f"upstream step {failed} was recovered by {handler_id}", cascade=False)
+
+    # ---- saga --------------------------------------------------------------------------
+
+    def _compensation_targets(self) -> list[str]:
+        return [self.steps[s].compensate for s in self.run.compensation]
+
+    def _start_saga(self, step: StepDef, state: st.StepState) -> bool:
+        done = [s for s in self.defn.steps if s.compensate and self.run.step(s.id).status == st.StepStatus.COMPLETED]
+        if not done:
+            return False
+        done.sort(key=lambda s: self.run.step(s.id).completed_order, reverse=True)
+        chain, seen = [], set()
+        for s in done:  # a target shared by several steps runs once
+            if s.compensate not in seen:
+                seen.add(s.compensate)
+                chain.append(s.id)
+        saga = ev.Compensation(chain=tuple(chain), trigger_step=step.id, trigger_error=state.error)
+        self.append(ev.WorkflowCompensating, payload=saga)
+        self.compensate_next()
+        return True
+
+    def compensate_next(self) -> None:
+        for original in self.run.compensation:
+            target = self.steps[self.steps[original].compensate]
+            status = self.run.step(target.id).status
+            if status == st.StepStatus.COMPLETED:
+                continue
+            if status == st.StepStatus.PENDING:
+                context = compensation_context(self.defn, self.run, target.id)
+                self.dispatch(target, 1, context, input_from=INPUT_FROM_COMPENSATION)
+            return
+        error = f"step {self.run.trigger_step} failed: {self.run.trigger_error}; compensated"
+        self.append(ev.WorkflowCompensated, payload=ev.RunEnd(error=error))
+
+
+def start_normal(d: Decision, step: StepDef, data: Any) -> None:
+    """A step a worker runs (normal, agent, planner, agent_loop's first iteration)."""
+    d.dispatch(step, d.run.step(step.id).attempts + 1, data, input_from=INPUT_FROM_WIRING)
+
+
+STARTERS.update({"normal": start_normal, "agent": start_normal})
+
+
+def unsupported_step_type(step: StepDef) -> str:
+    return f"step type {step.type} is not executed by this engine yet (step {step.id})"
+
+
+def rate_limited_delay(ms: Any) -> int:
+    """A worker's retry-after hint in ms, clamped to [100 ms, 1 h]; a malformed one means 100 ms."""
+    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms != ms:
+        ms = 0  # a worker's malformed hint (text, NaN) must not crash the run's owner
+    return int(min(max(ms, 100), HOUR // MILLISECOND)) * MILLISECOND
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes ``value`` takes as JSON (0 for what cannot be encoded: it is recorded as is)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return 8
+    try:
+        return len(msgspec.json.encode(value))
+    except (TypeError, OverflowError):
+        return 0
+
+
+def _schema_problem(schema: dict[str, Any] | None, value: Any) -> str:
+    if schema is None:
+        return ""
+    import jsonschema  # imported on first use: most workflows have no schema
+
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path)
+        return str(err.message) + (f" (at {where})" if where else "")
+    return ""

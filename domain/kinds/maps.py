@@ -1,0 +1,96 @@
+"""map: one task per element of the upstream array, each an attempt of its own.
+
+On start the input must be an array of at most ``max_items`` elements (else
+the step fails, saying why); an empty one completes at once with ``[]``.
+``step.map.started`` opens one instance per element; at most
+``concurrency`` of them are in flight (0: all). Each instance is queued,
+run, retried and timed out by the step's own policy, its facts carrying
+``instance``. When every instance has completed, ``step.map.completed``
+gives the step the array of their outputs in input order; an instance that
+fails for good fails the map (and the tasks of the others leave the queue).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import events as ev
+from .. import state as st
+from ..decision import STARTERS, Decision
+from ..definition import MapConfig, StepDef
+from ..fold import INPUT_FROM_WIRING
+from ..resolve import resolve_input
+from . import on_fact, on_recover
+
+
+def start(d: Decision, step: StepDef, data: Any) -> None:
+    config = step.parsed_config()
+    assert isinstance(config, MapConfig)
+    if not isinstance(data, list):
+        d.reject(step, f"map: the input is not an array (got {_kind(data)})")
+        return
+    if len(data) > config.max_items:
+        d.reject(step, f"map: the input has {len(data)} items, more than max_items {config.max_items}")
+        return
+    attempt = d.run.step(step.id).attempts + 1
+    d.append(ev.StepMapStarted, step.id, attempt, ev.MapStart(count=len(data)))
+    if not data:
+        d.append(ev.StepMapCompleted, step.id, attempt)
+        return
+    dispatch_more(d, step, data)
+
+
+def dispatch_more(d: Decision, step: StepDef, data: list[Any] | None = None) -> None:
+    """Queue pending instances while fewer than ``concurrency`` are in flight."""
+    state = d.run.step(step.id)
+    if state.status != st.StepStatus.RUNNING:
+        return
+    config = step.parsed_config()
+    assert isinstance(config, MapConfig)
+    busy = sum(1 for i in state.instances if i.status in _BUSY)
+    room = (config.concurrency or len(state.instances)) - busy
+    if room <= 0:
+        return
+    pending = [n for n, i in enumerate(state.instances) if i.status == st.StepStatus.PENDING][:room]
+    if pending and data is None:
+        data = resolve_input(d.run, step)
+    for index in pending:
+        assert data is not None
+        d.dispatch(step, 1, data[index], input_from=INPUT_FROM_WIRING, instance=index)
+
+
+_BUSY = frozenset({st.StepStatus.QUEUED, st.StepStatus.RUNNING, st.StepStatus.RETRYING, st.StepStatus.FAILED})
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__
+    )
+
+
+@on_fact(ev.StepCompleted)
+def _instance_done(d: Decision, event: ev.StepCompleted) -> None:
+    if event.instance is None:
+        return
+    step, state = d.steps.get(event.step_id), d.run.step(event.step_id)
+    if step is None or state.status != st.StepStatus.RUNNING:
+        return
+    if all(i.status == st.StepStatus.COMPLETED for i in state.instances):
+        d.append(ev.StepMapCompleted, step.id, state.attempts)
+    else:
+        dispatch_more(d, step)
+
+
+@on_recover
+def _queue_again(d: Decision) -> None:
+    """A rebuilt run re-issues its queued instances' tasks (the shell sends only lost ones)."""
+    for step_id, state in d.run.steps.items():
+        if state.status != st.StepStatus.RUNNING or not state.instances:
+            continue
+        step = d.steps[step_id]
+        for index, instance in enumerate(state.instances):
+            if instance.status == st.StepStatus.QUEUED:
+                d.actions.append(d.task_for(step, instance.attempts, instance.input, instance=index))
+
+
+STARTERS["map"] = start
