@@ -7,7 +7,7 @@ only the calling actor until the loop has done the work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -63,7 +63,7 @@ class TimerPort(Protocol):
 
 
 class OutboxPort(Protocol):
-    def send(self, run_id: str, actions: list[Action], trace_parent: str) -> None:
+    def send(self, run_id: str, actions: Sequence[Action], trace_parent: str) -> None:
         """Carry out what a record asks of the world beyond tasks and timers: approval
         requests, event waiters, child runs, facts for other runs. Blocks until done (a
         crash before then redelivers the fact, and the rebuilt run asks again)."""

@@ -106,6 +106,9 @@ class StartChildRun(msgspec.Struct, frozen=True, tag=True):
     parent_step_id: str
     attempt: int
     detach: bool = False
+    # Where the child sits in its tree (a detached child is a root of its own).
+    root_run_id: str = ""
+    depth: int = 0
 
 
 class PublishFact(msgspec.Struct, frozen=True, tag=True):

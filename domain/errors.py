@@ -187,3 +187,29 @@ class RateLimited(DagnatsError):
     def __init__(self, message: str, retry_after: float) -> None:
         self.retry_after = max(0.0, float(retry_after))
         super().__init__(message)
+
+
+class StepNotFound(DagnatsError, LookupError):
+    def __init__(self, run_id: str, step_id: str) -> None:
+        self.run_id, self.step_id = run_id, step_id
+        super().__init__(f"run {run_id} has no step {step_id!r}")
+
+
+class NotWaitingForApproval(DagnatsError, ValueError):
+    """An approve or reject for a step that is not waiting for one (or no longer)."""
+
+    def __init__(self, run_id: str, step_id: str, status: str) -> None:
+        self.run_id, self.step_id, self.status = run_id, step_id, status
+        super().__init__(f"step {step_id} of run {run_id} is not waiting for an approval (it is {status})")
+
+
+class ApprovalAlreadyDecided(DagnatsError, ValueError):
+    def __init__(self, run_id: str, step_id: str) -> None:
+        self.run_id, self.step_id = run_id, step_id
+        super().__init__(f"step {step_id} of run {run_id} was already approved or rejected")
+
+
+class InvalidApprovalToken(DagnatsError, PermissionError):
+    def __init__(self, run_id: str, step_id: str) -> None:
+        self.run_id, self.step_id = run_id, step_id
+        super().__init__(f"the approval token for step {step_id} of run {run_id} is wrong or has expired")

@@ -10,7 +10,7 @@ FakeClock, and failures injected where a test wants them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from dagnats.domain.actions import Action, DropTask, EnqueueTask, StartTimer
 from dagnats.domain.errors import WrongLastSequence
@@ -119,7 +119,7 @@ class MemoryOutbox:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Action]] = []
 
-    def send(self, run_id: str, actions: list[Action], trace_parent: str) -> None:
+    def send(self, run_id: str, actions: Sequence[Action], trace_parent: str) -> None:
         self.sent += [(run_id, action) for action in actions]
 
 

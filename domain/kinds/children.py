@@ -43,10 +43,18 @@ def start(d: Decision, step: StepDef, data: Any) -> None:
     d.append(
         ev.ChildStarted, step.id, attempt, ev.Child(child_run_id=child, workflow=config.workflow, detach=config.detach)
     )
-    d.actions.append(StartChildRun(child, config.workflow, data, step.id, attempt, config.detach))
+    d.actions.append(start_child(d.run, child, config, data, step.id, attempt))
     if config.detach:
         done = ev.ChildResult(child_run_id=child, status="started", output={"child_run_id": child})
         d.append(ev.ChildCompleted, step.id, attempt, done)
+
+
+def start_child(
+    run: st.WorkflowRun, child: str, config: SubWorkflowConfig, data: Any, step_id: str, attempt: int
+) -> StartChildRun:
+    if config.detach:
+        return StartChildRun(child, config.workflow, data, step_id, attempt, detach=True)
+    return StartChildRun(child, config.workflow, data, step_id, attempt, root_run_id=run.root, depth=run.depth + 1)
 
 
 @on_fact(ev.ChildFailed)
@@ -102,9 +110,7 @@ def _start_again(d: Decision) -> None:
         config = step.parsed_config()
         assert isinstance(config, SubWorkflowConfig)
         data = resolve_input(d.run, step)  # the same as when it started: its inputs have not changed
-        d.actions.append(
-            StartChildRun(waiting.child_run_id, config.workflow, data, step_id, state.attempts, config.detach)
-        )
+        d.actions.append(start_child(d.run, waiting.child_run_id, config, data, step_id, state.attempts))
 
 
 STARTERS["sub_workflow"] = start

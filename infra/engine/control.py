@@ -17,10 +17,9 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-import jsonschema
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -29,36 +28,38 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import ServiceUnavailableError
 
 from dagnats.domain import events as ev
-from dagnats.domain.decide import unsupported_step_type
-from dagnats.domain.definition import EXECUTED_STEP_TYPES, WorkflowDef, workflow_from_object, workflow_to_object
+from dagnats.domain.actions import StartChildRun
+from dagnats.domain.definition import (
+    SubWorkflowConfig,
+    WorkflowDef,
+    workflow_from_object,
+    workflow_to_object,
+)
 from dagnats.domain.errors import (
     DagnatsError,
-    InvalidInput,
     InvalidRequest,
     InvalidRunState,
-    PayloadTooLarge,
     ReplyTooLarge,
-    RunAlreadyStarted,
     Unavailable,
-    UnsupportedStepType,
+    WorkflowInvalid,
 )
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.state import RunStatus, WorkflowRun
 from dagnats.domain.validate import validate
-from dagnats.domain.values import json_problem
 
-from ..tracing import api_span
 from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.names import API_PREFIX, API_QUEUE, SIGNALS_BUCKET
 from ..wire.notices import await_run
 from ..wire.timers import pending_timers
 from .admission import Admission
+from .approvals import decide_approval
 from .correlator import Correlator
 from .definitions import Definitions
 from .engine import Engine
 from .paging import events_page, runs_page
 from .reader import RunReader
+from .starts import RunStarts
 from .views import fit_view, inspect_view, run_view
 
 log = logging.getLogger("dagnats.api")
@@ -90,6 +91,8 @@ class ControlPlane:
             "run.resume": self.resume_run,
             "run.delete": self.delete_run,
             "run.signal": self.signal_run,
+            "run.approve": lambda req: decide_approval(self.js, self.reader, req, approve=True),
+            "run.reject": lambda req: decide_approval(self.js, self.reader, req, approve=False),
             "status": self.status,
         }
         assert set(self.handlers) == set(wire.OPERATIONS), "every operation of the contract has a handler"
@@ -100,10 +103,12 @@ class ControlPlane:
         self.signals = await self.js.key_value(SIGNALS_BUCKET)
         self.admission = Admission(self.js)
         await self.admission.open()
+        self.starts = RunStarts(self.js, self.defs, self.admission, self.reader, self.max_reply, self.cancel_by)
         self.correlator = Correlator(self.js, self.reader.status_of, self.cancel_by)
         await self.correlator.start()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
         self._inflight: set[asyncio.Task] = set()
+        self.engine.ports.outbox.start_child = self.start_child
         self._sub = await self.nc.subscribe(f"{API_PREFIX}.>", queue=API_QUEUE, cb=self._accept)
 
     async def stop(self) -> None:
@@ -155,9 +160,25 @@ class ControlPlane:
 
     async def register_workflow(self, req: wire.RegisterWorkflow) -> dict[str, Any]:
         wf = validate(workflow_from_object(req.definition, "definition"))
+        missing = await self._unknown_children(wf)
+        if missing:
+            raise WorkflowInvalid(wf.name, missing)
         action = "updated" if await self.defs.exists(wf.name) else "created"
         await self.defs.put(wf)
         return {"name": wf.name, "action": action, "steps": len(wf.steps)}
+
+    async def _unknown_children(self, wf: WorkflowDef) -> list[str]:
+        """sub_workflow steps naming a workflow that is not registered (itself may recurse)."""
+        issues = []
+        for step in wf.steps:
+            config = step.parsed_config() if step.type == "sub_workflow" else None
+            if (
+                isinstance(config, SubWorkflowConfig)
+                and config.workflow != wf.name
+                and not await self.defs.exists(config.workflow)
+            ):
+                issues.append(f"step {step.id!r}: config.workflow: no workflow {config.workflow!r} is registered")
+        return issues
 
     async def list_workflows(self, req: wire.Empty) -> list[dict[str, Any]]:
         return [workflow_to_object(d) for d in await self.defs.all()]
@@ -173,67 +194,10 @@ class ControlPlane:
     # ---- starting runs -------------------------------------------------------------
 
     async def start_run(self, req: wire.StartRun) -> dict[str, Any]:
-        wf = await self.defs.get(check_identifier("workflow name", req.workflow))
-        unsupported = [s for s in wf.steps if s.type not in EXECUTED_STEP_TYPES]
-        if unsupported:
-            raise UnsupportedStepType(wf.name, unsupported_step_type(unsupported[0]))
-        problem = json_problem(req.input)
-        if problem:
-            raise InvalidInput(f"run input: {problem}")
-        if wf.input_schema is not None:
-            _check_schema(wf.input_schema, req.input)
-        run_id = check_identifier("run id", req.run_id or secrets.token_hex(16))
-        with api_span("startRun", req.trace_parent) as trace_parent:
-            event = ev.WorkflowStarted(
-                run_id=run_id,
-                timestamp=ev.format_timestamp(_now()),
-                trace_parent=trace_parent,
-                payload=ev.RunStart(workflow_def=wf, input=req.input),
-                id=ev.WORKFLOW_STARTED,
-            )
-            if req.run_id:
-                existing = await self._same_run(event, await self.reader.recorded_start(run_id))
-                if existing is not None:
-                    return existing
-            return await self._start(wf, event, req.idempotency_key)
+        return await self.starts.start_run(req)
 
-    async def _same_run(self, event: ev.WorkflowStarted, first: ev.WorkflowStarted | None) -> dict[str, Any] | None:
-        """An explicit run id already started (``first``): the same start again is answered
-        with the run; anything else is a conflict, as Temporal's "already started"."""
-        if first is None or first.payload is None or event.payload is None:
-            return None
-        if (
-            first.payload.workflow_def.name == event.payload.workflow_def.name
-            and first.payload.input == event.payload.input
-        ):
-            return {"run_id": event.run_id, "deduplicated": True}
-        raise RunAlreadyStarted(event.run_id, first.payload.workflow_def.name)
-
-    async def _start(self, wf: WorkflowDef, event: ev.WorkflowStarted, explicit_key: Any) -> dict[str, Any]:
-        data = event.payload.input if event.payload else None
-        encoded = ev.encode_event(event)
-        if len(encoded) > self.max_reply:
-            raise PayloadTooLarge("run input with its definition", len(encoded), self.max_reply)
-        run_id = event.run_id
-        existing, claimed = await self.admission.claim_idempotency(wf, data, run_id, explicit_key)
-        if existing:
-            return {"run_id": existing, "deduplicated": True}
-        try:
-            replaced = await self.admission.take_singleton(wf, data, run_id, self.reader.status_of)
-            now = ev.parse_timestamp(event.timestamp)
-            await self.admission.register_waiters(wf, data, run_id, lambda ns: _after(now, ns))
-            ack = await publish_fact(self.js, event, body=encoded)
-        except BaseException:
-            await self.admission.release_idempotency(claimed)
-            raise
-        if ack.duplicate:
-            # Another start with this run id got in first, a moment ago (it may still
-            # wait in the inbox: the recorded history was read before the publish).
-            first = await self.reader.first_event(run_id)
-            return await self._same_run(event, first) or {"run_id": run_id, "deduplicated": True}
-        if replaced:
-            await self.cancel_by(replaced, f"replaced by run {run_id} (singleton cancel)", f"singleton.{run_id}")
-        return {"run_id": run_id}
+    async def start_child(self, child: StartChildRun, parent_run_id: str, trace_parent: str) -> dict[str, Any]:
+        return await self.starts.start_child(child, parent_run_id, trace_parent)
 
     # ---- reading runs -----------------------------------------------------------------
 
@@ -377,17 +341,5 @@ def _version(nc: NATS) -> str:
     return f"{v.major}.{v.minor}.{v.patch}"
 
 
-def _check_schema(schema: dict[str, Any], data: Any) -> None:
-    try:
-        jsonschema.validate(data, schema)
-    except jsonschema.ValidationError as err:
-        where = "/".join(str(p) for p in err.absolute_path)
-        raise InvalidInput(f"{err.message}" + (f" (at {where})" if where else "")) from None
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _after(moment: datetime, ns: int) -> str:
-    return ev.format_timestamp(moment + timedelta(microseconds=ns // 1000))

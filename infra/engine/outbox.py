@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,10 +63,10 @@ class NatsOutbox:
         self.js = nc.jetstream()
         self.start_child: ChildStarter | None = None  # set by the control plane
 
-    def send(self, run_id: str, actions: list[Action], trace_parent: str) -> None:
+    def send(self, run_id: str, actions: Sequence[Action], trace_parent: str) -> None:
         self.bridge.call(self._send(run_id, actions, trace_parent))
 
-    async def _send(self, run_id: str, actions: list[Action], trace_parent: str) -> None:
+    async def _send(self, run_id: str, actions: Sequence[Action], trace_parent: str) -> None:
         for action in actions:
             if isinstance(action, PublishMessage):
                 await self._message(run_id, action)

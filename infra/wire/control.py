@@ -63,6 +63,19 @@ class SignalRun(Request, frozen=True):
     data: Any = None
 
 
+class DecideApproval(Request, frozen=True):
+    """Approve (a comment, optional data: the step's output) or reject (a reason) a step
+    waiting for an approval. ``token``: the one its request carried (operators need none)."""
+
+    run_id: str = ""
+    step_id: str = ""
+    comment: str = ""
+    reason: str = ""
+    data: Any = None
+    by: str = ""
+    token: str | None = None
+
+
 class RunEvents(Request, frozen=True):
     run_id: str = ""
     after_seq: int = 0
@@ -94,6 +107,8 @@ OPERATIONS: dict[str, type[Request]] = {
     "run.resume": RunRef,
     "run.delete": RunRef,
     "run.signal": SignalRun,
+    "run.approve": DecideApproval,
+    "run.reject": DecideApproval,
     "status": Empty,
 }
 

@@ -1,0 +1,160 @@
+"""Starting runs: a user's start request, and a sub_workflow's child, through one admission.
+
+A start checks the workflow can run and its input (JSON, the input schema),
+then admits the run — idempotency key, singleton lock, cancel_on waiters —
+and publishes its ``workflow.started`` fact into its inbox. An explicit run
+id already taken answers the same start with that run, and anything else
+with RunAlreadyStarted (as Temporal's "already started"). A child run is
+started the same way, carrying its parent's ids.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jsonschema
+from nats.js import JetStreamContext
+
+from dagnats.domain import events as ev
+from dagnats.domain.actions import StartChildRun
+from dagnats.domain.decide import unsupported_step_type
+from dagnats.domain.definition import EXECUTED_STEP_TYPES, WorkflowDef
+from dagnats.domain.errors import InvalidInput, PayloadTooLarge, RunAlreadyStarted, UnsupportedStepType
+from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.values import json_problem
+
+from ..tracing import api_span
+from ..wire import control as wire
+from ..wire.facts import publish_fact
+from .admission import Admission
+from .definitions import Definitions
+from .reader import RunReader
+
+CancelBy = Callable[[str, str, str], Awaitable[None]]
+
+
+class RunStarts:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        defs: Definitions,
+        admission: Admission,
+        reader: RunReader,
+        max_payload: int,
+        cancel_by: CancelBy,
+    ) -> None:
+        self.js, self.defs, self.admission, self.reader = js, defs, admission, reader
+        self.max_payload, self.cancel_by = max_payload, cancel_by
+
+    async def start_run(self, req: wire.StartRun) -> dict[str, Any]:
+        wf = await self.defs.get(check_identifier("workflow name", req.workflow))
+        self._check_start(wf, req.input)
+        run_id = check_identifier("run id", req.run_id or secrets.token_hex(16))
+        with api_span("startRun", req.trace_parent) as trace_parent:
+            event = ev.WorkflowStarted(
+                run_id=run_id,
+                timestamp=ev.format_timestamp(_now()),
+                trace_parent=trace_parent,
+                payload=ev.RunStart(workflow_def=wf, input=req.input),
+                id=ev.WORKFLOW_STARTED,
+            )
+            if req.run_id:
+                existing = await self._same_run(event, await self.reader.recorded_start(run_id))
+                if existing is not None:
+                    return existing
+            return await self._start(wf, event, req.idempotency_key)
+
+    async def start_child(self, child: StartChildRun, parent_run_id: str, trace_parent: str) -> dict[str, Any]:
+        """Start a sub_workflow's child run through the same admission as any run (raises
+        a DagnatsError when it cannot start: the parent step then fails with it)."""
+        wf = await self.defs.get(child.workflow)
+        self._check_start(wf, child.input)
+        if child.detach:
+            start = ev.RunStart(workflow_def=wf, input=child.input)
+        else:
+            start = ev.RunStart(
+                workflow_def=wf,
+                input=child.input,
+                parent_run_id=parent_run_id,
+                parent_step_id=child.parent_step_id,
+                parent_attempt=child.attempt,
+                root_run_id=child.root_run_id,
+                depth=child.depth,
+            )
+        with api_span("startChildRun", trace_parent) as span_parent:
+            event = ev.WorkflowStarted(
+                run_id=child.child_run_id,
+                timestamp=ev.format_timestamp(_now()),
+                trace_parent=span_parent,
+                payload=start,
+                id=ev.WORKFLOW_STARTED,
+            )
+            existing = await self._same_run(event, await self.reader.recorded_start(child.child_run_id))
+            return existing or await self._start(wf, event, None)
+
+    def _check_start(self, wf: WorkflowDef, data: Any) -> None:
+        unsupported = [s for s in wf.steps if s.type not in EXECUTED_STEP_TYPES]
+        if unsupported:
+            raise UnsupportedStepType(wf.name, unsupported_step_type(unsupported[0]))
+        problem = json_problem(data)
+        if problem:
+            raise InvalidInput(f"run input: {problem}")
+        if wf.input_schema is not None:
+            _check_schema(wf.input_schema, data)
+
+    async def _same_run(self, event: ev.WorkflowStarted, first: ev.WorkflowStarted | None) -> dict[str, Any] | None:
+        """An explicit run id already started (``first``): the same start again is answered
+        with the run; anything else is a conflict, as Temporal's "already started"."""
+        if first is None or first.payload is None or event.payload is None:
+            return None
+        if (
+            first.payload.workflow_def.name == event.payload.workflow_def.name
+            and first.payload.input == event.payload.input
+        ):
+            return {"run_id": event.run_id, "deduplicated": True}
+        raise RunAlreadyStarted(event.run_id, first.payload.workflow_def.name)
+
+    async def _start(self, wf: WorkflowDef, event: ev.WorkflowStarted, explicit_key: Any) -> dict[str, Any]:
+        data = event.payload.input if event.payload else None
+        encoded = ev.encode_event(event)
+        if len(encoded) > self.max_payload:
+            raise PayloadTooLarge("run input with its definition", len(encoded), self.max_payload)
+        run_id = event.run_id
+        existing, claimed = await self.admission.claim_idempotency(wf, data, run_id, explicit_key)
+        if existing:
+            return {"run_id": existing, "deduplicated": True}
+        try:
+            replaced = await self.admission.take_singleton(wf, data, run_id, self.reader.status_of)
+            now = ev.parse_timestamp(event.timestamp)
+            await self.admission.register_waiters(wf, data, run_id, lambda ns: _after(now, ns))
+            ack = await publish_fact(self.js, event, body=encoded)
+        except BaseException:
+            await self.admission.release_idempotency(claimed)
+            raise
+        if ack.duplicate:
+            # Another start with this run id got in first, a moment ago (it may still
+            # wait in the inbox: the recorded history was read before the publish).
+            first = await self.reader.first_event(run_id)
+            return await self._same_run(event, first) or {"run_id": run_id, "deduplicated": True}
+        if replaced:
+            await self.cancel_by(replaced, f"replaced by run {run_id} (singleton cancel)", f"singleton.{run_id}")
+        return {"run_id": run_id}
+
+
+def _check_schema(schema: dict[str, Any], data: Any) -> None:
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as err:
+        where = "/".join(str(p) for p in err.absolute_path)
+        raise InvalidInput(f"{err.message}" + (f" (at {where})" if where else "")) from None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _after(moment: datetime, ns: int) -> str:
+    return ev.format_timestamp(moment + timedelta(microseconds=ns // 1000))
