@@ -184,6 +184,22 @@ class Client:
         check_json_value(data, "signal data")
         return await self.request("run.signal", {"run_id": run_id, "name": name, "data": data})
 
+    async def approve(
+        self, run_id: str, step_id: str, comment: str = "", *, data: Any = None, by: str = "", token: str | None = None
+    ) -> dict[str, Any]:
+        """Approve a step waiting for an approval: it completes with the decision (and ``data``)
+        as output. A second decision, or a step not waiting, is refused."""
+        check_json_value(data, "approval data")
+        body = {"run_id": run_id, "step_id": step_id, "comment": comment, "data": data, "by": by, "token": token}
+        return await self.request("run.approve", body)
+
+    async def reject(
+        self, run_id: str, step_id: str, reason: str = "", *, by: str = "", token: str | None = None
+    ) -> dict[str, Any]:
+        """Reject a step waiting for an approval: it fails, for good, with the reason."""
+        body = {"run_id": run_id, "step_id": step_id, "reason": reason, "by": by, "token": token}
+        return await self.request("run.reject", body)
+
     async def publish_event(self, name: str, data: Any = None) -> int:
         """Store an external event on ``event.<name>`` (for cancel_on and waits)."""
         assert self.nc is not None

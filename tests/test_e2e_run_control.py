@@ -278,7 +278,7 @@ def test_inspect_shows_steps_attempts_timings_errors_and_blockers(env):
 
     human = env.cli("run", "inspect", run_id).stdout
     assert f"Run:      {run_id}" in human and "Status:   running" in human
-    assert re.search(r"^STEP +STATUS +ATTEMPTS +QUEUED +RAN +ERROR$", human, re.MULTILINE), human
+    assert re.search(r"^STEP +STATUS +ATTEMPTS +QUEUED +RAN +DETAIL$", human, re.MULTILINE), human
     assert re.search(r"^a +running +1 +[\d.]+m?s +-$", human, re.MULTILINE), human
     assert re.search(r"^extra +failed +1 +.* extra refuses$", human, re.MULTILINE), human
     assert "Blocked:\n  b waits on a\n  c waits on a, b" in human, human

@@ -427,15 +427,13 @@ def test_a_step_type_the_engine_does_not_run_is_refused_at_start_and_fails_a_run
     from dagnats.domain.errors import UnsupportedStepType
     from dagnats.infra.wire.subjects import inbox_subject
 
-    wf = _wf(
-        "sleepy",
-        [{"id": "a", "task": "sl1"}, {"id": "nap", "type": "sleep", "depends_on": ["a"], "config": {"duration": "1s"}}],
-    )
+    # respond answers an HTTP trigger: it validates, but nothing serves HTTP yet.
+    wf = _wf("sleepy", [{"id": "a", "task": "sl1"}, {"id": "nap", "type": "respond", "depends_on": ["a"]}])
 
     async def body():
         async with EngineHarness(nats_url) as h:
             await h.client.register(wf)
-            with pytest.raises(UnsupportedStepType, match="step type sleep is not executed"):
+            with pytest.raises(UnsupportedStepType, match="step type respond is not executed"):
                 await h.client.start("sleepy")
             # A start that bypasses the API (an older engine's run, say) fails instead of hanging.
             stored = await h.client.workflow("sleepy")
@@ -451,4 +449,4 @@ def test_a_step_type_the_engine_does_not_run_is_refused_at_start_and_fails_a_run
             return await h.wait_status("handmade", "failed")
 
     final = run(body())
-    assert "step type sleep is not executed by this engine yet" in final["error"]
+    assert "step type respond is not executed by this engine yet" in final["error"]

@@ -123,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("data", nargs="?")
     p.set_defaults(func=cmd_run_signal)
+    p = run.add_parser("approve", parents=[common], help="approve STEP of a run, which waits for an approval")
+    p.add_argument("run_id")
+    p.add_argument("step")
+    p.add_argument("--comment", default="", help="kept in the step's output")
+    p.set_defaults(func=cmd_run_approve)
+    p = run.add_parser("reject", parents=[common], help="reject STEP of a run, which waits for an approval")
+    p.add_argument("run_id")
+    p.add_argument("step")
+    p.add_argument("--reason", default="", help="the step's error")
+    p.set_defaults(func=cmd_run_reject)
     p = run.add_parser("list", parents=[common], help="list runs, newest first")
     p.add_argument("--workflow")
     p.add_argument("--status")
@@ -361,6 +371,16 @@ def cmd_run_wait(args: argparse.Namespace) -> int:
         what = f"step {args.step}" if args.step else f"run {run['run_id']}"
         print(f"error: {what} is {status}: {problem}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def cmd_run_approve(args: argparse.Namespace) -> int:
+    return _show(
+        args, lambda c: c.approve(args.run_id, args.step, args.comment), lambda r: f"Step {args.step} approved"
+    )
+
+
+def cmd_run_reject(args: argparse.Namespace) -> int:
+    return _show(args, lambda c: c.reject(args.run_id, args.step, args.reason), lambda r: f"Step {args.step} rejected")
 
 
 def cmd_run_signal(args: argparse.Namespace) -> int:

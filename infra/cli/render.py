@@ -34,20 +34,36 @@ def _run_header(run: dict[str, Any], *optional: tuple[str, str]) -> list[str]:
 
 
 def run_status(run: dict[str, Any]) -> str:
-    lines = _run_header(run, ("Finished", "completed_at"), ("Error", "error"), ("Trace", "trace_id"))
+    lines = _run_header(
+        run, ("Finished", "completed_at"), ("Error", "error"), ("Parent", "parent_run_id"), ("Trace", "trace_id")
+    )
     lines.insert(3, f"Created:  {run.get('created_at') or '-'}")
     lines.append("Steps:")
     rows = []
     for step_id, s in run["steps"].items():
-        detail = compact(s["output"]) if s["status"] == "completed" else (s.get("error") or "")
-        attempts = f"attempts: {s['attempts']}" if s["attempts"] else ""
-        rows.append((f"  {step_id}:", s["status"], attempts, detail))
+        rows.append((f"  {step_id}:", s["status"], _attempts(s), step_detail(s)))
     lines.append(table(("", "", "", ""), rows).split("\n", 1)[1] if rows else "  (none)")
     return "\n".join(lines)
 
 
+def _attempts(step: dict[str, Any]) -> str:
+    text = f"attempts: {step['attempts']}" if step["attempts"] else ""
+    return text + (f", iterations: {step['iterations']}" if step.get("iterations") else "")
+
+
+def step_detail(step: dict[str, Any]) -> str:
+    """A step's output, error, what it waits for, or how its map instances stand."""
+    if step["status"] == "completed":
+        return compact(step["output"])
+    if step.get("waiting"):
+        return f"waiting for {step['waiting']['for']}"
+    if step.get("instance_counts"):
+        return "instances: " + ", ".join(f"{n} {status}" for status, n in sorted(step["instance_counts"].items()))
+    return step.get("error") or step.get("skip_reason") or ""
+
+
 def inspect(view: dict[str, Any]) -> str:
-    lines = _run_header(view, ("Deadline", "deadline"), ("Error", "error"))
+    lines = _run_header(view, ("Deadline", "deadline"), ("Error", "error"), ("Parent", "parent_run_id"))
     lines.append("")
     rows = [
         (
@@ -56,11 +72,11 @@ def inspect(view: dict[str, Any]) -> str:
             s["attempts"],
             _secs(s.get("queue_seconds")),
             _secs(s.get("exec_seconds")),
-            s.get("error") or s.get("skip_reason") or "",
+            "" if s["status"] == "completed" else step_detail(s),
         )
         for sid, s in view["steps"].items()
     ]
-    lines.append(table(("STEP", "STATUS", "ATTEMPTS", "QUEUED", "RAN", "ERROR"), rows))
+    lines.append(table(("STEP", "STATUS", "ATTEMPTS", "QUEUED", "RAN", "DETAIL"), rows))
     if view.get("timers"):
         lines.append("")
         lines.append(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any
 
 import msgspec
 
 from dagnats.domain.events import Event, TimerFired, parse_timestamp
 from dagnats.domain.resolve import blockers
-from dagnats.domain.state import DONE_STEP_STATUSES, WorkflowRun
+from dagnats.domain.state import DONE_STEP_STATUSES, StepState, StepStatus, Waiting, WorkflowRun
 from dagnats.domain.timers import add_ns
 
 _ENCODER = msgspec.json.Encoder()
@@ -20,29 +22,11 @@ def trace_id(trace_parent: str) -> str:
 
 
 def run_view(run: WorkflowRun) -> dict[str, Any]:
-    steps = {}
-    for step_id, s in run.steps.items():
-        steps[step_id] = {
-            "status": s.status,
-            "attempts": s.attempts,
-            "output": s.output,
-            "error": s.error or None,
-            "task": s.task,
-            "queued_at": s.queued_at or None,
-            "started_at": s.started_at or None,
-            "finished_at": s.finished_at or None,
-        }
-        if s.retry_at:
-            steps[step_id]["retry_at"] = s.retry_at
-        if s.worker_id:
-            steps[step_id]["worker_id"] = s.worker_id
-        if s.skip_reason:
-            steps[step_id]["skip_reason"] = s.skip_reason
-    return {
+    view = {
         "run_id": run.run_id,
         "workflow": run.workflow,
         "status": run.status,
-        "steps": steps,
+        "steps": {step_id: step_view(s) for step_id, s in run.steps.items()},
         "input": run.input,
         "output": run.output,
         "error": run.error or None,
@@ -51,6 +35,63 @@ def run_view(run: WorkflowRun) -> dict[str, Any]:
         "trace_id": trace_id(run.trace_parent),
         "trace_parent": run.trace_parent or None,
     }
+    if run.parent_run_id:
+        view.update(parent_run_id=run.parent_run_id, parent_step_id=run.parent_step_id, root_run_id=run.root)
+    if run.dynamic_steps:
+        view["dynamic_steps"] = list(run.dynamic_steps)
+    return view
+
+
+def step_view(s: StepState) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "status": s.status,
+        "attempts": s.attempts,
+        "output": s.output,
+        "error": s.error or None,
+        "task": s.task,
+        "queued_at": s.queued_at or None,
+        "started_at": s.started_at or None,
+        "finished_at": s.finished_at or None,
+    }
+    optional = {
+        "retry_at": s.retry_at,
+        "worker_id": s.worker_id,
+        "skip_reason": s.skip_reason,
+        "iterations": s.iterations,
+        "fragment": list(s.fragment),
+    }
+    view.update((key, value) for key, value in optional.items() if value)
+    if s.waiting is not None and s.status in (StepStatus.RUNNING, StepStatus.QUEUED):
+        view["waiting"] = waiting_view(s.waiting)
+    if s.instances:
+        view["instances"] = [_instance_view(i) for i in s.instances]
+        view["instance_counts"] = dict(Counter(str(i.status) for i in s.instances))
+    return view
+
+
+def waiting_view(waiting: Waiting) -> dict[str, Any]:
+    """What a step waits for, in words a person reads and fields a script reads."""
+    view: dict[str, Any] = msgspec.to_builtins(waiting)
+    match = waiting.match or {}
+    condition = f" where {match.get('left')} {match.get('op')} {json.dumps(match.get('right'))}" if match else ""
+    until = f" (until {waiting.due})" if waiting.due else ""
+    view["for"] = {
+        "sleep": f"the time to wake, {waiting.due}",
+        "approval": f"an approval (request sent on {waiting.subject}){until}",
+        "event": f"event {waiting.event}{condition}{until}",
+        "child": f"child run {waiting.child_run_id}",
+        "signal": f"signal {waiting.event}{until}",
+        "instances": "its map instances",
+        "fragment": "the steps it planned",
+    }.get(waiting.kind, waiting.kind)
+    return view
+
+
+def _instance_view(i: StepState) -> dict[str, Any]:
+    view: dict[str, Any] = {"status": i.status, "attempts": i.attempts}
+    if i.error:
+        view["error"] = i.error
+    return view
 
 
 def run_summary(run: WorkflowRun) -> dict[str, Any]:
