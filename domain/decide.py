@@ -151,7 +151,7 @@ def _on_timer(d: Decision, event: ev.TimerFired) -> None:
         return
     moving = d.run.status in (st.RunStatus.RUNNING, st.RunStatus.COMPENSATING)
     if fire.kind == RETRY and state.status == st.StepStatus.RETRYING and moving:
-        d.retry(step, fire.attempt + 1, instance=fire.instance)
+        d.start_again(step, fire.attempt + 1, fire.instance)
     elif fire.kind == STEP_TIMEOUT and state.status in st.IN_FLIGHT_STEP_STATUSES:
         error = f"step timeout exceeded ({format_duration(int(step.timeout))})"
         failure = ev.Failure(error=error, failure_type=ev.FailureType.TRANSIENT.value, timeout=True)
@@ -170,7 +170,8 @@ def _on_timer(d: Decision, event: ev.TimerFired) -> None:
 
 
 # Facts that change no state but may still call for a decision.
-ALWAYS_DECIDE = frozenset({ev.TimerFired})
+# (steps.added: steps that do not fit change nothing, and fail the attempt that added them.)
+ALWAYS_DECIDE = frozenset({ev.TimerFired, ev.StepsAdded})
 
 _HANDLERS: dict[type, Any] = {
     ev.WorkflowStarted: _on_workflow_started,

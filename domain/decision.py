@@ -51,6 +51,9 @@ DEFAULT_MAX_MESSAGE = 1024 * 1024 - 4096
 # Room a task message needs besides its input (ids, names, trace context).
 TASK_ENVELOPE = 2048
 
+# Step types the engine runs without a worker's task (a retry starts them afresh).
+ENGINE_RUN_TYPES = frozenset({"sleep", "approval", "wait_for_event", "sub_workflow"})
+
 # step type -> how a ready step of that type starts (given its resolved input)
 Starter = Callable[["Decision", StepDef, Any], None]
 STARTERS: dict[str, Starter] = {}
@@ -140,6 +143,14 @@ class Decision:
         state = self.state_of(step.id, instance)
         parent = self.run.step(step.id)
         self.dispatch(step, attempt, state.input, sticky, INPUT_FROM_PREVIOUS, instance, parent.iterations)
+
+    def start_again(self, step: StepDef, attempt: int, instance: int | None = None) -> None:
+        """The next attempt after a retry's backoff: a worker's task with the same input, or
+        a step the engine runs (a child, a wait) started afresh."""
+        if step.type in ENGINE_RUN_TYPES and instance is None:
+            STARTERS[step.type](self, step, resolve_input(self.run, step))
+        else:
+            self.retry(step, attempt, instance=instance)
 
     def task_for(
         self,

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from .conditions import EVENT_OPS
 from .definition import (
     COMPARISON_OPS,
     STEP_TYPES,
@@ -39,6 +40,7 @@ from .errors import WorkflowInvalid
 from .identifiers import is_identifier
 from .paths import is_valid_path
 from .resolve import dependencies
+from .schedules import cron_problem
 from .values import json_problem
 
 MAX_STEPS = 1000
@@ -55,7 +57,8 @@ MAX_CANCEL_ON = 5
 MAX_STEP_ERROR_BYTES = 1 << 20
 RETRY_STRATEGIES = ("fixed", "linear", "exponential")
 IDENTIFIER_RULE = "must match ^[A-Za-z0-9_-]{1,64}$ (letters, digits, '_' and '-'; no '.', '*', '>' or spaces)"
-_CRON_FIELD = re.compile(r"^[0-9*/,-]+$")
+# A NATS subject to publish on: tokens without spaces or wildcards, none empty.
+_SUBJECT = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
 
 Issues = Iterator[str]
 
@@ -400,6 +403,8 @@ def _map(config: MapConfig, step: StepDef, steps: dict[str, StepDef]) -> Issues:
     elif deps[0] in steps and steps[deps[0]].type == "map":
         yield f"depends_on: a map step cannot depend on another map step ({_q(deps[0])}; nesting is not supported)"
     yield from _within("config.max_items", config.max_items, 1, MAX_MAP_ITEMS)
+    if config.concurrency < 0:
+        yield f"config.concurrency: must not be negative (got {config.concurrency})"
 
 
 def _sub_workflow(config: SubWorkflowConfig, step: StepDef, steps: dict[str, StepDef]) -> Issues:
@@ -416,9 +421,9 @@ def _sleep(config: SleepConfig, step: StepDef, steps: dict[str, StepDef]) -> Iss
     if config.duration is not None:
         yield from _duration("config.duration", int(config.duration), MAX_SLEEP, required=True)
     if config.cron is not None:
-        fields = config.cron.split()
-        if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
-            yield f"config.cron: {_q(config.cron)} is not a 5-field cron expression (minute hour day month weekday)"
+        problem = cron_problem(config.cron)
+        if problem:
+            yield f"config.cron: {_q(config.cron)}: {problem}"
     if config.until_input_path is not None:
         yield from _path("config.until_input_path", config.until_input_path)
 
@@ -435,8 +440,10 @@ def _wait_for_event(config: WaitForEventConfig, step: StepDef, steps: dict[str, 
 def _event_match(field: str, match: Match, steps: dict[str, StepDef]) -> Issues:
     if not match.left:
         yield f"{field}.left: must not be empty"
-    if match.op != "eq":
-        yield f'{field}.op: must be "eq" (got {_q(match.op)})'
+    if match.op not in EVENT_OPS:
+        yield f"{field}.op: must be one of {', '.join(EVENT_OPS)} (got {_q(match.op)})"
+    else:
+        yield from _path(f"{field}.left", match.left)
     right = match.right
     parts = right.split(".")
     if not right:
@@ -452,6 +459,8 @@ def _event_match(field: str, match: Match, steps: dict[str, StepDef]) -> Issues:
 def _approval(config: ApprovalConfig, step: StepDef, steps: dict[str, StepDef]) -> Issues:
     if not config.subject:
         yield "config.subject: must not be empty"
+    elif not _SUBJECT.fullmatch(config.subject):
+        yield f"config.subject: {_q(config.subject)} is not a NATS subject (dot-separated tokens, no wildcards)"
     yield from _duration("config.timeout", int(config.timeout), MAX_APPROVAL_TIMEOUT, required=True)
 
 

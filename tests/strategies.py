@@ -162,7 +162,13 @@ def timer_fired(timer: StartTimer, moment: datetime = BASE_TIME, run_id: str = R
         run_id=run_id,
         step_id=timer.step_id,
         timestamp=ev.format_timestamp(moment),
-        payload={"timer_id": timer.timer_id, "kind": timer.kind, "step_id": timer.step_id, "attempt": timer.attempt},
+        payload={
+            "timer_id": timer.timer_id,
+            "kind": timer.kind,
+            "step_id": timer.step_id,
+            "attempt": timer.attempt,
+            "instance": timer.instance,
+        },
         id=f"timer.{timer.timer_id}",
     )
 
