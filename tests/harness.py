@@ -113,7 +113,8 @@ class FakeWorker:
             payload=payload,
             trace_parent=task.traceparent,
             worker_id="fake-worker",
-            id=fact_id(event_type, task.step_id, task.attempt),
+            instance=task.instance,
+            id=fact_id(event_type, task.step_id, task.attempt, task.instance),
         )
         headers = {"Nats-Msg-Id": msg_id or f"{task.run_id}.{event.id}"}
         await self.js.publish(inbox_subject(task.run_id), msgspec.json.encode(event), headers=headers)

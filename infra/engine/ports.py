@@ -63,7 +63,8 @@ async def publish_tasks(js: JetStreamContext, tasks: list[EnqueueTask]) -> None:
     async def publish(task: EnqueueTask) -> None:
         p = task.payload
         suffix = f".{task.variant}" if task.variant else ""
-        headers = {MSG_ID: f"{p.run_id}.{p.step_id}.{p.attempt}{suffix}"}
+        index = f".i{p.instance}" if p.instance is not None else ""
+        headers = {MSG_ID: f"{p.run_id}.{p.step_id}{index}.{p.attempt}{suffix}"}
         if p.traceparent:
             headers[TRACEPARENT] = p.traceparent
         subject = task_subject(task.task, p.run_id, task.group or None)
@@ -100,11 +101,15 @@ class NatsTaskPort:
         subject = task_subject(task.task, p.run_id, task.group or None)
         async for msg in stored_messages(self.js, TASK_STREAM, subject):
             queued = TASK_DECODER.decode(msg.data or b"")
-            if (queued.step_id, queued.attempt) == (p.step_id, p.attempt):
+            if (queued.step_id, queued.attempt, queued.instance) == (p.step_id, p.attempt, p.instance):
                 return True
         async for msg in stored_messages(self.js, INBOX_STREAM, inbox_subject(p.run_id)):
             fact = EVENT_DECODER.decode(msg.data or b"")
-            if (fact.step_id, fact.attempt) == (p.step_id, p.attempt) and fact.type in RESULT_FACTS:
+            if (fact.step_id, fact.attempt, fact.instance) == (
+                p.step_id,
+                p.attempt,
+                p.instance,
+            ) and fact.type in RESULT_FACTS:
                 return True
         return False
 
@@ -113,7 +118,13 @@ class NatsTaskPort:
             subject = task_subject(drop.task, drop.run_id, drop.group or None)
             async for msg in stored_messages(self.js, TASK_STREAM, subject):
                 queued = TASK_DECODER.decode(msg.data or b"")
-                if queued.step_id == drop.step_id and queued.attempt <= drop.up_to_attempt and msg.seq:
+                same_instance = drop.instance is None or queued.instance == drop.instance
+                if (
+                    queued.step_id == drop.step_id
+                    and queued.attempt <= drop.up_to_attempt
+                    and same_instance
+                    and msg.seq
+                ):
                     try:
                         await self.js.delete_msg(TASK_STREAM, msg.seq)
                     except NotFoundError:
