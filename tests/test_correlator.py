@@ -388,3 +388,39 @@ def test_a_wait_for_event_step_completes_with_the_matching_event_through_the_eng
 
     final = run(body())
     assert final["steps"]["paid"]["output"] == {"order_id": "o-1", "amount": 7}
+
+
+def test_a_waiter_registered_after_the_correlator_saw_its_event_still_gets_it(nats_url, run):
+    # The run records step.wait.started (since) before its outbox stores the waiter:
+    # an event published in between reaches the correlator while no waiter is there.
+    event, run_id = "late", "r-late"
+
+    async def body():
+        async with world(nats_url) as w:
+            await w.correlator.start()
+            try:
+                await w.js.publish(event_subject(event), msgspec.json.encode({"id": 7}))  # before the wait
+                since = datetime.now(UTC)
+                await w.js.publish(event_subject(event), msgspec.json.encode({"id": 1}))
+                ack = await w.js.publish(event_subject(event), msgspec.json.encode({"id": 7}))
+                await _until(lambda: _delivered(w, ack.seq))
+                await w.wait(run_id, event=event, left="id", right=7, since=_stamp(since))
+                return ack.seq, await w.matched(run_id), await w.keys(event)
+            finally:
+                await w.correlator.stop()
+
+    seq, facts, remaining = run(body())
+    assert [fact.payload for fact in facts] == [ev.EventMatch(data={"id": 7}, seq=seq)]
+    assert remaining == []
+
+
+async def _delivered(w: World, seq: int) -> bool:
+    info = await w.js.consumer_info("EVENTS", "correlator")
+    return info.ack_floor.stream_seq >= seq
+
+
+async def _until(condition, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.02)

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
@@ -35,7 +34,7 @@ from dagnats.domain.state import RunStatus
 
 from ..wire.facts import publish_fact
 from ..wire.names import EVENT_STREAM
-from .waiters import Waiter, candidates, purge_waiters, waiters_of
+from .waiters import Waiter, candidates, event_data, matched_fact, purge_waiters, waiters_of
 
 log = logging.getLogger("dagnats.correlator")
 CONSUMER = "correlator"
@@ -103,12 +102,8 @@ class Correlator:
         if not is_identifier(name):  # not an event name: it could not index anything
             log.warning("ignoring event on %s: not a valid event name", msg.subject)
             return
-        try:
-            data: Any = msgspec.json.decode(msg.data) if msg.data else None
-        except msgspec.DecodeError:
-            data = msg.data.decode(errors="replace")
         meta = msg.metadata
-        await self.correlate(name, data, meta.timestamp, meta.sequence.stream)
+        await self.correlate(name, event_data(msg.data), meta.timestamp, meta.sequence.stream)
 
     async def correlate(self, name: str, data: Any, at: datetime, seq: int) -> int:
         """Hand event ``name`` (``data``, published at ``at`` as stream sequence ``seq``)
@@ -131,15 +126,7 @@ class Correlator:
             reason = f"cancelled by event {waiter.event}"
             await self.cancel(waiter.run_id, reason, f"cancel-on.{waiter.event}.{seq}")
             return
-        fact = ev.StepWaitMatched(
-            run_id=waiter.run_id,
-            step_id=waiter.step_id,
-            attempt=waiter.attempt,
-            timestamp=ev.format_timestamp(datetime.now(UTC)),
-            payload=ev.EventMatch(data=data, seq=seq),
-            id=ev.fact_id(ev.STEP_WAIT_MATCHED, waiter.step_id, waiter.attempt),
-        )
-        await publish_fact(self.js, fact)
+        await publish_fact(self.js, matched_fact(waiter, data, seq))
 
     # ---- the sweep ----------------------------------------------------------------------
 

@@ -22,6 +22,11 @@ and "42.0" share a key; 42 equals "42" because eq falls back to text), so a
 match is never missed; the final compare rejects the extras. Removing a
 waiter purges its subject instead of writing a delete marker: markers would
 stay on ``E.cmp.>`` and ``E.all.>`` forever and every lookup would read them.
+
+A step's waiter is stored a moment after its wait began (``since``, in the
+run's history); an event published in that moment may reach the correlator
+before the waiter does. So registering reads the events stored since then
+once, and hands the step the first that matches.
 """
 
 from __future__ import annotations
@@ -30,20 +35,23 @@ import hashlib
 import logging
 import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 
+from dagnats.domain import events as ev
 from dagnats.domain.actions import RegisterWaiter, RemoveWaiter
 from dagnats.domain.conditions import compare, value_text
-from dagnats.domain.events import parse_timestamp
 from dagnats.domain.paths import PathNotFound, extract_dot_path
 
-from ..wire.names import WAITERS_BUCKET
-from ..wire.reading import kv_entries
+from ..wire.facts import publish_fact
+from ..wire.headers import STORED_AT
+from ..wire.names import EVENT_STREAM, WAITERS_BUCKET
+from ..wire.reading import kv_entries, stored_batches
+from ..wire.subjects import event_subject
 
 log = logging.getLogger("dagnats.waiters")
 
@@ -70,11 +78,11 @@ class Waiter(msgspec.Struct, frozen=True, omit_defaults=True):
         return not self.step_id
 
     def expired(self, at: datetime) -> bool:
-        return bool(self.expires_at) and at > parse_timestamp(self.expires_at)
+        return bool(self.expires_at) and at > ev.parse_timestamp(self.expires_at)
 
     def matches(self, data: Any, at: datetime) -> bool:
         """Whether an event with ``data``, published at ``at``, is the one this waiter waits for."""
-        if self.since and at < parse_timestamp(self.since):
+        if self.since and at < ev.parse_timestamp(self.since):
             return False
         if not self.op:
             return True
@@ -163,6 +171,26 @@ async def register_step_waiter(js: JetStreamContext, run_id: str, waiter: Regist
         expires_at=waiter.expires_at,
     )
     await put_waiter(js, record)
+    await _hand_an_earlier_event(js, record)
+
+
+async def _hand_an_earlier_event(js: JetStreamContext, waiter: Waiter) -> None:
+    """The run records ``since`` before its outbox stores the waiter: an event published
+    in between may have reached the correlator with no waiter to take it. Look for one
+    among the events stored since (usually none: one request). If the correlator hands
+    the step a later event at the same moment, the fact's id makes the first one win."""
+    if not waiter.since:
+        return
+    since = ev.parse_timestamp(waiter.since)
+    async for msg in stored_batches(js, EVENT_STREAM, event_subject(waiter.event), since=since):
+        at = ev.parse_timestamp(msg.headers[STORED_AT]) if msg.headers and STORED_AT in msg.headers else since
+        if waiter.expired(at):
+            return
+        data = event_data(msg.data or b"")
+        if waiter.matches(data, at):
+            await publish_fact(js, matched_fact(waiter, data, msg.seq or 0))
+            await purge_waiters(js, waiter_key(waiter))
+            return
 
 
 async def remove_step_waiter(js: JetStreamContext, run_id: str, waiter: RemoveWaiter) -> None:
@@ -171,6 +199,29 @@ async def remove_step_waiter(js: JetStreamContext, run_id: str, waiter: RemoveWa
     # wildcard purge needs neither.
     tail = f"{run_id}.{waiter.step_id}"
     await purge_waiters(js, f"{waiter.event}.eq.*.*.{tail}" if waiter.op == "eq" else f"{waiter.event}.cmp.{tail}")
+
+
+# ---- matching ------------------------------------------------------------------------
+
+
+def event_data(raw: bytes) -> Any:
+    """An event's data: JSON, or else its text."""
+    try:
+        return msgspec.json.decode(raw) if raw else None
+    except msgspec.DecodeError:
+        return raw.decode(errors="replace")
+
+
+def matched_fact(waiter: Waiter, data: Any, seq: int) -> ev.StepWaitMatched:
+    """What a step's waiter reports to its run when event ``seq`` (``data``) matches."""
+    return ev.StepWaitMatched(
+        run_id=waiter.run_id,
+        step_id=waiter.step_id,
+        attempt=waiter.attempt,
+        timestamp=ev.format_timestamp(datetime.now(UTC)),
+        payload=ev.EventMatch(data=data, seq=seq),
+        id=ev.fact_id(ev.STEP_WAIT_MATCHED, waiter.step_id, waiter.attempt),
+    )
 
 
 # ---- reading ---------------------------------------------------------------------------
