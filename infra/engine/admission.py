@@ -5,18 +5,18 @@ All state is in KV with compare-and-set, so several engine processes agree:
   (first writer wins) before the run is published.
 - ``singleton_locks``: workflow[.hash(value)] -> run id. A lock whose run is
   terminal is free; taking or moving a lock is a CAS on its revision.
-- ``event_waiters``: <event>.<run> -> the run's cancel_on matches with the
-  right-hand side resolved from the input when the run starts.
+- ``event_waiters``: the run's cancel_on entries, their right-hand sides
+  resolved from the input when the run starts (key layout in ``waiters.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from dagnats.domain.definition import WorkflowDef
@@ -24,19 +24,12 @@ from dagnats.domain.errors import SingletonConflict
 from dagnats.domain.paths import PathNotFound, extract_dot_path
 from dagnats.domain.state import RunStatus
 
-from ..wire.names import IDEMPOTENCY_BUCKET, SINGLETON_BUCKET, WAITERS_BUCKET
+from ..wire.names import IDEMPOTENCY_BUCKET, SINGLETON_BUCKET
+from .waiters import Waiter, cancel_slot, put_waiter
+
+log = logging.getLogger("dagnats.admission")
 
 RunStatusOf = Callable[[str], Awaitable[RunStatus | None]]
-
-
-class Waiter(msgspec.Struct, frozen=True):
-    run_id: str
-    event: str
-    left: str = ""
-    op: str = "eq"
-    right: Any = None
-    has_match: bool = False
-    expires_at: str = ""
 
 
 def _digest(*parts: str) -> str:
@@ -61,7 +54,6 @@ class Admission:
     async def open(self) -> None:
         self.idempotency = await self.js.key_value(IDEMPOTENCY_BUCKET)
         self.singletons = await self.js.key_value(SINGLETON_BUCKET)
-        self.waiters = await self.js.key_value(WAITERS_BUCKET)
 
     # ---- idempotency ----------------------------------------------------------------
 
@@ -120,37 +112,28 @@ class Admission:
 
     # ---- cancel_on waiters ----------------------------------------------------------------
 
-    async def register_waiters(self, wf: WorkflowDef, data: Any, run_id: str, expires_at: Callable[[int], str]) -> None:
+    async def register_waiters(self, wf: WorkflowDef, data: Any, run_id: str, after: Callable[[int], str]) -> None:
+        """Store the run's cancel_on entries as waiters (``waiters.py``); ``after(ns)`` is the
+        instant ``ns`` after the run's start. An entry whose right side names an input field
+        the input lacks cannot match, and is not stored."""
         for i, cancel in enumerate(wf.cancel_on):
-            match = cancel.match
-            right: Any = None
+            match, right = cancel.match, None
             if match is not None:
                 right = match.right
-                if isinstance(right, str) and right.startswith("input."):
+                if right.startswith("input."):
                     try:
                         right = extract_dot_path(data, right[len("input.") :])
                     except PathNotFound:
-                        right = None
+                        log.info("run %s: cancel_on %s cannot match: no input %s", run_id, cancel.event, match.right)
+                        continue
             waiter = Waiter(
                 run_id=run_id,
                 event=cancel.event,
+                slot=cancel_slot(i),
                 left=match.left if match else "",
-                op=match.op if match else "eq",
+                op=match.op if match else "",
                 right=right,
-                has_match=match is not None,
-                expires_at=expires_at(int(cancel.timeout)) if cancel.timeout else "",
+                since=after(0),
+                expires_at=after(int(cancel.timeout)) if cancel.timeout else "",
             )
-            await self.waiters.put(f"{cancel.event}.{run_id}.{i}", msgspec.json.encode(waiter))
-
-
-def waiter_matches(waiter: Waiter, data: Any) -> bool:
-    """``left`` is a dot-path into the event's data; values compare as text."""
-    if not waiter.has_match:
-        return True
-    try:
-        left = extract_dot_path(data, waiter.left)
-    except PathNotFound:
-        return False
-    if waiter.right is None:
-        return False
-    return _value_text(left) == _value_text(waiter.right)
+            await put_waiter(self.js, waiter)

@@ -30,3 +30,6 @@ TRACESTATE = "tracestate"
 # ("wrong last sequence"); 10164 is a constant variant of the same failure.
 WRONG_LAST_SEQUENCE = 10071
 WRONG_LAST_SEQUENCE_CODES = frozenset({WRONG_LAST_SEQUENCE, 10164})
+
+# On a message read by a direct get: when the stream stored it (RFC3339, nanoseconds).
+STORED_AT = "Nats-Time-Stamp"

@@ -14,6 +14,8 @@ before it has delivered every entry).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
@@ -43,23 +45,30 @@ _DIRECT_TIMEOUT = 5.0
 
 
 async def stored_batches(
-    js: JetStreamContext, stream: str, subject: str, after_seq: int = 0, batch: int = DIRECT_BATCH
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    after_seq: int = 0,
+    batch: int = DIRECT_BATCH,
+    since: datetime | None = None,
 ) -> AsyncIterator[RawStreamMsg]:
-    """The messages stored on ``subject`` after ``after_seq``, oldest first, fetched in batches."""
+    """The messages stored on ``subject`` after ``after_seq`` (or, given ``since``, stored
+    at or after that instant), oldest first, fetched in batches."""
     nc = js._nc  # nats-py has no batched direct get of its own: the request is made here
     seq = after_seq + 1
+    position: dict[str, Any] = {"start_time": since.astimezone(UTC).isoformat()} if since else {"seq": seq}
     while True:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         try:
-            request = _ENCODER.encode({"seq": seq, "next_by_subj": subject, "batch": batch})
+            request = _ENCODER.encode({**position, "next_by_subj": subject, "batch": batch})
             await nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
             pending, last = 0, seq - 1
             while True:
                 msg = await sub.next_msg(timeout=_DIRECT_TIMEOUT)
                 headers = msg.headers or {}
                 status = headers.get("Status")
-                if status == "503":  # the stream does not allow direct gets: one by one
+                if status == "503":  # the stream does not allow direct gets: one by one (from after_seq)
                     async for stored in stored_messages(js, stream, subject, seq - 1):
                         yield stored
                     return
@@ -75,6 +84,7 @@ async def stored_batches(
         if not pending:
             return
         seq = last + 1
+        position = {"seq": seq}
 
 
 async def first_message(js: JetStreamContext, stream: str, subject: str) -> RawStreamMsg | None:
