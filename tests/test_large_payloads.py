@@ -178,6 +178,7 @@ def test_a_list_of_10000_runs_out_of_11400_arrives_in_pages(nats_url, run):
                     return await h.client.start("listed", n)
 
             started = await asyncio.gather(*(start(n) for n in range(11_400)))
+            await h.wait_status(started[-1], "running", timeout=120)  # the engine has recorded them all
             listed = await h.client.runs(workflow="listed", limit=10_000)
             page = await h.client.request("run.list", {"workflow": "listed", "limit": 10_000})
             return started, listed, page
