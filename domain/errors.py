@@ -187,3 +187,11 @@ class RateLimited(DagnatsError):
     def __init__(self, message: str, retry_after: float) -> None:
         self.retry_after = max(0.0, float(retry_after))
         super().__init__(message)
+
+
+class SignalTimeout(DagnatsError, TimeoutError):
+    """A handler's wait for a signal ended without one."""
+
+    def __init__(self, run_id: str, step_id: str, name: str, timeout: float) -> None:
+        self.run_id, self.step_id, self.name, self.timeout = run_id, step_id, name, timeout
+        super().__init__(f"run {run_id} step {step_id}: signal {name!r} did not arrive within {timeout:g} s")
