@@ -321,7 +321,7 @@ class RunActor(pykka.ThreadingActor):
         drops = [a for a in actions if isinstance(a, DropTask)]
         if drops:
             self.ports.tasks.drop(drops)
-        outgoing = [a for a in actions if isinstance(a, OUTBOX_ACTIONS)]
+        outgoing: list[Action] = [a for a in actions if isinstance(a, OUTBOX_ACTIONS)]
         if outgoing:
             self.ports.outbox.send(self.run_id, outgoing, self.run.trace_parent)
         for action in actions:

@@ -213,3 +213,11 @@ class InvalidApprovalToken(DagnatsError, PermissionError):
     def __init__(self, run_id: str, step_id: str) -> None:
         self.run_id, self.step_id = run_id, step_id
         super().__init__(f"the approval token for step {step_id} of run {run_id} is wrong or has expired")
+
+
+class SignalTimeout(DagnatsError, TimeoutError):
+    """A handler's wait for a signal ended without one."""
+
+    def __init__(self, run_id: str, step_id: str, name: str, timeout: float) -> None:
+        self.run_id, self.step_id, self.name, self.timeout = run_id, step_id, name, timeout
+        super().__init__(f"run {run_id} step {step_id}: signal {name!r} did not arrive within {timeout:g} s")

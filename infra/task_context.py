@@ -1,20 +1,25 @@
-"""One task, from the fetched message to the acked one: what a handler sees and how it runs.
+"""One task, from the fetched message to the acked one: how a handler runs and what it reports.
 
 A handler is ``f(ctx)`` or ``f(ctx, arg: T)``, sync or async. ``TaskHandler``
 reads the signature once at registration; for each task it decodes the input
 into ``T`` with msgspec, calls the function, and turns the return value or the
-exception into an ``Outcome``. Input that does not decode and output that
-does not encode are permanent failures: running again cannot fix them.
+exception into an ``Outcome``: a value makes ``step.completed``, a
+``Continue(data)`` makes ``step.continue`` (``data`` is the next agent_loop
+iteration's input). Input that does not decode and output that does not
+encode are permanent failures: running again cannot fix them.
 
 ``TaskRunner`` takes one message through
 
-    handler (+ step.started if it runs > 50 ms) -> step.completed | step.failed -> ack
+    handler (+ step.started if it runs > 50 ms, step.waiting while it waits for a signal)
+      -> [steps.added] -> step.completed | step.continue | step.failed -> ack
 
 publishing each fact to ``inbox.<run>`` with ``Nats-Msg-Id = <run>.<fact id>``
-(a redelivered task reports again harmlessly). The task is acked only once the
-result's PubAck is in; a fact that cannot be stored NAKs the task, which then
-runs again (at-least-once). ``in_progress`` every ack_wait/3 keeps a long task
-from being redelivered to another worker meanwhile.
+(a redelivered task reports again harmlessly). The steps a successful
+handler added (``ctx.add_step``) go out as one ``steps.added`` just before
+its result. The task is acked only once the result's PubAck is in; a fact
+that cannot be stored NAKs the task, which then runs again (at-least-once).
+``in_progress`` every ack_wait/3 keeps a long task from being redelivered to
+another worker meanwhile. What the handler's ``ctx`` can do is in context.py.
 """
 
 from __future__ import annotations
@@ -27,30 +32,35 @@ import random
 import typing
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 from opentelemetry import propagate, trace
 
 from dagnats.domain.errors import Permanent, RateLimited
 from dagnats.domain.events import (
     STEP_COMPLETED,
+    STEP_CONTINUE,
     STEP_FAILED,
     STEP_STARTED,
+    STEPS_ADDED,
     TASK_DECODER,
+    Event,
     FailureType,
     TaskPayload,
+    encode_event,
     fact_id,
     format_timestamp,
     make_event,
 )
 from dagnats.domain.identifiers import check_identifier
 
+from .added_steps import AddedSteps
+from .context import Continue, TaskContext, TaskIO
 from .wire.facts import publish_fact
 from .wire.headers import TRACEPARENT
 from .wire.subjects import inbox_subject
@@ -60,24 +70,6 @@ _tracer = trace.get_tracer("dagnats.worker")
 
 MAX_ERROR_CHARS = 16_384  # the engine keeps less; this only keeps a fact under max_payload
 STARTED_REPORT_DELAY = 0.05  # seconds a handler runs before its step.started is sent
-
-
-@dataclass(frozen=True)
-class TaskContext:
-    """The task being executed: ids, attempt and a heartbeat."""
-
-    run_id: str
-    step_id: str
-    attempt: int
-    task: str
-    worker_id: str
-    workflow_name: str = ""
-    trace_parent: str = ""
-    _beat: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
-
-    def heartbeat(self) -> None:
-        """Tell JetStream the task is still being worked on (safe from any thread)."""
-        self._beat()
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -124,10 +116,7 @@ class TaskHandler:
             return failure(str(err), FailureType.RATE_LIMITED, round(err.retry_after * 1000))
         except Exception as err:  # noqa: BLE001 - any other error is the engine's to retry
             return failure(f"{type(err).__name__}: {err}", FailureType.TRANSIENT)
-        try:
-            return Outcome(STEP_COMPLETED, msgspec.to_builtins(result))
-        except (TypeError, ValueError, OverflowError) as err:
-            return failure(f"output does not encode as JSON: {err}", FailureType.PERMANENT)
+        return _result(ctx, result)
 
     async def _call(self, args: tuple[Any, ...], executor: Executor) -> Any:
         if self.is_async:
@@ -137,18 +126,37 @@ class TaskHandler:
         return await asyncio.get_running_loop().run_in_executor(executor, context.run, self.func, *args)
 
 
+def _result(ctx: TaskContext, result: Any) -> Outcome:
+    """The fact a handler's return value makes."""
+    if isinstance(result, Continue):
+        # Only an agent_loop goes on after step.continue; any other step would wait for ever.
+        if ctx.step_type and ctx.step_type != "agent_loop":
+            return failure(
+                f"Continue is for agent_loop steps; step {ctx.step_id} is a {ctx.step_type} step",
+                FailureType.PERMANENT,
+            )
+        fact, value, what = STEP_CONTINUE, result.data, "Continue data"
+    else:
+        fact, value, what = STEP_COMPLETED, result, "output"
+    try:
+        return Outcome(fact, msgspec.to_builtins(value))
+    except (TypeError, ValueError, OverflowError) as err:
+        return failure(f"{what} does not encode as JSON: {err}", FailureType.PERMANENT)
+
+
 class TaskRunner:
     """Runs one fetched task message through its handler and reports the facts."""
 
     def __init__(self, js: JetStreamContext, worker_id: str, ack_wait: float, executor: Executor) -> None:
         self.js, self.worker_id, self.ack_wait, self.executor = js, worker_id, ack_wait, executor
+        self._buckets: dict[str, KeyValue] = {}
 
     async def run(self, msg: Msg, task: str, handler: TaskHandler) -> None:
         """Execute the task in ``msg`` and settle the message (ack, nak or term)."""
         payload = await self._payload(msg)
         if payload is None:
             return
-        ctx = self._context(msg, task, payload)
+        ctx, io = self._context(msg, task, payload)
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         # step.started goes out only if the handler is still running after a short
         # while (the engine needs it for timeouts and to show the step running); a
@@ -165,10 +173,11 @@ class TaskRunner:
             report_start.cancel()
             if started:
                 await started[0]
-            stored = await self._report(ctx, outcome, started_at="" if started else began)
+            stored = await self._conclude(ctx, outcome, io.added, started_at="" if started else began)
         finally:
             report_start.cancel()
             keep_alive.cancel()
+            io.close()
         await settle(msg.ack() if stored else msg.nak(delay=random.uniform(1.0, 5.0)))
 
     async def _payload(self, msg: Msg) -> TaskPayload | None:
@@ -182,14 +191,18 @@ class TaskRunner:
             return None
         return payload
 
-    def _context(self, msg: Msg, task: str, payload: TaskPayload) -> TaskContext:
+    def _context(self, msg: Msg, task: str, payload: TaskPayload) -> tuple[TaskContext, TaskIO]:
         loop = asyncio.get_running_loop()
 
         def beat() -> None:
             if not loop.is_closed():  # else the worker has stopped: nothing to extend
                 asyncio.run_coroutine_threadsafe(settle(msg.in_progress()), loop)
 
-        return TaskContext(
+        async def report(ctx: TaskContext, fact: str, data: Any, nth: int) -> bool:
+            return await self._report(ctx, Outcome(fact, data), nth=nth)
+
+        io = TaskIO(loop, self._bucket, report, beat, AddedSteps(payload.step_id))
+        ctx = TaskContext(
             run_id=payload.run_id,
             step_id=payload.step_id,
             attempt=payload.attempt or msg.metadata.num_delivered,
@@ -197,8 +210,19 @@ class TaskRunner:
             worker_id=self.worker_id,
             workflow_name=payload.workflow_name,
             trace_parent=(msg.headers or {}).get(TRACEPARENT) or payload.traceparent,
-            _beat=beat,
+            iteration=payload.iteration,
+            instance=payload.instance,
+            metadata=dict(payload.metadata or {}),
+            step_type=payload.step_type,
+            _io=io,
         )
+        return ctx, io
+
+    async def _bucket(self, name: str) -> KeyValue:
+        """The KV bucket ``name``, looked up once per worker."""
+        if name not in self._buckets:
+            self._buckets[name] = await self.js.key_value(name)
+        return self._buckets[name]
 
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
@@ -233,9 +257,45 @@ class TaskRunner:
             )
         return outcome
 
-    async def _report(self, ctx: TaskContext, outcome: Outcome, at: str = "", started_at: str = "") -> bool:
-        """Publish one fact to the run's inbox; True once JetStream has stored it."""
-        event = make_event(
+    async def _conclude(self, ctx: TaskContext, outcome: Outcome, added: AddedSteps, started_at: str) -> bool:
+        """Report the attempt's result, after the steps it added if it succeeded; True once stored.
+
+        Sizes are checked before anything is sent: a result or a set of added
+        steps too large to report fails the attempt, which then adds nothing.
+        """
+        result = self._event(ctx, outcome, started_at=started_at)
+        facts = [(result, encode_event(result), _RESULT_NAMES.get(outcome.type, outcome.type))]
+        fragment = None if outcome.failed else added.fragment()
+        if fragment is not None:
+            steps = self._event(ctx, Outcome(STEPS_ADDED, fragment))
+            facts.insert(0, (steps, encode_event(steps), f"the {len(fragment.steps)} added steps"))
+        limit = self.js._nc.max_payload
+        too_large = [
+            f"{what} too large: {len(body)} bytes, over max_payload {limit}"
+            for _, body, what in facts
+            if len(body) > limit
+        ]
+        if too_large and not outcome.failed:  # running again cannot shrink them
+            return await self._report(ctx, failure(too_large[0], FailureType.PERMANENT), started_at=started_at)
+        for event, body, _ in facts:
+            if not await self._publish(event, body):
+                return False
+        return True
+
+    async def _report(
+        self, ctx: TaskContext, outcome: Outcome, at: str = "", started_at: str = "", nth: int = 1
+    ) -> bool:
+        """Publish one fact to the run's inbox; True once JetStream has stored it.
+
+        ``nth``: the attempt's nth fact of this type (its id gets ``.<nth>`` after the
+        first), for facts an attempt may report more than once (step.waiting).
+        """
+        event = self._event(ctx, outcome, at, started_at, nth)
+        return await self._publish(event, encode_event(event))
+
+    def _event(self, ctx: TaskContext, outcome: Outcome, at: str = "", started_at: str = "", nth: int = 1) -> Event:
+        fact = fact_id(outcome.type, ctx.step_id, ctx.attempt, ctx.instance)
+        return make_event(
             outcome.type,
             ctx.run_id,
             outcome.payload,
@@ -244,22 +304,22 @@ class TaskRunner:
             started_at=started_at,
             trace_parent=ctx.trace_parent,
             attempt=ctx.attempt,
+            instance=ctx.instance,
             worker_id=self.worker_id,
-            id=fact_id(outcome.type, ctx.step_id, ctx.attempt),
+            id=fact if nth == 1 else f"{fact}.{nth}",
         )
+
+    async def _publish(self, event: Event, body: bytes) -> bool:
         try:
-            await publish_fact(self.js, event)
-        except MaxPayloadError as err:
-            if not outcome.failed:  # running again cannot shrink the output
-                return await self._report(
-                    ctx, failure(f"output too large: {err}", FailureType.PERMANENT), started_at=started_at
-                )
-            log.warning("cannot report %s for run %s: %s", outcome.type, ctx.run_id, err)
-            return False
+            await publish_fact(self.js, event, body=body)
         except Exception as err:  # noqa: BLE001 - the task is NAKed and runs again
-            log.warning("cannot report %s for run %s: %s", outcome.type, ctx.run_id, describe(err))
+            log.warning("cannot report %s for run %s: %s", event.type, event.run_id, describe(err))
             return False
         return True
+
+
+# What a successful result's payload is, in "... too large".
+_RESULT_NAMES = {STEP_COMPLETED: "output", STEP_CONTINUE: "Continue data"}
 
 
 async def settle(coro: Coroutine[Any, Any, Any]) -> None:

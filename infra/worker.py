@@ -39,15 +39,15 @@ import nats
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from dagnats.domain.errors import TaskAlreadyRegistered, WorkerLoadError
+from dagnats.domain.errors import SignalTimeout, TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.identifiers import check_identifier, is_identifier
 
+from .context import Continue, TaskContext
 from .handler_threads import HandlerThreads, exit_if_handlers_hang
 from .registry import Heartbeat
 from .task_context import (
     Permanent,
     RateLimited,
-    TaskContext,
     TaskHandler,
     TaskRunner,
     describe,
@@ -59,7 +59,7 @@ from .wire.names import TASK_STREAM
 from .wire.reading import more_pending
 from .wire.subjects import task_filter
 
-__all__ = ["Worker", "TaskContext", "Permanent", "RateLimited", "load_worker"]
+__all__ = ["Worker", "TaskContext", "Continue", "Permanent", "RateLimited", "SignalTimeout", "load_worker"]
 
 log = logging.getLogger("dagnats.worker")
 

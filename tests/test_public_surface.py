@@ -10,7 +10,7 @@ from dagnats.infra.cli import build_parser
 def test_the_worker_sdk_exports_its_pinned_names():
     from dagnats.infra import worker
 
-    assert {"Worker", "TaskContext", "Permanent"} <= set(worker.__all__)
+    assert {"Worker", "TaskContext", "Permanent", "Continue", "SignalTimeout"} <= set(worker.__all__)
     w = worker.Worker("nats://127.0.0.1:1")
     assert callable(w.task) and callable(w.run)
 

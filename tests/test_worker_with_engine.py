@@ -1,0 +1,66 @@
+"""The worker-side features with the real engine: an agent loop with checkpoints, a
+signal sent through the control plane, steps a handler adds to its run."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dagnats.infra.worker import Continue, TaskContext, Worker
+
+from harness import EngineHarness
+from worker_support import running
+
+
+def test_agent_loop_iterates_with_checkpoints_waits_for_a_signal_and_adds_a_step(nats_url, run):
+    w = Worker(nats_url)
+
+    @w.task("agent")
+    async def agent(ctx: TaskContext, n: int):
+        notes = await ctx.last_checkpoint() or []
+        notes.append(ctx.iteration)
+        await ctx.checkpoint(notes)
+        if n < 2:
+            return Continue(n + 1)
+        verdict = await ctx.wait_for_signal("verdict", timeout=10)
+        ctx.add_step("report", "reporter", input={"notes": notes, "verdict": verdict})
+        return {"notes": notes, "role": ctx.metadata.get("role")}
+
+    @w.task("reporter")
+    def reporter(ctx: TaskContext, data):
+        return data
+
+    definition = {
+        "name": "loop",
+        "steps": [
+            {
+                "id": "think",
+                "task": "agent",
+                "type": "agent_loop",
+                "metadata": {"role": "critic"},
+                "config": {"max_iterations": 5},
+            }
+        ],
+    }
+
+    async def body():
+        async with EngineHarness(nats_url) as h, running(w):
+            await h.client.register(definition)
+            run_id = await h.client.start("loop", 0)
+            await until_recorded(h, run_id, "step.waiting")
+            await h.client.signal(run_id, "verdict", "good")
+            done = await h.wait_status(run_id, {"completed", "failed"})
+            return done, [e["type"] for e in await h.client.events(run_id) if e.get("step_id") == "think"]
+
+    done, think = run(body())
+    assert done["status"] == "completed", done
+    assert done["steps"]["think"]["output"] == {"notes": [0, 1, 2], "role": "critic"}
+    assert done["steps"]["report"]["output"] == {"notes": [0, 1, 2], "verdict": "good"}
+    worker_facts = [t for t in think if t in ("step.continue", "step.waiting", "steps.added", "step.completed")]
+    assert worker_facts == ["step.continue", "step.continue", "step.waiting", "steps.added", "step.completed"]
+
+
+async def until_recorded(h: EngineHarness, run_id: str, event_type: str, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not any(e["type"] == event_type for e in await h.client.events(run_id)):
+        assert asyncio.get_running_loop().time() < deadline, f"no {event_type} recorded for run {run_id}"
+        await asyncio.sleep(0.05)
