@@ -211,6 +211,7 @@ def _queued(run: st.WorkflowRun, step: st.StepState, event: ev.StepQueued) -> st
         task=payload.task or step.task,
         queued_at=event.timestamp,
         started_at="",
+        finished_at="",
         retry_at="",
     )
 

@@ -49,6 +49,7 @@ from dagnats.domain.validate import validate
 
 from ..wire import control as wire
 from ..wire.facts import publish_fact
+from ..wire.keys import signal_key
 from ..wire.names import API_PREFIX, API_QUEUE, SIGNALS_BUCKET
 from ..wire.notices import await_run
 from ..wire.timers import pending_timers
@@ -287,7 +288,7 @@ class ControlPlane:
     async def signal_run(self, req: wire.SignalRun) -> dict[str, Any]:
         run = await self.reader.get(req.run_id)
         name = check_identifier("signal name", req.name)
-        await self.signals.put(f"{run.run_id}.{name}", msgspec.json.encode(req.data))
+        await self.signals.put(signal_key(run.run_id, name), msgspec.json.encode(req.data))
         return {"run_id": run.run_id, "signal": name, "sent": True}
 
     async def cancel_by(self, run_id: str, reason: str, fact_id: str) -> None:
