@@ -69,6 +69,27 @@ class OutboxPort(Protocol):
         crash before then redelivers the fact, and the rebuilt run asks again)."""
 
 
+class LimitStore(Protocol):
+    """Flow control's state: one KV entry per limit key, changed by compare-and-set."""
+
+    def load(self, key: str) -> tuple[bytes | None, int]:
+        """The entry's value (None if absent) and its revision (0 if absent)."""
+
+    def save(self, key: str, value: bytes, revision: int) -> int:
+        """Write if the entry is still at ``revision``; the new revision (raises
+        WrongLastSequence if someone else wrote meanwhile)."""
+
+    def keys(self) -> list[str]:
+        """Every limit key."""
+
+    def admit(self, event: Event) -> None:
+        """Tell a waiting run it was admitted: the fact into its inbox (in the background)."""
+
+    def holders(self, run_id: str) -> set[str] | None:
+        """Who, of that run, may hold slots now (its admitted attempts, or the run itself);
+        None if the run does not exist."""
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...
 

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from .events import Event, TaskPayload
+from .limits import LimitRequest
 
 
 class AppendEvent(msgspec.Struct, frozen=True, tag=True):
@@ -111,6 +112,27 @@ class StartChildRun(msgspec.Struct, frozen=True, tag=True):
     depth: int = 0
 
 
+class Acquire(msgspec.Struct, frozen=True, tag=True):
+    """Ask flow control to admit a step's next attempt (or the run): every request must pass.
+
+    The shell answers with a fact it records at once — ``step.admitted`` or
+    ``step.limited`` (``workflow.admitted`` / ``workflow.limited`` for a run) —
+    so a rebuilt run knows what it holds and never acquires twice."""
+
+    requests: tuple[LimitRequest, ...]
+    holder: str
+    step_id: str = ""
+    attempt: int = 0
+    instance: int | None = None
+
+
+class Release(msgspec.Struct, frozen=True, tag=True):
+    """Free the slot ``holder`` holds in pool ``key`` (its attempt, or its run, ended)."""
+
+    key: str
+    holder: str
+
+
 class PublishFact(msgspec.Struct, frozen=True, tag=True):
     """Put a fact into another run's inbox (a child's outcome to its parent, a cancel to a child)."""
 
@@ -128,4 +150,6 @@ Action = (
     | RemoveWaiter
     | StartChildRun
     | PublishFact
+    | Acquire
+    | Release
 )

@@ -28,6 +28,7 @@ from .decision import DEFAULT_MAX_MESSAGE, Decision, encoded_size, rate_limited_
 from .durations import format_duration
 from .fold import fold
 from .kinds import FACT_HANDLERS, RECOVERIES, TIMER_HANDLERS
+from .kinds.admission import released
 from .kinds.children import cancels_for_children, outcome_for_parent
 from .kinds.waits import removal, waits_of
 from .timers import (
@@ -215,6 +216,7 @@ def _ended(before: st.WorkflowRun, after: st.WorkflowRun, event: ev.Event, now: 
         for step_id, _, waiting in waits_of(before)
         if step_id in ended_waits and after.step(step_id).status != st.StepStatus.COMPLETED
     ]
+    actions += released(before, after)
     if after.is_terminal and not before.is_terminal:
         actions += _dropped_tasks(before, after, now)
         actions += cancels_for_children(before, after)

@@ -23,11 +23,12 @@ import msgspec
 from . import conditions, templates
 from . import events as ev
 from . import state as st
-from .actions import ALL_ATTEMPTS, Action, AppendEvent, DropTask, EnqueueTask
+from .actions import ALL_ATTEMPTS, Acquire, Action, AppendEvent, DropTask, EnqueueTask
 from .definition import StepDef, WorkflowDef
 from .durations import HOUR, MILLISECOND
 from .fold import INPUT_FROM_COMPENSATION, INPUT_FROM_ON_FAILURE, INPUT_FROM_PREVIOUS, INPUT_FROM_WIRING, fold
 from .identifiers import is_identifier
+from .limits import LimitProblem, holder_id, step_limits
 from .resolve import (
     compensation_context,
     failed_upstream,
@@ -51,6 +52,8 @@ DEFAULT_MAX_MESSAGE = 1024 * 1024 - 4096
 # Room a task message needs besides its input (ids, names, trace context).
 TASK_ENVELOPE = 2048
 
+# Step types whose tasks flow control may hold (the others have no task).
+LIMITED_TYPES = frozenset({"normal", "agent", "agent_loop", "planner", "map"})
 # Step types the engine runs without a worker's task (a retry starts them afresh).
 ENGINE_RUN_TYPES = frozenset({"sleep", "approval", "wait_for_event", "sub_workflow"})
 
@@ -145,9 +148,12 @@ class Decision:
         self.dispatch(step, attempt, state.input, sticky, INPUT_FROM_PREVIOUS, instance, parent.iterations)
 
     def start_again(self, step: StepDef, attempt: int, instance: int | None = None) -> None:
-        """The next attempt after a retry's backoff: a worker's task with the same input, or
-        a step the engine runs (a child, a wait) started afresh."""
-        if step.type in ENGINE_RUN_TYPES and instance is None:
+        """The next attempt after a retry's backoff (or an agent loop's next iteration): a
+        worker's task with the same input, or a step the engine runs (a child, a wait)
+        started afresh; a limited task waits for admission first."""
+        if self.needs_admission(step):
+            self.hold(step, self.next_input(step, instance), instance)
+        elif step.type in ENGINE_RUN_TYPES and instance is None:
             STARTERS[step.type](self, step, resolve_input(self.run, step))
         else:
             self.retry(step, attempt, instance=instance)
@@ -192,13 +198,58 @@ class Decision:
         for group in sorted({step.worker_group, self._group(step, True)}):
             self.actions.append(DropTask(step.task, self.run.run_id, step.id, up_to_attempt, group, instance))
 
-    def reject(self, step: StepDef, error: str) -> None:
-        """A step that cannot start (bad input for its type): it fails at once, for good."""
-        attempt = self.run.step(step.id).attempts + 1
-        self.append(ev.StepQueued, step.id, attempt, ev.Queued(task=step.task))
+    def reject(self, step: StepDef, error: str, instance: int | None = None) -> None:
+        """A step (or map element) that cannot start, for a reason no retry changes: it fails
+        at once, for good."""
+        attempt = self.state_of(step.id, instance).attempts + 1
+        self.append(ev.StepQueued, step.id, attempt, ev.Queued(task=step.task), instance=instance)
         failure = ev.Failure(error=error, failure_type=ev.FailureType.PERMANENT.value)
-        self.append(ev.StepFailed, step.id, attempt, failure)
-        self.handle_failure(step.id)
+        self.append(ev.StepFailed, step.id, attempt, failure, instance=instance)
+        self.handle_failure(step.id, instance=instance)
+
+    # ---- flow control ---------------------------------------------------------------
+
+    @property
+    def now_ms(self) -> int:
+        return int(self.now.timestamp() * 1000)
+
+    def needs_admission(self, step: StepDef) -> bool:
+        """A worker's task under a rate limit, a concurrency limit or a step singleton."""
+        limited = step.rate_limit or step.keyed_rate_limit or step.max_task_concurrency or step.singleton
+        return bool(limited) and step.type in LIMITED_TYPES
+
+    def hold(self, step: StepDef, data: Any, instance: int | None = None) -> None:
+        """The step's next attempt waits for admission (``step.held``); the shell asks flow
+        control at once and records its answer."""
+        state = self.state_of(step.id, instance)
+        attempt = state.attempts + 1
+        try:
+            requests = step_limits(self.defn, step, data, self.now_ms)
+        except LimitProblem as why:
+            self.reject(step, str(why), instance)
+            return
+        holder = holder_id(self.run.run_id, step.id, attempt, instance)
+        hold = ev.Hold(keys=tuple(r.key for r in requests), reason="; ".join(r.reason for r in requests))
+        self.append(ev.StepHeld, step.id, attempt, hold, instance=instance)
+        self.actions.append(Acquire(tuple(requests), holder, step.id, attempt, instance))
+
+    def next_input(self, step: StepDef, instance: int | None = None) -> Any:
+        """The input the step's next attempt gets: the previous attempt's, else its wiring's."""
+        state = self.state_of(step.id, instance)
+        if state.attempts:
+            return state.input
+        data = resolve_input(self.run, step)
+        return data[instance] if instance is not None else data
+
+    def start_admitted(self, step: StepDef, instance: int | None = None) -> None:
+        """Start an admitted attempt the way its step type starts."""
+        state = self.state_of(step.id, instance)
+        if state.attempts:
+            self.retry(step, state.attempts + 1, instance=instance)
+        elif instance is not None:
+            self.dispatch(step, 1, self.next_input(step, instance), input_from=INPUT_FROM_WIRING, instance=instance)
+        else:
+            STARTERS[step.type](self, step, resolve_input(self.run, step))
 
     def skip(self, step: StepDef, reason: str, cascade: bool) -> None:
         self.append(ev.StepSkipped, step.id, payload=ev.Skipped(reason=reason, cascade=cascade))
@@ -216,6 +267,8 @@ class Decision:
         while progressed:
             progressed = False
             for step in ready_steps(self.defn, self.run):
+                if self._at_max_steps():
+                    break
                 progressed |= self._start_or_skip(step)
         if is_complete(self.defn, self.run):
             self.complete()
@@ -239,8 +292,17 @@ class Decision:
         if starter is None:  # a type this engine does not run: fail, never hang
             self.reject(step, unsupported_step_type(step))
             return True
-        starter(self, step, data)
+        if self.needs_admission(step):
+            self.hold(step, data)
+        else:
+            starter(self, step, data)
         return self.run.step(step.id).status in st.TERMINAL_STEP_STATUSES
+
+    def _at_max_steps(self) -> bool:
+        """concurrency.max_steps: at most that many of the run's steps queued, running or held."""
+        cap = self.defn.concurrency.max_steps if self.defn.concurrency else 0
+        busy = sum(1 for s in self.run.steps.values() if s.status in st.HOLDING_STEP_STATUSES)
+        return bool(cap) and busy >= cap
 
     def _in_flight(self) -> bool:
         return any(s.status in st.IN_FLIGHT_STEP_STATUSES for s in self.run.steps.values())

@@ -59,6 +59,12 @@ PLANNER_MATERIALIZED = "planner.materialized"
 PLANNER_REJECTED = "planner.rejected"
 PLANNER_COMPLETED = "planner.completed"
 STEPS_ADDED = "steps.added"
+# Flow control: a step or run held by a limit, told to wait, admitted
+STEP_HELD = "step.held"
+STEP_LIMITED = "step.limited"
+STEP_ADMITTED = "step.admitted"
+RUN_LIMITED = "workflow.limited"
+RUN_ADMITTED = "workflow.admitted"
 # Approvals
 APPROVAL_REQUESTED = "approval.requested"
 APPROVAL_GRANTED = "approval.granted"
@@ -229,6 +235,28 @@ class Fragment(_Payload, frozen=True):
     """Steps added to a run while it runs (a planner's plan, a handler's add_step)."""
 
     steps: tuple[StepDef, ...] = ()
+
+
+class Hold(_Payload, frozen=True):
+    """The limits a step (or run) must pass before it starts, by key."""
+
+    keys: tuple[str, ...] = ()
+    reason: str = ""
+
+
+class Limited(_Payload, frozen=True):
+    """The flow control's answer to an admission it could not grant yet."""
+
+    key: str = ""
+    reason: str = ""
+    until: str = ""  # a rate limit: when a token is free
+    position: int = 0  # a slot pool: the place in its queue (1 = next)
+
+
+class Admission(_Payload, frozen=True):
+    """An admission granted: the pool keys whose slots the attempt (or run) now holds."""
+
+    holds: tuple[str, ...] = ()
 
 
 class TimerFire(_Payload, frozen=True):
@@ -419,6 +447,28 @@ class StepsAdded(EventBase, frozen=True, tag=STEPS_ADDED):
     payload: Fragment = Fragment()
 
 
+class StepHeld(EventBase, frozen=True, tag=STEP_HELD):
+    """A ready step waits for admission; ``attempt`` is the attempt it will start as."""
+
+    payload: Hold = Hold()
+
+
+class StepLimited(EventBase, frozen=True, tag=STEP_LIMITED):
+    payload: Limited = Limited()
+
+
+class StepAdmitted(EventBase, frozen=True, tag=STEP_ADMITTED):
+    payload: Admission = Admission()
+
+
+class RunLimited(EventBase, frozen=True, tag=RUN_LIMITED):
+    payload: Limited = Limited()
+
+
+class RunAdmitted(EventBase, frozen=True, tag=RUN_ADMITTED):
+    payload: Admission = Admission()
+
+
 class TimerFired(EventBase, frozen=True, tag=TIMER_FIRED):
     payload: TimerFire = TimerFire()
 
@@ -460,6 +510,11 @@ Event = (
     | PlannerRejected
     | PlannerCompleted
     | StepsAdded
+    | StepHeld
+    | StepLimited
+    | StepAdmitted
+    | RunLimited
+    | RunAdmitted
     | TimerFired
 )
 EVENT_CLASSES: dict[str, type[EventBase]] = {cls.__struct_config__.tag: cls for cls in Event.__args__}

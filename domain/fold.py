@@ -22,8 +22,8 @@ import msgspec
 from . import events as ev
 from . import state as st
 from .resolve import compensation_context, failure_context, resolve_input, run_output
-from .step_states import COMPLETING, RUN_CHANGES, STEP_MUTATORS
-from .transitions import ATTEMPT_OPENING, next_run_status, next_step_status
+from .step_states import COMPLETING, RUN_CHANGES, STEP_MUTATORS, limited_waiting
+from .transitions import ADMISSION, ATTEMPT_OPENING, next_run_status, next_step_status
 
 replace = msgspec.structs.replace
 
@@ -59,10 +59,11 @@ def _started(run: st.WorkflowRun, event: ev.WorkflowStarted) -> st.WorkflowRun:
     if run.definition is not None or event.payload is None:
         return run
     definition = event.payload.workflow_def
+    limited = definition.concurrency is not None and definition.concurrency.max_runs > 0
     return replace(
         run,
         workflow=definition.name,
-        status=st.RunStatus.RUNNING,
+        status=st.RunStatus.PENDING if limited else st.RunStatus.RUNNING,
         steps={step.id: st.StepState(task=step.task) for step in definition.steps},
         input=event.payload.input,
         created_at=event.timestamp,
@@ -90,7 +91,7 @@ def _run_event(
         return run
     changes: RunChanges = {"status": status, **mutator(run, event)}
     if status.is_terminal:
-        changes["completed_at"] = event.timestamp
+        changes.update(completed_at=event.timestamp, holds=(), waiting=None)
     return replace(run, **changes)
 
 
@@ -125,12 +126,24 @@ def _compensating(run: st.WorkflowRun, event: ev.WorkflowCompensating) -> RunCha
 
 def _cancel_unfinished(steps: dict[str, st.StepState], at: str) -> dict[str, st.StepState]:
     return {
-        sid: s if s.status in st.TERMINAL_STEP_STATUSES else replace(s, status=st.StepStatus.CANCELLED, finished_at=at)
+        sid: s
+        if s.status in st.TERMINAL_STEP_STATUSES
+        else replace(s, status=st.StepStatus.CANCELLED, finished_at=at, holds=(), admitted=False, waiting=None)
         for sid, s in steps.items()
     }
 
 
+def _run_limited(run: st.WorkflowRun, event: ev.RunLimited) -> RunChanges:
+    return {"waiting": limited_waiting(run.waiting, event.payload, event.timestamp)}
+
+
+def _run_admitted(run: st.WorkflowRun, event: ev.RunAdmitted) -> RunChanges:
+    return {"waiting": None, "holds": event.payload.holds}
+
+
 _RUN_MUTATORS: dict[type, Callable[[st.WorkflowRun, Any], RunChanges]] = {
+    ev.RunLimited: _run_limited,
+    ev.RunAdmitted: _run_admitted,
     ev.WorkflowCompleted: _completed_run,
     ev.WorkflowFailed: _ended,
     ev.WorkflowCancelled: _cancelled,
@@ -157,6 +170,8 @@ def _step_event(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
     if status is None or not _attempt_applies(step, event):
         return run
     updated = mutator(run, step if status == step.status else replace(step, status=status), event)
+    if updated.holds and updated.status not in st.HOLDING_STEP_STATUSES:
+        updated = replace(updated, holds=(), admitted=False)  # the attempt ended: its slots are free
     extra = RUN_CHANGES[type(event)](run, event) if type(event) in RUN_CHANGES else {}
     if updated is step and not extra:
         return run
@@ -190,6 +205,8 @@ def _instance_event(
     if status is None or not _attempt_applies(instance, event):
         return run
     updated = mutator(run, replace(instance, status=status), event)
+    if updated.holds and updated.status not in st.HOLDING_STEP_STATUSES:
+        updated = replace(updated, holds=(), admitted=False)
     instances = step.instances[:index] + (updated,) + step.instances[index + 1 :]
     return replace(run, steps={**run.steps, event.step_id: replace(step, instances=instances)})
 
@@ -197,6 +214,8 @@ def _instance_event(
 def _attempt_applies(step: st.StepState, event: ev.Event) -> bool:
     if event.type in ATTEMPT_OPENING:
         return event.attempt > step.attempts
+    if event.type in ADMISSION:
+        return event.attempt == step.attempts + 1
     if isinstance(event, (ev.StepSkipped, ev.StepRecovered)):
         return True
     return event.attempt == step.attempts

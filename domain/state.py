@@ -54,6 +54,8 @@ class StepStatus(StrEnum):
     RETRYING = "retrying"
     # An agent loop between iterations: its next one is queued after loop_delay.
     CONTINUING = "continuing"
+    # Ready, but held by a limit (a rate, a concurrency slot) until admitted.
+    WAITING = "waiting"
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -65,12 +67,14 @@ class StepStatus(StrEnum):
 DONE_STEP_STATUSES = frozenset({StepStatus.COMPLETED, StepStatus.SKIPPED, StepStatus.RECOVERED})
 TERMINAL_STEP_STATUSES = DONE_STEP_STATUSES | {StepStatus.FAILED, StepStatus.CANCELLED}
 IN_FLIGHT_STEP_STATUSES = frozenset({StepStatus.QUEUED, StepStatus.RUNNING})
+# Attempts that may hold concurrency slots.
+HOLDING_STEP_STATUSES = frozenset({StepStatus.WAITING, StepStatus.QUEUED, StepStatus.RUNNING})
 
 
 class Waiting(msgspec.Struct, frozen=True, omit_defaults=True):
     """What a running step that no worker holds waits for."""
 
-    kind: str  # sleep | approval | event | child | signal | instances | fragment
+    kind: str  # sleep | approval | event | child | signal | instances | fragment | limit
     since: str = ""
     due: str = ""  # when it wakes, or gives up
     event: str = ""  # wait_for_event: the event name; signal: the signal name
@@ -78,6 +82,9 @@ class Waiting(msgspec.Struct, frozen=True, omit_defaults=True):
     subject: str = ""  # approval: where the request went
     description: str = ""
     child_run_id: str = ""
+    # limit: the key that holds it, and its place in that key's queue (1 = next)
+    limit: str = ""
+    position: int = 0
 
 
 class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -107,6 +114,9 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     instances: tuple[StepState, ...] = ()
     # planner: the ids of the steps it added to the run.
     fragment: tuple[str, ...] = ()
+    # Flow control: the slots this attempt holds (pool keys), once admitted.
+    holds: tuple[str, ...] = ()
+    admitted: bool = False
 
 
 class WorkflowRun(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -136,6 +146,9 @@ class WorkflowRun(msgspec.Struct, frozen=True, omit_defaults=True):
     depth: int = 0
     # Steps added while the run ran (planners, handlers); the definition holds them.
     dynamic_steps: tuple[str, ...] = ()
+    # Flow control of the run itself (concurrency.max_runs): what it waits for, what it holds.
+    waiting: Waiting | None = None
+    holds: tuple[str, ...] = ()
 
     @property
     def is_terminal(self) -> bool:

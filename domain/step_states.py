@@ -229,6 +229,36 @@ def add_steps(run: st.WorkflowRun, event: ev.PlannerMaterialized | ev.StepsAdded
     }
 
 
+# ---- flow control --------------------------------------------------------------------------------
+
+
+def _held(run: st.WorkflowRun, step: st.StepState, event: ev.StepHeld) -> st.StepState:
+    waiting = st.Waiting(
+        kind="limit", since=event.timestamp, description=event.payload.reason, limit=", ".join(event.payload.keys)
+    )
+    return replace(step, waiting=waiting, admitted=False, holds=())
+
+
+def _limited(run: st.WorkflowRun, step: st.StepState, event: ev.StepLimited) -> st.StepState:
+    return replace(step, waiting=limited_waiting(step.waiting, event.payload, event.timestamp))
+
+
+def limited_waiting(waiting: st.Waiting | None, limited: ev.Limited, at: str) -> st.Waiting:
+    since = waiting.since if waiting is not None else at
+    return st.Waiting(
+        kind="limit",
+        since=since,
+        due=limited.until,
+        description=limited.reason,
+        limit=limited.key,
+        position=limited.position,
+    )
+
+
+def _admitted(run: st.WorkflowRun, step: st.StepState, event: ev.StepAdmitted) -> st.StepState:
+    return replace(step, waiting=None, admitted=True, holds=event.payload.holds)
+
+
 STEP_MUTATORS: dict[type, StepMutator] = {
     ev.StepSleepStarted: _sleep_started,
     ev.StepSleepCompleted: _sleep_completed,
@@ -249,6 +279,9 @@ STEP_MUTATORS: dict[type, StepMutator] = {
     ev.PlannerRejected: _rejected,
     ev.PlannerCompleted: _planner_completed,
     ev.StepsAdded: _unchanged,
+    ev.StepHeld: _held,
+    ev.StepLimited: _limited,
+    ev.StepAdmitted: _admitted,
 }
 
 # Events whose step change also changes the run.

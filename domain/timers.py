@@ -27,6 +27,7 @@ SLEEP = "sleep"
 APPROVAL_TIMEOUT = "approval_timeout"
 WAIT_TIMEOUT = "wait_timeout"
 LOOP_DELAY = "loop_delay"
+LIMIT = "limit"  # a step or run held by flow control asks again
 
 # What an engine-run step waits for -> the timer that ends the wait.
 _WAIT_TIMERS = {"sleep": SLEEP, "approval": APPROVAL_TIMEOUT, "event": WAIT_TIMEOUT}
@@ -78,6 +79,8 @@ def wanted_timers(run: st.WorkflowRun) -> list[StartTimer]:
     wanted = []
     if run.definition.timeout and run.created_at:
         wanted.append(deadline_timer(add_ns(run.created_at, int(run.definition.timeout))))
+    if run.status == st.RunStatus.PENDING and run.waiting is not None and run.waiting.due:
+        wanted.append(timer(LIMIT, run.waiting.due))
     for step in run.definition.steps:
         state = run.step(step.id)
         wanted += _step_timers(run, step, state)
@@ -108,7 +111,11 @@ def _step_timers(run: st.WorkflowRun, step: StepDef, state: st.StepState) -> lis
 
 
 def _attempt_timers(step: StepDef, state: st.StepState, instance: int | None = None) -> list[StartTimer]:
-    """A worker's attempt: its retry backoff, or its timeout while it runs."""
+    """A worker's attempt: its retry backoff, its timeout while it runs, or when it asks
+    flow control again."""
+    waiting = state.waiting
+    if state.status == st.StepStatus.WAITING and not state.admitted and waiting is not None and waiting.due:
+        return [timer(LIMIT, waiting.due, step.id, state.attempts + 1, instance)]
     if state.status == st.StepStatus.RETRYING and state.retry_at:
         return [retry_timer(step.id, state.attempts, state.retry_at, instance)]
     if (

@@ -58,7 +58,27 @@ STEP_TRANSITIONS: dict[tuple[st.StepStatus, str], st.StepStatus] = {
     (st.StepStatus.COMPLETED, ev.PLANNER_MATERIALIZED): st.StepStatus.RUNNING,
     (st.StepStatus.COMPLETED, ev.PLANNER_REJECTED): st.StepStatus.FAILED,
     (st.StepStatus.RUNNING, ev.PLANNER_COMPLETED): st.StepStatus.COMPLETED,
+    # Flow control: a ready step (or a retry) waits for admission, then starts as usual.
+    (st.StepStatus.PENDING, ev.STEP_HELD): st.StepStatus.WAITING,
+    (st.StepStatus.RETRYING, ev.STEP_HELD): st.StepStatus.WAITING,
+    (st.StepStatus.CONTINUING, ev.STEP_HELD): st.StepStatus.WAITING,
+    (st.StepStatus.WAITING, ev.STEP_LIMITED): st.StepStatus.WAITING,
+    (st.StepStatus.WAITING, ev.STEP_ADMITTED): st.StepStatus.WAITING,
+    **{(st.StepStatus.WAITING, opening): st.StepStatus.QUEUED for opening in (ev.STEP_QUEUED,)},
+    **{
+        (st.StepStatus.WAITING, opening): st.StepStatus.RUNNING
+        for opening in (
+            ev.STEP_SLEEP_STARTED,
+            ev.APPROVAL_REQUESTED,
+            ev.STEP_WAIT_STARTED,
+            ev.CHILD_STARTED,
+            ev.STEP_MAP_STARTED,
+        )
+    },
 }
+
+# Admission facts name the attempt a held step will start as (its next one).
+ADMISSION = frozenset({ev.STEP_HELD, ev.STEP_LIMITED, ev.STEP_ADMITTED})
 
 # Events that open a new attempt rather than report on the current one.
 ATTEMPT_OPENING = frozenset(
@@ -73,6 +93,8 @@ ATTEMPT_OPENING = frozenset(
 )
 
 RUN_TRANSITIONS: dict[tuple[st.RunStatus, str], st.RunStatus] = {
+    (st.RunStatus.PENDING, ev.RUN_LIMITED): st.RunStatus.PENDING,
+    (st.RunStatus.PENDING, ev.RUN_ADMITTED): st.RunStatus.RUNNING,
     (st.RunStatus.RUNNING, ev.WORKFLOW_PAUSE_REQUESTED): st.RunStatus.PAUSING,
     (st.RunStatus.PAUSING, ev.WORKFLOW_PAUSED): st.RunStatus.PAUSED,
     (st.RunStatus.PAUSING, ev.WORKFLOW_RESUMED): st.RunStatus.RUNNING,

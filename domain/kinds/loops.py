@@ -50,7 +50,7 @@ def _over_bound(config: AgentLoopConfig, state: st.StepState, d: Decision) -> st
 
 def next_iteration(d: Decision, step: StepDef) -> None:
     state = d.run.step(step.id)
-    d.retry(step, state.attempts + 1)
+    d.start_again(step, state.attempts + 1)
 
 
 @on_timer(LOOP_DELAY)

@@ -56,10 +56,21 @@ def dispatch_more(d: Decision, step: StepDef, data: list[Any] | None = None) -> 
         data = resolve_input(d.run, step)
     for index in pending:
         assert data is not None
-        d.dispatch(step, 1, data[index], input_from=INPUT_FROM_WIRING, instance=index)
+        if d.needs_admission(step):
+            d.hold(step, data[index], index)
+        else:
+            d.dispatch(step, 1, data[index], input_from=INPUT_FROM_WIRING, instance=index)
 
 
-_BUSY = frozenset({st.StepStatus.QUEUED, st.StepStatus.RUNNING, st.StepStatus.RETRYING, st.StepStatus.FAILED})
+_BUSY = frozenset(
+    {
+        st.StepStatus.WAITING,
+        st.StepStatus.QUEUED,
+        st.StepStatus.RUNNING,
+        st.StepStatus.RETRYING,
+        st.StepStatus.FAILED,
+    }
+)
 
 
 def _kind(value: Any) -> str:

@@ -1,0 +1,84 @@
+"""Flow control's side of a run: what admission answers lead to.
+
+A limited step's next attempt waits in ``waiting`` (``step.held``) while the
+shell asks flow control; its answer is recorded as a fact: ``step.admitted``
+(the attempt starts as its step type starts, holding the slots it names) or
+``step.limited`` (a rate limit says when a token is free; a slot pool that the
+step is queued). A limited step asks again when its ``limit`` timer falls
+due — at that time for a rate, every ``RECHECK`` for a queue, which a
+release normally pre-empts by admitting it. A run under
+``concurrency.max_runs`` waits ``pending`` the same way (``workflow.admitted``
+/ ``workflow.limited``). Slots are released when the attempt (or run) that
+holds them ends (``evolve`` works that out from the state).
+"""
+
+from __future__ import annotations
+
+from .. import events as ev
+from .. import state as st
+from ..actions import Acquire, Action, Release
+from ..decision import Decision
+from ..limits import holder_id, run_limits, step_limits
+from ..timers import LIMIT
+from . import on_fact, on_timer
+
+# A queued step or run asks again this often, in case its admission was not delivered.
+RECHECK_NS = 15_000_000_000
+
+
+@on_fact(ev.StepAdmitted)
+def _admitted(d: Decision, event: ev.StepAdmitted) -> None:
+    step, state = d.steps.get(event.step_id), d.state_of(event.step_id, event.instance)
+    if step is not None and state.status == st.StepStatus.WAITING and state.admitted:
+        d.start_admitted(step, event.instance)
+
+
+@on_fact(ev.WorkflowStarted)
+def _run_admission(d: Decision, event: ev.WorkflowStarted) -> None:
+    if d.run.status == st.RunStatus.PENDING:
+        d.actions.append(run_acquire(d.run, d.now_ms))
+
+
+def run_acquire(run: st.WorkflowRun, now_ms: int) -> Acquire:
+    assert run.definition is not None
+    created = int(ev.parse_timestamp(run.created_at).timestamp() * 1000) if run.created_at else now_ms
+    return Acquire(tuple(run_limits(run.definition, run.input, created)), holder_id(run.run_id))
+
+
+@on_timer(LIMIT)
+def _ask_again(d: Decision, fire: ev.TimerFire) -> None:
+    if not fire.step_id:
+        if d.run.status == st.RunStatus.PENDING:
+            d.actions.append(run_acquire(d.run, d.now_ms))
+        return
+    step, state = d.steps.get(fire.step_id), d.state_of(fire.step_id, fire.instance)
+    if step is None or state.status != st.StepStatus.WAITING or state.admitted or state.attempts + 1 != fire.attempt:
+        return
+    requests = step_limits(d.defn, step, d.next_input(step, fire.instance), d.now_ms)
+    holder = holder_id(d.run.run_id, step.id, fire.attempt, fire.instance)
+    d.actions.append(Acquire(tuple(requests), holder, step.id, fire.attempt, fire.instance))
+
+
+def released(before: st.WorkflowRun, after: st.WorkflowRun) -> list[Action]:
+    """Slots held before whose attempt (or run) no longer holds them."""
+    releases: list[Action] = []
+    for key in before.holds:
+        if key not in after.holds:
+            releases.append(Release(key, holder_id(before.run_id)))
+    for step_id, state in before.steps.items():
+        now = after.step(step_id)
+        releases += _released(before.run_id, step_id, state, now, None)
+        for index, instance in enumerate(state.instances):
+            later = now.instances[index] if index < len(now.instances) else st.StepState()
+            releases += _released(before.run_id, step_id, instance, later, index)
+    return releases
+
+
+def _released(
+    run_id: str, step_id: str, before: st.StepState, after: st.StepState, instance: int | None
+) -> list[Action]:
+    if not before.holds:
+        return []
+    holder = holder_id(run_id, step_id, before.attempts, instance)
+    kept = after.holds if after.attempts == before.attempts else ()
+    return [Release(key, holder) for key in before.holds if key not in kept]
