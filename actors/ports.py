@@ -11,13 +11,16 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from dagnats.domain.actions import Action, DropTask, EnqueueTask, StartTimer
+from dagnats.domain.actions import Acquire, Action, DropTask, EnqueueTask, Release, StartTimer
 from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, TimerFired
+from dagnats.domain.kinds.admission import Answer
 from dagnats.domain.state import WorkflowRun
 
 __all__ = [
     "Clock",
+    "FlowPort",
+    "LimitStore",
     "HistoryPort",
     "OutboxPort",
     "Ports",
@@ -82,12 +85,23 @@ class LimitStore(Protocol):
     def keys(self) -> list[str]:
         """Every limit key."""
 
-    def admit(self, event: Event) -> None:
-        """Tell a waiting run it was admitted: the fact into its inbox (in the background)."""
+    def wake(self, event: Event) -> None:
+        """Tell a run that one of its queued attempts now holds its slot: the fact into its
+        inbox (in the background)."""
 
     def holders(self, run_id: str) -> set[str] | None:
-        """Who, of that run, may hold slots now (its admitted attempts, or the run itself);
-        None if the run does not exist."""
+        """Who, of that run, may hold or queue for slots now (``slot_holders``); None if the
+        run does not exist."""
+
+
+class FlowPort(Protocol):
+    """Flow control as a run sees it (``actors.flow.FlowControl``)."""
+
+    def acquire(self, acquire: Acquire) -> Answer:
+        """Ask every limit ``acquire`` names; blocks until flow control answers."""
+
+    def release(self, releases: list[Release]) -> None:
+        """Free slots (in the background)."""
 
 
 class Clock(Protocol):
@@ -122,6 +136,7 @@ class Ports(Protocol):
     clock: Clock
     workers: WorkerLiveness
     state: StatePort
+    flow: FlowPort
     # The largest encoded history record (and task) the server takes.
     max_record_bytes: int
 

@@ -40,6 +40,7 @@ import msgspec
 import pykka
 
 from dagnats.domain.actions import (
+    Acquire,
     Action,
     AppendEvent,
     CancelTimer,
@@ -48,6 +49,7 @@ from dagnats.domain.actions import (
     PublishFact,
     PublishMessage,
     RegisterWaiter,
+    Release,
     RemoveWaiter,
     StartChildRun,
     StartTimer,
@@ -56,6 +58,7 @@ from dagnats.domain.decide import evolve, recover, unrecordable
 from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, TimerFired, encode_event
 from dagnats.domain.fold import fold
+from dagnats.domain.kinds.admission import answer_fact
 from dagnats.domain.state import WorkflowRun, new_run
 
 from .messages import ArmTimer, Crashed, Deliver, DisarmTimer, Healthy, Passivate, Passivated
@@ -205,12 +208,35 @@ class RunActor(pykka.ThreadingActor):
 
     def _evolve(self, run: WorkflowRun, fact: Event, now: Any) -> Record | None:
         updated, decided = evolve(run, fact, now, self.ports.max_record_bytes)
+        updated, decided = self._admit(updated, decided, now)
         appended = [a.event for a in decided if isinstance(a, AppendEvent)]
         if updated is run and not appended and not any(isinstance(a, EnqueueTask) for a in decided):
             # Nothing to record: at most a timer to arm again (a liveness check that passed).
             return Record([], [], decided, run) if decided else None
         events = [fact, *appended]
         return Record(events, [encode_event(e) for e in events], decided, updated)
+
+    def _admit(self, run: WorkflowRun, actions: list[Action], now: Any) -> tuple[WorkflowRun, list[Action]]:
+        """Ask flow control what each ``Acquire`` asks, now: its answer is a fact recorded with
+        the decision that asked (``step.admitted`` / ``step.limited``), so a rebuilt run
+        knows what it holds and what it waits for."""
+        if not any(isinstance(a, Acquire) for a in actions):
+            return run, actions
+        done: list[Action] = []
+        pending = list(actions)
+        while pending:
+            action = pending.pop(0)
+            if not isinstance(action, Acquire):
+                done.append(action)
+                continue
+            fact = answer_fact(action, self.ports.flow.acquire(action), now)
+            updated, more = evolve(run, fact, now, self.ports.max_record_bytes)
+            if updated is run and not more:
+                continue  # the step moved on meanwhile: nothing to record
+            run = updated
+            done.append(AppendEvent(fact))
+            pending[0:0] = more
+        return run, done
 
     def _instead_of_too_large(self, run: WorkflowRun, fact: Event, record: Record, now: Any) -> Record | None:
         limit = self.ports.max_record_bytes
@@ -294,7 +320,13 @@ class RunActor(pykka.ThreadingActor):
 
     def _reissue(self) -> None:
         """Append what ``recover`` decides and re-publish what the run waits on."""
-        actions = recover(self.run, self.ports.clock.now(), self.ports.max_record_bytes)
+        now = self.ports.clock.now()
+        actions = recover(self.run, now, self.ports.max_record_bytes)
+        run = self.run
+        for action in actions:
+            if isinstance(action, AppendEvent):
+                run = fold(run, action.event)
+        run, actions = self._admit(run, actions, now)
         decisions = [a.event for a in actions if isinstance(a, AppendEvent)]
         if decisions:
             body = b"[" + b",".join(encode_event(e) for e in decisions) + b"]"
@@ -303,9 +335,7 @@ class RunActor(pykka.ThreadingActor):
             except WrongLastSequence:
                 self._refold(reissue=False)  # the next delivery decides from the new state
                 return
-            for event in decisions:
-                self.run = fold(self.run, event)
-            self.last_seq = seq
+            self.run, self.last_seq = run, seq
             self.ports.state.publish(self.run, seq, decisions)
         tasks = [a for a in actions if isinstance(a, EnqueueTask)]
         if tasks:
@@ -321,6 +351,9 @@ class RunActor(pykka.ThreadingActor):
         drops = [a for a in actions if isinstance(a, DropTask)]
         if drops:
             self.ports.tasks.drop(drops)
+        releases = [a for a in actions if isinstance(a, Release)]
+        if releases:
+            self.ports.flow.release(releases)
         outgoing: list[Action] = [a for a in actions if isinstance(a, OUTBOX_ACTIONS)]
         if outgoing:
             self.ports.outbox.send(self.run_id, outgoing, self.run.trace_parent)

@@ -249,8 +249,9 @@ class Limited(_Payload, frozen=True):
 
     key: str = ""
     reason: str = ""
-    until: str = ""  # a rate limit: when a token is free
+    until: str = ""  # when it asks again: a rate limit's next free token, or a queue's recheck
     position: int = 0  # a slot pool: the place in its queue (1 = next)
+    holds: tuple[str, ...] = ()  # slots already granted while another limit says wait
 
 
 class Admission(_Payload, frozen=True):

@@ -134,7 +134,7 @@ def _cancel_unfinished(steps: dict[str, st.StepState], at: str) -> dict[str, st.
 
 
 def _run_limited(run: st.WorkflowRun, event: ev.RunLimited) -> RunChanges:
-    return {"waiting": limited_waiting(run.waiting, event.payload, event.timestamp)}
+    return {"waiting": limited_waiting(run.waiting, event.payload, event.timestamp), "holds": event.payload.holds}
 
 
 def _run_admitted(run: st.WorkflowRun, event: ev.RunAdmitted) -> RunChanges:

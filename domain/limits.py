@@ -31,6 +31,8 @@ from .durations import MILLISECOND
 from .paths import PathNotFound, extract_dot_path
 
 RATE, SLOTS = "rate", "slots"
+# A rate window forgets a waiter it has not heard from in this long (or ten periods).
+WAITING_KEPT_MS = 600_000
 
 
 class LimitRequest(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -52,10 +54,12 @@ class LimitProblem(ValueError):
 # ---- which limits apply ------------------------------------------------------------------
 
 
-def step_limits(defn: WorkflowDef, step: StepDef, data: Any, since_ms: int) -> list[LimitRequest]:
+def step_limits(
+    defn: WorkflowDef, step: StepDef, data: Any, since_ms: int, with_rates: bool = True
+) -> list[LimitRequest]:
     """The limits a step's task passes before it is dispatched (raises LimitProblem)."""
     requests = []
-    if step.rate_limit is not None:
+    if step.rate_limit is not None and with_rates:
         rate = step.rate_limit
         requests.append(
             LimitRequest(
@@ -66,7 +70,7 @@ def step_limits(defn: WorkflowDef, step: StepDef, data: Any, since_ms: int) -> l
                 reason=f"rate_limit of task {step.task} ({rate.limit} per {_ms(rate.period)} ms)",
             )
         )
-    if step.keyed_rate_limit is not None:
+    if step.keyed_rate_limit is not None and with_rates:
         keyed = step.keyed_rate_limit
         try:
             value = extract_dot_path(data, keyed.key)
@@ -103,6 +107,11 @@ def step_limits(defn: WorkflowDef, step: StepDef, data: Any, since_ms: int) -> l
             )
         )
     return requests
+
+
+def slot_keys(defn: WorkflowDef, step: StepDef) -> tuple[str, ...]:
+    """The slot pools a step's attempts queue in or hold (they do not depend on its input)."""
+    return tuple(r.key for r in step_limits(defn, step, None, 0, with_rates=False) if r.kind == SLOTS)
 
 
 def run_limits(defn: WorkflowDef, data: Any, created_ms: int) -> list[LimitRequest]:
@@ -145,10 +154,19 @@ def _ms(ns: Any) -> int:
 # ---- rate windows ----------------------------------------------------------------------------
 
 
-class RateWindow(msgspec.Struct, frozen=True):
-    """When each of the admissions still inside the window began, in ms, oldest first."""
+class RateWindow(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The admissions still inside the window: (when in ms, holder, units), oldest first;
+    and, for whoever lists the limits, the rule it was last asked under."""
 
-    starts: tuple[int, ...] = ()
+    entries: tuple[tuple[int, str, int], ...] = ()
+    # Holders told to wait, and since when (ms): who queues for this limit, for the listing.
+    waiting: tuple[tuple[str, int], ...] = ()
+    limit: int = 0
+    period_ms: int = 0
+    about: str = ""
+
+    def used(self) -> int:
+        return sum(units for _, _, units in self.entries)
 
 
 @dataclass(frozen=True)
@@ -158,36 +176,70 @@ class RateDecision:
     retry_at_ms: int = 0  # when denied: the earliest time enough units have left the window
 
 
-def rate_admit(window: RateWindow, now_ms: int, limit: int, period_ms: int, units: int = 1) -> RateDecision:
-    """Admit ``units`` at ``now_ms`` if the last ``period_ms`` hold at most ``limit - units``."""
-    kept = tuple(t for t in window.starts if t > now_ms - period_ms)
+def rate_admit(
+    window: RateWindow, now_ms: int, limit: int, period_ms: int, units: int = 1, holder: str = ""
+) -> RateDecision:
+    """Admit ``units`` at ``now_ms`` if the last ``period_ms`` hold at most ``limit - units``.
+
+    A holder asking again (a retried request, or a step asking once more after
+    another of its limits said wait) is not counted twice: its earlier entry
+    moves to now if the window has room, else stays where it was.
+    """
+    kept = tuple(e for e in window.entries if e[0] > now_ms - period_ms)
+    others = tuple(e for e in kept if not (holder and e[1] == holder))
+    stale = now_ms - max(10 * period_ms, WAITING_KEPT_MS)
+    waiting = tuple(w for w in window.waiting if w[0] != holder and w[1] > stale)
+    rule = {"limit": limit, "period_ms": period_ms}
+    used = sum(e[2] for e in others)
+    if units <= limit and used + units <= limit:
+        entries = tuple(sorted((*others, (now_ms, holder, units))))
+        return RateDecision(msgspec.structs.replace(window, entries=entries, waiting=waiting, **rule), True)
+    since = next((w[1] for w in window.waiting if w[0] == holder), now_ms)
+    if holder:
+        waiting = (*waiting, (holder, since))
+    denied = msgspec.structs.replace(window, entries=kept, waiting=waiting, **rule)
     if units > limit:
-        return RateDecision(RateWindow(kept), False, 0)
-    if len(kept) + units <= limit:
-        return RateDecision(RateWindow(tuple(sorted(kept + (now_ms,) * units))), True)
-    # The window frees up once all but limit - units of its entries have left it.
-    leaving = kept[len(kept) - (limit - units) - 1]
-    return RateDecision(RateWindow(kept), False, leaving + period_ms)
+        return RateDecision(denied, False, 0)
+    # Room comes back once enough of the oldest units have left the window.
+    excess, freed = used + units - limit, 0
+    for when, _, count in others:
+        freed += count
+        if freed >= excess:
+            return RateDecision(denied, False, when + period_ms)
+    return RateDecision(denied, False, now_ms + period_ms)  # unreachable: others hold the excess
 
 
 # ---- slot pools ------------------------------------------------------------------------------------
 
 
-class Waiter(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A request in a pool's queue: who, in what order, and whom to tell when granted."""
+class Waiter(msgspec.Struct, frozen=True, array_like=True):
+    """A request in a pool's queue: who, in what order, since when (ms). Compact on the
+    wire (an array): a pool's queue of thousands of runs stays one KV entry."""
 
     holder: str
     rank: float
-    run_id: str
-    step_id: str = ""
-    attempt: int = 0
-    instance: int | None = None
+    since: int = 0
+
+    @property
+    def run_id(self) -> str:
+        return self.holder.split(".", 1)[0]
+
+    @property
+    def step(self) -> tuple[str, int, int | None]:
+        """(step id, attempt, map element) of a step's holder; ("", 0, None) for a run."""
+        parts = self.holder.split(".")
+        if len(parts) == 3:
+            return parts[1], int(parts[2]), None
+        if len(parts) == 4:
+            return parts[1], int(parts[3]), int(parts[2][1:])
+        return "", 0, None
 
 
 class SlotPool(msgspec.Struct, frozen=True, omit_defaults=True):
     size: int = 1
     holders: dict[str, int] = {}  # holder -> when it was granted, in ms
     queue: tuple[Waiter, ...] = ()
+    about: str = ""  # the rule, for whoever lists the limits
 
 
 @dataclass(frozen=True)
@@ -198,18 +250,21 @@ class SlotDecision:
 
 
 def slot_acquire(pool: SlotPool, waiter: Waiter, size: int, now_ms: int) -> SlotDecision:
-    """Grant ``waiter`` a slot if one is free and nobody queued before it; else queue it."""
+    """Grant ``waiter`` a slot if one is free and nobody queued before it; else queue it
+    (asking again keeps its place and the time it joined)."""
     pool = msgspec.structs.replace(pool, size=size)
     if waiter.holder in pool.holders:
         return SlotDecision(pool, True)
-    queue = tuple(w for w in pool.queue if w.holder != waiter.holder)
-    queue = tuple(sorted(queue + (waiter,), key=_order))
+    earlier = next((w for w in pool.queue if w.holder == waiter.holder), None)
+    waiter = msgspec.structs.replace(waiter, since=earlier.since if earlier is not None else now_ms)
+    queue = tuple(sorted((*(w for w in pool.queue if w.holder != waiter.holder), waiter), key=_order))
     free = size - len(pool.holders)
     position = queue.index(waiter) + 1
     if position <= free:
         holders = {**pool.holders, waiter.holder: now_ms}
-        return SlotDecision(SlotPool(size, holders, tuple(w for w in queue if w.holder != waiter.holder)), True)
-    return SlotDecision(SlotPool(size, pool.holders, queue), False, position - max(free, 0))
+        rest = tuple(w for w in queue if w.holder != waiter.holder)
+        return SlotDecision(msgspec.structs.replace(pool, holders=holders, queue=rest), True)
+    return SlotDecision(msgspec.structs.replace(pool, queue=queue), False, position - max(free, 0))
 
 
 def slot_release(pool: SlotPool, holder: str, now_ms: int) -> tuple[SlotPool, list[Waiter]]:
@@ -222,7 +277,7 @@ def slot_release(pool: SlotPool, holder: str, now_ms: int) -> tuple[SlotPool, li
         head = queue.pop(0)
         holders[head.holder] = now_ms
         granted.append(head)
-    return SlotPool(pool.size, holders, tuple(queue)), granted
+    return msgspec.structs.replace(pool, holders=holders, queue=tuple(queue)), granted
 
 
 def _order(waiter: Waiter) -> tuple[float, str]:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from dagnats.domain.actions import Action, DropTask, EnqueueTask, StartTimer
+from dagnats.domain.actions import Acquire, Action, DropTask, EnqueueTask, Release, StartTimer
 from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, TimerFired, decode_record
 from dagnats.domain.fold import fold
+from dagnats.domain.kinds.admission import Answer, slot_holders
 from dagnats.domain.state import WorkflowRun, new_run
 
 from fakes import FakeClock
@@ -128,6 +130,54 @@ class AlwaysAlive:
         return True
 
 
+class MemoryLimits:
+    """The flow-control bucket: entries with revisions, written by compare-and-set."""
+
+    def __init__(self, history: MemoryHistory) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[str, tuple[bytes, int]] = {}
+        self.history = history
+        self.woken: list[Event] = []
+
+    def load(self, key: str) -> tuple[bytes | None, int]:
+        with self.lock:
+            value, revision = self.entries.get(key, (None, 0))
+            return value, revision
+
+    def save(self, key: str, value: bytes, revision: int) -> int:
+        with self.lock:
+            current = self.entries.get(key, (b"", 0))[1]
+            if current != revision:
+                raise WrongLastSequence(f"limit {key} is at {current}, not {revision}")
+            self.entries[key] = (value, current + 1)
+            return current + 1
+
+    def keys(self) -> list[str]:
+        with self.lock:
+            return list(self.entries)
+
+    def wake(self, event: Event) -> None:
+        with self.lock:
+            self.woken.append(event)
+
+    def holders(self, run_id: str) -> set[str] | None:
+        run, _ = self.history.load(run_id)
+        return slot_holders(run) if run is not None and run.definition is not None else None
+
+
+class GrantAll:
+    """Flow control that admits everything (tests that do not exercise limits)."""
+
+    def __init__(self) -> None:
+        self.released: list[Release] = []
+
+    def acquire(self, acquire: Acquire) -> Answer:
+        return Answer(True, tuple(r.key for r in acquire.requests if r.kind == "slots"))
+
+    def release(self, releases: list[Release]) -> None:
+        self.released += releases
+
+
 class MemoryPorts:
     def __init__(self, clock: FakeClock | None = None, max_record_bytes: int = 1024 * 1024 - 4096) -> None:
         self.history = MemoryHistory()
@@ -137,6 +187,8 @@ class MemoryPorts:
         self.clock = clock or FakeClock()
         self.workers = AlwaysAlive()
         self.state = MemoryState()
+        self.limits = MemoryLimits(self.history)
+        self.flow: Any = GrantAll()
         self.max_record_bytes = max_record_bytes
 
     def record(

@@ -1,25 +1,33 @@
 """Flow control's side of a run: what admission answers lead to.
 
 A limited step's next attempt waits in ``waiting`` (``step.held``) while the
-shell asks flow control; its answer is recorded as a fact: ``step.admitted``
-(the attempt starts as its step type starts, holding the slots it names) or
-``step.limited`` (a rate limit says when a token is free; a slot pool that the
-step is queued). A limited step asks again when its ``limit`` timer falls
-due — at that time for a rate, every ``RECHECK`` for a queue, which a
-release normally pre-empts by admitting it. A run under
-``concurrency.max_runs`` waits ``pending`` the same way (``workflow.admitted``
-/ ``workflow.limited``). Slots are released when the attempt (or run) that
-holds them ends (``evolve`` works that out from the state).
+shell asks flow control; the shell records the answer with the fact that
+led to the hold, in the same record: ``step.admitted`` (the attempt starts as
+its step type starts, holding the slots it names) or ``step.limited`` (a rate
+limit says when a token is free; a slot pool that the step is queued). A
+limited step asks again when its ``limit`` timer falls due — at that time for
+a rate, every ``RECHECK`` for a queue — or at once when a release makes it
+the holder of the slot it queued for (flow control puts a ``limit`` timer's
+fire into its inbox). Asking again is idempotent: a holder that holds is
+granted without counting twice. A run under ``concurrency.max_runs`` waits
+``pending`` the same way (``workflow.admitted`` / ``workflow.limited``).
+Slots are released when the attempt (or run) that holds or queues for them
+ends; ``released`` works that out from the states before and after a fact.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
 
 from .. import events as ev
 from .. import state as st
 from ..actions import Acquire, Action, Release
 from ..decision import Decision
-from ..limits import holder_id, run_limits, step_limits
-from ..timers import LIMIT
+from ..definition import WorkflowDef
+from ..durations import MILLISECOND
+from ..limits import holder_id, run_limits, slot_keys, step_limits
+from ..timers import LIMIT, timer_id
 from . import on_fact, on_timer
 
 # A queued step or run asks again this often, in case its admission was not delivered.
@@ -54,31 +62,153 @@ def _ask_again(d: Decision, fire: ev.TimerFire) -> None:
     step, state = d.steps.get(fire.step_id), d.state_of(fire.step_id, fire.instance)
     if step is None or state.status != st.StepStatus.WAITING or state.admitted or state.attempts + 1 != fire.attempt:
         return
-    requests = step_limits(d.defn, step, d.next_input(step, fire.instance), d.now_ms)
+    since = ev.parse_timestamp(state.waiting.since) if state.waiting and state.waiting.since else d.now
+    requests = step_limits(d.defn, step, d.next_input(step, fire.instance), int(since.timestamp() * 1000))
     holder = holder_id(d.run.run_id, step.id, fire.attempt, fire.instance)
     d.actions.append(Acquire(tuple(requests), holder, step.id, fire.attempt, fire.instance))
 
 
+# ---- the shell's answer, as a fact --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What flow control said to an ``Acquire``: granted, or which limit says wait."""
+
+    granted: bool
+    holds: tuple[str, ...] = ()  # slot pools granted (all of them when granted)
+    key: str = ""  # the limit that says wait
+    reason: str = ""
+    retry_at_ms: int = 0  # a rate limit: when a token is free
+    position: int = 0  # a slot pool: the place in its queue
+
+
+def answer_fact(acquire: Acquire, answer: Answer, now: datetime) -> ev.Event:
+    """The fact a run records for flow control's answer (``step.admitted`` / ``step.limited``,
+    ``workflow.admitted`` / ``workflow.limited``)."""
+    stamp, now_ms = ev.format_timestamp(now), int(now.timestamp() * 1000)
+    if answer.granted:
+        admission = ev.Admission(holds=answer.holds)
+        if not acquire.step_id:
+            return ev.RunAdmitted(run_id=_run_of(acquire), timestamp=stamp, payload=admission, id="workflow.admitted")
+        return ev.StepAdmitted(
+            run_id=_run_of(acquire),
+            step_id=acquire.step_id,
+            attempt=acquire.attempt,
+            instance=acquire.instance,
+            timestamp=stamp,
+            payload=admission,
+            id=ev.fact_id(ev.STEP_ADMITTED, acquire.step_id, acquire.attempt, acquire.instance),
+        )
+    until_ms = answer.retry_at_ms or now_ms + RECHECK_NS // MILLISECOND
+    limited = ev.Limited(
+        key=answer.key,
+        reason=answer.reason,
+        until=ev.format_timestamp(datetime.fromtimestamp(until_ms / 1000, now.tzinfo)),
+        position=answer.position,
+        holds=answer.holds,
+    )
+    if not acquire.step_id:
+        return ev.RunLimited(run_id=_run_of(acquire), timestamp=stamp, payload=limited, id=f"{ev.RUN_LIMITED}.{now_ms}")
+    fact = ev.fact_id(ev.STEP_LIMITED, acquire.step_id, acquire.attempt, acquire.instance)
+    return ev.StepLimited(
+        run_id=_run_of(acquire),
+        step_id=acquire.step_id,
+        attempt=acquire.attempt,
+        instance=acquire.instance,
+        timestamp=stamp,
+        payload=limited,
+        id=f"{fact}.{now_ms}",
+    )
+
+
+def wake_fact(run_id: str, step_id: str, attempt: int, instance: int | None, now: datetime) -> ev.TimerFired:
+    """What flow control puts into a run's inbox when a release makes it a slot's holder: its
+    ``limit`` timer, fired now, so the run asks again (and is granted)."""
+    timer = timer_id(LIMIT, step_id, attempt, instance)
+    fire = ev.TimerFire(timer_id=timer, kind=LIMIT, step_id=step_id, attempt=attempt, instance=instance)
+    now_ms = int(now.timestamp() * 1000)
+    return ev.TimerFired(
+        run_id=run_id,
+        step_id=step_id,
+        attempt=attempt,
+        instance=instance,
+        timestamp=ev.format_timestamp(now),
+        payload=fire,
+        id=f"{timer}.wake.{now_ms}",
+    )
+
+
+def _run_of(acquire: Acquire) -> str:
+    return acquire.holder.split(".", 1)[0]
+
+
+# ---- releases ----------------------------------------------------------------------------------
+
+
 def released(before: st.WorkflowRun, after: st.WorkflowRun) -> list[Action]:
-    """Slots held before whose attempt (or run) no longer holds them."""
-    releases: list[Action] = []
-    for key in before.holds:
-        if key not in after.holds:
-            releases.append(Release(key, holder_id(before.run_id)))
+    """Slots held (or queued for) before by an attempt or run that no longer holds them."""
+    defn = before.definition
+    if defn is None:
+        return []
+    run_id = before.run_id
+    releases: list[Action] = [Release(key, run_id) for key in before.holds if key not in after.holds]
+    if before.status == st.RunStatus.PENDING and after.is_terminal:  # a queued run cancelled
+        releases += [Release(r.key, run_id) for r in run_limits(defn, before.input, 0) if r.key not in before.holds]
+    steps = defn.step_map()
     for step_id, state in before.steps.items():
+        step = steps.get(step_id)
+        if step is None:
+            continue
+        keys = slot_keys(defn, step)
+        if not keys:
+            continue
         now = after.step(step_id)
-        releases += _released(before.run_id, step_id, state, now, None)
+        releases += _released(run_id, step_id, keys, state, now, None)
         for index, instance in enumerate(state.instances):
             later = now.instances[index] if index < len(now.instances) else st.StepState()
-            releases += _released(before.run_id, step_id, instance, later, index)
+            releases += _released(run_id, step_id, keys, instance, later, index)
     return releases
 
 
+def _holding_attempt(state: st.StepState) -> int:
+    """The attempt a state's slots belong to: a held step's next one, else its current one."""
+    return state.attempts + 1 if state.status == st.StepStatus.WAITING else state.attempts
+
+
 def _released(
-    run_id: str, step_id: str, before: st.StepState, after: st.StepState, instance: int | None
+    run_id: str, step_id: str, keys: tuple[str, ...], before: st.StepState, after: st.StepState, instance: int | None
 ) -> list[Action]:
-    if not before.holds:
+    if before.status == st.StepStatus.WAITING:
+        had = keys  # queued in some pools, holding others: releasing drops it from the queues
+    elif before.status in st.IN_FLIGHT_STEP_STATUSES:
+        had = before.holds
+    else:
         return []
-    holder = holder_id(run_id, step_id, before.attempts, instance)
-    kept = after.holds if after.attempts == before.attempts else ()
-    return [Release(key, holder) for key in before.holds if key not in kept]
+    attempt = _holding_attempt(before)
+    if after.status in st.HOLDING_STEP_STATUSES and _holding_attempt(after) == attempt:
+        kept = keys if after.status == st.StepStatus.WAITING else after.holds
+    else:
+        kept = ()
+    holder = holder_id(run_id, step_id, attempt, instance)
+    return [Release(key, holder) for key in had if key not in kept]
+
+
+def slot_holders(run: st.WorkflowRun) -> set[str]:
+    """Who, of this run, may hold or queue for slots now: the reaper frees the rest."""
+    if run.is_terminal:
+        return set()
+    holders = {run.run_id}
+    for step_id, state in run.steps.items():
+        for index, each in [(None, state), *enumerate(state.instances)]:
+            if each.status in st.HOLDING_STEP_STATUSES:
+                holders.add(holder_id(run.run_id, step_id, _holding_attempt(each), index))
+    return holders
+
+
+def definition_keys(defn: WorkflowDef) -> set[str]:
+    """Every slot pool a workflow's steps and runs may use."""
+    keys = {r.key for r in run_limits(defn, None, 0)}
+    for step in defn.steps:
+        keys.update(slot_keys(defn, step))
+    return keys

@@ -27,6 +27,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 
 from dagnats.actors.directory import RunDirectory
+from dagnats.actors.flow import ConcurrencyActor, FlowControl, RateLimitActor
 from dagnats.actors.messages import Deliver, LiveCount
 from dagnats.actors.ports import Clock
 from dagnats.actors.timer import TimerActor
@@ -71,6 +72,9 @@ class Engine:
         self.reader = RunReader(self.nc, HistoryStore(self.js), loop)
         self.ports = NatsPorts(self.js, self.bridge, self.reader, self.nc.max_payload, self.clock)
         self.timers = TimerActor.start(self.ports.clock, self.ports.timers)
+        self.slots = ConcurrencyActor.start(self.ports.limits, self.ports.clock)
+        self.rates = RateLimitActor.start(self.ports.limits, self.ports.clock)
+        self.ports.flow = FlowControl(self.slots, self.rates, self.ports.clock)
         self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
         self._sub = await self.js.pull_subscribe(
             "inbox.>",
@@ -94,7 +98,7 @@ class Engine:
         await asyncio.to_thread(self._stop_actors)
 
     def _stop_actors(self) -> None:
-        for ref in (self.directory, self.timers):
+        for ref in (self.directory, self.timers, self.slots, self.rates):
             if ref.is_alive():
                 ref.stop(block=True, timeout=10)
 

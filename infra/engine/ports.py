@@ -11,7 +11,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from dagnats.actors.ports import Clock
+from dagnats.actors.ports import Clock, FlowPort
 from dagnats.domain.actions import DropTask, EnqueueTask, StartTimer
 from dagnats.domain.events import EVENT_DECODER, STEP_COMPLETED, STEP_FAILED, TASK_DECODER, Event, TimerFired
 from dagnats.domain.state import WorkflowRun
@@ -26,6 +26,7 @@ from ..wire.timers import arm_timers, cancel_timers
 from ..wire.workers import worker_alive
 from .bridge import LoopBridge, SystemClock
 from .history import HistoryStore
+from .limits import NatsLimitStore
 from .outbox import NatsOutbox
 from .reader import RunReader
 
@@ -157,6 +158,16 @@ class NatsWorkerLiveness:
         return self.bridge.call(worker_alive(self.js, worker_id))
 
 
+class Unstarted:
+    """Flow control before the engine started its actors."""
+
+    def acquire(self, acquire: Any) -> Any:
+        raise RuntimeError("flow control is not started")
+
+    def release(self, releases: list[Any]) -> None:
+        raise RuntimeError("flow control is not started")
+
+
 class NatsPorts:
     def __init__(
         self, js: JetStreamContext, bridge: LoopBridge, reader: RunReader, max_payload: int, clock: Clock | None = None
@@ -170,6 +181,8 @@ class NatsPorts:
         self.clock: Clock = clock or SystemClock(bridge)
         self.workers = NatsWorkerLiveness(js, bridge)
         self.state = reader
+        self.limits = NatsLimitStore(js, bridge, reader)
+        self.flow: FlowPort = Unstarted()
         self.max_record_bytes = max_payload - HEADER_ROOM
 
     def record(

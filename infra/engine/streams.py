@@ -23,6 +23,7 @@ from ..wire.names import (
     DEAD_LETTER_STREAM,
     DEFS_BUCKET,
     EVENT_STREAM,
+    FLOW_BUCKET,
     HISTORY_STREAM,
     IDEMPOTENCY_BUCKET,
     INBOX_STREAM,
@@ -44,6 +45,7 @@ KV_BUCKETS = (
     WAITERS_BUCKET,
     WORKERS_BUCKET,
     APPROVALS_BUCKET,
+    FLOW_BUCKET,
 )
 
 DUPLICATE_WINDOW = 120.0  # seconds: the longest client retry horizon we dedupe across

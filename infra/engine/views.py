@@ -10,7 +10,7 @@ import msgspec
 
 from dagnats.domain.events import Event, TimerFired, parse_timestamp
 from dagnats.domain.resolve import blockers
-from dagnats.domain.state import DONE_STEP_STATUSES, StepState, StepStatus, Waiting, WorkflowRun
+from dagnats.domain.state import DONE_STEP_STATUSES, RunStatus, StepState, StepStatus, Waiting, WorkflowRun
 from dagnats.domain.timers import add_ns
 
 _ENCODER = msgspec.json.Encoder()
@@ -39,6 +39,10 @@ def run_view(run: WorkflowRun) -> dict[str, Any]:
         view.update(parent_run_id=run.parent_run_id, parent_step_id=run.parent_step_id, root_run_id=run.root)
     if run.dynamic_steps:
         view["dynamic_steps"] = list(run.dynamic_steps)
+    if run.waiting is not None and run.status == RunStatus.PENDING:
+        view["waiting"] = waiting_view(run.waiting)
+    if run.holds:
+        view["holds"] = list(run.holds)
     return view
 
 
@@ -61,12 +65,17 @@ def step_view(s: StepState) -> dict[str, Any]:
         "fragment": list(s.fragment),
     }
     view.update((key, value) for key, value in optional.items() if value)
-    if s.waiting is not None and s.status in (StepStatus.RUNNING, StepStatus.QUEUED):
+    if s.waiting is not None and s.status in _WAITS:
         view["waiting"] = waiting_view(s.waiting)
+    if s.holds:
+        view["holds"] = list(s.holds)
     if s.instances:
         view["instances"] = [_instance_view(i) for i in s.instances]
         view["instance_counts"] = dict(Counter(str(i.status) for i in s.instances))
     return view
+
+
+_WAITS = frozenset({StepStatus.RUNNING, StepStatus.QUEUED, StepStatus.WAITING})
 
 
 def waiting_view(waiting: Waiting) -> dict[str, Any]:
@@ -83,14 +92,23 @@ def waiting_view(waiting: Waiting) -> dict[str, Any]:
         "signal": f"signal {waiting.event}{until}",
         "instances": "its map instances",
         "fragment": "the steps it planned",
+        "limit": _limit_text(waiting),
     }.get(waiting.kind, waiting.kind)
     return view
+
+
+def _limit_text(waiting: Waiting) -> str:
+    """Which limit holds a step (or run), since when, and when it asks again."""
+    place = f", place {waiting.position} in its queue" if waiting.position else ""
+    return f"{waiting.description or waiting.limit} (limit {waiting.limit}{place}, since {waiting.since})"
 
 
 def _instance_view(i: StepState) -> dict[str, Any]:
     view: dict[str, Any] = {"status": i.status, "attempts": i.attempts}
     if i.error:
         view["error"] = i.error
+    if i.waiting is not None and i.status == StepStatus.WAITING:
+        view["waiting"] = waiting_view(i.waiting)
     return view
 
 

@@ -19,6 +19,8 @@ WAITERS_BUCKET = "event_waiters"
 WORKERS_BUCKET = "workers"
 # Approval requests' one-time tokens (their digests), by run and step.
 APPROVALS_BUCKET = "approval_tokens"
+# Flow control: one entry per limit key (slot pools, rate windows), changed by compare-and-set.
+FLOW_BUCKET = "flow_control"
 
 # The control plane: request/reply on `dagnats.api.<op>`, served by every
 # engine in one queue group.
