@@ -177,6 +177,13 @@ class Client:
     async def inspect(self, run_id: str) -> dict[str, Any]:
         return await self.request("run.inspect", {"run_id": run_id})
 
+    async def limits(self, prefix: str = "", queue: int = 20) -> list[dict[str, Any]]:
+        """Every rate and concurrency limit key: slots or tokens in use, its queue of
+        waiting runs and steps (the first ``queue``; ``queued`` counts them all), and why
+        the head of the queue waits."""
+        answer = await self.request("limits", {"prefix": prefix, "queue": queue})
+        return list(answer["limits"])
+
     async def delete(self, run_id: str) -> dict[str, Any]:
         return await self.request("run.delete", {"run_id": run_id})
 

@@ -34,6 +34,9 @@ def test_the_builder_and_client_are_where_the_docs_say():
         "delete",
         "runs",
         "publish_event",
+        "approve",
+        "reject",
+        "limits",
     ):
         assert callable(getattr(Client, op)), op
     assert SyncClient.__init__
@@ -62,6 +65,9 @@ def test_the_builder_and_client_are_where_the_docs_say():
         ["run", "inspect", "--help"],
         ["run", "delete", "--help"],
         ["event", "publish", "--help"],
+        ["run", "approve", "--help"],
+        ["run", "reject", "--help"],
+        ["limits", "--help"],
     ],
 )
 def test_every_pinned_cli_command_exists(argv, capsys):

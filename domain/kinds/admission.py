@@ -27,7 +27,7 @@ from ..decision import Decision
 from ..definition import WorkflowDef
 from ..durations import MILLISECOND
 from ..limits import holder_id, run_limits, slot_keys, step_limits
-from ..timers import LIMIT, timer_id
+from ..timers import LIMIT, timer, timer_id
 from . import on_fact, on_timer
 
 # A queued step or run asks again this often, in case its admission was not delivered.
@@ -39,6 +39,19 @@ def _admitted(d: Decision, event: ev.StepAdmitted) -> None:
     step, state = d.steps.get(event.step_id), d.state_of(event.step_id, event.instance)
     if step is not None and state.status == st.StepStatus.WAITING and state.admitted:
         d.start_admitted(step, event.instance)
+
+
+@on_fact(ev.StepLimited)
+def _limited(d: Decision, event: ev.StepLimited) -> None:
+    state = d.state_of(event.step_id, event.instance)
+    if state.status == st.StepStatus.WAITING and not state.admitted and event.payload.until:
+        d.actions.append(timer(LIMIT, event.payload.until, event.step_id, event.attempt, event.instance))
+
+
+@on_fact(ev.RunLimited)
+def _run_limited(d: Decision, event: ev.RunLimited) -> None:
+    if d.run.status == st.RunStatus.PENDING and event.payload.until:
+        d.actions.append(timer(LIMIT, event.payload.until))
 
 
 @on_fact(ev.WorkflowStarted)

@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[common], help="show NATS and engine status")
     status.set_defaults(func=cmd_status)
 
+    limits = commands.add_parser(
+        "limits", parents=[common], help="show every rate and concurrency limit: use, queue, why the head waits"
+    )
+    limits.add_argument("--prefix", default="", help="only limit keys starting with PREFIX (e.g. task.charge)")
+    limits.add_argument("--queue", type=_positive, default=20, help="waiters shown per queue (default 20)")
+    limits.set_defaults(func=cmd_limits)
+
     worker = commands.add_parser("worker", parents=[common], help="run the Worker defined in FILE.py")
     worker.add_argument("file")
     worker.set_defaults(func=cmd_worker)
@@ -229,6 +236,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     return _show(args, lambda c: c.engine_status(), render.engine_status)
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    return _show(args, lambda c: c.limits(args.prefix, args.queue), render.limits)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

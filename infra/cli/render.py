@@ -64,6 +64,8 @@ def step_detail(step: dict[str, Any]) -> str:
 
 def inspect(view: dict[str, Any]) -> str:
     lines = _run_header(view, ("Deadline", "deadline"), ("Error", "error"), ("Parent", "parent_run_id"))
+    if view.get("waiting"):
+        lines.append(f"Waiting:  for {view['waiting']['for']}")
     lines.append("")
     rows = [
         (
@@ -90,6 +92,31 @@ def inspect(view: dict[str, Any]) -> str:
         lines.append("Blocked:")
         for sid, deps in view["blockers"].items():
             lines.append(f"  {sid} waits on {', '.join(deps)}")
+    return "\n".join(lines)
+
+
+def limits(items: list[dict[str, Any]]) -> str:
+    """Every limit: its use, its queue's length and rule; then each queue's head and why it waits."""
+    if not items:
+        return "No limits in use."
+    rows = []
+    for item in items:
+        use = f"{item.get('in_use', 0)}/{item.get('limit', 0)}"
+        if item["kind"] == "rate":
+            use += f" per {_secs(item.get('period_ms', 0) / 1000)}"
+        rows.append((item["key"], item["kind"], use, item.get("queued", 0), item.get("rule", "")))
+    lines = [table(("KEY", "KIND", "IN USE", "QUEUED", "RULE"), rows)]
+    for item in items:
+        if not item.get("queue"):
+            continue
+        lines += ["", f"{item['key']}: {item['head']}"]
+        waiters = (
+            (w.get("position"), w["run_id"], w.get("step_id") or "-", w.get("attempt") or "-", w.get("since", ""))
+            for w in item["queue"]
+        )
+        lines.append(table(("  #", "RUN", "STEP", "ATTEMPT", "SINCE"), waiters))
+        if item.get("queued", 0) > len(item["queue"]):
+            lines.append(f"  … and {item['queued'] - len(item['queue'])} more")
     return "\n".join(lines)
 
 

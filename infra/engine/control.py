@@ -59,6 +59,7 @@ from .correlator import Correlator
 from .definitions import Definitions
 from .engine import Engine
 from .paging import events_page, runs_page
+from .limits import list_limits
 from .reader import RunReader
 from .starts import RunStarts
 from .views import fit_view, inspect_view, run_view
@@ -94,6 +95,7 @@ class ControlPlane:
             "run.signal": self.signal_run,
             "run.approve": lambda req: decide_approval(self.js, self.reader, req, approve=True),
             "run.reject": lambda req: decide_approval(self.js, self.reader, req, approve=False),
+            "limits": self.limits,
             "status": self.status,
         }
         assert set(self.handlers) == set(wire.OPERATIONS), "every operation of the contract has a handler"
@@ -306,6 +308,21 @@ class ControlPlane:
             **fields,
         )
         await publish_fact(self.js, event)  # type: ignore[arg-type]
+
+    # ---- flow control -------------------------------------------------------------------
+
+    async def limits(self, req: wire.ListLimits) -> dict[str, Any]:
+        """Every limit key: what is in use, who waits (the head of each queue), and why."""
+        views = await list_limits(self.js, _now())
+        shown = []
+        for view in views:
+            if not view.key.startswith(req.prefix):
+                continue
+            entry = msgspec.to_builtins(view)
+            entry["queued"] = len(view.queue)
+            entry["queue"] = entry.get("queue", [])[: max(0, req.queue)]
+            shown.append(entry)
+        return {"limits": shown}
 
     # ---- status ------------------------------------------------------------------------
 

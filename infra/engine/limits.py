@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError, NotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from dagnats.domain.errors import RunNotFound, WrongLastSequence
 from dagnats.domain.events import Event, format_timestamp
@@ -80,10 +80,11 @@ class NatsLimitStore:
 
 
 async def limit_keys(js: JetStreamContext) -> list[str]:
-    try:
-        return list(await (await js.key_value(FLOW_BUCKET)).keys())
-    except (NoKeysError, NotFoundError):
-        return []
+    """Every key of the bucket, from the stream's subjects: one request, no consumer (a KV
+    watcher can end early while keys are being written)."""
+    prefix = f"$KV.{FLOW_BUCKET}."
+    info = await js.stream_info(f"KV_{FLOW_BUCKET}", subjects_filter=f"{prefix}>")
+    return [subject[len(prefix) :] for subject in (info.state.subjects or {})]
 
 
 # ---- the listing -------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ class Holder(msgspec.Struct, frozen=True, omit_defaults=True):
     position: int = 0  # in the queue: 1 = next
 
 
-class LimitView(msgspec.Struct, frozen=True, omit_defaults=True):
+class LimitView(msgspec.Struct, frozen=True):
     key: str
     kind: str  # slots | rate
     rule: str = ""

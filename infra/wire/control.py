@@ -89,6 +89,11 @@ class ListRuns(Request, frozen=True):
     cursor: str | None = None
 
 
+class ListLimits(Request, frozen=True):
+    prefix: str = ""  # only keys starting with this (e.g. "task.charge")
+    queue: int = 20  # at most this many of each queue's waiters, head first
+
+
 MAX_PAGE = 10_000
 
 # op -> the request it takes
@@ -109,6 +114,7 @@ OPERATIONS: dict[str, type[Request]] = {
     "run.signal": SignalRun,
     "run.approve": DecideApproval,
     "run.reject": DecideApproval,
+    "limits": ListLimits,
     "status": Empty,
 }
 
