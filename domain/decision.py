@@ -270,6 +270,10 @@ class Decision:
                 if self._at_max_steps():
                     break
                 progressed |= self._start_or_skip(step)
+                # A step that cannot start (a map's bad input) may end the run here: the
+                # fold then ignores later skips (looping for ever) and nothing more may start.
+                if self.run.status != st.RunStatus.RUNNING:
+                    return
         if is_complete(self.defn, self.run):
             self.complete()
 

@@ -378,6 +378,22 @@ def test_a_map_input_that_is_not_a_small_enough_array_fails_the_step(output, pro
     assert rec.run.status == rs.RunStatus.FAILED and problem in rec.run.step("each").error
 
 
+def test_a_map_refusing_its_input_ends_the_run_and_starts_nothing_beside_or_after_it():
+    # The map fails inside the decision that would start its sibling: once the run
+    # has failed, neither the sibling nor the map's dependent may start (this looped).
+    defn = wf(
+        step("list"),
+        step("each", "map", "list", config={"max_items": 1}),
+        step("sibling", "normal", "list"),
+        step("after", "normal", "each"),
+    )
+    rec = start(defn)
+    actions = rec.feed(completed("list", 1, [1, 2], at(1)), at(1))
+    assert rec.run.status == rs.RunStatus.FAILED and "more than max_items 1" in rec.run.error
+    assert of(actions, EnqueueTask) == []
+    assert appended(actions, ev.WorkflowFailed) and len(appended(actions, ev.WorkflowFailed)) == 1
+
+
 def test_an_empty_map_completes_at_once_with_an_empty_array():
     rec = start(mapped())
     rec.feed(completed("list", 1, [], at(1)), at(1))

@@ -55,11 +55,12 @@ def step_detail(step: dict[str, Any]) -> str:
     """A step's output, error, what it waits for, or how its map instances stand."""
     if step["status"] == "completed":
         return compact(step["output"])
+    counts = step.get("instance_counts")
+    instances = "instances: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) if counts else ""
     if step.get("waiting"):
-        return f"waiting for {step['waiting']['for']}"
-    if step.get("instance_counts"):
-        return "instances: " + ", ".join(f"{n} {status}" for status, n in sorted(step["instance_counts"].items()))
-    return step.get("error") or step.get("skip_reason") or ""
+        # A running map waits for its instances: say how they stand.
+        return f"waiting for {step['waiting']['for']}" + (f" ({instances})" if instances else "")
+    return instances or step.get("error") or step.get("skip_reason") or ""
 
 
 def inspect(view: dict[str, Any]) -> str:
