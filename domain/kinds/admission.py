@@ -19,7 +19,7 @@ from .. import state as st
 from ..actions import Acquire, Action, Release
 from ..decision import Decision
 from ..limits import holder_id, run_limits, step_limits
-from ..timers import LIMIT
+from ..timers import LIMIT, timer
 from . import on_fact, on_timer
 
 # A queued step or run asks again this often, in case its admission was not delivered.
@@ -31,6 +31,20 @@ def _admitted(d: Decision, event: ev.StepAdmitted) -> None:
     step, state = d.steps.get(event.step_id), d.state_of(event.step_id, event.instance)
     if step is not None and state.status == st.StepStatus.WAITING and state.admitted:
         d.start_admitted(step, event.instance)
+
+
+@on_fact(ev.StepLimited)
+def _step_limited(d: Decision, event: ev.StepLimited) -> None:
+    state = d.state_of(event.step_id, event.instance)
+    waiting = state.waiting
+    if state.status == st.StepStatus.WAITING and not state.admitted and waiting is not None and waiting.due:
+        d.actions.append(timer(LIMIT, waiting.due, event.step_id, state.attempts + 1, event.instance))
+
+
+@on_fact(ev.RunLimited)
+def _run_limited(d: Decision, event: ev.RunLimited) -> None:
+    if d.run.status == st.RunStatus.PENDING and d.run.waiting is not None and d.run.waiting.due:
+        d.actions.append(timer(LIMIT, d.run.waiting.due))
 
 
 @on_fact(ev.WorkflowStarted)
