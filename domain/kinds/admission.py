@@ -55,8 +55,12 @@ def _run_admission(d: Decision, event: ev.WorkflowStarted) -> None:
 
 def run_acquire(run: st.WorkflowRun, now_ms: int) -> Acquire:
     assert run.definition is not None
-    created = int(ev.parse_timestamp(run.created_at).timestamp() * 1000) if run.created_at else now_ms
+    created = _ms(run.created_at) if run.created_at else now_ms
     return Acquire(tuple(run_limits(run.definition, run.input, created)), holder_id(run.run_id))
+
+
+def _ms(stamp: str) -> int:
+    return int(ev.parse_timestamp(stamp).timestamp() * 1000)
 
 
 @on_timer(LIMIT)
@@ -68,7 +72,8 @@ def _ask_again(d: Decision, fire: ev.TimerFire) -> None:
     step, state = d.steps.get(fire.step_id), d.state_of(fire.step_id, fire.instance)
     if step is None or state.status != st.StepStatus.WAITING or state.admitted or state.attempts + 1 != fire.attempt:
         return
-    requests = step_limits(d.defn, step, d.next_input(step, fire.instance), d.now_ms)
+    held_ms = _ms(state.waiting.since) if state.waiting is not None and state.waiting.since else d.now_ms
+    requests = step_limits(d.defn, step, d.next_input(step, fire.instance), held_ms)
     holder = holder_id(d.run.run_id, step.id, fire.attempt, fire.instance)
     d.actions.append(Acquire(tuple(requests), holder, step.id, fire.attempt, fire.instance))
 
