@@ -79,18 +79,24 @@ def _ask_again(d: Decision, fire: ev.TimerFire) -> None:
 
 
 def released(before: st.WorkflowRun, after: st.WorkflowRun) -> list[Action]:
-    """Slots held before whose attempt (or run) no longer holds them."""
+    """Slots held before whose attempt (or run) no longer holds them: a run that ended
+    holds nothing, nor do the instances of a map that is no longer under way."""
     releases: list[Action] = []
     for key in before.holds:
         if key not in after.holds:
             releases.append(Release(key, holder_id(before.run_id)))
     for step_id, state in before.steps.items():
-        now = after.step(step_id)
+        now = st.StepState() if after.is_terminal else after.step(step_id)
         releases += _released(before.run_id, step_id, state, now, None)
-        for index, instance in enumerate(state.instances):
-            later = now.instances[index] if index < len(now.instances) else st.StepState()
-            releases += _released(before.run_id, step_id, instance, later, index)
+        later = _holding_instances(now)
+        for index, instance in enumerate(_holding_instances(state)):
+            instance_after = later[index] if index < len(later) else st.StepState()
+            releases += _released(before.run_id, step_id, instance, instance_after, index)
     return releases
+
+
+def _holding_instances(state: st.StepState) -> tuple[st.StepState, ...]:
+    return state.instances if state.status in st.HOLDING_STEP_STATUSES else ()
 
 
 def _released(
