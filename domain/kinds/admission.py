@@ -6,7 +6,8 @@ shell asks flow control; its answer is recorded as a fact: ``step.admitted``
 ``step.limited`` (a rate limit says when a token is free; a slot pool that the
 step is queued). A limited step asks again when its ``limit`` timer falls
 due — at that time for a rate, every ``RECHECK`` for a queue, which a
-release normally pre-empts by admitting it. A run under
+release normally pre-empts by admitting it; a rebuilt run asks again for a
+hold that was never answered. A run under
 ``concurrency.max_runs`` waits ``pending`` the same way (``workflow.admitted``
 / ``workflow.limited``). Slots are released when the attempt (or run) that
 holds them ends (``evolve`` works that out from the state).
@@ -18,9 +19,10 @@ from .. import events as ev
 from .. import state as st
 from ..actions import Acquire, Action, Release
 from ..decision import Decision
+from ..definition import StepDef
 from ..limits import holder_id, run_limits, step_limits
 from ..timers import LIMIT, timer
-from . import on_fact, on_timer
+from . import on_fact, on_recover, on_timer
 
 # A queued step or run asks again this often, in case its admission was not delivered.
 RECHECK_NS = 15_000_000_000
@@ -70,12 +72,36 @@ def _ask_again(d: Decision, fire: ev.TimerFire) -> None:
             d.actions.append(run_acquire(d.run, d.now_ms))
         return
     step, state = d.steps.get(fire.step_id), d.state_of(fire.step_id, fire.instance)
-    if step is None or state.status != st.StepStatus.WAITING or state.admitted or state.attempts + 1 != fire.attempt:
-        return
+    if step is not None and _awaits_admission(state) and state.attempts + 1 == fire.attempt:
+        d.actions.append(step_acquire(d, step, state, fire.instance))
+
+
+@on_recover
+def _ask_where_no_timer_will(d: Decision) -> None:
+    """A rebuilt run asks again for admissions no limit timer will ask for: one never
+    answered (the shell stopped between recording the hold and its answer), or a queue
+    that gave no time to ask again."""
+    waiting = d.run.waiting
+    if d.run.status == st.RunStatus.PENDING and (waiting is None or not waiting.due):
+        d.actions.append(run_acquire(d.run, d.now_ms))
+    for step in d.defn.steps:
+        state = d.run.step(step.id)
+        instances = state.instances if state.status == st.StepStatus.RUNNING else ()
+        for index, attempt in [(None, state), *enumerate(instances)]:
+            if _awaits_admission(attempt) and not (attempt.waiting is not None and attempt.waiting.due):
+                d.actions.append(step_acquire(d, step, attempt, index))
+
+
+def _awaits_admission(state: st.StepState) -> bool:
+    return state.status == st.StepStatus.WAITING and not state.admitted
+
+
+def step_acquire(d: Decision, step: StepDef, state: st.StepState, instance: int | None) -> Acquire:
+    """Ask again for a held attempt, ranked from when it was first held (it keeps its place)."""
+    attempt = state.attempts + 1
     held_ms = _ms(state.waiting.since) if state.waiting is not None and state.waiting.since else d.now_ms
-    requests = step_limits(d.defn, step, d.next_input(step, fire.instance), held_ms)
-    holder = holder_id(d.run.run_id, step.id, fire.attempt, fire.instance)
-    d.actions.append(Acquire(tuple(requests), holder, step.id, fire.attempt, fire.instance))
+    requests = step_limits(d.defn, step, d.next_input(step, instance), held_ms)
+    return Acquire(tuple(requests), holder_id(d.run.run_id, step.id, attempt, instance), step.id, attempt, instance)
 
 
 def released(before: st.WorkflowRun, after: st.WorkflowRun) -> list[Action]:
