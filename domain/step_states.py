@@ -240,7 +240,8 @@ def _held(run: st.WorkflowRun, step: st.StepState, event: ev.StepHeld) -> st.Ste
 
 
 def _limited(run: st.WorkflowRun, step: st.StepState, event: ev.StepLimited) -> st.StepState:
-    return replace(step, waiting=limited_waiting(step.waiting, event.payload, event.timestamp))
+    waiting = limited_waiting(step.waiting, event.payload, event.timestamp)
+    return step if waiting == step.waiting else replace(step, waiting=waiting)
 
 
 def limited_waiting(waiting: st.Waiting | None, limited: ev.Limited, at: str) -> st.Waiting:
