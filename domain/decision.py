@@ -151,7 +151,7 @@ class Decision:
         """The next attempt after a retry's backoff (or an agent loop's next iteration): a
         worker's task with the same input, or a step the engine runs (a child, a wait)
         started afresh; a limited task waits for admission first."""
-        if self.needs_admission(step):
+        if self.needs_admission(step, instance):
             self.hold(step, self.next_input(step, instance), instance)
         elif step.type in ENGINE_RUN_TYPES and instance is None:
             STARTERS[step.type](self, step, resolve_input(self.run, step))
@@ -213,10 +213,13 @@ class Decision:
     def now_ms(self) -> int:
         return int(self.now.timestamp() * 1000)
 
-    def needs_admission(self, step: StepDef) -> bool:
-        """A worker's task under a rate limit, a concurrency limit or a step singleton."""
+    def needs_admission(self, step: StepDef, instance: int | None = None) -> bool:
+        """A worker's task under a rate limit, a concurrency limit or a step singleton (a
+        map's limits apply to each of its instances, not to the map itself)."""
         limited = step.rate_limit or step.keyed_rate_limit or step.max_task_concurrency or step.singleton
-        return bool(limited) and step.type in LIMITED_TYPES
+        if not limited or step.type not in LIMITED_TYPES:
+            return False
+        return step.type != "map" or instance is not None
 
     def hold(self, step: StepDef, data: Any, instance: int | None = None) -> None:
         """The step's next attempt waits for admission (``step.held``); the shell asks flow

@@ -92,6 +92,8 @@ def _run_event(
     changes: RunChanges = {"status": status, **mutator(run, event)}
     if status.is_terminal:
         changes.update(completed_at=event.timestamp, holds=(), waiting=None)
+    if all(getattr(run, name) == value for name, value in changes.items()):
+        return run
     return replace(run, **changes)
 
 
@@ -204,9 +206,11 @@ def _instance_event(
     status = next_step_status(instance.status, event.type)
     if status is None or not _attempt_applies(instance, event):
         return run
-    updated = mutator(run, replace(instance, status=status), event)
+    updated = mutator(run, instance if status == instance.status else replace(instance, status=status), event)
     if updated.holds and updated.status not in st.HOLDING_STEP_STATUSES:
         updated = replace(updated, holds=(), admitted=False)
+    if updated is instance:
+        return run
     instances = step.instances[:index] + (updated,) + step.instances[index + 1 :]
     return replace(run, steps={**run.steps, event.step_id: replace(step, instances=instances)})
 

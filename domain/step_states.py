@@ -241,6 +241,8 @@ def _held(run: st.WorkflowRun, step: st.StepState, event: ev.StepHeld) -> st.Ste
 
 def _limited(run: st.WorkflowRun, step: st.StepState, event: ev.StepLimited) -> st.StepState:
     waiting = limited_waiting(step.waiting, event.payload, event.timestamp)
+    if waiting == step.waiting and event.payload.holds == step.holds:
+        return step
     return replace(step, waiting=waiting, holds=event.payload.holds)
 
 

@@ -21,8 +21,9 @@ from dagnats.domain import events as ev
 from dagnats.domain import state as rs
 from dagnats.domain.actions import Action, AppendEvent, EnqueueTask, StartTimer
 from dagnats.domain.decide import evolve
-from dagnats.domain.definition import RetryPolicy, StepDef, WorkflowDef
+from dagnats.domain.definition import ConcurrencyLimit, RateLimit, RetryPolicy, StepDef, WorkflowDef
 from dagnats.domain.durations import SECOND
+from dagnats.domain.limits import SLOTS, step_limits
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
@@ -173,6 +174,47 @@ def timer_fired(timer: StartTimer, moment: datetime = BASE_TIME, run_id: str = R
     )
 
 
+def _answer(cls: type[ev.EventBase], step_id: str, attempt: int, payload: Any, t: float, instance: int | None) -> Any:
+    tag: str = cls.__struct_config__.tag  # type: ignore[assignment]
+    return cls(
+        run_id=RUN_ID,
+        step_id=step_id,
+        attempt=attempt,
+        instance=instance,
+        timestamp=ev.format_timestamp(at(t)),
+        payload=payload,
+        id=ev.fact_id(tag, step_id, attempt, instance),
+    )
+
+
+def admitted(step_id: str, attempt: int, *holds: str, t: float = 1, instance: int | None = None) -> ev.StepAdmitted:
+    """Flow control's answer: the attempt is admitted, holding the slots of ``holds``."""
+    return _answer(ev.StepAdmitted, step_id, attempt, ev.Admission(holds=holds), t, instance)
+
+
+def limited(
+    step_id: str, attempt: int, key: str, until: float, position: int = 0, t: float = 1, instance: int | None = None
+) -> ev.StepLimited:
+    """Flow control's answer: not yet, ask again at ``until`` (seconds after BASE_TIME)."""
+    payload = ev.Limited(key=key, reason="busy", until=ev.format_timestamp(at(until)), position=position)
+    return _answer(ev.StepLimited, step_id, attempt, payload, t, instance)
+
+
+def run_admitted(*holds: str, t: float = 1) -> ev.RunAdmitted:
+    return _answer(ev.RunAdmitted, "", 0, ev.Admission(holds=holds), t, None)
+
+
+def run_limited(key: str, until: float, position: int = 0, t: float = 1) -> ev.RunLimited:
+    payload = ev.Limited(key=key, reason="busy", until=ev.format_timestamp(at(until)), position=position)
+    return _answer(ev.RunLimited, "", 0, payload, t, None)
+
+
+def cancelled(t: float) -> ev.WorkflowCancelled:
+    return ev.WorkflowCancelled(
+        run_id=RUN_ID, timestamp=ev.format_timestamp(at(t)), id="cancel.x", payload=ev.RunEnd(reason="user")
+    )
+
+
 # ---- driving a run -------------------------------------------------------------------------------
 
 
@@ -315,3 +357,84 @@ def _stray(draw: st.DrawFn, step_names: tuple[str, ...]) -> ev.Event:
 def stray_events(step_names: tuple[str, ...]) -> st.SearchStrategy[ev.Event]:
     """Any event at all about this run: worker facts, decisions, run events, odd payloads."""
     return _stray(step_names)
+
+
+# ---- flow control ------------------------------------------------------------------------------
+
+_STEP_LIMITS = st.sampled_from(
+    [
+        {},
+        {"max_task_concurrency": 1},
+        {"singleton": True},
+        {"rate_limit": RateLimit(limit=2, period=SECOND)},
+        {"max_task_concurrency": 2, "singleton": True},
+    ]
+)
+_RUN_LIMITS = st.sampled_from(
+    [None, ConcurrencyLimit(max_steps=1), ConcurrencyLimit(max_runs=2), ConcurrencyLimit(max_runs=1, max_steps=2)]
+)
+
+
+@st.composite
+def limited_definitions(draw: st.DrawFn) -> WorkflowDef:
+    """A random DAG whose steps (and the run) are under random limits."""
+    base = draw(dag_definitions(max_steps=4))
+    steps = tuple(msgspec.structs.replace(step, **draw(_STEP_LIMITS)) for step in base.steps)
+    return msgspec.structs.replace(base, steps=steps, concurrency=draw(_RUN_LIMITS))
+
+
+def admission_facts(rec: Recorder, t: float) -> list[ev.Event]:
+    """Flow control's possible answers to what the run waits on: admitted or limited."""
+    run, facts = rec.run, []
+    if run.definition is None:
+        return []
+    if run.status == rs.RunStatus.PENDING:
+        key = f"runs.{run.definition.name}"
+        facts += [run_admitted(key, t=t), run_limited(key, until=t + 3, position=1, t=t)]
+    for step in run.definition.steps:
+        state = run.step(step.id)
+        if state.status != rs.StepStatus.WAITING or state.admitted:
+            continue
+        slots = tuple(r.key for r in step_limits(run.definition, step, state.input, 0) if r.kind == SLOTS)
+        attempt = state.attempts + 1
+        facts.append(admitted(step.id, attempt, *slots, t=t))
+        facts.append(limited(step.id, attempt, slots[0] if slots else f"rate.{step.task}", until=t + 3, t=t))
+    return facts
+
+
+@dataclass
+class AdmittedRun:
+    """A limited run: each fact fed, the state it led to and the actions it asked for."""
+
+    definition: WorkflowDef
+    facts: list[ev.Event]
+    history: list[ev.Event] = field(repr=False)
+    steps: list[tuple[ev.Event, rs.WorkflowRun, rs.WorkflowRun, list[Action]]] = field(repr=False)
+    final: rs.WorkflowRun = field(repr=False)
+
+
+ADMISSION_WEIGHTS = ["progress"] * 4 + ["admission"] * 4 + ["failure", "timer", "timer", "stale", "duplicate", "end"]
+
+
+@st.composite
+def admitted_runs(draw: st.DrawFn, max_facts: int = 30) -> AdmittedRun:
+    """A run under limits driven by random worker facts, admission answers, timers, duplicates
+    and (rarely) a cancel, the way ``recorded_runs`` drives an unlimited one."""
+    wf = draw(limited_definitions())
+    rec = Recorder()
+    steps = []
+    fact = started_event(wf, draw(json_values))
+    for tick in range(draw(st.integers(0, max_facts)) + 1):
+        if tick:
+            candidates = candidate_facts(rec, at(tick))
+            candidates["admission"] = admission_facts(rec, tick)
+            candidates["end"] = [] if rec.run.is_terminal else [cancelled(tick)]
+            kinds = [k for k in ADMISSION_WEIGHTS if candidates[k]]
+            if not kinds:
+                break
+            chosen = candidates[kinds[draw(_index(len(kinds)))]]
+            fact = chosen[draw(_index(len(chosen)))]
+        before = rec.run
+        actions = rec.feed(fact, at(tick))
+        steps.append((fact, before, rec.run, actions))
+    return AdmittedRun(wf, rec.facts, rec.history, steps, rec.run)

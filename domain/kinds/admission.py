@@ -9,7 +9,8 @@ limited step asks again when its ``limit`` timer falls due — at that time for
 a rate, every ``RECHECK`` for a queue — or at once when a release makes it
 the holder of the slot it queued for (flow control puts a ``limit`` timer's
 fire into its inbox). Asking again is idempotent: a holder that holds is
-granted without counting twice. A run under ``concurrency.max_runs`` waits
+granted without counting twice; a rebuilt run asks again for a hold that was
+never answered. A run under ``concurrency.max_runs`` waits
 ``pending`` the same way (``workflow.admitted`` / ``workflow.limited``).
 Slots are released when the attempt (or run) that holds or queues for them
 ends; ``released`` works that out from the states before and after a fact.
@@ -24,11 +25,11 @@ from .. import events as ev
 from .. import state as st
 from ..actions import Acquire, Action, Release
 from ..decision import Decision
-from ..definition import WorkflowDef
+from ..definition import StepDef, WorkflowDef
 from ..durations import MILLISECOND
 from ..limits import holder_id, run_limits, slot_keys, step_limits
 from ..timers import LIMIT, timer, timer_id
-from . import on_fact, on_timer
+from . import on_fact, on_recover, on_timer
 
 # A queued step or run asks again this often, in case its admission was not delivered.
 RECHECK_NS = 15_000_000_000
@@ -42,16 +43,17 @@ def _admitted(d: Decision, event: ev.StepAdmitted) -> None:
 
 
 @on_fact(ev.StepLimited)
-def _limited(d: Decision, event: ev.StepLimited) -> None:
+def _step_limited(d: Decision, event: ev.StepLimited) -> None:
     state = d.state_of(event.step_id, event.instance)
-    if state.status == st.StepStatus.WAITING and not state.admitted and event.payload.until:
-        d.actions.append(timer(LIMIT, event.payload.until, event.step_id, event.attempt, event.instance))
+    waiting = state.waiting
+    if state.status == st.StepStatus.WAITING and not state.admitted and waiting is not None and waiting.due:
+        d.actions.append(timer(LIMIT, waiting.due, event.step_id, state.attempts + 1, event.instance))
 
 
 @on_fact(ev.RunLimited)
 def _run_limited(d: Decision, event: ev.RunLimited) -> None:
-    if d.run.status == st.RunStatus.PENDING and event.payload.until:
-        d.actions.append(timer(LIMIT, event.payload.until))
+    if d.run.status == st.RunStatus.PENDING and d.run.waiting is not None and d.run.waiting.due:
+        d.actions.append(timer(LIMIT, d.run.waiting.due))
 
 
 @on_fact(ev.WorkflowStarted)
@@ -62,8 +64,12 @@ def _run_admission(d: Decision, event: ev.WorkflowStarted) -> None:
 
 def run_acquire(run: st.WorkflowRun, now_ms: int) -> Acquire:
     assert run.definition is not None
-    created = int(ev.parse_timestamp(run.created_at).timestamp() * 1000) if run.created_at else now_ms
+    created = _ms(run.created_at) if run.created_at else now_ms
     return Acquire(tuple(run_limits(run.definition, run.input, created)), holder_id(run.run_id))
+
+
+def _ms(stamp: str) -> int:
+    return int(ev.parse_timestamp(stamp).timestamp() * 1000)
 
 
 @on_timer(LIMIT)
@@ -73,12 +79,36 @@ def _ask_again(d: Decision, fire: ev.TimerFire) -> None:
             d.actions.append(run_acquire(d.run, d.now_ms))
         return
     step, state = d.steps.get(fire.step_id), d.state_of(fire.step_id, fire.instance)
-    if step is None or state.status != st.StepStatus.WAITING or state.admitted or state.attempts + 1 != fire.attempt:
-        return
-    since = ev.parse_timestamp(state.waiting.since) if state.waiting and state.waiting.since else d.now
-    requests = step_limits(d.defn, step, d.next_input(step, fire.instance), int(since.timestamp() * 1000))
-    holder = holder_id(d.run.run_id, step.id, fire.attempt, fire.instance)
-    d.actions.append(Acquire(tuple(requests), holder, step.id, fire.attempt, fire.instance))
+    if step is not None and _awaits_admission(state) and state.attempts + 1 == fire.attempt:
+        d.actions.append(step_acquire(d, step, state, fire.instance))
+
+
+@on_recover
+def _ask_where_no_timer_will(d: Decision) -> None:
+    """A rebuilt run asks again for admissions no limit timer will ask for: one never
+    answered (the shell stopped between recording the hold and its answer), or a queue
+    that gave no time to ask again."""
+    waiting = d.run.waiting
+    if d.run.status == st.RunStatus.PENDING and (waiting is None or not waiting.due):
+        d.actions.append(run_acquire(d.run, d.now_ms))
+    for step in d.defn.steps:
+        state = d.run.step(step.id)
+        instances = state.instances if state.status == st.StepStatus.RUNNING else ()
+        for index, attempt in [(None, state), *enumerate(instances)]:
+            if _awaits_admission(attempt) and not (attempt.waiting is not None and attempt.waiting.due):
+                d.actions.append(step_acquire(d, step, attempt, index))
+
+
+def _awaits_admission(state: st.StepState) -> bool:
+    return state.status == st.StepStatus.WAITING and not state.admitted
+
+
+def step_acquire(d: Decision, step: StepDef, state: st.StepState, instance: int | None) -> Acquire:
+    """Ask again for a held attempt, ranked from when it was first held (it keeps its place)."""
+    attempt = state.attempts + 1
+    held_ms = _ms(state.waiting.since) if state.waiting is not None and state.waiting.since else d.now_ms
+    requests = step_limits(d.defn, step, d.next_input(step, instance), held_ms)
+    return Acquire(tuple(requests), holder_id(d.run.run_id, step.id, attempt, instance), step.id, attempt, instance)
 
 
 # ---- the shell's answer, as a fact --------------------------------------------------------------
@@ -160,7 +190,8 @@ def _run_of(acquire: Acquire) -> str:
 
 
 def released(before: st.WorkflowRun, after: st.WorkflowRun) -> list[Action]:
-    """Slots held (or queued for) before by an attempt or run that no longer holds them."""
+    """Slots held (or queued for) before by an attempt or run that no longer holds them: a
+    run that ended holds nothing, nor do the instances of a map that is no longer under way."""
     defn = before.definition
     if defn is None:
         return []
@@ -171,17 +202,20 @@ def released(before: st.WorkflowRun, after: st.WorkflowRun) -> list[Action]:
     steps = defn.step_map()
     for step_id, state in before.steps.items():
         step = steps.get(step_id)
-        if step is None:
-            continue
-        keys = slot_keys(defn, step)
+        keys = slot_keys(defn, step) if step is not None else ()
         if not keys:
             continue
-        now = after.step(step_id)
+        now = st.StepState() if after.is_terminal else after.step(step_id)
         releases += _released(run_id, step_id, keys, state, now, None)
-        for index, instance in enumerate(state.instances):
-            later = now.instances[index] if index < len(now.instances) else st.StepState()
-            releases += _released(run_id, step_id, keys, instance, later, index)
+        later = _holding_instances(now)
+        for index, instance in enumerate(_holding_instances(state)):
+            instance_after = later[index] if index < len(later) else st.StepState()
+            releases += _released(run_id, step_id, keys, instance, instance_after, index)
     return releases
+
+
+def _holding_instances(state: st.StepState) -> tuple[st.StepState, ...]:
+    return state.instances if state.status in st.HOLDING_STEP_STATUSES else ()
 
 
 def _holding_attempt(state: st.StepState) -> int:

@@ -56,7 +56,7 @@ def dispatch_more(d: Decision, step: StepDef, data: list[Any] | None = None) -> 
         data = resolve_input(d.run, step)
     for index in pending:
         assert data is not None
-        if d.needs_admission(step):
+        if d.needs_admission(step, index):
             d.hold(step, data[index], index)
         else:
             d.dispatch(step, 1, data[index], input_from=INPUT_FROM_WIRING, instance=index)
