@@ -17,10 +17,10 @@ dependencies, per-type bounds) stay with ``validate()`` and surface from
 Builder durations are seconds (int or float), ``timedelta`` or Go-style
 strings ("30s"); a ``RetryPolicy`` object is taken as already parsed.
 
-The builder writes every step type and setting the language has, executed or
-not: only normal (``task``) and ``agent`` steps run today, and the engine
-refuses to start a workflow with any other step type (``UnsupportedStepType``).
-Methods for what is validated but not executed yet say so.
+The builder writes every step type and setting the language has. The engine
+runs every step type the builder writes; settings that are validated but not
+enforced yet (concurrency, priority, rate limits, task concurrency,
+capabilities) say so in their methods.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any
 import jsonschema
 import msgspec
 
+from .conditions import EVENT_OPS
 from .definition import Match, RetryPolicy, WorkflowDef, encode_workflow, workflow_from_object
 from .durations import MICROSECOND, SECOND, parse_duration
 from .errors import BuilderError, InvalidDuration, InvalidIdentifier
@@ -93,12 +94,14 @@ class WorkflowBuilder:
     def cancel_on(
         self, event: str, left: str | None = None, op: str = "eq", right: str | None = None, timeout: Any = None
     ) -> WorkflowBuilder:
-        """Cancel the run when ``event`` arrives (and ``left`` of the event equals ``right``)."""
+        """Cancel the run when ``event`` arrives (and ``left`` of the event equals ``right``;
+        ``op`` is "eq", the only operator cancel_on takes)."""
         entry: dict[str, Any] = {"event": self._identifier("cancel_on event", event)}
         if (left is None) != (right is None):
             raise self._error(f"cancel_on {event!r}: give both left and right, or neither")
         if left is not None:
-            entry["match"] = self._match(f"cancel_on {event!r}", Match(left=left, op=op, right=str(right)))
+            match = Match(left=left, op=op, right=str(right))
+            entry["match"] = self._match(f"cancel_on {event!r}", match, ops=("eq",))
         if timeout is not None:
             entry["timeout"] = self._ns(f"cancel_on {event!r}: timeout", timeout)
         self._doc.setdefault("cancel_on", []).append(entry)
@@ -162,9 +165,9 @@ class WorkflowBuilder:
     def sleep(
         self, step_id: str, duration: Any = None, *, cron: str | None = None, until_input_path: str | None = None
     ) -> StepRef:
-        """A durable pause until a duration, the next ``cron`` time, or the time at an input path.
-
-        Validated, not executed yet: ``run start`` refuses a workflow with a sleep step.
+        """A durable pause, run by the engine without a worker: for ``duration``, until the
+        next time of a 5-field ``cron`` expression (UTC), or until the time (RFC 3339 or
+        epoch milliseconds) at ``until_input_path`` in the run input. Completes with null.
         """
         config: dict[str, Any] = {}
         if duration is not None:
@@ -180,23 +183,24 @@ class WorkflowBuilder:
     def wait_for_event(
         self, step_id: str, event: str, match: Match | Mapping[str, str] | None = None, *, timeout: Any
     ) -> StepRef:
-        """Wait until ``event`` arrives whose ``match.left`` equals ``match.right``, or time out.
-
-        Validated, not executed yet: ``run start`` refuses a workflow with this step type.
+        """Wait for an ``event`` (``dagnats event publish``) whose ``match.left`` (a path in
+        the event's data) compares true, by ``match.op`` (eq ne lt lte gt gte), with
+        ``match.right`` ("input.<path>" or "step.<id>.output[.<path>]", resolved when
+        the wait begins). Completes with the event's data, or with ``{"timeout": true}``
+        once ``timeout`` has passed.
         """
         config: dict[str, Any] = {"event": self._identifier("event", event)}
         if match is not None:
-            config["match"] = self._match(f"step {step_id!r}", match)
+            config["match"] = self._match(f"step {step_id!r}", match, ops=tuple(EVENT_OPS))
         config["timeout"] = self._ns(f"step {step_id!r}: timeout", timeout)
         return self._add(step_id, "wait_for_event", config=config)
 
     def approval(
         self, step_id: str, subject: str, timeout: Any, description: str = "", metadata: Mapping[str, str] | None = None
     ) -> StepRef:
-        """A human gate, approved or rejected before ``timeout``.
-
-        Validated, not executed yet: ``run start`` refuses a workflow with an approval
-        step, and there is no command to approve or reject.
+        """A human gate: the request goes to the NATS ``subject``; ``dagnats run approve``
+        completes the step with the decision, ``run reject`` fails it, and no decision
+        within ``timeout`` (at most 168h) fails it with "approval timed out".
         """
         config: dict[str, Any] = {
             "subject": self._text("subject", subject),
@@ -209,21 +213,22 @@ class WorkflowBuilder:
         return self._add(step_id, "approval", config=config)
 
     def sub_workflow(self, step_id: str, workflow: str, detach: bool = False) -> StepRef:
-        """Start a run of ``workflow``; wait for it unless ``detach``.
-
-        Validated, not executed yet: ``run start`` refuses a workflow with this step type.
+        """Start a child run of ``workflow`` with this step's input; the step ends as the
+        child ends, with its output. ``detach``: complete at once with the child's run id.
         """
         config: dict[str, Any] = {"workflow": self._identifier("sub-workflow name", workflow)}
         if detach:
             config["detach"] = True
         return self._add(step_id, "sub_workflow", config=config)
 
-    def map(self, step_id: str, task: str, max_items: int = 1000) -> StepRef:
-        """Run ``task`` once per item of the array its one dependency returned.
-
-        Validated, not executed yet: ``run start`` refuses a workflow with a map step.
+    def map(self, step_id: str, task: str, max_items: int = 1000, concurrency: int = 0) -> StepRef:
+        """Run ``task`` once per item of the array its one dependency returned (at most
+        ``max_items``), at most ``concurrency`` at once (0: all); the output is the array
+        of the items' outputs, in order. Each item is retried on its own.
         """
         config = {"max_items": self._count(f"step {step_id!r}: max_items", max_items, 1)}
+        if concurrency:
+            config["concurrency"] = self._count(f"step {step_id!r}: concurrency", concurrency)
         return self._add(step_id, "map", task, config=config)
 
     def agent_loop(
@@ -236,9 +241,10 @@ class WorkflowBuilder:
         budget_warn_at: int = 0,
         budget_force_at: int = 0,
     ) -> StepRef:
-        """Re-run ``task`` while it answers "continue", within the bounds given.
-
-        Validated, not executed yet: ``run start`` refuses a workflow with this step type.
+        """Run ``task`` once per iteration while its handler returns ``Continue(data)``
+        (``data`` is the next iteration's input), after ``loop_delay`` each time; past
+        ``max_iterations`` or ``max_duration`` the step fails. The budget fields are
+        advisory, for workers.
         """
         where, config = f"step {step_id!r}", {}
         if max_iterations is not None:
@@ -252,8 +258,8 @@ class WorkflowBuilder:
         return self._add(step_id, "agent_loop", task, config=config)
 
     def agent(self, step_id: str, task: str, metadata: Mapping[str, str] | None = None) -> StepRef:
-        """An agent step, run like a normal step; ``metadata`` (role, ...) is stored on the
-        step but not sent to the worker yet."""
+        """An agent step, run like a normal step; ``metadata`` (role, ...) reaches the
+        handler as ``ctx.metadata``."""
         if metadata is not None:
             metadata = self._strings(f"step {step_id!r}: metadata", metadata)
         return self._add(step_id, "agent", task, metadata=metadata)
@@ -266,9 +272,10 @@ class WorkflowBuilder:
         max_depth: int = 0,
         allowed_tasks: tuple[str, ...] | list[str] = (),
     ) -> StepRef:
-        """A step whose worker returns a DAG fragment for the engine to add to the run.
-
-        Validated, not executed yet: ``run start`` refuses a workflow with a planner step.
+        """A step whose handler returns a plan, ``{"steps": [...]}``: at most ``max_steps``
+        steps, chains at most ``max_depth`` deep (0: no limit), tasks in ``allowed_tasks``
+        (empty: any). The engine adds them to the run as ``<step_id>-<id>``; this step's
+        dependents run after them.
         """
         config: dict[str, Any] = {"max_steps": self._count(f"step {step_id!r}: max_steps", max_steps, 1)}
         if max_depth:
@@ -377,13 +384,14 @@ class WorkflowBuilder:
             raise self._error(f"{field} must map strings to strings (got {mapping!r})")
         return dict(mapping)
 
-    def _match(self, where: str, match: Match | Mapping[str, str]) -> dict[str, str]:
+    def _match(self, where: str, match: Match | Mapping[str, str], ops: tuple[str, ...]) -> dict[str, str]:
         try:
             parsed = match if isinstance(match, Match) else msgspec.convert(match, Match)
         except msgspec.ValidationError as err:
             raise self._error(f"{where}: match: {err}") from None
-        if parsed.op != "eq":
-            raise self._error(f'{where}: match op must be "eq" (got {parsed.op!r})')
+        if parsed.op not in ops:
+            allowed = '"eq"' if ops == ("eq",) else f"one of {', '.join(ops)}"
+            raise self._error(f"{where}: match op must be {allowed} (got {parsed.op!r})")
         built: dict[str, str] = msgspec.to_builtins(parsed)
         return built
 

@@ -145,33 +145,39 @@ class StepRef:
         return self._set("max_task_concurrency", self._builder._count(self._at("max_task_concurrency"), n, 1))
 
     def with_metadata(self, metadata: Mapping[str, str]) -> StepRef:
-        """String pairs stored on the step (merged with earlier ones); not sent to workers yet."""
+        """String pairs stored on the step (merged with earlier ones); the handler reads them
+        as ``ctx.metadata``."""
         added = self._builder._strings(f"step {self.id!r}: metadata", metadata)
         return self._set("metadata", {**self._step.get("metadata", {}), **added})
 
     # ---- type-specific ---------------------------------------------------------------------------
 
     def with_max_items(self, n: int) -> StepRef:
-        """Bound on the items a map step fans out over (map steps are not executed yet)."""
+        """Bound on the items a map step fans out over (the step fails on a longer array)."""
         return self._config("with_max_items", "map", max_items=self._builder._count(self._at("max_items"), n, 1))
 
+    def with_map_concurrency(self, n: int) -> StepRef:
+        """At most ``n`` items of a map step in flight at once (0: all of them)."""
+        n = self._builder._count(self._at("concurrency"), n)
+        return self._config("with_map_concurrency", "map", concurrency=n)
+
     def with_max_iterations(self, n: int) -> StepRef:
-        """Bound on the iterations of an agent_loop step (not executed yet)."""
+        """Bound on the iterations of an agent_loop step (the step fails past it)."""
         n = self._builder._count(self._at("max_iterations"), n, 1)
         return self._config("with_max_iterations", "agent_loop", max_iterations=n)
 
     def with_max_duration(self, duration: Any) -> StepRef:
-        """Wall-clock bound on an agent_loop step (not executed yet)."""
+        """Wall-clock bound on an agent_loop step, from its first iteration (the step fails past it)."""
         duration = self._builder._ns(self._at("max_duration"), duration)
         return self._config("with_max_duration", "agent_loop", max_duration=duration)
 
     def with_loop_delay(self, duration: Any) -> StepRef:
-        """Pause between the iterations of an agent_loop step (not executed yet)."""
+        """Pause between the iterations of an agent_loop step (a durable timer)."""
         duration = self._builder._ns(self._at("loop_delay"), duration)
         return self._config("with_loop_delay", "agent_loop", loop_delay=duration)
 
     def with_detach(self) -> StepRef:
-        """The sub-workflow step completes once the child run is started (not executed yet)."""
+        """The sub-workflow step completes at once, with the child's run id; the child runs on its own."""
         return self._config("with_detach", "sub_workflow", detach=True)
 
     # ---- helpers -------------------------------------------------------------------------------

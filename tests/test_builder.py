@@ -189,6 +189,10 @@ STEP_TYPES: dict[str, tuple[Any, dict[str, Any]]] = {
             },
         },
     ),
+    "approval minimal": (
+        lambda b: b.approval("s", "approvals.deploy", 600),
+        {"type": "approval", "config": {"subject": "approvals.deploy", "timeout": 600 * S}},
+    ),
     "approval": (
         lambda b: b.approval("s", "manager", "48h", description="ship it?", metadata={"team": "ops"}),
         {
@@ -215,6 +219,22 @@ STEP_TYPES: dict[str, tuple[Any, dict[str, Any]]] = {
         lambda b: b.map("s", "item").with_max_items(50),
         {"type": "map", "task": "item", "config": {"max_items": 50}},
     ),
+    "map concurrency": (
+        lambda b: b.map("s", "item", max_items=20, concurrency=4),
+        {"type": "map", "task": "item", "config": {"max_items": 20, "concurrency": 4}},
+    ),
+    "map with_map_concurrency": (
+        lambda b: b.map("s", "item").with_map_concurrency(2),
+        {"type": "map", "task": "item", "config": {"max_items": 1000, "concurrency": 2}},
+    ),
+    "agent_loop budgets": (
+        lambda b: b.agent_loop("s", "think", max_iterations=9, budget_warn_at=5, budget_force_at=8),
+        {
+            "type": "agent_loop",
+            "task": "think",
+            "config": {"max_iterations": 9, "budget_warn_at": 5, "budget_force_at": 8},
+        },
+    ),
     "agent_loop": (
         lambda b: b.agent_loop("s", "think", max_iterations=5, max_duration="10m", loop_delay=2),
         {
@@ -235,6 +255,10 @@ STEP_TYPES: dict[str, tuple[Any, dict[str, Any]]] = {
         lambda b: b.agent("s", "claude", {"role": "reviewer"}),
         {"type": "agent", "task": "claude", "metadata": {"role": "reviewer"}},
     ),
+    "planner minimal": (
+        lambda b: b.planner("s", "plan", 3),
+        {"type": "planner", "task": "plan", "config": {"max_steps": 3}},
+    ),
     "planner": (
         lambda b: b.planner("s", "plan", 8, max_depth=3, allowed_tasks=["fetch", "store"]),
         {
@@ -254,6 +278,45 @@ def test_step_type_sets_type_and_config_as_the_json_form_would(case):
     add(b).after(a)
     expected = from_json([{"id": "a", "task": "work"}, {"id": "s", "depends_on": ["a"], **fields}])
     assert b.build() == expected
+
+
+@pytest.mark.parametrize("op", ["eq", "ne", "lt", "lte", "gt", "gte"])
+def test_wait_for_event_takes_every_operator_the_engine_compares_with(op):
+    b = WorkflowBuilder("wf")
+    a = b.task("a", "work")
+    b.wait_for_event("s", "reading", Match(left="celsius", op=op, right="step.a.output.limit"), timeout="5m").after(a)
+    config = {
+        "event": "reading",
+        "match": {"left": "celsius", "op": op, "right": "step.a.output.limit"},
+        "timeout": 300 * S,
+    }
+    expected = from_json(
+        [{"id": "a", "task": "work"}, {"id": "s", "type": "wait_for_event", "depends_on": ["a"], "config": config}]
+    )
+    assert b.build() == expected
+
+
+def test_every_step_config_field_can_be_written_with_the_builder():
+    # Each config struct's fields, against the fields the builder's methods write.
+    from dagnats.domain.definition import CONFIG_TYPES
+
+    b = WorkflowBuilder("wf")
+    a = b.task("a", "work")
+    b.sleep("sleep", 1).after(a)
+    b.sleep("cron", cron="0 9 * * 1").after(a)
+    b.sleep("until", until_input_path="at").after(a)
+    b.wait_for_event("wait", "e", Match("x", "gte", "input.y"), timeout=1).after(a)
+    b.approval("approval", "s", 1, description="d", metadata={"k": "v"}).after(a)
+    b.sub_workflow("child", "other", detach=True).after(a)
+    b.map("map", "t", max_items=5, concurrency=2).after(a)
+    b.agent_loop("loop", "t", 3, max_duration=9, loop_delay=1, budget_warn_at=1, budget_force_at=2).after(a)
+    b.planner("planner", "t", 4, max_depth=2, allowed_tasks=["t"]).after(a)
+    written: dict[str, set[str]] = {}
+    for step in b.to_dict()["steps"][1:]:
+        written.setdefault(step["type"], set()).update(step["config"])
+    for step_type, fields in written.items():
+        assert fields == set(CONFIG_TYPES[step_type].__struct_fields__), step_type
+    assert set(written) == set(CONFIG_TYPES) - {"normal", "agent", "respond"}
 
 
 def test_config_durations_read_the_same_as_go_style_strings_in_json():
@@ -550,8 +613,20 @@ MISUSE: dict[str, tuple[Any, str]] = {
         "priority: rules must map strings to integer offsets",
     ),
     "match op": (
-        lambda: WorkflowBuilder("wf").wait_for_event("w", "e", Match("a", "gt", "input.b"), timeout=1),
-        'match op must be "eq"',
+        lambda: WorkflowBuilder("wf").wait_for_event("w", "e", Match("a", "like", "input.b"), timeout=1),
+        "match op must be one of eq, ne, lt, lte, gt, gte (got 'like')",
+    ),
+    "cancel_on op": (
+        lambda: WorkflowBuilder("wf").cancel_on("stop", left="id", op="ne", right="input.id"),
+        "match op must be \"eq\" (got 'ne')",
+    ),
+    "with_map_concurrency on a task": (
+        lambda: _two()[1].with_map_concurrency(2),
+        "with_map_concurrency applies to map steps, but 'a' is a normal step",
+    ),
+    "negative map concurrency": (
+        lambda: WorkflowBuilder("wf").map("m", "t", concurrency=-1),
+        "step 'm': concurrency must be an integer >= 0",
     ),
     "cancel_on half a match": (lambda: WorkflowBuilder("wf").cancel_on("stop", left="id"), "give both left and right"),
     "singleton mode": (lambda: WorkflowBuilder("wf").with_singleton("once"), "singleton mode must be"),

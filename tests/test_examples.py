@@ -7,6 +7,7 @@ worker file that ``load_worker`` cannot load would fail ``dagnats worker``.
 
 from __future__ import annotations
 
+import py_compile
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,46 @@ def _name(path: Path) -> str:
     return str(path.relative_to(EXAMPLES))
 
 
+# The step types beyond a worker's task, and the worker-side features: the example that shows each.
+STEP_TYPE_EXAMPLES = {
+    "sleep": "sleep",
+    "approval": "approval",
+    "wait-for-event": "wait_for_event",
+    "sub-workflow": "sub_workflow",
+    "map": "map",
+    "agent-loop": "agent_loop",
+    "planner": "planner",
+}
+WORKER_FEATURE_EXAMPLES = {
+    "agent-loop": ("Continue(", "ctx.checkpoint(", "ctx.last_checkpoint(", "ctx.metadata"),
+    "dynamic-steps": ("ctx.add_step(",),
+    "signals": ("ctx.wait_for_signal(",),
+}
+
+
 def test_the_examples_folder_has_workflows_and_workers():
-    assert len(WORKFLOWS) >= 15 and len(WORKERS) >= 15
+    assert len(WORKFLOWS) >= 30 and len(WORKERS) >= 25
+
+
+@pytest.mark.parametrize(("folder", "step_type"), sorted(STEP_TYPE_EXAMPLES.items()))
+def test_each_step_type_has_a_runnable_example(folder, step_type):
+    here = EXAMPLES / folder
+    assert (here / "README.md").is_file() and (here / "worker.py").is_file()
+    types = {step.type for path in here.glob("*.json") for step in parse_and_validate(path.read_bytes()).steps}
+    assert step_type in types
+
+
+@pytest.mark.parametrize(("folder", "calls"), sorted(WORKER_FEATURE_EXAMPLES.items()))
+def test_each_worker_feature_has_a_runnable_example(folder, calls):
+    here = EXAMPLES / folder
+    assert (here / "README.md").is_file() and (here / "workflow.json").is_file()
+    source = (here / "worker.py").read_text()
+    assert all(call in source for call in calls)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.rglob("*.py")), ids=_name)
+def test_every_example_python_file_compiles(path, tmp_path):
+    py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=_name)
