@@ -24,7 +24,8 @@ state (an engine died between taking a slot and recording it) are reaped:
 every ``REAP_EVERY`` seconds the actor looks at holders and queue entries
 older than ``REAP_AFTER``, asking each one's run at most once per
 ``REAP_AFTER``. A leaked slot is free again within REAP_AFTER + REAP_EVERY
-(20 s).
+(20 s); a grant whose wake was lost (an engine died between granting and
+telling) is told again in the same bound.
 """
 
 from __future__ import annotations
@@ -225,7 +226,8 @@ class ConcurrencyActor(_Batching):
             self.store.wake(wake_fact(waiter.run_id, *waiter.step, now))
 
     def _reap(self) -> None:
-        """Free slots (and queue places) whose holders' runs no longer hold them."""
+        """Free slots (and queue places) whose holders' runs no longer hold or want them, and
+        wake holders granted a slot they never took (their wake was lost)."""
         now_ms = self._now_ms()
         try:
             keys = [k for k in self.store.keys() if not k.startswith(f"{RATE}.")]
@@ -236,16 +238,21 @@ class ConcurrencyActor(_Batching):
         for key in keys:
             value, _ = self.store.load(key)
             pool = _POOL.decode(value) if value else SlotPool()
-            entries = [(h, since) for h, since in pool.holders.items()]
-            entries += [(w.holder, w.since) for w in pool.queue]
-            for holder, since in entries:
+            entries = [(h, since, True) for h, since in pool.holders.items()]
+            entries += [(w.holder, w.since, False) for w in pool.queue]
+            unwoken: list[Waiter] = []
+            for holder, since, granted in entries:
                 if now_ms - since < REAP_AFTER or now_ms - self.questioned.get(holder, 0) < REAP_AFTER:
                     continue
                 self.questioned[holder] = now_ms
-                legit = self.store.holders(holder.split(".", 1)[0])
-                if legit is None or holder not in legit:
+                known = self.store.holders(holder.split(".", 1)[0])
+                if known is None or holder not in known[0]:
                     log.info("reaping %s in %s: its run no longer holds or waits for it", holder, key)
                     self._queue(key, FreeSlot(key, holder))
+                elif granted and holder in known[1]:
+                    log.info("waking %s: granted a slot of %s it has not taken", holder, key)
+                    unwoken.append(Waiter(holder, 0.0))
+            self._wake(unwoken)
 
 
 class RateLimitActor(_Batching):

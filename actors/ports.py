@@ -89,9 +89,9 @@ class LimitStore(Protocol):
         """Tell a run that one of its queued attempts now holds its slot: the fact into its
         inbox (in the background)."""
 
-    def holders(self, run_id: str) -> set[str] | None:
-        """Who, of that run, may hold or queue for slots now (``slot_holders``); None if the
-        run does not exist."""
+    def holders(self, run_id: str) -> tuple[set[str], set[str]] | None:
+        """Who, of that run, may hold or queue for slots now (``slot_holders``), and who of
+        them waits for admission (``awaiting_admission``); None if the run does not exist."""
 
 
 class FlowPort(Protocol):

@@ -17,7 +17,7 @@ from dagnats.domain.actions import Acquire, Action, DropTask, EnqueueTask, Relea
 from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, TimerFired, decode_record
 from dagnats.domain.fold import fold
-from dagnats.domain.kinds.admission import Answer, slot_holders
+from dagnats.domain.kinds.admission import Answer, awaiting_admission, slot_holders
 from dagnats.domain.state import WorkflowRun, new_run
 
 from fakes import FakeClock
@@ -160,9 +160,11 @@ class MemoryLimits:
         with self.lock:
             self.woken.append(event)
 
-    def holders(self, run_id: str) -> set[str] | None:
+    def holders(self, run_id: str) -> tuple[set[str], set[str]] | None:
         run, _ = self.history.load(run_id)
-        return slot_holders(run) if run is not None and run.definition is not None else None
+        if run is None or run.definition is None:
+            return None
+        return slot_holders(run), awaiting_admission(run)
 
 
 class GrantAll:

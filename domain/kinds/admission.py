@@ -5,10 +5,10 @@ shell asks flow control; the shell records the answer with the fact that
 led to the hold, in the same record: ``step.admitted`` (the attempt starts as
 its step type starts, holding the slots it names) or ``step.limited`` (a rate
 limit says when a token is free; a slot pool that the step is queued). A
-limited step asks again when its ``limit`` timer falls due — at that time for
-a rate, every ``RECHECK`` for a queue — or at once when a release makes it
-the holder of the slot it queued for (flow control puts a ``limit`` timer's
-fire into its inbox). Asking again is idempotent: a holder that holds is
+limited step asks again when its ``limit`` timer falls due (a rate limit's
+next free token), or — queued in a slot pool — when a release makes it the
+slot's holder (flow control puts a ``limit`` timer's fire into its inbox; its
+reaper sends it again if the run did not take the slot). Asking again is idempotent: a holder that holds is
 granted without counting twice; a rebuilt run asks again for a hold that was
 never answered. A run under ``concurrency.max_runs`` waits
 ``pending`` the same way (``workflow.admitted`` / ``workflow.limited``).
@@ -26,13 +26,9 @@ from .. import state as st
 from ..actions import Acquire, Action, Release
 from ..decision import Decision
 from ..definition import StepDef, WorkflowDef
-from ..durations import MILLISECOND
 from ..limits import holder_id, run_limits, slot_keys, step_limits
 from ..timers import LIMIT, timer, timer_id
 from . import on_fact, on_recover, on_timer
-
-# A queued step or run asks again this often, in case its admission was not delivered.
-RECHECK_NS = 15_000_000_000
 
 
 @on_fact(ev.StepAdmitted)
@@ -143,11 +139,11 @@ def answer_fact(acquire: Acquire, answer: Answer, now: datetime) -> ev.Event:
             payload=admission,
             id=ev.fact_id(ev.STEP_ADMITTED, acquire.step_id, acquire.attempt, acquire.instance),
         )
-    until_ms = answer.retry_at_ms or now_ms + RECHECK_NS // MILLISECOND
+    until = datetime.fromtimestamp(answer.retry_at_ms / 1000, now.tzinfo) if answer.retry_at_ms else None
     limited = ev.Limited(
         key=answer.key,
         reason=answer.reason,
-        until=ev.format_timestamp(datetime.fromtimestamp(until_ms / 1000, now.tzinfo)),
+        until=ev.format_timestamp(until) if until is not None else "",
         position=answer.position,
         holds=answer.holds,
     )
@@ -251,6 +247,21 @@ def slot_holders(run: st.WorkflowRun) -> set[str]:
             if each.status in st.HOLDING_STEP_STATUSES:
                 holders.add(holder_id(run.run_id, step_id, _holding_attempt(each), index))
     return holders
+
+
+def awaiting_admission(run: st.WorkflowRun) -> set[str]:
+    """Who, of this run, waits to be admitted: a slot granted to one of them went unnoticed
+    (its wake was lost), and the reaper wakes it again."""
+    if run.status == st.RunStatus.PENDING:
+        return {run.run_id}
+    if run.is_terminal:
+        return set()
+    waiting = set()
+    for step_id, state in run.steps.items():
+        for index, each in [(None, state), *enumerate(state.instances)]:
+            if each.status == st.StepStatus.WAITING and not each.admitted:
+                waiting.add(holder_id(run.run_id, step_id, each.attempts + 1, index))
+    return waiting
 
 
 def definition_keys(defn: WorkflowDef) -> set[str]:

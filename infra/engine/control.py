@@ -58,8 +58,8 @@ from .approvals import decide_approval
 from .correlator import Correlator
 from .definitions import Definitions
 from .engine import Engine
-from .paging import events_page, runs_page
 from .limits import list_limits
+from .paging import events_page, runs_page
 from .reader import RunReader
 from .starts import RunStarts
 from .views import fit_view, inspect_view, run_view

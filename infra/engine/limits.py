@@ -19,7 +19,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequen
 
 from dagnats.domain.errors import RunNotFound, WrongLastSequence
 from dagnats.domain.events import Event, format_timestamp
-from dagnats.domain.kinds.admission import slot_holders
+from dagnats.domain.kinds.admission import awaiting_admission, slot_holders
 from dagnats.domain.limits import RATE, RateWindow, SlotPool, Waiter
 
 from ..wire.facts import publish_fact
@@ -69,14 +69,15 @@ class NatsLimitStore:
     def wake(self, event: Event) -> None:
         self.bridge.spawn(publish_fact(self.js, event))
 
-    def holders(self, run_id: str) -> set[str] | None:
+    def holders(self, run_id: str) -> tuple[set[str], set[str]] | None:
         return self.bridge.call(self._holders(run_id))
 
-    async def _holders(self, run_id: str) -> set[str] | None:
+    async def _holders(self, run_id: str) -> tuple[set[str], set[str]] | None:
         try:
-            return slot_holders(await self.reader.get(run_id))
+            run = await self.reader.get(run_id)
         except RunNotFound:
             return None
+        return slot_holders(run), awaiting_admission(run)
 
 
 async def limit_keys(js: JetStreamContext) -> list[str]:
