@@ -1,5 +1,6 @@
-"""required_capabilities, pure: the set's token, which steps a worker may take, and the
-tasks decide hands the shell (they carry the set, so dispatch and drop agree on the subject)."""
+"""required_capabilities without NATS: the set's token and subjects, which steps a worker
+may take, the tasks decide hands the shell (they carry the set, so dispatch and drop agree
+on the subject), and what run inspect says of a step no live worker can take."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from dagnats.domain.definition import StepDef, WorkflowDef
 from dagnats.domain.durations import SECOND
 from dagnats.domain.errors import InvalidIdentifier
 from dagnats.domain.identifiers import is_identifier
+from dagnats.infra.engine.views import awaits_capabilities, capability_waits, inspect_view
 from dagnats.infra.wire.subjects import task_filter, task_subject
+from dagnats.infra.wire.workers import WorkerRecord
 
 from strategies import Recorder, at, completed, failed, started_event, timer_fired, worker_fact
 
@@ -176,3 +179,79 @@ def test_a_sticky_run_never_binds_a_step_requiring_capabilities():
     task = rec.enqueued[-1]
     assert (task.payload.step_id, task.group, task.capabilities) == ("b", "", ("cuda",))
     assert not [t for t in rec.timers if t.kind == "sticky_fallback"]
+
+
+# ---- what run inspect says ---------------------------------------------------------------------------
+
+
+def record(worker_id: str, tasks=("render",), groups=(), capabilities=()) -> WorkerRecord:
+    return WorkerRecord(worker_id, list(tasks), list(groups), 1, "host", "now", list(capabilities))
+
+
+def queued_run(**step_fields) -> rs.WorkflowRun:
+    rec = start(wf(StepDef(id="r", task="render", required_capabilities=("fast", "cuda"), **step_fields)))
+    assert rec.run.step("r").status == rs.StepStatus.QUEUED
+    return rec.run
+
+
+def test_a_queued_step_no_live_worker_can_take_waits_for_capabilities():
+    run = queued_run()
+    assert awaits_capabilities(run)
+    waiting = inspect_view(run, [], [])["steps"]["r"]["waiting"]
+    assert waiting == {
+        "kind": "capabilities",
+        "since": run.step("r").queued_at,
+        "description": "no live worker of task render offers capabilities [cuda, fast]",
+        "for": "a worker of task render offering capabilities [cuda, fast]: none is live",
+        "capabilities": ["cuda", "fast"],
+    }
+
+
+@pytest.mark.parametrize(
+    "workers",
+    [
+        [record("w-1", capabilities=["cuda"])],  # one short
+        [record("w-1", capabilities=["cuda", "fast"], groups=["gpu"])],  # takes its groups' steps only
+        [record("w-1", tasks=["other"], capabilities=["cuda", "fast"])],  # another task
+        [record("w-old")],  # a record from before capabilities
+    ],
+)
+def test_workers_that_cannot_take_the_step_leave_it_waiting(workers):
+    assert capability_waits(queued_run(), workers).keys() == {"r"}
+
+
+def test_a_live_worker_offering_a_superset_clears_the_wait():
+    workers = [record("w-1"), record("w-2", capabilities=["cuda", "fast", "big-mem"])]
+    assert capability_waits(queued_run(), workers) == {}
+    assert "waiting" not in inspect_view(queued_run(), [], workers)["steps"]["r"]
+
+
+def test_a_grouped_step_needs_a_capable_worker_of_its_group():
+    run = queued_run(worker_group="gpu")
+    waits = capability_waits(run, [record("w-1", capabilities=["cuda", "fast"])])
+    assert waits["r"]["description"] == "no live worker of task render in group gpu offers capabilities [cuda, fast]"
+    assert capability_waits(run, [record("w-2", groups=["gpu"], capabilities=["cuda", "fast"])]) == {}
+
+
+def test_a_run_without_queued_capability_steps_does_not_read_the_registry():
+    rec = start(
+        wf(
+            StepDef(id="a", task="plain"),
+            StepDef(id="r", task="render", depends_on=("a",), required_capabilities=("cuda",)),
+        )
+    )
+    assert not awaits_capabilities(rec.run)  # r is pending, not queued
+    rec.feed(worker_fact(ev.STEP_STARTED, "a", 1, None, at(1)), at(1))
+    rec.feed(completed("a", 1, "x", at(2)), at(2))
+    assert awaits_capabilities(rec.run)
+
+
+def test_queued_map_instances_wait_for_capabilities_too():
+    defn = wf(
+        StepDef(id="list", task="list"),
+        StepDef(id="each", task="render", type="map", depends_on=("list",), required_capabilities=("cuda",)),
+    )
+    rec = start(defn)
+    rec.feed(completed("list", 1, [1, 2], at(1)), at(1))
+    assert rec.run.step("each").status == rs.StepStatus.RUNNING
+    assert capability_waits(rec.run, [])["each"]["capabilities"] == ["cuda"]
