@@ -20,7 +20,8 @@ class AppendEvent(msgspec.Struct, frozen=True, tag=True):
 
 
 class EnqueueTask(msgspec.Struct, frozen=True, tag=True):
-    """Publish a task for workers of ``task`` (in ``group`` if set)."""
+    """Publish a task for workers of ``task`` (in ``group`` if set, offering
+    ``capabilities`` if any: the step's ``required_capabilities``)."""
 
     task: str
     payload: TaskPayload
@@ -28,6 +29,7 @@ class EnqueueTask(msgspec.Struct, frozen=True, tag=True):
     # Distinguishes a deliberate second publish of the same attempt (a sticky
     # fallback) from a duplicate, in the task's message id.
     variant: str = ""
+    capabilities: tuple[str, ...] = ()
 
 
 class StartTimer(msgspec.Struct, frozen=True, tag=True):
@@ -64,6 +66,8 @@ class DropTask(msgspec.Struct, frozen=True, tag=True):
     group: str = ""
     # One instance of a map step; None: every task of the step.
     instance: int | None = None
+    # The step's required_capabilities: its tasks are on their own subject.
+    capabilities: tuple[str, ...] = ()
 
 
 ALL_ATTEMPTS = 1 << 30

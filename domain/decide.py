@@ -21,9 +21,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from . import events as ev
 from . import state as st
-from .actions import Action, AppendEvent, CancelTimer, EnqueueTask, PublishFact
+from .actions import Action, AppendEvent, CancelTimer, PublishFact
 from .decision import DEFAULT_MAX_MESSAGE, Decision, encoded_size, rate_limited_delay, unsupported_step_type
 from .durations import format_duration
 from .fold import fold
@@ -167,7 +169,7 @@ def _on_timer(d: Decision, event: ev.TimerFired) -> None:
             d.worker_lost(step, state)
     elif fire.kind == STICKY_FALLBACK and state.status == st.StepStatus.QUEUED:
         fallback = d.task_for(step, fire.attempt, state.input, sticky=False)
-        d.actions.append(EnqueueTask(fallback.task, fallback.payload, fallback.group, variant="fallback"))
+        d.actions.append(msgspec.structs.replace(fallback, variant="fallback"))
 
 
 # Facts that change no state but may still call for a decision.

@@ -182,11 +182,15 @@ class Decision:
             metadata=step.metadata,
             step_type=step.type,
         )
-        return EnqueueTask(task=step.task, payload=payload, group=self._group(step, sticky))
+        group = self._group(step, sticky)
+        return EnqueueTask(step.task, payload, group, capabilities=step.required_capabilities)
 
     def _group(self, step: StepDef, sticky: bool) -> str:
         worker = self.run.sticky_worker
-        if sticky and self.defn.sticky and worker and is_identifier(f"sticky-{worker}"):
+        # A step that requires capabilities is never bound to the run's worker, which may
+        # not offer them (validation refuses sticky with required_capabilities anyway).
+        bindable = sticky and self.defn.sticky and not step.required_capabilities
+        if bindable and worker and is_identifier(f"sticky-{worker}"):
             return f"sticky-{worker}"
         return step.worker_group
 
@@ -196,7 +200,8 @@ class Decision:
         if not step.task:
             return
         for group in sorted({step.worker_group, self._group(step, True)}):
-            self.actions.append(DropTask(step.task, self.run.run_id, step.id, up_to_attempt, group, instance))
+            caps = step.required_capabilities
+            self.actions.append(DropTask(step.task, self.run.run_id, step.id, up_to_attempt, group, instance, caps))
 
     def reject(self, step: StepDef, error: str, instance: int | None = None) -> None:
         """A step (or map element) that cannot start, for a reason no retry changes: it fails

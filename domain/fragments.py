@@ -15,6 +15,9 @@ from .identifiers import is_identifier
 from .resolve import dependencies
 
 MAX_DYNAMIC_STEPS = 500
+# Workers learn which capability sets exist from the registered definitions: a set that
+# only a step added at run time requires would have no worker consuming its subject.
+NO_ADDED_CAPABILITIES = "required_capabilities are only for steps of a registered workflow, not added ones"
 
 
 def plan(
@@ -65,6 +68,8 @@ def plan_problems(steps: list[StepDef], config: PlannerConfig, added: int) -> st
             return f"step {step.id!r}: task {step.task!r} is not an identifier"
         if config.allowed_tasks and step.task not in config.allowed_tasks:
             return f"step {step.id!r}: task {step.task!r} is not in allowed_tasks"
+        if step.required_capabilities:
+            return f"step {step.id!r}: {NO_ADDED_CAPABILITIES}"
         outside = [dep for dep in dependencies(step) if dep not in ids]
         if outside:
             return f"step {step.id!r} depends on {outside[0]!r}, which is not in the plan"
@@ -108,6 +113,8 @@ def added_problem(defn: WorkflowDef, current: str, steps: tuple[StepDef, ...], a
             return f"step {step.id!r} (task {step.task!r}): ids and task names must be identifiers"
         if current not in step.depends_on:
             return f"step {step.id!r} must depend on {current!r}, the step that adds it"
+        if step.required_capabilities and step.id not in known:
+            return f"step {step.id!r}: {NO_ADDED_CAPABILITIES}"
         if step.id in known and known[step.id] != step:
             return f"step id {step.id!r} is taken"
     ids = {s.id for s in steps} | set(known)

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from .capabilities import MAX_CAPABILITIES
 from .conditions import EVENT_OPS
 from .definition import (
     COMPARISON_OPS,
@@ -210,6 +211,11 @@ def _sticky_issues(wf: WorkflowDef) -> Issues:
         if grouped:
             names = ", ".join(_q(s) for s in grouped)
             yield f"sticky: cannot be combined with a step worker_group (set on {names})"
+        # The run's worker may not offer them: a hard-sticky run would wait for it forever.
+        capable = [step.id for step in wf.steps if step.required_capabilities]
+        if capable:
+            names = ", ".join(_q(s) for s in capable)
+            yield f"sticky: cannot be combined with step required_capabilities (set on {names})"
 
 
 def _priority_issues(wf: WorkflowDef) -> Issues:
@@ -264,6 +270,7 @@ def _step_issues(step: StepDef, steps: dict[str, StepDef], aux: dict[str, bool])
         yield f"task: required for a {_q(step.type)} step"
     if step.worker_group:
         yield from _identifier("worker_group", step.worker_group)
+    yield from _capability_issues(step)
     for field in ("depends_on", "after_any"):
         yield from _dependency_issues(field, step, getattr(step, field), steps, aux)
     if step.type in STEP_TYPES:
@@ -295,6 +302,23 @@ def _dependency_issues(
         if dep in seen:
             yield f"{field}: {_q(dep)} is listed more than once"
         seen.add(dep)
+
+
+def _capability_issues(step: StepDef) -> Issues:
+    """Each capability becomes a subject token (with the set's digest), as a group does."""
+    caps = step.required_capabilities
+    if not caps:
+        return
+    if step.type in STEP_TYPES and step.type not in WORKER_STEP_TYPES:
+        yield f"required_capabilities: a {_q(step.type)} step runs in the engine, not on a worker"
+    if len(caps) > MAX_CAPABILITIES:
+        yield f"required_capabilities: {len(caps)} capabilities is more than the maximum of {MAX_CAPABILITIES}"
+    seen: set[str] = set()
+    for index, name in enumerate(caps):
+        yield from _identifier(f"required_capabilities[{index}]", name)
+        if name in seen:
+            yield f"required_capabilities: {_q(name)} is listed more than once"
+        seen.add(name)
 
 
 def _retry_issues(field: str, policy: RetryPolicy) -> Issues:

@@ -23,8 +23,11 @@ log = logging.getLogger("dagnats.registry")
 class Heartbeat:
     """Keeps one worker's record alive while the worker runs."""
 
-    def __init__(self, js, worker_id: str, tasks: list[str], groups: list[str]) -> None:
+    def __init__(
+        self, js, worker_id: str, tasks: list[str], groups: list[str], capabilities: list[str] | None = None
+    ) -> None:
         self.js, self.worker_id, self.tasks, self.groups = js, worker_id, tasks, groups
+        self.capabilities = capabilities or []
         self._task: asyncio.Task | None = None
         self._kv: KeyValue | None = None
 
@@ -55,6 +58,7 @@ class Heartbeat:
                     os.getpid(),
                     socket.gethostname(),
                     format_timestamp(datetime.now(UTC)),
+                    self.capabilities,
                 )
                 await kv.put(self.worker_id, msgspec.json.encode(record))
             except asyncio.CancelledError:

@@ -8,6 +8,14 @@ task) and hands each to a ``TaskRunner`` (task_context.py), which reports
 step.started, runs the handler, reports the result and only then acks. The
 worker never retries by itself: the engine decides from the failure type.
 
+A worker that offers capabilities (``Worker(capabilities={"cuda"})``) also
+follows the ``workflow_defs`` KV: for every step of a task it handles whose
+``required_capabilities`` it offers (in a group it is in, if the step names
+one), it ensures one more shared consumer, ``workers-<task>[+<group>]@<capset>``
+on that set's own subject (see wire/subjects.py), and fetches from it like
+from the others. Definitions registered after the worker started count too;
+tasks queued before the consumer existed wait for it in the work queue.
+
 The fetch loops outlive anything the connection does: an error or a stalled
 fetch logs one line, backs off and re-ensures the consumer; a reconnect
 (the server may have restarted) does the same. ``stop`` stops fetching,
@@ -29,7 +37,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +47,9 @@ import nats
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from dagnats.domain.errors import SignalTimeout, TaskAlreadyRegistered, WorkerLoadError
+from dagnats.domain.capabilities import capability_routes, capability_set, capability_token, describe_capabilities
+from dagnats.domain.definition import decode_workflow
+from dagnats.domain.errors import DefinitionDecodeError, SignalTimeout, TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.identifiers import check_identifier, is_identifier
 
 from .context import Continue, TaskContext
@@ -55,7 +65,7 @@ from .task_context import (
 )
 from .wire.connection import nats_url as resolve_url
 from .wire.connection import server_list
-from .wire.names import TASK_STREAM
+from .wire.names import DEFS_BUCKET, TASK_STREAM
 from .wire.reading import more_pending
 from .wire.subjects import task_filter
 
@@ -69,6 +79,7 @@ STALL_MARGIN = 5.0  # a fetch this much past its timeout is stuck (nats.py #933,
 MAX_ACK_PENDING = 1000
 STICKY_CONSUMER_IDLE = 3600.0  # seconds
 CLOSE_TIMEOUT = 2.0  # seconds a stopping worker waits for the connection to close
+DEFINITIONS_WAIT = 5.0  # seconds start() waits for the registered definitions (capability sets)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,7 +88,17 @@ _loading: ContextVar[str | None] = ContextVar("dagnats_loading_worker", default=
 
 
 class Worker:
-    """Runs task handlers for the engine; see the module docstring."""
+    """Runs task handlers for the engine; see the module docstring.
+
+    ``max_concurrent``: handlers running at once, across all tasks.
+    ``groups``: take the steps of these worker groups (``worker_group``) instead
+    of the steps of no group. ``capabilities``: names (identifiers) of what this
+    worker offers, e.g. ``{"cuda", "fast"}``; a step with ``required_capabilities``
+    is delivered only to workers offering all of them, and a worker offering more
+    takes it too. ``ack_wait``: seconds a task stays with this worker without
+    word before JetStream hands it to another. ``drain_timeout``: seconds a
+    stopping worker lets running handlers finish.
+    """
 
     def __init__(
         self,
@@ -85,6 +106,7 @@ class Worker:
         *,
         max_concurrent: int = 10,
         groups: list[str] | None = None,
+        capabilities: Iterable[str] | None = None,
         worker_id: str | None = None,
         ack_wait: float = 30.0,
         drain_timeout: float = 30.0,
@@ -93,9 +115,12 @@ class Worker:
             raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
         if ack_wait <= 0:
             raise ValueError(f"ack_wait must be positive, not {ack_wait}")
+        if isinstance(capabilities, str):  # a set of its letters is never what was meant
+            raise TypeError(f"capabilities must be a set or list of names, not the string {capabilities!r}")
         self.nats_url = resolve_url(nats_url)
         self.max_concurrent = max_concurrent
         self.groups = [check_identifier("worker group", g) for g in groups or []]
+        self.capabilities = capability_set(check_identifier("capability", c) for c in capabilities or ())
         self.worker_id = worker_id or f"worker-{secrets.token_hex(8)}"
         self.ack_wait = float(ack_wait)
         self.drain_timeout = float(drain_timeout)
@@ -108,6 +133,8 @@ class Worker:
         self._running: dict[asyncio.Task[None], Msg] = {}
         self._executor: HandlerThreads | None = None
         self._last_error_logged = ""
+        self._follow: asyncio.Task[None] | None = None
+        self._rewatch = asyncio.Event()
 
     @property
     def tasks(self) -> list[str]:
@@ -194,9 +221,11 @@ class Worker:
         if is_identifier(sticky):  # runs bound to this worker (sticky soft/hard) send tasks here
             self._subs += [_Subscription(t, sticky, h, own=True) for t, h in self._handlers.items()]
         await asyncio.gather(*(self._ensure(sub) for sub in self._subs))
-        self._heartbeat = Heartbeat(self._js, self.worker_id, self.tasks, self.groups)
+        self._heartbeat = Heartbeat(self._js, self.worker_id, self.tasks, self.groups, list(self.capabilities))
         await self._heartbeat.start()
         self._loops = [asyncio.create_task(self._consume(sub), name=f"fetch-{sub.consumer}") for sub in self._subs]
+        if self.capabilities:
+            await self._start_following_definitions()
         log.info("worker %s started: %s on %s", self.worker_id, ", ".join(self.tasks), self.nats_url)
 
     def _group_list(self) -> list[str | None]:
@@ -209,6 +238,10 @@ class Worker:
             return
         self._stopping = True
         self._stopped.set()
+        if self._follow is not None:
+            self._follow.cancel()
+            await asyncio.wait([self._follow], timeout=CLOSE_TIMEOUT)
+            self._follow = None
         self._slots.close()
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._running:
@@ -243,6 +276,93 @@ class Worker:
         await asyncio.gather(*late, return_exceptions=True)
         await asyncio.gather(*(settle(msg.nak()) for msg in msgs))
 
+    # -- capability sets ---------------------------------------------------------
+
+    async def _start_following_definitions(self) -> None:
+        """Follow the registered definitions; returns once those already there are
+        adopted (or at once if they cannot be read yet: the follower keeps trying)."""
+        ready = asyncio.Event()
+        self._rewatch = asyncio.Event()
+        self._follow = asyncio.create_task(self._follow_definitions(ready), name=f"definitions-{self.worker_id}")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ready.wait(), DEFINITIONS_WAIT)
+
+    async def _follow_definitions(self, ready: asyncio.Event) -> None:
+        """Watch ``workflow_defs`` for steps this worker may take; watch afresh after a
+        failure or a reconnect (the server may have lost the watch's consumer)."""
+        failures = 0
+        while not self._stopping:
+            self._rewatch.clear()
+            try:
+                assert self._js is not None
+                watcher = await (await self._js.key_value(DEFS_BUCKET)).watchall()
+            except Exception as err:  # noqa: BLE001 - no bucket yet (engine not started), reconnecting, ...
+                ready.set()
+                failures += 1
+                log.log(
+                    logging.DEBUG if failures > 1 else logging.INFO,
+                    "worker %s cannot watch %s (%s); retrying",
+                    self.worker_id,
+                    DEFS_BUCKET,
+                    describe(err),
+                )
+                await self._pause(failures)
+                continue
+            failures = 0
+            try:
+                await self._adopt_from(watcher, ready)
+            finally:
+                await settle(watcher.stop())
+
+    async def _adopt_from(self, watcher: Any, ready: asyncio.Event) -> None:
+        """Adopt each definition the watch reports, until it ends or a reconnect asks
+        for a fresh one."""
+        rewatch = asyncio.create_task(self._rewatch.wait())
+        entry_next: asyncio.Future[Any] | None = None
+        try:
+            while not self._stopping:
+                entry_next = asyncio.ensure_future(watcher.__anext__())
+                await asyncio.wait([entry_next, rewatch], return_when=asyncio.FIRST_COMPLETED)
+                if not entry_next.done():
+                    return
+                entry = entry_next.result()
+                if entry is None:  # the end of the definitions already there
+                    ready.set()
+                elif entry.operation not in ("DEL", "PURGE") and entry.value:
+                    await self._adopt_definition(entry.key, entry.value)
+        except StopAsyncIteration:  # the watch was stopped
+            return
+        finally:
+            for waiting in (rewatch, entry_next):
+                if waiting is not None and not waiting.cancel() and not waiting.cancelled():
+                    waiting.exception()  # done already: its outcome is of no interest now
+
+    async def _adopt_definition(self, name: str, data: bytes) -> None:
+        """Ensure a consumer for each capability set of ``name`` this worker may take.
+
+        Consumers are never removed here: a definition deleted or changed may still
+        have tasks queued on its old subjects."""
+        try:
+            wf = decode_workflow(data, f"stored workflow {name}")
+        except DefinitionDecodeError as err:
+            log.debug("worker %s ignores definition %s: %s", self.worker_id, name, err)
+            return
+        for task, group, caps in sorted(capability_routes(wf, self.tasks, self.groups, self.capabilities)):
+            sub = _Subscription(task, group or None, self._handlers[task], capabilities=caps)
+            if any(s.consumer == sub.consumer for s in self._subs):
+                continue
+            self._subs.append(sub)
+            await self._ensure(sub)
+            self._loops.append(asyncio.create_task(self._consume(sub), name=f"fetch-{sub.consumer}"))
+            log.info(
+                "worker %s takes the steps of task %s%s that require %s (consumer %s)",
+                self.worker_id,
+                task,
+                f" (group {group})" if group else "",
+                describe_capabilities(caps),
+                sub.consumer,
+            )
+
     # -- consuming -----------------------------------------------------------
 
     async def _ensure(self, sub: _Subscription) -> bool:
@@ -251,7 +371,7 @@ class Worker:
         config = api.ConsumerConfig(
             name=sub.consumer,
             durable_name=sub.consumer,
-            description=f"dagnats workers of task {sub.task}",
+            description=f"dagnats workers of task {sub.task}{sub.offering}",
             filter_subject=sub.filter_subject,
             deliver_policy=api.DeliverPolicy.ALL,
             ack_policy=api.AckPolicy.EXPLICIT,
@@ -365,6 +485,7 @@ class Worker:
         self._last_error_logged = ""
         for sub in self._subs:
             sub.stale = True  # the server may have lost or rebuilt the consumer
+        self._rewatch.set()  # and the definitions watch's consumer
 
 
 @dataclass(eq=False)
@@ -375,6 +496,7 @@ class _Subscription:
     group: str | None
     handler: TaskHandler
     own: bool = False  # this worker's sticky subject, not a shared one
+    capabilities: tuple[str, ...] = ()  # the steps requiring this set (canonical), on its subject
     pull: JetStreamContext.PullSubscription | None = None
     stale: bool = True
     idle: bool = True  # the last fetch was empty: ask for one message, hold one slot
@@ -388,12 +510,18 @@ class _Subscription:
 
     @property
     def consumer(self) -> str:
-        # '+' cannot occur in a task or group name, so task "a-b" and task "a" in group "b" differ.
-        return f"workers-{self.task}" if self.group is None else f"workers-{self.task}+{self.group}"
+        # '+' and '@' cannot occur in a task or group name, so task "a-b" and task "a" in
+        # group "b" differ, and so do a group and a capability set.
+        name = f"workers-{self.task}" if self.group is None else f"workers-{self.task}+{self.group}"
+        return f"{name}@{capability_token(self.capabilities)}" if self.capabilities else name
 
     @property
     def filter_subject(self) -> str:
-        return task_filter(self.task, self.group)
+        return task_filter(self.task, self.group, self.capabilities)
+
+    @property
+    def offering(self) -> str:
+        return f" offering {describe_capabilities(self.capabilities)}" if self.capabilities else ""
 
 
 class _Slots:

@@ -143,18 +143,38 @@ def test_a_bad_definition_is_refused_with_one_line_naming_the_problem(cli, tmp_p
     assert_nothing_stored(cli)
 
 
-@pytest.mark.parametrize("where", ["workflow name", "step id", "task"])
+@pytest.mark.parametrize("where", ["workflow name", "step id", "task", "capability"])
 def test_names_with_dots_wildcards_or_spaces_are_refused(cli, tmp_path, where):
     for bad in ("a.b", "a*", "a>", "a b"):
         doc = {
             "workflow name": {"name": bad, "steps": [{"id": "s", "task": "t"}]},
             "step id": {"name": "fine", "steps": [{"id": bad, "task": "t"}]},
             "task": {"name": "fine", "steps": [{"id": "s", "task": bad}]},
+            "capability": {"name": "fine", "steps": [{"id": "s", "task": "t", "required_capabilities": ["ok", bad]}]},
         }[where]
         line = assert_one_error_line(register_text(cli, tmp_path, json.dumps(doc)), f'"{bad}"', ID_RULE)
-        field = {"workflow name": "name:", "step id": "id:", "task": "task:"}[where]
+        field = {
+            "workflow name": "name:",
+            "step id": "id:",
+            "task": "task:",
+            "capability": 'step "s": required_capabilities[1]:',
+        }[where]
         assert field in line, line
     assert_nothing_stored(cli)
+
+
+@pytest.mark.parametrize("bad", ["a.b", "gpu*", "two words"])
+def test_a_worker_offering_a_capability_that_is_not_an_identifier_does_not_start(cli, tmp_path, bad):
+    path = tmp_path / "bad_worker.py"
+    path.write_text(
+        "from dagnats.infra.worker import Worker\n"
+        f"w = Worker(capabilities={{'cuda', {bad!r}}})\n"
+        "@w.task('t')\n"
+        "def t(ctx):\n"
+        "    return 1\n"
+    )
+    result = cli("worker", str(path), check=False, timeout=30)
+    assert_one_error_line(result, f"invalid capability {bad!r}", ID_RULE)
 
 
 def test_starting_an_unknown_workflow_is_refused(cli):

@@ -601,6 +601,75 @@ def test_a_worker_group_step_runs_only_on_a_worker_of_that_group(env, tmp_path):
     assert [r["steps"]["render"]["worker_id"] for r in final] == ["gpu-1"] * 4
 
 
+def test_a_capability_step_runs_only_on_a_worker_offering_them_and_a_superset_will_do(env, tmp_path):
+    capable = own_worker(tmp_path, env.cli.url, "fc-cap", "cuda-1", ', capabilities={"cuda", "fast"}')
+    plain = own_worker(tmp_path, env.cli.url, "fc-cap", "plain-2")
+    try:
+        capable.start()
+        plain.start()
+        env.register(
+            {
+                "name": "fc-capabilities",
+                "steps": [
+                    step("prep", "fc-cap"),
+                    step("render", "fc-cap", ["prep"], required_capabilities=["cuda"]),
+                    step("publish", "fc-cap", ["render"]),
+                ],
+            }
+        )
+        runs = [env.cli.start("fc-capabilities", {"n": n}) for n in range(4)]
+        final = [env.wait(run_id) for run_id in runs]
+    finally:
+        plain.stop()
+        capable.stop()
+    assert [r["status"] for r in final] == ["completed"] * 4, capable.output + plain.output
+    ran = [executed_by(env, capable.journal, run_id) for run_id in runs]
+    assert [sorted(r) for r in ran] == [["prep", "publish", "render"]] * 4
+    assert [r["render"] for r in ran] == ["cuda-1"] * 4, ran  # never plain-2, idle on the same task
+    assert [r["steps"]["render"]["worker_id"] for r in final] == ["cuda-1"] * 4
+
+
+def test_a_capability_step_no_live_worker_offers_waits_visibly_until_one_starts(env, tmp_path):
+    plain = own_worker(tmp_path, env.cli.url, "fc-tpu", "tpu-plain")
+    capable = own_worker(tmp_path, env.cli.url, "fc-tpu", "tpu-1", ', capabilities=["tpu", "big-mem"]')
+    try:
+        plain.start()  # a live worker of the task, without the capabilities
+        env.register(
+            {
+                "name": "fc-capabilities-wait",
+                "steps": [
+                    step("prep", "fc-tpu"),
+                    step("train", "fc-tpu", ["prep"], required_capabilities=["tpu", "big-mem"]),
+                ],
+            }
+        )
+        run_id = env.cli.start("fc-capabilities-wait")
+        wait_for(lambda: env.cli.status(run_id)["steps"]["train"]["status"] == "queued", 10, "train to be queued")
+
+        waiting = env.cli("run", "inspect", run_id, json=True)["steps"]["train"]["waiting"]
+        reason = "no live worker of task fc-tpu offers capabilities [big-mem, tpu]"
+        assert (waiting["kind"], waiting["description"], waiting["capabilities"]) == (
+            "capabilities",
+            reason,
+            ["big-mem", "tpu"],
+        )
+        human = env.cli("run", "inspect", run_id).stdout
+        assert "waiting for a worker of task fc-tpu offering capabilities [big-mem, tpu]: none is live" in human, human
+        time.sleep(1.0)
+        assert env.cli.status(run_id)["steps"]["train"]["status"] == "queued"
+        assert env.rows(run_id, "train", journal=plain.journal) == []
+
+        capable.start()  # after the definition and the run: the queued task waits for it
+        run = env.wait(run_id)
+        after = env.cli("run", "inspect", run_id, json=True)
+    finally:
+        capable.stop()
+        plain.stop()
+    assert run["status"] == "completed", env.diagnose() + capable.output
+    assert executed_by(env, capable.journal, run_id)["train"] == "tpu-1"
+    assert "waiting" not in after["steps"]["train"]
+
+
 def hold_first_step_and_pause(env: Env, journal: Journal, workflow: str) -> tuple[str, str]:
     """Start a run whose step `a` waits at its gate, pause the run, let `a` finish.
 

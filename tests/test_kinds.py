@@ -483,6 +483,7 @@ def test_a_plan_becomes_steps_of_the_run_and_its_dependents_wait_for_them():
         ([{"id": "a.b", "task": "t"}], "is not an identifier"),
         ([{"id": "a", "task": "t"}, {"id": "a", "task": "t"}], "duplicate step id"),
         ([{"id": f"s{n}", "task": "t"} for n in range(6)], "more than max_steps 5"),
+        ([{"id": "a", "task": "t", "required_capabilities": ["cuda"]}], "only for steps of a registered workflow"),
     ],
 )
 def test_an_invalid_plan_fails_the_planner_saying_why(steps, problem):
@@ -540,6 +541,15 @@ def test_a_bad_added_step_fails_the_attempt_that_added_it():
     rec = start(wf(step("a")))
     rec.feed(added([{"id": "extra", "task": "x", "depends_on": ["a", "ghost"]}]), at(1))
     assert rec.run.status == rs.RunStatus.FAILED and "unknown step 'ghost'" in rec.run.step("a").error
+    assert rec.run.dynamic_steps == ()
+
+
+def test_an_added_step_requiring_capabilities_fails_the_attempt_that_added_it():
+    # Workers learn capability sets from registered definitions: no worker would take it.
+    rec = start(wf(step("a")))
+    rec.feed(added([{"id": "extra", "task": "x", "depends_on": ["a"], "required_capabilities": ["cuda"]}]), at(1))
+    assert rec.run.status == rs.RunStatus.FAILED
+    assert "'extra': required_capabilities are only for steps of a registered workflow" in rec.run.step("a").error
     assert rec.run.dynamic_steps == ()
 
 

@@ -673,6 +673,53 @@ def test_sticky_cannot_be_combined_with_a_worker_group():
     )
 
 
+def test_sticky_cannot_be_combined_with_required_capabilities():
+    assert_issue(
+        doc(step("a"), step("b", required_capabilities=["cuda"]), sticky="soft"),
+        'sticky: cannot be combined with step required_capabilities (set on "b")',
+    )
+
+
+# ---- required_capabilities -------------------------------------------------------------------------------
+
+
+def test_required_capabilities_that_are_identifiers_are_valid():
+    assert_valid(doc(step("a", required_capabilities=["cuda", "fast-disk", "x" * 64])))
+    assert_valid(doc(step("m", type="map", depends_on=["a"], required_capabilities=["cuda"]), step("a")))
+
+
+@pytest.mark.parametrize("bad", HOSTILE)
+def test_hostile_capability_names_are_refused_naming_the_step_and_the_name(bad):
+    issues = problems(doc(step("render", required_capabilities=["cuda", bad])))
+    assert issues == [
+        f'step "render": required_capabilities[1]: {quoted(bad)} must match ^[A-Za-z0-9_-]{{1,64}}$ '
+        "(letters, digits, '_' and '-'; no '.', '*', '>' or spaces)"
+    ]
+    assert "\n" not in str(WorkflowInvalid("wf", issues))
+
+
+def test_a_capability_listed_twice_is_refused():
+    assert_issue(
+        doc(step(required_capabilities=["cuda", "cuda"])),
+        'step "a": required_capabilities: "cuda" is listed more than once',
+    )
+
+
+def test_at_most_32_capabilities_per_step():
+    assert_valid(doc(step(required_capabilities=[f"c{i}" for i in range(32)])))
+    assert_issue(
+        doc(step(required_capabilities=[f"c{i}" for i in range(33)])),
+        "required_capabilities: 33 capabilities is more than the maximum of 32",
+    )
+
+
+def test_required_capabilities_on_a_step_the_engine_runs_are_refused():
+    assert_issue(
+        doc(step("nap", type="sleep", task="", config={"duration": "1s"}, required_capabilities=["cuda"])),
+        'step "nap": required_capabilities: a "sleep" step runs in the engine, not on a worker',
+    )
+
+
 def test_a_fully_loaded_valid_workflow():
     assert_valid(
         doc(

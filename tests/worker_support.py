@@ -45,6 +45,7 @@ async def publish_task(
     attempt=1,
     group=None,
     traceparent="",
+    capabilities: tuple[str, ...] = (),
     **fields: Any,
 ):
     """Dispatch one task; ``fields``: more TaskPayload fields (iteration, instance, metadata, step_type)."""
@@ -64,7 +65,8 @@ async def publish_task(
     headers = {MSG_ID: msg_id}
     if traceparent:
         headers[TRACEPARENT] = traceparent
-    await js.publish(task_subject(task, run_id, group), msgspec.json.encode(payload), headers=headers)
+    subject = task_subject(task, run_id, group, capabilities)
+    await js.publish(subject, msgspec.json.encode(payload), headers=headers)
 
 
 class Inbox:

@@ -53,6 +53,7 @@ from ..wire.keys import signal_key
 from ..wire.names import API_PREFIX, API_QUEUE, SIGNALS_BUCKET
 from ..wire.notices import await_run
 from ..wire.timers import pending_timers
+from ..wire.workers import live_workers
 from .admission import Admission
 from .approvals import decide_approval
 from .correlator import Correlator
@@ -62,7 +63,7 @@ from .limits import list_limits
 from .paging import events_page, runs_page
 from .reader import RunReader
 from .starts import RunStarts
-from .views import fit_view, inspect_view, run_view
+from .views import awaits_capabilities, fit_view, inspect_view, run_view
 
 log = logging.getLogger("dagnats.api")
 
@@ -210,7 +211,8 @@ class ControlPlane:
     async def inspect_run(self, req: wire.RunRef) -> dict[str, Any]:
         run = await self.reader.get(req.run_id)
         timers = [] if run.is_terminal else await pending_timers(self.js, run.run_id)
-        return fit_view(inspect_view(run, timers), self.max_reply)
+        workers = await live_workers(self.js) if awaits_capabilities(run) else []
+        return fit_view(inspect_view(run, timers, workers), self.max_reply)
 
     async def run_events(self, req: wire.RunEvents) -> dict[str, Any]:
         check_identifier("run id", req.run_id)

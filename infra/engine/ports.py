@@ -68,7 +68,7 @@ async def publish_tasks(js: JetStreamContext, tasks: list[EnqueueTask]) -> None:
         headers = {MSG_ID: f"{p.run_id}.{p.step_id}{index}.{p.attempt}{suffix}"}
         if p.traceparent:
             headers[TRACEPARENT] = p.traceparent
-        subject = task_subject(task.task, p.run_id, task.group or None)
+        subject = task_subject(task.task, p.run_id, task.group or None, task.capabilities)
         await js.publish(subject, _TASK_ENCODER.encode(p), headers=headers)
 
     await asyncio.gather(*(publish(t) for t in tasks))
@@ -99,7 +99,7 @@ class NatsTaskPort:
 
     async def _accounted_for(self, task: EnqueueTask) -> bool:
         p = task.payload
-        subject = task_subject(task.task, p.run_id, task.group or None)
+        subject = task_subject(task.task, p.run_id, task.group or None, task.capabilities)
         async for msg in stored_messages(self.js, TASK_STREAM, subject):
             queued = TASK_DECODER.decode(msg.data or b"")
             if (queued.step_id, queued.attempt, queued.instance) == (p.step_id, p.attempt, p.instance):
@@ -116,7 +116,7 @@ class NatsTaskPort:
 
     async def _drop(self, drops: list[DropTask]) -> None:
         for drop in drops:
-            subject = task_subject(drop.task, drop.run_id, drop.group or None)
+            subject = task_subject(drop.task, drop.run_id, drop.group or None, drop.capabilities)
             async for msg in stored_messages(self.js, TASK_STREAM, subject):
                 queued = TASK_DECODER.decode(msg.data or b"")
                 same_instance = drop.instance is None or queued.instance == drop.instance

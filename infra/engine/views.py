@@ -8,10 +8,14 @@ from typing import Any
 
 import msgspec
 
+from dagnats.domain.capabilities import capability_set, describe_capabilities, offers
+from dagnats.domain.definition import StepDef
 from dagnats.domain.events import Event, TimerFired, parse_timestamp
 from dagnats.domain.resolve import blockers
 from dagnats.domain.state import DONE_STEP_STATUSES, RunStatus, StepState, StepStatus, Waiting, WorkflowRun
 from dagnats.domain.timers import add_ns
+
+from ..wire.workers import WorkerRecord
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -149,10 +153,15 @@ def _seconds(start: str, end: str) -> float | None:
     return round((parse_timestamp(end) - parse_timestamp(start)).total_seconds(), 6)
 
 
-def inspect_view(run: WorkflowRun, timers: list[TimerFired] | None = None) -> dict[str, Any]:
+def inspect_view(
+    run: WorkflowRun, timers: list[TimerFired] | None = None, workers: list[WorkerRecord] | None = None
+) -> dict[str, Any]:
     """The run with per-step queue and execution times, what pending steps wait on, and
-    its armed timers (soonest first)."""
+    its armed timers (soonest first); given the live ``workers``, a queued step that
+    requires capabilities none of them offers waits for such a worker."""
     view = run_view(run)
+    for step_id, waiting in capability_waits(run, workers or []).items():
+        view["steps"][step_id]["waiting"] = waiting
     view["timers"] = [
         {
             "kind": t.payload.kind,
@@ -169,6 +178,52 @@ def inspect_view(run: WorkflowRun, timers: list[TimerFired] | None = None) -> di
     view["blockers"] = blockers(run.definition, run) if run.definition else {}
     if run.definition is not None and run.definition.timeout and run.created_at:
         view["deadline"] = add_ns(run.created_at, int(run.definition.timeout))
+    return view
+
+
+def awaits_capabilities(run: WorkflowRun) -> bool:
+    """Whether a queued step (or map instance) of the run requires capabilities: only
+    then is the worker registry worth reading for its inspect view."""
+    return bool(_queued_capability_steps(run))
+
+
+def capability_waits(run: WorkflowRun, workers: list[WorkerRecord]) -> dict[str, dict[str, Any]]:
+    """step id -> what it waits for, for each queued step requiring capabilities that no
+    live worker of its task (and worker group) offers. A read model: nothing is recorded,
+    and the step is delivered the moment such a worker starts."""
+    return {
+        step.id: _capability_waiting(step, state)
+        for step, state in _queued_capability_steps(run)
+        if not any(_can_take(worker, step) for worker in workers)
+    }
+
+
+def _queued_capability_steps(run: WorkflowRun) -> list[tuple[StepDef, StepState]]:
+    if run.definition is None or run.is_terminal:
+        return []
+    found = []
+    for step in run.definition.steps:
+        state = run.steps.get(step.id)
+        if not step.required_capabilities or state is None:
+            continue
+        queued = state.status == StepStatus.QUEUED or any(i.status == StepStatus.QUEUED for i in state.instances)
+        if queued:
+            found.append((step, state))
+    return found
+
+
+def _can_take(worker: WorkerRecord, step: StepDef) -> bool:
+    in_group = step.worker_group in worker.groups if step.worker_group else not worker.groups
+    return step.task in worker.tasks and in_group and offers(worker.capabilities, step.required_capabilities)
+
+
+def _capability_waiting(step: StepDef, state: StepState) -> dict[str, Any]:
+    caps = describe_capabilities(step.required_capabilities)
+    group = f" in group {step.worker_group}" if step.worker_group else ""
+    reason = f"no live worker of task {step.task}{group} offers capabilities {caps}"
+    view = waiting_view(Waiting(kind="capabilities", since=state.queued_at, description=reason))
+    view["for"] = f"a worker of task {step.task}{group} offering capabilities {caps}: none is live"
+    view["capabilities"] = list(capability_set(step.required_capabilities))
     return view
 
 

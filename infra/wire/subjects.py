@@ -1,13 +1,16 @@
 """Subject builders: every subject a run's data travels on.
 
-Every identifier that becomes a subject token (run id, task, group, timer id,
-event name) must match `^[A-Za-z0-9_-]{1,64}$`: a `*` or `>` in a run id
+Every identifier that becomes a subject token (run id, task, group, capability,
+timer id, event name) must match `^[A-Za-z0-9_-]{1,64}$`: a `*` or `>` in a run id
 would otherwise read or write every run's history. Each builder checks its
 tokens and raises InvalidIdentifier naming the kind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from dagnats.domain.capabilities import capability_token
 from dagnats.domain.identifiers import check_identifier
 
 
@@ -21,18 +24,32 @@ def inbox_subject(run_id: str) -> str:
     return f"inbox.{check_identifier('run id', run_id)}"
 
 
-def task_subject(task: str, run_id: str, group: str | None = None) -> str:
-    """`task.<task>.<run>`, or `task.<task>.<group>.<run>` for a worker group."""
+def task_subject(task: str, run_id: str, group: str | None = None, capabilities: Iterable[str] = ()) -> str:
+    """`task.<task>.<run>`, or `task.<task>.<group>.<run>` for a worker group; a step that
+    requires capabilities: `task.<task>.<g>.<capset>.<run>` (see `_capability_prefix`)."""
     task, run_id = check_identifier("task name", task), check_identifier("run id", run_id)
+    if names := tuple(capabilities):
+        return f"{_capability_prefix(task, group, names)}.{run_id}"
     if group is None:
         return f"task.{task}.{run_id}"
     return f"task.{task}.{check_identifier('worker group', group)}.{run_id}"
 
 
-def task_filter(task: str, group: str | None = None) -> str:
-    """What the workers of `task` (in `group`) consume: every run's tasks."""
+def task_filter(task: str, group: str | None = None, capabilities: Iterable[str] = ()) -> str:
+    """What the workers of `task` (in `group`, offering `capabilities`) consume: every run's tasks."""
     task = check_identifier("task name", task)
+    if names := tuple(capabilities):
+        return f"{_capability_prefix(task, group, names)}.*"
     return f"task.{task}.*" if group is None else f"task.{task}.{check_identifier('worker group', group)}.*"
+
+
+def _capability_prefix(task: str, group: str | None, capabilities: tuple[str, ...]) -> str:
+    """`task.<task>.<g>.<capset>`: `<g>` is `g-<group>` or `any` (a group may be named
+    "any"), `<capset>` the set's token. One token more than any other task subject, so
+    the consumers of `task.<task>.*` and `task.<task>.<group>.*` never match it."""
+    names = [check_identifier("capability", name) for name in capabilities]
+    g = "any" if group is None else f"g-{check_identifier('worker group', group)}"
+    return f"task.{task}.{g}.{capability_token(names)}"
 
 
 def schedule_subject(run_id: str, timer_id: str) -> str:

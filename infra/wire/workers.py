@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from .names import WORKERS_BUCKET
+from .reading import kv_entries
 
 HEARTBEAT = 1.0  # seconds between a worker's puts (the bucket's TTL is 4 s)
 RECORD_TTL = 4.0
@@ -24,6 +25,24 @@ class WorkerRecord(msgspec.Struct, frozen=True):
     pid: int
     hostname: str
     last_seen: str
+    # What the worker offers to steps with required_capabilities (records of workers
+    # from before capabilities have none).
+    capabilities: list[str] = []
+
+
+WORKER_RECORD_DECODER = msgspec.json.Decoder(WorkerRecord)
+
+
+async def live_workers(js: JetStreamContext) -> list[WorkerRecord]:
+    """Every worker in the registry, in one batched read of the bucket (a record that
+    does not decode says nothing about its worker, and is left out)."""
+    records = []
+    for _, value in await kv_entries(js, WORKERS_BUCKET, ">"):
+        try:
+            records.append(WORKER_RECORD_DECODER.decode(value))
+        except msgspec.DecodeError:
+            continue
+    return records
 
 
 async def worker_alive(js: JetStreamContext, worker_id: str) -> bool:
