@@ -16,8 +16,9 @@ their effects from the current state without touching anything; ``_write``
 appends them; only an append that succeeded changes ``self.run``.
 
 A fact that changes nothing and leads to no decision (a liveness check
-that found the worker alive) is not recorded; the timer it re-arms still is
-armed. A record never exceeds the server's max payload:
+that found the worker alive) is not recorded — once the actor has checked
+that its state is current (another engine may have moved the history); the
+timer it re-arms still is armed. A record never exceeds the server's max payload:
 facts go into several records when one would be too large, and a fact too
 large to record at all is replaced (an output too large to keep fails its
 step) or dropped with an error in the log — it never blocks the run's other
@@ -168,7 +169,12 @@ class RunActor(pykka.ThreadingActor):
     def _handle(self, facts: list[Event]) -> None:
         facts = [self._observed(fact) for fact in facts]
         for _ in range(MAX_CONFLICT_RETRIES):
-            if self._write(self._plan(facts)):
+            plan = self._plan(facts)
+            if not plan.records and self._refold(reissue=False):
+                # Nothing to record here, but another engine moved the history: a fact that
+                # changes nothing in a stale state may well change the run as recorded.
+                continue
+            if self._write(plan):
                 return
         raise RuntimeError(f"run {self.run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicting appends")
 
