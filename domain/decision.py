@@ -217,6 +217,11 @@ class Decision:
             progressed = False
             for step in ready_steps(self.defn, self.run):
                 progressed |= self._start_or_skip(step)
+                # A step that failed at its start may have ended the run: its
+                # dependents are no longer started, nor skipped (the fold ignores
+                # events after the end, so skipping them again would never stop).
+                if self.run.status != st.RunStatus.RUNNING:
+                    return
         if is_complete(self.defn, self.run):
             self.complete()
 
