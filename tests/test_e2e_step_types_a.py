@@ -157,6 +157,13 @@ def refused(result: Result, message: str) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (1, "", f"error: {message}\n"), result
 
 
+def assert_restarted_cleanly(env: Env) -> None:
+    """The serve started after a kill logged no crashed run actor and no traceback."""
+    assert env.serve.proc is not None
+    log = env.serve.proc.output
+    assert "actor crashed" not in log and "Traceback" not in log, log
+
+
 def crash_and_restart(env: Env) -> None:
     """kill -9 `dagnats serve`, then start it again on the same data dir and port."""
     killed = env.serve.pid
@@ -294,6 +301,7 @@ def test_a_sleep_survives_a_kill_9_of_serve_and_wakes_once(env):
     kinds = types(env, run_id)
     assert (kinds.count("step.sleep.started"), kinds.count("step.sleep.completed")) == (1, 1), kinds
     assert kinds.count("workflow.completed") == 1
+    assert_restarted_cleanly(env)
 
 
 # ---- approval ---------------------------------------------------------------------------
@@ -426,6 +434,7 @@ def test_an_approval_still_works_after_a_kill_9_of_serve(env):
     assert len(env.rows(run_id, "ship")) == 1
     kinds = types(env, run_id)
     assert (kinds.count("approval.requested"), kinds.count("approval.granted")) == (1, 1), kinds
+    assert_restarted_cleanly(env)
 
 
 # ---- wait_for_event ---------------------------------------------------------------------
@@ -507,6 +516,7 @@ def test_events_published_while_serve_is_down_and_after_its_restart_still_match(
         assert len(env.rows(run_id, "ship")) == 1
         kinds = types(env, run_id)
         assert (kinds.count("step.wait.started"), kinds.count("step.wait.matched")) == (1, 1), kinds
+    assert_restarted_cleanly(env)
 
 
 # ---- sub_workflow -----------------------------------------------------------------------
@@ -602,6 +612,7 @@ def test_a_childs_completion_reaches_its_parent_after_a_kill_9_of_serve(env):
     kinds = types(env, run_id)
     assert (kinds.count("workflow.child.started"), kinds.count("workflow.child.completed")) == (1, 1), kinds
     assert types(env, child_id).count("workflow.completed") == 1
+    assert_restarted_cleanly(env)
 
 
 # ---- bad input --------------------------------------------------------------------------
