@@ -278,8 +278,9 @@ class Decision:
                 if self._at_max_steps():
                     break
                 progressed |= self._start_or_skip(step)
-                # A step that cannot start (a map's bad input) may end the run here: the
-                # fold then ignores later skips (looping for ever) and nothing more may start.
+                # A step that failed at its start may have ended the run: its
+                # dependents are no longer started, nor skipped (the fold ignores
+                # events after the end, so skipping them again would never stop).
                 if self.run.status != st.RunStatus.RUNNING:
                     return
         if is_complete(self.defn, self.run):

@@ -433,3 +433,38 @@ def test_requests_nested_thousands_of_levels_deep_are_refused_as_invalid(nats_ur
         assert error["kind"] == "InvalidRequest", error
         assert error["error"] == f"invalid {op} request: nested too deeply (a value may nest at most 64 levels)"
     assert workflows == []
+
+
+def test_dropping_a_task_that_a_worker_acked_meanwhile_is_not_an_error(nats_url, run):
+    # Seen in an e2e drill: the work queue removed the acked task between the listing
+    # and the delete, the server answered 10057 "no message found", the run's actor crashed.
+    from dagnats.domain.actions import DropTask, EnqueueTask
+    from dagnats.domain.events import TaskPayload
+    from dagnats.infra.engine.bridge import LoopBridge
+    from dagnats.infra.engine.ports import NatsTaskPort, publish_tasks
+    from dagnats.infra.engine.streams import ensure_resources
+    from dagnats.infra.wire.names import TASK_STREAM
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await ensure_resources(js, 1)
+            payload = TaskPayload(task_id="r.s", run_id="r", step_id="s", task="t")
+            await publish_tasks(js, [EnqueueTask(task="t", payload=payload)])
+
+            class AckedMeanwhile:
+                def __getattr__(self, name):
+                    return getattr(js, name)
+
+                async def delete_msg(self, stream, seq):
+                    await js.delete_msg(stream, seq)  # the worker's ack, just before
+                    return await js.delete_msg(stream, seq)
+
+            port = NatsTaskPort(AckedMeanwhile(), LoopBridge(asyncio.get_running_loop()))
+            await port._drop([DropTask("t", "r", "s", 1)])
+            return (await js.stream_info(TASK_STREAM)).state.messages
+        finally:
+            await nc.close()
+
+    assert run(body()) == 0

@@ -101,6 +101,16 @@ def test_a_sleep_until_a_value_that_is_not_a_time_fails_the_step(value, problem)
     assert rec.run.status == rs.RunStatus.FAILED and problem in rec.run.step("nap").error
 
 
+@pytest.mark.timeout(10)
+def test_a_step_failing_at_its_start_fails_the_run_and_leaves_its_dependents_alone():
+    # It used to loop forever: the dependents were skipped again and again after the run ended.
+    defn = wf(step("nap", "sleep", config={"until_input_path": "wake"}), step("after", "normal", "nap"), step("b"))
+    rec = start(defn, {"wake": "tomorrow"})
+    assert rec.run.status == rs.RunStatus.FAILED
+    assert (rec.run.step("after").status, rec.run.step("b").status) == (rs.StepStatus.PENDING, rs.StepStatus.PENDING)
+    assert [type(a.event) for a in rec.actions] == [ev.StepQueued, ev.StepFailed, ev.WorkflowFailed]
+
+
 def test_a_sleep_until_milliseconds_and_a_missing_input_path():
     ms = int((at(30).timestamp()) * 1000)
     rec = start(wf(step("nap", "sleep", config={"until_input_path": "wake"})), {"wake": ms})

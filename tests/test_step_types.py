@@ -261,3 +261,37 @@ def test_engine_run_steps_carry_on_across_an_engine_restart(nats_url, run):
     approval, mixed = run(body(), timeout=60)
     assert approval["status"] == mixed["status"] == "completed"
     assert mixed["steps"]["nap"]["status"] == "completed" and mixed["steps"]["sub"]["output"] == "two"
+
+
+def test_a_child_start_asked_before_the_control_plane_is_up_waits_for_it(nats_url, run):
+    # On a restart the engine rebuilds its unfinished runs before the control plane
+    # (which starts children) is up: a parent's recovery must not crash on that.
+    import asyncio
+
+    import nats
+
+    from dagnats.domain.actions import StartChildRun
+    from dagnats.infra.engine.bridge import LoopBridge
+    from dagnats.infra.engine.outbox import NatsOutbox
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            outbox = NatsOutbox(nc, LoopBridge(asyncio.get_running_loop()))
+            asked = []
+
+            async def starter(child, parent_run_id, trace_parent):
+                asked.append((child.child_run_id, parent_run_id))
+
+            action = StartChildRun("c" * 32, "child-wf", None, "sub", 1)
+            sending = asyncio.create_task(outbox._send("p" * 32, [action], ""))
+            await asyncio.sleep(0.2)
+            waited = not sending.done()
+            outbox.start_child = starter
+            await asyncio.wait_for(sending, 5)
+            return waited, asked
+        finally:
+            await nc.close()
+
+    waited, asked = run(body())
+    assert waited and asked == [("c" * 32, "p" * 32)]

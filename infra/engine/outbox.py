@@ -16,6 +16,7 @@ Each is idempotent, so a rebuilt run that asks again does no harm.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -42,6 +43,10 @@ ChildStarter = Callable[[StartChildRun, str, str], Awaitable[Any]]
 
 _ENCODER = msgspec.json.Encoder()
 
+# How long a child's start waits for the control plane to come up (the bridge
+# that carries the actor's call gives up after 30 s).
+CHILD_STARTER_WAIT = 10.0
+
 
 class ApprovalToken(msgspec.Struct, frozen=True):
     digest: str
@@ -61,7 +66,18 @@ class NatsOutbox:
     def __init__(self, nc: NATS, bridge: LoopBridge) -> None:
         self.nc, self.bridge = nc, bridge
         self.js = nc.jetstream()
-        self.start_child: ChildStarter | None = None  # set by the control plane
+        self._start_child: ChildStarter | None = None
+        self._starter_set = asyncio.Event()
+
+    @property
+    def start_child(self) -> ChildStarter | None:
+        return self._start_child
+
+    @start_child.setter
+    def start_child(self, starter: ChildStarter) -> None:
+        """Set by the control plane once it is up (it needs the engine's reader)."""
+        self._start_child = starter
+        self._starter_set.set()
 
     def send(self, run_id: str, actions: Sequence[Action], trace_parent: str) -> None:
         self.bridge.call(self._send(run_id, actions, trace_parent))
@@ -93,10 +109,16 @@ class NatsOutbox:
             log.warning("run %s: could not send the approval request on %s: %s", run_id, action.subject, err)
 
     async def _child(self, run_id: str, action: StartChildRun, trace_parent: str) -> None:
-        if self.start_child is None:
-            raise RuntimeError("no control plane to start child runs with")
+        # The engine recovers its unfinished runs and reads its inbox before the control
+        # plane is up: a parent rebuilt then waits for it here rather than crash (its
+        # recovery, the only thing that starts a child lost in a crash, would be lost).
         try:
-            await self.start_child(action, run_id, trace_parent)
+            await asyncio.wait_for(self._starter_set.wait(), CHILD_STARTER_WAIT)
+        except TimeoutError:
+            raise RuntimeError("no control plane to start child runs with") from None
+        assert self._start_child is not None
+        try:
+            await self._start_child(action, run_id, trace_parent)
         except DagnatsError as err:
             if action.detach:
                 log.warning("run %s: detached child %s did not start: %s", run_id, action.child_run_id, err)

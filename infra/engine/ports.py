@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from dagnats.actors.ports import Clock, FlowPort
 from dagnats.domain.actions import DropTask, EnqueueTask, StartTimer
@@ -33,6 +33,7 @@ from .reader import RunReader
 log = logging.getLogger("dagnats.ports")
 _TASK_ENCODER = msgspec.json.Encoder()
 RESULT_FACTS = frozenset({STEP_COMPLETED, STEP_FAILED})
+MSG_DELETE_FAILED = 10057  # JetStream's err_code for a delete_msg that found no message
 # Room a history record leaves for its headers under the server's max payload.
 HEADER_ROOM = 4096
 
@@ -130,6 +131,11 @@ class NatsTaskPort:
                         await self.js.delete_msg(TASK_STREAM, msg.seq)
                     except NotFoundError:
                         pass  # a worker acked it meanwhile
+                    except APIError as err:
+                        # The server says so with "no message found" under 10057 (msg
+                        # delete failed), not a 404: a worker acked it meanwhile too.
+                        if err.err_code != MSG_DELETE_FAILED:
+                            raise
 
 
 def _traced(task: EnqueueTask, trace_parent: str) -> EnqueueTask:
