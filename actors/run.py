@@ -57,8 +57,8 @@ from dagnats.domain.actions import (
 )
 from dagnats.domain.decide import evolve, recover, unrecordable
 from dagnats.domain.errors import WrongLastSequence
-from dagnats.domain.events import Event, TimerFired, encode_event
-from dagnats.domain.fold import fold
+from dagnats.domain.events import Event, TimerFired, encode_event, parse_timestamp
+from dagnats.domain.fold import ahead_of, fold
 from dagnats.domain.kinds.admission import answer_fact
 from dagnats.domain.state import WorkflowRun, new_run
 
@@ -67,6 +67,10 @@ from .ports import Ports
 
 log = logging.getLogger("dagnats.run")
 MAX_CONFLICT_RETRIES = 8
+# A worker's report that arrives before the record dispatching its attempt (recorded by
+# another engine) comes back this much later, for up to EARLY_FOR seconds.
+EARLY_RETRY = 0.5
+EARLY_FOR = 60.0
 OUTBOX_ACTIONS = (PublishMessage, RegisterWaiter, RemoveWaiter, StartChildRun, PublishFact)
 
 
@@ -159,7 +163,10 @@ class RunActor(pykka.ThreadingActor):
 
     def _deliver(self, message: Deliver) -> None:
         self._handle(list(message.events))
-        message.done(True)
+        if self._early(message.events):
+            message.done(False, EARLY_RETRY)
+        else:
+            message.done(True)
         if self.recovering:
             self.recovering = False
             self.directory.tell(Healthy(self.run_id))
@@ -177,6 +184,16 @@ class RunActor(pykka.ThreadingActor):
             if self._write(plan):
                 return
         raise RuntimeError(f"run {self.run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicting appends")
+
+    def _early(self, facts: tuple[Event, ...]) -> bool:
+        """Whether a worker reported on an attempt whose dispatch is not recorded yet: the
+        facts go back to the inbox to come again (the ones already recorded then change
+        nothing). Reports older than ``EARLY_FOR`` are no longer waited for."""
+        now = self.ports.clock.now()
+        return any(
+            ahead_of(self.run, fact) and (now - parse_timestamp(fact.timestamp)).total_seconds() < EARLY_FOR
+            for fact in facts
+        )
 
     def _observed(self, fact: Event) -> Event:
         """A liveness check says whether its worker is alive as the shell sees it now,

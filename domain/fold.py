@@ -34,6 +34,22 @@ INPUT_FROM_ON_FAILURE = "on_failure"  # the context of the failure this handler 
 INPUT_FROM_COMPENSATION = "compensation"  # the context of the step this one undoes
 
 
+def ahead_of(run: st.WorkflowRun, event: ev.Event) -> bool:
+    """A worker's report on an attempt this state has not seen open: the record that
+    dispatched it is not in the history yet (another engine is writing it). Folding it now
+    would drop it; it is worth delivering again once that record is there."""
+    if not event.worker_id or not event.step_id or run.definition is None or run.is_terminal:
+        return False
+    step = run.steps.get(event.step_id)
+    if step is None:
+        return False
+    if event.instance is not None:
+        state = step.instances[event.instance] if event.instance < len(step.instances) else st.StepState()
+    else:
+        state = step
+    return event.attempt > state.attempts
+
+
 def fold(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
     if isinstance(event, ev.WorkflowStarted):
         return _started(run, event)
