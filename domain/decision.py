@@ -57,6 +57,9 @@ LIMITED_TYPES = frozenset({"normal", "agent", "agent_loop", "planner", "map"})
 # Step types the engine runs without a worker's task (a retry starts them afresh).
 ENGINE_RUN_TYPES = frozenset({"sleep", "approval", "wait_for_event", "sub_workflow"})
 
+# Steps concurrency.max_steps counts: an attempt under way, or one that follows by itself.
+_UNDER_WAY = st.HOLDING_STEP_STATUSES | {st.StepStatus.RETRYING, st.StepStatus.CONTINUING}
+
 # step type -> how a ready step of that type starts (given its resolved input)
 Starter = Callable[["Decision", StepDef, Any], None]
 STARTERS: dict[str, Starter] = {}
@@ -312,9 +315,11 @@ class Decision:
         return self.run.step(step.id).status in st.TERMINAL_STEP_STATUSES
 
     def _at_max_steps(self) -> bool:
-        """concurrency.max_steps: at most that many of the run's steps queued, running or held."""
+        """concurrency.max_steps: at most that many of the run's steps under way — queued,
+        running or held, or between attempts (a retry's backoff, an agent loop's delay), whose
+        next attempt starts without asking again."""
         cap = self.defn.concurrency.max_steps if self.defn.concurrency else 0
-        busy = sum(1 for s in self.run.steps.values() if s.status in st.HOLDING_STEP_STATUSES)
+        busy = sum(1 for s in self.run.steps.values() if s.status in _UNDER_WAY)
         return bool(cap) and busy >= cap
 
     def _in_flight(self) -> bool:

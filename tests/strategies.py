@@ -193,10 +193,19 @@ def admitted(step_id: str, attempt: int, *holds: str, t: float = 1, instance: in
 
 
 def limited(
-    step_id: str, attempt: int, key: str, until: float, position: int = 0, t: float = 1, instance: int | None = None
+    step_id: str,
+    attempt: int,
+    key: str,
+    until: float,
+    position: int = 0,
+    t: float = 1,
+    instance: int | None = None,
+    holds: tuple[str, ...] = (),
 ) -> ev.StepLimited:
-    """Flow control's answer: not yet, ask again at ``until`` (seconds after BASE_TIME)."""
-    payload = ev.Limited(key=key, reason="busy", until=ev.format_timestamp(at(until)), position=position)
+    """Flow control's answer: not yet, ask again at ``until`` (seconds after BASE_TIME); the
+    attempt holds the slots of ``holds`` meanwhile (another limit, a rate, says wait)."""
+    until_at = ev.format_timestamp(at(until))
+    payload = ev.Limited(key=key, reason="busy", until=until_at, position=position, holds=holds)
     return _answer(ev.StepLimited, step_id, attempt, payload, t, instance)
 
 
@@ -368,6 +377,7 @@ _STEP_LIMITS = st.sampled_from(
         {"singleton": True},
         {"rate_limit": RateLimit(limit=2, period=SECOND)},
         {"max_task_concurrency": 2, "singleton": True},
+        {"rate_limit": RateLimit(limit=1, period=SECOND), "max_task_concurrency": 1},
     ]
 )
 _RUN_LIMITS = st.sampled_from(
@@ -396,9 +406,14 @@ def admission_facts(rec: Recorder, t: float) -> list[ev.Event]:
         if state.status != rs.StepStatus.WAITING or state.admitted:
             continue
         slots = tuple(r.key for r in step_limits(run.definition, step, state.input, 0) if r.kind == SLOTS)
-        attempt = state.attempts + 1
+        attempt, rate = state.attempts + 1, f"rate.{step.task}"
         facts.append(admitted(step.id, attempt, *slots, t=t))
-        facts.append(limited(step.id, attempt, slots[0] if slots else f"rate.{step.task}", until=t + 3, t=t))
+        if state.holds:  # its slots granted, a rate said wait: it keeps them while it waits again
+            facts.append(limited(step.id, attempt, rate, until=t + 2, t=t, holds=state.holds))
+            continue
+        facts.append(limited(step.id, attempt, slots[0] if slots else rate, until=t + 3, position=1, t=t))
+        if slots and step.rate_limit is not None:
+            facts.append(limited(step.id, attempt, rate, until=t + 2, t=t, holds=slots))
     return facts
 
 

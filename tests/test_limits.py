@@ -1,4 +1,5 @@
-"""Flow control's pure rules: rate windows, slot pools, and which limits a step or run is under."""
+"""Flow control's pure rules: slot pools, who holds them, and which limits a step or run is under
+(rate windows: test_rate_windows.py)."""
 
 from __future__ import annotations
 
@@ -15,109 +16,17 @@ from dagnats.domain.limits import (
     SLOTS,
     LimitProblem,
     LimitRequest,
-    RateWindow,
     SlotPool,
     Waiter,
     digest,
     holder_id,
     priority_offset,
-    rate_admit,
     run_limits,
     slot_acquire,
+    slot_keys,
     slot_release,
     step_limits,
 )
-
-# ---- rate windows ------------------------------------------------------------------------------
-
-
-@st.composite
-def rate_requests(draw: st.DrawFn) -> tuple[int, int, list[tuple[int, int]]]:
-    """(limit, period_ms, [(time, units)]) with non-decreasing times; units may exceed the limit."""
-    limit = draw(st.integers(1, 5))
-    period = draw(st.integers(1, 40))
-    gaps = draw(st.lists(st.integers(0, 25), min_size=1, max_size=40))
-    units = draw(st.lists(st.integers(1, limit + 1), min_size=len(gaps), max_size=len(gaps)))
-    times, now = [], 0
-    for gap in gaps:
-        now += gap
-        times.append(now)
-    return limit, period, list(zip(times, units, strict=True))
-
-
-def in_window(log: list[int], now: int, period: int) -> int:
-    """Units admitted in the sliding window that ends at ``now``: (now - period, now]."""
-    return sum(1 for t in log if now - period < t <= now)
-
-
-@settings(max_examples=300)
-@given(rate_requests())
-def test_a_rate_window_grants_exactly_what_fits_and_never_more_than_limit_per_period(case):
-    limit, period, requests = case
-    window, log = RateWindow(), []
-    for now, units in requests:
-        decision = rate_admit(window, now, limit, period, units)
-        fits = units <= limit and in_window(log, now, period) + units <= limit
-        assert decision.granted == fits
-        if decision.granted:
-            log += [now] * units
-        window = decision.window
-    for start in log:  # every window of period_ms that begins at an admission
-        assert sum(1 for t in log if start <= t < start + period) <= limit
-
-
-@settings(max_examples=300)
-@given(rate_requests())
-def test_a_denial_says_the_first_moment_the_same_request_is_granted(case):
-    limit, period, requests = case
-    window = RateWindow()
-    for now, units in requests:
-        decision = rate_admit(window, now, limit, period, units)
-        if not decision.granted and units <= limit:
-            retry = decision.retry_at_ms
-            assert retry > now
-            assert rate_admit(decision.window, retry, limit, period, units).granted
-            assert not rate_admit(decision.window, retry - 1, limit, period, units).granted
-        window = decision.window
-
-
-@settings(max_examples=200)
-@given(rate_requests())
-def test_more_units_than_the_limit_are_never_granted_and_take_nothing(case):
-    limit, period, requests = case
-    window = RateWindow()
-    for now, units in requests:
-        decision = rate_admit(window, now, limit, period, units)
-        if units > limit:
-            assert not decision.granted
-            assert decision.window.starts == tuple(t for t in window.starts if t > now - period)
-        window = decision.window
-
-
-@settings(max_examples=200)
-@given(rate_requests())
-def test_rate_admit_leaves_its_window_alone_and_keeps_only_what_is_inside_the_period(case):
-    limit, period, requests = case
-    window = RateWindow()
-    for now, units in requests:
-        before = msgspec.json.encode(window)
-        decision = rate_admit(window, now, limit, period, units)
-        assert msgspec.json.encode(window) == before
-        assert list(decision.window.starts) == sorted(decision.window.starts)
-        assert all(now - period < t <= now for t in decision.window.starts)
-        window = decision.window
-
-
-def test_a_full_window_frees_up_when_its_oldest_admission_leaves():
-    window = RateWindow()
-    for now in (0, 10, 20):
-        window = rate_admit(window, now, 3, 100).window
-    denied = rate_admit(window, 50, 3, 100)
-    assert (denied.granted, denied.retry_at_ms) == (False, 100)
-    two = rate_admit(window, 50, 3, 100, units=2)  # two units: the second-oldest must leave too
-    assert (two.granted, two.retry_at_ms) == (False, 110)
-    assert rate_admit(window, 100, 3, 100).window.starts == (10, 20, 100)
-
 
 # ---- slot pools --------------------------------------------------------------------------------
 
@@ -125,7 +34,7 @@ HOLDERS = [f"h{n}" for n in range(6)]
 
 
 def waiter(holder: str, rank: float = 0.0) -> Waiter:
-    return Waiter(holder=holder, rank=rank, run_id="run-" + holder, step_id="s", attempt=1)
+    return Waiter(holder, rank)
 
 
 def order(w: Waiter) -> tuple[float, str]:
@@ -158,12 +67,13 @@ def check_pool(pool: SlotPool) -> None:
 def test_a_slot_pool_grants_in_rank_order_and_never_past_its_size(script):
     size, ranks, ops = script
     pool = SlotPool(size=size)
-    for op, arg in ops:
+    joined: dict[str, int] = {}  # when each queued waiter joined the queue
+    for now, (op, arg) in enumerate(ops):
         if op == "resize":
             size = arg
         elif op == "acquire":
             me = waiter(arg, ranks[arg])
-            decision = slot_acquire(pool, me, size, now_ms=1)
+            decision = slot_acquire(pool, me, size, now_ms=now)
             if arg in pool.holders:  # a retried request: granted, counted once
                 assert decision.granted and decision.pool.holders == pool.holders
                 assert decision.pool.queue == pool.queue
@@ -172,22 +82,29 @@ def test_a_slot_pool_grants_in_rank_order_and_never_past_its_size(script):
                 free = size - len(pool.holders)
                 assert decision.granted == (ahead + 1 <= free)
                 if decision.granted:
+                    assert decision.pool.holders == {**pool.holders, arg: now}
                     assert len(decision.pool.holders) <= size
                     assert size - len(decision.pool.holders) >= ahead  # room is left for each waiter ahead
+                    joined.pop(arg, None)
                 else:
                     assert decision.position == ahead + 1 - max(free, 0) >= 1
-                    assert me in decision.pool.queue
+                    since = joined.setdefault(arg, now)  # asking again keeps the time it joined
+                    assert Waiter(arg, ranks[arg], since) in decision.pool.queue
             pool = decision.pool
         else:
             rest = [w for w in pool.queue if w.holder != arg]
             remaining = len(pool.holders) - (arg in pool.holders)
-            new_pool, granted = slot_release(pool, arg, now_ms=2)
+            new_pool, granted = slot_release(pool, arg, now_ms=now)
             assert granted == rest[: max(0, min(len(rest), pool.size - remaining))]
             assert arg not in new_pool.holders and arg not in [w.holder for w in new_pool.queue]
+            assert all(new_pool.holders[w.holder] == now for w in granted)
             if granted:
                 assert len(new_pool.holders) <= pool.size
+            for gone in [arg, *(w.holder for w in granted)]:
+                joined.pop(gone, None)
             pool = new_pool
         check_pool(pool)
+        assert {w.holder: w.since for w in pool.queue} == joined
 
 
 @settings(max_examples=300)
@@ -210,12 +127,19 @@ def test_a_retried_acquire_by_a_holder_is_granted_without_counting_twice():
     assert again.granted and again.pool.holders == {"a": 5}
 
 
-def test_a_queued_waiter_that_asks_again_keeps_one_place_in_the_queue():
+def test_a_queued_waiter_that_asks_again_keeps_one_place_in_the_queue_and_the_time_it_joined():
     pool = slot_acquire(SlotPool(), waiter("a"), 1, now_ms=0).pool
-    pool = slot_acquire(pool, waiter("b", 1), 1, now_ms=0).pool
-    again = slot_acquire(pool, waiter("b", 1), 1, now_ms=0)
+    pool = slot_acquire(pool, waiter("b", 1), 1, now_ms=10).pool
+    again = slot_acquire(pool, Waiter("b", 1, since=99), 1, now_ms=25)  # the since it brings is ignored
     assert (again.granted, again.position) == (False, 1)
-    assert [w.holder for w in again.pool.queue] == ["b"]
+    assert again.pool.queue == (Waiter("b", 1, 10),)
+    granted = slot_release(again.pool, "a", now_ms=40)[0]
+    assert granted.holders == {"b": 40} and granted.queue == ()
+
+
+def test_a_newcomer_joins_the_queue_at_the_time_it_asks():
+    pool = slot_acquire(SlotPool(), waiter("a"), 1, now_ms=0).pool
+    assert slot_acquire(pool, Waiter("b", 1, since=3), 1, now_ms=17).pool.queue == (Waiter("b", 1, 17),)
 
 
 def test_a_release_grants_the_lowest_rank_first_and_ties_by_holder_id():
@@ -284,12 +208,46 @@ def test_a_grown_pool_grants_a_newcomer_only_with_room_left_for_every_waiter_ahe
     assert [w.holder for w in granted] == ["a", "b"]
 
 
+def test_a_pool_keeps_the_rule_it_was_described_by_and_takes_the_size_it_is_asked_with():
+    pool = SlotPool(size=3, about="max_task_concurrency 3 of task charge")
+    decision = slot_acquire(pool, waiter("a"), 2, now_ms=0)
+    assert (decision.pool.size, decision.pool.about) == (2, "max_task_concurrency 3 of task charge")
+    assert slot_release(decision.pool, "a", now_ms=1)[0].about == pool.about
+
+
+def test_a_pool_is_stored_as_compact_json_its_queue_as_arrays():
+    pool = slot_acquire(SlotPool(), waiter("r1"), 1, now_ms=5).pool
+    pool = slot_acquire(pool, Waiter("r2", 1.5), 1, now_ms=6).pool
+    data = msgspec.json.encode(pool)
+    assert data == b'{"holders":{"r1":5},"queue":[["r2",1.5,6]]}'
+    assert msgspec.json.decode(data, type=SlotPool) == pool
+    assert msgspec.json.decode(b'{"queue":[["r3",2.0]]}', type=SlotPool).queue == (Waiter("r3", 2.0, 0),)
+
+
 def test_holder_ids_name_the_run_or_one_attempt_of_one_step_or_element():
     assert holder_id("r1") == "r1"
     assert holder_id("r1", "charge", 2) == "r1.charge.2"
     assert holder_id("r1", "each", 1, 0) == "r1.each.i0.1"
     ids = {holder_id("r1", s, a, i) for s in ("a", "b") for a in (1, 2) for i in (None, 0, 1)}
     assert len(ids) == 12
+
+
+def test_a_waiter_reads_its_run_and_step_from_its_holder_id():
+    assert (Waiter("r1", 0).run_id, Waiter("r1", 0).step) == ("r1", ("", 0, None))
+    assert (Waiter("r1.charge.2", 0).run_id, Waiter("r1.charge.2", 0).step) == ("r1", ("charge", 2, None))
+    assert (Waiter("r1.each.i3.1", 0).run_id, Waiter("r1.each.i3.1", 0).step) == ("r1", ("each", 1, 3))
+
+
+_ids = st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True)
+
+
+@settings(max_examples=300)
+@given(_ids, _ids, st.integers(1, 10**6), st.none() | st.integers(0, 10**4))
+def test_a_waiter_parses_back_any_holder_id(run_id, step_id, attempt, instance):
+    step = Waiter(holder_id(run_id, step_id, attempt, instance), 1.0)
+    assert (step.run_id, step.step) == (run_id, (step_id, attempt, instance))
+    run = Waiter(holder_id(run_id), 1.0)
+    assert (run.run_id, run.step) == (run_id, ("", 0, None))
 
 
 # ---- which limits a step is under --------------------------------------------------------------
@@ -382,6 +340,20 @@ def test_every_limit_of_a_step_is_asked_for_in_one_admission():
         (SLOTS, "task.charge"),
         (SLOTS, "single.wf.s"),
     ]
+
+
+def test_slot_keys_are_the_pools_of_a_step_without_its_input():
+    defn = workflow(
+        {"id": "all", "task": "charge", "singleton": True, "max_task_concurrency": 2, **keyed()},
+        {"id": "rated", "task": "mail", "rate_limit": {"limit": 1, "period": "1s"}, **keyed()},
+        {"id": "free", "task": "free"},
+    )
+    assert slot_keys(defn, defn.step("all")) == ("task.charge", "single.wf.all")  # a keyed rate needs no key here
+    assert slot_keys(defn, defn.step("rated")) == ()
+    assert slot_keys(defn, defn.step("free")) == ()
+    data = {"customer": {"id": "acme"}}
+    slots = tuple(r.key for r in step_limits(defn, defn.step("all"), data, 0) if r.kind == SLOTS)
+    assert slot_keys(defn, defn.step("all")) == slots
 
 
 # ---- which limits a run is under ---------------------------------------------------------------

@@ -238,12 +238,13 @@ def _released(
 
 
 def slot_holders(run: st.WorkflowRun) -> set[str]:
-    """Who, of this run, may hold or queue for slots now: the reaper frees the rest."""
+    """Who, of this run, may hold or queue for slots now: the reaper frees the rest (as
+    ``released`` does, a map's instances only while the map is under way)."""
     if run.is_terminal:
         return set()
     holders = {run.run_id}
     for step_id, state in run.steps.items():
-        for index, each in [(None, state), *enumerate(state.instances)]:
+        for index, each in [(None, state), *enumerate(_holding_instances(state))]:
             if each.status in st.HOLDING_STEP_STATUSES:
                 holders.add(holder_id(run.run_id, step_id, _holding_attempt(each), index))
     return holders
