@@ -1,6 +1,9 @@
 """Benchmark: one run with a map of 10,000 elements, then the engine killed and restarted.
 
-    python bench/map.py [--items N] [--profile] [--out FILE] [--keep]
+    python bench/map.py [--items N] [--concurrency N] [--max-seconds S] [--profile] [--out FILE] [--keep]
+
+By default every element is in flight at once (the map's own default);
+``--concurrency 100`` bounds it, as ``config.concurrency`` does.
 
 Theory of operation. As in run.py, a fresh nats-server (``sync_interval:
 always``), a ``dagnats serve --external`` engine and one worker process
