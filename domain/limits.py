@@ -160,7 +160,8 @@ class RateWindow(msgspec.Struct, frozen=True, omit_defaults=True):
 
     entries: tuple[tuple[int, str, int], ...] = ()
     # Holders told to wait, and since when (ms): who queues for this limit, for the listing.
-    waiting: tuple[tuple[str, int], ...] = ()
+    # (holder, since, last asked), in ms: a waiter not heard from in a while is forgotten.
+    waiting: tuple[tuple[str, int, int], ...] = ()
     limit: int = 0
     period_ms: int = 0
     about: str = ""
@@ -188,7 +189,7 @@ def rate_admit(
     kept = tuple(e for e in window.entries if e[0] > now_ms - period_ms)
     others = tuple(e for e in kept if not (holder and e[1] == holder))
     stale = now_ms - max(10 * period_ms, WAITING_KEPT_MS)
-    waiting = tuple(w for w in window.waiting if w[0] != holder and w[1] > stale)
+    waiting = tuple(w for w in window.waiting if w[0] != holder and w[-1] > stale)
     rule = {"limit": limit, "period_ms": period_ms}
     used = sum(e[2] for e in others)
     if units <= limit and used + units <= limit:
@@ -196,7 +197,7 @@ def rate_admit(
         return RateDecision(msgspec.structs.replace(window, entries=entries, waiting=waiting, **rule), True)
     since = next((w[1] for w in window.waiting if w[0] == holder), now_ms)
     if holder:
-        waiting = (*waiting, (holder, since))
+        waiting = (*waiting, (holder, since, now_ms))
     denied = msgspec.structs.replace(window, entries=kept, waiting=waiting, **rule)
     if units > limit:
         return RateDecision(denied, False, 0)

@@ -148,7 +148,7 @@ def _pool_view(key: str, pool: SlotPool) -> LimitView:
 def _rate_view(key: str, window: RateWindow, now_ms: int) -> LimitView:
     kept = [e for e in window.entries if e[0] > now_ms - window.period_ms]
     used = sum(units for _, _, units in kept)
-    queue = [_holder(Waiter(h, 0.0), since, i + 1) for i, (h, since) in enumerate(window.waiting)]
+    queue = [_holder(Waiter(w[0], 0.0), w[1], i + 1) for i, w in enumerate(window.waiting)]
     next_free = ""
     if used >= window.limit and kept:
         next_free = _stamp(kept[0][0] + window.period_ms)
