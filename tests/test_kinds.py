@@ -21,9 +21,11 @@ from dagnats.domain.actions import (
     StartTimer,
 )
 from dagnats.domain.decide import recover
+from dagnats.domain.decision import DEFAULT_MAX_MESSAGE, INLINE_VALUE_LIMIT
 from dagnats.domain.definition import PlannerConfig, StepDef, WorkflowDef
 from dagnats.domain.fragments import chain_depth, plan_problems
 from dagnats.domain.kinds.children import MAX_DEPTH, child_run_id
+from dagnats.domain.kinds.maps import MAX_QUEUED_AT_ONCE
 from dagnats.domain.schedules import next_occurrence
 from dagnats.domain.timers import APPROVAL_TIMEOUT, LOOP_DELAY, SLEEP, WAIT_TIMEOUT
 
@@ -362,6 +364,30 @@ def test_a_map_keeps_at_most_concurrency_instances_in_flight():
     assert [t.payload.instance for t in of(actions, EnqueueTask)] == [0, 1]
     actions = rec.feed(instance_fact(ev.STEP_COMPLETED, "each", 0, 1, "x"), at(2))
     assert [t.payload.instance for t in of(actions, EnqueueTask)] == [2]
+
+
+def test_a_map_of_all_at_once_queues_what_one_record_holds_and_the_rest_as_instances_finish():
+    rec = start(mapped(max_items=5000))
+    actions = rec.feed(completed("list", 1, list(range(5000)), at(1)), at(1))
+    queued = [t.payload.instance for t in of(actions, EnqueueTask)]
+    assert queued == list(range(MAX_QUEUED_AT_ONCE))
+    record = sum(len(ev.encode_event(e)) for e in appended(actions, ev.StepQueued))
+    assert record < DEFAULT_MAX_MESSAGE
+    actions = rec.feed(instance_fact(ev.STEP_COMPLETED, "each", 0, 1, "x"), at(2))
+    assert [t.payload.instance for t in of(actions, EnqueueTask)] == [MAX_QUEUED_AT_ONCE]
+
+
+def test_a_map_of_middling_elements_queues_what_half_a_record_holds():
+    element = "x" * (INLINE_VALUE_LIMIT - 100)  # recorded inline, not as a reference
+    rec = start(mapped(max_items=2000))
+    actions = rec.feed(completed("list", 1, [element] * 2000, at(1)), at(1))
+    queued = of(actions, EnqueueTask)
+    assert 0 < len(queued) < MAX_QUEUED_AT_ONCE
+    assert sum(len(ev.encode_event(e)) for e in appended(actions, ev.StepQueued)) < DEFAULT_MAX_MESSAGE // 2 + 4096
+    actions = rec.feed(instance_fact(ev.STEP_COMPLETED, "each", 0, 1, "x"), at(2))
+    more = [t.payload.instance for t in of(actions, EnqueueTask)]  # the next decision queues the next batch
+    assert more == list(range(len(queued), len(queued) + len(more))) and more
+    assert sum(len(ev.encode_event(e)) for e in appended(actions, ev.StepQueued)) < DEFAULT_MAX_MESSAGE // 2 + 4096
 
 
 def test_an_instance_retries_alone_and_one_that_fails_for_good_fails_the_map():

@@ -3,7 +3,9 @@
 On start the input must be an array of at most ``max_items`` elements (else
 the step fails, saying why); an empty one completes at once with ``[]``.
 ``step.map.started`` opens one instance per element; at most
-``concurrency`` of them are in flight (0: all). Each instance is queued,
+``concurrency`` of them are in flight (0: as many as one history record can
+queue — ``MAX_QUEUED_AT_ONCE``, and their inputs in half a record; the rest
+follow as instances finish). Each instance is queued,
 run, retried and timed out by the step's own policy, its facts carrying
 ``instance``. When every instance has completed, ``step.map.completed``
 gives the step the array of their outputs in input order; an instance that
@@ -16,7 +18,7 @@ from typing import Any
 
 from .. import events as ev
 from .. import state as st
-from ..decision import STARTERS, Decision
+from ..decision import INLINE_VALUE_LIMIT, STARTERS, Decision, encoded_size
 from ..definition import MapConfig, StepDef
 from ..fold import INPUT_FROM_WIRING
 from ..resolve import resolve_input
@@ -48,19 +50,29 @@ def dispatch_more(d: Decision, step: StepDef, data: list[Any] | None = None) -> 
     config = step.parsed_config()
     assert isinstance(config, MapConfig)
     busy = sum(1 for i in state.instances if i.status in _BUSY)
-    room = (config.concurrency or len(state.instances)) - busy
+    room = (config.concurrency or MAX_QUEUED_AT_ONCE) - busy
     if room <= 0:
         return
     pending = [n for n, i in enumerate(state.instances) if i.status == st.StepStatus.PENDING][:room]
     if pending and data is None:
         data = resolve_input(d.run, step)
+    budget = d.max_message // 2  # what this decision's step.queued facts may carry
     for index in pending:
         assert data is not None
+        # A large element is recorded as a reference to the upstream output, not again.
+        budget -= min(encoded_size(data[index]), INLINE_VALUE_LIMIT) + QUEUED_FACT_BYTES
+        if budget < 0 and index != pending[0]:
+            break  # the next instance to finish queues more
         if d.needs_admission(step, index):
             d.hold(step, data[index], index)
         else:
             d.dispatch(step, 1, data[index], input_from=INPUT_FROM_WIRING, instance=index)
 
+
+# At most this many instances queued by one decision (a map of "all at once"), and what a
+# step.queued fact costs besides its input: one history record must hold them all.
+MAX_QUEUED_AT_ONCE = 1000
+QUEUED_FACT_BYTES = 320
 
 _BUSY = frozenset(
     {
