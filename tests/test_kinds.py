@@ -529,6 +529,17 @@ def test_an_invalid_plan_fails_the_planner_saying_why(steps, problem):
     assert rec.run.dynamic_steps == ()
 
 
+def test_a_plan_whose_optional_step_fails_for_good_still_completes_the_planner():
+    rec = start(planning())
+    plan = {"steps": [{"id": "a", "task": "t", "optional": True}, {"id": "b", "task": "t"}]}
+    rec.feed(completed("plan", 1, plan, at(1)), at(1))
+    rec.feed(completed("plan-b", 1, "b", at(2)), at(2))
+    actions = rec.feed(failed("plan-a", 1, "gone", "permanent", at(3)), at(3))
+    assert rec.run.step("plan-a").status == rs.StepStatus.FAILED
+    assert rec.run.step("plan").status == rs.StepStatus.COMPLETED
+    assert [t.payload.step_id for t in of(actions, EnqueueTask)] == ["after"]
+
+
 def test_an_empty_plan_completes_the_planner():
     rec = start(planning())
     rec.feed(completed("plan", 1, {"steps": []}, at(1)), at(1))

@@ -133,6 +133,26 @@ def test_a_child_run_completes_its_parent_step_and_is_linked_to_it(nats_url, run
     assert end_task.input == {"child": "done"} and final["status"] == "completed"
 
 
+def test_two_parents_get_a_child_each_even_when_the_child_workflow_has_an_idempotency_key(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(
+                {"name": "keyed-child", "idempotency_key": "order", "steps": [step("k1", "normal")]}
+            )
+            await h.client.register(
+                {"name": "keyed-parent", "steps": [step("sub", "sub_workflow", config={"workflow": "keyed-child"})]}
+            )
+            parents = [await h.client.start("keyed-parent", {"order": "o-1"}) for _ in range(2)]
+            worker = FakeWorker(h.nc, "k1")
+            children = {(await worker.complete(n)).run_id for n in range(2)}
+            return children, [await h.client.wait(p, timeout=10) for p in parents]
+
+    children, finals = run(body())
+    assert len(children) == 2
+    assert [f["status"] for f in finals] == ["completed", "completed"]
+    assert sorted(f["output"] for f in finals) == [0, 1]
+
+
 def test_a_failed_child_fails_its_parent_and_a_cancelled_parent_cancels_its_child(nats_url, run):
     async def body():
         async with EngineHarness(nats_url) as h:

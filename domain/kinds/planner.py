@@ -49,11 +49,20 @@ def settle_planners(d: Decision) -> None:
     for step_id, state in d.run.steps.items():
         if state.status != st.StepStatus.RUNNING or state.waiting is None or state.waiting.kind != "fragment":
             continue
-        if all(d.run.step(sid).status in st.DONE_STEP_STATUSES for sid in state.fragment):
+        if all(_settled(d, sid) for sid in state.fragment):
             d.append(ev.PlannerCompleted, step_id, state.attempts)
 
 
-@on_fact(ev.StepCompleted, ev.StepSkipped, ev.StepRecovered)
+def _settled(d: Decision, step_id: str) -> bool:
+    """A planned step that is done, or an optional one that failed for good (the run goes on)."""
+    status = d.run.step(step_id).status
+    if status in st.DONE_STEP_STATUSES:
+        return True
+    step = d.steps.get(step_id)
+    return status == st.StepStatus.FAILED and step is not None and step.optional
+
+
+@on_fact(ev.StepCompleted, ev.StepSkipped, ev.StepRecovered, ev.StepFailed)
 def _fragment_progressed(d: Decision, event: ev.Event) -> None:
     if d.run.dynamic_steps and event.step_id in d.run.dynamic_steps:
         settle_planners(d)

@@ -93,7 +93,10 @@ class RunStarts:
                 id=ev.WORKFLOW_STARTED,
             )
             existing = await self._same_run(event, await self.reader.recorded_start(child.child_run_id))
-            return existing or await self._start(wf, event, None)
+            # An attached child is its parent step's run (its id says so): the workflow's
+            # idempotency key would hand a second parent the first one's child, which
+            # never reports to it.
+            return existing or await self._start(wf, event, None, idempotent=child.detach)
 
     def _check_start(self, wf: WorkflowDef, data: Any) -> None:
         unsupported = [s for s in wf.steps if s.type not in EXECUTED_STEP_TYPES]
@@ -117,13 +120,17 @@ class RunStarts:
             return {"run_id": event.run_id, "deduplicated": True}
         raise RunAlreadyStarted(event.run_id, first.payload.workflow_def.name)
 
-    async def _start(self, wf: WorkflowDef, event: ev.WorkflowStarted, explicit_key: Any) -> dict[str, Any]:
+    async def _start(
+        self, wf: WorkflowDef, event: ev.WorkflowStarted, explicit_key: Any, idempotent: bool = True
+    ) -> dict[str, Any]:
         data = event.payload.input if event.payload else None
         encoded = ev.encode_event(event)
         if len(encoded) > self.max_payload:
             raise PayloadTooLarge("run input with its definition", len(encoded), self.max_payload)
         run_id = event.run_id
-        existing, claimed = await self.admission.claim_idempotency(wf, data, run_id, explicit_key)
+        existing, claimed = (
+            await self.admission.claim_idempotency(wf, data, run_id, explicit_key) if idempotent else (None, None)
+        )
         if existing:
             return {"run_id": existing, "deduplicated": True}
         try:
