@@ -304,7 +304,9 @@ class RunActor(pykka.ThreadingActor):
                 )
             except WrongLastSequence as conflict:
                 log.info("run %s: history moved past %d; refolding", self.run_id, self.last_seq)
-                if not self._refold() and conflict.duplicate:
+                # No re-issue: whoever moved the history dispatched what it decided, and a
+                # re-issue racing its worker (task acked, result not yet read) runs it twice.
+                if not self._refold(reissue=False) and conflict.duplicate:
                     # Nothing new, yet the id is taken: these facts were recorded long ago.
                     log.warning("run %s: dropping facts already recorded under %s", self.run_id, msg_id)
                     return True

@@ -84,6 +84,17 @@ def nats_url(nats_server: NatsServer) -> str:
     return nats_server.url
 
 
+@pytest.fixture(scope="module", name="nats")
+def module_nats(tmp_path_factory) -> Iterator[NatsServer]:
+    """One JetStream server for a test module (its e2e engines and workers come and go)."""
+    server = NatsServer(tmp_path_factory.mktemp("module-nats"))
+    server.start_sync()
+    try:
+        yield server
+    finally:
+        server.stop_sync()
+
+
 @pytest.fixture(scope="session")
 def shared_server(tmp_path_factory) -> Iterator[NatsServer]:
     """One JetStream server for the session; tests must use unique names on it."""

@@ -13,8 +13,6 @@ from collections import Counter
 
 import pytest
 
-from dagnats.infra.engine.server import NatsServer
-
 from e2e_support import Cli, Serve, WorkerProc, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -50,16 +48,6 @@ def doomed(ctx: TaskContext, data: Any) -> str:
 # ack_wait=2: a task whose worker died comes back after ~2 s, not 30.
 WORKER_ARGS = "max_concurrent=8, ack_wait=2, drain_timeout=1"
 RUN_TIMEOUT = 60.0  # a fact fetched by a killed engine is redelivered after the inbox ack_wait (30 s)
-
-
-@pytest.fixture(scope="module")
-def nats(tmp_path_factory):
-    server = NatsServer(tmp_path_factory.mktemp("crash-nats"))
-    server.start_sync()
-    try:
-        yield server
-    finally:
-        server.stop_sync()
 
 
 @pytest.fixture

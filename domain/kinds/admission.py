@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from .. import events as ev
 from .. import state as st
@@ -125,39 +126,33 @@ class Answer:
 def answer_fact(acquire: Acquire, answer: Answer, now: datetime) -> ev.Event:
     """The fact a run records for flow control's answer (``step.admitted`` / ``step.limited``,
     ``workflow.admitted`` / ``workflow.limited``)."""
-    stamp, now_ms = ev.format_timestamp(now), int(now.timestamp() * 1000)
+    now_ms = int(now.timestamp() * 1000)
+    payload: ev.Admission | ev.Limited
+    run_cls: type[ev.RunAdmitted | ev.RunLimited]
+    step_cls: type[ev.StepAdmitted | ev.StepLimited]
     if answer.granted:
-        admission = ev.Admission(holds=answer.holds)
-        if not acquire.step_id:
-            return ev.RunAdmitted(run_id=_run_of(acquire), timestamp=stamp, payload=admission, id="workflow.admitted")
-        return ev.StepAdmitted(
-            run_id=_run_of(acquire),
-            step_id=acquire.step_id,
-            attempt=acquire.attempt,
-            instance=acquire.instance,
-            timestamp=stamp,
-            payload=admission,
-            id=ev.fact_id(ev.STEP_ADMITTED, acquire.step_id, acquire.attempt, acquire.instance),
+        payload = ev.Admission(holds=answer.holds)
+        run_cls, step_cls, suffix = ev.RunAdmitted, ev.StepAdmitted, ""
+    else:
+        until = datetime.fromtimestamp(answer.retry_at_ms / 1000, now.tzinfo) if answer.retry_at_ms else None
+        payload = ev.Limited(
+            key=answer.key,
+            reason=answer.reason,
+            until=ev.format_timestamp(until) if until is not None else "",
+            position=answer.position,
+            holds=answer.holds,
         )
-    until = datetime.fromtimestamp(answer.retry_at_ms / 1000, now.tzinfo) if answer.retry_at_ms else None
-    limited = ev.Limited(
-        key=answer.key,
-        reason=answer.reason,
-        until=ev.format_timestamp(until) if until is not None else "",
-        position=answer.position,
-        holds=answer.holds,
-    )
+        run_cls, step_cls, suffix = ev.RunLimited, ev.StepLimited, f".{now_ms}"  # (a step is limited many times)
+    fields: dict[str, Any] = {"run_id": _run_of(acquire), "timestamp": ev.format_timestamp(now), "payload": payload}
     if not acquire.step_id:
-        return ev.RunLimited(run_id=_run_of(acquire), timestamp=stamp, payload=limited, id=f"{ev.RUN_LIMITED}.{now_ms}")
-    fact = ev.fact_id(ev.STEP_LIMITED, acquire.step_id, acquire.attempt, acquire.instance)
-    return ev.StepLimited(
-        run_id=_run_of(acquire),
+        return run_cls(**fields, id=f"{run_cls.__struct_config__.tag}{suffix}")
+    tag: str = step_cls.__struct_config__.tag  # type: ignore[assignment]
+    return step_cls(
+        **fields,
         step_id=acquire.step_id,
         attempt=acquire.attempt,
         instance=acquire.instance,
-        timestamp=stamp,
-        payload=limited,
-        id=f"{fact}.{now_ms}",
+        id=ev.fact_id(tag, acquire.step_id, acquire.attempt, acquire.instance) + suffix,
     )
 
 
