@@ -69,7 +69,7 @@ class Engine:
         await ensure_resources(self.js, self.replicas)
         loop = asyncio.get_running_loop()
         self.bridge = LoopBridge(loop)
-        self.reader = RunReader(self.nc, HistoryStore(self.js), loop)
+        self.reader = RunReader(self.nc, HistoryStore(self.js, self.nc.max_payload), loop)
         self.ports = NatsPorts(self.js, self.bridge, self.reader, self.nc.max_payload, self.clock)
         self.timers = TimerActor.start(self.ports.clock, self.ports.timers)
         self.slots = ConcurrencyActor.start(self.ports.limits, self.ports.clock)

@@ -14,7 +14,7 @@ from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, decode_record
 from dagnats.domain.fold import fold
-from dagnats.domain.state import WorkflowRun
+from dagnats.domain.state import StepState, WorkflowRun
 
 from ..wire.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE_CODES
 from ..wire.names import HISTORY_STREAM, RUNS_BUCKET
@@ -31,13 +31,28 @@ _SNAPSHOT_ENCODER = msgspec.json.Encoder()
 _SNAPSHOT_DECODER = msgspec.json.Decoder(Snapshot)
 
 
+# Room a snapshot leaves for the KV message's subject and headers.
+SNAPSHOT_HEADROOM = 4096
+
+
+def summary(run: WorkflowRun) -> WorkflowRun:
+    """The run without its values: status, steps' statuses and times, definition."""
+    steps = {
+        step_id: StepState(
+            status=s.status, attempts=s.attempts, task=s.task, started_at=s.started_at, finished_at=s.finished_at
+        )
+        for step_id, s in run.steps.items()
+    }
+    return msgspec.structs.replace(run, steps=steps, input=None, output=None)
+
+
 def snapshot_key(run_id: str) -> str:
     return f"run.{run_id}"
 
 
 class HistoryStore:
-    def __init__(self, js: JetStreamContext) -> None:
-        self.js = js
+    def __init__(self, js: JetStreamContext, max_payload: int = 1024 * 1024) -> None:
+        self.js, self.max_payload = js, max_payload
         self._runs = None
 
     async def runs_kv(self):
@@ -70,6 +85,8 @@ class HistoryStore:
 
     async def load(self, run_id: str) -> tuple[WorkflowRun | None, int]:
         run, last_seq = await self.load_snapshot(run_id)
+        if not last_seq:
+            run = None  # a summary (the state was too large to keep): fold the whole history
         for seq, events in await self.read_after(run_id, last_seq):
             for event in events:
                 run = fold(run if run is not None else WorkflowRun(run_id=run_id), event)
@@ -88,8 +105,14 @@ class HistoryStore:
         return snap.run, snap.last_seq
 
     async def save_snapshot(self, run: WorkflowRun, last_seq: int) -> None:
+        """Cache the state at ``last_seq``; a state too large for one message (a map of
+        thousands) is kept as a summary at sequence 0 — statuses for listings and
+        recovery, while a reader folds the whole history."""
         kv = await self.runs_kv()
-        await kv.put(snapshot_key(run.run_id), _SNAPSHOT_ENCODER.encode(Snapshot(run, last_seq)))
+        data = _SNAPSHOT_ENCODER.encode(Snapshot(run, last_seq))
+        if len(data) > self.max_payload - SNAPSHOT_HEADROOM:
+            data = _SNAPSHOT_ENCODER.encode(Snapshot(summary(run), 0))
+        await kv.put(snapshot_key(run.run_id), data)
 
     async def snapshots(self) -> list[Snapshot]:
         """Every snapshot, read in one pass over the bucket."""
