@@ -17,10 +17,8 @@ dependencies, per-type bounds) stay with ``validate()`` and surface from
 Builder durations are seconds (int or float), ``timedelta`` or Go-style
 strings ("30s"); a ``RetryPolicy`` object is taken as already parsed.
 
-The builder writes every step type and setting the language has. The engine
-runs every step type the builder writes; settings that are validated but not
-enforced yet (concurrency, priority, rate limits, task concurrency,
-capabilities) say so in their methods.
+The builder writes every step type and setting the language has, and the
+engine runs and enforces all of them.
 """
 
 from __future__ import annotations
@@ -108,7 +106,7 @@ class WorkflowBuilder:
         return self
 
     def with_concurrency(self, max_runs: int = 0, max_steps: int = 0) -> WorkflowBuilder:
-        """Runs of this workflow at once, steps at once in a run: validated, not enforced yet."""
+        """Runs of this workflow at once (the rest wait ``pending``), steps under way at once in a run."""
         return self._set(
             "concurrency",
             {
@@ -118,8 +116,8 @@ class WorkflowBuilder:
         )
 
     def with_priority(self, key: str, rules: Mapping[str, int], default_offset: int = 0) -> WorkflowBuilder:
-        """Order queued runs by the value at ``key`` of their input (``rules[value]`` seconds earlier
-        or later): validated, not enforced yet."""
+        """Order the runs ``max_runs`` keeps waiting by the value at ``key`` of their input: a run
+        moves ``rules[value]`` seconds ahead in the queue (negative: behind)."""
         rules = dict(rules)
         offsets = [*rules.values(), default_offset]
         if not all(isinstance(k, str) for k in rules) or any(type(o) is not int for o in offsets):

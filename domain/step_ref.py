@@ -107,15 +107,14 @@ class StepRef:
         return self._set("worker_group", self._builder._identifier("worker group", group))
 
     def with_capabilities(self, *names: str) -> StepRef:
-        """Workers offering every one of ``names`` (``required_capabilities``): validated, no
-        effect yet; any worker of the task takes the step."""
+        """Only workers offering every one of ``names`` take the step (``required_capabilities``)."""
         added = [self._builder._text("capability", n) for n in names]
         current = self._step.get("required_capabilities", [])
         return self._set("required_capabilities", current + [n for n in dict.fromkeys(added) if n not in current])
 
     def with_rate_limit(self, limit: int, period: Any) -> StepRef:
-        """At most ``limit`` tasks of this step's type start per ``period``, across all runs:
-        validated, not enforced yet."""
+        """At most ``limit`` tasks of this step's type dispatched in any ``period``, across all
+        runs and engines (``rate_limit``)."""
         where = f"step {self.id!r}: rate_limit"
         return self._set(
             "rate_limit",
@@ -126,8 +125,8 @@ class StepRef:
         )
 
     def with_keyed_rate_limit(self, key: str, limit: int, period: Any, units: int = 1) -> StepRef:
-        """Like with_rate_limit, one bucket per value at ``key`` of the step input; a task takes
-        ``units``. Validated, not enforced yet."""
+        """Like with_rate_limit, one window per value at ``key`` of the step input; a task takes
+        ``units`` (``keyed_rate_limit``)."""
         b, where = self._builder, f"step {self.id!r}: keyed_rate_limit"
         return self._set(
             "keyed_rate_limit",
@@ -140,9 +139,14 @@ class StepRef:
         )
 
     def with_task_concurrency(self, n: int) -> StepRef:
-        """At most ``n`` tasks of this step's type run at once, across all runs: validated, not
-        enforced yet."""
+        """At most ``n`` tasks of this step's type in flight at once, across all runs and engines
+        (``max_task_concurrency``)."""
         return self._set("max_task_concurrency", self._builder._count(self._at("max_task_concurrency"), n, 1))
+
+    def singleton(self) -> StepRef:
+        """At most one attempt of this step in flight across all runs of the workflow; the others
+        wait their turn (the step's ``singleton``)."""
+        return self._set("singleton", True)
 
     def with_metadata(self, metadata: Mapping[str, str]) -> StepRef:
         """String pairs stored on the step (merged with earlier ones); the handler reads them

@@ -52,6 +52,10 @@ MAX_WORKFLOW_TIMEOUT = MAX_SLEEP  # a run may wait as long as its longest sleep,
 MAX_APPROVAL_TIMEOUT = 168 * HOUR
 MAX_MAP_ITEMS = 10_000
 MAX_TASK_CONCURRENCY = 1000
+# A rate window keeps every admission of its period, and a slot pool every holder, in one
+# KV entry (1 MiB at most): these bounds keep a full window or pool well under it.
+MAX_RATE_LIMIT = 5000
+MAX_RUNS = 10_000
 MAX_PRIORITY_RULES = 20
 MAX_PRIORITY_OFFSET = 600
 MAX_CANCEL_ON = 5
@@ -152,6 +156,11 @@ def _positive(field: str, value: Any) -> Issues:
         yield f"{field}: must be greater than 0 (got {_q(value)})"
 
 
+def _at_most(field: str, value: int, maximum: int, what: str) -> Issues:
+    if value > maximum:
+        yield f"{field}: {value} is more than the maximum of {maximum} {what}"
+
+
 def _duration(field: str, value: int, maximum: int | None = None, required: bool = False) -> Issues:
     if value < 0 or (required and value == 0):
         yield f"{field}: must be greater than 0" if required else f"{field}: must not be negative"
@@ -172,6 +181,7 @@ def _workflow_issues(wf: WorkflowDef) -> Issues:
     if wf.concurrency is not None:
         if wf.concurrency.max_runs < 0:
             yield f"concurrency.max_runs: must not be negative (got {wf.concurrency.max_runs})"
+        yield from _at_most("concurrency.max_runs", wf.concurrency.max_runs, MAX_RUNS, "runs at once")
         yield from _within("concurrency.max_steps", wf.concurrency.max_steps, 0, MAX_STEPS)
     yield from _duration("timeout", int(wf.timeout), MAX_WORKFLOW_TIMEOUT)
     if wf.default_retry is not None:
@@ -282,8 +292,7 @@ def _step_issues(step: StepDef, steps: dict[str, StepDef], aux: dict[str, bool])
     yield from _skip_if_issues(step)
     for field in ("on_failure", "compensate"):
         yield from _aux_issues(field, step, getattr(step, field), steps)
-    yield from _rate_limit_issues(step)
-    yield from _within("max_task_concurrency", step.max_task_concurrency, 0, MAX_TASK_CONCURRENCY)
+    yield from _flow_control_issues(step)
     if step.input is not msgspec.UNSET:
         yield from _template_issues("input", step.input, dependencies(step))
 
@@ -361,18 +370,33 @@ def _aux_issues(field: str, step: StepDef, target: str, steps: dict[str, StepDef
         yield (f"{field}: target {_q(target)} must not have depends_on or after_any (it runs only when triggered)")
 
 
-def _rate_limit_issues(step: StepDef) -> Issues:
+def _flow_control_issues(step: StepDef) -> Issues:
+    """Limits hold a worker's task before it is dispatched: a step the engine runs has none."""
+    if step.type in STEP_TYPES and step.type not in WORKER_STEP_TYPES:
+        limits = {
+            "rate_limit": step.rate_limit is not None,
+            "keyed_rate_limit": step.keyed_rate_limit is not None,
+            "max_task_concurrency": bool(step.max_task_concurrency),
+            "singleton": step.singleton,
+        }
+        for field in (name for name, set_ in limits.items() if set_):
+            yield f"{field}: a {_q(step.type)} step runs in the engine, not on a worker: no task to limit"
     if step.rate_limit is not None and step.keyed_rate_limit is not None:
         yield "rate_limit: cannot be combined with keyed_rate_limit"
     if step.rate_limit is not None:
-        yield from _positive("rate_limit.limit", step.rate_limit.limit)
-        yield from _positive("rate_limit.period", int(step.rate_limit.period))
+        yield from _rate_rule("rate_limit", step.rate_limit.limit, int(step.rate_limit.period))
     keyed = step.keyed_rate_limit
     if keyed is not None:
         yield from _path("keyed_rate_limit.key", keyed.key)
-        yield from _positive("keyed_rate_limit.limit", keyed.limit)
-        yield from _positive("keyed_rate_limit.period", int(keyed.period))
+        yield from _rate_rule("keyed_rate_limit", keyed.limit, int(keyed.period))
         yield from _within("keyed_rate_limit.units", keyed.units, 1, max(keyed.limit, 1))
+    yield from _within("max_task_concurrency", step.max_task_concurrency, 0, MAX_TASK_CONCURRENCY)
+
+
+def _rate_rule(field: str, limit: int, period: int) -> Issues:
+    yield from _positive(f"{field}.limit", limit)
+    yield from _at_most(f"{field}.limit", limit, MAX_RATE_LIMIT, "per period")
+    yield from _positive(f"{field}.period", period)
 
 
 def _template_issues(where: str, value: Any, deps: tuple[str, ...]) -> Issues:

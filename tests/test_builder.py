@@ -134,6 +134,7 @@ STEP_MODIFIERS: dict[str, tuple[Any, dict[str, Any]]] = {
         {"keyed_rate_limit": {"key": "user.id", "limit": 5, "period": "60s", "units": 2}},
     ),
     "with_task_concurrency": (lambda s, a: s.with_task_concurrency(4), {"max_task_concurrency": 4}),
+    "singleton": (lambda s, a: s.singleton(), {"singleton": True}),
     "with_metadata merges": (
         lambda s, a: s.with_metadata({"role": "x"}).with_metadata({"team": "y"}),
         {"metadata": {"role": "x", "team": "y"}},

@@ -7,6 +7,7 @@ cannot exceed 128 KiB on Linux, so the payload limit is reached that way.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from dagnats.domain.errors import DefinitionDecodeError, WorkflowInvalid
+from dagnats.infra.client import Client
 from dagnats.infra.engine.server import NatsServer, free_port
 
 from e2e_support import CLI, EXAMPLES, Cli, Result, Serve, base_env
@@ -327,3 +330,121 @@ def test_serve_external_without_nats_exits_with_one_clear_line():
         stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
         pytest.fail(f"serve --external was still running after 10 s; stderr began:\n{stderr[:1500]}")
     assert_one_error_line(Result(done.returncode, done.stdout, done.stderr), "cannot connect to NATS", url)
+
+
+# ---- flow control: limits, concurrency, priority, capabilities --------------------------------
+
+
+def limited(**fields) -> dict:
+    """A one-step workflow `limited` whose step carries `fields`."""
+    return {"name": "limited", "steps": [{"id": "s", "task": "t", **fields}]}
+
+
+def queued(**fields) -> dict:
+    """A one-step workflow `queued` with workflow-level `fields`."""
+    return {"name": "queued", "steps": [{"id": "s", "task": "t"}], **fields}
+
+
+BAD_FLOW_CONTROL = {
+    "rate-limit-zero": (
+        limited(rate_limit={"limit": 0, "period": "1s"}),
+        ['step "s": rate_limit.limit: must be greater than 0 (got 0)'],
+    ),
+    "rate-limit-negative": (
+        limited(rate_limit={"limit": -5, "period": "1s"}),
+        ['step "s": rate_limit.limit: must be greater than 0 (got -5)'],
+    ),
+    "rate-limit-too-large": (
+        limited(rate_limit={"limit": 1_000_000, "period": "1h"}),
+        ['step "s": rate_limit.limit: 1000000 is more than the maximum of 5000 per period'],
+    ),
+    "rate-period-soon": (
+        limited(rate_limit={"limit": 5, "period": "soon"}),
+        ["`period`: invalid duration 'soon'", "$.steps[0].rate_limit"],
+    ),
+    "rate-period-zero": (
+        limited(rate_limit={"limit": 5, "period": 0}),
+        ['step "s": rate_limit.period: must be greater than 0 (got 0)'],
+    ),
+    "keyed-key-empty-segment": (
+        limited(keyed_rate_limit={"key": "a..b", "limit": 5, "period": "1s"}),
+        ['step "s": keyed_rate_limit.key: "a..b" is not a dot path'],
+    ),
+    "keyed-key-with-a-space": (
+        limited(keyed_rate_limit={"key": "order id", "limit": 5, "period": "1s"}),
+        ['step "s": keyed_rate_limit.key: "order id" is not a dot path'],
+    ),
+    "keyed-units-zero": (
+        limited(keyed_rate_limit={"key": "user", "limit": 5, "period": "1s", "units": 0}),
+        ['step "s": keyed_rate_limit.units: must be between 1 and 5 (got 0)'],
+    ),
+    "keyed-units-over-the-limit": (
+        limited(keyed_rate_limit={"key": "user", "limit": 5, "period": "1s", "units": 6}),
+        ['step "s": keyed_rate_limit.units: must be between 1 and 5 (got 6)'],
+    ),
+    "both-rate-limits": (
+        limited(rate_limit={"limit": 5, "period": "1s"}, keyed_rate_limit={"key": "u", "limit": 5, "period": "1s"}),
+        ['step "s": rate_limit: cannot be combined with keyed_rate_limit'],
+    ),
+    "task-concurrency-negative": (
+        limited(max_task_concurrency=-1),
+        ['step "s": max_task_concurrency: must be between 0 and 1000 (got -1)'],
+    ),
+    "limit-on-a-sleep": (
+        {"name": "limited", "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "1s"}, "singleton": True}]},
+        ['step "nap": singleton: a "sleep" step runs in the engine, not on a worker'],
+    ),
+    "max-runs-negative": (
+        queued(concurrency={"max_runs": -1}),
+        ["concurrency.max_runs: must not be negative (got -1)"],
+    ),
+    "priority-rules-not-an-object": (
+        queued(concurrency={"max_runs": 1}, priority={"key": "tier", "rules": ["gold", "free"]}),
+        ["Expected `object`, got `array`", "$.priority.rules"],
+    ),
+    "priority-offset-out-of-range": (
+        queued(concurrency={"max_runs": 1}, priority={"key": "tier", "rules": {"gold": 3600}}),
+        ['priority.rules["gold"]: must be between -600 and 600 (got 3600)'],
+    ),
+    "priority-default-offset-out-of-range": (
+        queued(concurrency={"max_runs": 1}, priority={"key": "tier", "rules": {"gold": 60}, "default_offset": -601}),
+        ["priority.default_offset: must be between -600 and 600 (got -601)"],
+    ),
+    "priority-key-not-a-dot-path": (
+        queued(concurrency={"max_runs": 1}, priority={"key": "customer tier", "rules": {"gold": 60}}),
+        ['priority.key: "customer tier" is not a dot path'],
+    ),
+    "capability-with-a-dot": (
+        limited(required_capabilities=["fast.disk"]),
+        ['step "s": required_capabilities[0]: "fast.disk"', ID_RULE],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FLOW_CONTROL))
+def test_bad_flow_control_fields_are_refused_with_one_line_and_nothing_is_stored(cli, tmp_path, case):
+    doc, fragments = BAD_FLOW_CONTROL[case]
+    text = json.dumps(doc)
+    line = assert_one_error_line(register_text(cli, tmp_path, text), *fragments)
+    assert len(line) < 400, line
+    as_json = register_text(cli, tmp_path, text, "--json")
+    assert as_json.returncode == 1 and as_json.stdout == ""
+    assert all(f in json.loads(as_json.stderr)["error"] for f in fragments)
+
+    async def straight_to_the_engine():  # past the CLI's own check: the engine refuses it too
+        async with Client(cli.url) as client:
+            with pytest.raises((WorkflowInvalid, DefinitionDecodeError)) as refused:
+                await client.register(doc)
+            return str(refused.value)
+
+    assert all(f in asyncio.run(straight_to_the_engine()) for f in fragments if not f.startswith("$."))
+    assert_nothing_stored(cli)
+
+
+@pytest.mark.parametrize("queue", ["0", "-1", "10001", "abc", "1e3"])
+def test_limits_with_a_queue_out_of_range_is_a_usage_error_in_one_line(cli, queue):
+    result = cli("limits", f"--queue={queue}", check=False)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("dagnats limits: error: argument --queue: must be ") and "between 1 and 10000" in last
+    assert repr(queue) in last or queue in last

@@ -537,12 +537,25 @@ def test_no_step_may_wait_for_an_aux_step_which_might_never_run(field, dependenc
     ("fields", "fragment"),
     [
         ({"rate_limit": {"limit": 0, "period": "1s"}}, "rate_limit.limit: must be greater than 0 (got 0)"),
+        ({"rate_limit": {"limit": -3, "period": "1s"}}, "rate_limit.limit: must be greater than 0 (got -3)"),
+        (
+            {"rate_limit": {"limit": 5001, "period": "1s"}},
+            "rate_limit.limit: 5001 is more than the maximum of 5000 per period",
+        ),
         ({"rate_limit": {"limit": 1, "period": 0}}, "rate_limit.period: must be greater than 0 (got 0)"),
         (
             {"keyed_rate_limit": {"key": "a..b", "limit": 1, "period": "1s"}},
             'keyed_rate_limit.key: "a..b" is not a dot path',
         ),
+        (
+            {"keyed_rate_limit": {"key": "order id", "limit": 1, "period": "1s"}},
+            'keyed_rate_limit.key: "order id" is not a dot path such as "data.user.id"',
+        ),
         ({"keyed_rate_limit": {"key": "", "limit": 1, "period": "1s"}}, "keyed_rate_limit.key: "),
+        (
+            {"keyed_rate_limit": {"key": "u", "limit": 6000, "period": "1s", "units": 10}},
+            "keyed_rate_limit.limit: 6000 is more than the maximum of 5000 per period",
+        ),
         (
             {"keyed_rate_limit": {"key": "u", "limit": 0, "period": "1s"}},
             "keyed_rate_limit.limit: must be greater than 0",
@@ -576,8 +589,74 @@ def test_valid_flow_control():
         doc(
             step("a", rate_limit={"limit": 10, "period": "1s"}, max_task_concurrency=1000),
             step("b", keyed_rate_limit={"key": "user.id", "limit": 5, "period": "1m", "units": 5}),
+            step("c", rate_limit={"limit": 5000, "period": "1h"}, singleton=True),
+            step("m", type="map", depends_on=["a"], keyed_rate_limit={"key": "0", "limit": 1, "period": "1s"}),
+            concurrency={"max_runs": 10_000, "max_steps": 2},
         )
     )
+
+
+ENGINE_RUN_STEPS = {
+    "sleep": {"config": {"duration": "1s"}},
+    "approval": {"config": {"subject": "approvals.x", "timeout": "1h"}},
+    "wait_for_event": {
+        "config": {"event": "e", "timeout": "1h", "match": {"left": "id", "op": "eq", "right": "input.id"}}
+    },
+    "sub_workflow": {"config": {"workflow": "child"}},
+}
+
+
+@pytest.mark.parametrize("step_type", sorted(ENGINE_RUN_STEPS))
+@pytest.mark.parametrize(
+    "limit",
+    [
+        {"rate_limit": {"limit": 1, "period": "1s"}},
+        {"keyed_rate_limit": {"key": "u", "limit": 1, "period": "1s"}},
+        {"max_task_concurrency": 2},
+        {"singleton": True},
+    ],
+    ids=lambda limit: next(iter(limit)),
+)
+def test_a_limit_on_a_step_the_engine_runs_is_refused_it_would_never_hold_anything(step_type, limit):
+    fields = {"type": step_type, "task": "", **ENGINE_RUN_STEPS[step_type], **limit}
+    assert problems(doc(step("x", **fields))) == [
+        f'step "x": {next(iter(limit))}: a "{step_type}" step runs in the engine, not on a worker: no task to limit'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"rate_limit": {"limit": 1, "period": "soon"}}, "`period`: invalid duration 'soon'"),
+        ({"rate_limit": {"limit": 1, "period": -1}}, "`period`: invalid duration -1: must not be negative"),
+        ({"rate_limit": {"limit": "5", "period": "1s"}}, "Expected `int`, got `str` - at `$.steps[0].rate_limit.limit"),
+        ({"rate_limit": {"period": "1s"}}, "Object missing required field `limit` - at `$.steps[0].rate_limit`"),
+        ({"keyed_rate_limit": {"limit": 1, "period": "1s"}}, "missing required field `key`"),
+        ({"max_task_concurrency": "4"}, "Expected `int`, got `str` - at `$.steps[0].max_task_concurrency`"),
+        ({"singleton": "yes"}, "Expected `bool`, got `str` - at `$.steps[0].singleton`"),
+        ({"required_capabilities": "cuda"}, "Expected `array`, got `str` - at `$.steps[0].required_capabilities`"),
+    ],
+)
+def test_flow_control_fields_of_the_wrong_shape_are_refused_when_decoded(fields, fragment):
+    with pytest.raises(DefinitionDecodeError) as info:
+        workflow_from_object(doc(step(**fields)))
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"priority": "high"}, "Expected `object | null`, got `str` - at `$.priority`"),
+        ({"priority": {"key": "tier", "rules": ["gold"]}}, "Expected `object`, got `array` - at `$.priority.rules`"),
+        ({"priority": {"key": "tier", "rules": {"gold": 1.5}}}, "Expected `int`, got `float` - at `$.priority.rules"),
+        ({"priority": {"rules": {"gold": 1}}}, "Object missing required field `key` - at `$.priority`"),
+        ({"concurrency": {"max_runs": "2"}}, "Expected `int`, got `str` - at `$.concurrency.max_runs`"),
+    ],
+)
+def test_priority_and_concurrency_of_the_wrong_shape_are_refused_when_decoded(fields, fragment):
+    with pytest.raises(DefinitionDecodeError) as info:
+        workflow_from_object(doc(**fields))
+    assert fragment in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -616,12 +695,19 @@ def test_valid_input_templates():
     ("fields", "fragment"),
     [
         ({"concurrency": {"max_runs": -1}}, "concurrency.max_runs: must not be negative (got -1)"),
+        (
+            {"concurrency": {"max_runs": 10_001}},
+            "concurrency.max_runs: 10001 is more than the maximum of 10000 runs at once",
+        ),
         ({"concurrency": {"max_steps": -1}}, "concurrency.max_steps: must be between 0 and 1000 (got -1)"),
         ({"concurrency": {"max_steps": 1001}}, "concurrency.max_steps: must be between 0 and 1000 (got 1001)"),
         ({"idempotency_key": ".order"}, 'idempotency_key: ".order" is not a dot path'),
         ({"idempotency_key": "order."}, 'idempotency_key: "order." is not a dot path'),
         ({"sticky": "hard"}, 'sticky: "hard" needs a workflow timeout'),
         ({"priority": {"key": "", "rules": {"a": 1}}}, 'priority.key: "" is not a dot path'),
+        ({"priority": {"key": "a b", "rules": {"a": 1}}}, 'priority.key: "a b" is not a dot path'),
+        ({"priority": {"key": "a..b", "rules": {"a": 1}}}, 'priority.key: "a..b" is not a dot path'),
+        ({"priority": {"key": "tier", "rules": {"free": -601}}}, 'priority.rules["free"]: must be between -600'),
         ({"priority": {"key": "tier"}}, "priority.rules: needs 1 to 20 rules (got 0)"),
         (
             {"priority": {"key": "tier", "rules": {str(i): 0 for i in range(21)}}},

@@ -183,7 +183,10 @@ def _print_json(value: Any) -> None:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number between 1 and 10000, not {text!r}") from None
     if not 1 <= value <= 10_000:
         raise argparse.ArgumentTypeError(f"must be between 1 and 10000, not {value}")
     return value
@@ -239,7 +242,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
-    return _show(args, lambda c: c.limits(args.prefix, args.queue), render.limits)
+    return _show(args, lambda c: c.limits(args.prefix, args.queue), lambda items: render.limits(items, args.prefix))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -38,6 +38,8 @@ def run_status(run: dict[str, Any]) -> str:
         run, ("Finished", "completed_at"), ("Error", "error"), ("Parent", "parent_run_id"), ("Trace", "trace_id")
     )
     lines.insert(3, f"Created:  {run.get('created_at') or '-'}")
+    if run.get("waiting"):  # a pending run under concurrency.max_runs
+        lines.insert(4, f"Waiting:  for {run['waiting']['for']}")
     lines.append("Steps:")
     rows = []
     for step_id, s in run["steps"].items():
@@ -96,10 +98,11 @@ def inspect(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def limits(items: list[dict[str, Any]]) -> str:
-    """Every limit: its use, its queue's length and rule; then each queue's head and why it waits."""
+def limits(items: list[dict[str, Any]], prefix: str = "") -> str:
+    """Every limit: its use, its queue's length and rule; then each queue's head, why it
+    waits, and its first waiters (indented under it)."""
     if not items:
-        return "No limits in use."
+        return f"No limits with keys starting with {prefix!r}." if prefix else "No limits in use."
     rows = []
     for item in items:
         use = f"{item.get('in_use', 0)}/{item.get('limit', 0)}"
@@ -115,7 +118,8 @@ def limits(items: list[dict[str, Any]]) -> str:
             (w.get("position"), w["run_id"], w.get("step_id") or "-", w.get("attempt") or "-", w.get("since", ""))
             for w in item["queue"]
         )
-        lines.append(table(("  #", "RUN", "STEP", "ATTEMPT", "SINCE"), waiters))
+        waiting = table(("#", "RUN", "STEP", "ATTEMPT", "SINCE"), waiters)
+        lines += [f"  {line}" for line in waiting.split("\n")]
         if item.get("queued", 0) > len(item["queue"]):
             lines.append(f"  … and {item['queued'] - len(item['queue'])} more")
     return "\n".join(lines)

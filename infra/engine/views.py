@@ -104,7 +104,8 @@ def waiting_view(waiting: Waiting) -> dict[str, Any]:
 def _limit_text(waiting: Waiting) -> str:
     """Which limit holds a step (or run), since when, and when it asks again."""
     place = f", place {waiting.position} in its queue" if waiting.position else ""
-    return f"{waiting.description or waiting.limit} (limit {waiting.limit}{place}, since {waiting.since})"
+    again = f", asks again at {waiting.due}" if waiting.due else ""
+    return f"{waiting.description or waiting.limit} (limit {waiting.limit}{place}, since {waiting.since}{again})"
 
 
 def _instance_view(i: StepState) -> dict[str, Any]:
