@@ -486,3 +486,24 @@ def test_replaying_an_admission_history_rebuilds_the_same_state():
     assert replay(rec.history) == rec.run == replay(rec.history)
     doubled = [e for event in rec.history for e in (event, event)]
     assert replay(doubled) == rec.run
+
+
+# ---- pause and resume -------------------------------------------------------------------------------
+
+
+def _run_fact(event_type: str, t: float) -> ev.Event:
+    return ev.make_event(type=event_type, run_id=RUN_ID, timestamp=ev.format_timestamp(at(t)), id=f"{event_type}.{t}")
+
+
+def test_a_paused_run_gives_a_granted_slot_to_the_next_and_asks_again_on_resume():
+    rec = start(workflow(CONCURRENT))
+    rec.feed(limited("a", 1, "task.charge", until=0, position=1), at(1))
+    rec.feed(_run_fact(ev.WORKFLOW_PAUSE_REQUESTED, 2), at(2))
+    assert rec.run.status in (rs.RunStatus.PAUSING, rs.RunStatus.PAUSED)
+    wake = timer_fired(StartTimer("limit-a-1", ev.format_timestamp(at(3)), LIMIT, "a", 1), at(3))
+    actions = rec.feed(wake, at(3))  # a release made it the slot's holder while paused
+    assert of(actions, Acquire) == [] and tasks(actions) == []
+    assert released(actions) == [("task.charge", holder("a", 1))]
+    actions = rec.feed(_run_fact(ev.WORKFLOW_RESUMED, 4), at(4))
+    (again,) = of(actions, Acquire)
+    assert (again.holder, again.requests[0].rank) == (holder("a", 1), ms(0))  # its place from the first hold

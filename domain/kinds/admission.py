@@ -18,6 +18,7 @@ ends; ``released`` works that out from the states before and after a fact.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -76,8 +77,21 @@ def _ask_again(d: Decision, fire: ev.TimerFire) -> None:
             d.actions.append(run_acquire(d.run, d.now_ms))
         return
     step, state = d.steps.get(fire.step_id), d.state_of(fire.step_id, fire.instance)
-    if step is not None and _awaits_admission(state) and state.attempts + 1 == fire.attempt:
-        d.actions.append(step_acquire(d, step, state, fire.instance))
+    if step is None or not _awaits_admission(state) or state.attempts + 1 != fire.attempt:
+        return
+    if d.run.status not in (st.RunStatus.RUNNING, st.RunStatus.COMPENSATING):
+        # Paused: a slot a release granted it goes to the next in line; it asks on resume.
+        holder = holder_id(d.run.run_id, step.id, fire.attempt, fire.instance)
+        d.actions += [Release(key, holder) for key in slot_keys(d.defn, step)]
+        return
+    d.actions.append(step_acquire(d, step, state, fire.instance))
+
+
+@on_fact(ev.WorkflowResumed)
+def _ask_on_resume(d: Decision, event: ev.WorkflowResumed) -> None:
+    """A resumed run asks again for every step that waits for admission."""
+    for step, attempt, index in _held_attempts(d):
+        d.actions.append(step_acquire(d, step, attempt, index))
 
 
 @on_recover
@@ -88,12 +102,19 @@ def _ask_where_no_timer_will(d: Decision) -> None:
     waiting = d.run.waiting
     if d.run.status == st.RunStatus.PENDING and (waiting is None or not waiting.due):
         d.actions.append(run_acquire(d.run, d.now_ms))
+    for step, attempt, index in _held_attempts(d):
+        if not (attempt.waiting is not None and attempt.waiting.due):
+            d.actions.append(step_acquire(d, step, attempt, index))
+
+
+def _held_attempts(d: Decision) -> Iterator[tuple[StepDef, st.StepState, int | None]]:
+    """Every step (or map element) whose next attempt waits for admission."""
     for step in d.defn.steps:
         state = d.run.step(step.id)
         instances = state.instances if state.status == st.StepStatus.RUNNING else ()
         for index, attempt in [(None, state), *enumerate(instances)]:
-            if _awaits_admission(attempt) and not (attempt.waiting is not None and attempt.waiting.due):
-                d.actions.append(step_acquire(d, step, attempt, index))
+            if _awaits_admission(attempt):
+                yield step, attempt, index
 
 
 def _awaits_admission(state: st.StepState) -> bool:
