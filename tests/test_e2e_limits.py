@@ -152,6 +152,11 @@ def test_killing_one_engine_mid_way_stays_under_the_limits_and_every_run_complet
     _check(workers, runs, count)
 
 
+def _freed(listed: list[dict]) -> list[dict] | None:
+    hog = [item for item in listed if item["key"] == "task.hog"]
+    return listed if hog and hog[0]["in_use"] == 0 else None
+
+
 HOG = {"name": "hog", "steps": [{"id": "work", "task": "hog", "max_task_concurrency": 2}]}
 
 
@@ -161,22 +166,23 @@ def test_slots_held_by_a_killed_engine_come_back_and_the_queue_proceeds(nats, en
     20 s. Either way the queued runs proceed."""
     cli = Cli(nats.url)
     cli.register(HOG, tmp_path)
-    first = [cli.start("hog", {"n": i, "hold": 3}) for i in range(2)]
+    first = [cli.start("hog", {"n": i, "hold": 8}) for i in range(2)]
     wait_for(lambda: len(workers.journal.executions(step="work")) == 2, 20, "both slots to be taken")
     queued = [cli.start("hog", {"n": i + 2}) for i in range(3)]
-    for run_id in queued:
-        cli.wait_status(run_id, "running")  # the run itself runs; its step waits for a slot
+    for run_id in queued:  # the run runs; its step waits for a slot
+        wait_for(lambda r=run_id: cli.status(r)["steps"]["work"]["status"] == "waiting", 20, f"{run_id} to wait")
     engines[0].kill()
     engines[1].kill()
     replacement = Serve(nats.url, external=True).start()
     try:
         finals = [cli.wait_status(r, "completed", timeout=90) for r in first + queued]
-        listed = cli("limits", json=True)
+        # The last release goes out after the run's completion is recorded.
+        listed = wait_for(lambda: _freed(cli("limits", json=True)), 20, "the slots to come back")
     finally:
         replacement.stop()
     assert [f["status"] for f in finals] == ["completed"] * 5
     hog = [item for item in listed if item["key"] == "task.hog"]
-    assert hog and hog[0]["in_use"] == 0 and hog[0]["queued"] == 0
+    assert hog and hog[0]["in_use"] == 0 and hog[0]["queued"] == 0 and hog[0]["limit"] == 2
     executions = workers.journal.executions(step="work")
     assert _most_in_flight([e for e in executions if e.end is not None]) <= 2
     assert {e.run for e in executions if e.end is not None} == set(first + queued)

@@ -279,6 +279,8 @@ def test_a_failed_attempt_frees_its_slot_and_its_retry_queues_again(nats_url, ru
             return seen, finals, listed
 
     seen, finals, listed = run(body())
-    assert seen[0] == 1 and sorted(seen[1:]) == [(1, 2), (2, 1)]
+    # Either run may take the slot first; its retry then queues behind the other.
+    other = 3 - seen[0]
+    assert sorted(seen[1:]) == sorted([(seen[0], 2), (other, 1)])
     assert [f["status"] for f in finals] == ["completed", "completed"]
     assert listed[0]["in_use"] == 0 and listed[0]["queued"] == 0
