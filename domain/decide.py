@@ -41,6 +41,7 @@ from .timers import (
     STICKY_CHECK_NS,
     STICKY_FALLBACK,
     add_ns,
+    changed_timers,
     deadline_timer,
     step_timeout_timer,
     sticky_check_timer,
@@ -231,10 +232,11 @@ def _ended(before: st.WorkflowRun, after: st.WorkflowRun, event: ev.Event, now: 
 def _ended_timers(before: st.WorkflowRun, after: st.WorkflowRun, event: ev.Event) -> list[Action]:
     """Timers the run waited on before and no longer does (the one that just fired is gone already)."""
     fired = event.payload.timer_id if isinstance(event, ev.TimerFired) else ""
-    wanted = {t.timer_id for t in wanted_timers(after)}
+    waited, waits = changed_timers(before, after)
+    wanted = {t.timer_id for t in waits}
     return [
         CancelTimer(t.timer_id, t.kind, t.step_id, t.attempt)
-        for t in wanted_timers(before)
+        for t in waited
         if t.timer_id not in wanted and t.timer_id != fired
     ]
 

@@ -2,6 +2,7 @@
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dagnats.domain import events as ev
 from dagnats.domain import state as rs
@@ -12,9 +13,20 @@ from dagnats.domain.durations import HOUR, MILLISECOND, MINUTE, SECOND
 from dagnats.domain.fold import fold, replay
 from dagnats.domain.resolve import resolve_input, run_output, sink_steps
 from dagnats.domain.retry import LEGACY_DELAY, calculate_delay, resolve_retry_policy
-from dagnats.domain.timers import RETRY, STEP_TIMEOUT, retry_timer
+from dagnats.domain.timers import RETRY, STEP_TIMEOUT, changed_timers, retry_timer, wanted_timers
 
-from strategies import RUN_ID, Recorder, at, completed, failed, recorded_runs, started_event, timer_fired, worker_fact
+from strategies import (
+    RUN_ID,
+    Recorder,
+    admitted_runs,
+    at,
+    completed,
+    failed,
+    recorded_runs,
+    started_event,
+    timer_fired,
+    worker_fact,
+)
 
 
 def wf(*steps: StepDef, **fields) -> WorkflowDef:
@@ -416,3 +428,17 @@ def test_recover_accepts_a_go_worker_timestamp_with_nanoseconds():
 )
 def test_timestamps_parse_from_any_rfc3339_form(text, iso):
     assert ev.parse_timestamp(text).isoformat() == iso
+
+
+@settings(max_examples=150)
+@given(st.one_of(recorded_runs(), admitted_runs()))
+def test_the_timers_a_fact_ends_are_the_same_counted_on_its_changes_only(recorded):
+    """``changed_timers`` leaves out steps (and map elements) whose state object did not
+    change: what it says ended must be what the whole runs' timers say ended."""
+    run = rs.new_run(RUN_ID)
+    for event in recorded.history:
+        after = fold(run, event)
+        old, new = changed_timers(run, after)
+        full = {t.timer_id for t in wanted_timers(run)} - {t.timer_id for t in wanted_timers(after)}
+        assert {t.timer_id for t in old} - {t.timer_id for t in new} == full
+        run = after

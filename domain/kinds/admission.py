@@ -218,11 +218,14 @@ def released(before: st.WorkflowRun, after: st.WorkflowRun) -> list[Action]:
         if not keys:
             continue
         now = st.StepState() if after.is_terminal else after.step(step_id)
+        if now is state:
+            continue  # unchanged (the fold keeps the same object): it holds what it held
         releases += _released(run_id, step_id, keys, state, now, None)
         later = _holding_instances(now)
         for index, instance in enumerate(_holding_instances(state)):
             instance_after = later[index] if index < len(later) else st.StepState()
-            releases += _released(run_id, step_id, keys, instance, instance_after, index)
+            if instance_after is not instance:
+                releases += _released(run_id, step_id, keys, instance, instance_after, index)
     return releases
 
 
