@@ -310,6 +310,7 @@ class FlowControl:
                 continue
             reason = _queued(request, answer.position)
             return Answer(False, tuple(holds), request.key, reason, position=answer.position)
+        rate_at = 0
         for request in acquire.requests:
             if request.kind != RATE:
                 continue
@@ -323,7 +324,8 @@ class FlowControl:
             if not decision.granted:  # (units over the limit, refused at validation: a period)
                 retry_at = decision.retry_at_ms or self._now_ms() + request.period_ms
                 return Answer(False, tuple(holds), request.key, request.reason, retry_at)
-        return Answer(True, tuple(holds))
+            rate_at = max(rate_at, decision.at_ms)
+        return Answer(True, tuple(holds), rate_at_ms=rate_at)
 
     def release(self, releases: list[Release]) -> None:
         for release in releases:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -96,6 +97,8 @@ class Plan:
     records: list[Record] = field(default_factory=list)
     # Effects of facts that are recorded nowhere (they changed nothing).
     loose: list[Action] = field(default_factory=list)
+    # A worker reported on an attempt not dispatched in the state it was folded into.
+    early: bool = False
 
 
 class RunActor(pykka.ThreadingActor):
@@ -131,9 +134,9 @@ class RunActor(pykka.ThreadingActor):
             elif isinstance(message, Passivate):
                 self._passivate()
         except Exception as err:  # noqa: BLE001 - supervised: the directory rebuilds the run from history
+            self._crash(err)  # the directory hears of the crash before the delivery goes back
             if isinstance(message, Deliver):
                 message.done(False)
-            self._crash(err)
         return None
 
     def _load(self) -> None:
@@ -162,8 +165,7 @@ class RunActor(pykka.ThreadingActor):
     # ---- deliveries ---------------------------------------------------------------
 
     def _deliver(self, message: Deliver) -> None:
-        self._handle(list(message.events))
-        if self._early(message.events):
+        if self._handle(list(message.events)).early:
             message.done(False, EARLY_RETRY)
         else:
             message.done(True)
@@ -173,7 +175,7 @@ class RunActor(pykka.ThreadingActor):
         if self.run.is_terminal:
             self.directory.tell(Passivate(self.run_id))
 
-    def _handle(self, facts: list[Event]) -> None:
+    def _handle(self, facts: list[Event]) -> Plan:
         facts = [self._observed(fact) for fact in facts]
         for _ in range(MAX_CONFLICT_RETRIES):
             plan = self._plan(facts)
@@ -182,18 +184,16 @@ class RunActor(pykka.ThreadingActor):
                 # changes nothing in a stale state may well change the run as recorded.
                 continue
             if self._write(plan):
-                return
+                return plan
         raise RuntimeError(f"run {self.run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicting appends")
 
-    def _early(self, facts: tuple[Event, ...]) -> bool:
-        """Whether a worker reported on an attempt whose dispatch is not recorded yet: the
-        facts go back to the inbox to come again (the ones already recorded then change
-        nothing). Reports older than ``EARLY_FOR`` are no longer waited for."""
-        now = self.ports.clock.now()
-        return any(
-            ahead_of(self.run, fact) and (now - parse_timestamp(fact.timestamp)).total_seconds() < EARLY_FOR
-            for fact in facts
-        )
+    def _early(self, run: WorkflowRun, fact: Event, now: datetime) -> bool:
+        """Whether a worker reported on an attempt whose dispatch is not in ``run`` (the state
+        the report folds into): the delivery goes back to the inbox to come again (the facts
+        already recorded then change nothing). The state after the whole delivery would not
+        do: a fact later in the same delivery may dispatch the attempt, and the report, folded
+        before it, is dropped. Reports older than ``EARLY_FOR`` are no longer waited for."""
+        return ahead_of(run, fact) and (now - parse_timestamp(fact.timestamp)).total_seconds() < EARLY_FOR
 
     def _observed(self, fact: Event) -> Event:
         """A liveness check says whether its worker is alive as the shell sees it now,
@@ -208,6 +208,7 @@ class RunActor(pykka.ThreadingActor):
         now, limit = self.ports.clock.now(), self.ports.max_record_bytes
         plan, run = Plan(), self.run
         for fact in facts:
+            plan.early = plan.early or self._early(run, fact, now)
             record = self._evolve(run, fact, now)
             if record is None:
                 continue

@@ -255,9 +255,11 @@ class Limited(_Payload, frozen=True):
 
 
 class Admission(_Payload, frozen=True):
-    """An admission granted: the pool keys whose slots the attempt (or run) now holds."""
+    """An admission granted: the pool keys whose slots the attempt (or run) now holds, and
+    the instant its rate windows counted it at (the latest of them; empty with none)."""
 
     holds: tuple[str, ...] = ()
+    rate_at: str = ""
 
 
 class TimerFire(_Payload, frozen=True):

@@ -175,6 +175,7 @@ class RateDecision:
     window: RateWindow
     granted: bool
     retry_at_ms: int = 0  # when denied: the earliest time enough units have left the window
+    at_ms: int = 0  # when granted: the instant the window counts the units at
 
 
 def rate_admit(
@@ -194,7 +195,8 @@ def rate_admit(
     used = sum(e[2] for e in others)
     if units <= limit and used + units <= limit:
         entries = tuple(sorted((*others, (now_ms, holder, units))))
-        return RateDecision(msgspec.structs.replace(window, entries=entries, waiting=waiting, **rule), True)
+        admitted = msgspec.structs.replace(window, entries=entries, waiting=waiting, **rule)
+        return RateDecision(admitted, True, at_ms=now_ms)
     since = next((w[1] for w in window.waiting if w[0] == holder), now_ms)
     if holder:
         waiting = (*waiting, (holder, since, now_ms))

@@ -12,8 +12,11 @@ from dagnats.actors.directory import QUARANTINE_AFTER, RunDirectory
 from dagnats.actors.messages import Deliver, LiveCount
 from dagnats.actors.timer import TimerActor
 from dagnats.domain import events as ev
-from dagnats.domain.definition import StepDef, WorkflowDef
+from dagnats.domain.actions import Acquire
+from dagnats.domain.definition import RateLimit, StepDef, WorkflowDef
+from dagnats.domain.kinds.admission import Answer
 from dagnats.domain.state import RunStatus
+from dagnats.domain.timers import fired_event
 
 from fakes import FakeClock
 from memory_ports import MemoryPorts
@@ -218,3 +221,54 @@ def test_a_liveness_check_that_finds_its_worker_alive_records_nothing_and_arms_t
         acks.wait_for(3 + n)
         _until(lambda due=check.due: ports.timers.schedules[("r1", "sticky-check-a-1")].due != due)
     assert len(ports.history.read_after("r1", 0)) == records
+
+
+class WaitOnceThenGrant:
+    """Flow control that tells the first request to wait a second, then grants."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock, self.asked = clock, 0
+
+    def acquire(self, acquire: Acquire) -> Answer:
+        self.asked += 1
+        if self.asked == 1:
+            retry_at = int(self.clock.now().timestamp() * 1000) + 1000
+            return Answer(False, (), "rate.ta", "rate_limit of task ta", retry_at)
+        return Answer(True)
+
+    def release(self, releases: list) -> None:
+        pass
+
+
+def test_a_report_folded_before_the_fact_that_dispatches_its_attempt_comes_again(engine):
+    ports, clock, timers, start = engine
+    ports.flow = WaitOnceThenGrant(clock)
+    directory = start()
+    acks = Acks()
+    rated = WorkflowDef(name="rated", steps=(StepDef(id="a", task="ta", rate_limit=RateLimit(1, 10**9)),))
+    deliver(
+        directory,
+        acks,
+        ev.WorkflowStarted(
+            run_id="r1", timestamp=STAMP, id=ev.WORKFLOW_STARTED, payload=ev.RunStart(workflow_def=rated)
+        ),
+    )
+    acks.wait_for(1)
+    fire = fired_event("r1", ports.timers.schedules[("r1", "limit-a-1")])
+    report = ev.StepCompleted(
+        run_id="r1",
+        step_id="a",
+        attempt=1,
+        timestamp=ev.format_timestamp(clock.now()),
+        worker_id="w1",
+        payload="A",
+        id=ev.fact_id(ev.STEP_COMPLETED, "a", 1),
+    )
+    directory.tell(Deliver("r1", (report, fire), acks.done))  # one fetch: the report first
+    ok, _ = acks.wait_for(2)[-1]
+    assert not ok, "acked: the report was dropped and step a stays queued"
+    # Delivered again, the report completes the attempt the fire dispatched.
+    deliver(directory, acks, report)
+    ok, _ = acks.wait_for(3)[-1]
+    assert ok
+    assert ports.history.load("r1")[0].status == RunStatus.COMPLETED

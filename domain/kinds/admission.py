@@ -142,6 +142,7 @@ class Answer:
     reason: str = ""
     retry_at_ms: int = 0  # a rate limit: when a token is free
     position: int = 0  # a slot pool: the place in its queue
+    rate_at_ms: int = 0  # granted: when its rate windows counted it (the latest; 0 with none)
 
 
 def answer_fact(acquire: Acquire, answer: Answer, now: datetime) -> ev.Event:
@@ -152,7 +153,8 @@ def answer_fact(acquire: Acquire, answer: Answer, now: datetime) -> ev.Event:
     run_cls: type[ev.RunAdmitted | ev.RunLimited]
     step_cls: type[ev.StepAdmitted | ev.StepLimited]
     if answer.granted:
-        payload = ev.Admission(holds=answer.holds)
+        counted = datetime.fromtimestamp(answer.rate_at_ms / 1000, now.tzinfo) if answer.rate_at_ms else None
+        payload = ev.Admission(holds=answer.holds, rate_at=ev.format_timestamp(counted) if counted else "")
         run_cls, step_cls, suffix = ev.RunAdmitted, ev.StepAdmitted, ""
     else:
         until = datetime.fromtimestamp(answer.retry_at_ms / 1000, now.tzinfo) if answer.retry_at_ms else None
