@@ -26,6 +26,7 @@ import secrets
 import statistics
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from nats.js import api
 
@@ -116,6 +117,29 @@ class EngineUnderTest:
         """Start one chain3 run with the client; its latency until its terminal record, in s."""
         return await self._timed_run(lambda run_id, n: self.client.start("chain3", {"n": n}, run_id=run_id), timeout)
 
+    async def run_workflow(self, workflow: str, input: Any = None, timeout: float = 60.0) -> float:
+        """The same for any registered workflow, with this input (``None``: ``{"n": serial}``)."""
+
+        async def start(run_id: str, n: int) -> None:
+            await self.client.start(workflow, {"n": n} if input is None else input, run_id=run_id)
+
+        return await self._timed_run(start, timeout)
+
+    def new_run_id(self) -> str:
+        """A run id of this bench's own; ``expect`` it before starting the run."""
+        self._serial += 1
+        return f"b{self._batch}-{self._serial:06d}"
+
+    def expect(self, run_id: str) -> asyncio.Future:
+        """A future for (perf_counter when the run's terminal record arrived, its type);
+        ``forget`` it once awaited."""
+        done = asyncio.get_running_loop().create_future()
+        self.waiting[run_id] = done
+        return done
+
+    def forget(self, run_id: str) -> None:
+        self.waiting.pop(run_id, None)
+
     async def run_once_direct(self, timeout: float = 60.0) -> float:
         """The same, but the start fact goes straight to the inbox (no control plane)."""
         return await self._timed_run(self._publish_start, timeout)
@@ -133,16 +157,14 @@ class EngineUnderTest:
         await publish_fact(self.client.nc.jetstream(), event)
 
     async def _timed_run(self, start, timeout: float) -> float:
-        self._serial += 1
-        run_id = f"b{self._batch}-{self._serial:06d}"
-        done = asyncio.get_running_loop().create_future()
-        self.waiting[run_id] = done
+        run_id = self.new_run_id()
+        done = self.expect(run_id)
         wall, began = time.time(), time.perf_counter()
         try:
             await start(run_id, self._serial)
             arrived, status = await asyncio.wait_for(done, timeout)
         finally:
-            del self.waiting[run_id]
+            self.forget(run_id)
         if status != WORKFLOW_COMPLETED:
             raise RunFailed(run_id, status)
         if self.traced is not None:

@@ -105,8 +105,11 @@ def _frame(text: str) -> tuple[str, str]:
     return f"{match['func']} ({_short(file)})", _package(file)
 
 
+_CHECKOUT = str(Path(__file__).resolve().parent.parent) + "/"  # wherever this checkout lives
+
+
 def _short(file: str) -> str:
-    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "/lib/python3.11/", _CHECKOUT):
         if marker in file:
             return file.split(marker, 1)[1]
     return file
@@ -114,7 +117,7 @@ def _short(file: str) -> str:
 
 def _package(file: str) -> str:
     short = _short(file)
-    if "/work/main/" in file or short.startswith(("domain/", "actors/", "infra/")):
+    if file.startswith(_CHECKOUT) or short.startswith(("domain/", "actors/", "infra/")):
         return "dagnats." + short.split("/", 1)[0]
     if "site-packages/" in file:
         return short.split("/", 1)[0]

@@ -27,8 +27,9 @@ from dagnats.domain import state as rs
 from dagnats.domain.actions import Acquire, CancelTimer, EnqueueTask, StartTimer
 from dagnats.domain.decide import evolve, recover
 from dagnats.domain.fold import replay
+from dagnats.domain.kinds.admission import wake_fact
 from dagnats.domain.limits import SLOTS
-from dagnats.domain.timers import LIMIT, RETRY, wanted_timers
+from dagnats.domain.timers import LIMIT, RETRY, fired_event, wanted_timers
 
 from strategies import (
     RUN_ID,
@@ -138,6 +139,34 @@ def test_a_limit_timer_after_the_admission_asks_nothing():
     rec.feed(limited("a", 1, "task.charge", until=16), at(1))
     rec.feed(admitted("a", 1, "task.charge", t=5), at(5))
     assert of(fire_limit(rec, 16), Acquire) == []
+
+
+def test_a_copy_of_a_limit_fire_that_was_told_a_later_time_asks_nothing():
+    # Both the server's schedule and the engine's memory fire a short timer, and a run re-arms
+    # its timer after a conflict: each copy asked again (and took a token) before.
+    rec = start(workflow(CONCURRENT))
+    rec.feed(limited("a", 1, "task.charge", until=16), at(1))
+    first = fired_event(RUN_ID, rec.timers[-1])
+    assert len(of(rec.feed(first, at(16)), Acquire)) == 1
+    rec.feed(limited("a", 1, "task.charge", until=20, t=16), at(16))
+    assert of(rec.feed(first, at(16.5)), Acquire) == []
+    assert len(of(rec.feed(fired_event(RUN_ID, rec.timers[-1]), at(20)), Acquire)) == 1
+
+
+def test_a_copy_of_a_pending_runs_limit_fire_that_was_told_a_later_time_asks_nothing():
+    rec = start(workflow({"id": "a", "task": "a"}, concurrency=MAX_RUNS))
+    rec.feed(run_limited("runs.wf", until=16), at(1))
+    first = fired_event(RUN_ID, rec.timers[-1])
+    assert len(of(rec.feed(first, at(16)), Acquire)) == 1
+    rec.feed(run_limited("runs.wf", until=20, t=16), at(16))
+    assert of(rec.feed(first, at(16.5)), Acquire) == []
+
+
+def test_a_wake_asks_again_whatever_time_the_step_was_told():
+    rec = start(workflow(CONCURRENT))
+    rec.feed(limited("a", 1, "task.charge", until=16), at(1))
+    (again,) = of(rec.feed(wake_fact(RUN_ID, "a", 1, None, at(3)), at(3)), Acquire)
+    assert again.attempt == 1
 
 
 def test_an_answer_for_another_attempt_or_a_second_admission_changes_nothing():

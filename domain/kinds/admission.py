@@ -73,11 +73,13 @@ def _ms(stamp: str) -> int:
 @on_timer(LIMIT)
 def _ask_again(d: Decision, fire: ev.TimerFire) -> None:
     if not fire.step_id:
-        if d.run.status == st.RunStatus.PENDING:
+        if d.run.status == st.RunStatus.PENDING and not _stale(d.run.waiting, fire):
             d.actions.append(run_acquire(d.run, d.now_ms))
         return
     step, state = d.steps.get(fire.step_id), d.state_of(fire.step_id, fire.instance)
     if step is None or not _awaits_admission(state) or state.attempts + 1 != fire.attempt:
+        return
+    if _stale(state.waiting, fire):
         return
     if d.run.status not in (st.RunStatus.RUNNING, st.RunStatus.COMPENSATING):
         # Paused: a slot a release granted it goes to the next in line; it asks on resume.
@@ -92,6 +94,15 @@ def _ask_on_resume(d: Decision, event: ev.WorkflowResumed) -> None:
     """A resumed run asks again for every step that waits for admission."""
     for step, attempt, index in _held_attempts(d):
         d.actions.append(step_acquire(d, step, attempt, index))
+
+
+def _stale(waiting: st.Waiting | None, fire: ev.TimerFire) -> bool:
+    """A fire of a timer the run no longer waits on: another copy of one already acted on
+    (the server's schedule and the engine's memory both fire a short timer, and a run
+    re-arms its timer after a conflict), which asked again and was told a later time.
+    Acting on it would ask flow control again for nothing. A wake (a slot granted) has
+    no due time and is never stale."""
+    return bool(fire.due) and (waiting is None or waiting.due != fire.due)
 
 
 @on_recover
