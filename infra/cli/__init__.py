@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, help="JetStream data directory (default ~/.local/share/dagnats)")
     serve.add_argument("--external", action="store_true", help="use the NATS server at --nats-url")
     serve.add_argument("--max-live-runs", type=int, default=512, help="live run actors before passivation")
+    serve.add_argument(
+        "--replicas", type=_positive, help="copies of every stream and bucket (default: 3 on a cluster, else 1)"
+    )
+    serve.add_argument(
+        "--partitions", type=_positive, help="partitions runs are divided into (fixed when first created; default 32)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     status = commands.add_parser("status", parents=[common], help="show NATS and engine status")
@@ -229,7 +235,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..engine.server import ServerError
 
     try:
-        asyncio.run(serve(_url(args), args.data_dir, args.external, args.max_live_runs))
+        asyncio.run(
+            serve(
+                _url(args),
+                args.data_dir,
+                args.external,
+                args.max_live_runs,
+                replicas=args.replicas,
+                partitions=args.partitions,
+            )
+        )
     except ServerError as err:
         return _fail(args, str(err))
     except OSError as err:

@@ -56,10 +56,12 @@ class Engine:
         *,
         max_live: int = 512,
         replicas: int = 1,
+        partitions: int | None = None,
         quarantine_retry: float = 30.0,
         clock: Clock | None = None,
     ) -> None:
         self.nc, self.max_live, self.replicas, self.clock = nc, max_live, replicas, clock
+        self.partitions = partitions
         self.quarantine_retry = quarantine_retry
         self.js = nc.jetstream()
         self._tasks: list[asyncio.Task] = []

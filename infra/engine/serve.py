@@ -27,8 +27,17 @@ def default_data_dir() -> Path:
 
 
 async def serve(
-    url: str, data_dir: Path | None, external: bool, max_live: int = 512, ready_file: Path | None = None
+    url: str,
+    data_dir: Path | None,
+    external: bool,
+    max_live: int = 512,
+    ready_file: Path | None = None,
+    replicas: int | None = None,
+    partitions: int | None = None,
 ) -> None:
+    """``replicas``: copies of every stream and bucket (default 3 when the server is part of
+    a cluster, else 1). ``partitions``: how many partitions runs are divided into, used
+    only when the resources are first created (the number is recorded and fixed)."""
     setup_tracing("dagnats-engine")
     server = None
     if not external:
@@ -42,7 +51,9 @@ async def serve(
         url = server.url
     await _reachable(url)
     nc = await nats.connect(server_list(url), max_reconnect_attempts=-1, reconnect_time_wait=1)
-    engine = Engine(nc, max_live=max_live)
+    if replicas is None:
+        replicas = 3 if (nc._server_info or {}).get("cluster") else 1
+    engine = Engine(nc, max_live=max_live, replicas=replicas, partitions=partitions)
     api = ControlPlane(nc, engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
