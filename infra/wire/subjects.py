@@ -20,8 +20,14 @@ def history_subject(run_id: str) -> str:
 
 
 def inbox_subject(run_id: str) -> str:
-    """`inbox.<run>`: facts from outside the run's owner, waiting to be recorded."""
+    """`inbox.<run>`: facts from outside the run's owner, waiting to be recorded. The inbox
+    stream files them under the run's partition, `inbox.<partition>.<run>`."""
     return f"inbox.{check_identifier('run id', run_id)}"
+
+
+def stored_inbox_filter(run_id: str) -> str:
+    """`inbox.*.<run>`: the run's facts as the inbox stream stores them (under its partition)."""
+    return f"inbox.*.{check_identifier('run id', run_id)}"
 
 
 def task_subject(task: str, run_id: str, group: str | None = None, capabilities: Iterable[str] = ()) -> str:
