@@ -37,6 +37,7 @@ from ..tracing import valid_trace_parent
 from ..wire.names import INBOX_STREAM
 from ..wire.reading import more_pending
 from .bridge import LoopBridge
+from .dead_letters import DeadLetterMover
 from .history import HistoryStore
 from .ports import NatsPorts
 from .reader import RunReader
@@ -82,6 +83,8 @@ class Engine:
             stream=INBOX_STREAM,
             config=api.ConsumerConfig(ack_wait=INBOX_ACK_WAIT, max_ack_pending=50_000, max_deliver=-1),
         )
+        self.dead_letters = DeadLetterMover(self.nc)
+        await self.dead_letters.start()
         self._running = True
         self._tasks.append(asyncio.create_task(self._consume(), name="engine-inbox"))
         await self._recover_unfinished()
@@ -94,6 +97,7 @@ class Engine:
             await asyncio.wait(self._tasks, timeout=2.0)
         self._tasks.clear()
         await _quietly(self._sub.unsubscribe())
+        await self.dead_letters.stop()
         # Actors block on the loop; stop them from a thread so the loop keeps serving them.
         await asyncio.to_thread(self._stop_actors)
 
