@@ -116,7 +116,7 @@ class DeadLetterMover:
 
     def __init__(self, nc: NATS) -> None:
         self.nc, self.js = nc, nc.jetstream()
-        self._moving: set[asyncio.Task[None]] = set()
+        self._moving: set[asyncio.Task[bool]] = set()
         self._sub: Any = None
 
     async def start(self) -> None:
