@@ -93,6 +93,10 @@ def test_d4_poison_task_is_dead_lettered_and_replayed_once_fixed(nats, engine, t
 
         again = cli("dlq", "replay", seq, json=True, check=False, raw=True)
         assert again.returncode == 1 and "no dead letter" in again.stderr  # dropped once the replay completed
+        hostile = cli("dlq", "list", "--run", "a.>", check=False)
+        assert hostile.returncode == 1 and "invalid run id" in hostile.stderr
+        unknown = cli("dlq", "discard", "999999", check=False)
+        assert unknown.returncode == 1 and unknown.stderr.startswith("error: no dead letter 999999")
     finally:
         poisoned.stop()
         steady.stop()
