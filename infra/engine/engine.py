@@ -37,6 +37,7 @@ from dagnats.domain.events import Event, decode_event, format_timestamp, parse_t
 
 from ..tracing import valid_trace_parent
 from .bridge import LoopBridge
+from .dead_letters import DeadLetterMover
 from .history import HistoryStore
 from .inbox import LEGACY, PartitionPuller, retire_old_consumer
 from .leases import PartitionLeases
@@ -84,6 +85,8 @@ class Engine:
         self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
         await retire_old_consumer(self.js)
         self.leases = PartitionLeases(self.js, self.engine_id, self.partition_count, self._gained, self._lost)
+        self.dead_letters = DeadLetterMover(self.nc)
+        await self.dead_letters.start()
         self._running = True
         await self.leases.start()
         log.info("engine %s owns partitions %s of %d", self.engine_id, sorted(self.leases.owned), self.partition_count)
@@ -95,6 +98,7 @@ class Engine:
         for puller in list(self.pullers.values()):
             await _quietly(puller.stop())
         self.pullers.clear()
+        await self.dead_letters.stop()
         # Actors block on the loop; stop them from a thread so the loop keeps serving them.
         await asyncio.to_thread(self._stop_actors)
 

@@ -146,7 +146,7 @@ async def _recorded_partitions(js: JetStreamContext) -> int | None:
         return None
 
 
-async def _patiently(create, *args, attempts: int = 8) -> None:
+async def _patiently(create, *args, attempts: int = 8) -> Any:
     """Retry what a busy or electing cluster answers late (the JetStream API times out)."""
     for attempt in range(attempts):
         try:

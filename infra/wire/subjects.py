@@ -74,6 +74,21 @@ def event_subject(name: str) -> str:
     return f"event.{check_identifier('event name', name)}"
 
 
+def dead_letter_subject(task: str, run_id: str, step_id: str) -> str:
+    """`dead.<task>.<run>.<step>`: a task that failed for good or was never finished, kept
+    for an operator (DEAD_LETTERS)."""
+    task, run_id = check_identifier("task name", task), check_identifier("run id", run_id)
+    return f"dead.{task}.{run_id}.{check_identifier('step id', step_id)}"
+
+
+def dead_letters_filter(run_id: str | None = None, step_id: str | None = None) -> str:
+    """The dead letters of a run (of one of its steps), or all of them."""
+    if run_id is None:
+        return "dead.>"
+    run_id = check_identifier("run id", run_id)
+    return f"dead.*.{run_id}.{'*' if step_id is None else check_identifier('step id', step_id)}"
+
+
 def notice_subject(run_id: str) -> str:
     """`dagnats.run.<run>`: core-NATS notices of what the engine recorded for the run.
 
