@@ -30,11 +30,10 @@ from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, TimerFired
 from dagnats.domain.state import WorkflowRun
 
-from memory_ports import AlwaysAlive, GrantAll
-
 from .mailboxes import Mailboxes, SimRef
 from .queues import Message
 from .world import PARTITIONS, EngineCrash, World, partition, task_key
+from memory_ports import AlwaysAlive, GrantAll
 
 MAX_RECORD_BYTES = 1024 * 1024 - 4096
 
@@ -199,7 +198,9 @@ class EnginePorts:
 
         def append() -> None:
             try:
-                outcome.append(world.history.append(run_id, body, expected_seq, msg_id, engine.owner, engine.zombie(run_id)))
+                outcome.append(
+                    world.history.append(run_id, body, expected_seq, msg_id, engine.owner, engine.zombie(run_id))
+                )
             except WrongLastSequence as conflict:
                 outcome.append(conflict)
 
@@ -214,12 +215,15 @@ class EnginePorts:
         if timers:
             effects.append(lambda: world.schedules.arm(run_id, timers, trace_parent))
         engine.point("record")
-        for effect in engine.rng.sample(effects, len(effects)):
-            effect()
-            engine.point("record effect")
+        try:
+            for effect in engine.rng.sample(effects, len(effects)):
+                effect()
+                engine.point("record effect")
+        finally:
+            if not outcome or isinstance(outcome[0], WrongLastSequence):
+                for task in stored:  # dispatched by a record that did not land: may run once more
+                    world.journal.fault(task_key(task), "dispatch without its record")
         if isinstance(outcome[0], WrongLastSequence):
-            for task in stored:  # dispatched by a record that did not happen: may run once more
-                world.journal.fault(task_key(task), "stale dispatch")
             raise outcome[0]
         return int(outcome[0])
 

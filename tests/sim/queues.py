@@ -31,9 +31,7 @@ class Message:
 
 
 class WorkQueue:
-    def __init__(
-        self, now: Callable[[], float], ack_wait: float, dedup_window: float, honor_stale_acks: bool
-    ) -> None:
+    def __init__(self, now: Callable[[], float], ack_wait: float, dedup_window: float, honor_stale_acks: bool) -> None:
         self.now, self.ack_wait, self.dedup_window = now, ack_wait, dedup_window
         self.honor_stale_acks = honor_stale_acks
         self.messages: dict[int, Message] = {}

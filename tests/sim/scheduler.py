@@ -32,7 +32,7 @@ from .engine import SimEngine
 from .workers import SHAPES, Workers
 from .world import EngineCrash, World
 
-FAULT_STEPS = 300
+FAULT_STEPS = 1000
 QUIET_STEPS = 3000
 QUIET_SECONDS = 4 * 3600.0
 
@@ -86,7 +86,7 @@ class Simulation:
         self.workers = Workers(self.world, self.rng)
         self.faults = Faults.draw(self.rng)
         shapes = sorted(SHAPES)
-        for n in range(self.rng.randint(1, 4)):
+        for n in range(self.rng.randint(1, 6)):
             self.runs[f"r{self.seed}x{n}"] = self.rng.choice(shapes)
         self._unstarted = list(self.runs)
         self._restart_at: dict[int, float] = {}
@@ -119,7 +119,7 @@ class Simulation:
                 self._note(f"resume {self.engines[index].owner} (zombie)")
                 self.engines[index].paused = False
         roll = self.rng.random()
-        if self._unstarted and roll < 0.08:
+        if self._unstarted and roll < 0.03:
             self._start(self._unstarted.pop(0))
         elif roll < 0.5:
             self._actors(self._pick(), self.rng.randint(1, 4))

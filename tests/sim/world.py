@@ -180,7 +180,7 @@ class Schedules:
             ((armed.fire_at, key) for key, armed in self.armed.items() if armed.fire_at <= self.clock.mono),
         )
         fired = []
-        for fire_at, key in ready:
+        for _, key in ready:
             armed = self.armed.pop(key)
             self.fired.append((self.clock.mono, armed.timer.due))
             fired.append(fired_event(key[0], armed.timer, armed.trace_parent))
