@@ -24,9 +24,19 @@ CHUNKS = 8
 FUZZ_CASES = Path(__file__).parent / "sim" / "fuzz_cases.txt"
 
 
-def fuzz_cases() -> list[int]:
-    lines = (line.split("#", 1)[0].strip() for line in FUZZ_CASES.read_text().splitlines())
-    return [int(line) for line in lines if line]
+def fuzz_cases() -> list[object]:
+    """Every seed in fuzz_cases.txt; one whose comment starts with ``open:`` is a known,
+    unfixed failure and runs as a strict xfail (it must keep failing until fixed)."""
+    cases: list[object] = []
+    for line in FUZZ_CASES.read_text().splitlines():
+        seed, _, note = (part.strip() for part in line.partition("#"))
+        if not seed:
+            continue
+        if note.startswith("open:"):
+            cases.append(pytest.param(int(seed), marks=pytest.mark.xfail(reason=note, strict=True)))
+        else:
+            cases.append(int(seed))
+    return cases
 
 
 def replay_command(seed: int) -> str:
