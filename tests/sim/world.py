@@ -257,17 +257,23 @@ class World:
         return self.inbox.publish(event.run_id, event.run_id, event, mid, delay)
 
     def publish_tasks(self, tasks: list[EnqueueTask]) -> list[EnqueueTask]:
-        """As ``publish_tasks``: one message per task, deduplicated by run, step, attempt;
-        the tasks stored (not deduplicated)."""
+        """As ``publish_tasks``: one message per task, deduplicated by run, step, attempt
+        (a duplicate neither queued nor answered goes out again as ``reissued``); the
+        tasks stored."""
         stored = []
         for task in tasks:
-            p = task.payload
-            suffix = f".{task.variant}" if task.variant else ""
-            index = f".i{p.instance}" if p.instance is not None else ""
-            msg_id = f"{p.run_id}.{p.step_id}{index}.{p.attempt}{suffix}"
-            if self.tasks.publish(p.run_id, task.task, task, msg_id) is not None:
+            if self._publish_task(task):
                 stored.append(task)
+            elif not task.variant and not self._accounted_for(task) and self._publish_task(_reissued(task)):
+                stored.append(_reissued(task))
         return stored
+
+    def _publish_task(self, task: EnqueueTask) -> bool:
+        p = task.payload
+        suffix = f".{task.variant}" if task.variant else ""
+        index = f".i{p.instance}" if p.instance is not None else ""
+        msg_id = f"{p.run_id}.{p.step_id}{index}.{p.attempt}{suffix}"
+        return self.tasks.publish(p.run_id, task.task, task, msg_id) is not None
 
     def reissue(self, tasks: list[EnqueueTask]) -> None:
         """``NatsTaskPort.enqueue``: only tasks neither queued nor answered, under their own id."""
