@@ -191,7 +191,55 @@ def engine_status(st: dict[str, Any]) -> str:
         "",
     ]
     rows = [(name, v["messages"], v["bytes"]) for name, v in sorted(st["jetstream"]["streams"].items())]
-    return "\n".join(lines) + table(("STREAM", "MESSAGES", "BYTES"), rows)
+    text = "\n".join(lines) + table(("STREAM", "MESSAGES", "BYTES"), rows)
+    if st.get("cluster"):
+        text += "\n\n" + cluster(st["cluster"])
+    return text
+
+
+def cluster(view: dict[str, Any]) -> str:
+    """The engines (heartbeat age, partitions owned) and each partition's owner and backlog."""
+    engines = [
+        (
+            e["engine"] + (" (this)" if e["this"] else ""),
+            e["pid"],
+            e["host"],
+            "-" if e["lease_age_s"] is None else f"{e['lease_age_s']:.1f}s",
+            len(e["partitions"]),
+            _ranges(e["partitions"]),
+        )
+        for e in view["engines"]
+    ]
+    lines = [
+        f"Engines ({len(view['engines'])}; {view['partitions']} partitions, lease TTL {view['lease_ttl_s']:g}s)",
+        table(("ENGINE", "PID", "HOST", "LEASE AGE", "OWNS", "PARTITIONS"), engines),
+    ]
+    if view["unowned"]:
+        lines.append(f"Partitions without a live owner: {_ranges(view['unowned'])}")
+    rows = [
+        (
+            r["partition"],
+            r["owner"] or "-",
+            "-" if r["pending"] is None else r["pending"],
+            "-" if r["in_flight"] is None else r["in_flight"],
+        )
+        for r in view["partition_table"]
+    ]
+    lines += ["", table(("PARTITION", "OWNER", "PENDING", "IN FLIGHT"), rows)]
+    if view.get("legacy_pending"):
+        lines.append(f"Unpartitioned facts (from before partitions) waiting: {view['legacy_pending']}")
+    return "\n".join(lines)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 3, 7, 9, 10]`` -> ``0-3,7,9-10``."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "-"
 
 
 def cancelled(answer: dict[str, Any]) -> str:

@@ -56,6 +56,7 @@ from ..wire.timers import pending_timers
 from ..wire.workers import live_workers
 from .admission import Admission
 from .approvals import decide_approval
+from .cluster_view import cluster_view
 from .correlator import Correlator
 from .dead_letters import DeadLetters
 from .definitions import Definitions
@@ -361,7 +362,12 @@ class ControlPlane:
                 "max_payload": self.nc.max_payload,
             },
             "jetstream": {"streams": streams},
-            "engine": {"live_runs": len(live), "active_runs": sum(1 for r in live if not r.is_terminal)},
+            "engine": {
+                "id": self.engine.engine_id,
+                "live_runs": len(live),
+                "active_runs": sum(1 for r in live if not r.is_terminal),
+            },
+            "cluster": await cluster_view(self.js, self.engine.partition_count, self.engine.engine_id),
         }
 
 
