@@ -280,6 +280,7 @@ DRILL_ROWS = (
     ("divergent histories", "divergent_histories"),
     ("history records / events", ("records", "events")),
     ("duplicate events", "duplicate_events"),
+    ("event waits matched / timed out", ("waits_matched", "waits_timed_out")),
     ("step executions", "step_exec_total"),
     ("duplicates within bound", "dup_exec_within_bound"),
     ("duplicates beyond bound", "dup_exec_beyond_bound"),

@@ -101,6 +101,8 @@ def check(seen: Observed) -> Report:
     f["records"] = sum(len(seen.histories.get(r, [])) for r in seen.runs)
     f["events"] = sum(len(e) for e in events_by_run.values())
     f["duplicate_events"] = sum(_duplicate_outcomes(e) for e in events_by_run.values())
+    kinds = Counter(e.type for events in events_by_run.values() for e in events)
+    f["waits_matched"], f["waits_timed_out"] = kinds["step.wait.matched"], kinds["step.wait.timed_out"]
     f.update(_executions(seen, events_by_run))
     f.update(_recovery(seen, events_by_run, ends))
     f["nats_unavailable_s"] = round(max((b - a for a, b in seen.probe_failures), default=0.0), 2)

@@ -128,10 +128,11 @@ class Probe:
         js = self.nc.jetstream()
         failed_since: float | None = None
         while not self._stop.is_set():
+            tried_at = time.time()
             try:
                 await js.publish(PROBE_SUBJECT, b"probe", timeout=1.0)
             except Exception:  # noqa: BLE001 - any failure is unavailability, which is what we measure
-                failed_since = failed_since or time.time()
+                failed_since = failed_since or tried_at
             else:
                 if failed_since is not None:
                     self.failures.append((failed_since, time.time()))
