@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from .deployment import Deployment, DeploymentError, meta_view, monitor
-from .processes import ProcessError
 
 
 def up(
@@ -32,10 +31,10 @@ def up(
         deployment.add_worker(workers_file)
     try:
         deployment.start_all()
-    except (ProcessError, DeploymentError, OSError):
-        deployment.stop_all()
+        deployment.save()
+    except BaseException:
+        deployment.stop_all()  # nothing of a failed start keeps running
         raise
-    deployment.save()
     return deployment
 
 

@@ -18,7 +18,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,7 @@ class Spawned:
     _popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("_popen")
-        return data
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "_popen"}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Spawned:
