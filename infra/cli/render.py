@@ -301,8 +301,11 @@ def drill_report(result: dict[str, Any], rerun: str) -> str:
 
     lines = [table(("FIGURE", "VALUE"), [(label, cell(key)) for label, key in DRILL_ROWS]), ""]
     if result["faults"]:
-        faults = [(f["kind"], f["target"], f"{f['restarted_at'] - f['killed_at']:.1f}") for f in result["faults"]]
-        lines += [table(("FAULT", "TARGET", "DOWN (s)"), faults), ""]
+        faults = [
+            (f"{f['at']:.1f}", f["kind"], f["target"], f"{f['restarted_at'] - f['killed_at']:.1f}", f["starts"])
+            for f in result["faults"]
+        ]
+        lines += [table(("AT (s)", "FAULT", "TARGET", "DOWN (s)", "STARTS"), faults), ""]
     lines += [f"  {p}" for p in result["problems"][:20]]
     if len(result["problems"]) > 20:
         lines.append(f"  ... and {len(result['problems']) - 20} more (see --json)")

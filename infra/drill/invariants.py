@@ -52,6 +52,8 @@ class FaultDone:
     target: str
     killed_at: float
     restarted_at: float
+    starts: int = 1  # starts it took to bring the process back (a supervisor would retry)
+    at: float = 0.0  # when, in seconds after the load began (from the schedule)
 
 
 @dataclass

@@ -38,7 +38,7 @@ from . import faults as fault_schedule
 from .deployment import ENGINE_READY, WORKER_READY, Deployment, start_ready, stream_leader, wait_for_meta_leader
 from .invariants import FaultDone, Observed, Report, check
 from .load import Load, Probe, connect, read_history, retrying, statuses_of, wait_terminal
-from .processes import Spawned
+from .processes import ProcessError, Spawned
 from .workload import definition, read_journal, write_worker
 
 log = logging.getLogger("dagnats.drill")
@@ -186,11 +186,28 @@ def _fire(fault: fault_schedule.Fault, deployment: Deployment, workers: list[Spa
     killed_at = time.time()
     target.kill()
     time.sleep(fault.down_for)
-    start_ready(target, ready, 60)
+    tries = _restart(target, ready)
     restarted_at = time.time()
     if fault.kind == "nats" and len(deployment.nodes) > 1:
         wait_for_meta_leader(deployment.nodes, 60)
-    return FaultDone(fault.kind, target.name, round(killed_at, 3), round(restarted_at, 3))
+    return FaultDone(fault.kind, target.name, round(killed_at, 3), round(restarted_at, 3), tries, fault.at)
+
+
+def _restart(target: Spawned, ready: str, within: float = 90.0) -> int:
+    """Start the process again until it is ready, as a supervisor would (systemd's
+    Restart=on-failure): an engine started while NATS elects a leader may exit."""
+    deadline = time.monotonic() + within
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            start_ready(target, ready, 60)
+            return tries
+        except ProcessError:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("drill: %s exited before it was ready; starting it again", target.name)
+            time.sleep(1.0)
 
 
 def _cli() -> list[str]:
