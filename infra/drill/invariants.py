@@ -99,7 +99,7 @@ def check(seen: Observed) -> Report:
     f["runs_lost"] = counts["lost"]
     f["runs_stuck"] = counts["stuck"]
     f["runs_quarantined"] = counts["quarantined"]
-    f["divergent_histories"] = sum(1 for p in report.problems if p.startswith("divergent"))
+    f["divergent_histories"] = len({p.split(":")[1] for p in report.problems if p.startswith("divergent:")})
     f["records"] = sum(len(seen.histories.get(r, [])) for r in seen.runs)
     f["events"] = sum(len(e) for e in events_by_run.values())
     f["duplicate_events"] = sum(_duplicate_outcomes(e) for e in events_by_run.values())
