@@ -46,6 +46,8 @@ from dagnats.domain.actions import (
     Action,
     AppendEvent,
     CancelTimer,
+    DeadLetter,
+    DiscardDeadLetters,
     DropTask,
     EnqueueTask,
     PublishFact,
@@ -72,7 +74,15 @@ MAX_CONFLICT_RETRIES = 8
 # another engine) comes back this much later, for up to EARLY_FOR seconds.
 EARLY_RETRY = 0.5
 EARLY_FOR = 60.0
-OUTBOX_ACTIONS = (PublishMessage, RegisterWaiter, RemoveWaiter, StartChildRun, PublishFact)
+OUTBOX_ACTIONS = (
+    PublishMessage,
+    RegisterWaiter,
+    RemoveWaiter,
+    StartChildRun,
+    PublishFact,
+    DeadLetter,
+    DiscardDeadLetters,
+)
 
 
 @dataclass
@@ -320,7 +330,9 @@ class RunActor(pykka.ThreadingActor):
         return True
 
     def _adopt(self, record: Record, seq: int) -> None:
-        first_record = self.last_seq == 0
+        # The first record, or one that reopened a failed run (a replay): the snapshot
+        # index lists the run as unfinished, so a restarted engine brings it up.
+        first_record = self.last_seq == 0 or (self.run.is_terminal and not record.run.is_terminal)
         self.run, self.last_seq = record.run, seq
         self._effects(record.actions)
         self.ports.state.publish(self.run, seq, record.events)

@@ -143,6 +143,26 @@ class PublishFact(msgspec.Struct, frozen=True, tag=True):
     event: Event
 
 
+class DeadLetter(msgspec.Struct, frozen=True, tag=True):
+    """Keep a step that failed for good in DEAD_LETTERS: the task of its last attempt,
+    as dispatched, and why (``reason``: non_retriable, failed), for an operator to
+    replay or discard. At most once per attempt (its message id names it)."""
+
+    task: str
+    payload: TaskPayload
+    reason: str
+    error: str
+    group: str = ""
+    capabilities: tuple[str, ...] = ()
+
+
+class DiscardDeadLetters(msgspec.Struct, frozen=True, tag=True):
+    """A replayed step completed: its dead letters have served their purpose."""
+
+    run_id: str
+    step_id: str
+
+
 Action = (
     AppendEvent
     | EnqueueTask
@@ -156,4 +176,6 @@ Action = (
     | PublishFact
     | Acquire
     | Release
+    | DeadLetter
+    | DiscardDeadLetters
 )

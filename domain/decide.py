@@ -25,14 +25,22 @@ import msgspec
 
 from . import events as ev
 from . import state as st
-from .actions import Action, AppendEvent, CancelTimer, PublishFact
-from .decision import DEFAULT_MAX_MESSAGE, Decision, encoded_size, rate_limited_delay, unsupported_step_type
+from .actions import Action, AppendEvent, CancelTimer, DiscardDeadLetters, PublishFact
+from .decision import (
+    DEFAULT_MAX_MESSAGE,
+    STARTERS,
+    Decision,
+    encoded_size,
+    rate_limited_delay,
+    unsupported_step_type,
+)
 from .durations import format_duration
 from .fold import fold
 from .kinds import FACT_HANDLERS, RECOVERIES, TIMER_HANDLERS
 from .kinds.admission import released
 from .kinds.children import cancels_for_children, outcome_for_parent
 from .kinds.waits import removal, waits_of
+from .resolve import resolve_input
 from .timers import (
     DEADLINE,
     RETRY,
@@ -119,6 +127,8 @@ def _on_started(d: Decision, event: ev.StepStarted) -> None:
 def _on_completed(d: Decision, event: ev.Event) -> None:
     if event.instance is not None:
         return
+    if d.run.step(event.step_id).replays:
+        d.actions.append(DiscardDeadLetters(d.run.run_id, event.step_id))
     if d.run.status == st.RunStatus.COMPENSATING and event.step_id in d._compensation_targets():
         d.compensate_next()
     elif d._handled_by(event.step_id) is not None:
@@ -130,6 +140,20 @@ def _on_failed(d: Decision, event: ev.StepFailed) -> None:
     rate_limited = state.failure_type == ev.FailureType.RATE_LIMITED.value
     delay = rate_limited_delay(event.failure.retry_after_ms) if rate_limited else 0
     d.handle_failure(event.step_id, delay, event.instance)
+
+
+def _on_replayed(d: Decision, event: ev.StepReplayed) -> None:
+    """An operator replayed a failed step: its next attempt starts now (a reopened run's
+    deadline, dropped when it failed, is armed again)."""
+    step = d.steps.get(event.step_id)
+    state = d.run.step(event.step_id)
+    if step is None or state.status != st.StepStatus.RETRYING or state.attempts != event.attempt:
+        return
+    d.actions.extend(t for t in wanted_timers(d.run) if t.kind == DEADLINE)
+    if step.type == "map" and not d.needs_admission(step):
+        STARTERS["map"](d, step, resolve_input(d.run, step))
+    else:
+        d.start_again(step, event.attempt + 1)
 
 
 def _on_resumed(d: Decision, event: ev.WorkflowResumed) -> None:
@@ -191,6 +215,7 @@ _HANDLERS: dict[type, Any] = {
     ev.PlannerCompleted: _on_completed,
     ev.WorkflowResumed: _on_resumed,
     ev.TimerFired: _on_timer,
+    ev.StepReplayed: _on_replayed,
 }
 
 

@@ -23,7 +23,7 @@ import msgspec
 from . import conditions, templates
 from . import events as ev
 from . import state as st
-from .actions import ALL_ATTEMPTS, Acquire, Action, AppendEvent, DropTask, EnqueueTask
+from .actions import ALL_ATTEMPTS, Acquire, Action, AppendEvent, DeadLetter, DropTask, EnqueueTask
 from .definition import StepDef, WorkflowDef
 from .durations import HOUR, MILLISECOND
 from .fold import INPUT_FROM_COMPENSATION, INPUT_FROM_ON_FAILURE, INPUT_FROM_PREVIOUS, INPUT_FROM_WIRING, fold
@@ -378,11 +378,13 @@ class Decision:
         if self.run.status == st.RunStatus.COMPENSATING and step.id in self._compensation_targets():
             error = f"compensation step {step.id} failed: {state.error}"
             self.append(ev.WorkflowCompensateFailed, payload=ev.RunEnd(error=error))
+            self.dead_letter(step, state)
             return
         handled = self._handled_by(step.id)
         if handled is not None:
             suffix = f"; its on_failure step {step.id} failed too: {state.error}"
             self.fail_run(handled, self.run.step(handled), suffix=suffix)
+            self.dead_letter(step, state)
             return
         if step.on_failure:
             self._run_handler(step, state)
@@ -391,11 +393,22 @@ class Decision:
             return
         if not self._start_saga(step, state):
             self.fail_run(step.id, state)
+            self.dead_letter(step, state)
 
     def fail_run(self, step_id: str, state: st.StepState, suffix: str = "") -> None:
         attempts = f" after {state.attempts} attempts" if state.attempts > 1 else ""
         error = f"step {step_id} failed{attempts}: {state.error}{suffix}"
         self.append(ev.WorkflowFailed, step_id=step_id, payload=ev.RunEnd(error=error))
+
+    def dead_letter(self, step: StepDef, state: st.StepState) -> None:
+        """Keep the task of a worker's step that failed for good (and failed the run) for an
+        operator: a map's elements and the steps the engine runs itself have no such task."""
+        if not step.task or step.type == "map" or not state.attempts:
+            return
+        task = self.task_for(step, state.attempts, state.input, iteration=state.iterations)
+        permanent = state.failure_type == ev.FailureType.PERMANENT.value
+        reason = "non_retriable" if permanent else "failed"
+        self.actions.append(DeadLetter(step.task, task.payload, reason, state.error, task.group, task.capabilities))
 
     def worker_lost(self, step: StepDef, state: st.StepState) -> None:
         """The worker holding a soft-sticky step is gone: run the step elsewhere now.

@@ -80,6 +80,20 @@ class InvalidRunState(DagnatsError, ValueError):
         super().__init__(f"cannot {operation} run {run_id}: it is {status}")
 
 
+class DeadLetterNotFound(DagnatsError, LookupError):
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        super().__init__(f"no dead letter {seq} (see `dagnats dlq list`)")
+
+
+class ReplayRefused(DagnatsError, ValueError):
+    """A dead letter whose step the run cannot take up again (see domain/replays.py)."""
+
+    def __init__(self, seq: int, run_id: str, step_id: str, reason: str) -> None:
+        self.seq, self.run_id, self.step_id, self.reason = seq, run_id, step_id, reason
+        super().__init__(f"cannot replay dead letter {seq}: {reason}")
+
+
 class TaskAlreadyRegistered(DagnatsError, ValueError):
     def __init__(self, task: str) -> None:
         self.task = task

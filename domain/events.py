@@ -43,6 +43,8 @@ STEP_QUEUED = "step.queued"
 STEP_RETRY_SCHEDULED = "step.retry_scheduled"
 STEP_SKIPPED = "step.skipped"
 STEP_RECOVERED = "step.recovered"
+# An operator replays a step that failed for good (from its dead letter): the run runs it again.
+STEP_REPLAYED = "step.replayed"
 # Step types the engine runs itself, or that wait for something outside a worker
 STEP_SLEEP_STARTED = "step.sleep.started"
 STEP_SLEEP_COMPLETED = "step.sleep.completed"
@@ -168,6 +170,13 @@ class Skipped(_Payload, frozen=True):
 
 class Recovered(_Payload, frozen=True):
     handler: str = ""
+
+
+class Replay(_Payload, frozen=True):
+    """Who replayed a failed step, and the dead letter (its DEAD_LETTERS sequence) replayed."""
+
+    by: str = ""
+    dead_letter_seq: int = 0
 
 
 class Sleep(_Payload, frozen=True):
@@ -378,6 +387,12 @@ class StepRecovered(EventBase, frozen=True, tag=STEP_RECOVERED):
     payload: Recovered = Recovered()
 
 
+class StepReplayed(EventBase, frozen=True, tag=STEP_REPLAYED):
+    """``attempt`` is the failed attempt replayed; the next one starts at once."""
+
+    payload: Replay = Replay()
+
+
 class StepSleepStarted(EventBase, frozen=True, tag=STEP_SLEEP_STARTED):
     payload: Sleep = Sleep()
 
@@ -495,6 +510,7 @@ Event = (
     | StepRetryScheduled
     | StepSkipped
     | StepRecovered
+    | StepReplayed
     | ApprovalRequested
     | ApprovalGranted
     | ApprovalRejected

@@ -21,6 +21,7 @@ import msgspec
 
 from . import events as ev
 from . import state as st
+from .replays import replay_problem
 from .resolve import compensation_context, failure_context, resolve_input, run_output
 from .step_states import COMPLETING, RUN_CHANGES, STEP_MUTATORS, limited_waiting
 from .transitions import ADMISSION, ATTEMPT_OPENING, next_run_status, next_step_status
@@ -53,6 +54,8 @@ def ahead_of(run: st.WorkflowRun, event: ev.Event) -> bool:
 def fold(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
     if isinstance(event, ev.WorkflowStarted):
         return _started(run, event)
+    if isinstance(event, ev.StepReplayed):
+        return _replayed(run, event)
     if run.definition is None or run.is_terminal:
         return run
     mutator = _RUN_MUTATORS.get(type(event))
@@ -69,6 +72,20 @@ def replay(events: Iterable[ev.Event], run: st.WorkflowRun | None = None) -> st.
             run = st.new_run(event.run_id)
         run = fold(run, event)
     return run if run is not None else st.new_run("")
+
+
+def _replayed(run: st.WorkflowRun, event: ev.StepReplayed) -> st.WorkflowRun:
+    """An operator's replay of the step a failed run failed on reopens the run: the step
+    waits for its next attempt, as after a retry (replays.py says when it applies)."""
+    step = run.steps.get(event.step_id)
+    if step is None or event.attempt != step.attempts or replay_problem(run, event.step_id):
+        return run
+    status = next_step_status(step.status, event.type)
+    if status is None:
+        return run
+    updated = replace(step, status=status, replays=step.replays + 1, retry_at=event.timestamp)
+    steps = {**run.steps, event.step_id: updated}
+    return replace(run, status=st.RunStatus.RUNNING, error="", completed_at="", steps=steps)
 
 
 def _started(run: st.WorkflowRun, event: ev.WorkflowStarted) -> st.WorkflowRun:

@@ -117,6 +117,8 @@ class StepState(msgspec.Struct, frozen=True, omit_defaults=True):
     # Flow control: the slots this attempt holds (pool keys), once admitted.
     holds: tuple[str, ...] = ()
     admitted: bool = False
+    # Times an operator replayed the step after it failed for good (its dead letters).
+    replays: int = 0
 
 
 class WorkflowRun(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -24,6 +24,8 @@ STEP_TRANSITIONS: dict[tuple[st.StepStatus, str], st.StepStatus] = {
     (st.StepStatus.FAILED, ev.STEP_RETRY_SCHEDULED): st.StepStatus.RETRYING,
     (st.StepStatus.PENDING, ev.STEP_SKIPPED): st.StepStatus.SKIPPED,
     (st.StepStatus.FAILED, ev.STEP_RECOVERED): st.StepStatus.RECOVERED,
+    # An operator's replay: the failed step waits for its next attempt, as after a retry.
+    (st.StepStatus.FAILED, ev.STEP_REPLAYED): st.StepStatus.RETRYING,
     # A handler that reports what it waits for (a signal) is running; one that adds
     # steps is still in flight.
     (st.StepStatus.QUEUED, ev.STEP_WAITING): st.StepStatus.RUNNING,

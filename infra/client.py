@@ -187,6 +187,47 @@ class Client:
     async def delete(self, run_id: str) -> dict[str, Any]:
         return await self.request("run.delete", {"run_id": run_id})
 
+    # ---- dead letters ----------------------------------------------------------
+
+    async def dlq_list(
+        self,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Dead letters, oldest first: seq, task, run_id, step_id, workflow, reason, error,
+        attempts, deliveries, time. ``since``/``until``: RFC3339 instants."""
+        body = {"run_id": run_id, "workflow": workflow, "limit": limit, "since": since, "until": until}
+        answer = await self.request("dlq.list", {k: v for k, v in body.items() if v is not None})
+        return list(answer["dead_letters"])
+
+    async def dlq_show(self, seq: int) -> dict[str, Any]:
+        """One dead letter with its body (the task as it was queued)."""
+        return await self.request("dlq.show", {"seq": seq})
+
+    async def dlq_replay(
+        self,
+        seq: int | None = None,
+        *,
+        run_id: str | None = None,
+        workflow: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        by: str = "",
+    ) -> dict[str, Any]:
+        """Have the run take a dead letter's step up again (``seq``), or every step with dead
+        letters of a run, or of a workflow in a time range: ``{"replayed": [...], "refused":
+        [...]}``. A single replay the run cannot take raises ReplayRefused with the reason."""
+        if seq is not None:
+            return await self.request("dlq.replay", {"seq": seq, "by": by})
+        body = {"run_id": run_id, "workflow": workflow, "since": since, "until": until, "by": by}
+        return await self.request("dlq.replay_many", {k: v for k, v in body.items() if v is not None})
+
+    async def dlq_discard(self, seq: int) -> dict[str, Any]:
+        return await self.request("dlq.discard", {"seq": seq})
+
     async def signal(self, run_id: str, name: str, data: Any = None) -> dict[str, Any]:
         check_json_value(data, "signal data")
         return await self.request("run.signal", {"run_id": run_id, "name": name, "data": data})

@@ -81,6 +81,8 @@ STICKY_CONSUMER_IDLE = 3600.0  # seconds
 CLOSE_TIMEOUT = 2.0  # seconds a stopping worker waits for the connection to close
 DEFINITIONS_WAIT = 5.0  # seconds start() waits for the registered definitions (capability sets)
 
+DEFAULT_MAX_DELIVERIES = 5  # deliveries of one task message before it is dead-lettered
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Set while load_worker imports a file: run() at import time is then an error.
@@ -97,7 +99,11 @@ class Worker:
     is delivered only to workers offering all of them, and a worker offering more
     takes it too. ``ack_wait``: seconds a task stays with this worker without
     word before JetStream hands it to another. ``drain_timeout``: seconds a
-    stopping worker lets running handlers finish.
+    stopping worker lets running handlers finish. ``max_deliveries``: times a
+    task is handed to workers without being settled (the process died on it,
+    or it outlived ``ack_wait``) before the engine moves it to the dead letters
+    and fails that attempt; the consumers are shared, so the workers of a task
+    should agree on it.
     """
 
     def __init__(
@@ -110,11 +116,14 @@ class Worker:
         worker_id: str | None = None,
         ack_wait: float = 30.0,
         drain_timeout: float = 30.0,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
         if ack_wait <= 0:
             raise ValueError(f"ack_wait must be positive, not {ack_wait}")
+        if max_deliveries < 1:
+            raise ValueError(f"max_deliveries must be at least 1, not {max_deliveries}")
         if isinstance(capabilities, str):  # a set of its letters is never what was meant
             raise TypeError(f"capabilities must be a set or list of names, not the string {capabilities!r}")
         self.nats_url = resolve_url(nats_url)
@@ -124,6 +133,7 @@ class Worker:
         self.worker_id = worker_id or f"worker-{secrets.token_hex(8)}"
         self.ack_wait = float(ack_wait)
         self.drain_timeout = float(drain_timeout)
+        self.max_deliveries = int(max_deliveries)
         self._handlers: dict[str, TaskHandler] = {}
         self._nc: nats.NATS | None = None
         self._js: JetStreamContext | None = None
@@ -376,7 +386,10 @@ class Worker:
             deliver_policy=api.DeliverPolicy.ALL,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.ack_wait,
-            max_deliver=-1,
+            # Bounded: a task that kills every worker it reaches must not circle for ever.
+            # The server then leaves it in the queue and says so; the engine moves it to
+            # the dead letters and fails the attempt (engine/dead_letters.py).
+            max_deliver=self.max_deliveries,
             max_ack_pending=MAX_ACK_PENDING,
             # A worker's own (sticky) consumer goes away an hour after the worker does;
             # its tasks stay queued for a worker started again with the same id.

@@ -30,7 +30,7 @@ from dagnats.infra.engine.streams import ensure_resources
 from dagnats.infra.wire import reading
 from dagnats.infra.wire.names import INBOX_STREAM
 from dagnats.infra.wire.reading import stored_messages
-from dagnats.infra.wire.subjects import event_subject, inbox_subject
+from dagnats.infra.wire.subjects import event_subject, stored_inbox_filter
 
 NOW = datetime.now(UTC)
 LATER = NOW + timedelta(seconds=1)
@@ -73,7 +73,7 @@ class World:
     async def matched(self, run_id: str) -> list[ev.Event]:
         return [
             event
-            async for msg in stored_messages(self.js, INBOX_STREAM, inbox_subject(run_id))
+            async for msg in stored_messages(self.js, INBOX_STREAM, stored_inbox_filter(run_id))
             if isinstance(event := ev.decode_event(msg.data), ev.StepWaitMatched)
         ]
 

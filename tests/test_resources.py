@@ -11,12 +11,14 @@ import pytest
 from nats.js import api
 
 from dagnats.domain.errors import InvalidIdentifier
+from dagnats.domain.partition import DEFAULT_PARTITIONS, partition_of
 from dagnats.infra.engine.streams import (
     DEAD_LETTER_MAX_AGE,
     EVENT_MAX_AGE,
     KV_BUCKETS,
     ensure_resources,
     stream_configs,
+    transform_partitions,
 )
 from dagnats.infra.wire import headers
 from dagnats.infra.wire.names import INBOX_STREAM
@@ -65,7 +67,7 @@ def test_ensure_resources_is_idempotent_sequentially_and_concurrently(nats_url, 
         await nc.close()
         return names
 
-    assert run(body()) == ENGINE_STREAMS | {f"KV_{bucket}" for bucket in KV_BUCKETS}
+    assert run(body()) == ENGINE_STREAMS | {"OPEN_RUNS"} | {f"KV_{bucket}" for bucket in KV_BUCKETS}
 
 
 def test_streams_have_the_configured_retention_and_limits(nats_url, run):
@@ -89,6 +91,7 @@ def test_streams_have_the_configured_retention_and_limits(nats_url, run):
         assert config.storage == api.StorageType.FILE
         assert config.num_replicas == 1
     assert configs["RUN_INBOX"].allow_msg_schedules
+    assert transform_partitions(configs["RUN_INBOX"]) == DEFAULT_PARTITIONS
     assert all(config.allow_direct for config in configs.values())
     assert configs["WORKFLOW_HISTORY"].duplicate_window == 120
 
@@ -153,7 +156,7 @@ def test_message_schedule_fires_into_the_run_inbox_with_body_and_headers(nats_ur
         return fired, traceparent, sched, left
 
     fired, traceparent, sched, left = run(body())
-    assert fired.subject == "inbox.run1"
+    assert fired.subject == f"inbox.{partition_of('run1', DEFAULT_PARTITIONS)}.run1"  # filed under its partition
     assert fired.data == b'{"timer":"sleep-1"}'
     assert fired.headers[headers.TRACEPARENT] == traceparent
     assert fired.headers["Dagnats-Timer"] == "sleep-1"
@@ -172,7 +175,8 @@ def test_publishing_a_schedule_again_replaces_it(nats_url, run):
         await nc.close()
         return received
 
-    assert [(msg.subject, msg.data) for msg in run(body())] == [("inbox.run1", b"second")]
+    filed = f"inbox.{partition_of('run1', DEFAULT_PARTITIONS)}.run1"
+    assert [(msg.subject, msg.data) for msg in run(body())] == [(filed, b"second")]
 
 
 def test_purging_a_schedule_subject_cancels_the_timer(nats_url, run):
@@ -186,7 +190,8 @@ def test_purging_a_schedule_subject_cancels_the_timer(nats_url, run):
         await nc.close()
         return received
 
-    assert [(msg.subject, msg.data) for msg in run(body())] == [("inbox.runB", b"kept")]
+    filed = f"inbox.{partition_of('runB', DEFAULT_PARTITIONS)}.runB"
+    assert [(msg.subject, msg.data) for msg in run(body())] == [(filed, b"kept")]
 
 
 def test_schedule_due_while_the_server_was_down_fires_on_restart(nats_server, run):
@@ -244,3 +249,48 @@ def test_ensure_resources_creates_replicated_resources_on_a_cluster(cluster3, ru
     assert history.config.num_replicas == 3 and len(history.cluster.replicas) == 2
     assert runs.config.num_replicas == 3
     assert ack.seq == 1
+
+
+def test_the_server_files_each_run_under_the_partition_the_engine_computes(nats_url, run):
+    """The inbox's subject transform (the server's partition()) and domain.partition agree,
+    and the count first recorded stays whatever a later start asks for."""
+    run_ids = [f"run-{n}-{n * 7919 % 1000}" for n in range(200)] + ["a", "Z", "0", "_-_", "x" * 64]
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        first = await ensure_resources(js, partitions=4)
+        again = await ensure_resources(js, partitions=8)
+        for run_id in run_ids:
+            await js.publish(inbox_subject(run_id), b"{}")
+        filed = (await js.stream_info(INBOX_STREAM, subjects_filter="inbox.>")).state.subjects
+        await nc.close()
+        return first, again, filed
+
+    first, again, filed = run(body())
+    assert (first, again) == (4, 4)
+    assert set(filed) == {f"inbox.{partition_of(run_id, 4)}.{run_id}" for run_id in run_ids}
+
+
+def test_an_inbox_stream_from_before_partitions_gains_the_transform(nats_url, run):
+    async def body():
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await js.add_stream(
+            api.StreamConfig(
+                name=INBOX_STREAM,
+                subjects=["inbox.>", "schedule.>"],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+                allow_msg_schedules=True,
+            )
+        )
+        await js.publish(inbox_subject("old"), b"{}")
+        count = await ensure_resources(js, partitions=5)
+        await js.publish(inbox_subject("new"), b"{}")
+        filed = (await js.stream_info(INBOX_STREAM, subjects_filter="inbox.>")).state.subjects
+        await nc.close()
+        return count, filed
+
+    count, filed = run(body())
+    assert count == 5
+    assert set(filed) == {"inbox.old", f"inbox.{partition_of('new', 5)}.new"}

@@ -93,7 +93,7 @@ def test_sync_typed_handler_reports_started_then_completed_with_encoded_output(n
     )
     assert config.filter_subject == "task.greet.*"
     assert config.ack_policy == api.AckPolicy.EXPLICIT
-    assert (config.ack_wait, config.max_deliver, config.max_ack_pending) == (30.0, -1, 1000)
+    assert (config.ack_wait, config.max_deliver, config.max_ack_pending) == (30.0, 5, 1000)  # bounded: D4
 
 
 def test_async_handler_and_handler_without_input_complete(nats_url, run):

@@ -21,7 +21,7 @@ from dagnats.domain.events import EVENT_DECODER, Event, TaskPayload
 from dagnats.infra.engine.streams import ensure_resources
 from dagnats.infra.wire.headers import MSG_ID, TRACEPARENT
 from dagnats.infra.wire.names import INBOX_STREAM, TASK_STREAM
-from dagnats.infra.wire.subjects import inbox_subject, task_subject
+from dagnats.infra.wire.subjects import stored_inbox_filter, task_subject
 from dagnats.infra.worker import Worker
 
 RESULTS = frozenset({"step.completed", "step.continue", "step.failed"})
@@ -79,7 +79,7 @@ class Inbox:
     @classmethod
     async def open(cls, js, run_id: str) -> Inbox:
         config = api.ConsumerConfig(inactive_threshold=120.0)
-        return cls(await js.pull_subscribe(inbox_subject(run_id), stream=INBOX_STREAM, config=config))
+        return cls(await js.pull_subscribe(stored_inbox_filter(run_id), stream=INBOX_STREAM, config=config))
 
     async def next(self, timeout: float = 10.0) -> Event:
         msg = (await self._sub.fetch(1, timeout=timeout))[0]

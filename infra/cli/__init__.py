@@ -22,8 +22,8 @@ from dagnats.domain.values import MAX_DEPTH, check_json_value
 from ..client import Client
 from ..wire.connection import nats_url
 from . import cluster as cluster_cli
+from . import dlq, render
 from . import drill as drill_cli
-from . import render
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, default=100, help="at most this many runs (1-10000)")
     p.set_defaults(func=cmd_run_list)
 
+    dlq.add_parser(commands, common)
     event = commands.add_parser("event", help="external events").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )

@@ -57,6 +57,7 @@ from ..wire.workers import live_workers
 from .admission import Admission
 from .approvals import decide_approval
 from .correlator import Correlator
+from .dead_letters import DeadLetters
 from .definitions import Definitions
 from .engine import Engine
 from .limits import list_limits
@@ -98,6 +99,11 @@ class ControlPlane:
             "run.reject": lambda req: decide_approval(self.js, self.reader, req, approve=False),
             "limits": self.limits,
             "status": self.status,
+            "dlq.list": self.list_dead_letters,
+            "dlq.show": lambda req: self.dead_letters.show(req.seq),
+            "dlq.replay": lambda req: self.dead_letters.replay(req.seq, req.by),
+            "dlq.replay_many": self.replay_dead_letters,
+            "dlq.discard": lambda req: self.dead_letters.discard(req.seq),
         }
         assert set(self.handlers) == set(wire.OPERATIONS), "every operation of the contract has a handler"
 
@@ -113,6 +119,7 @@ class ControlPlane:
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
         self._inflight: set[asyncio.Task] = set()
         self.engine.ports.outbox.start_child = self.start_child
+        self.dead_letters = DeadLetters(self.js, self.reader)
         self._sub = await self.nc.subscribe(f"{API_PREFIX}.>", queue=API_QUEUE, cb=self._accept)
 
     async def stop(self) -> None:
@@ -325,6 +332,19 @@ class ControlPlane:
             entry["queue"] = entry.get("queue", [])[: max(0, req.queue)]
             shown.append(entry)
         return {"limits": shown}
+
+    # ---- dead letters ------------------------------------------------------------------
+
+    async def list_dead_letters(self, req: wire.ListDeadLetters) -> dict[str, Any]:
+        _check_page_size(req.limit, "dlq.list")
+        entries = await self.dead_letters.entries(req.run_id, req.workflow, req.since, req.until, req.limit)
+        return {"dead_letters": entries}
+
+    async def replay_dead_letters(self, req: wire.ReplayDeadLetters) -> dict[str, Any]:
+        if bool(req.run_id) == bool(req.workflow):
+            raise InvalidRequest("dlq.replay_many", "give a run_id or a workflow (with since/until), not both")
+        entries = await self.dead_letters.entries(req.run_id, req.workflow, req.since, req.until, wire.MAX_PAGE)
+        return await self.dead_letters.replay_many(entries, req.by)
 
     # ---- status ------------------------------------------------------------------------
 

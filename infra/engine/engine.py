@@ -1,30 +1,32 @@
-"""The engine: consumes run inboxes and hands facts to the run directory.
+"""The engine: consumes the inboxes of the partitions it owns and hands facts to
+the run directory.
 
-One durable pull consumer on ``inbox.>`` (work-queue) feeds the directory;
-each fetched batch is decoded once (a fact that does not decode is
-terminated, with a warning naming its subject) and grouped by run so a run's
-facts become one record. A message is acknowledged only after its run actor
+Runs are divided into partitions (``domain.partition``); the engine consumes
+those its leases give it (``leases``), one durable pull consumer each
+(``inbox``). Each fetched batch is decoded once (a fact that does not decode
+is terminated, with a warning naming its subject) and grouped by run so a
+run's facts become one record. A message is acknowledged only after its run actor
 has recorded the fact and carried out what followed from it; on failure it
 is redelivered. Every effect of a recorded decision (tasks, timer schedules)
 is stored before the fact that led to it is acknowledged, and a fact whose
 effects were not stored comes back and rebuilds its run, so nothing needs
-re-arming at start; the engine still brings up the runs its snapshots list as
-unfinished, to re-issue a task lost behind its back (a purged queue). Run
-actors publish their state into the ``RunReader``, which readers ask.
+re-arming at start; an engine that gains a partition still brings up the
+partition's unfinished runs (``open_runs``), to re-issue a task lost behind its
+back (a purged queue). Run actors publish their state into the ``RunReader``,
+which readers ask.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import defaultdict
 from datetime import UTC, datetime
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import api
 
 from dagnats.actors.directory import RunDirectory
 from dagnats.actors.flow import ConcurrencyActor, FlowControl, RateLimitActor
@@ -34,19 +36,19 @@ from dagnats.actors.timer import TimerActor
 from dagnats.domain.events import Event, decode_event, format_timestamp, parse_timestamp
 
 from ..tracing import valid_trace_parent
-from ..wire.names import INBOX_STREAM
-from ..wire.reading import more_pending
 from .bridge import LoopBridge
+from .dead_letters import DeadLetterMover
 from .history import HistoryStore
+from .inbox import LEGACY, PartitionPuller, retire_old_consumer
+from .leases import PartitionLeases
+from .open_runs import OpenRuns
 from .ports import NatsPorts
 from .reader import RunReader
 from .streams import ensure_resources
 
 log = logging.getLogger("dagnats.engine")
 
-INBOX_CONSUMER = "engine"
-FETCH_BATCH = 256
-INBOX_ACK_WAIT = 30.0
+HANDOVER_SETTLE = 10.0  # seconds a partition handed over waits for what it fetched
 
 
 class Engine:
@@ -59,43 +61,44 @@ class Engine:
         partitions: int | None = None,
         quarantine_retry: float = 30.0,
         clock: Clock | None = None,
+        engine_id: str | None = None,
     ) -> None:
         self.nc, self.max_live, self.replicas, self.clock = nc, max_live, replicas, clock
         self.partitions = partitions
         self.quarantine_retry = quarantine_retry
+        self.engine_id = engine_id or f"engine-{secrets.token_hex(4)}"
         self.js = nc.jetstream()
-        self._tasks: list[asyncio.Task] = []
+        self.pullers: dict[int, PartitionPuller] = {}
         self._running = False
 
     async def start(self) -> None:
-        await ensure_resources(self.js, self.replicas)
+        self.partition_count = await ensure_resources(self.js, self.replicas, self.partitions)
         loop = asyncio.get_running_loop()
         self.bridge = LoopBridge(loop)
-        self.reader = RunReader(self.nc, HistoryStore(self.js, self.nc.max_payload), loop)
+        self.open_runs = OpenRuns(self.nc, self.js, self.partition_count)
+        self.reader = RunReader(self.nc, HistoryStore(self.js, self.nc.max_payload, self.open_runs), loop)
         self.ports = NatsPorts(self.js, self.bridge, self.reader, self.nc.max_payload, self.clock)
         self.timers = TimerActor.start(self.ports.clock, self.ports.timers)
         self.slots = ConcurrencyActor.start(self.ports.limits, self.ports.clock)
         self.rates = RateLimitActor.start(self.ports.limits, self.ports.clock)
         self.ports.flow = FlowControl(self.slots, self.rates, self.ports.clock)
         self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
-        self._sub = await self.js.pull_subscribe(
-            "inbox.>",
-            durable=INBOX_CONSUMER,
-            stream=INBOX_STREAM,
-            config=api.ConsumerConfig(ack_wait=INBOX_ACK_WAIT, max_ack_pending=50_000, max_deliver=-1),
-        )
+        await retire_old_consumer(self.js)
+        self.leases = PartitionLeases(self.js, self.engine_id, self.partition_count, self._gained, self._lost)
+        self.dead_letters = DeadLetterMover(self.nc)
+        await self.dead_letters.start()
         self._running = True
-        self._tasks.append(asyncio.create_task(self._consume(), name="engine-inbox"))
-        await self._recover_unfinished()
+        await self.leases.start()
+        log.info("engine %s owns partitions %s of %d", self.engine_id, sorted(self.leases.owned), self.partition_count)
 
     async def stop(self) -> None:
         self._running = False
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:  # bounded: a nats-py call may not end promptly when cancelled
-            await asyncio.wait(self._tasks, timeout=2.0)
-        self._tasks.clear()
-        await _quietly(self._sub.unsubscribe())
+        # Hands every partition back (bounded: NATS may be gone).
+        await _quietly(asyncio.wait_for(self.leases.stop(), HANDOVER_SETTLE + 5))
+        for puller in list(self.pullers.values()):
+            await _quietly(puller.stop())
+        self.pullers.clear()
+        await self.dead_letters.stop()
         # Actors block on the loop; stop them from a thread so the loop keeps serving them.
         await asyncio.to_thread(self._stop_actors)
 
@@ -113,27 +116,34 @@ class Engine:
         """How many timers the engine holds armed."""
         return await asyncio.to_thread(lambda: self.timers.proxy().pending().get(timeout=5))
 
-    # ---- inbox -----------------------------------------------------------------
+    # ---- partitions ------------------------------------------------------------------
 
-    async def _consume(self) -> None:
-        batch = 1
-        while self._running:
-            try:
-                # A batch pull on an empty queue lingers until the batch fills or the
-                # timeout ends, so ask for one message unless the server said more wait.
-                msgs = await self._sub.fetch(batch, timeout=1.0)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # reconnects, leader changes: keep consuming
-                log.warning("inbox fetch failed: %s", err)
-                await asyncio.sleep(0.5)
-                continue
-            batch = FETCH_BATCH if more_pending(msgs) else 1
-            self._dispatch(msgs)
+    async def _gained(self, partition: int, previous: str | None) -> None:
+        """Consume a partition just claimed (after a dead owner: its consumer afresh), and
+        bring up its unfinished runs."""
+        for consumed in (partition, LEGACY) if partition == 0 else (partition,):
+            puller = PartitionPuller(self.js, consumed, self._dispatch, self._holds)
+            await puller.start(fresh=previous is not None)
+            self.pullers[consumed] = puller
+        unfinished = await self.open_runs.listed(partition)
+        for run_id in unfinished:
+            self.directory.tell(Deliver(run_id, ()))
+        if unfinished:
+            log.info("partition %d: recovering %d unfinished runs", partition, len(unfinished))
 
-    def _dispatch(self, msgs: list[Msg]) -> None:
+    async def _lost(self, partition: int, graceful: bool) -> None:
+        """Stop consuming a partition; handed over, let what was fetched be handled first."""
+        for consumed in (partition, LEGACY) if partition == 0 else (partition,):
+            puller = self.pullers.pop(consumed, None)
+            if puller is not None:
+                await puller.stop(settle=HANDOVER_SETTLE if graceful else 0.0)
+
+    def _holds(self, partition: int) -> bool:
+        return self._running and self.leases.holds(0 if partition == LEGACY else partition)
+
+    # ---- inbox -----------------------------------------------------------------------
+
+    def _dispatch(self, msgs: list[Msg], partition: int) -> None:
         by_run: dict[str, list[tuple[Event, Msg]]] = defaultdict(list)
         for msg in msgs:
             try:
@@ -142,34 +152,32 @@ class Engine:
                 log.warning("dropping an inbox message on %s that is not a fact: %s", msg.subject, err)
                 asyncio.create_task(msg.term())
                 continue
-            run_id = msg.subject.split(".", 1)[1]
+            run_id = msg.subject.rsplit(".", 1)[1]
             if event.run_id != run_id:
                 log.warning("dropping inbox message for %s claiming run %s", run_id, event.run_id)
                 asyncio.create_task(msg.term())
                 continue
             by_run[run_id].append((_sanitized(event), msg))
+        puller = self.pullers.get(partition)
         for run_id, items in by_run.items():
             events = tuple(e for e, _ in items)
             batch = [m for _, m in items]
-            self.directory.tell(Deliver(run_id, events, self._acker(batch)))
+            if puller is not None:
+                puller.in_flight += 1
+            self.directory.tell(Deliver(run_id, events, self._acker(batch, puller)))
 
-    def _acker(self, msgs: list[Msg]):
+    def _acker(self, msgs: list[Msg], puller: PartitionPuller | None):
         loop = self.bridge.loop
 
         def done(ok: bool, retry_in: float = 0.5) -> None:
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_settle(msgs, ok, retry_in)))
+            def settle() -> None:
+                if puller is not None:
+                    puller.in_flight -= 1
+                asyncio.ensure_future(_settle(msgs, ok, retry_in))
+
+            loop.call_soon_threadsafe(settle)
 
         return done
-
-    # ---- recovery --------------------------------------------------------------------
-
-    async def _recover_unfinished(self) -> None:
-        """Bring up each unfinished run once (an empty delivery): it re-issues what it waits on."""
-        unfinished = [s.run.run_id for s in await self.reader.store.snapshots() if not s.run.is_terminal]
-        for run_id in unfinished:
-            self.directory.tell(Deliver(run_id, ()))
-        if unfinished:
-            log.info("recovering %d unfinished runs", len(unfinished))
 
 
 def _sanitized(event: Event) -> Event:

@@ -20,6 +20,7 @@ from ..wire.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENC
 from ..wire.names import HISTORY_STREAM, RUNS_BUCKET
 from ..wire.reading import kv_entries, stored_messages
 from ..wire.subjects import history_subject
+from .open_runs import OpenRuns
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -51,8 +52,8 @@ def snapshot_key(run_id: str) -> str:
 
 
 class HistoryStore:
-    def __init__(self, js: JetStreamContext, max_payload: int = 1024 * 1024) -> None:
-        self.js, self.max_payload = js, max_payload
+    def __init__(self, js: JetStreamContext, max_payload: int = 1024 * 1024, open_runs: OpenRuns | None = None) -> None:
+        self.js, self.max_payload, self.open_runs = js, max_payload, open_runs
         self._runs = None
 
     async def runs_kv(self):
@@ -113,6 +114,8 @@ class HistoryStore:
         if len(data) > self.max_payload - SNAPSHOT_HEADROOM:
             data = _SNAPSHOT_ENCODER.encode(Snapshot(summary(run), 0))
         await kv.put(snapshot_key(run.run_id), data)
+        if self.open_runs is not None:  # the index of unfinished runs rides along (start, end)
+            await self.open_runs.mark(run)
 
     async def snapshots(self) -> list[Snapshot]:
         """Every snapshot, read in one pass over the bucket."""

@@ -10,6 +10,8 @@
   the parent step with the reason.
 - ``PublishFact``: a fact for another run's inbox (a child's outcome to its
   parent, a cancel to a child).
+- ``DeadLetter`` / ``DiscardDeadLetters``: a step's dead letter kept, or its
+  dead letters dropped once a replay completed it (``dead_letters.py``).
 
 Each is idempotent, so a rebuilt run that asks again does no harm.
 """
@@ -28,12 +30,22 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from dagnats.domain import events as ev
-from dagnats.domain.actions import Action, PublishFact, PublishMessage, RegisterWaiter, RemoveWaiter, StartChildRun
+from dagnats.domain.actions import (
+    Action,
+    DeadLetter,
+    DiscardDeadLetters,
+    PublishFact,
+    PublishMessage,
+    RegisterWaiter,
+    RemoveWaiter,
+    StartChildRun,
+)
 from dagnats.domain.errors import DagnatsError
 
 from ..wire.facts import publish_fact
 from ..wire.names import APPROVALS_BUCKET
 from .bridge import LoopBridge
+from .dead_letters import discard_dead_letters, record_dead_letter
 from .waiters import register_step_waiter, remove_step_waiter
 
 log = logging.getLogger("dagnats.outbox")
@@ -94,6 +106,10 @@ class NatsOutbox:
                 await self._child(run_id, action, trace_parent)
             elif isinstance(action, PublishFact):
                 await publish_fact(self.js, action.event)
+            elif isinstance(action, DeadLetter):
+                await record_dead_letter(self.js, action)
+            elif isinstance(action, DiscardDeadLetters):
+                await discard_dead_letters(self.js, action)
 
     async def _message(self, run_id: str, action: PublishMessage) -> None:
         payload = dict(action.payload)

@@ -21,7 +21,7 @@ from ..wire.facts import publish_fact
 from ..wire.headers import MSG_ID, TRACEPARENT
 from ..wire.names import INBOX_STREAM, TASK_STREAM
 from ..wire.reading import stored_messages
-from ..wire.subjects import inbox_subject, task_subject
+from ..wire.subjects import stored_inbox_filter, task_subject
 from ..wire.timers import arm_timers, cancel_timers
 from ..wire.workers import worker_alive
 from .bridge import LoopBridge, SystemClock
@@ -105,7 +105,7 @@ class NatsTaskPort:
             queued = TASK_DECODER.decode(msg.data or b"")
             if (queued.step_id, queued.attempt, queued.instance) == (p.step_id, p.attempt, p.instance):
                 return True
-        async for msg in stored_messages(self.js, INBOX_STREAM, inbox_subject(p.run_id)):
+        async for msg in stored_messages(self.js, INBOX_STREAM, stored_inbox_filter(p.run_id)):
             fact = EVENT_DECODER.decode(msg.data or b"")
             if (fact.step_id, fact.attempt, fact.instance) == (
                 p.step_id,

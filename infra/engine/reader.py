@@ -31,7 +31,7 @@ from dagnats.domain.state import RunStatus, WorkflowRun, new_run
 from ..wire.names import HISTORY_STREAM, INBOX_STREAM
 from ..wire.notices import RunNotice, encode_notice
 from ..wire.reading import first_message
-from ..wire.subjects import history_subject, inbox_subject, notice_subject
+from ..wire.subjects import history_subject, notice_subject, stored_inbox_filter
 from .history import HistoryStore
 
 log = logging.getLogger("dagnats.reader")
@@ -119,7 +119,7 @@ class RunReader:
 
     async def _accepted(self, run_id: str) -> WorkflowRun | None:
         """A run whose start request waits in its inbox: shown as pending."""
-        event = await self._first_start(INBOX_STREAM, inbox_subject(run_id))
+        event = await self._first_start(INBOX_STREAM, stored_inbox_filter(run_id))
         if event is None:
             return None
         run = fold(new_run(run_id), event)
@@ -133,7 +133,7 @@ class RunReader:
         """The start request of a run, recorded or still waiting in its inbox."""
         check_identifier("run id", run_id)
         return await self._first_start(HISTORY_STREAM, history_subject(run_id)) or await self._first_start(
-            INBOX_STREAM, inbox_subject(run_id)
+            INBOX_STREAM, stored_inbox_filter(run_id)
         )
 
     async def _first_start(self, stream: str, subject: str) -> WorkflowStarted | None:

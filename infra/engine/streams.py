@@ -3,6 +3,11 @@
 `ensure_resources(js)` is safe to call on every start and from several
 processes at once: creating a stream that already exists with the same
 configuration is a no-op for JetStream, and a differing one is updated in place.
+
+The inbox stream files each fact published on ``inbox.<run>`` under
+``inbox.<partition>.<run>`` (a subject transform with the server's ``partition()``
+function); the partition count is the transform's, fixed when the stream is first
+created with one and kept by every later start whatever it asks for.
 """
 
 from __future__ import annotations
@@ -13,20 +18,24 @@ from typing import Any
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from dagnats.domain.errors import DagnatsError
+from dagnats.domain.partition import DEFAULT_PARTITIONS, MAX_PARTITIONS
 
 from ..wire.names import (
     APPROVALS_BUCKET,
     CHECKPOINTS_BUCKET,
     DEAD_LETTER_STREAM,
     DEFS_BUCKET,
+    ENGINES_BUCKET,
     EVENT_STREAM,
     FLOW_BUCKET,
     HISTORY_STREAM,
     IDEMPOTENCY_BUCKET,
     INBOX_STREAM,
+    OPEN_RUNS_STREAM,
+    OWNERS_BUCKET,
     RUNS_BUCKET,
     SIGNALS_BUCKET,
     SINGLETON_BUCKET,
@@ -46,6 +55,8 @@ KV_BUCKETS = (
     WORKERS_BUCKET,
     APPROVALS_BUCKET,
     FLOW_BUCKET,
+    ENGINES_BUCKET,
+    OWNERS_BUCKET,
 )
 
 DUPLICATE_WINDOW = 120.0  # seconds: the longest client retry horizon we dedupe across
@@ -67,7 +78,23 @@ class ResourceError(DagnatsError, RuntimeError):
 # -- streams and buckets ----------------------------------------------------
 
 
-def stream_configs(replicas: int = 1) -> list[api.StreamConfig]:
+LEASE_TTL = 10.0  # seconds an engine's heartbeat lives without renewal
+
+
+def partition_transform(partitions: int) -> api.SubjectTransform:
+    return api.SubjectTransform(src="inbox.*", dest=f"inbox.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}")
+
+
+def transform_partitions(config: api.StreamConfig) -> int | None:
+    """The partition count an inbox stream's transform files runs under (None: no transform)."""
+    transform = config.subject_transform
+    if transform is None or not transform.dest:
+        return None
+    text = transform.dest.split("partition(", 1)[-1].split(",", 1)[0]
+    return int(text) if text.isdigit() else None
+
+
+def stream_configs(replicas: int = 1, partitions: int = DEFAULT_PARTITIONS) -> list[api.StreamConfig]:
     """The configuration of every engine stream, at `replicas` copies each."""
 
     def stream(name: str, subjects: list[str], retention: api.RetentionPolicy, **extra: Any) -> api.StreamConfig:
@@ -87,20 +114,39 @@ def stream_configs(replicas: int = 1) -> list[api.StreamConfig]:
         stream(HISTORY_STREAM, ["history.>"], limits),
         # Timers are message schedules beside the facts they fire (ADR-51 targets a
         # subject of the schedule's own stream); the engine consumes only inbox.>.
-        stream(INBOX_STREAM, ["inbox.>", "schedule.>"], work_queue, allow_msg_schedules=True),
+        stream(
+            INBOX_STREAM,
+            ["inbox.>", "schedule.>"],
+            work_queue,
+            allow_msg_schedules=True,
+            subject_transform=partition_transform(partitions),
+        ),
         stream(TASK_STREAM, ["task.>"], work_queue),
         stream(EVENT_STREAM, ["event.>"], limits, max_age=EVENT_MAX_AGE),
         stream(DEAD_LETTER_STREAM, ["dead.>"], limits, max_age=DEAD_LETTER_MAX_AGE),
+        stream(OPEN_RUNS_STREAM, ["open.*.*"], limits, max_msgs_per_subject=1),
     ]
 
 
-async def ensure_resources(js: JetStreamContext, replicas: int = 1) -> None:
-    """Create, or bring up to date, every stream and KV bucket the engine uses."""
-    await asyncio.gather(*(_patiently(_ensure_stream, js, config) for config in stream_configs(replicas)))
+async def ensure_resources(js: JetStreamContext, replicas: int = 1, partitions: int | None = None) -> int:
+    """Create, or bring up to date, every stream and KV bucket the engine uses; the
+    partition count runs are divided into (the recorded one, once there is one)."""
+    count = await _patiently(_recorded_partitions, js) or partitions or DEFAULT_PARTITIONS
+    if not 1 <= count <= MAX_PARTITIONS:
+        raise ValueError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {count}")
+    await asyncio.gather(*(_patiently(_ensure_stream, js, config) for config in stream_configs(replicas, count)))
     await asyncio.gather(*(_patiently(_ensure_bucket, js, bucket, replicas) for bucket in KV_BUCKETS))
+    return count
 
 
-async def _patiently(create, *args, attempts: int = 8) -> None:
+async def _recorded_partitions(js: JetStreamContext) -> int | None:
+    try:
+        return transform_partitions((await js.stream_info(INBOX_STREAM)).config)
+    except NotFoundError:
+        return None
+
+
+async def _patiently(create, *args, attempts: int = 8) -> Any:
     """Retry what a busy or electing cluster answers late (the JetStream API times out)."""
     for attempt in range(attempts):
         try:
@@ -121,7 +167,12 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
 
 
 # Buckets whose keys expire: an idempotency key dedups starts for a day.
-BUCKET_TTL = {IDEMPOTENCY_BUCKET: 24 * 3600.0, WORKERS_BUCKET: 4.0, APPROVALS_BUCKET: 168 * 3600.0}
+BUCKET_TTL = {
+    IDEMPOTENCY_BUCKET: 24 * 3600.0,
+    WORKERS_BUCKET: 4.0,
+    APPROVALS_BUCKET: 168 * 3600.0,
+    ENGINES_BUCKET: LEASE_TTL,
+}
 
 
 async def _ensure_bucket(js: JetStreamContext, bucket: str, replicas: int) -> None:

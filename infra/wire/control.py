@@ -94,6 +94,29 @@ class ListLimits(Request, frozen=True):
     queue: int = 20  # at most this many of each queue's waiters, head first
 
 
+class ListDeadLetters(Request, frozen=True):
+    run_id: str | None = None
+    workflow: str | None = None
+    since: str | None = None  # RFC3339: stored at or after
+    until: str | None = None  # RFC3339: stored at or before
+    limit: int = 100
+
+
+class DeadLetterRef(Request, frozen=True):
+    seq: int = 0
+    by: str = ""  # who replays (recorded in the run's history)
+
+
+class ReplayDeadLetters(Request, frozen=True):
+    """Every dead letter of a run, or of a workflow stored between ``since`` and ``until``."""
+
+    run_id: str | None = None
+    workflow: str | None = None
+    since: str | None = None
+    until: str | None = None
+    by: str = ""
+
+
 MAX_PAGE = 10_000
 
 # op -> the request it takes
@@ -116,6 +139,11 @@ OPERATIONS: dict[str, type[Request]] = {
     "run.reject": DecideApproval,
     "limits": ListLimits,
     "status": Empty,
+    "dlq.list": ListDeadLetters,
+    "dlq.show": DeadLetterRef,
+    "dlq.replay": DeadLetterRef,
+    "dlq.replay_many": ReplayDeadLetters,
+    "dlq.discard": DeadLetterRef,
 }
 
 

@@ -33,3 +33,14 @@ WRONG_LAST_SEQUENCE_CODES = frozenset({WRONG_LAST_SEQUENCE, 10164})
 
 # On a message read by a direct get: when the stream stored it (RFC3339, nanoseconds).
 STORED_AT = "Nats-Time-Stamp"
+
+# On a dead letter (DEAD_LETTERS, `dead.<task>.<run>.<step>`): what it is and why it is there.
+DLQ_RUN_ID = "Dagnats-Dlq-Run-Id"
+DLQ_STEP_ID = "Dagnats-Dlq-Step-Id"
+DLQ_TASK = "Dagnats-Dlq-Task"
+DLQ_WORKFLOW = "Dagnats-Dlq-Workflow"
+DLQ_REASON = "Dagnats-Dlq-Reason"  # max_deliveries | non_retriable | failed
+DLQ_ERROR = "Dagnats-Dlq-Error"
+DLQ_ATTEMPTS = "Dagnats-Dlq-Attempts"  # the attempt the task was for
+DLQ_DELIVERY_COUNT = "Dagnats-Dlq-Delivery-Count"  # deliveries to workers (max_deliveries only)
+DLQ_TASK_SUBJECT = "Dagnats-Dlq-Task-Subject"  # where the task was queued

@@ -8,6 +8,9 @@ INBOX_STREAM = "RUN_INBOX"
 TASK_STREAM = "TASK_QUEUES"
 EVENT_STREAM = "EVENTS"
 DEAD_LETTER_STREAM = "DEAD_LETTERS"
+# One message per unfinished run, `open.<partition>.<run>`, purged when the run ends: what a
+# new owner of a partition rebuilds, without reading every finished run.
+OPEN_RUNS_STREAM = "OPEN_RUNS"
 
 DEFS_BUCKET = "workflow_defs"
 RUNS_BUCKET = "workflow_runs"
@@ -21,6 +24,10 @@ WORKERS_BUCKET = "workers"
 APPROVALS_BUCKET = "approval_tokens"
 # Flow control: one entry per limit key (slot pools, rate windows), changed by compare-and-set.
 FLOW_BUCKET = "flow_control"
+# Clustering: each live engine's heartbeat (keys lapse after the lease TTL), and each
+# partition's owner (`p<n>` -> engine id; valid while that engine's heartbeat lives).
+ENGINES_BUCKET = "engines"
+OWNERS_BUCKET = "partition_owners"
 
 # The control plane: request/reply on `dagnats.api.<op>`, served by every
 # engine in one queue group.

@@ -20,8 +20,14 @@ def history_subject(run_id: str) -> str:
 
 
 def inbox_subject(run_id: str) -> str:
-    """`inbox.<run>`: facts from outside the run's owner, waiting to be recorded."""
+    """`inbox.<run>`: facts from outside the run's owner, waiting to be recorded. The inbox
+    stream files them under the run's partition, `inbox.<partition>.<run>`."""
     return f"inbox.{check_identifier('run id', run_id)}"
+
+
+def stored_inbox_filter(run_id: str) -> str:
+    """`inbox.*.<run>`: the run's facts as the inbox stream stores them (under its partition)."""
+    return f"inbox.*.{check_identifier('run id', run_id)}"
 
 
 def task_subject(task: str, run_id: str, group: str | None = None, capabilities: Iterable[str] = ()) -> str:
@@ -66,6 +72,21 @@ def schedules_filter(run_id: str) -> str:
 def event_subject(name: str) -> str:
     """`event.<name>`: an external event for wait-for-event steps and cancel_on."""
     return f"event.{check_identifier('event name', name)}"
+
+
+def dead_letter_subject(task: str, run_id: str, step_id: str) -> str:
+    """`dead.<task>.<run>.<step>`: a task that failed for good or was never finished, kept
+    for an operator (DEAD_LETTERS)."""
+    task, run_id = check_identifier("task name", task), check_identifier("run id", run_id)
+    return f"dead.{task}.{run_id}.{check_identifier('step id', step_id)}"
+
+
+def dead_letters_filter(run_id: str | None = None, step_id: str | None = None) -> str:
+    """The dead letters of a run (of one of its steps), or all of them."""
+    if run_id is None:
+        return "dead.>"
+    run_id = check_identifier("run id", run_id)
+    return f"dead.*.{run_id}.{'*' if step_id is None else check_identifier('step id', step_id)}"
 
 
 def notice_subject(run_id: str) -> str:
