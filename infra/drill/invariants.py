@@ -15,7 +15,8 @@ probe's failed publishes) and it returns the figures of §4.4.
   history divergent. A repeated identical step outcome is counted in
   `duplicate_events` (the fold takes one).
 - Executions (I4): per (run, step, attempt), executions in the journal are
-  allowed up to 1 + faults during that attempt + executions cut short
+  allowed up to 1 + faults whose outage (plus the redelivery after it)
+  overlaps that attempt + executions cut short
   (begun, never ended: their redelivery is expected). More is a duplicate
   beyond the at-least-once bound.
 """
@@ -30,6 +31,8 @@ from typing import Any
 from dagnats.domain.events import Event, parse_timestamp
 from dagnats.domain.fold import replay
 
+# The drill worker's ack_wait (3 s) and a margin: how long after a fault a redelivery it caused can come.
+REDELIVERY_GRACE = 5.0
 TERMINAL_EVENTS = {"workflow.completed", "workflow.failed", "workflow.cancelled", "workflow.compensated"}
 OUTCOMES = {"step.completed", "step.failed"}
 
@@ -105,7 +108,7 @@ def check(seen: Observed) -> Report:
     f["duplicate_events"] = sum(_duplicate_outcomes(e) for e in events_by_run.values())
     kinds = Counter(e.type for events in events_by_run.values() for e in events)
     f["waits_matched"], f["waits_timed_out"] = kinds["step.wait.matched"], kinds["step.wait.timed_out"]
-    f.update(_executions(seen, events_by_run))
+    f.update(_executions(seen, events_by_run, report.problems))
     f.update(_recovery(seen, events_by_run, ends))
     f["nats_unavailable_s"] = round(max((b - a for a, b in seen.probe_failures), default=0.0), 2)
     return report
@@ -157,7 +160,7 @@ def _duplicate_outcomes(events: list[Event]) -> int:
     return sum(n - 1 for n in seen.values())
 
 
-def _executions(seen: Observed, events_by_run: dict[str, list[Event]]) -> dict[str, Any]:
+def _executions(seen: Observed, events_by_run: dict[str, list[Event]], problems: list[str]) -> dict[str, Any]:
     runs = set(seen.runs)
     begun: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     ended: Counter[tuple[str, str, int, int]] = Counter()
@@ -170,15 +173,22 @@ def _executions(seen: Observed, events_by_run: dict[str, list[Event]]) -> dict[s
         else:
             ended[(*key, row["pid"])] += 1
     done_at = _outcome_times(events_by_run)
-    kills = [fault.killed_at for fault in seen.faults]
+    # A fault touches an attempt whose execution overlaps the outage, or the redelivery
+    # after it: an ack or report lost while a process was down comes back after ack_wait.
+    outages = [(fault.killed_at, fault.restarted_at + REDELIVERY_GRACE) for fault in seen.faults]
     within = beyond = 0
     for key, rows in begun.items():
         unfinished = sum(1 for r in rows if not ended[(*key, r["pid"])])
         start, end = rows[0]["t"], done_at.get(key, float("inf"))
-        touched = sum(1 for t in kills if start - 1.0 <= t <= end)
+        touched = sum(1 for down, up in outages if down <= end and start <= up)
         bound = 1 + touched + unfinished
         within += max(0, min(len(rows), bound) - 1)
         beyond += max(0, len(rows) - bound)
+        if len(rows) > bound:
+            problems.append(
+                f"duplicate beyond bound: run {key[0]} step {key[1]} attempt {key[2]} ran {len(rows)} times "
+                f"(bound {bound}: {touched} faults, {unfinished} cut short)"
+            )
     per_step = Counter((run, step) for (run, step, _), rows in begun.items() for _ in rows)
     return {
         "step_exec_total": sum(len(rows) for rows in begun.values()),
