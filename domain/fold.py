@@ -38,9 +38,13 @@ INPUT_FROM_COMPENSATION = "compensation"  # the context of the step this one und
 def ahead_of(run: st.WorkflowRun, event: ev.Event) -> bool:
     """A worker's report on an attempt this state has not seen open: the record that
     dispatched it is not in the history yet (another engine is writing it). Folding it now
-    would drop it; it is worth delivering again once that record is there."""
-    if not event.worker_id or not event.step_id or run.definition is None or run.is_terminal:
+    would drop it; it is worth delivering again once that record is there. That includes a
+    run whose start is not recorded at all: a task goes out with the record that dispatches
+    it, so an engine that died before that record landed left the task running."""
+    if not event.worker_id or not event.step_id or run.is_terminal:
         return False
+    if run.definition is None:
+        return True
     step = run.steps.get(event.step_id)
     if step is None:
         return False

@@ -272,3 +272,29 @@ def test_a_report_folded_before_the_fact_that_dispatches_its_attempt_comes_again
     ok, _ = acks.wait_for(3)[-1]
     assert ok
     assert ports.history.load("r1")[0].status == RunStatus.COMPLETED
+
+
+def test_a_report_that_arrives_before_its_runs_start_is_recorded_comes_again(engine):
+    # The engine that decided the start published task a with the start's record and died
+    # before the record landed; the worker's report reached the run first. Found by the
+    # simulation (tests/sim/fuzz_cases.txt, seed 155): acked and dropped, the run never ended.
+    ports, clock, timers, start = engine
+    directory = start()
+    acks = Acks()
+    report = ev.StepCompleted(
+        run_id="r1",
+        step_id="a",
+        attempt=1,
+        timestamp=ev.format_timestamp(clock.now()),
+        worker_id="w1",
+        payload="A",
+        id=ev.fact_id(ev.STEP_COMPLETED, "a", 1),
+    )
+    deliver(directory, acks, report)
+    ok, _ = acks.wait_for(1)[-1]
+    assert not ok, "acked: the report was dropped before the run's start was recorded"
+    deliver(directory, acks, start_fact("r1"))
+    deliver(directory, acks, report)
+    assert all(ok for ok, _ in acks.wait_for(3)[1:])
+    steps = [(e.type, e.step_id) for e in ports.history.events("r1")]
+    assert (ev.STEP_COMPLETED, "a") in steps and (ev.STEP_QUEUED, "b") in steps

@@ -468,3 +468,39 @@ def test_dropping_a_task_that_a_worker_acked_meanwhile_is_not_an_error(nats_url,
             await nc.close()
 
     assert run(body()) == 0
+
+
+def test_a_duplicate_task_publish_goes_out_again_when_the_attempt_is_nowhere(nats_url, run):
+    """A record's task may have gone out with an earlier try of the record (the engine died
+    between publishing it and appending). If its worker took it and its report was dropped
+    as stale, the task is neither queued nor answered: the duplicate publish is re-issued."""
+    from dagnats.domain.actions import EnqueueTask
+    from dagnats.domain.events import TaskPayload
+    from dagnats.infra.engine.ports import publish_tasks
+    from dagnats.infra.engine.streams import ensure_resources
+    from dagnats.infra.wire.names import TASK_STREAM
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await ensure_resources(js, 1)
+            taken = EnqueueTask(task="t", payload=TaskPayload(task_id="r.a", run_id="r", step_id="a", task="t"))
+            waiting = EnqueueTask(task="t", payload=TaskPayload(task_id="r.b", run_id="r", step_id="b", task="t"))
+            await publish_tasks(js, [taken, waiting])
+            sub = await js.pull_subscribe("task.t.*", durable="w", stream=TASK_STREAM)
+            (first,) = await sub.fetch(1, timeout=2)
+            await first.ack()  # a worker ran step a; its report was lost
+            await publish_tasks(js, [taken, waiting])  # the record lands: both are duplicates
+            queued = []
+            for msg in await sub.fetch(5, timeout=1):
+                queued.append((msg.header or {}).get("Nats-Msg-Id"))
+                await msg.ack()
+            return first.header.get("Nats-Msg-Id"), sorted(queued)
+        finally:
+            await nc.close()
+
+    first, queued = run(body())
+    assert first == "r.a.1"
+    # Step b was still queued: not published twice. Step a was nowhere: re-issued.
+    assert queued == ["r.a.1.reissued", "r.b.1"]

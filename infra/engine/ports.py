@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import APIError, NotFoundError
 
 from dagnats.actors.ports import Clock, FlowPort
@@ -60,19 +61,51 @@ class NatsHistoryPort:
 
 
 async def publish_tasks(js: JetStreamContext, tasks: list[EnqueueTask]) -> None:
-    """Publish tasks concurrently; each is deduplicated by run, step and attempt."""
+    """Publish tasks concurrently; each is deduplicated by run, step and attempt.
+
+    A publish the stream takes as a duplicate was published before, by a record
+    that did not land (the engine died between its tasks and its append) or by
+    this one's earlier try. The task went out then, but its worker's report may
+    have been dropped as stale before this record existed: a task neither queued
+    nor answered is published again under its own id, or the run would wait forever.
+    """
 
     async def publish(task: EnqueueTask) -> None:
-        p = task.payload
-        suffix = f".{task.variant}" if task.variant else ""
-        index = f".i{p.instance}" if p.instance is not None else ""
-        headers = {MSG_ID: f"{p.run_id}.{p.step_id}{index}.{p.attempt}{suffix}"}
-        if p.traceparent:
-            headers[TRACEPARENT] = p.traceparent
-        subject = task_subject(task.task, p.run_id, task.group or None, task.capabilities)
-        await js.publish(subject, _TASK_ENCODER.encode(p), headers=headers)
+        ack = await _publish_task(js, task)
+        if ack.duplicate and not task.variant and not await accounted_for(js, task):
+            await _publish_task(js, msgspec.structs.replace(task, variant="reissued"))
 
     await asyncio.gather(*(publish(t) for t in tasks))
+
+
+async def _publish_task(js: JetStreamContext, task: EnqueueTask) -> PubAck:
+    p = task.payload
+    suffix = f".{task.variant}" if task.variant else ""
+    index = f".i{p.instance}" if p.instance is not None else ""
+    headers = {MSG_ID: f"{p.run_id}.{p.step_id}{index}.{p.attempt}{suffix}"}
+    if p.traceparent:
+        headers[TRACEPARENT] = p.traceparent
+    subject = task_subject(task.task, p.run_id, task.group or None, task.capabilities)
+    return await js.publish(subject, _TASK_ENCODER.encode(p), headers=headers)
+
+
+async def accounted_for(js: JetStreamContext, task: EnqueueTask) -> bool:
+    """Whether a dispatched attempt is somewhere: its task in TASK_QUEUES (waiting, or
+    being worked on), or its result in the run's inbox. A worker stores its result
+    before it acks the task, so an attempt in neither was lost."""
+    p = task.payload
+    subject = task_subject(task.task, p.run_id, task.group or None, task.capabilities)
+    async for msg in stored_messages(js, TASK_STREAM, subject):
+        queued = TASK_DECODER.decode(msg.data or b"")
+        if (queued.step_id, queued.attempt, queued.instance) == (p.step_id, p.attempt, p.instance):
+            return True
+    async for msg in stored_messages(js, INBOX_STREAM, stored_inbox_filter(p.run_id)):
+        fact = EVENT_DECODER.decode(msg.data or b"")
+        if (fact.step_id, fact.attempt, fact.instance) == (p.step_id, p.attempt, p.instance) and (
+            fact.type in RESULT_FACTS
+        ):
+            return True
+    return False
 
 
 class NatsTaskPort:
@@ -89,31 +122,12 @@ class NatsTaskPort:
         self.bridge.call(self._drop(drops))
 
     async def _reissue(self, tasks: list[EnqueueTask]) -> None:
-        # A worker stores its result before it acks the task, so a dispatched
-        # attempt is always somewhere: its task in TASK_QUEUES (waiting, or being
-        # worked on), or its result in the run's inbox. Publish only the ones that
-        # are in neither: re-publishing beyond the dedup window would run them twice.
-        lost = [t for t in tasks if not await self._accounted_for(t)]
+        # Publish only the attempts that are nowhere: re-publishing beyond the dedup
+        # window would run them twice.
+        lost = [t for t in tasks if not await accounted_for(self.js, t)]
         if lost:
             # Its own message id: the first publish's id may still be in the dedup window.
             await publish_tasks(self.js, [msgspec.structs.replace(t, variant="reissued") for t in lost])
-
-    async def _accounted_for(self, task: EnqueueTask) -> bool:
-        p = task.payload
-        subject = task_subject(task.task, p.run_id, task.group or None, task.capabilities)
-        async for msg in stored_messages(self.js, TASK_STREAM, subject):
-            queued = TASK_DECODER.decode(msg.data or b"")
-            if (queued.step_id, queued.attempt, queued.instance) == (p.step_id, p.attempt, p.instance):
-                return True
-        async for msg in stored_messages(self.js, INBOX_STREAM, stored_inbox_filter(p.run_id)):
-            fact = EVENT_DECODER.decode(msg.data or b"")
-            if (fact.step_id, fact.attempt, fact.instance) == (
-                p.step_id,
-                p.attempt,
-                p.instance,
-            ) and fact.type in RESULT_FACTS:
-                return True
-        return False
 
     async def _drop(self, drops: list[DropTask]) -> None:
         for drop in drops:
