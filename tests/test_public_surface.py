@@ -68,6 +68,10 @@ def test_the_builder_and_client_are_where_the_docs_say():
         ["run", "approve", "--help"],
         ["run", "reject", "--help"],
         ["limits", "--help"],
+        ["drill", "--help"],
+        ["cluster", "up", "--help"],
+        ["cluster", "down", "--help"],
+        ["cluster", "status", "--help"],
     ],
 )
 def test_every_pinned_cli_command_exists(argv, capsys):

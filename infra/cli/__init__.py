@@ -21,7 +21,9 @@ from dagnats.domain.values import MAX_DEPTH, check_json_value
 
 from ..client import Client
 from ..wire.connection import nats_url
+from . import cluster as cluster_cli
 from . import dlq, render
+from . import drill as drill_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("data", nargs="?")
     p.set_defaults(func=cmd_event_publish)
+    cluster_cli.add_parser(commands, common)
+    drill_cli.add_parser(commands, common)
     return parser
 
 

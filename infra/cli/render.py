@@ -279,3 +279,83 @@ def watch_line(event: Event) -> str | None:
 
 def _timeout(ns: int) -> str:
     return format_duration(int(ns)) if ns else "none"
+
+
+# ---- cluster and drill ------------------------------------------------------------
+
+
+def cluster_processes(view: dict[str, Any]) -> str:
+    rows = [
+        (
+            p["role"],
+            p["name"],
+            p["pid"],
+            "yes" if p["alive"] else "no",
+            p.get("port") or "-",
+            p.get("http_port") or "-",
+            _meta(p),
+        )
+        for p in view["processes"]
+    ]
+    lines = [f"Cluster:  {view['directory']}", f"NATS URL: {view['url']}", ""]
+    lines.append(table(("ROLE", "NAME", "PID", "ALIVE", "PORT", "MONITOR", "JETSTREAM"), rows))
+    return "\n".join(lines)
+
+
+def _meta(proc: dict[str, Any]) -> str:
+    if proc["role"] != "nats" or not proc["alive"]:
+        return "-"
+    leader = proc.get("meta_leader") or "no leader"
+    current = "current" if proc.get("current") else "not current"
+    return f"leader {leader}, {current}"
+
+
+def cluster_down(result: dict[str, Any]) -> str:
+    stopped = ", ".join(result["stopped"]) or "nothing"
+    text = f"Stopped {stopped} ({result['directory']})"
+    if result["already_gone"]:
+        text += f"\nAlready gone: {', '.join(result['already_gone'])}"
+    return text
+
+
+DRILL_ROWS = (
+    ("runs started", "runs_started"),
+    ("runs completed", "runs_completed"),
+    ("runs failed", "runs_failed"),
+    ("runs lost", "runs_lost"),
+    ("runs stuck", "runs_stuck"),
+    ("runs quarantined", "runs_quarantined"),
+    ("divergent histories", "divergent_histories"),
+    ("history records / events", ("records", "events")),
+    ("duplicate events", "duplicate_events"),
+    ("event waits matched / timed out", ("waits_matched", "waits_timed_out")),
+    ("step executions", "step_exec_total"),
+    ("duplicates within bound", "dup_exec_within_bound"),
+    ("duplicates beyond bound", "dup_exec_beyond_bound"),
+    ("most executions of a step", "max_exec_one_step"),
+    ("faults injected", "faults"),
+    ("kill -> next event p50 / max (s)", ("recovery_first_event_p50_s", "recovery_first_event_max_s")),
+    ("kill -> affected runs done max (s)", "recovery_all_done_max_s"),
+    ("NATS unavailable (s)", "nats_unavailable_s"),
+)
+
+
+def drill_report(result: dict[str, Any], rerun: str) -> str:
+    figures = result["figures"]
+
+    def cell(key: str | tuple[str, ...]) -> str:
+        keys = (key,) if isinstance(key, str) else key
+        return " / ".join("-" if figures.get(k) is None else str(figures[k]) for k in keys)
+
+    lines = [table(("FIGURE", "VALUE"), [(label, cell(key)) for label, key in DRILL_ROWS]), ""]
+    if result["faults"]:
+        faults = [
+            (f"{f['at']:.1f}", f["kind"], f["target"], f"{f['restarted_at'] - f['killed_at']:.1f}", f["starts"])
+            for f in result["faults"]
+        ]
+        lines += [table(("AT (s)", "FAULT", "TARGET", "DOWN (s)", "STARTS"), faults), ""]
+    lines += [f"  {p}" for p in result["problems"][:20]]
+    if len(result["problems"]) > 20:
+        lines.append(f"  ... and {len(result['problems']) - 20} more (see --json)")
+    lines.append(f"{'PASS' if result['ok'] else 'FAIL'}  seed {result['seed']}; re-run with: {rerun}")
+    return "\n".join(lines)

@@ -14,6 +14,7 @@ import nats
 
 from ..tracing import setup_tracing
 from ..wire.connection import server_list
+from . import drill_hooks
 from .control import ControlPlane
 from .engine import Engine
 from .server import NatsServer
@@ -61,6 +62,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     try:
         await engine.start()
+        drill_hooks.install(engine.ports)  # no-op unless the drill asked for poison runs
         await api.start()
         _say(f"engine ready (pid {os.getpid()}); control plane on dagnats.api.* at {url}")
         if ready_file:

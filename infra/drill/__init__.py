@@ -1,0 +1,1 @@
+"""Local deployments (`dagnats cluster`) and the crash-recovery drill (`dagnats drill`)."""
