@@ -44,7 +44,7 @@ from .leases import PartitionLeases
 from .open_runs import OpenRuns
 from .ports import NatsPorts
 from .reader import RunReader
-from .streams import ensure_resources
+from .streams import ensure_resources, patiently
 
 log = logging.getLogger("dagnats.engine")
 
@@ -83,7 +83,7 @@ class Engine:
         self.rates = RateLimitActor.start(self.ports.limits, self.ports.clock)
         self.ports.flow = FlowControl(self.slots, self.rates, self.ports.clock)
         self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
-        await retire_old_consumer(self.js)
+        await patiently(retire_old_consumer, self.js)
         self.leases = PartitionLeases(self.js, self.engine_id, self.partition_count, self._gained, self._lost)
         self.dead_letters = DeadLetterMover(self.nc)
         await self.dead_letters.start()

@@ -43,7 +43,7 @@ from dagnats.domain.partition import assignment
 
 from ..wire.names import ENGINES_BUCKET, OWNERS_BUCKET
 from ..wire.reading import kv_entries
-from .streams import LEASE_TTL
+from .streams import LEASE_TTL, patiently
 
 log = logging.getLogger("dagnats.leases")
 
@@ -89,9 +89,14 @@ class PartitionLeases:
         self._owners: KeyValue | None = None
 
     async def start(self) -> None:
-        self._engines = await self.js.key_value(ENGINES_BUCKET)
-        self._owners = await self.js.key_value(OWNERS_BUCKET)
-        await self.tick()
+        """Join: a first tick now (if JetStream answers; an electing cluster may not, and
+        the next ticks carry on), then one every ``renew_every`` seconds."""
+        self._engines = await patiently(self.js.key_value, ENGINES_BUCKET)
+        self._owners = await patiently(self.js.key_value, OWNERS_BUCKET)
+        try:
+            await self.tick()
+        except Exception as err:  # noqa: BLE001 - retried by the loop
+            log.warning("partition leases, first tick: %s", err)
         self._task = asyncio.create_task(self._loop(), name="engine-leases")
 
     async def stop(self) -> None:

@@ -131,11 +131,11 @@ def stream_configs(replicas: int = 1, partitions: int = DEFAULT_PARTITIONS) -> l
 async def ensure_resources(js: JetStreamContext, replicas: int = 1, partitions: int | None = None) -> int:
     """Create, or bring up to date, every stream and KV bucket the engine uses; the
     partition count runs are divided into (the recorded one, once there is one)."""
-    count = await _patiently(_recorded_partitions, js) or partitions or DEFAULT_PARTITIONS
+    count = await patiently(_recorded_partitions, js) or partitions or DEFAULT_PARTITIONS
     if not 1 <= count <= MAX_PARTITIONS:
         raise ValueError(f"partitions must be between 1 and {MAX_PARTITIONS}, not {count}")
-    await asyncio.gather(*(_patiently(_ensure_stream, js, config) for config in stream_configs(replicas, count)))
-    await asyncio.gather(*(_patiently(_ensure_bucket, js, bucket, replicas) for bucket in KV_BUCKETS))
+    await asyncio.gather(*(patiently(_ensure_stream, js, config) for config in stream_configs(replicas, count)))
+    await asyncio.gather(*(patiently(_ensure_bucket, js, bucket, replicas) for bucket in KV_BUCKETS))
     return count
 
 
@@ -146,8 +146,9 @@ async def _recorded_partitions(js: JetStreamContext) -> int | None:
         return None
 
 
-async def _patiently(create, *args, attempts: int = 8) -> Any:
-    """Retry what a busy or electing cluster answers late (the JetStream API times out)."""
+async def patiently(create, *args, attempts: int = 8) -> Any:
+    """Retry what a busy or electing cluster answers late (the JetStream API times out):
+    about 20 s in all."""
     for attempt in range(attempts):
         try:
             return await create(*args)
