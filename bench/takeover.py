@@ -351,6 +351,7 @@ async def takeover(procs: Processes, url: str, engine_a: Child, run_ids: list[st
         result["engine_b_rss_mb"] = round(status["VmRSS"] / 1024, 1)
         result["engine_b_peak_rss_mb"] = round(status["VmHWM"] / 1024, 1)
         result["worker_started_after_kill"] = True
+    result["run_list"] = await time_run_list(url)
     log = engine_b.log_path.read_text(errors="replace")
     recovering = {int(p): int(k) for p, k in RECOVERING.findall(log)}
     result["b_recovered_runs"] = sum(recovering.values())
@@ -359,6 +360,18 @@ async def takeover(procs: Processes, url: str, engine_a: Child, run_ids: list[st
     await asyncio.to_thread(procs.stop, work)
     await asyncio.to_thread(procs.stop, engine_b)
     return result
+
+
+async def time_run_list(url: str) -> dict:
+    """``dagnats run list`` (its first 10 runs) from engine B: a request, not a start, but it
+    reads every snapshot."""
+    async with Client(url, timeout=120) as client:
+        began = time.perf_counter()
+        try:
+            runs = await client.runs(limit=10)
+        except Exception as err:  # noqa: BLE001 - reported
+            return {"error": f"{type(err).__name__}: {err}", "after_s": round(time.perf_counter() - began, 2)}
+        return {"runs": len(runs), "seconds": round(time.perf_counter() - began, 3)}
 
 
 async def _ready_at(engine: Child) -> float:
@@ -494,12 +507,19 @@ def render(results: dict) -> str:
                 "B: partitions taken over / runs brought up",
                 f"{tk.get('b_took_over_partitions')} / {tk.get('b_recovered_runs')}",
             ],
+            ["run list (first 10) from B, after", _run_list(tk.get("run_list") or {})],
             ["B RSS after (peak)", f"{_num(tk.get('engine_b_rss_mb'))} MB ({_num(tk.get('engine_b_peak_rss_mb'))} MB)"],
         ]
         out += _table(["takeover (worker started at the kill)", ""], rows, set())
     for err in results.get("errors", []):
         out.append(f"error: {err}")
     return "\n".join(out)
+
+
+def _run_list(data: dict) -> str:
+    if "error" in data:
+        return f"failed after {data['after_s']} s: {data['error']}"
+    return f"{data.get('runs')} runs in {_num(data.get('seconds'), 2)} s"
 
 
 def _terminate(signum: int, frame: object) -> None:
