@@ -14,18 +14,18 @@ every engine a ``dagnats serve --external`` process of its own:
    records (with their ``Nats-Msg-Id``) and its snapshot are read back.
 3. finished: ``--finished`` copies of that run are written straight to the
    server, the template's run id replaced by ``done-<n>`` in every record,
-   message id and snapshot: ``history.<run>`` records, the ``run.<run>`` key
-   of ``workflow_runs``, and the run's ``OPEN_RUNS`` entry published and then
-   purged, as a run that started and ended leaves them (pipelined async
-   publishes, 4,000 in flight; purges 200 at a time). Driving them through an
+   message id and snapshot: ``history.<run>`` records and the ``run.<run>`` key
+   of ``workflow_runs``, as a run that started and ended leaves them (its open
+   snapshot, ``open.<partition>.<run>``, was purged when it ended and leaves
+   nothing behind; pipelined async publishes, 4,000 in flight). Driving them through an
    engine would cost ~250 runs/s on this machine: 400 s per 100,000.
 4. starts again: as 1, now with the finished runs present. The bench also
-   times the listing a new owner makes (``OpenRuns.listed`` of every
+   times the listing a new owner makes (``HistoryStore.open_runs`` of every
    partition) and, for comparison, the old start path (every snapshot of
    ``workflow_runs``, ``HistoryStore.snapshots``).
 5. in flight: engine A starts; ``--in-flight`` runs of ``tko-one`` are started
    with no worker running, so each waits on its queued task; the bench waits
-   until every one is indexed in ``OPEN_RUNS`` and queued on ``TASK_QUEUES``.
+   until every one has its open snapshot and its task queued on ``TASK_QUEUES``.
 6. takeover: an ordered push consumer on ``history.>`` (deliver new) watches
    the in-flight runs. Engine B starts; the moment its heartbeat is in the
    ``engines`` bucket (before it can be handed anything), A is killed with
@@ -66,10 +66,9 @@ from dagnats.domain.events import WORKFLOW_COMPLETED, decode_record  # noqa: E40
 from dagnats.infra.client import Client  # noqa: E402
 from dagnats.infra.engine.history import HistoryStore, snapshot_key  # noqa: E402
 from dagnats.infra.engine.leases import heartbeats, owners  # noqa: E402
-from dagnats.infra.engine.open_runs import OpenRuns, open_subject  # noqa: E402
 from dagnats.infra.engine.streams import ensure_resources  # noqa: E402
 from dagnats.infra.wire.headers import MSG_ID  # noqa: E402
-from dagnats.infra.wire.names import HISTORY_STREAM, OPEN_RUNS_STREAM, RUNS_BUCKET, TASK_STREAM  # noqa: E402
+from dagnats.infra.wire.names import HISTORY_STREAM, RUNS_BUCKET, TASK_STREAM  # noqa: E402
 from dagnats.infra.wire.reading import stored_batches  # noqa: E402
 from dagnats.infra.wire.subjects import history_subject  # noqa: E402
 
@@ -77,7 +76,7 @@ RESULTS = REPO / "bench" / "results"
 ONE_STEP = {"name": "tko-one", "steps": [{"id": "a", "task": "noop_a"}]}
 TEMPLATE = "tko-template-run"
 FINISHED, QUICK_FINISHED, IN_FLIGHT = 100_000, 10_000, 1_000
-PENDING_PUBLISHES, PURGES_AT_ONCE, STARTS_AT_ONCE = 4_000, 200, 50
+PENDING_PUBLISHES, STARTS_AT_ONCE = 4_000, 50
 RESUME_SECONDS = 300.0  # after the kill, every in-flight run must complete within this long
 RECOVERING = re.compile(r"partition (\d+): recovering (\d+) unfinished runs")
 TOOK_OVER = re.compile(r"took over partition (\d+) from")
@@ -127,11 +126,12 @@ async def time_starts(procs: Processes, url: str, count: int, label: str) -> dic
 
 
 async def listing_costs(url: str, partitions: int) -> dict:
-    """What a new owner lists (OPEN_RUNS, every partition) against the old path (every snapshot)."""
+    """What a new owner lists (the open snapshots of every partition) against the old path (every snapshot)."""
     async with Client(url, timeout=60) as client:
         js = client.nc.jetstream()
         began = time.perf_counter()
-        listed = [run for p in range(partitions) for run in await OpenRuns(client.nc, js, partitions).listed(p)]
+        store = HistoryStore(js, partitions=partitions)
+        listed = [run for p in range(partitions) for run in await store.open_runs(p)]
         open_s = time.perf_counter() - began
         began = time.perf_counter()
         snapshots = await HistoryStore(js).snapshots()
@@ -185,24 +185,14 @@ async def write_finished(url: str, template: dict, count: int, partitions: int) 
             acks.append(await js.publish_async(history_subject(run_id), data.replace(tid, rid), headers=headers))
         snapshot = template["snapshot"].replace(tid, rid)
         acks.append(await js.publish_async(f"$KV.{RUNS_BUCKET}.{snapshot_key(run_id)}", snapshot))
-        acks.append(await js.publish_async(open_subject(run_id, partitions), b""))
         if len(acks) >= 10 * PENDING_PUBLISHES or n == count - 1:
             writes += await _settled(acks)
             acks = []
         if n and n % 10_000 == 0:
             say(f"  {n:,} finished runs written ({time.perf_counter() - began:.0f} s)")
     publish_s = time.perf_counter() - began
-    began = time.perf_counter()
-    purge = asyncio.Semaphore(PURGES_AT_ONCE)
-
-    async def purged(run_id: str) -> None:
-        async with purge:
-            await js.purge_stream(OPEN_RUNS_STREAM, subject=open_subject(run_id, partitions))
-
-    await asyncio.gather(*(purged(f"done-{n:06d}") for n in range(count)))
-    purge_s = time.perf_counter() - began
     streams = {}
-    for name in (HISTORY_STREAM, f"KV_{RUNS_BUCKET}", OPEN_RUNS_STREAM):
+    for name in (HISTORY_STREAM, f"KV_{RUNS_BUCKET}"):
         state = (await js.stream_info(name)).state
         streams[name] = {"messages": state.messages, "bytes": state.bytes, "last_seq": state.last_seq}
     await nc.close()
@@ -213,7 +203,6 @@ async def write_finished(url: str, template: dict, count: int, partitions: int) 
         "writes": writes,
         "publish_s": round(publish_s, 1),
         "writes_per_s": round(writes / publish_s, 1) if publish_s else None,
-        "open_runs_purge_s": round(purge_s, 1),
         "streams_after": streams,
     }
 
@@ -243,8 +232,9 @@ async def start_in_flight(procs: Processes, url: str, count: int) -> tuple[Child
         started_s = time.perf_counter() - began
         js = client.nc.jetstream()
         deadline = time.monotonic() + 120
+        store = HistoryStore(js, partitions=await ensure_resources(js))
         while True:
-            indexed = (await js.stream_info(OPEN_RUNS_STREAM)).state.messages
+            indexed = sum([len(await store.open_runs(p)) for p in range(store.partitions or 0)])
             queued = (await js.stream_info(TASK_STREAM)).state.messages
             if indexed >= count and queued >= count:
                 break
@@ -444,10 +434,9 @@ def render(results: dict) -> str:
     if fin:
         streams = fin.get("streams_after", {})
         rows = [
-            ["how", "copies of one real run (its records, msg ids, snapshot), written directly; OPEN_RUNS put+purge"],
+            ["how", "copies of one real run (its records, msg ids, finished snapshot), written directly"],
             ["records per run / snapshot bytes", f"{fin['records_per_run']} / {fin['snapshot_bytes']:,}"],
             ["writes / time / rate", f"{fin['writes']:,} / {fin['publish_s']:g} s / {_num(fin['writes_per_s'])}/s"],
-            ["OPEN_RUNS purges", f"{fin['runs']:,} in {fin['open_runs_purge_s']:g} s"],
             *[
                 [f"{name} after", f"{v['messages']:,} msgs, {v['bytes'] / 1e6:.1f} MB, last seq {v['last_seq']:,}"]
                 for name, v in streams.items()
@@ -481,7 +470,9 @@ def render(results: dict) -> str:
             )
     if rows:
         out += _table(
-            ["what a start lists, timed in the bench", "OPEN_RUNS, every partition", "old: every snapshot"], rows, set()
+            ["what a start lists, timed in the bench", "open snapshots, every partition", "old: every snapshot"],
+            rows,
+            set(),
         ) + [""]
     if tk:
         rows = [
