@@ -38,6 +38,7 @@ from dagnats.domain.events import Event, decode_event, format_timestamp, parse_t
 from ..tracing import valid_trace_parent
 from .bridge import LoopBridge
 from .dead_letters import DeadLetterMover
+from .handoff import Handoff
 from .history import HistoryStore
 from .inbox import LEGACY, PartitionPuller, retire_old_consumer
 from .leases import PartitionLeases
@@ -75,13 +76,16 @@ class Engine:
         loop = asyncio.get_running_loop()
         self.bridge = LoopBridge(loop)
         self.reader = RunReader(self.nc, HistoryStore(self.js, self.nc.max_payload, self.partition_count), loop)
-        self.ports = NatsPorts(self.js, self.bridge, self.reader, self.nc.max_payload, self.clock)
+        self.ports = NatsPorts(
+            self.js, self.bridge, self.reader, self.nc.max_payload, self.clock, partitions=self.partition_count
+        )
         self.timers = TimerActor.start(self.ports.clock, self.ports.timers)
         self.slots = ConcurrencyActor.start(self.ports.limits, self.ports.clock)
         self.rates = RateLimitActor.start(self.ports.limits, self.ports.clock)
         self.ports.flow = FlowControl(self.slots, self.rates, self.ports.clock)
         self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
         await patiently(retire_old_consumer, self.js)
+        self.handoff = Handoff(self.nc, self.partition_count, self.directory.tell, self._holds, _sanitized)
         self.leases = PartitionLeases(self.js, self.engine_id, self.partition_count, self._gained, self._lost)
         self.dead_letters = DeadLetterMover(self.nc)
         await self.dead_letters.start()
@@ -96,6 +100,7 @@ class Engine:
         for puller in list(self.pullers.values()):
             await _quietly(puller.stop())
         self.pullers.clear()
+        await _quietly(self.handoff.close_all())
         await self.dead_letters.stop()
         # Actors block on the loop; stop them from a thread so the loop keeps serving them.
         await asyncio.to_thread(self._stop_actors)
@@ -123,6 +128,7 @@ class Engine:
             puller = PartitionPuller(self.js, consumed, self._dispatch, self._holds)
             await puller.start(fresh=previous is not None)
             self.pullers[consumed] = puller
+        await self.handoff.open(partition)
         unfinished = await self.reader.store.open_runs(partition)
         for run_id in unfinished:
             self.directory.tell(Deliver(run_id, ()))
@@ -131,6 +137,7 @@ class Engine:
 
     async def _lost(self, partition: int, graceful: bool) -> None:
         """Stop consuming a partition; handed over, let what was fetched be handled first."""
+        await self.handoff.close(partition)
         for consumed in (partition, LEGACY) if partition == 0 else (partition,):
             puller = self.pullers.pop(consumed, None)
             if puller is not None:
