@@ -20,6 +20,8 @@ exception in the author's code fails the execution.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -340,3 +342,10 @@ def _with_callback(payload: Any, fields: CallbackFields) -> Any:
     if isinstance(payload, dict):
         return {**payload, **extra}
     return {"payload": payload, **extra}
+
+
+def execution_id(workflow_id: str, key: str) -> str:
+    """The run id of the execution of ``workflow_id`` for ``key``: readable, a safe identifier, unique."""
+    digest = hashlib.sha256(f"{workflow_id}\0{key}".encode()).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", f"{workflow_id}-{key}")[:55]
+    return f"{readable}-{digest}"
