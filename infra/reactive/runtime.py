@@ -147,7 +147,11 @@ class ReactiveRuntime:
             durable = f"reactive-{source.wf.id}-{source.rules[0].id}"
             await self._consume(t.stream, t.subject, durable, lambda msg: self._on_message(source, msg, True))
         else:
-            self._subs.append(await self.nc.subscribe(t.subject, cb=lambda msg: self._on_message(source, msg, False)))
+
+            async def on_core(msg: Any) -> None:
+                await self._on_message(source, msg, False)
+
+            self._subs.append(await self.nc.subscribe(t.subject, cb=on_core))
 
     async def _consume(self, stream: str, subject: str, durable: str, handler: Callable[[Any], Any]) -> None:
         config = api.ConsumerConfig(
