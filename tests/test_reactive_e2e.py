@@ -224,3 +224,39 @@ async def _async(value):
 def _restart(proc: Proc) -> None:
     proc.ready.clear()
     proc.start()
+
+
+def test_an_execution_shows_in_run_status_events_and_inspect(nats_url, run, tmp_path):
+    from e2e_support import Cli, Serve
+
+    proc = _reactive(tmp_path, nats_url)
+    serve = Serve(nats_url, external=True)
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await _streams(js)
+        await asyncio.to_thread(proc.start)
+        orders = await js.key_value("orders")
+        for stage in ("placed", "paid", "shipped"):
+            await orders.put("order.o1", json.dumps({"stage": stage, "amount": 3}).encode())
+            await asyncio.sleep(0.2)
+        await _until(lambda: _phase(js, "shipped"), what="phase shipped")
+        await nc.close()
+
+    try:
+        run(body(), timeout=60)
+        serve.start()
+        cli, run_id = Cli(nats_url), execution_id("order-chain", "order.o1")
+        status = cli("run", "status", run_id, json=True)
+        assert status["kind"] == "reactive" and status["status"] == "completed"
+        assert status["phase"] == "shipped" and status["iteration"] == 0
+        assert [t["rule_id"] for t in status["timeline"]] == ["place", "pay", "ship", "finish"]
+        events = cli("run", "events", run_id, json=True)
+        types = [e["type"] for e in (events["events"] if isinstance(events, dict) else events)]
+        assert types[0] == "reactive.created" and types[-1] == "reactive.ended"
+        human = cli("run", "inspect", run_id).stdout
+        assert "Phase:    shipped" in human and "finish" in human
+    finally:
+        serve.stop()
+        proc.stop()
