@@ -330,16 +330,21 @@ class ControlPlane:
 
     async def limits(self, req: wire.ListLimits) -> dict[str, Any]:
         """Every limit key: what is in use, who waits (the head of each queue), and why."""
-        views = await list_limits(self.js, _now())
-        shown = []
+        views = sorted(await list_limits(self.js, _now()), key=lambda v: v.key)
+        shown: list[dict[str, Any]] = []
+        size = 0
         for view in views:
-            if not view.key.startswith(req.prefix):
+            if not view.key.startswith(req.prefix) or view.key <= req.after:
                 continue
             entry = msgspec.to_builtins(view)
             entry["queued"] = len(view.queue)
             entry["queue"] = entry.get("queue", [])[: max(0, req.queue)]
+            cost = len(msgspec.json.encode(entry)) + 1
+            if shown and size + cost > self.max_reply:  # a page per reply: the rest after this key
+                return {"limits": shown, "next": shown[-1]["key"]}
             shown.append(entry)
-        return {"limits": shown}
+            size += cost
+        return {"limits": shown, "next": None}
 
     # ---- dead letters ------------------------------------------------------------------
 

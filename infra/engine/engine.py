@@ -11,7 +11,7 @@ is redelivered. Every effect of a recorded decision (tasks, timer schedules)
 is stored before the fact that led to it is acknowledged, and a fact whose
 effects were not stored comes back and rebuilds its run, so nothing needs
 re-arming at start; an engine that gains a partition still brings up the
-partition's unfinished runs (``open_runs``), to re-issue a task lost behind its
+partition's unfinished runs (their snapshots are kept by partition), to re-issue a task lost behind its
 back (a purged queue). Run actors publish their state into the ``RunReader``,
 which readers ask.
 """
@@ -41,7 +41,6 @@ from .dead_letters import DeadLetterMover
 from .history import HistoryStore
 from .inbox import LEGACY, PartitionPuller, retire_old_consumer
 from .leases import PartitionLeases
-from .open_runs import OpenRuns
 from .ports import NatsPorts
 from .reader import RunReader
 from .streams import ensure_resources, patiently
@@ -75,8 +74,7 @@ class Engine:
         self.partition_count = await ensure_resources(self.js, self.replicas, self.partitions)
         loop = asyncio.get_running_loop()
         self.bridge = LoopBridge(loop)
-        self.open_runs = OpenRuns(self.nc, self.js, self.partition_count)
-        self.reader = RunReader(self.nc, HistoryStore(self.js, self.nc.max_payload, self.open_runs), loop)
+        self.reader = RunReader(self.nc, HistoryStore(self.js, self.nc.max_payload, self.partition_count), loop)
         self.ports = NatsPorts(self.js, self.bridge, self.reader, self.nc.max_payload, self.clock)
         self.timers = TimerActor.start(self.ports.clock, self.ports.timers)
         self.slots = ConcurrencyActor.start(self.ports.limits, self.ports.clock)
@@ -125,7 +123,7 @@ class Engine:
             puller = PartitionPuller(self.js, consumed, self._dispatch, self._holds)
             await puller.start(fresh=previous is not None)
             self.pullers[consumed] = puller
-        unfinished = await self.open_runs.listed(partition)
+        unfinished = await self.reader.store.open_runs(partition)
         for run_id in unfinished:
             self.directory.tell(Deliver(run_id, ()))
         if unfinished:
