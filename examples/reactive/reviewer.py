@@ -1,6 +1,6 @@
 """The reviewer service of the plan-review example: rejects twice, then approves.
 
-    python examples/reactive/reviewer.py [--request ID]
+python examples/reactive/reviewer.py [--request ID]
 """
 
 import argparse
