@@ -24,6 +24,7 @@ from ..wire.connection import nats_url
 from . import cluster as cluster_cli
 from . import dlq, render
 from . import drill as drill_cli
+from . import reactive as reactive_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_event_publish)
     cluster_cli.add_parser(commands, common)
     drill_cli.add_parser(commands, common)
+    reactive_cli.add_parser(commands, common)
     return parser
 
 
