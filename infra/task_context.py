@@ -62,6 +62,7 @@ from dagnats.domain.identifiers import check_identifier
 from .added_steps import AddedSteps
 from .context import Continue, TaskContext, TaskIO
 from .wire.facts import publish_fact
+from .wire.handoff import hand_over
 from .wire.headers import HANDOFF, TRACEPARENT
 from .wire.subjects import inbox_subject
 
@@ -70,7 +71,6 @@ _tracer = trace.get_tracer("dagnats.worker")
 
 MAX_ERROR_CHARS = 16_384  # the engine keeps less; this only keeps a fact under max_payload
 STARTED_REPORT_DELAY = 0.05  # seconds a handler runs before its step.started is sent
-HANDOFF_TIMEOUT = 10.0  # seconds the run's owner has to record a result handed to it
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -286,22 +286,12 @@ class TaskRunner:
             return await self._report(ctx, failure(too_large[0], FailureType.PERMANENT), started_at=started_at)
         if handoff and len(facts) == 1 and outcome.type in (STEP_COMPLETED, STEP_FAILED):
             event, body, _ = facts[0]
-            if await self._hand_over(handoff, event, body):
+            if await hand_over(self.js._nc, handoff, body, event.trace_parent):
                 return True
         for event, body, _ in facts:
             if not await self._publish(event, body):
                 return False
         return True
-
-    async def _hand_over(self, subject: str, event: Event, body: bytes) -> bool:
-        """Hand the result to the run's owner; True once it says the result is in the history."""
-        headers = {TRACEPARENT: event.trace_parent} if event.trace_parent else None
-        try:
-            reply = await self.js._nc.request(subject, body, timeout=HANDOFF_TIMEOUT, headers=headers)
-        except Exception as err:  # noqa: BLE001 - no owner now, or a slow one: the inbox takes it
-            log.debug("handoff of %s for run %s: %s", event.type, event.run_id, describe(err))
-            return False
-        return reply.data == b'{"stored":true}'
 
     async def _report(
         self, ctx: TaskContext, outcome: Outcome, at: str = "", started_at: str = "", nth: int = 1

@@ -85,8 +85,48 @@ def _cluster_if_answered(cli: Cli) -> dict | None:
         return None
 
 
-def _owned_by(view: dict | None, pid: int) -> set[int]:
-    return next((set(e["partitions"]) for e in (view or {"engines": []})["engines"] if e["pid"] == pid), set())
+def _recorded(url: str, run_id: str) -> list[str]:
+    """The types of the events in the run's history, read from the stream (not the control
+    plane, whose requests a paused engine takes its share of and never answers)."""
+    import nats
+
+    from dagnats.domain.events import decode_record
+    from dagnats.infra.wire.names import HISTORY_STREAM
+    from dagnats.infra.wire.reading import stored_messages
+    from dagnats.infra.wire.subjects import history_subject
+
+    async def go():
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            return [
+                e.type
+                async for msg in stored_messages(js, HISTORY_STREAM, history_subject(run_id))
+                for e in decode_record(msg.data or b"[]")
+            ]
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def _owner_pid(url: str, partition: int) -> int | None:
+    """The PID of the live engine that owns ``partition``, read from the lease buckets."""
+    import nats
+
+    from dagnats.infra.engine.leases import heartbeats, owners
+
+    async def go():
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            beats, owned = await heartbeats(js), await owners(js)
+        finally:
+            await nc.close()
+        pids = {beat.engine: beat.pid for beat in beats}
+        return pids.get(owned.get(partition, ""))
+
+    return asyncio.run(go())
 
 
 def _divided(cli: Cli, engines: int):
@@ -183,16 +223,18 @@ def test_a_paused_owner_steps_down_and_no_history_diverges(nats, engines, worker
 
     os.kill(zombie.pid, signal.SIGSTOP)
     try:
-        # The other engine takes the partition once the paused one's heartbeat lapses.
+        # The other engine takes the partition once the paused one's heartbeat lapses (read
+        # from KV: the paused engine still takes its share of control-plane requests).
         wait_for(
-            lambda: partition in _owned_by(_cluster_if_answered(cli), other.pid),
-            LEASE_TTL + 20,
+            lambda: _owner_pid(nats.url, partition) == other.pid,
+            LEASE_TTL + 30,
             "the other engine to take the paused one's partitions",
         )
         open_gate(worker.journal, run_id, "hold")  # the step ends; the new owner records it
-        final = cli.wait_status(run_id, "completed", timeout=30)
+        wait_for(lambda: "workflow.completed" in _recorded(nats.url, run_id), 40, "the new owner to finish the run")
     finally:
         os.kill(zombie.pid, signal.SIGCONT)
+    final = cli.wait_status(run_id, "completed", timeout=30)
     wait_for(lambda: "stepping down" in zombie.output, 20, "the resumed engine to step down")
     # Back in the cluster, it gets its share again (handed over, not taken).
     wait_for(lambda: _divided(cli, 2), 40, "the partitions to be divided again")

@@ -115,7 +115,9 @@ class ControlPlane:
         self.signals = await self.js.key_value(SIGNALS_BUCKET)
         self.admission = Admission(self.js)
         await self.admission.open()
-        self.starts = RunStarts(self.js, self.defs, self.admission, self.reader, self.max_reply, self.cancel_by)
+        self.starts = RunStarts(
+            self.js, self.defs, self.admission, self.reader, self.max_reply, self.cancel_by, self.engine.partition_count
+        )
         self.correlator = Correlator(self.js, self.reader.status_of, self.cancel_by)
         await self.correlator.start()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)

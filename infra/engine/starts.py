@@ -24,11 +24,14 @@ from dagnats.domain.decide import unsupported_step_type
 from dagnats.domain.definition import EXECUTED_STEP_TYPES, WorkflowDef
 from dagnats.domain.errors import InvalidInput, PayloadTooLarge, RunAlreadyStarted, UnsupportedStepType
 from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.partition import partition_of
 from dagnats.domain.values import json_problem
 
 from ..tracing import api_span
 from ..wire import control as wire
 from ..wire.facts import publish_fact
+from ..wire.handoff import hand_over
+from ..wire.subjects import handoff_subject
 from .admission import Admission
 from .definitions import Definitions
 from .reader import RunReader
@@ -45,9 +48,10 @@ class RunStarts:
         reader: RunReader,
         max_payload: int,
         cancel_by: CancelBy,
+        partitions: int | None = None,
     ) -> None:
         self.js, self.defs, self.admission, self.reader = js, defs, admission, reader
-        self.max_payload, self.cancel_by = max_payload, cancel_by
+        self.max_payload, self.cancel_by, self.partitions = max_payload, cancel_by, partitions
 
     async def start_run(self, req: wire.StartRun) -> dict[str, Any]:
         wf = await self.defs.get(check_identifier("workflow name", req.workflow))
@@ -65,7 +69,7 @@ class RunStarts:
                 existing = await self._same_run(event, await self.reader.recorded_start(run_id))
                 if existing is not None:
                     return existing
-            return await self._start(wf, event, req.idempotency_key)
+            return await self._start(wf, event, req.idempotency_key, fresh_id=not req.run_id)
 
     async def start_child(self, child: StartChildRun, parent_run_id: str, trace_parent: str) -> dict[str, Any]:
         """Start a sub_workflow's child run through the same admission as any run (raises
@@ -121,8 +125,16 @@ class RunStarts:
         raise RunAlreadyStarted(event.run_id, first.payload.workflow_def.name)
 
     async def _start(
-        self, wf: WorkflowDef, event: ev.WorkflowStarted, explicit_key: Any, idempotent: bool = True
+        self,
+        wf: WorkflowDef,
+        event: ev.WorkflowStarted,
+        explicit_key: Any,
+        idempotent: bool = True,
+        fresh_id: bool = False,
     ) -> dict[str, Any]:
+        """Admit and store a start request. A run id made here (no one else can start
+        the same run) is handed straight to its owner, stored once, in its history;
+        otherwise, or if no owner takes it, it goes to the run's inbox."""
         data = event.payload.input if event.payload else None
         encoded = ev.encode_event(event)
         if len(encoded) > self.max_payload:
@@ -137,11 +149,12 @@ class RunStarts:
             replaced = await self.admission.take_singleton(wf, data, run_id, self.reader.status_of)
             now = ev.parse_timestamp(event.timestamp)
             await self.admission.register_waiters(wf, data, run_id, lambda ns: _after(now, ns))
-            ack = await publish_fact(self.js, event, body=encoded)
+            handed = fresh_id and await self._hand_over(event, encoded)
+            ack = None if handed else await publish_fact(self.js, event, body=encoded)
         except BaseException:
             await self.admission.release_idempotency(claimed)
             raise
-        if ack.duplicate:
+        if ack is not None and ack.duplicate:
             # Another start with this run id got in first, a moment ago (it may still
             # wait in the inbox: the recorded history was read before the publish).
             first = await self.reader.first_event(run_id)
@@ -149,6 +162,12 @@ class RunStarts:
         if replaced:
             await self.cancel_by(replaced, f"replaced by run {run_id} (singleton cancel)", f"singleton.{run_id}")
         return {"run_id": run_id}
+
+    async def _hand_over(self, event: ev.WorkflowStarted, body: bytes) -> bool:
+        if not self.partitions:
+            return False
+        subject = handoff_subject(partition_of(event.run_id, self.partitions))
+        return await hand_over(self.js._nc, subject, body, event.trace_parent)
 
 
 def _check_schema(schema: dict[str, Any], data: Any) -> None:

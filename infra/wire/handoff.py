@@ -1,0 +1,30 @@
+"""Handing a fact straight to its run's owner (`dagnats.handoff.<partition>`, request/reply)
+instead of storing it in the run's inbox first: see ``engine.handoff``."""
+
+from __future__ import annotations
+
+import logging
+
+from nats.aio.client import Client as NATS
+
+from .headers import TRACEPARENT
+
+log = logging.getLogger("dagnats.handoff")
+
+STORED = b'{"stored":true}'
+NOT_STORED = b'{"stored":false}'
+HANDOFF_TIMEOUT = 10.0  # seconds the run's owner has to record a fact handed to it
+
+
+async def hand_over(
+    nc: NATS, subject: str, body: bytes, trace_parent: str = "", timeout: float = HANDOFF_TIMEOUT
+) -> bool:
+    """True once the run's owner says the fact is in the run's history; False when no
+    owner answered, or not in time, or it would not take it (the caller then uses the inbox)."""
+    headers = {TRACEPARENT: trace_parent} if trace_parent else None
+    try:
+        reply = await nc.request(subject, body, timeout=timeout, headers=headers)
+    except Exception as err:  # noqa: BLE001 - no owner now, or a slow one: the inbox takes it
+        log.debug("handoff on %s: %s", subject, err)
+        return False
+    return reply.data == STORED
