@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--partitions", type=_positive, help="partitions runs are divided into (fixed when first created; default 32)"
+    )
+    serve.add_argument(
+        "--http",
+        default=os.environ.get("DAGNATS_HTTP"),
+        metavar="HOST:PORT|off",
+        help="HTTP API, workers, triggers and console (default 127.0.0.1:8080, skipped if taken; env DAGNATS_HTTP)",
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -238,6 +245,7 @@ def _parse_input(text: str | None, what: str) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..engine.serve import serve
     from ..engine.server import ServerError
+    from ..http.server import AddressTaken
 
     try:
         asyncio.run(
@@ -248,9 +256,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 args.max_live_runs,
                 replicas=args.replicas,
                 partitions=args.partitions,
+                http=args.http,
             )
         )
-    except ServerError as err:
+    except (ServerError, AddressTaken) as err:
         return _fail(args, str(err))
     except OSError as err:
         return _fail(args, f"cannot connect to NATS at {_url(args)}: {err}")
