@@ -42,9 +42,9 @@ VERSION = "0.1.0"
 
 
 def all_endpoints() -> list[Endpoint]:
-    from . import api, scheduled
+    from . import api, scheduled, workers
 
-    return [*api.ROUTES.endpoints, *scheduled.ROUTES.endpoints, *_own.endpoints]
+    return [*api.ROUTES.endpoints, *scheduled.ROUTES.endpoints, *workers.ROUTES.endpoints, *_own.endpoints]
 
 
 def build_app(

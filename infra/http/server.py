@@ -55,6 +55,7 @@ def bind(host: str, port: int) -> socket.socket:
 class HttpServer:
     def __init__(self, app: Any, sock: socket.socket) -> None:
         self.sock = sock
+        self.app_state = getattr(getattr(app, "app", app), "state", None)
         config = uvicorn.Config(
             app,
             lifespan="off",
@@ -80,6 +81,9 @@ class HttpServer:
         self._main = asyncio.create_task(self.server.main_loop(), name="http-server")
 
     async def stop(self) -> None:
+        bridge = getattr(self.app_state, "bridge", None)
+        if bridge is not None:  # tasks held for HTTP workers go back to the queue at once
+            await bridge.close()
         self.server.should_exit = True
         if self._main is not None:
             with contextlib.suppress(Exception):
