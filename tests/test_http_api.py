@@ -136,3 +136,31 @@ def test_openapi_document_covers_the_whole_api_and_has_a_docs_page(nats_url, run
             assert page.headers["content-type"].startswith("text/html") and "/openapi.json" in page.text
 
     run(body())
+
+
+def test_bulk_start_cancel_and_retry_each_with_a_dry_run(nats_url, run):
+    async def body():
+        async with ApiHarness(nats_url) as h:
+            await h.http.post("/workflows", json=ONE_STEP)
+            dry = (await h.http.post("/runs/bulk", json={"workflow": "one", "inputs": [1, 2], "dry_run": True})).json()
+            assert dry == {"run_ids": [], "total": 2, "dry_run": True}
+            started = await h.http.post("/runs/bulk", json={"workflow": "one", "inputs": [1, 2, 3]})
+            assert started.status_code == 201 and started.json()["total"] == 3, started.text
+            for run_id in started.json()["run_ids"]:
+                await h.engine.wait_status(run_id, "running")
+            would = (await h.http.post("/runs/cancel", json={"workflow": "one", "dry_run": True})).json()
+            assert sorted(would["cancelled"]) == sorted(started.json()["run_ids"]) and would["dry_run"] is True
+            assert (await h.http.get("/runs", params={"status": "running"})).json()["runs"]  # nothing cancelled
+            done = (await h.http.post("/runs/cancel", json={"workflow": "one"})).json()
+            assert len(done["cancelled"]) == 3
+            for run_id in started.json()["run_ids"]:
+                await h.engine.wait_status(run_id, "cancelled")
+            retry = {"workflow": "one", "status": "cancelled"}
+            planned = (await h.http.post("/runs/retry", json={**retry, "dry_run": True})).json()
+            assert len(planned["retried"]) == 3 and "new_run_id" not in planned["retried"][0]
+            retried = (await h.http.post("/runs/retry", json=retry)).json()
+            assert all(r["new_run_id"] for r in retried["retried"])
+            bad = await h.http.post("/runs/bulk", json={"workflow": "one", "inputs": [1] * 1001})
+            assert bad.status_code == 400
+
+    run(body())

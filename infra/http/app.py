@@ -42,9 +42,10 @@ VERSION = "0.1.0"
 
 
 def all_endpoints() -> list[Endpoint]:
-    from . import api, scheduled, workers
+    from . import api, bulk, scheduled, workers
 
-    return [*api.ROUTES.endpoints, *scheduled.ROUTES.endpoints, *workers.ROUTES.endpoints, *_own.endpoints]
+    modules = (scheduled, bulk, api, workers)  # /runs/bulk before /runs/{run_id}
+    return [e for m in modules for e in m.ROUTES.endpoints] + _own.endpoints
 
 
 def build_app(
