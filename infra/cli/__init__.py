@@ -25,6 +25,7 @@ from ..wire.connection import nats_url
 from . import cluster as cluster_cli
 from . import dlq, render
 from . import drill as drill_cli
+from . import trigger as trigger_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run_list)
 
     dlq.add_parser(commands, common)
+    trigger_cli.add_parser(commands, common)
     event = commands.add_parser("event", help="external events").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )

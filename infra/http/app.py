@@ -42,9 +42,9 @@ VERSION = "0.1.0"
 
 
 def all_endpoints() -> list[Endpoint]:
-    from . import api, bulk, scheduled, workers
+    from . import api, bulk, scheduled, triggers, workers
 
-    modules = (scheduled, bulk, api, workers)  # /runs/bulk before /runs/{run_id}
+    modules = (scheduled, bulk, api, workers, triggers)  # /runs/bulk before /runs/{run_id}
     return [e for m in modules for e in m.ROUTES.endpoints] + _own.endpoints
 
 

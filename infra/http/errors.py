@@ -50,6 +50,7 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (errs.ReplyTooLarge, 422),
     (errs.Unavailable, 503),
     (TimeoutError, 503),
+    (LookupError, 404),
 ]
 
 
