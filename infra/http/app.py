@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from . import console
 from .docs_page import DOCS_PAGE
 from .endpoints import (
     DEFAULT_MAX_BODY,
@@ -61,7 +62,7 @@ def build_app(
     limit = max_body or min(DEFAULT_MAX_BODY, plane.nc.max_payload)
     endpoints = all_endpoints()
     routes: list[BaseRoute] = [Route(e.path, serve_endpoint(e, limit), methods=[e.method]) for e in endpoints]
-    routes += extra_routes or []
+    routes += console.ROUTES + (extra_routes or [])
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
