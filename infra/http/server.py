@@ -98,7 +98,7 @@ async def start_http(plane: Any, address: str | None) -> HttpServer | None:
     from .app import build_app
 
     explicit = address is not None
-    parsed = parse_address(address if explicit else DEFAULT_ADDRESS)
+    parsed = parse_address(address) if address is not None else parse_address(DEFAULT_ADDRESS)
     if parsed is None:
         return None
     try:
