@@ -111,7 +111,7 @@ def test_approve_and_reject_over_http(nats_url, run):
 def test_limits_status_dead_letters_and_metrics(nats_url, run):
     async def body():
         async with ApiHarness(nats_url) as h:
-            assert (await h.http.get("/limits")).json() == {"limits": []}
+            assert (await h.http.get("/limits")).json()["limits"] == []
             assert (await h.http.get("/dead-letters")).json() == {"dead_letters": []}
             assert_error(await h.http.get("/dead-letters/42"), 404, "dead_letter_not_found")
             assert_error(await h.http.get("/dead-letters/abc"), 400)
@@ -155,6 +155,11 @@ def test_bulk_start_cancel_and_retry_each_with_a_dry_run(nats_url, run):
             assert len(done["cancelled"]) == 3
             for run_id in started.json()["run_ids"]:
                 await h.engine.wait_status(run_id, "cancelled")
+            for _ in range(100):  # the run list reads snapshots: a moment behind the runs
+                listed = (await h.http.get("/runs", params={"status": "cancelled"})).json()["runs"]
+                if len(listed) == 3:
+                    break
+                await asyncio.sleep(0.05)
             retry = {"workflow": "one", "status": "cancelled"}
             planned = (await h.http.post("/runs/retry", json={**retry, "dry_run": True})).json()
             assert len(planned["retried"]) == 3 and "new_run_id" not in planned["retried"][0]

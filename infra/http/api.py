@@ -238,7 +238,7 @@ def _seq(call: Call) -> int:
 )
 async def limits(call: Call) -> Any:
     q: s.LimitsQuery = call.query
-    return await ops(call)("limits", prefix=q.prefix, queue=q.queue)
+    return await ops(call)("limits", prefix=q.prefix, queue=q.queue, after=q.after)
 
 
 @route("GET", "/status", "The engine, NATS and the cluster", "engine", errors=())

@@ -184,10 +184,12 @@ class Replay(Body, frozen=True):
 class LimitsQuery(Query, frozen=True):
     prefix: str = ""
     queue: Annotated[int, Meta(ge=0, le=1000)] = 20
+    after: str = ""  # the page after this key (the previous answer's "next")
 
 
 class Limits(msgspec.Struct, frozen=True):
     limits: list[dict[str, Any]]
+    next: str | None = None
 
 
 class Health(msgspec.Struct, frozen=True):
