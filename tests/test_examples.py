@@ -8,6 +8,7 @@ worker file that ``load_worker`` cannot load would fail ``dagnats worker``.
 from __future__ import annotations
 
 import py_compile
+import re
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,10 @@ def test_example_worker_file_defines_a_worker_with_tasks(path):
 @pytest.mark.parametrize("folder", sorted({p.parent for p in WORKFLOWS}), ids=_name)
 def test_every_task_of_an_example_has_a_handler_in_its_folder(folder):
     handled = {task for path in folder.glob("*worker*.py") for task in load_worker(str(path)).tasks}
+    # HTTP workers in other languages declare `const tasks = ["name", ...]`.
+    for path in folder.glob("*worker*.mjs"):
+        declared = re.search(r"const tasks = \[([^\]]*)\]", path.read_text())
+        handled |= set(re.findall(r'"([^"]+)"', declared.group(1))) if declared else set()
     needed = {
         step.task
         for path in folder.glob("*.json")

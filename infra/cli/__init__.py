@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from . import cluster as cluster_cli
 from . import dlq, render
 from . import drill as drill_cli
 from . import reactive as reactive_cli
+from . import trigger as trigger_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--partitions", type=_positive, help="partitions runs are divided into (fixed when first created; default 32)"
+    )
+    serve.add_argument(
+        "--http",
+        default=os.environ.get("DAGNATS_HTTP"),
+        metavar="HOST:PORT|off",
+        help="HTTP API, workers, triggers and console (default 127.0.0.1:8080, skipped if taken; env DAGNATS_HTTP)",
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -156,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run_list)
 
     dlq.add_parser(commands, common)
+    trigger_cli.add_parser(commands, common)
     event = commands.add_parser("event", help="external events").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
@@ -240,6 +249,7 @@ def _parse_input(text: str | None, what: str) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..engine.serve import serve
     from ..engine.server import ServerError
+    from ..http.server import AddressTaken
 
     try:
         asyncio.run(
@@ -250,9 +260,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 args.max_live_runs,
                 replicas=args.replicas,
                 partitions=args.partitions,
+                http=args.http,
             )
         )
-    except ServerError as err:
+    except (ServerError, AddressTaken) as err:
         return _fail(args, str(err))
     except OSError as err:
         return _fail(args, f"cannot connect to NATS at {_url(args)}: {err}")

@@ -243,6 +243,7 @@ class ControlPlane:
         _check_page_size(req.limit, "run.list")
         if req.status is not None and req.status not in RunStatus.__members__.values():
             raise InvalidRequest("run.list", f"unknown status {req.status!r} (one of {', '.join(RunStatus)})")
+        since, until = _instant(req.since, "since"), _instant(req.until, "until")
         runs = {s.run.run_id: s.run for s in await self.reader.store.snapshots()}
         runs.update((r.run_id, r) for r in self.reader.live())
         chosen = [
@@ -251,6 +252,7 @@ class ControlPlane:
             if r.definition is not None
             and (not req.workflow or r.workflow == req.workflow)
             and (not req.status or r.status == req.status)
+            and _created_within(r, since, until)
         ]
         return runs_page(chosen, req.cursor, req.limit, self.max_reply)
 
@@ -394,6 +396,24 @@ _HINTS = {
 def _check_page_size(limit: int, op: str) -> None:
     if not 1 <= limit <= wire.MAX_PAGE:
         raise InvalidRequest(op, f"limit must be between 1 and {wire.MAX_PAGE}, not {limit}")
+
+
+def _instant(text: str | None, name: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return ev.parse_timestamp(text)
+    except ValueError:
+        raise InvalidRequest("run.list", f"{name} {text!r} is not an RFC3339 instant") from None
+
+
+def _created_within(run: WorkflowRun, since: datetime | None, until: datetime | None) -> bool:
+    if since is None and until is None:
+        return True
+    if not run.created_at:
+        return False
+    created = ev.parse_timestamp(run.created_at)
+    return (since is None or created >= since) and (until is None or created <= until)
 
 
 def _version(nc: NATS) -> str:

@@ -12,7 +12,9 @@ from urllib.parse import urlparse
 
 import nats
 
+from ..http.server import start_http
 from ..tracing import setup_tracing
+from ..triggers import TriggerService, start_with
 from ..wire.connection import server_list
 from . import drill_hooks
 from .control import ControlPlane
@@ -35,8 +37,12 @@ async def serve(
     ready_file: Path | None = None,
     replicas: int | None = None,
     partitions: int | None = None,
+    http: str | None = None,
 ) -> None:
-    """``replicas``: copies of every stream and bucket (default 3 when the server is part of
+    """``http``: where the HTTP API listens (``HOST:PORT``, or ``off``; None: the default
+    127.0.0.1:8080, skipped with a warning if taken).
+
+    ``replicas``: copies of every stream and bucket (default 3 when the server is part of
     a cluster, else 1). ``partitions``: how many partitions runs are divided into, used
     only when the resources are first created (the number is recorded and fixed)."""
     setup_tracing("dagnats-engine")
@@ -56,6 +62,7 @@ async def serve(
         replicas = 3 if (nc._server_info or {}).get("cluster") else 1
     engine = Engine(nc, max_live=max_live, replicas=replicas, partitions=partitions)
     api = ControlPlane(nc, engine)
+    web = triggers = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -64,6 +71,11 @@ async def serve(
         await engine.start()
         drill_hooks.install(engine.ports)  # no-op unless the drill asked for poison runs
         await api.start()
+        triggers = TriggerService(nc, start_with(api))
+        await triggers.start()
+        web = await start_http(api, http)
+        if web is not None:
+            _say(f"HTTP API on {web.url} (docs at {web.url}/docs, console at {web.url}/console/)")
         _say(f"engine ready (pid {os.getpid()}); control plane on dagnats.api.* at {url}")
         if ready_file:
             ready_file.write_text(url)
@@ -71,6 +83,10 @@ async def serve(
         _say("shutting down")
     finally:
         # Every step is bounded: a shutdown must end even if NATS stops answering.
+        if web is not None:
+            await _bounded(web.stop(), 5, "HTTP API")
+        if triggers is not None:
+            await _bounded(triggers.stop(), 3, "triggers")
         await _bounded(api.stop(), 8, "control plane")
         await _bounded(engine.stop(), 25, "engine")
         if not await _bounded(nc.drain(), 5, "NATS drain"):

@@ -87,6 +87,8 @@ class ListRuns(Request, frozen=True):
     status: str | None = None
     limit: int = 100
     cursor: str | None = None
+    since: str | None = None  # RFC3339: created at or after
+    until: str | None = None  # RFC3339: created at or before
 
 
 class ListLimits(Request, frozen=True):
