@@ -12,12 +12,13 @@ from urllib.parse import urlparse
 
 import nats
 
-from ..tracing import setup_tracing
+from ..tracing import flush, setup_tracing
 from ..wire.connection import server_list
 from . import drill_hooks
 from .control import ControlPlane
 from .engine import Engine
 from .server import NatsServer
+from .trace_projector import start_projector
 
 log = logging.getLogger("dagnats.serve")
 
@@ -60,10 +61,12 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    projector = None
     try:
         await engine.start()
         drill_hooks.install(engine.ports)  # no-op unless the drill asked for poison runs
         await api.start()
+        projector = await start_projector(nc.jetstream())
         _say(f"engine ready (pid {os.getpid()}); control plane on dagnats.api.* at {url}")
         if ready_file:
             ready_file.write_text(url)
@@ -72,6 +75,9 @@ async def serve(
     finally:
         # Every step is bounded: a shutdown must end even if NATS stops answering.
         await _bounded(api.stop(), 8, "control plane")
+        if projector is not None:
+            await _bounded(projector.stop(), 5, "trace projector")
+        await asyncio.to_thread(flush)
         await _bounded(engine.stop(), 25, "engine")
         if not await _bounded(nc.drain(), 5, "NATS drain"):
             await _bounded(nc.close(), 2, "NATS close")
