@@ -323,7 +323,14 @@ class RunTrace:
                 step, instance, attempt = key
                 queue_id = span_id(self.run_id, QUEUE, step, attempt, instance)
                 self.queues[key] = Span(
-                    self.trace_id, queue_id, span.span_id, "queued", QUEUE, event.timestamp, step_id=step, attempt=attempt
+                    self.trace_id,
+                    queue_id,
+                    span.span_id,
+                    "queued",
+                    QUEUE,
+                    event.timestamp,
+                    step_id=step,
+                    attempt=attempt,
                 )
             span.events.append(SpanEvent("queued", event.timestamp))
         elif event.type != ev.STEP_QUEUED:

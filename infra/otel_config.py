@@ -30,9 +30,11 @@ def use_endpoint(endpoint: str | None) -> None:
 def exporter_name(signal: str = "TRACES") -> str:
     default = "otlp" if any(os.environ.get(name) for name in _ENDPOINTS) else "none"
     if signal != "TRACES":
-        default = "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
-            f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"
-        ) else "none"
+        default = (
+            "otlp"
+            if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
+            else "none"
+        )
     name = (os.environ.get(f"OTEL_{signal}_EXPORTER") or default).split(",")[0].strip().lower()
     return name if name in ("otlp", "console", "none") else "none"
 
