@@ -53,7 +53,7 @@ async def ensure_consumer(js: JetStreamContext) -> None:
         filter_subject="history.>",
         deliver_policy=api.DeliverPolicy.ALL,
         ack_policy=api.AckPolicy.EXPLICIT,
-        ack_wait=60,
+        ack_wait=10,  # a killed engine's records come back soon; exporting twice is harmless
         max_deliver=-1,
         max_ack_pending=20_000,
     )
