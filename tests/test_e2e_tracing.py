@@ -9,9 +9,9 @@ import time
 from collections import Counter
 
 import pytest
-from otlp_receiver import OtlpReceiver
 
 from e2e_support import Cli, Serve, WorkerProc, wait_for
+from otlp_receiver import OtlpReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -90,6 +90,8 @@ def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path):
         wait_for(run_span_arrived, 20, "the run span")
         time.sleep(1.0)  # the last worker spans
         events = cli.events(run_id)
+        printed = cli("run", "trace", run_id, json=True)
+        human = cli("run", "trace", run_id).stdout
     finally:
         worker.stop()
         engine.stop()
@@ -109,9 +111,7 @@ def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path):
     ]
     attempts = [s for s in by_id.values() if s.name.startswith("step ")]
     per_attempt = Counter((s.attributes["dagnats.step_id"], s.attributes["dagnats.attempt"]) for s in attempts)
-    recorded = Counter(
-        (e["step_id"], e["attempt"]) for e in events if e["type"] in ("step.completed", "step.failed")
-    )
+    recorded = Counter((e["step_id"], e["attempt"]) for e in events if e["type"] in ("step.completed", "step.failed"))
     assert per_attempt == recorded  # exactly one span per attempt the history records
     assert per_attempt[("b1", 1)] == per_attempt[("b1", 2)] == 1  # the retry is a second attempt
     assert all(s.parent_id == run_span.span_id for s in attempts)  # flat: no staircase
@@ -141,3 +141,12 @@ def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path):
         assert d.attributes["dagnats.workflow"] == "traced-fan"
     b2 = [d for d in deliveries if d.attributes["dagnats.step_id"] == "b2"]
     assert [d.attributes["dagnats.outcome"] for d in b2] == ["step.completed"]  # the killed one never ended
+
+    # `dagnats run trace` prints the same spans from the history, no collector needed.
+    assert printed["trace_id"] == trace_id
+    assert {s["span_id"] for s in printed["spans"]} == {
+        s.span_id for s in by_id.values() if s.service == "dagnats-engine" and not s.name.startswith("dagnats.api")
+    }
+    assert human.splitlines()[1].startswith("run traced-fan")
+    assert "  step join" in human and "after b1, b2, b3" in human
+    assert "ERROR" in human and "attempt 2" in human

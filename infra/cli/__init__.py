@@ -24,6 +24,7 @@ from ..wire.connection import nats_url
 from . import cluster as cluster_cli
 from . import dlq, render
 from . import drill as drill_cli
+from . import trace as trace_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = run.add_parser(name, parents=[common], help=text)
         p.add_argument("run_id")
         p.set_defaults(func=func)
+    trace_cli.add_parser(run, common)
     p = run.add_parser("wait", parents=[common], help="wait until a run (or one step) finishes; print its output")
     p.add_argument("run_id")
     p.add_argument("--step", help="wait for this step only")
