@@ -90,6 +90,11 @@ def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path):
         wait_for(run_span_arrived, 20, "the run span")
         time.sleep(1.0)  # the last worker spans
         events = cli.events(run_id)
+        caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        cli.register({"name": "traced-one", "steps": [{"id": "only", "task": "tr-quick"}]}, tmp_path)
+        continued = cli("run", "start", "traced-one", "--traceparent", caller, json=True)["run_id"]
+        continued_run = cli.wait_status(continued, {"completed", "failed"}, timeout=30)
+        wait_for(lambda: any(s.name == "run traced-one" for s in otlp.trace(caller.split("-")[1])), 10, "run 2")
         printed = cli("run", "trace", run_id, json=True)
         human = cli("run", "trace", run_id).stdout
     finally:
@@ -150,3 +155,8 @@ def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path):
     assert human.splitlines()[1].startswith("run traced-fan")
     assert "  step join" in human and "after b1, b2, b3" in human
     assert "ERROR" in human and "attempt 2" in human
+
+    # A run started with --traceparent continues the caller's trace, under the caller's span.
+    assert continued_run["trace_id"] == caller.split("-")[1]
+    (second,) = {s.span_id: s for s in otlp.trace(caller.split("-")[1]) if s.name == "run traced-one"}.values()
+    assert second.parent_id == caller.split("-")[2]

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--partitions", type=_positive, help="partitions runs are divided into (fixed when first created; default 32)"
     )
+    serve.add_argument(
+        "--otlp-endpoint", help="send traces and metrics by OTLP here (sets OTEL_EXPORTER_OTLP_ENDPOINT)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     status = commands.add_parser("status", parents=[common], help="show NATS and engine status")
@@ -89,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", parents=[common], help="run the Worker defined in FILE.py")
     worker.add_argument("file")
+    worker.add_argument(
+        "--otlp-endpoint", help="send traces and metrics by OTLP here (sets OTEL_EXPORTER_OTLP_ENDPOINT)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     wf = commands.add_parser("workflow", help="register and inspect workflows").add_subparsers(
@@ -115,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-file", help="read the run input (JSON) from this file, or - for stdin")
     p.add_argument("--watch", action="store_true", help="print step events until the run ends")
     p.add_argument("--idempotency-key", help="a second start with the same key returns the first run")
+    p.add_argument("--traceparent", help="continue this W3C trace (default: the TRACEPARENT environment variable)")
     p.set_defaults(func=cmd_run_start)
     for name, func, text in (
         ("status", cmd_run_status, "show a run and its steps"),
@@ -240,6 +248,9 @@ def _parse_input(text: str | None, what: str) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ..engine.serve import serve
     from ..engine.server import ServerError
+    from ..otel_config import use_endpoint
+
+    use_endpoint(args.otlp_endpoint)
 
     try:
         asyncio.run(
@@ -274,8 +285,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if getattr(args, "nats_url", None):
         os.environ["DAGNATS_NATS_URL"] = args.nats_url
+    from ..otel_config import use_endpoint
     from ..tracing import setup_tracing
 
+    use_endpoint(args.otlp_endpoint)
     setup_tracing("dagnats-worker")
     worker = load_worker(args.file)
     worker.run()
@@ -317,7 +330,8 @@ def cmd_run_start(args: argparse.Namespace) -> int:
     data = _parse_input(_input_text(args), "run input")
 
     async def go(client: Client) -> int:
-        run_id = await client.start(args.name, data, idempotency_key=args.idempotency_key)
+        trace_parent = args.traceparent or os.environ.get("TRACEPARENT") or None
+        run_id = await client.start(args.name, data, idempotency_key=args.idempotency_key, trace_parent=trace_parent)
         if not args.watch:
             _print_json({"run_id": run_id}) if args.json else print(f"Run {run_id} started")
             return 0
