@@ -173,6 +173,7 @@ class RunTrace:
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
+        self.workflow = ""
         self.trace_id = derived_trace_id(run_id)
         self.run: Span | None = None
         self.open: dict[tuple[str, int | None, int], Span] = {}
@@ -230,6 +231,7 @@ class RunTrace:
             return
         start = event.payload
         wf = start.workflow_def
+        self.workflow = wf.name
         parsed = parse_trace_parent(event.trace_parent)
         own = span_id(self.run_id, RUN)
         self.trace_id = parsed[0] if parsed else derived_trace_id(self.run_id)

@@ -160,3 +160,13 @@ def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path):
     assert continued_run["trace_id"] == caller.split("-")[1]
     (second,) = {s.span_id: s for s in otlp.trace(caller.split("-")[1]) if s.name == "run traced-one"}.values()
     assert second.parent_id == caller.split("-")[2]
+
+    # Metrics arrived by OTLP with plausible values.
+    wait_for(lambda: "dagnats.runs.completed" in otlp.metrics, 10, "the metrics")
+    completed = [
+        r["value"] for r in otlp.metrics["dagnats.runs.completed"] if r["attributes"]["workflow"] == "traced-fan"
+    ]
+    assert max(completed) == 1
+    latency = [r for r in otlp.metrics["dagnats.step.latency"] if r["attributes"]["step"] == "join"]
+    assert latency and all(0 <= r["sum"] < 60_000 for r in latency)
+    assert max(r["value"] for r in otlp.metrics["dagnats.step.retries"] if r["attributes"]["step"] == "b1") == 1

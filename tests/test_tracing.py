@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dagnats.domain.trace_spans import ATTEMPT, span_id
-from dagnats.infra import tracing
+from dagnats.infra import metrics, tracing
 from dagnats.infra.engine.trace_projector import TraceProjector
 from dagnats.infra.span_export import SpanSink
 from dagnats.infra.worker import Worker
@@ -46,7 +46,7 @@ def _run_traced(nats_url, run, spans, definition, tasks, input_=None):
 
     async def body():
         async with EngineHarness(nats_url) as h:
-            projector = TraceProjector(h.nc.jetstream(), sink.export)
+            projector = TraceProjector(h.nc.jetstream(), sink.export, metrics.setup_metrics("test").observe)
             await projector.start()
             await w.start()
             try:
@@ -115,3 +115,33 @@ def test_a_join_links_its_dependencies_and_a_retry_is_a_second_attempt(nats_url,
     assert len(queues) == 4  # a, b, c twice
     failed_delivery = [s for s in in_run if s.name == "executeTask tc" and s.status.status_code.name == "ERROR"]
     assert len(failed_delivery) == 1 and any(e.name == "exception" for e in failed_delivery[0].events)
+
+
+def test_metrics_count_runs_and_time_steps_in_prometheus_text(nats_url, run, spans):
+    tasks = {t: (lambda ctx, data=None, _t=t: f"{_t} done") for t in ("ta", "tb", "tc")}
+    _run_traced(nats_url, run, spans, CHAIN3, tasks, "x")
+    text = metrics.prometheus_text()
+    assert 'dagnats_runs_started_total{workflow="chain3"}' in text
+    assert 'dagnats_runs_completed_total{workflow="chain3"}' in text
+    assert "# TYPE dagnats_step_latency_milliseconds histogram" in text
+    assert 'dagnats_step_queue_latency_milliseconds_count{workflow="chain3",step="a"}' in text
+
+
+def test_a_malformed_traceparent_starts_a_new_trace_and_the_run_completes(nats_url, run, caplog):
+    w = Worker(nats_url, worker_id="traced")
+    for task in ("ta", "tb", "tc"):
+        w.task(task)(lambda ctx, data=None: "ok")
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await w.start()
+            try:
+                await h.client.register(CHAIN3)
+                run_id = await h.client.start("chain3", "x", trace_parent="00-not-a-trace-01")
+                return await h.wait_status(run_id, "completed")
+            finally:
+                await w.stop()
+
+    final = run(body())
+    assert len(final["trace_id"]) == 32 and tracing.valid_trace_parent(final["trace_parent"])
+    assert sum("malformed traceparent" in r.getMessage() for r in caplog.records) == 1

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 import nats
 
+from .. import metrics
 from ..tracing import flush, setup_tracing
 from ..wire.connection import server_list
 from . import drill_hooks
@@ -78,6 +79,7 @@ async def serve(
         if projector is not None:
             await _bounded(projector.stop(), 5, "trace projector")
         await asyncio.to_thread(flush)
+        await asyncio.to_thread(metrics.shutdown)
         await _bounded(engine.stop(), 25, "engine")
         if not await _bounded(nc.drain(), 5, "NATS drain"):
             await _bounded(nc.close(), 2, "NATS close")

@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 
-from dagnats.domain.events import decode_record
+from dagnats.domain.events import Event, decode_record
 from dagnats.domain.trace_spans import RunTrace, Span
 
 from ..wire.headers import EXPECTED_LAST_SUBJECT_SEQ
@@ -69,7 +69,7 @@ class TraceProjector:
         self,
         js: JetStreamContext,
         export: Callable[[list[Span]], bool],
-        observe: Callable[[RunTrace, list[Span]], None] | None = None,
+        observe: Callable[[str, list[Event], list[Span]], None] | None = None,
     ) -> None:
         self.js, self.export, self.observe = js, export, observe
         self.cache: OrderedDict[str, RunTrace] = OrderedDict()
@@ -115,40 +115,40 @@ class TraceProjector:
     async def handle(self, msgs: list[Msg]) -> bool:
         """Project a batch of records, export what they finished, then ack; True if exported."""
         spans: list[Span] = []
-        finished: list[tuple[RunTrace, list[Span]]] = []
+        finished: list[tuple[str, list[Event], list[Span]]] = []
         for msg in msgs:
             try:
-                trace, done = await self._project(msg)
+                trace, events, done = await self._project(msg)
             except Exception as err:  # noqa: BLE001 - an unreadable record must not stall the rest
                 log.warning("cannot project history record %s: %s", msg.subject, err)
                 continue
             spans += done
-            if done:
-                finished.append((trace, done))
+            finished.append((trace.workflow, events, done))
         ok = await asyncio.to_thread(self.export, spans) if spans else True
         if not ok:
             await asyncio.gather(*(_settle(m.nak()) for m in msgs))
             return False
         self.exported += len(spans)
         if self.observe is not None:
-            for trace, done in finished:
-                self.observe(trace, done)
+            for workflow, events, done in finished:
+                self.observe(workflow, events, done)
         await asyncio.gather(*(_settle(m.ack()) for m in msgs))
         return True
 
-    async def _project(self, msg: Msg) -> tuple[RunTrace, list[Span]]:
+    async def _project(self, msg: Msg) -> tuple[RunTrace, list[Event], list[Span]]:
         run_id = msg.subject.split(".", 1)[1]
         seq = msg.metadata.sequence.stream
         previous = (msg.headers or {}).get(EXPECTED_LAST_SUBJECT_SEQ)
         trace = self.cache.pop(run_id, None)
         if trace is None or previous is None or trace.last_seq != int(previous):
             trace = await self._rebuild(run_id, seq, int(previous) if previous is not None else None)
-        done = trace.apply(decode_record(msg.data or b"[]"), seq)
+        events = decode_record(msg.data or b"[]")
+        done = trace.apply(events, seq)
         if not trace.ended:
             self.cache[run_id] = trace
             while len(self.cache) > CACHE_RUNS:
                 self.cache.popitem(last=False)
-        return trace, done
+        return trace, events, done
 
     async def _rebuild(self, run_id: str, seq: int, previous: int | None) -> RunTrace:
         """The run's trace folded from its history before ``seq``."""
@@ -174,6 +174,10 @@ async def _records_before(messages: Any, seq: int) -> list[tuple[int, bytes]]:
     return out
 
 
+def _discard(spans: list[Span]) -> bool:
+    return True
+
+
 async def _settle(coro: Any) -> None:
     try:
         await coro
@@ -182,16 +186,17 @@ async def _settle(coro: Any) -> None:
 
 
 async def start_projector(js: JetStreamContext, service: str = "dagnats-engine") -> TraceProjector | None:
-    """The engine's projector exporting as the OpenTelemetry environment says; None if traces are off."""
-    from .. import otel_config
+    """The engine's projector exporting spans and metrics as the OpenTelemetry environment
+    says; None if neither is configured."""
+    from .. import metrics, otel_config
     from ..span_export import SpanSink
 
     try:
         exporter = otel_config.span_exporter()
-        if exporter is None:
+        if exporter is None and otel_config.exporter_name("METRICS") == "none":
             return None
-        sink = SpanSink(exporter, otel_config.resource(service))
-        projector = TraceProjector(js, sink.export)
+        export = SpanSink(exporter, otel_config.resource(service)).export if exporter else _discard
+        projector = TraceProjector(js, export, metrics.setup_metrics(service).observe)
         await projector.start()
     except Exception as err:  # noqa: BLE001 - tracing never stops the engine
         log.warning("trace projector not started: %s", err)
