@@ -182,8 +182,10 @@ class Client:
         """Every rate and concurrency limit key: slots or tokens in use, its queue of
         waiting runs and steps (the first ``queue``; ``queued`` counts them all), and why
         the head of the queue waits."""
-        answer = await self.request("limits", {"prefix": prefix, "queue": queue})
-        return list(answer["limits"])
+        limits: list[dict[str, Any]] = []
+        async for page in self._pages("limits", {"prefix": prefix, "queue": queue}, "after"):
+            limits += page["limits"]
+        return limits
 
     async def delete(self, run_id: str) -> dict[str, Any]:
         return await self.request("run.delete", {"run_id": run_id})

@@ -62,13 +62,14 @@ from .added_steps import AddedSteps
 from .context import Continue, TaskContext, TaskIO
 from .delivery_span import delivery_span, record_outcome
 from .wire.facts import publish_fact
-from .wire.headers import TRACEPARENT
+from .wire.headers import HANDOFF, TRACEPARENT
 from .wire.subjects import inbox_subject
 
 log = logging.getLogger("dagnats.worker")
 
 MAX_ERROR_CHARS = 16_384  # the engine keeps less; this only keeps a fact under max_payload
 STARTED_REPORT_DELAY = 0.05  # seconds a handler runs before its step.started is sent
+HANDOFF_TIMEOUT = 10.0  # seconds the run's owner has to record a result handed to it
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -172,7 +173,9 @@ class TaskRunner:
             report_start.cancel()
             if started:
                 await started[0]
-            stored = await self._conclude(ctx, outcome, io.added, started_at="" if started else began)
+            stored = await self._conclude(
+                ctx, outcome, io.added, started_at="" if started else began, handoff=(msg.headers or {}).get(HANDOFF)
+            )
         finally:
             report_start.cancel()
             keep_alive.cancel()
@@ -248,11 +251,15 @@ class TaskRunner:
             )
         return outcome
 
-    async def _conclude(self, ctx: TaskContext, outcome: Outcome, added: AddedSteps, started_at: str) -> bool:
+    async def _conclude(
+        self, ctx: TaskContext, outcome: Outcome, added: AddedSteps, started_at: str, handoff: str | None = None
+    ) -> bool:
         """Report the attempt's result, after the steps it added if it succeeded; True once stored.
 
         Sizes are checked before anything is sent: a result or a set of added
         steps too large to report fails the attempt, which then adds nothing.
+        A lone result goes straight to the run's owner when the task names one
+        (``handoff``), else (or if the owner does not say it stored it) to the inbox.
         """
         result = self._event(ctx, outcome, started_at=started_at)
         facts = [(result, encode_event(result), _RESULT_NAMES.get(outcome.type, outcome.type))]
@@ -268,10 +275,24 @@ class TaskRunner:
         ]
         if too_large and not outcome.failed:  # running again cannot shrink them
             return await self._report(ctx, failure(too_large[0], FailureType.PERMANENT), started_at=started_at)
+        if handoff and len(facts) == 1 and outcome.type in (STEP_COMPLETED, STEP_FAILED):
+            event, body, _ = facts[0]
+            if await self._hand_over(handoff, event, body):
+                return True
         for event, body, _ in facts:
             if not await self._publish(event, body):
                 return False
         return True
+
+    async def _hand_over(self, subject: str, event: Event, body: bytes) -> bool:
+        """Hand the result to the run's owner; True once it says the result is in the history."""
+        headers = {TRACEPARENT: event.trace_parent} if event.trace_parent else None
+        try:
+            reply = await self.js._nc.request(subject, body, timeout=HANDOFF_TIMEOUT, headers=headers)
+        except Exception as err:  # noqa: BLE001 - no owner now, or a slow one: the inbox takes it
+            log.debug("handoff of %s for run %s: %s", event.type, event.run_id, describe(err))
+            return False
+        return reply.data == b'{"stored":true}'
 
     async def _report(
         self, ctx: TaskContext, outcome: Outcome, at: str = "", started_at: str = "", nth: int = 1

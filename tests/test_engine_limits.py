@@ -289,3 +289,27 @@ def test_a_failed_attempt_frees_its_slot_and_its_retry_queues_again(nats_url, ru
     assert sorted(seen[1:]) == sorted([(seen[0], 2), (other, 1)])
     assert [f["status"] for f in finals] == ["completed", "completed"]
     assert listed[0]["in_use"] == 0 and listed[0]["queued"] == 0
+
+
+def test_a_listing_of_more_limits_than_one_reply_holds_comes_page_by_page(nats_url, run):
+    """10,000 keys made the answer 2.1 MB (bench/limits.py): it is paged under the reply limit."""
+    import msgspec
+
+    from dagnats.domain.limits import RateWindow
+    from dagnats.infra.wire.names import FLOW_BUCKET
+
+    count = 2500
+    window = RateWindow(limit=5, period_ms=1000, about="rate_limit of task " + "t" * 400)
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            kv = await h.nc.jetstream().key_value(FLOW_BUCKET)
+            data = msgspec.json.encode(window)
+            await asyncio.gather(*(kv.put(f"rate.t-{n:05d}", data) for n in range(count)))
+            first = await h.client.request("limits", {"prefix": "rate.t-", "queue": 1})
+            return first, await h.client.limits("rate.t-", queue=1), h.nc.max_payload
+
+    first, listed, max_payload = run(body(), timeout=120)
+    assert first["next"] is not None and 0 < len(first["limits"]) < count  # more than one reply holds
+    assert len(msgspec.json.encode(first)) <= max_payload
+    assert [item["key"] for item in listed] == [f"rate.t-{n:05d}" for n in range(count)]

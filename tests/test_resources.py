@@ -67,7 +67,7 @@ def test_ensure_resources_is_idempotent_sequentially_and_concurrently(nats_url, 
         await nc.close()
         return names
 
-    assert run(body()) == ENGINE_STREAMS | {"OPEN_RUNS"} | {f"KV_{bucket}" for bucket in KV_BUCKETS}
+    assert run(body()) == ENGINE_STREAMS | {f"KV_{bucket}" for bucket in KV_BUCKETS}
 
 
 def test_streams_have_the_configured_retention_and_limits(nats_url, run):

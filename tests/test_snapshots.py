@@ -50,3 +50,51 @@ def test_a_state_too_large_to_cache_is_kept_as_a_summary_and_read_back_whole(nat
     assert {k: s.status for k, s in cached.steps.items()} == {"a": "completed", "b": "completed"}
     assert (loaded, loaded_seq) == (state, seq)
     assert [s.run.status for s in listed] == [RunStatus.COMPLETED]
+
+
+def _runs(count: int, prefix: str) -> list:
+    """``count`` unfinished runs (started, step a queued) named ``<prefix>-<n>``."""
+    runs = []
+    for n in range(count):
+        rec = Recorder()
+        rec.feed(started_event(DEF), at(0))
+        runs.append(msgspec.structs.replace(rec.run, run_id=f"{prefix}-{n}"))
+    return runs
+
+
+def test_a_partitions_unfinished_runs_are_listed_from_their_open_snapshots_and_leave_when_they_end(nats_url, run):
+    from dagnats.domain.partition import partition_of
+
+    partitions = 4
+    open_runs = _runs(260, "open")  # more than one page of the server's usual 100-subject batches
+    done = msgspec.structs.replace(open_runs[0], status=RunStatus.COMPLETED)
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await ensure_resources(js)
+            store = HistoryStore(js, partitions=partitions)
+            for state in open_runs:
+                await store.save_snapshot(state, 1)
+            # Started and finished at once: the two writes are ordered, no open one is left.
+            import asyncio
+
+            await asyncio.gather(store.save_snapshot(open_runs[0], 1), store.save_snapshot(done, 2))
+            listed = {p: sorted(await store.open_runs(p)) for p in range(partitions)}
+            loaded = await store.load_snapshot(done.run_id)
+            snapshots = await store.snapshots()
+            await store.delete(done.run_id)
+            gone = await store.load_snapshot(done.run_id)
+            return listed, loaded, snapshots, gone
+        finally:
+            await nc.close()
+
+    listed, loaded, snapshots, gone = run(body())
+    expected = {p: sorted(r.run_id for r in open_runs[1:] if partition_of(r.run_id, partitions) == p) for p in range(4)}
+    assert listed == expected
+    assert sum(len(v) for v in listed.values()) == 259
+    assert loaded[0] is not None and loaded[0].status == RunStatus.COMPLETED and loaded[1] == 2
+    assert len(snapshots) == 260 and len({s.run.run_id for s in snapshots}) == 260
+    assert next(s for s in snapshots if s.run.run_id == done.run_id).run.status == RunStatus.COMPLETED
+    assert gone == (None, 0)

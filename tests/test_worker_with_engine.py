@@ -64,3 +64,39 @@ async def until_recorded(h: EngineHarness, run_id: str, event_type: str, timeout
     while not any(e["type"] == event_type for e in await h.client.events(run_id)):
         assert asyncio.get_running_loop().time() < deadline, f"no {event_type} recorded for run {run_id}"
         await asyncio.sleep(0.05)
+
+
+def test_results_are_handed_to_the_runs_owner_and_stored_once(nats_url, run):
+    """A worker hands each result to the owner of its run's partition (request/reply): the
+    run's inbox stores only the start requests, and every run completes."""
+    from dagnats.infra.wire.names import INBOX_STREAM
+
+    w = Worker(nats_url)
+
+    @w.task("hand")
+    async def hand(ctx: TaskContext, data) -> str:
+        return ctx.step_id
+
+    chain = {
+        "name": "handed",
+        "steps": [
+            {"id": "a", "task": "hand"},
+            {"id": "b", "task": "hand", "depends_on": ["a"]},
+            {"id": "c", "task": "hand", "depends_on": ["b"]},
+        ],
+    }
+
+    async def body():
+        async with EngineHarness(nats_url) as h, running(w):
+            await h.client.register(chain)
+            js = h.nc.jetstream()
+            before = (await js.stream_info(INBOX_STREAM)).state.last_seq
+            run_ids = await asyncio.gather(*(h.client.start("handed", n) for n in range(20)))
+            finals = await asyncio.gather(*(h.client.wait(r, timeout=30) for r in run_ids))
+            stored = (await js.stream_info(INBOX_STREAM)).state.last_seq - before
+            return finals, stored
+
+    finals, stored = run(body(), timeout=60)
+    assert [f["status"] for f in finals] == ["completed"] * 20
+    assert all(f["steps"]["c"]["output"] == "c" for f in finals)
+    assert stored == 20  # the 20 start requests; the 60 results went to the owner

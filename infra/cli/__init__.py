@@ -25,6 +25,7 @@ from ..wire.connection import nats_url
 from . import cluster as cluster_cli
 from . import dlq, render
 from . import drill as drill_cli
+from . import reactive as reactive_cli
 from . import trace as trace_cli
 
 
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_event_publish)
     cluster_cli.add_parser(commands, common)
     drill_cli.add_parser(commands, common)
+    reactive_cli.add_parser(commands, common)
     return parser
 
 

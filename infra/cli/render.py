@@ -34,6 +34,8 @@ def _run_header(run: dict[str, Any], *optional: tuple[str, str]) -> list[str]:
 
 
 def run_status(run: dict[str, Any]) -> str:
+    if run.get("kind") == "reactive":
+        return execution(run)
     lines = _run_header(
         run, ("Finished", "completed_at"), ("Error", "error"), ("Parent", "parent_run_id"), ("Trace", "trace_id")
     )
@@ -66,6 +68,8 @@ def step_detail(step: dict[str, Any]) -> str:
 
 
 def inspect(view: dict[str, Any]) -> str:
+    if view.get("kind") == "reactive":
+        return execution(view)
     lines = _run_header(view, ("Deadline", "deadline"), ("Error", "error"), ("Parent", "parent_run_id"))
     if view.get("waiting"):
         lines.append(f"Waiting:  for {view['waiting']['for']}")
@@ -358,4 +362,19 @@ def drill_report(result: dict[str, Any], rerun: str) -> str:
     if len(result["problems"]) > 20:
         lines.append(f"  ... and {len(result['problems']) - 20} more (see --json)")
     lines.append(f"{'PASS' if result['ok'] else 'FAIL'}  seed {result['seed']}; re-run with: {rerun}")
+    return "\n".join(lines)
+
+
+def execution(view: dict[str, Any]) -> str:
+    """A reactive execution: its phase, iteration and the timeline of rule firings."""
+    lines = _run_header(view, ("Key", "key"), ("Deadline", "deadline"), ("Error", "error"))
+    lines += [f"Phase:    {view['phase'] or '-'}", f"Iteration: {view['iteration']}"]
+    if view.get("pending_task_id"):
+        lines.append(f"Waiting:  for callback {view['pending_task_id']}")
+    lines.append("Timeline:")
+    rows = [
+        (f"  {t['timestamp']}", t["rule_id"], t["trigger_mode"], t["action"], t["phase_after"], t["iteration"])
+        for t in view.get("timeline", [])
+    ]
+    lines.append(table(("", "", "", "", "", ""), rows).split("\n", 1)[1] if rows else "  (none)")
     return "\n".join(lines)

@@ -47,6 +47,7 @@ from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.state import RunStatus, WorkflowRun
 from dagnats.domain.validate import validate
 
+from ..reactive.views import execution_events, execution_view
 from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.keys import signal_key
@@ -214,9 +215,13 @@ class ControlPlane:
     # ---- reading runs -----------------------------------------------------------------
 
     async def get_run(self, req: wire.RunRef) -> dict[str, Any]:
+        if execution := await execution_view(self.js, check_identifier("run id", req.run_id)):
+            return fit_view(execution, self.max_reply)  # a reactive execution (infra.reactive.views)
         return fit_view(run_view(await self.reader.get(req.run_id)), self.max_reply)
 
     async def inspect_run(self, req: wire.RunRef) -> dict[str, Any]:
+        if execution := await execution_view(self.js, check_identifier("run id", req.run_id)):
+            return fit_view(execution, self.max_reply)
         run = await self.reader.get(req.run_id)
         timers = [] if run.is_terminal else await pending_timers(self.js, run.run_id)
         workers = await live_workers(self.js) if awaits_capabilities(run) else []
@@ -225,6 +230,8 @@ class ControlPlane:
     async def run_events(self, req: wire.RunEvents) -> dict[str, Any]:
         check_identifier("run id", req.run_id)
         _check_page_size(req.limit, "run.events")
+        if (reactive := await execution_events(self.js, req.run_id, req.after_seq, req.limit)) is not None:
+            return reactive
         page = await events_page(self.reader.store, req.run_id, req.after_seq, req.limit, self.max_reply)
         if not page["events"] and req.after_seq == 0:
             await self.reader.get(req.run_id)  # RunNotFound for a run that does not exist
@@ -323,16 +330,21 @@ class ControlPlane:
 
     async def limits(self, req: wire.ListLimits) -> dict[str, Any]:
         """Every limit key: what is in use, who waits (the head of each queue), and why."""
-        views = await list_limits(self.js, _now())
-        shown = []
+        views = sorted(await list_limits(self.js, _now()), key=lambda v: v.key)
+        shown: list[dict[str, Any]] = []
+        size = 0
         for view in views:
-            if not view.key.startswith(req.prefix):
+            if not view.key.startswith(req.prefix) or view.key <= req.after:
                 continue
             entry = msgspec.to_builtins(view)
             entry["queued"] = len(view.queue)
             entry["queue"] = entry.get("queue", [])[: max(0, req.queue)]
+            cost = len(msgspec.json.encode(entry)) + 1
+            if shown and size + cost > self.max_reply:  # a page per reply: the rest after this key
+                return {"limits": shown, "next": shown[-1]["key"]}
             shown.append(entry)
-        return {"limits": shown}
+            size += cost
+        return {"limits": shown, "next": None}
 
     # ---- dead letters ------------------------------------------------------------------
 

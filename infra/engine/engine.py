@@ -11,7 +11,7 @@ is redelivered. Every effect of a recorded decision (tasks, timer schedules)
 is stored before the fact that led to it is acknowledged, and a fact whose
 effects were not stored comes back and rebuilds its run, so nothing needs
 re-arming at start; an engine that gains a partition still brings up the
-partition's unfinished runs (``open_runs``), to re-issue a task lost behind its
+partition's unfinished runs (their snapshots are kept by partition), to re-issue a task lost behind its
 back (a purged queue). Run actors publish their state into the ``RunReader``,
 which readers ask.
 """
@@ -38,10 +38,10 @@ from dagnats.domain.events import Event, decode_event, format_timestamp, parse_t
 from ..tracing import valid_trace_parent
 from .bridge import LoopBridge
 from .dead_letters import DeadLetterMover
+from .handoff import Handoff
 from .history import HistoryStore
 from .inbox import LEGACY, PartitionPuller, retire_old_consumer
 from .leases import PartitionLeases
-from .open_runs import OpenRuns
 from .ports import NatsPorts
 from .reader import RunReader
 from .streams import ensure_resources, patiently
@@ -75,15 +75,17 @@ class Engine:
         self.partition_count = await ensure_resources(self.js, self.replicas, self.partitions)
         loop = asyncio.get_running_loop()
         self.bridge = LoopBridge(loop)
-        self.open_runs = OpenRuns(self.nc, self.js, self.partition_count)
-        self.reader = RunReader(self.nc, HistoryStore(self.js, self.nc.max_payload, self.open_runs), loop)
-        self.ports = NatsPorts(self.js, self.bridge, self.reader, self.nc.max_payload, self.clock)
+        self.reader = RunReader(self.nc, HistoryStore(self.js, self.nc.max_payload, self.partition_count), loop)
+        self.ports = NatsPorts(
+            self.js, self.bridge, self.reader, self.nc.max_payload, self.clock, partitions=self.partition_count
+        )
         self.timers = TimerActor.start(self.ports.clock, self.ports.timers)
         self.slots = ConcurrencyActor.start(self.ports.limits, self.ports.clock)
         self.rates = RateLimitActor.start(self.ports.limits, self.ports.clock)
         self.ports.flow = FlowControl(self.slots, self.rates, self.ports.clock)
         self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
         await patiently(retire_old_consumer, self.js)
+        self.handoff = Handoff(self.nc, self.partition_count, self.directory.tell, self._holds, _sanitized)
         self.leases = PartitionLeases(self.js, self.engine_id, self.partition_count, self._gained, self._lost)
         self.dead_letters = DeadLetterMover(self.nc)
         await self.dead_letters.start()
@@ -98,6 +100,7 @@ class Engine:
         for puller in list(self.pullers.values()):
             await _quietly(puller.stop())
         self.pullers.clear()
+        await _quietly(self.handoff.close_all())
         await self.dead_letters.stop()
         # Actors block on the loop; stop them from a thread so the loop keeps serving them.
         await asyncio.to_thread(self._stop_actors)
@@ -125,7 +128,8 @@ class Engine:
             puller = PartitionPuller(self.js, consumed, self._dispatch, self._holds)
             await puller.start(fresh=previous is not None)
             self.pullers[consumed] = puller
-        unfinished = await self.open_runs.listed(partition)
+        await self.handoff.open(partition)
+        unfinished = await self.reader.store.open_runs(partition)
         for run_id in unfinished:
             self.directory.tell(Deliver(run_id, ()))
         if unfinished:
@@ -133,6 +137,7 @@ class Engine:
 
     async def _lost(self, partition: int, graceful: bool) -> None:
         """Stop consuming a partition; handed over, let what was fetched be handled first."""
+        await self.handoff.close(partition)
         for consumed in (partition, LEGACY) if partition == 0 else (partition,):
             puller = self.pullers.pop(consumed, None)
             if puller is not None:

@@ -7,6 +7,9 @@ loading always folds the history after it.
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
@@ -14,13 +17,13 @@ from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, decode_record
 from dagnats.domain.fold import fold
+from dagnats.domain.partition import partition_of
 from dagnats.domain.state import StepState, WorkflowRun
 
 from ..wire.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE_CODES
 from ..wire.names import HISTORY_STREAM, RUNS_BUCKET
 from ..wire.reading import kv_entries, stored_messages
 from ..wire.subjects import history_subject
-from .open_runs import OpenRuns
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -48,13 +51,33 @@ def summary(run: WorkflowRun) -> WorkflowRun:
 
 
 def snapshot_key(run_id: str) -> str:
+    """A finished run's snapshot (and every run's, without partitions)."""
     return f"run.{run_id}"
 
 
+def open_key(run_id: str, partitions: int) -> str:
+    """An unfinished run's snapshot, under its partition: listing ``open.<partition>.*``
+    finds a partition's unfinished runs without reading the finished ones."""
+    return f"open.{partition_of(run_id, partitions)}.{run_id}"
+
+
+SUBJECTS_PAGE = 100_000  # subjects per stream-info answer (the server's own page)
+
+
 class HistoryStore:
-    def __init__(self, js: JetStreamContext, max_payload: int = 1024 * 1024, open_runs: OpenRuns | None = None) -> None:
-        self.js, self.max_payload, self.open_runs = js, max_payload, open_runs
+    """A run's history (the truth) and its snapshot (a cache).
+
+    With ``partitions``, an unfinished run's snapshot lives under ``open.<partition>.<run>``
+    and a finished one's under ``run.<run>``: when a run ends, its open snapshot is purged
+    from the bucket's stream (a purge by subject leaves no marker, so the open keys of a
+    partition are exactly its unfinished runs). A run's snapshots are written one at a
+    time, in order, so an older one never lands after a newer one.
+    """
+
+    def __init__(self, js: JetStreamContext, max_payload: int = 1024 * 1024, partitions: int | None = None) -> None:
+        self.js, self.max_payload, self.partitions = js, max_payload, partitions
         self._runs = None
+        self._saving: dict[str, asyncio.Future] = {}
 
     async def runs_kv(self):
         if self._runs is None:
@@ -94,35 +117,87 @@ class HistoryStore:
             last_seq = seq
         return run, last_seq
 
+    def _keys(self, run_id: str) -> list[str]:
+        keys = [snapshot_key(run_id)]
+        if self.partitions:
+            keys.append(open_key(run_id, self.partitions))
+        return keys
+
     async def load_snapshot(self, run_id: str) -> tuple[WorkflowRun | None, int]:
         kv = await self.runs_kv()
-        try:
-            entry = await kv.get(snapshot_key(run_id))
-        except (KeyNotFoundError, NotFoundError):
-            return None, 0
-        if not entry.value:
-            return None, 0
-        snap = _SNAPSHOT_DECODER.decode(entry.value)
-        return snap.run, snap.last_seq
+        for key in self._keys(run_id):
+            try:
+                entry = await kv.get(key)
+            except (KeyNotFoundError, NotFoundError):
+                continue
+            if entry.value:
+                snap = _SNAPSHOT_DECODER.decode(entry.value)
+                return snap.run, snap.last_seq
+        return None, 0
 
     async def save_snapshot(self, run: WorkflowRun, last_seq: int) -> None:
         """Cache the state at ``last_seq``; a state too large for one message (a map of
         thousands) is kept as a summary at sequence 0 — statuses for listings and
         recovery, while a reader folds the whole history."""
+        previous = self._saving.get(run.run_id)
+        mine: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._saving[run.run_id] = mine
+        try:
+            if previous is not None:
+                await previous
+            await self._save(run, last_seq)
+        finally:
+            mine.set_result(None)
+            if self._saving.get(run.run_id) is mine:
+                del self._saving[run.run_id]
+
+    async def _save(self, run: WorkflowRun, last_seq: int) -> None:
         kv = await self.runs_kv()
         data = _SNAPSHOT_ENCODER.encode(Snapshot(run, last_seq))
         if len(data) > self.max_payload - SNAPSHOT_HEADROOM:
             data = _SNAPSHOT_ENCODER.encode(Snapshot(summary(run), 0))
+        if self.partitions and not run.is_terminal:
+            await kv.put(open_key(run.run_id, self.partitions), data)
+            return
         await kv.put(snapshot_key(run.run_id), data)
-        if self.open_runs is not None:  # the index of unfinished runs rides along (start, end)
-            await self.open_runs.mark(run)
+        if self.partitions:
+            await self._purge_key(open_key(run.run_id, self.partitions))
+
+    async def _purge_key(self, key: str) -> None:
+        """Remove a key and leave no marker (``kv.purge`` would leave one)."""
+        await self.js.purge_stream(f"KV_{RUNS_BUCKET}", subject=f"$KV.{RUNS_BUCKET}.{key}")
+
+    async def open_runs(self, partition: int) -> list[str]:
+        """The unfinished runs of ``partition``: the open keys under it, page by page."""
+        nc = self.js._nc  # the stream-info request with an offset (nats-py asks without one)
+        runs: list[str] = []
+        offset = 0
+        prefix = f"$KV.{RUNS_BUCKET}.open.{partition}."
+        while True:
+            request = {"subjects_filter": f"{prefix}*", "offset": offset}
+            reply = await nc.request(f"$JS.API.STREAM.INFO.KV_{RUNS_BUCKET}", json.dumps(request).encode(), timeout=10)
+            answer = json.loads(reply.data)
+            if "error" in answer:
+                raise RuntimeError(f"listing the unfinished runs of partition {partition}: {answer['error']}")
+            subjects = (answer.get("state") or {}).get("subjects") or {}
+            runs += [subject[len(prefix) :] for subject in subjects]
+            offset += len(subjects)
+            if not subjects or offset >= answer.get("total", offset):
+                return runs
 
     async def snapshots(self) -> list[Snapshot]:
-        """Every snapshot, read in one pass over the bucket."""
-        return [_SNAPSHOT_DECODER.decode(value) for _, value in await kv_entries(self.js, RUNS_BUCKET, ">")]
+        """Every run's latest snapshot, read in one pass over the bucket."""
+        latest: dict[str, Snapshot] = {}
+        for _, value in await kv_entries(self.js, RUNS_BUCKET, ">"):
+            snap = _SNAPSHOT_DECODER.decode(value)
+            known = latest.get(snap.run.run_id)
+            if known is None or snap.run.is_terminal or (not known.run.is_terminal and snap.last_seq > known.last_seq):
+                latest[snap.run.run_id] = snap
+        return list(latest.values())
 
     async def delete(self, run_id: str) -> None:
-        """Remove a run's history and snapshot (the caller checks it is terminal)."""
+        """Remove a run's history and snapshots (the caller checks it is terminal)."""
         await self.js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id))
-        kv = await self.runs_kv()
-        await kv.purge(snapshot_key(run_id))
+        await self.runs_kv()
+        for key in self._keys(run_id):
+            await self._purge_key(key)

@@ -15,14 +15,15 @@ from nats.js.errors import APIError, NotFoundError
 from dagnats.actors.ports import Clock, FlowPort
 from dagnats.domain.actions import DropTask, EnqueueTask, StartTimer
 from dagnats.domain.events import EVENT_DECODER, STEP_COMPLETED, STEP_FAILED, TASK_DECODER, Event, TimerFired
+from dagnats.domain.partition import partition_of
 from dagnats.domain.state import WorkflowRun
 
 from ..tracing import engine_span
 from ..wire.facts import publish_fact
-from ..wire.headers import MSG_ID, TRACEPARENT
+from ..wire.headers import HANDOFF, MSG_ID, TRACEPARENT
 from ..wire.names import INBOX_STREAM, TASK_STREAM
 from ..wire.reading import stored_messages
-from ..wire.subjects import stored_inbox_filter, task_subject
+from ..wire.subjects import handoff_subject, stored_inbox_filter, task_subject
 from ..wire.timers import arm_timers, cancel_timers
 from ..wire.workers import worker_alive
 from .bridge import LoopBridge, SystemClock
@@ -60,8 +61,11 @@ class NatsHistoryPort:
             self.bridge.spawn(coro)
 
 
-async def publish_tasks(js: JetStreamContext, tasks: list[EnqueueTask]) -> None:
+async def publish_tasks(js: JetStreamContext, tasks: list[EnqueueTask], partitions: int | None = None) -> None:
     """Publish tasks concurrently; each is deduplicated by run, step and attempt.
+
+    With ``partitions``, each task names the subject its worker may hand the result to
+    (``Dagnats-Handoff``: the run's partition's owner, see ``engine.handoff``).
 
     A publish the stream takes as a duplicate was published before, by a record
     that did not land (the engine died between its tasks and its append) or by
@@ -71,18 +75,20 @@ async def publish_tasks(js: JetStreamContext, tasks: list[EnqueueTask]) -> None:
     """
 
     async def publish(task: EnqueueTask) -> None:
-        ack = await _publish_task(js, task)
+        ack = await _publish_task(js, task, partitions)
         if ack.duplicate and not task.variant and not await accounted_for(js, task):
-            await _publish_task(js, msgspec.structs.replace(task, variant="reissued"))
+            await _publish_task(js, msgspec.structs.replace(task, variant="reissued"), partitions)
 
     await asyncio.gather(*(publish(t) for t in tasks))
 
 
-async def _publish_task(js: JetStreamContext, task: EnqueueTask) -> PubAck:
+async def _publish_task(js: JetStreamContext, task: EnqueueTask, partitions: int | None = None) -> PubAck:
     p = task.payload
     suffix = f".{task.variant}" if task.variant else ""
     index = f".i{p.instance}" if p.instance is not None else ""
     headers = {MSG_ID: f"{p.run_id}.{p.step_id}{index}.{p.attempt}{suffix}"}
+    if partitions:
+        headers[HANDOFF] = handoff_subject(partition_of(p.run_id, partitions))
     if p.traceparent:
         headers[TRACEPARENT] = p.traceparent
     subject = task_subject(task.task, p.run_id, task.group or None, task.capabilities)
@@ -190,9 +196,15 @@ class Unstarted:
 
 class NatsPorts:
     def __init__(
-        self, js: JetStreamContext, bridge: LoopBridge, reader: RunReader, max_payload: int, clock: Clock | None = None
+        self,
+        js: JetStreamContext,
+        bridge: LoopBridge,
+        reader: RunReader,
+        max_payload: int,
+        clock: Clock | None = None,
+        partitions: int | None = None,
     ) -> None:
-        self.js, self.bridge = js, bridge
+        self.js, self.bridge, self.partitions = js, bridge, partitions
         self.store = reader.store
         self.history = NatsHistoryPort(self.store, bridge)
         self.tasks = NatsTaskPort(js, bridge)
@@ -237,7 +249,7 @@ class NatsPorts:
                 return await append
             effects: list[Coroutine[Any, Any, None]] = []
             if tasks:
-                effects.append(publish_tasks(self.js, tasks))
+                effects.append(publish_tasks(self.js, tasks, self.partitions))
             if timers:
                 effects.append(arm_timers(self.js, run_id, timers, trace_parent))
             seq, *done = await asyncio.gather(append, *effects, return_exceptions=True)

@@ -34,7 +34,6 @@ from ..wire.names import (
     HISTORY_STREAM,
     IDEMPOTENCY_BUCKET,
     INBOX_STREAM,
-    OPEN_RUNS_STREAM,
     OWNERS_BUCKET,
     RUNS_BUCKET,
     SIGNALS_BUCKET,
@@ -124,7 +123,6 @@ def stream_configs(replicas: int = 1, partitions: int = DEFAULT_PARTITIONS) -> l
         stream(TASK_STREAM, ["task.>"], work_queue),
         stream(EVENT_STREAM, ["event.>"], limits, max_age=EVENT_MAX_AGE),
         stream(DEAD_LETTER_STREAM, ["dead.>"], limits, max_age=DEAD_LETTER_MAX_AGE),
-        stream(OPEN_RUNS_STREAM, ["open.*.*"], limits, max_msgs_per_subject=1),
     ]
 
 

@@ -92,6 +92,7 @@ class ListRuns(Request, frozen=True):
 class ListLimits(Request, frozen=True):
     prefix: str = ""  # only keys starting with this (e.g. "task.charge")
     queue: int = 20  # at most this many of each queue's waiters, head first
+    after: str = ""  # the page after this key (keys in order; the previous answer's "next")
 
 
 class ListDeadLetters(Request, frozen=True):

@@ -22,6 +22,10 @@ SCHEDULER = "Nats-Scheduler"
 SCHEDULE_NEXT = "Nats-Schedule-Next"
 SCHEDULE_NEXT_PURGE = "purge"
 
+# On a task: where its worker may hand the result straight to the run's owner
+# (`dagnats.handoff.<partition>`, request/reply) instead of the run's inbox.
+HANDOFF = "Dagnats-Handoff"
+
 # W3C trace context, carried API -> engine -> worker -> engine.
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"

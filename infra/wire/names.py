@@ -8,9 +8,6 @@ INBOX_STREAM = "RUN_INBOX"
 TASK_STREAM = "TASK_QUEUES"
 EVENT_STREAM = "EVENTS"
 DEAD_LETTER_STREAM = "DEAD_LETTERS"
-# One message per unfinished run, `open.<partition>.<run>`, purged when the run ends: what a
-# new owner of a partition rebuilds, without reading every finished run.
-OPEN_RUNS_STREAM = "OPEN_RUNS"
 
 DEFS_BUCKET = "workflow_defs"
 RUNS_BUCKET = "workflow_runs"

@@ -25,6 +25,12 @@ def inbox_subject(run_id: str) -> str:
     return f"inbox.{check_identifier('run id', run_id)}"
 
 
+def handoff_subject(partition: int) -> str:
+    """`dagnats.handoff.<partition>`: a worker's result, by request, to whichever engine owns
+    the partition now; it answers once the result is in the run's history."""
+    return f"dagnats.handoff.{int(partition)}"
+
+
 def stored_inbox_filter(run_id: str) -> str:
     """`inbox.*.<run>`: the run's facts as the inbox stream stores them (under its partition)."""
     return f"inbox.*.{check_identifier('run id', run_id)}"

@@ -1,0 +1,100 @@
+"""Results handed straight to a run's owner: `dagnats.handoff.<partition>`, request/reply.
+
+A worker's result would otherwise be stored twice: once in the run's inbox, once
+in its history. Each task names the subject of its run's partition
+(``Dagnats-Handoff``); the worker sends its result there as a request, and the
+engine that owns the partition records it like any inbox fact and answers once
+the record (and what it dispatched) is stored. Only then does the worker
+acknowledge its task: a result lost on the way (no owner, a timeout, an engine
+killed before it answered, a report ahead of its dispatch) leaves the task
+unacknowledged, and the worker falls back to the run's inbox, so nothing is lost;
+a result recorded twice is the same fact, folded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from dagnats.actors.messages import Deliver
+from dagnats.domain.events import STEP_COMPLETED, STEP_FAILED, Event, decode_event
+from dagnats.domain.partition import partition_of
+
+from ..wire.subjects import handoff_subject
+
+log = logging.getLogger("dagnats.handoff")
+
+HANDED = frozenset({STEP_COMPLETED, STEP_FAILED})
+STORED, NOT_STORED = b'{"stored":true}', b'{"stored":false}'
+
+
+class Handoff:
+    """Subscribed to the handoff subject of each partition this engine holds."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        partitions: int,
+        deliver: Callable[[Deliver], None],
+        holds: Callable[[int], bool],
+        sanitized: Callable[[Event], Event],
+    ) -> None:
+        self.nc, self.partitions = nc, partitions
+        self.deliver, self.holds, self.sanitized = deliver, holds, sanitized
+        self._subs: dict[int, Subscription] = {}
+
+    async def open(self, partition: int) -> None:
+        if partition not in self._subs:
+            self._subs[partition] = await self.nc.subscribe(handoff_subject(partition), cb=self._receiver(partition))
+
+    async def close(self, partition: int) -> None:
+        sub = self._subs.pop(partition, None)
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception as err:  # noqa: BLE001 - a closed connection has nothing left to drop
+                log.debug("unsubscribing handoff %d: %s", partition, err)
+
+    async def close_all(self) -> None:
+        for partition in list(self._subs):
+            await self.close(partition)
+
+    def _receiver(self, partition: int) -> Callable[[Msg], Awaitable[None]]:
+        async def received(msg: Msg) -> None:
+            await self._received(msg, partition)
+
+        return received
+
+    async def _received(self, msg: Msg, partition: int) -> None:
+        try:
+            event = decode_event(msg.data)
+        except msgspec.DecodeError:
+            await _answer(msg, NOT_STORED)
+            return
+        if (
+            event.type not in HANDED
+            or not event.run_id
+            or partition_of(event.run_id, self.partitions) != partition
+            or not self.holds(partition)
+        ):
+            await _answer(msg, NOT_STORED)  # the worker falls back to the run's inbox
+            return
+        loop = asyncio.get_running_loop()
+
+        def done(ok: bool, retry_in: float = 0.5) -> None:
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_answer(msg, STORED if ok else NOT_STORED)))
+
+        self.deliver(Deliver(event.run_id, (self.sanitized(event),), done))
+
+
+async def _answer(msg: Msg, body: bytes) -> None:
+    try:
+        await msg.respond(body)
+    except Exception as err:  # noqa: BLE001 - the worker times out and uses the inbox
+        log.debug("answering a handoff: %s", err)

@@ -1,0 +1,1 @@
+"""The reactive runtime: triggers from NATS into executions recorded on WORKFLOW_HISTORY."""

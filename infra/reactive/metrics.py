@@ -1,0 +1,35 @@
+"""The reactive engine's metrics, named as the seed names them, on OpenTelemetry's global meter.
+
+With no MeterProvider configured they cost nothing; an OTLP exporter configured
+for the process (OTEL_* environment) exports them with everything else.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import metrics
+
+
+class ReactiveMetrics:
+    def __init__(self) -> None:
+        meter = metrics.get_meter("dagnats.reactive")
+        counter = meter.create_counter
+        self.executions_created = counter("reactive_executions_created_total")
+        self.executions_completed = counter("reactive_executions_completed_total")
+        self.executions_failed = counter("reactive_executions_failed_total")
+        self.executions_escalated = counter("reactive_executions_escalated_total")
+        self.executions_timed_out = counter("reactive_executions_timed_out_total")
+        self.rule_evaluations = counter("reactive_rule_evaluations_total")
+        self.rule_firings = counter("reactive_rule_firings_total")
+        self.action_dispatches = counter("reactive_action_dispatches_total")
+        self.callback_latency = meter.create_histogram("reactive_callback_latency_seconds", unit="s")
+        self.pending_callbacks = meter.create_up_down_counter("reactive_pending_callbacks")
+        self._ended = {
+            "completed": self.executions_completed,
+            "failed": self.executions_failed,
+            "escalated": self.executions_escalated,
+            "timed_out": self.executions_timed_out,
+        }
+
+    def ended(self, workflow_id: str, status: str) -> None:
+        if status in self._ended:
+            self._ended[status].add(1, {"workflow_id": workflow_id})

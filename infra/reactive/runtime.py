@@ -1,0 +1,343 @@
+"""ReactiveRuntime: NATS inputs -> decide -> one conditional history record -> effects.
+
+    KV watch | subject | JetStream consumer | reactive.inbox.<id> (callbacks, timers)
+        -> Input -> per-execution lock -> decide -> append history.<id> -> publish, KV, timer
+
+Each execution is served under its own lock, from a cache of (execution, last
+sequence) rebuilt by replaying its history. Effects happen only after the
+record that decided them is stored, each message with a Nats-Msg-Id derived
+from the record; after a crash, ``recover`` publishes the last record of every
+open execution again (at-least-once; JetStream subjects drop the copy) and
+re-arms its timeout. Durable inputs (KV revisions, stream sequences) are
+acknowledged after the record, and a position already folded fires nothing.
+The engine's own state writes go to the state bucket, which no watcher of
+this runtime consumes: rules on the own state run as cascades inside decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js import api
+from nats.js.errors import APIError, BadRequestError, NotFoundError
+
+from dagnats.domain.errors import WrongLastSequence
+from dagnats.domain.events import format_timestamp
+from dagnats.domain.reactive.decide import Input, callback_subject, decide, execution_id
+from dagnats.domain.reactive.events import CallbackApplied, ExecutionCreated, ExecutionEnded, ReactiveEvent, RuleFired
+from dagnats.domain.reactive.fold import Execution, fold
+from dagnats.domain.reactive.registry import ReactiveRegistry
+from dagnats.domain.reactive.rules import Rule
+from dagnats.domain.reactive.state import TriggerMode
+from dagnats.domain.reactive.workflow import ReactiveWorkflow
+
+from ..engine.streams import ensure_resources
+from ..wire.headers import MSG_ID, SCHEDULE, SCHEDULE_TARGET
+from .metrics import ReactiveMetrics
+from .store import append_record, load_execution
+
+log = logging.getLogger("dagnats.reactive")
+
+REACTIVE_STREAM = "REACTIVE"
+WORKFLOWS_BUCKET = "reactive_workflows"
+# One entry per execution: workflow, key, status. What `recover` walks after a restart.
+EXECUTIONS_BUCKET = "reactive_executions"
+_JSON = msgspec.json.Encoder()
+
+
+def _now() -> str:
+    return format_timestamp(datetime.now(UTC))
+
+
+class _Source:
+    """Rules of one workflow that share one trigger: an input is matched against all of them."""
+
+    def __init__(self, wf: ReactiveWorkflow, rule: Rule) -> None:
+        self.wf, self.trigger, self.rules = wf, rule.trigger, [rule]
+
+
+class ReactiveRuntime:
+    def __init__(self, nc: NATS, registry: ReactiveRegistry, clock: Callable[[], str] = _now) -> None:
+        self.nc, self.registry, self.clock = nc, registry, clock
+        self.js = nc.jetstream()
+        self.metrics = ReactiveMetrics()
+        self._cache: dict[str, tuple[Execution, int]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._subs: list[Any] = []
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await ensure_resources(self.js)
+        await self._ensure_stream()
+        for bucket in {WORKFLOWS_BUCKET, EXECUTIONS_BUCKET, *self._buckets()}:
+            await self._bucket(bucket)
+        workflows = await self.js.key_value(WORKFLOWS_BUCKET)
+        for wf in self.registry.all():
+            await workflows.put(wf.id, _JSON.encode(wf.describe()))
+        await self.recover()
+        for source in self._sources():
+            await self._start_source(source)
+        await self._consume(REACTIVE_STREAM, "reactive.inbox.>", "reactive-inbox", self._on_inbox)
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _ensure_stream(self) -> None:
+        config = api.StreamConfig(
+            name=REACTIVE_STREAM,
+            subjects=["reactive.inbox.>", "reactive.schedule.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            allow_msg_schedules=True,
+            allow_direct=True,
+            max_age=7 * 24 * 3600.0,
+        )
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError:
+            pass
+
+    async def _bucket(self, bucket: str) -> Any:
+        try:
+            return await self.js.key_value(bucket)
+        except (NotFoundError, BadRequestError, APIError):
+            return await self.js.create_key_value(api.KeyValueConfig(bucket=bucket, history=1, direct=True))
+
+    def _buckets(self) -> set[str]:
+        found = set()
+        for wf in self.registry.all():
+            found.add(wf.state_bucket)
+            found.update(r.trigger.watch_bucket for r in wf.rules if r.trigger.watch_bucket)
+        return found
+
+    def _sources(self) -> list[_Source]:
+        sources: dict[tuple[Any, ...], _Source] = {}
+        for wf in self.registry.all():
+            for rule in wf.rules:
+                t = rule.trigger
+                if not t.subject and t.watch_bucket == wf.state_bucket:
+                    continue  # rules on the own state run as cascades, never from the watch
+                key = (wf.id, t.watch_bucket, t.watch_pattern, t.subject, t.stream)
+                if key in sources:
+                    sources[key].rules.append(rule)
+                else:
+                    sources[key] = _Source(wf, rule)
+        return list(sources.values())
+
+    async def _start_source(self, source: _Source) -> None:
+        t = source.trigger
+        if t.watch_bucket:
+            self._tasks.append(asyncio.create_task(self._watch(source)))
+        elif t.stream:
+            durable = f"reactive-{source.wf.id}-{source.rules[0].id}"
+            await self._consume(t.stream, t.subject, durable, lambda msg: self._on_message(source, msg, True))
+        else:
+
+            async def on_core(msg: Any) -> None:
+                await self._on_message(source, msg, False)
+
+            self._subs.append(await self.nc.subscribe(t.subject, cb=on_core))
+
+    async def _consume(self, stream: str, subject: str, durable: str, handler: Callable[[Any], Any]) -> None:
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            max_ack_pending=1000,
+            ack_wait=30,
+        )
+        sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+        self._tasks.append(asyncio.create_task(self._pull(sub, handler)))
+
+    async def _pull(self, sub: Any, handler: Callable[[Any], Any]) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(100, timeout=1)
+            except TimeoutError:
+                continue
+            except Exception as err:  # noqa: BLE001 - a lost connection: try again
+                log.warning("fetch failed: %s", err)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:  # in order: positions only grow
+                try:
+                    await handler(msg)
+                    await msg.ack()
+                except Exception:  # noqa: BLE001 - redelivered later
+                    log.exception("input on %s not handled", msg.subject)
+
+    async def _watch(self, source: _Source) -> None:
+        t = source.trigger
+        kv = await self.js.key_value(t.watch_bucket)
+        watcher = await kv.watch(t.watch_pattern)
+        async for entry in watcher:
+            if entry is None or entry.operation is not None and entry.operation != "PUT":
+                continue
+            try:
+                await self._on_kv(source, entry)
+            except Exception:  # noqa: BLE001 - one bad entry must not stop the watch
+                log.exception("kv entry %s not handled", entry.key)
+
+    # ---- inputs ---------------------------------------------------------------------
+
+    async def _on_kv(self, source: _Source, entry: Any) -> None:
+        t = source.trigger
+        value = _decode(entry.value or b"", t.value_type)
+        inp = Input(
+            id=f"kv.{t.watch_bucket}.{entry.revision}", kind="trigger", key=entry.key, mode=TriggerMode.STATE,
+            info=entry.key, source=f"kv:{t.watch_bucket}", position=entry.revision, rules=source.rules,
+            message=value, kv_key=entry.key, kv_revision=entry.revision,
+        )  # fmt: skip
+        await self.handle(source.wf, execution_id(source.wf.id, entry.key), inp)
+
+    async def _on_message(self, source: _Source, msg: Any, durable: bool) -> None:
+        t = source.trigger
+        message = _decode(msg.data or b"", t.message_type)
+        key = t.state_key(message) if t.state_key is not None else ""
+        position = msg.metadata.sequence.stream if durable else 0
+        if not key:
+            key = f"{t.stream or 'msg'}-{position}" if durable else f"msg-{id(msg)}"
+        mode = TriggerMode.MESSAGE_AND_STATE if t.state_key is not None else TriggerMode.MESSAGE
+        inp = Input(
+            id=f"js.{t.stream}.{position}" if durable else "", kind="trigger", key=key, mode=mode, info=msg.subject,
+            source=f"js:{t.stream}" if durable else "", position=position, rules=source.rules, message=message,
+            subject=msg.subject,
+        )  # fmt: skip
+        await self.handle(source.wf, execution_id(source.wf.id, key), inp)
+
+    async def _on_inbox(self, msg: Any) -> None:
+        exec_id = msg.subject.split(".", 2)[2]
+        body = msgspec.json.decode(msg.data or b"{}")
+        if not isinstance(body, dict):
+            return
+        ex, _ = await self._load(exec_id)
+        wf = self.registry.get(ex.workflow_id)
+        if wf is None:
+            return
+        if body.get("kind") == "timeout":
+            await self.handle(wf, exec_id, Input(id="timeout", kind="timeout", info="timeout"))
+            return
+        task_id = str(body.get("task_id", ""))
+        rule = next((r for r in wf.rules if ex.pending and r.id == ex.pending.rule_id), None)
+        result_type = self.registry.result_type(rule.action.result_type) if rule and rule.action else None
+        result = msgspec.convert(body, result_type, strict=False) if result_type else body
+        inp = Input(id=f"cb.{task_id}", kind="callback", task_id=task_id, result=result, info=msg.subject)
+        await self.handle(wf, exec_id, inp)
+
+    # ---- one input, one record --------------------------------------------------------
+
+    async def handle(self, wf: ReactiveWorkflow, exec_id: str, inp: Input) -> list[ReactiveEvent]:
+        lock = self._locks.setdefault(exec_id, asyncio.Lock())
+        async with lock:
+            for _ in range(3):
+                ex, last_seq = await self._load(exec_id)
+                if not inp.id:
+                    inp.id = f"m{last_seq}"
+                events = decide(wf, ex, inp, self.clock())
+                self._count_evaluations(wf, inp)
+                if not events:
+                    return []
+                try:
+                    seq = await append_record(self.js, exec_id, events, last_seq, f"{exec_id}:{inp.id}")
+                except WrongLastSequence:
+                    self._cache.pop(exec_id, None)  # someone else wrote: refold and decide again
+                    continue
+                for event in events:
+                    ex = fold(ex, event)
+                self._cache[exec_id] = (ex, seq)
+                await self._effects(wf, ex, events)
+                return events
+        return []
+
+    async def _load(self, exec_id: str) -> tuple[Execution, int]:
+        cached = self._cache.get(exec_id)
+        if cached is not None:
+            return cached
+        ex, seq, _ = await load_execution(self.js, exec_id)
+        self._cache[exec_id] = (ex, seq)
+        return ex, seq
+
+    async def _effects(self, wf: ReactiveWorkflow, ex: Execution, events: list[ReactiveEvent]) -> None:
+        await self._publish(events)
+        for event in events:
+            self._count(wf, event)
+            if isinstance(event, ExecutionCreated) and event.deadline:
+                await self.arm_timeout(ex.execution_id, event.deadline)
+        kv = await self.js.key_value(wf.state_bucket)
+        await kv.put(ex.key, _JSON.encode(ex.state))
+        index = await self.js.key_value(EXECUTIONS_BUCKET)
+        await index.put(ex.execution_id, _JSON.encode({"workflow_id": wf.id, "key": ex.key, "status": ex.status}))
+        if ex.is_terminal:
+            self._locks.pop(ex.execution_id, None)
+
+    async def _publish(self, events: list[ReactiveEvent]) -> None:
+        for event in events:
+            for out in event.outgoing:
+                await self.nc.publish(out.subject, _JSON.encode(out.data), headers={MSG_ID: out.msg_id})
+        await self.nc.flush()
+
+    async def arm_timeout(self, exec_id: str, deadline: str) -> None:
+        """The execution's deadline as a message schedule firing into its inbox (replaces an armed one)."""
+        headers = {SCHEDULE: f"@at {deadline}", SCHEDULE_TARGET: callback_subject(exec_id)}
+        body = _JSON.encode({"kind": "timeout", "execution_id": exec_id})
+        await self.js.publish(f"reactive.schedule.{exec_id}", body, stream=REACTIVE_STREAM, headers=headers)
+
+    async def recover(self) -> None:
+        """After a restart: publish each open execution's last record again, re-arm its timeout."""
+        index = await self.js.key_value(EXECUTIONS_BUCKET)
+        try:
+            keys = await index.keys()
+        except Exception:  # noqa: BLE001 - nats-py raises NoKeysError on an empty bucket
+            return
+        for exec_id in keys:
+            ex, seq, last = await load_execution(self.js, exec_id)
+            if not ex.created or ex.is_terminal:
+                continue
+            self._cache[exec_id] = (ex, seq)
+            await self._publish(last)
+            if deadline := str(ex.state.get("deadline") or ""):
+                await self.arm_timeout(exec_id, deadline)
+
+    # ---- metrics --------------------------------------------------------------------
+
+    def _count_evaluations(self, wf: ReactiveWorkflow, inp: Input) -> None:
+        for rule in inp.rules:
+            self.metrics.rule_evaluations.add(1, {"workflow_id": wf.id, "rule_id": rule.id})
+
+    def _count(self, wf: ReactiveWorkflow, event: ReactiveEvent) -> None:
+        attrs = {"workflow_id": wf.id}
+        if isinstance(event, ExecutionCreated):
+            self.metrics.executions_created.add(1, attrs)
+        elif isinstance(event, RuleFired):
+            self.metrics.rule_firings.add(1, {**attrs, "rule_id": event.rule_id})
+            self.metrics.action_dispatches.add(1, {**attrs, "rule_id": event.rule_id, "action": event.action})
+            if event.task_id:
+                self.metrics.pending_callbacks.add(1, attrs)
+        elif isinstance(event, CallbackApplied):
+            self.metrics.pending_callbacks.add(-1, attrs)
+            self.metrics.callback_latency.record(event.latency_ms / 1000, {**attrs, "rule_id": event.rule_id})
+        elif isinstance(event, ExecutionEnded):
+            self.metrics.ended(wf.id, event.status)
+
+
+def _decode(data: bytes, message_type: Any) -> Any:
+    value = msgspec.json.decode(data) if data else None
+    if message_type is None or value is None:
+        return value
+    return msgspec.convert(value, message_type, strict=False)
