@@ -47,7 +47,7 @@ class EngineMetrics:
         labels = {"workflow": workflow}
         self.records.add(1, labels)
         for event in events:
-            if event.type == ev.WORKFLOW_STARTED and event.payload is not None:
+            if isinstance(event.payload, ev.RunStart):
                 self.started.add(1, {"workflow": event.payload.workflow_def.name})
             elif isinstance(event.payload, ev.TimerFire) and event.payload.due:
                 self.timer_lateness.record(_millis(event.payload.due, event.timestamp), labels)
@@ -91,12 +91,17 @@ def setup_metrics(service: str) -> EngineMetrics:
     readers: list[Any] = [memory]
     if otel_config.exporter_name("METRICS") == "otlp":
         try:
+            exporter: Any
             if otel_config.protocol("METRICS") == "grpc":
-                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
+
+                exporter = Grpc()
             else:
                 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+                exporter = OTLPMetricExporter()
             interval = int(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL") or 60000)
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=interval))
+            readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval))
         except Exception as err:  # noqa: BLE001 - metrics never stop the engine
             log.warning("OTLP metrics are off: %s", err)
     provider = MeterProvider(resource=otel_config.resource(service), metric_readers=readers)
