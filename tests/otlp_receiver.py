@@ -1,9 +1,9 @@
 """A real OTLP/HTTP receiver in the test process: decodes the protobuf exports.
 
-    with OtlpReceiver() as otlp:          # otlp.endpoint -> OTEL_EXPORTER_OTLP_ENDPOINT
-        ...
-        otlp.spans                         # list[ReceivedSpan], in arrival order
-        otlp.metrics                       # {metric name: [data point dicts]}
+with OtlpReceiver() as otlp:          # otlp.endpoint -> OTEL_EXPORTER_OTLP_ENDPOINT
+    ...
+    otlp.spans                         # list[ReceivedSpan], in arrival order
+    otlp.metrics                       # {metric name: [data point dicts]}
 """
 
 from __future__ import annotations
