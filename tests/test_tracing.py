@@ -115,6 +115,7 @@ def test_a_join_links_its_dependencies_and_a_retry_is_a_second_attempt(nats_url,
     assert len(queues) == 4  # a, b, c twice
     failed_delivery = [s for s in in_run if s.name == "executeTask tc" and s.status.status_code.name == "ERROR"]
     assert len(failed_delivery) == 1 and any(e.name == "exception" for e in failed_delivery[0].events)
+    assert 'dagnats_step_retries_total{workflow="join3",step="c"} 1' in metrics.prometheus_text()
 
 
 def test_metrics_count_runs_and_time_steps_in_prometheus_text(nats_url, run, spans):
