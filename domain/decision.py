@@ -41,6 +41,7 @@ from .resolve import (
 )
 from .retry import calculate_delay, may_retry, resolve_retry_policy
 from .timers import STICKY_FALLBACK_NS, retry_timer, sticky_fallback_timer
+from .trace_spans import attempt_trace_parent
 
 # A value (step input, run output) larger than this, encoded, is recorded by
 # reference to the state that holds it: a history record must stay under the
@@ -181,7 +182,7 @@ class Decision:
             task=step.task,
             workflow_name=self.defn.name,
             timeout_ns=int(step.timeout),
-            traceparent=self.run.trace_parent,
+            traceparent=attempt_trace_parent(self.run.trace_parent, self.run.run_id, step.id, attempt, instance),
             metadata=step.metadata,
             step_type=step.type,
         )

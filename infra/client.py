@@ -125,6 +125,7 @@ class Client:
             body["idempotency_key"] = idempotency_key
         if run_id:
             body["run_id"] = run_id
+        trace_parent = trace_parent or _current_trace_parent()
         if trace_parent:
             body["trace_parent"] = trace_parent
         return (await self.request("run.start", body))["run_id"]
@@ -354,3 +355,12 @@ class SyncClient:
             return self._loop.run_until_complete(method(*args, **kwargs))
 
         return call
+
+
+def _current_trace_parent() -> str | None:
+    """The caller's active OpenTelemetry span, if any: the run continues its trace."""
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")

@@ -39,7 +39,6 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from opentelemetry import propagate, trace
 
 from dagnats.domain.errors import Permanent, RateLimited
 from dagnats.domain.events import (
@@ -61,13 +60,13 @@ from dagnats.domain.identifiers import check_identifier
 
 from .added_steps import AddedSteps
 from .context import Continue, TaskContext, TaskIO
+from .delivery_span import delivery_span, record_outcome
 from .wire.facts import publish_fact
 from .wire.handoff import hand_over
 from .wire.headers import HANDOFF, TRACEPARENT
 from .wire.subjects import inbox_subject
 
 log = logging.getLogger("dagnats.worker")
-_tracer = trace.get_tracer("dagnats.worker")
 
 MAX_ERROR_CHARS = 16_384  # the engine keeps less; this only keeps a fact under max_payload
 STARTED_REPORT_DELAY = 0.05  # seconds a handler runs before its step.started is sent
@@ -170,7 +169,7 @@ class TaskRunner:
             delay, lambda: started.append(asyncio.ensure_future(self._report(ctx, Outcome(STEP_STARTED), began)))
         )
         try:
-            outcome = await self._invoke(handler, ctx, payload)
+            outcome = await self._invoke(handler, ctx, payload, msg)
             report_start.cancel()
             if started:
                 await started[0]
@@ -232,19 +231,11 @@ class TaskRunner:
             await asyncio.sleep(self.ack_wait / 3)
             await settle(msg.in_progress())
 
-    async def _invoke(self, handler: TaskHandler, ctx: TaskContext, payload: TaskPayload) -> Outcome:
-        parent = propagate.extract({"traceparent": ctx.trace_parent}) if ctx.trace_parent else None
-        ids: dict[str, str | int] = {
-            "dagnats.run_id": ctx.run_id,
-            "dagnats.step_id": ctx.step_id,
-            "dagnats.attempt": ctx.attempt,
-        }
-        with _tracer.start_as_current_span(
-            f"executeTask {ctx.task}", context=parent, kind=trace.SpanKind.CONSUMER, attributes=ids
-        ) as span:
+    async def _invoke(self, handler: TaskHandler, ctx: TaskContext, payload: TaskPayload, msg: Msg) -> Outcome:
+        delivered = msg.metadata.num_delivered if msg.metadata else 1
+        with delivery_span(ctx, payload, msg.subject, delivered) as span:
             outcome = await handler(ctx, payload.input, self.executor)
-            if outcome.failed:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.payload["error"]))
+            record_outcome(span, outcome.type, outcome.failed, outcome.payload)
         if outcome.failed:
             kind, error = outcome.payload["failure_type"], outcome.payload["error"]
             level = logging.WARNING if kind == FailureType.PERMANENT.value else logging.INFO

@@ -1,22 +1,33 @@
 """W3C trace context and OpenTelemetry set-up.
 
-Every run has one trace: the API starts it (or continues the caller's) and
-its ``traceparent`` travels in each event's ``trace_parent`` field and in
-NATS headers, API -> engine -> worker -> engine, so it survives restarts.
-Spans are exported over OTLP only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is
-set; otherwise tracing costs nothing.
+Every run has one trace. A run started with a ``traceparent`` (client,
+``TRACEPARENT`` / ``--traceparent`` on the CLI, the HTTP API) continues the
+caller's trace; one started without starts its own. The run's traceparent is
+recorded on ``workflow.started`` and travels in each event's ``trace_parent``
+field and in NATS headers, so it survives restarts.
+
+The engine's spans (the run, each step attempt, queue times) are not recorded
+live: they are projected from the history (``domain/trace_spans.py``,
+``infra/engine/trace_projector.py``), so a crash loses none. Live spans are the
+control plane's (``dagnats.api <op>``) and the workers' (one per delivery,
+children of their step-attempt span). Nothing is exported unless the standard
+OpenTelemetry environment asks for it (``infra/otel_config.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import re
+import logging
 import secrets
 from collections.abc import Iterator
 
-_TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+from dagnats.domain.trace_spans import parse_trace_parent, run_trace_parent
+
+from . import otel_config
+
+log = logging.getLogger("dagnats.tracing")
 _configured = False
+_provider = None
 
 
 def new_trace_parent() -> str:
@@ -25,72 +36,84 @@ def new_trace_parent() -> str:
 
 def valid_trace_parent(value: object) -> bool:
     """A malformed or all-zero traceparent starts a new trace instead of failing the run."""
-    if not isinstance(value, str) or not _TRACEPARENT.fullmatch(value):
-        return False
-    _, trace, span, _ = value.split("-")
-    return trace != "0" * 32 and span != "0" * 16
+    return parse_trace_parent(value) is not None
 
 
 def setup_tracing(service_name: str) -> bool:
-    """Install an OTLP span exporter if an endpoint is configured; True if so."""
+    """Install a span exporter if the environment configures one; True if so."""
     global _configured
-    if _configured or not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        return _configured
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    if _configured:
+        return True
+    try:
+        exporter = otel_config.span_exporter()
+        if exporter is None:
+            return False
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider = TracerProvider(resource=otel_config.resource(service_name))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    except Exception as err:  # noqa: BLE001 - tracing never stops a process from starting
+        log.warning("tracing is off: %s", err)
+        return False
     use_provider(provider)
     return True
 
 
 def use_provider(provider) -> None:
     """Record spans with ``provider`` (an exporter of one's own, e.g. in tests)."""
-    global _configured
+    global _configured, _provider
     from opentelemetry import trace
 
     trace.set_tracer_provider(provider)
+    _provider = provider
     _configured = True
+
+
+def flush(timeout_ms: int = 5000) -> None:
+    """Export the spans still buffered (a worker's last deliveries, on SIGTERM)."""
+    if _provider is not None:
+        with contextlib.suppress(Exception):
+            _provider.force_flush(timeout_ms)
 
 
 @contextlib.contextmanager
 def engine_span(run_id: str, events: list) -> Iterator[str]:
-    """A span for one decision record, child of the run's trace; yields its
-    traceparent, or "" when tracing is off (no span is recorded then)."""
-    if not _configured or not events:
-        yield ""
-        return
-    from opentelemetry import propagate, trace
+    """Kept for the engine's ports: the engine's spans are projected from the history
+    (``infra/engine/trace_projector.py``), so a record has no live span; yields ""."""
+    yield ""
 
-    parent = propagate.extract({"traceparent": events[0].trace_parent}) if events[0].trace_parent else None
-    attributes = {
-        "dagnats.run_id": run_id,
-        "dagnats.event_types": ",".join(e.type for e in events),
-        "dagnats.step_ids": ",".join(sorted({e.step_id for e in events if e.step_id})),
-    }
-    tracer = trace.get_tracer("dagnats.engine")
-    with tracer.start_as_current_span(
-        "dagnats.engine record", context=parent, kind=trace.SpanKind.INTERNAL, attributes=attributes
-    ) as span:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        yield carrier.get("traceparent", "")
+
+def incoming(trace_parent: str | None, what: str) -> str | None:
+    """A caller's traceparent if valid; a malformed one is logged once and dropped."""
+    if not trace_parent:
+        return None
+    if valid_trace_parent(trace_parent):
+        return trace_parent
+    log.warning("%s: ignoring malformed traceparent %r; the run starts a new trace", what, trace_parent[:80])
+    return None
 
 
 @contextlib.contextmanager
-def api_span(operation: str, trace_parent: str | None) -> Iterator[str]:
-    """A span for a control-plane operation; yields the traceparent the run carries."""
+def api_span(operation: str, trace_parent: str | None, run_id: str = "") -> Iterator[str]:
+    """A span for a control-plane operation; yields the traceparent the run records:
+    the caller's, or (none or malformed) a new trace whose root is the run's own span."""
+    caller = incoming(trace_parent, operation)
+    if caller:
+        recorded = caller
+    elif run_id:
+        recorded = run_trace_parent(secrets.token_hex(16), run_id)
+    else:
+        recorded = new_trace_parent()
     if not _configured:
-        yield trace_parent if trace_parent and valid_trace_parent(trace_parent) else new_trace_parent()
+        yield recorded
         return
     from opentelemetry import propagate, trace
 
-    parent = propagate.extract({"traceparent": trace_parent}) if valid_trace_parent(trace_parent) else None
     tracer = trace.get_tracer("dagnats.api")
-    with tracer.start_as_current_span(f"dagnats.api {operation}", context=parent, kind=trace.SpanKind.SERVER) as span:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        yield carrier.get("traceparent") or new_trace_parent()
+    parent = propagate.extract({"traceparent": recorded})
+    attributes = {"dagnats.run_id": run_id} if run_id else {}
+    with tracer.start_as_current_span(
+        f"dagnats.api {operation}", context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
+    ):
+        yield recorded

@@ -52,6 +52,7 @@ from dagnats.domain.definition import decode_workflow
 from dagnats.domain.errors import DefinitionDecodeError, SignalTimeout, TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.identifiers import check_identifier, is_identifier
 
+from . import tracing
 from .context import Continue, TaskContext
 from .handler_threads import HandlerThreads, exit_if_handlers_hang
 from .registry import Heartbeat
@@ -196,6 +197,7 @@ class Worker:
                 for sig in signals:
                     loop.remove_signal_handler(sig)
             await self.stop()
+            await asyncio.to_thread(tracing.flush)  # the last deliveries' spans, before exiting
 
     async def start(self) -> None:
         """Connect, ensure the consumers and start fetching.

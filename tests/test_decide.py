@@ -14,6 +14,7 @@ from dagnats.domain.fold import fold, replay
 from dagnats.domain.resolve import resolve_input, run_output, sink_steps
 from dagnats.domain.retry import LEGACY_DELAY, calculate_delay, resolve_retry_policy
 from dagnats.domain.timers import RETRY, STEP_TIMEOUT, changed_timers, retry_timer, wanted_timers
+from dagnats.domain.trace_spans import attempt_trace_parent
 
 from strategies import (
     RUN_ID,
@@ -151,7 +152,10 @@ def test_dispatched_tasks_carry_run_step_and_trace():
     assert task.group == "gpu"
     payload = task.payload
     assert (payload.run_id, payload.step_id, payload.attempt, payload.workflow_name) == (RUN_ID, "a", 1, "wf")
-    assert payload.timeout_ns == 30 * SECOND and payload.traceparent == rec.run.trace_parent != ""
+    assert payload.timeout_ns == 30 * SECOND and rec.run.trace_parent != ""
+    # The task carries the run's trace, its parent the step attempt's (projected) span.
+    assert payload.traceparent == attempt_trace_parent(rec.run.trace_parent, RUN_ID, "a", 1, None)
+    assert payload.traceparent.split("-")[1] == rec.run.trace_parent.split("-")[1]
 
 
 def test_input_of_a_step_without_dependencies_is_the_run_input():

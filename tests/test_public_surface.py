@@ -63,6 +63,7 @@ def test_the_builder_and_client_are_where_the_docs_say():
         ["run", "resume", "--help"],
         ["run", "wait", "--help"],
         ["run", "inspect", "--help"],
+        ["run", "trace", "--help"],
         ["run", "delete", "--help"],
         ["event", "publish", "--help"],
         ["run", "approve", "--help"],

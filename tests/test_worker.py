@@ -747,11 +747,11 @@ def test_execution_is_traced_as_a_child_of_the_tasks_traceparent(nats_url, run, 
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from dagnats.infra import task_context
+    from dagnats.infra import delivery_span
 
     exporter, provider = InMemorySpanExporter(), TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(task_context, "_tracer", provider.get_tracer("dagnats.worker"))
+    monkeypatch.setattr(delivery_span, "_tracer", provider.get_tracer("dagnats.worker"))
     w = Worker(nats_url)
     inner = []
 

@@ -26,6 +26,7 @@ from . import cluster as cluster_cli
 from . import dlq, render
 from . import drill as drill_cli
 from . import reactive as reactive_cli
+from . import trace as trace_cli
 from . import trigger as trigger_cli
 
 
@@ -75,13 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--replicas", type=_positive, help="copies of every stream and bucket (default: 3 on a cluster, else 1)"
     )
     serve.add_argument(
-        "--partitions", type=_positive, help="partitions runs are divided into (fixed when first created; default 32)"
+        "--partitions", type=_positive, help="partitions runs are divided into (fixed when first created; default 16)"
     )
     serve.add_argument(
         "--http",
         default=os.environ.get("DAGNATS_HTTP"),
         metavar="HOST:PORT|off",
         help="HTTP API, workers, triggers and console (default 127.0.0.1:8080, skipped if taken; env DAGNATS_HTTP)",
+    )
+    serve.add_argument(
+        "--otlp-endpoint", help="send traces and metrics by OTLP here (sets OTEL_EXPORTER_OTLP_ENDPOINT)"
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -97,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", parents=[common], help="run the Worker defined in FILE.py")
     worker.add_argument("file")
+    worker.add_argument(
+        "--otlp-endpoint", help="send traces and metrics by OTLP here (sets OTEL_EXPORTER_OTLP_ENDPOINT)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     wf = commands.add_parser("workflow", help="register and inspect workflows").add_subparsers(
@@ -123,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-file", help="read the run input (JSON) from this file, or - for stdin")
     p.add_argument("--watch", action="store_true", help="print step events until the run ends")
     p.add_argument("--idempotency-key", help="a second start with the same key returns the first run")
+    p.add_argument("--traceparent", help="continue this W3C trace (default: the TRACEPARENT environment variable)")
     p.set_defaults(func=cmd_run_start)
     for name, func, text in (
         ("status", cmd_run_status, "show a run and its steps"),
@@ -137,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = run.add_parser(name, parents=[common], help=text)
         p.add_argument("run_id")
         p.set_defaults(func=func)
+    trace_cli.add_parser(run, common)
     p = run.add_parser("wait", parents=[common], help="wait until a run (or one step) finishes; print its output")
     p.add_argument("run_id")
     p.add_argument("--step", help="wait for this step only")
@@ -250,6 +259,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..engine.serve import serve
     from ..engine.server import ServerError
     from ..http.server import AddressTaken
+    from ..otel_config import use_endpoint
+
+    use_endpoint(args.otlp_endpoint)
 
     try:
         asyncio.run(
@@ -285,8 +297,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if getattr(args, "nats_url", None):
         os.environ["DAGNATS_NATS_URL"] = args.nats_url
+    from ..otel_config import use_endpoint
     from ..tracing import setup_tracing
 
+    use_endpoint(args.otlp_endpoint)
     setup_tracing("dagnats-worker")
     worker = load_worker(args.file)
     worker.run()
@@ -328,7 +342,8 @@ def cmd_run_start(args: argparse.Namespace) -> int:
     data = _parse_input(_input_text(args), "run input")
 
     async def go(client: Client) -> int:
-        run_id = await client.start(args.name, data, idempotency_key=args.idempotency_key)
+        trace_parent = args.traceparent or os.environ.get("TRACEPARENT") or None
+        run_id = await client.start(args.name, data, idempotency_key=args.idempotency_key, trace_parent=trace_parent)
         if not args.watch:
             _print_json({"run_id": run_id}) if args.json else print(f"Run {run_id} started")
             return 0

@@ -12,14 +12,17 @@ from urllib.parse import urlparse
 
 import nats
 
+from .. import metrics
+from ..http import metrics as http_metrics
 from ..http.server import start_http
-from ..tracing import setup_tracing
+from ..tracing import flush, setup_tracing
 from ..triggers import TriggerService, start_with
 from ..wire.connection import server_list
 from . import drill_hooks
 from .control import ControlPlane
 from .engine import Engine
 from .server import NatsServer
+from .trace_projector import start_projector
 
 log = logging.getLogger("dagnats.serve")
 
@@ -67,15 +70,18 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    projector = None
     try:
         await engine.start()
         drill_hooks.install(engine.ports)  # no-op unless the drill asked for poison runs
         await api.start()
         triggers = TriggerService(nc, start_with(api))
         await triggers.start()
+        http_metrics.set_renderer(metrics.prometheus_text)  # the engine's metrics at /metrics
         web = await start_http(api, http)
         if web is not None:
             _say(f"HTTP API on {web.url} (docs at {web.url}/docs, console at {web.url}/console/)")
+        projector = await start_projector(nc.jetstream())
         _say(f"engine ready (pid {os.getpid()}); control plane on dagnats.api.* at {url}")
         if ready_file:
             ready_file.write_text(url)
@@ -88,6 +94,10 @@ async def serve(
         if triggers is not None:
             await _bounded(triggers.stop(), 3, "triggers")
         await _bounded(api.stop(), 8, "control plane")
+        if projector is not None:
+            await _bounded(projector.stop(), 5, "trace projector")
+        await asyncio.to_thread(flush)
+        await asyncio.to_thread(metrics.shutdown)
         await _bounded(engine.stop(), 25, "engine")
         if not await _bounded(nc.drain(), 5, "NATS drain"):
             await _bounded(nc.close(), 2, "NATS close")

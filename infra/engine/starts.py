@@ -25,6 +25,7 @@ from dagnats.domain.definition import EXECUTED_STEP_TYPES, WorkflowDef
 from dagnats.domain.errors import InvalidInput, PayloadTooLarge, RunAlreadyStarted, UnsupportedStepType
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.partition import partition_of
+from dagnats.domain.trace_spans import attempt_trace_parent
 from dagnats.domain.values import json_problem
 
 from ..tracing import api_span
@@ -57,7 +58,7 @@ class RunStarts:
         wf = await self.defs.get(check_identifier("workflow name", req.workflow))
         self._check_start(wf, req.input)
         run_id = check_identifier("run id", req.run_id or secrets.token_hex(16))
-        with api_span("startRun", req.trace_parent) as trace_parent:
+        with api_span("startRun", req.trace_parent, run_id) as trace_parent:
             event = ev.WorkflowStarted(
                 run_id=run_id,
                 timestamp=ev.format_timestamp(_now()),
@@ -88,7 +89,9 @@ class RunStarts:
                 root_run_id=child.root_run_id,
                 depth=child.depth,
             )
-        with api_span("startChildRun", trace_parent) as span_parent:
+        # The child's run span is a child of its parent step's attempt span, in the parent's trace.
+        step_span = attempt_trace_parent(trace_parent, parent_run_id, child.parent_step_id, child.attempt, None)
+        with api_span("startChildRun", step_span, child.child_run_id) as span_parent:
             event = ev.WorkflowStarted(
                 run_id=child.child_run_id,
                 timestamp=ev.format_timestamp(_now()),

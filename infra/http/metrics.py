@@ -21,8 +21,8 @@ def set_renderer(render: Callable[[], str] | None) -> None:
 
 
 def render(plane: Any) -> str:
-    if _renderer is not None:
-        return _renderer()
+    """This engine's gauges, then the installed renderer's text (the engine's OpenTelemetry metrics)."""
+    extra = _renderer() if _renderer is not None else ""
     live = plane.reader.live()
     active = sum(1 for r in live if not r.is_terminal)
     return (
@@ -31,4 +31,4 @@ def render(plane: Any) -> str:
         f"dagnats_live_runs {len(live)}\n"
         "# HELP dagnats_active_runs Live runs not yet finished.\n# TYPE dagnats_active_runs gauge\n"
         f"dagnats_active_runs {active}\n"
-    )
+    ) + extra

@@ -1,0 +1,157 @@
+"""Engine metrics, derived from the history the trace projector folds.
+
+Counted once per record, by whichever engine projects it (the projector's
+durable consumer hands each record to one engine), so summing a metric over
+engines gives the cluster's figure. Instruments:
+
+    dagnats.runs.started / .completed / .failed   counters, by workflow
+    dagnats.run.duration                          histogram (ms), by workflow and status
+    dagnats.step.latency                          histogram (ms): an attempt, queued -> result
+    dagnats.step.queue_latency                    histogram (ms): queued -> started
+    dagnats.step.retries                          counter: attempts after the first
+    dagnats.timer.lateness                        histogram (ms): fired - due
+    dagnats.history.records                       counter: history appends projected
+
+Exported by OTLP when ``OTEL_METRICS_EXPORTER`` / an OTLP endpoint says so;
+``prometheus_text()`` renders the same figures for an HTTP ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from dagnats.domain import events as ev
+from dagnats.domain.trace_spans import ATTEMPT, RUN, Span
+
+from . import otel_config
+
+log = logging.getLogger("dagnats.metrics")
+
+
+class EngineMetrics:
+    def __init__(self, meter: Any, reader: Any) -> None:
+        self.reader = reader
+        self.started = meter.create_counter("dagnats.runs.started", description="runs started")
+        self.completed = meter.create_counter("dagnats.runs.completed", description="runs completed")
+        self.failed = meter.create_counter("dagnats.runs.failed", description="runs failed")
+        self.run_duration = meter.create_histogram("dagnats.run.duration", unit="ms")
+        self.step_latency = meter.create_histogram("dagnats.step.latency", unit="ms")
+        self.queue_latency = meter.create_histogram("dagnats.step.queue_latency", unit="ms")
+        self.retries = meter.create_counter("dagnats.step.retries")
+        self.timer_lateness = meter.create_histogram("dagnats.timer.lateness", unit="ms")
+        self.records = meter.create_counter("dagnats.history.records")
+
+    def observe(self, workflow: str, events: list[ev.Event], done: list[Span]) -> None:
+        labels = {"workflow": workflow}
+        self.records.add(1, labels)
+        for event in events:
+            if isinstance(event.payload, ev.RunStart):
+                self.started.add(1, {"workflow": event.payload.workflow_def.name})
+            elif isinstance(event.payload, ev.TimerFire) and event.payload.due:
+                self.timer_lateness.record(_millis(event.payload.due, event.timestamp), labels)
+        for span in done:
+            if span.kind == RUN:
+                status = span.attributes.get("dagnats.status", "")
+                if status == "completed":
+                    self.completed.add(1, labels)
+                elif status in ("failed", "compensated", "compensate_failed"):
+                    self.failed.add(1, labels)
+                self.run_duration.record(_millis(span.start, span.end), {**labels, "status": status})
+            elif span.kind == ATTEMPT:
+                step = {**labels, "step": span.step_id}
+                self.step_latency.record(_millis(span.start, span.end), step)
+                if "dagnats.queue_ms" in span.attributes:
+                    self.queue_latency.record(span.attributes["dagnats.queue_ms"], step)
+                if span.attempt > 1:
+                    self.retries.add(1, step)
+
+
+def _millis(start: str, end: str) -> float:
+    try:
+        return max(0.0, (ev.parse_timestamp(end) - ev.parse_timestamp(start)).total_seconds() * 1000)
+    except (ValueError, TypeError):
+        return 0.0
+
+
+_metrics: EngineMetrics | None = None
+
+
+def setup_metrics(service: str) -> EngineMetrics:
+    """The process's metrics: always readable in memory (``prometheus_text``), and
+    exported by OTLP when the environment configures it."""
+    global _metrics
+    if _metrics is not None:
+        return _metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
+
+    memory = InMemoryMetricReader()
+    readers: list[Any] = [memory]
+    if otel_config.exporter_name("METRICS") == "otlp":
+        try:
+            exporter: Any
+            if otel_config.protocol("METRICS") == "grpc":
+                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
+
+                exporter = Grpc()
+            else:
+                from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+                exporter = OTLPMetricExporter()
+            interval = int(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL") or 60000)
+            readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval))
+        except Exception as err:  # noqa: BLE001 - metrics never stop the engine
+            log.warning("OTLP metrics are off: %s", err)
+    provider = MeterProvider(resource=otel_config.resource(service), metric_readers=readers)
+    _metrics = EngineMetrics(provider.get_meter("dagnats.engine"), memory)
+    _metrics.provider = provider  # type: ignore[attr-defined]
+    return _metrics
+
+
+def shutdown() -> None:
+    if _metrics is not None:
+        try:
+            _metrics.provider.shutdown()  # type: ignore[attr-defined]
+        except Exception as err:  # noqa: BLE001
+            log.debug("metrics shutdown: %s", err)
+
+
+def prometheus_text() -> str:
+    """The metrics in the Prometheus text format (for the HTTP API's ``/metrics``)."""
+    if _metrics is None:
+        return ""
+    data = _metrics.reader.get_metrics_data()
+    lines: list[str] = []
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                name = metric.name.replace(".", "_")
+                points = metric.data.data_points
+                if hasattr(points[0] if points else None, "bucket_counts"):
+                    lines.append(f"# TYPE {name}_milliseconds histogram")
+                    for p in points:
+                        lines += _histogram(f"{name}_milliseconds", p)
+                else:
+                    lines.append(f"# TYPE {name}_total counter")
+                    lines += [f"{name}_total{_labels(p.attributes)} {p.value}" for p in points]
+    return "\n".join(lines) + "\n"
+
+
+def _labels(attributes: Any, **extra: str) -> str:
+    pairs = {**dict(attributes or {}), **extra}
+    if not pairs:
+        return ""
+    escaped = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for v in pairs.values())
+    return "{" + ",".join(f'{k}="{v}"' for k, v in zip(pairs, escaped, strict=True)) + "}"
+
+
+def _histogram(name: str, p: Any) -> list[str]:
+    out, running = [], 0
+    for bound, count in zip(list(p.explicit_bounds) + ["+Inf"], p.bucket_counts, strict=True):
+        running += count
+        out.append(f"{name}_bucket{_labels(p.attributes, le=str(bound))} {running}")
+    out.append(f"{name}_sum{_labels(p.attributes)} {p.sum}")
+    out.append(f"{name}_count{_labels(p.attributes)} {p.count}")
+    return out
