@@ -69,6 +69,7 @@ class Engine:
         self.engine_id = engine_id or f"engine-{secrets.token_hex(4)}"
         self.js = nc.jetstream()
         self.pullers: dict[int, PartitionPuller] = {}
+        self._recoveries: set[asyncio.Task] = set()
         self._running = False
 
     async def start(self) -> None:
@@ -129,7 +130,18 @@ class Engine:
             await puller.start(fresh=previous is not None)
             self.pullers[consumed] = puller
         await self.handoff.open(partition)
-        unfinished = await self.reader.store.open_runs(partition)
+        # Brought up in the background: the lease tick claims the next partition meanwhile.
+        task = asyncio.create_task(self._recover(partition), name=f"recover-p{partition}")
+        self._recoveries.add(task)
+        task.add_done_callback(self._recoveries.discard)
+
+    async def _recover(self, partition: int) -> None:
+        """Bring up the partition's unfinished runs: each re-issues what it waits on."""
+        try:
+            unfinished = await patiently(self.reader.store.open_runs, partition)
+        except Exception as err:  # noqa: BLE001 - their next facts bring them up anyway
+            log.warning("partition %d: cannot list its unfinished runs: %s", partition, err)
+            return
         for run_id in unfinished:
             self.directory.tell(Deliver(run_id, ()))
         if unfinished:
