@@ -40,6 +40,7 @@ from dagnats.domain.errors import (
     InvalidRequest,
     InvalidRunState,
     ReplyTooLarge,
+    RunNotFound,
     Unavailable,
     WorkflowInvalid,
 )
@@ -217,14 +218,24 @@ class ControlPlane:
     # ---- reading runs -----------------------------------------------------------------
 
     async def get_run(self, req: wire.RunRef) -> dict[str, Any]:
-        if execution := await execution_view(self.js, check_identifier("run id", req.run_id)):
-            return fit_view(execution, self.max_reply)  # a reactive execution (infra.reactive.views)
-        return fit_view(run_view(await self.reader.get(req.run_id)), self.max_reply)
+        try:
+            run = await self.reader.get(req.run_id)
+        except (RunNotFound, msgspec.DecodeError):  # (a reactive history does not decode as one)
+            return fit_view(await self._execution(req.run_id), self.max_reply)
+        return fit_view(run_view(run), self.max_reply)
+
+    async def _execution(self, run_id: str) -> dict[str, Any]:
+        """A reactive execution (infra.reactive.views), asked for once no DAG run has the id
+        (the status of a DAG run, which every wait asks for, costs no extra read)."""
+        if execution := await execution_view(self.js, check_identifier("run id", run_id)):
+            return execution
+        raise RunNotFound(run_id)
 
     async def inspect_run(self, req: wire.RunRef) -> dict[str, Any]:
-        if execution := await execution_view(self.js, check_identifier("run id", req.run_id)):
-            return fit_view(execution, self.max_reply)
-        run = await self.reader.get(req.run_id)
+        try:
+            run = await self.reader.get(req.run_id)
+        except (RunNotFound, msgspec.DecodeError):  # (a reactive history does not decode as one)
+            return fit_view(await self._execution(req.run_id), self.max_reply)
         timers = [] if run.is_terminal else await pending_timers(self.js, run.run_id)
         workers = await live_workers(self.js) if awaits_capabilities(run) else []
         return fit_view(inspect_view(run, timers, workers), self.max_reply)
