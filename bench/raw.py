@@ -189,7 +189,7 @@ class RawLoop:
 
     async def _on_result(self, msg) -> None:
         await msg.ack()
-        run_id = msg.subject.split(".", 1)[1]
+        run_id = msg.subject.rsplit(".", 1)[1]  # inbox.<partition>.<run>: the stream files it by partition
         entry = self.pending.get(run_id)
         if entry is None:
             return
