@@ -10,6 +10,7 @@ content type, body) is one the document declares.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
+from http_support import ONE_STEP
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -28,10 +30,8 @@ from schemathesis.specs.openapi.checks import (
 from dagnats.infra.http.app import TITLE, VERSION, all_endpoints
 from dagnats.infra.http.endpoints import openapi_document
 
-from http_support import ONE_STEP
-
 TOKEN = "fuzz-token"
-EXAMPLES = 12
+EXAMPLES = int(os.environ.get("DAGNATS_FUZZ_EXAMPLES", "12"))  # per operation; raise it for a longer hunt
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 LONG_POLL_MS = 200  # a generated poll or wait timeout is cut to this, so one case cannot hold the run
 
