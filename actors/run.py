@@ -63,6 +63,7 @@ from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, TimerFired, encode_event, parse_timestamp
 from dagnats.domain.fold import ahead_of, fold
 from dagnats.domain.kinds.admission import answer_fact
+from dagnats.domain.run_context import run_context
 from dagnats.domain.state import WorkflowRun, new_run
 
 from .messages import ArmTimer, Crashed, Deliver, DisarmTimer, Healthy, Passivate, Passivated
@@ -131,6 +132,17 @@ class RunActor(pykka.ThreadingActor):
         threading.current_thread().name = f"RunActor-{self.run_id}"
 
     def on_receive(self, message: Any) -> Any:
+        with run_context(self.run_id, *self._about(message)):
+            return self._receive(message)
+
+    def _about(self, message: Any) -> tuple[str, str]:
+        """(step_id, trace_parent) for the log lines of handling ``message``."""
+        events = message.events if isinstance(message, Deliver) else ()
+        steps = {event.step_id for event in events}
+        step_id = steps.pop() if len(steps) == 1 else ""
+        return step_id, self.run.trace_parent or next((e.trace_parent for e in events if e.trace_parent), "")
+
+    def _receive(self, message: Any) -> Any:
         if self.crashed:
             # Crashed, stopping: what was queued behind the failure goes back to the
             # directory, which has dropped this actor and starts a fresh one.

@@ -36,11 +36,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from datetime import datetime
@@ -52,12 +49,12 @@ from nats.js import api
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import limits_report, machine  # noqa: E402
+from bench import limits_report  # noqa: E402
 from bench.engine import CHAIN3, STEPS_PER_RUN, EngineUnderTest  # noqa: E402
 from bench.load import closed_loop  # noqa: E402
 from bench.procs import REPO, Processes, proc_status  # noqa: E402
 from bench.profile import Profiler, py_spy_binary  # noqa: E402
-from bench.report import write  # noqa: E402
+from bench.session import run_session  # noqa: E402
 from bench.stats import rate  # noqa: E402
 from dagnats.domain.events import WORKFLOW_COMPLETED  # noqa: E402
 from dagnats.domain.limits import RateWindow  # noqa: E402
@@ -504,17 +501,8 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict, 
         }
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    work_dir = Path(tempfile.mkdtemp(prefix="dagnats-bench-limits-"))
-    procs = Processes(work_dir)
     size = QUICK if args.quick else FULL
     settings = {
         "quick": args.quick,
@@ -524,23 +512,11 @@ def main(argv: list[str] | None = None) -> int:
         "variants": {k: v[1] for k, v in VARIANTS.items()},
         "worker_max_concurrent": 100,
     }
-    results: dict = {"machine": machine.describe(), "settings": settings, "errors": []}
-    try:
-        asyncio.run(run_phases(args, procs, results, stamp))
-    finally:
-        procs.close()
-        if args.keep:
-            print(f"bench: work directory kept at {work_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
-    results["machine"]["load_average_at_end"] = machine.load_average()
-    text = limits_report.render(results)
-    print(text)
-    paths = [RESULTS / f"{stamp}-limits.json"] + ([args.out] if args.out else [])
-    write(results, paths)
-    (RESULTS / f"{stamp}-limits.txt").write_text(text + "\n")
-    print(f"\nresults: {', '.join(str(p) for p in paths)}")
-    return 1 if results["errors"] else 0
+
+    async def phases(procs: Processes, results: dict, stamp: str) -> None:
+        await run_phases(args, procs, results, stamp)
+
+    return run_session("{stamp}-limits", settings, phases, limits_report.render, keep=args.keep, out=args.out)
 
 
 if __name__ == "__main__":

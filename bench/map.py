@@ -32,12 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import signal
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
@@ -46,10 +43,10 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from nats.js import api  # noqa: E402
 from nats.js.errors import KeyNotFoundError, NotFoundError  # noqa: E402
 
-from bench import machine  # noqa: E402
 from bench.procs import PYTHON, REPO, Child, CpuMeter, Processes, proc_status  # noqa: E402
 from bench.profile import Profiler, py_spy_binary  # noqa: E402
-from bench.report import _num, _table, write  # noqa: E402
+from bench.report import _num, _table  # noqa: E402
+from bench.session import run_session  # noqa: E402
 from dagnats.domain.events import decode_record  # noqa: E402
 from dagnats.domain.fold import replay  # noqa: E402
 from dagnats.infra.client import Client  # noqa: E402
@@ -410,43 +407,19 @@ def render(results: dict) -> str:
     return "\n".join(out)
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    work_dir = Path(tempfile.mkdtemp(prefix="dagnats-bench-map-"))
-    procs = Processes(work_dir)
     settings = {
         "items": args.items,
         "concurrency": args.concurrency,
         "worker_max_concurrent": 100,
         "max_seconds": args.max_seconds,
     }
-    results: dict = {"machine": machine.describe(), "settings": settings, "errors": []}
-    try:
-        asyncio.run(run_phases(args, procs, results, stamp))
-    except Exception as err:  # noqa: BLE001 - report what was measured so far
-        traceback.print_exc()
-        results["errors"].append(f"{type(err).__name__}: {err}")
-    finally:
-        procs.close()
-        if args.keep:
-            print(f"bench: work directory kept at {work_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
-    results["machine"]["load_average_at_end"] = machine.load_average()
-    text = render(results)
-    print(text)
-    paths = [RESULTS / f"map-{stamp}.json"] + ([args.out] if args.out else [])
-    write(results, paths)
-    (RESULTS / f"map-{stamp}.txt").write_text(text + "\n")
-    print(f"\nresults: {', '.join(str(p) for p in paths)}")
-    return 1 if results["errors"] else 0
+
+    async def phases(procs: Processes, results: dict, stamp: str) -> None:
+        await run_phases(args, procs, results, stamp)
+
+    return run_session("map-{stamp}", settings, phases, render, keep=args.keep, out=args.out)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import signal
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -34,10 +31,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import machine, raw, report  # noqa: E402
+from bench import raw, report  # noqa: E402
 from bench.engine import engine_bench  # noqa: E402
 from bench.procs import REPO, Processes  # noqa: E402
 from bench.profile import Profiler  # noqa: E402
+from bench.session import run_session  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
@@ -172,36 +170,22 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict, 
     await raw_phase("raw-again", "always", "always_after_engine")
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    work_dir = Path(tempfile.mkdtemp(prefix="dagnats-bench-"))
-    procs = Processes(work_dir)
     size = QUICK if args.quick else FULL
-    results: dict = {"machine": machine.describe(), "settings": {"quick": args.quick, **size}, "errors": []}
-    try:
-        asyncio.run(run_phases(args, procs, results, stamp))
-    finally:
-        procs.close()
-        if args.keep:
-            print(f"bench: work directory kept at {work_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
-    results["machine"]["load_average_at_end"] = machine.load_average()
-    report.assess(results)
-    text = report.render(results)
-    print(text)
-    paths = [RESULTS / f"{stamp}.json"] + ([args.out] if args.out else [])
-    report.write(results, paths)
-    (RESULTS / f"{stamp}.txt").write_text(text + "\n")
-    print(f"\nresults: {', '.join(str(p) for p in paths)}")
-    return 1 if results["errors"] else 0
+
+    async def phases(procs: Processes, results: dict, stamp: str) -> None:
+        await run_phases(args, procs, results, stamp)
+
+    return run_session(
+        "{stamp}",
+        {"quick": args.quick, **size},
+        phases,
+        report.render,
+        keep=args.keep,
+        out=args.out,
+        assess=report.assess,
+    )
 
 
 if __name__ == "__main__":

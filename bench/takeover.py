@@ -43,13 +43,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import nats
@@ -58,10 +54,10 @@ from nats.js import api
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import machine  # noqa: E402
 from bench.map import kill, start_engine  # noqa: E402
 from bench.procs import PYTHON, REPO, Child, Processes, proc_status  # noqa: E402
-from bench.report import _num, _table, write  # noqa: E402
+from bench.report import _num, _table  # noqa: E402
+from bench.session import run_session  # noqa: E402
 from dagnats.domain.events import WORKFLOW_COMPLETED, decode_record  # noqa: E402
 from dagnats.infra.client import Client  # noqa: E402
 from dagnats.infra.engine.history import HistoryStore, snapshot_key  # noqa: E402
@@ -513,38 +509,14 @@ def _run_list(data: dict) -> str:
     return f"{data.get('runs')} runs in {_num(data.get('seconds'), 2)} s"
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    work_dir = Path(tempfile.mkdtemp(prefix="dagnats-bench-takeover-"))
-    procs = Processes(work_dir)
     settings = {"finished": args.finished, "in_flight": args.in_flight, "starts": args.starts, "quick": args.quick}
-    results: dict = {"machine": machine.describe(), "settings": settings, "errors": []}
-    try:
-        asyncio.run(run_phases(args, procs, results))
-    except Exception as err:  # noqa: BLE001 - report what was measured so far
-        traceback.print_exc()
-        results["errors"].append(f"{type(err).__name__}: {err}")
-    finally:
-        procs.close()
-        if args.keep:
-            say(f"work directory kept at {work_dir}")
-        else:
-            shutil.rmtree(work_dir, ignore_errors=True)
-    results["machine"]["load_average_at_end"] = machine.load_average()
-    text = render(results)
-    print(text)
-    paths = [RESULTS / f"{stamp}-takeover.json"] + ([args.out] if args.out else [])
-    write(results, paths)
-    (RESULTS / f"{stamp}-takeover.txt").write_text(text + "\n")
-    print(f"\nresults: {', '.join(str(p) for p in paths)}")
-    return 1 if results["errors"] else 0
+
+    async def phases(procs: Processes, results: dict, stamp: str) -> None:
+        await run_phases(args, procs, results)
+
+    return run_session("{stamp}-takeover", settings, phases, render, keep=args.keep, out=args.out)
 
 
 if __name__ == "__main__":

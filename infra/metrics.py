@@ -110,6 +110,12 @@ def setup_metrics(service: str) -> EngineMetrics:
     return _metrics
 
 
+def meter(name: str, service: str = "dagnats") -> Any:
+    """A meter on the process's MeterProvider, exported with the engine's metrics
+    (the reactive engine's ``dagnats.reactive`` instruments use it)."""
+    return setup_metrics(service).provider.get_meter(name)  # type: ignore[attr-defined]
+
+
 def shutdown() -> None:
     if _metrics is not None:
         try:
@@ -126,6 +132,8 @@ def prometheus_text() -> str:
     lines: list[str] = []
     for rm in data.resource_metrics if data else ():
         for sm in rm.scope_metrics:
+            if sm.scope.name != "dagnats.engine":
+                continue  # other meters (dagnats.reactive) name their units and totals themselves
             for metric in sm.metrics:
                 name = metric.name.replace(".", "_")
                 points = metric.data.data_points

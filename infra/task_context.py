@@ -57,6 +57,7 @@ from dagnats.domain.events import (
     make_event,
 )
 from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.run_context import run_context
 
 from .added_steps import AddedSteps
 from .context import Continue, TaskContext, TaskIO
@@ -157,6 +158,10 @@ class TaskRunner:
         if payload is None:
             return
         ctx, io = self._context(msg, task, payload)
+        with run_context(ctx.run_id, ctx.step_id, ctx.trace_parent):
+            await self._run(msg, ctx, io, payload, handler)
+
+    async def _run(self, msg: Msg, ctx: TaskContext, io: TaskIO, payload: TaskPayload, handler: TaskHandler) -> None:
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         # step.started goes out only if the handler is still running after a short
         # while (the engine needs it for timeouts and to show the step running); a

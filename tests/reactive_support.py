@@ -151,3 +151,34 @@ def burst(registry: ReactiveRegistry, cooldown: object = 0, max_firings: int = 0
 
 def _tick_key(msg):
     return f"c.{msg.key}"
+
+
+def plan_review_records() -> list[list]:
+    """The golden reactive history (tests/histories/reactive-plan-review.*): a plan
+    submitted, rejected once, then approved, at fixed times; one record per input."""
+    from datetime import UTC, datetime, timedelta
+
+    from dagnats.domain.events import format_timestamp
+    from dagnats.domain.reactive.decide import Input, decide
+    from dagnats.domain.reactive.fold import Execution, replay
+    from dagnats.domain.reactive.state import TriggerMode
+
+    def at(seconds: float) -> str:
+        return format_timestamp(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds))
+
+    registry = ReactiveRegistry()
+    wf = registry.register(plan_review(registry, max_iterations=3))
+    ex = Execution("reactive-golden")
+    submit = Input(
+        id="js.1", kind="trigger", key="plan.p1", mode=TriggerMode.MESSAGE_AND_STATE, info="plans.requests",
+        source="js:PLAN_REQUESTS", position=1, rules=wf.rules, message=ReviewRequest("p1", "ship it"),
+    )  # fmt: skip
+    records = [decide(wf, ex, submit, at(0))]
+    ex = replay(records[-1], ex)
+    for t, approved in ((1.0, False), (2.0, True)):
+        task = ex.pending.task_id if ex.pending else ""
+        result = ReviewResult(task_id=task, approved=approved, feedback="" if approved else "too vague")
+        callback = Input(id=f"cb.{task}", kind="callback", task_id=task, result=result, info="callback")
+        records.append(decide(wf, ex, callback, at(t)))
+        ex = replay(records[-1], ex)
+    return records

@@ -101,3 +101,47 @@ def test_the_exhausted_history_failed_after_three_attempts():
     final = replay(load_history("exhausted-retries"))
     assert final.status == rs.RunStatus.FAILED and final.step("charge").attempts == 3
     assert final.error == "step charge failed after 3 attempts: card declined"
+
+
+# ---- the reactive.* family: a reactive execution's records fold without the workflow's code
+
+REACTIVE = sorted(p.name.removesuffix(".reactive-history.json") for p in HISTORIES.glob("*.reactive-history.json"))
+
+
+def load_reactive_records(name: str) -> list[list]:
+    from dagnats.domain.reactive.events import decode_reactive_record
+
+    records = json.loads((HISTORIES / f"{name}.reactive-history.json").read_text())
+    return [decode_reactive_record(json.dumps(record).encode()) for record in records]
+
+
+def test_the_recorded_reactive_histories_are_all_there():
+    assert "reactive-plan-review" in REACTIVE
+    for name in REACTIVE:
+        assert (HISTORIES / f"{name}.reactive-expected.json").exists(), name
+
+
+@pytest.mark.parametrize("name", REACTIVE)
+def test_a_recorded_reactive_history_folds_to_its_recorded_execution(name):
+    from dagnats.domain.reactive.fold import Execution, replay
+
+    records = load_reactive_records(name)
+    final = replay((e for r in records for e in r), Execution(records[0][0].execution_id))
+    assert json.loads(json.dumps(msgspec.to_builtins(final))) == json.loads(
+        (HISTORIES / f"{name}.reactive-expected.json").read_text()
+    )
+    # each record applied twice (a redelivered record) folds to the same execution
+    twice = replay((e for r in records for e in [*r, *r]), Execution(records[0][0].execution_id))
+    assert twice == final
+
+
+def test_the_reactive_plan_review_inputs_still_decide_the_recorded_records():
+    from reactive_support import plan_review_records
+
+    assert plan_review_records() == load_reactive_records("reactive-plan-review")
+    types = [[e.type for e in r] for r in load_reactive_records("reactive-plan-review")]
+    assert types == [
+        ["reactive.created", "reactive.fired"],
+        ["reactive.callback", "reactive.fired"],
+        ["reactive.callback", "reactive.fired", "reactive.ended"],
+    ]

@@ -8,11 +8,14 @@ import asyncio
 import json
 import os
 import signal
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 import nats
 
+from dagnats.domain.events import parse_timestamp
 from dagnats.domain.reactive.decide import execution_id
 from dagnats.domain.reactive.events import RuleFired
 from dagnats.infra.reactive.store import load_execution
@@ -30,13 +33,14 @@ import reactive_support as s
 registry = ReactiveRegistry()
 registry.register(s.plan_review(registry, max_iterations=3))
 registry.register(s.order_chain(registry))
-registry.register(s.burst(registry, max_firings=5, timeout={timeout!r}))
+registry.register(s.burst(registry, {burst}))
 """
 
 
-def _reactive(tmp_path: Path, url: str, timeout: str = "60s") -> Proc:
+def _reactive(tmp_path: Path, url: str, timeout: str = "60s", burst: str = "") -> Proc:
     path = tmp_path / "workflows.py"
-    path.write_text(WORKFLOWS.format(tests=str(TESTS), timeout=timeout))
+    burst = burst or f"max_firings=5, timeout={timeout!r}"
+    path.write_text(WORKFLOWS.format(tests=str(TESTS), burst=burst))
     return Proc("reactive", [*CLI, "reactive", "serve", str(path)], base_env(url), ready_line="reactive engine ready")
 
 
@@ -62,6 +66,10 @@ async def _execution(js, workflow: str, key: str):
 
 
 async def _firings(js, workflow: str, key: str) -> list[str]:
+    return [e.rule_id for e in await _fired(js, workflow, key)]
+
+
+async def _fired(js, workflow: str, key: str) -> list[RuleFired]:
     from dagnats.domain.reactive.events import decode_reactive_record
     from dagnats.infra.wire.names import HISTORY_STREAM
     from dagnats.infra.wire.reading import stored_messages
@@ -69,7 +77,7 @@ async def _firings(js, workflow: str, key: str) -> list[str]:
 
     fired = []
     async for msg in stored_messages(js, HISTORY_STREAM, history_subject(execution_id(workflow, key))):
-        fired += [e.rule_id for e in decode_reactive_record(msg.data) if isinstance(e, RuleFired)]
+        fired += [e for e in decode_reactive_record(msg.data) if isinstance(e, RuleFired)]
     return fired
 
 
@@ -165,6 +173,59 @@ def test_max_firings_hold_under_a_burst_of_100_through_a_kill_9_and_a_timeout_en
         assert ex.status == "timed_out" and ex.state["count"] == 5
         assert await _firings(js, "burst", "c.k1") == ["count"] * 5
         assert failures[0]["error"] in ("timeout", "deadline passed")
+        await nc.close()
+
+    try:
+        run(body(), timeout=60)
+    finally:
+        proc.stop()
+
+
+COOLDOWN = 3.0
+
+
+def test_a_cooldown_holds_under_a_burst_of_100_through_a_kill_9(nats_url, run, tmp_path):
+    # A burst of 100 ticks, 50 before a kill -9 and 50 while the engine is down, all
+    # handled within the cooldown: one firing. After the cooldown, another burst
+    # of 100 fires exactly once more. The firing times come from the history, so
+    # the cooldown survives the crash.
+    proc = _reactive(tmp_path, nats_url, burst=f"cooldown={COOLDOWN!r}")
+
+    async def ticks(js, first: int, count: int) -> None:
+        for n in range(first, first + count):
+            await js.publish("ticks.a", msgspec.json.encode({"key": "k1", "n": n}))
+
+    async def drained(js) -> bool:
+        info = await js.consumer_info("TICKS", "reactive-burst-count")
+        return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq > 0
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await _streams(js)
+        await asyncio.to_thread(proc.start)
+        began = time.monotonic()
+        await ticks(js, 0, 50)
+        await _until(lambda: drained(js), what="the first 50 ticks handled")
+        _kill9(proc)
+        await ticks(js, 50, 50)
+        await asyncio.to_thread(_restart, proc)
+        await _until(lambda: drained(js), what="the other 50 ticks handled")
+        assert time.monotonic() - began < COOLDOWN, "the first burst outlasted the cooldown: inconclusive"
+        first = await _fired(js, "burst", "c.k1")
+        assert [e.rule_id for e in first] == ["count"]
+        assert first[0].position == 1  # the burst's first tick fired; the other 99 were in the cooldown
+
+        cooled = parse_timestamp(first[0].timestamp) + timedelta(seconds=COOLDOWN + 0.2)
+        await asyncio.sleep(max(0.0, (cooled - datetime.now(UTC)).total_seconds()))
+        again = time.monotonic()
+        await ticks(js, 100, 100)
+        await _until(lambda: drained(js), what="the second burst handled")
+        assert time.monotonic() - again < COOLDOWN, "the second burst outlasted the cooldown: inconclusive"
+        fired = await _fired(js, "burst", "c.k1")
+        assert [e.position for e in fired] == [1, 101]
+        ex = await _execution(js, "burst", "c.k1")
+        assert ex.state["count"] == 2 and ex.status == "running"
         await nc.close()
 
     try:

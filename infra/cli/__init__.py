@@ -21,6 +21,8 @@ from dagnats.domain.validate import parse_and_validate
 from dagnats.domain.values import MAX_DEPTH, check_json_value
 
 from ..client import Client
+from ..logs import FORMATS, log_format, setup_logging
+from ..otel_config import use_endpoint
 from ..wire.connection import nats_url
 from . import cluster as cluster_cli
 from . import dlq, render
@@ -34,11 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.json = getattr(args, "json", False)
-    logging.basicConfig(
-        level=logging.INFO if args.command in ("serve", "worker") else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    serving = args.command in ("serve", "worker")
+    if serving:
+        use_endpoint(args.otlp_endpoint)  # before the log export reads the environment
+    setup_logging(
+        logging.INFO if serving else logging.WARNING,
+        log_format(getattr(args, "log_format", None)),
+        service_name=f"dagnats-{'engine' if args.command == 'serve' else 'worker'}" if serving else "",
     )
-    logging.getLogger("nats").setLevel(logging.NOTSET if args.command in ("serve", "worker") else logging.CRITICAL)
+    logging.getLogger("nats").setLevel(logging.NOTSET if serving else logging.CRITICAL)
     try:
         return args.func(args) or 0
     except DagnatsError as err:
@@ -87,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--otlp-endpoint", help="send traces and metrics by OTLP here (sets OTEL_EXPORTER_OTLP_ENDPOINT)"
     )
+    serve.add_argument(
+        "--log-format", choices=FORMATS, help="text (default) or json: one object per line (env DAGNATS_LOG_FORMAT)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     status = commands.add_parser("status", parents=[common], help="show NATS and engine status")
@@ -103,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("file")
     worker.add_argument(
         "--otlp-endpoint", help="send traces and metrics by OTLP here (sets OTEL_EXPORTER_OTLP_ENDPOINT)"
+    )
+    worker.add_argument(
+        "--log-format", choices=FORMATS, help="text (default) or json: one object per line (env DAGNATS_LOG_FORMAT)"
     )
     worker.set_defaults(func=cmd_worker)
 
@@ -259,7 +271,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..engine.serve import serve
     from ..engine.server import ServerError
     from ..http.server import AddressTaken
-    from ..otel_config import use_endpoint
 
     use_endpoint(args.otlp_endpoint)
 
@@ -297,7 +308,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if getattr(args, "nats_url", None):
         os.environ["DAGNATS_NATS_URL"] = args.nats_url
-    from ..otel_config import use_endpoint
     from ..tracing import setup_tracing
 
     use_endpoint(args.otlp_endpoint)

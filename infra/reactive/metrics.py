@@ -1,17 +1,24 @@
-"""The reactive engine's metrics, named as the seed names them, on OpenTelemetry's global meter.
+"""The reactive engine's metrics, named as the seed names them.
 
-With no MeterProvider configured they cost nothing; an OTLP exporter configured
-for the process (OTEL_* environment) exports them with everything else.
+They live on the engine's MeterProvider (``infra.metrics.setup_metrics``): the
+same in-memory reader and, when the OTEL_* environment configures one, the same
+OTLP exporter as the engine's own ``dagnats.*`` metrics, under the meter
+(instrumentation scope) ``dagnats.reactive``.
 """
 
 from __future__ import annotations
 
-from opentelemetry import metrics
+from typing import Any
+
+SCOPE = "dagnats.reactive"
 
 
 class ReactiveMetrics:
-    def __init__(self) -> None:
-        meter = metrics.get_meter("dagnats.reactive")
+    def __init__(self, meter: Any = None) -> None:
+        if meter is None:
+            from .. import metrics as engine_metrics
+
+            meter = engine_metrics.meter(SCOPE, service="dagnats-reactive")
         counter = meter.create_counter
         self.executions_created = counter("reactive_executions_created_total")
         self.executions_completed = counter("reactive_executions_completed_total")

@@ -63,10 +63,16 @@ class _Source:
 
 
 class ReactiveRuntime:
-    def __init__(self, nc: NATS, registry: ReactiveRegistry, clock: Callable[[], str] = _now) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        registry: ReactiveRegistry,
+        clock: Callable[[], str] = _now,
+        metrics: ReactiveMetrics | None = None,
+    ) -> None:
         self.nc, self.registry, self.clock = nc, registry, clock
         self.js = nc.jetstream()
-        self.metrics = ReactiveMetrics()
+        self.metrics = metrics or ReactiveMetrics()
         self._cache: dict[str, tuple[Execution, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[Any]] = []

@@ -25,6 +25,7 @@ from dagnats.domain.errors import DagnatsError
 from dagnats.domain.reactive.registry import ReactiveRegistry
 from dagnats.domain.reactive.workflow import ReactiveWorkflow
 
+from .. import metrics
 from ..wire.connection import nats_url, server_list
 from .runtime import ReactiveRuntime
 
@@ -81,3 +82,4 @@ async def serve(path: str, url: str | None = None) -> None:
     await stop.wait()
     await runtime.stop()
     await nc.drain()
+    metrics.shutdown()  # the last OTLP export

@@ -443,7 +443,24 @@ def write(name: str, rec: Recorder) -> None:
     (HERE / f"{name}.expected.json").write_text(json.dumps(state, indent=1, ensure_ascii=False) + "\n")
 
 
+def write_reactive(name: str) -> None:
+    """A reactive execution's history (the ``reactive.*`` event family): its records
+    as stored, one list of events per input, and the execution they fold to."""
+    from reactive_support import plan_review_records
+
+    from dagnats.domain.reactive.fold import Execution, replay
+
+    records = plan_review_records()
+    history = [msgspec.to_builtins(r) for r in records]
+    (HERE / f"{name}.reactive-history.json").write_text(json.dumps(history, indent=1, ensure_ascii=False) + "\n")
+    final = replay((e for r in records for e in r), Execution("reactive-golden"))
+    expected = json.dumps(msgspec.to_builtins(final), indent=1, ensure_ascii=False)
+    (HERE / f"{name}.reactive-expected.json").write_text(expected + "\n")
+
+
 if __name__ == "__main__":
     for name, scenario in SCENARIOS.items():
         write(name, scenario())
         print(f"wrote {name}")
+    write_reactive("reactive-plan-review")
+    print("wrote reactive-plan-review")

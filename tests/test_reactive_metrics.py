@@ -1,0 +1,129 @@
+"""The reactive engine's metrics, as the seed names them, on the engine's MeterProvider.
+
+A ReactiveRuntime in this process on a real nats-server runs a plan review
+(one rejection, then an approval) and a KV-driven order; the engine's
+in-memory reader (``infra.metrics.setup_metrics``, the one OTLP exports from
+too) shows the counters moved by exactly what the scenario did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import nats
+import reactive_support as s
+
+from dagnats.infra import metrics as engine_metrics
+from dagnats.infra.reactive.metrics import SCOPE
+from dagnats.infra.reactive.runtime import ReactiveRuntime
+from dagnats.reactive import ReactiveRegistry
+
+
+def _points() -> dict[str, list[Any]]:
+    """Every data point of the dagnats.reactive meter, by metric name."""
+    data = engine_metrics.setup_metrics("test").reader.get_metrics_data()
+    found: dict[str, list[Any]] = {}
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            if sm.scope.name == SCOPE:
+                for metric in sm.metrics:
+                    found.setdefault(metric.name, []).extend(metric.data.data_points)
+    return found
+
+
+def _sum(points: dict[str, list[Any]], name: str, **attrs: str) -> float:
+    def matches(p: Any) -> bool:
+        return all(p.attributes.get(k) == v for k, v in attrs.items())
+
+    return sum(getattr(p, "value", 0) or getattr(p, "count", 0) for p in points.get(name, []) if matches(p))
+
+
+def _delta(before: dict, after: dict, name: str, **attrs: str) -> float:
+    return _sum(after, name, **attrs) - _sum(before, name, **attrs)
+
+
+async def _until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def test_reactive_metrics_move_with_a_plan_review_and_a_kv_chain(nats_url, run):
+    before = _points()
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await js.add_stream(name="PLAN_REQUESTS", subjects=["plans.requests"])
+        registry = ReactiveRegistry()
+        registry.register(s.plan_review(registry, max_iterations=3))
+        registry.register(s.order_chain(registry))
+        runtime = ReactiveRuntime(nc, registry)
+        reviews, approved, done = [], [], []
+
+        async def reviewer(msg):
+            request = json.loads(msg.data)
+            reviews.append(request)
+            await asyncio.sleep(0.05)  # a measurable callback latency
+            answer = {"task_id": request["task_id"], "approved": len(reviews) > 1, "feedback": "more detail"}
+            await js.publish(request["callback_subject"], json.dumps(answer).encode())
+
+        await nc.subscribe("plans.review", cb=reviewer)
+        await nc.subscribe("plans.approved", cb=_collect(approved))
+        await nc.subscribe("orders.done", cb=_collect(done))
+        await runtime.start()
+        try:
+            await js.publish("plans.requests", json.dumps({"request_id": "m1", "plan": "p"}).encode())
+            orders = await js.key_value("orders")
+            for stage in ("placed", "paid", "shipped"):
+                await orders.put("order.m1", json.dumps({"stage": stage, "amount": 2}).encode())
+                await asyncio.sleep(0.2)
+            await _until(lambda: approved and done, what="the approval and the order's completion")
+        finally:
+            await runtime.stop()
+            await nc.close()
+        assert len(reviews) == 2
+
+    run(body(), timeout=40)
+    after = _points()
+    plan, order = {"workflow_id": "plan-review"}, {"workflow_id": "order-chain"}
+
+    assert _delta(before, after, "reactive_executions_created_total", **plan) == 1
+    assert _delta(before, after, "reactive_executions_completed_total", **plan) == 1
+    assert _delta(before, after, "reactive_executions_created_total", **order) == 1
+    assert _delta(before, after, "reactive_executions_completed_total", **order) == 1
+    for name in ("failed", "escalated", "timed_out"):
+        assert _delta(before, after, f"reactive_executions_{name}_total") == 0, name
+    # submit, revise (after the rejection), approve; place, pay, ship, finish
+    firings = {
+        (wf, rule): _delta(before, after, "reactive_rule_firings_total", workflow_id=wf, rule_id=rule)
+        for wf, rule in [("plan-review", r) for r in ("submit", "revise", "approve")]
+        + [("order-chain", r) for r in ("place", "pay", "ship", "finish")]
+    }
+    assert set(firings.values()) == {1}, firings
+    assert _delta(before, after, "reactive_rule_firings_total") == 7
+    assert _delta(before, after, "reactive_action_dispatches_total") == 7
+    # every fired rule was evaluated, and rules that did not fire were evaluated too
+    evaluations = _delta(before, after, "reactive_rule_evaluations_total")
+    assert evaluations > 7
+    assert _delta(before, after, "reactive_rule_evaluations_total", workflow_id="order-chain", rule_id="ship") >= 1
+    # two callbacks (the rejection, the approval), each at least the reviewer's 50 ms
+    latency = [
+        p for p in after["reactive_callback_latency_seconds"] if p.attributes.get("workflow_id") == "plan-review"
+    ]
+    assert sum(p.count for p in latency) - _sum(before, "reactive_callback_latency_seconds", **plan) == 2
+    assert min(p.min for p in latency) >= 0.04 and max(p.max for p in latency) < 10
+    # one pending callback at a time, none left
+    assert _delta(before, after, "reactive_pending_callbacks", **plan) == 0
+    assert _sum(after, "reactive_pending_callbacks", **plan) == 0
+
+
+def _collect(into: list):
+    async def cb(msg) -> None:
+        into.append(json.loads(msg.data))
+
+    return cb
