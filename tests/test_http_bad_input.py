@@ -53,6 +53,20 @@ def test_an_unknown_route_is_a_404_and_a_wrong_method_a_405(nats_url, run):
     refused(nats_url, run, lambda c: c.put("/runs"), 405, "method_not_allowed")
 
 
+def test_a_405_allows_every_method_of_the_path(nats_url, run):
+    # Found by the fuzz run (tests/test_http_fuzz.py): each method was its own route,
+    # so a 405 listed only the first one's (PUT /workflows/x said Allow: GET, HEAD).
+    async def body():
+        async with ApiHarness(nats_url) as h:
+            for path, methods in [("/workflows/one", {"GET", "DELETE"}), ("/runs", {"GET", "POST"})]:
+                answer = await h.http.put(path)
+                assert_error(answer, 405, "method_not_allowed")
+                assert {m.strip() for m in answer.headers["allow"].split(",")} - {"HEAD"} == methods
+            assert (await h.http.head("/workflows")).status_code == 200
+
+    run(body())
+
+
 @pytest.mark.parametrize("segment", ["%2e%2e", "*", "%3E", "%2e", "a.b", "a%20b", "x" * 65])
 def test_hostile_path_segments_are_refused_before_any_subject(nats_url, run, segment):
     refused(nats_url, run, lambda c: c.post(f"/runs/{segment}/cancel"), 400, "invalid_identifier")

@@ -25,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 from dagnats.infra.http.app import TITLE, VERSION, all_endpoints
@@ -32,7 +33,13 @@ from dagnats.infra.http.endpoints import openapi_document
 
 TOKEN = "fuzz-token"
 EXAMPLES = int(os.environ.get("DAGNATS_FUZZ_EXAMPLES", "12"))  # per operation; raise it for a longer hunt
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    unsupported_method,  # a 405 names every method of the path in Allow
+]
 LONG_POLL_MS = 200  # a generated poll or wait timeout is cut to this, so one case cannot hold the run
 
 schema = schemathesis.openapi.from_dict(openapi_document(all_endpoints(), TITLE, VERSION))

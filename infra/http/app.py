@@ -61,7 +61,7 @@ def build_app(
     environment (``DAGNATS_API_TOKEN``, ``DAGNATS_BRIDGE_TOKEN``)."""
     limit = max_body or min(DEFAULT_MAX_BODY, plane.nc.max_payload)
     endpoints = all_endpoints()
-    routes: list[BaseRoute] = [Route(e.path, serve_endpoint(e, limit), methods=[e.method]) for e in endpoints]
+    routes: list[BaseRoute] = _routes(endpoints, limit)
     routes += console.ROUTES + (extra_routes or [])
     app = Starlette(
         routes=routes,
@@ -74,6 +74,24 @@ def build_app(
     api_token = os.environ.get("DAGNATS_API_TOKEN") if api_token is None else api_token
     bridge_token = os.environ.get("DAGNATS_BRIDGE_TOKEN") if bridge_token is None else bridge_token
     return Guard(app, api_token, bridge_token)
+
+
+def _routes(endpoints: list[Endpoint], max_body: int) -> list[BaseRoute]:
+    """One route per path, serving each of its methods: a wrong method is then a 405
+    whose ``Allow`` lists every method of the path, not only the first route's."""
+    by_path: dict[str, dict[str, Any]] = {}
+    for e in endpoints:
+        by_path.setdefault(e.path, {})[e.method] = serve_endpoint(e, max_body)
+    return [Route(path, _by_method(handlers), methods=list(handlers)) for path, handlers in by_path.items()]
+
+
+def _by_method(handlers: dict[str, Any]) -> Any:
+    async def handle(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        answer: Response = await handlers[method](request)
+        return answer
+
+    return handle
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
