@@ -134,3 +134,12 @@ def test_a_run_at_a_moment_away_starts_then(nats_url, run):
             assert waited.json()["run"]["workflow"] == "one"
 
     run(body())
+
+
+def test_an_unknown_status_filter_is_refused_as_the_document_says(nats_url, run):
+    # Found by the fuzz run: the document allowed any string for `status`, the engine
+    # refused all but the run statuses; now the document lists them and the query or
+    # body is refused by its type.
+    refused(nats_url, run, lambda c: c.get("/runs", params={"status": "bogus"}), 400, "invalid_query")
+    body = {"workflow": "one", "status": "bogus", "dry_run": True}
+    refused(nats_url, run, lambda c: c.post("/runs/cancel", json=body), 400, "invalid_body")

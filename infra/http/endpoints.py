@@ -242,8 +242,11 @@ def _path_parameter(name: str) -> dict[str, Any]:
         "name": name,
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "pattern": IDENTIFIER_RE.pattern},
+        "schema": {"type": "string", "pattern": SEQ_PATTERN if name == "seq" else IDENTIFIER_RE.pattern},
     }
+
+
+SEQ_PATTERN = "^[1-9][0-9]{0,17}$"  # a dead letter's stream sequence (api._seq)
 
 
 def _query_parameters(kind: type | None) -> list[dict[str, Any]]:

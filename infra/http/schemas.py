@@ -12,9 +12,14 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from dagnats.domain.state import RunStatus
+
 Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Limit = Annotated[int, Meta(ge=1, le=10_000)]
 Seconds = Annotated[float, Meta(ge=0, le=60)]
+# A run status (and for bulk filters "all"): the document lists them, as the engine does.
+Status = Annotated[str, Meta(pattern="^(" + "|".join(s.value for s in RunStatus) + ")$")]
+StatusOrAll = Annotated[str, Meta(pattern="^(" + "|".join([*(s.value for s in RunStatus), "all"]) + ")$")]
 
 
 class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -62,7 +67,7 @@ class Started(msgspec.Struct, frozen=True, omit_defaults=True):
 
 class ListRuns(Query, frozen=True):
     workflow: Identifier | None = None
-    status: str | None = None
+    status: Status | None = None
     since: str | None = None
     until: str | None = None
     limit: Limit = 100
@@ -137,7 +142,7 @@ class BulkStarted(msgspec.Struct, frozen=True):
 class RunFilter(Body, frozen=True):
     workflow: Identifier
     # Which runs: one status, or "all" (cancel: every live run; retry: every failed one).
-    status: str | None = None
+    status: StatusOrAll | None = None
     since: str | None = None
     until: str | None = None
     dry_run: bool = False
