@@ -22,7 +22,7 @@ from dagnats.domain.state import StepState, WorkflowRun
 
 from ..wire.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE_CODES
 from ..wire.names import HISTORY_STREAM, RUNS_BUCKET
-from ..wire.reading import kv_entries, stored_messages
+from ..wire.reading import kv_entries, stored_batches, stored_messages
 from ..wire.subjects import history_subject
 
 
@@ -99,10 +99,19 @@ class HistoryStore:
         return ack.seq
 
     async def read_after(self, run_id: str, after_seq: int) -> list[tuple[int, list[Event]]]:
-        return [
-            (msg.seq or 0, decode_record(msg.data or b"[]"))
-            async for msg in stored_messages(self.js, HISTORY_STREAM, history_subject(run_id), after_seq)
-        ]
+        """Every record after ``after_seq``: hundreds per request, then the rest from the
+        stream's leader. A batched read may be answered by a replica a moment behind, which
+        holds a prefix of the history; the leader's tail makes it whole (one request that
+        finds nothing, in the usual case), so the run's owner sees its own last append."""
+        subject = history_subject(run_id)
+        records: list[tuple[int, list[Event]]] = []
+        last = after_seq
+        async for msg in stored_batches(self.js, HISTORY_STREAM, subject, after_seq):
+            last = msg.seq or last
+            records.append((last, decode_record(msg.data or b"[]")))
+        async for msg in stored_messages(self.js, HISTORY_STREAM, subject, last):
+            records.append((msg.seq or 0, decode_record(msg.data or b"[]")))
+        return records
 
     async def events(self, run_id: str) -> list[tuple[int, Event]]:
         return [(seq, e) for seq, events in await self.read_after(run_id, 0) for e in events]
