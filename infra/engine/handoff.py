@@ -49,6 +49,7 @@ class Handoff:
         self.nc, self.partitions = nc, partitions
         self.deliver, self.holds, self.sanitized = deliver, holds, sanitized
         self._subs: dict[int, Subscription] = {}
+        self._batches: dict[str, list[tuple[Event, Msg]]] = {}
 
     async def open(self, partition: int) -> None:
         if partition not in self._subs:
@@ -86,12 +87,26 @@ class Handoff:
         ):
             await _answer(msg, NOT_STORED)  # the worker falls back to the run's inbox
             return
+        # Facts of one run handed over together (a map's elements finishing at once) go to
+        # its actor as one delivery, so they become one history record, as from the inbox.
+        batch = self._batches.get(event.run_id)
+        if batch is None:
+            batch = self._batches[event.run_id] = []
+            asyncio.get_running_loop().call_soon(self._flush, event.run_id)
+        batch.append((self.sanitized(event), msg))
+
+    def _flush(self, run_id: str) -> None:
+        batch = self._batches.pop(run_id, [])
+        if not batch:
+            return
         loop = asyncio.get_running_loop()
+        msgs = [msg for _, msg in batch]
 
         def done(ok: bool, retry_in: float = 0.5) -> None:
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_answer(msg, STORED if ok else NOT_STORED)))
+            body = STORED if ok else NOT_STORED
+            loop.call_soon_threadsafe(lambda: [asyncio.ensure_future(_answer(m, body)) for m in msgs])
 
-        self.deliver(Deliver(event.run_id, (self.sanitized(event),), done))
+        self.deliver(Deliver(run_id, tuple(event for event, _ in batch), done))
 
 
 async def _answer(msg: Msg, body: bytes) -> None:
