@@ -126,6 +126,9 @@ class ControlPlane:
         self.engine.ports.outbox.start_child = self.start_child
         self.dead_letters = DeadLetters(self.js, self.reader)
         self._sub = await self.nc.subscribe(f"{API_PREFIX}.>", queue=API_QUEUE, cb=self._accept)
+        # Ready means answering: the server has the subscription before anyone is told so
+        # (a request sent the moment after found no responders).
+        await self.nc.flush()
 
     async def stop(self) -> None:
         await self._sub.unsubscribe()
