@@ -40,6 +40,9 @@ from .reader import RunReader
 CancelBy = Callable[[str, str, str], Awaitable[None]]
 
 
+START_HANDOFF_TIMEOUT = 1.0  # seconds
+
+
 class RunStarts:
     def __init__(
         self,
@@ -170,7 +173,10 @@ class RunStarts:
         if not self.partitions:
             return False
         subject = handoff_subject(partition_of(event.run_id, self.partitions))
-        return await hand_over(self.js._nc, subject, body, event.trace_parent)
+        # Briefly: a busy owner must not hold up start requests (the control plane serves a
+        # bounded number at once); the inbox takes the start instead, and a start that lands
+        # twice is the same fact, folded once.
+        return await hand_over(self.js._nc, subject, body, event.trace_parent, timeout=START_HANDOFF_TIMEOUT)
 
 
 def _check_schema(schema: dict[str, Any], data: Any) -> None:
