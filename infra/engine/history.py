@@ -61,9 +61,6 @@ def open_key(run_id: str, partitions: int) -> str:
     return f"open.{partition_of(run_id, partitions)}.{run_id}"
 
 
-SUBJECTS_PAGE = 100_000  # subjects per stream-info answer (the server's own page)
-
-
 class HistoryStore:
     """A run's history (the truth) and its snapshot (a cache).
 
