@@ -319,7 +319,7 @@ class ControlPlane:
         if not run.is_terminal:
             raise InvalidRunState(run.run_id, run.status, "delete")
         await self.reader.store.delete(run.run_id)
-        self.reader.forget(run.run_id)
+        self.reader.forget(run.run_id, keep_ended=False)
         return {"run_id": run.run_id, "deleted": True}
 
     async def signal_run(self, req: wire.SignalRun) -> dict[str, Any]:
