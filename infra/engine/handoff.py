@@ -23,16 +23,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from dagnats.actors.messages import Deliver
-from dagnats.domain.events import STEP_COMPLETED, STEP_FAILED, WORKFLOW_STARTED, Event, decode_event
+from dagnats.domain.events import Event, decode_event
 from dagnats.domain.partition import partition_of
 
-from ..wire.handoff import NOT_STORED, STORED
+from ..wire.handoff import HANDED, NOT_STORED, STORED
 from ..wire.subjects import handoff_subject
 
 log = logging.getLogger("dagnats.handoff")
-
-# Results from workers; start requests of runs with a fresh id from the control plane.
-HANDED = frozenset({STEP_COMPLETED, STEP_FAILED, WORKFLOW_STARTED})
 
 
 class Handoff:

@@ -7,6 +7,8 @@ import logging
 
 from nats.aio.client import Client as NATS
 
+from dagnats.domain.events import STEP_COMPLETED, STEP_FAILED, WORKFLOW_STARTED
+
 from .headers import TRACEPARENT
 
 log = logging.getLogger("dagnats.handoff")
@@ -14,6 +16,10 @@ log = logging.getLogger("dagnats.handoff")
 STORED = b'{"stored":true}'
 NOT_STORED = b'{"stored":false}'
 HANDOFF_TIMEOUT = 10.0  # seconds the run's owner has to record a fact handed to it
+# An attempt's result, as a worker reports it: what a worker hands over (else stores in the inbox).
+RESULT_FACTS = frozenset({STEP_COMPLETED, STEP_FAILED})
+# What the run's owner takes by handoff: results, and start requests of runs with a fresh id.
+HANDED = RESULT_FACTS | {WORKFLOW_STARTED}
 
 
 async def hand_over(
