@@ -65,6 +65,7 @@ from .delivery_span import delivery_span, record_outcome
 from .wire.facts import publish_fact
 from .wire.handoff import RESULT_FACTS, hand_over
 from .wire.headers import HANDOFF, TRACEPARENT
+from .wire.lean import requester
 from .wire.subjects import inbox_subject
 
 log = logging.getLogger("dagnats.worker")
@@ -282,7 +283,7 @@ class TaskRunner:
             return await self._report(ctx, failure(too_large[0], FailureType.PERMANENT), started_at=started_at)
         if handoff and len(facts) == 1 and outcome.type in RESULT_FACTS:
             event, body, _ = facts[0]
-            if await hand_over(self.js._nc, handoff, body, event.trace_parent):
+            if await hand_over(requester(self.js), handoff, body, event.trace_parent):
                 return True
         for event, body, _ in facts:
             if not await self._publish(event, body):

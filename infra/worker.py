@@ -66,6 +66,7 @@ from .task_context import (
 )
 from .wire.connection import nats_url as resolve_url
 from .wire.connection import server_list
+from .wire.lean import LeanJetStream
 from .wire.names import DEFS_BUCKET, TASK_STREAM
 from .wire.reading import more_pending
 from .wire.subjects import task_filter
@@ -218,7 +219,7 @@ class Worker:
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
         )
-        self._js = self._nc.jetstream()
+        self._js = LeanJetStream(self._nc)
         self._stopping = False
         self._stopped = asyncio.Event()
         self._slots = _Slots(self.max_concurrent)

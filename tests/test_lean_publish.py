@@ -72,7 +72,7 @@ def test_a_subject_no_stream_takes_and_a_silent_responder_fail_clearly(nats_url,
             await nc.subscribe("silent.responder", cb=silent)
             with pytest.raises(NatsTimeoutError):
                 await lean.publish("silent.responder", b"x", timeout=0.2)
-            return len(lean._lean_pending)
+            return lean.lean.waiting()
         finally:
             await nc.close()
 

@@ -32,6 +32,7 @@ from ..tracing import api_span
 from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.handoff import hand_over
+from ..wire.lean import requester
 from ..wire.subjects import handoff_subject
 from .admission import Admission
 from .definitions import Definitions
@@ -176,7 +177,7 @@ class RunStarts:
         # Briefly: a busy owner must not hold up start requests (the control plane serves a
         # bounded number at once); the inbox takes the start instead, and a start that lands
         # twice is the same fact, folded once.
-        return await hand_over(self.js._nc, subject, body, event.trace_parent, timeout=START_HANDOFF_TIMEOUT)
+        return await hand_over(requester(self.js), subject, body, event.trace_parent, timeout=START_HANDOFF_TIMEOUT)
 
 
 def _check_schema(schema: dict[str, Any], data: Any) -> None:

@@ -4,8 +4,7 @@ instead of storing it in the run's inbox first: see ``engine.handoff``."""
 from __future__ import annotations
 
 import logging
-
-from nats.aio.client import Client as NATS
+from typing import Any
 
 from dagnats.domain.events import STEP_COMPLETED, STEP_FAILED, WORKFLOW_STARTED
 
@@ -23,7 +22,7 @@ HANDED = RESULT_FACTS | {WORKFLOW_STARTED}
 
 
 async def hand_over(
-    nc: NATS, subject: str, body: bytes, trace_parent: str = "", timeout: float = HANDOFF_TIMEOUT
+    nc: Any, subject: str, body: bytes, trace_parent: str = "", timeout: float = HANDOFF_TIMEOUT
 ) -> bool:
     """True once the run's owner says the fact is in the run's history; False when no
     owner answered, or not in time, or it would not take it (the caller then uses the inbox)."""

@@ -1,14 +1,15 @@
-"""JetStream publishes with less work per message than nats-py's own.
+"""Requests and JetStream publishes with less work per message than nats-py's own.
 
-``JetStreamContext.publish`` is a request: each one draws random bytes for its
-reply token (a system call), builds a NUID, waits through ``asyncio.wait_for``
-(a second future and a timer) and decodes the PubAck with ``json`` and a
-dataclass. The engine stores several messages per step (history records,
-tasks, snapshots through the KV API, which publishes through its context), so
-``LeanJetStream`` does the same work with a counter for the token, one reply
-subscription, one timer per publish and msgspec; the same signature, the same
-answers and the same errors (``APIError`` and its kinds with the server's
-``err_code``, ``NoStreamResponseError``, ``nats.errors.TimeoutError``).
+``Client.request`` draws random bytes for each reply token (a system call),
+builds a NUID and waits through ``asyncio.wait_for`` (a second future and a
+timer); ``JetStreamContext.publish`` is such a request, and decodes the PubAck
+with ``json`` and a dataclass. A run stores several messages per step and
+makes several requests (hand-offs, control-plane calls), so ``LeanRequests``
+does the same with a counter for the token, one reply subscription and one
+timer per request, and ``LeanJetStream`` publishes through it and decodes with
+msgspec: the same signatures, answers and errors (``NoRespondersError``,
+``nats.errors.TimeoutError``; for a publish ``APIError`` and its kinds with the
+server's ``err_code``, and ``NoStreamResponseError``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,69 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NoStreamResponseError
 
 NO_RESPONDERS = "503"
+DEFAULT_TIMEOUT = 5.0
+
+
+class LeanRequests:
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._pending: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count(1)
+        self._reply_to = ""
+        self._subscribing: asyncio.Lock | None = None
+
+    async def _prefix(self) -> str:
+        if self._subscribing is None:
+            self._subscribing = asyncio.Lock()
+        async with self._subscribing:
+            if not self._reply_to:
+                prefix = self.nc.new_inbox()
+                # Sent before any request that names it: the server sees the SUB first.
+                await self.nc.subscribe(f"{prefix}.*", cb=self._reply)
+                self._reply_to = f"{prefix}."
+        return self._reply_to
+
+    async def _reply(self, msg: Msg) -> None:
+        future = self._pending.pop(msg.subject[len(self._reply_to) :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    def _expire(self, token: str) -> None:
+        future = self._pending.pop(token, None)
+        if future is not None and not future.done():
+            future.set_exception(NatsTimeoutError())
+
+    def waiting(self) -> int:
+        return len(self._pending)
+
+    async def request(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        timeout: float = DEFAULT_TIMEOUT,
+        headers: dict[str, Any] | None = None,
+    ) -> Msg:
+        prefix = self._reply_to or await self._prefix()
+        token = str(next(self._tokens))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._pending[token] = future
+        timer = loop.call_later(timeout, self._expire, token)
+        try:
+            await self.nc.publish(subject, payload, reply=prefix + token, headers=headers)
+            msg = await future
+        finally:
+            timer.cancel()
+            self._pending.pop(token, None)
+        if not msg.data and msg.headers and msg.headers.get(api.Header.STATUS) == NO_RESPONDERS:
+            raise NoRespondersError
+        return msg
 
 
 class _Answer(msgspec.Struct):
@@ -39,33 +98,9 @@ _DECODER = msgspec.json.Decoder(_Answer)
 
 
 class LeanJetStream(JetStreamContext):
-    def __init__(self, nc: NATS, **opts: Any) -> None:
+    def __init__(self, nc: NATS, requests: LeanRequests | None = None, **opts: Any) -> None:
         super().__init__(nc, **opts)
-        self._lean_pending: dict[str, asyncio.Future[Msg]] = {}
-        self._lean_tokens = itertools.count(1)
-        self._lean_reply_to = ""
-        self._lean_lock: asyncio.Lock | None = None
-
-    async def _lean_prefix(self) -> str:
-        if self._lean_lock is None:
-            self._lean_lock = asyncio.Lock()
-        async with self._lean_lock:
-            if not self._lean_reply_to:
-                prefix = self._nc.new_inbox()
-                # Sent before any publish that names it: the server sees the SUB first.
-                await self._nc.subscribe(f"{prefix}.*", cb=self._lean_reply)
-                self._lean_reply_to = f"{prefix}."
-        return self._lean_reply_to
-
-    async def _lean_reply(self, msg: Msg) -> None:
-        future = self._lean_pending.pop(msg.subject[len(self._lean_reply_to) :], None)
-        if future is not None and not future.done():
-            future.set_result(msg)
-
-    def _lean_expire(self, token: str) -> None:
-        future = self._lean_pending.pop(token, None)
-        if future is not None and not future.done():
-            future.set_exception(NatsTimeoutError())
+        self.lean = requests or LeanRequests(nc)
 
     async def publish(
         self,
@@ -80,21 +115,16 @@ class LeanJetStream(JetStreamContext):
             return await super().publish(subject, payload, timeout, stream, headers, msg_ttl)
         if stream is not None:
             headers = {**(headers or {}), api.Header.EXPECTED_STREAM: stream}
-        prefix = self._lean_reply_to or await self._lean_prefix()
-        token = str(next(self._lean_tokens))
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
-        self._lean_pending[token] = future
-        timer = loop.call_later(self._timeout if timeout is None else timeout, self._lean_expire, token)
         try:
-            await self._nc.publish(subject, payload, reply=prefix + token, headers=headers)
-            msg = await future
-        finally:
-            timer.cancel()
-            self._lean_pending.pop(token, None)
-        if msg.headers and msg.headers.get(api.Header.STATUS) == NO_RESPONDERS:
-            raise NoStreamResponseError
+            msg = await self.lean.request(subject, payload, self._timeout if timeout is None else timeout, headers)
+        except NoRespondersError:
+            raise NoStreamResponseError from None
         answer = _DECODER.decode(msg.data)
         if answer.error is not None:
             raise APIError.from_error(answer.error)
         return api.PubAck(stream=answer.stream, seq=answer.seq, domain=answer.domain, duplicate=answer.duplicate)
+
+
+def requester(js: JetStreamContext) -> Any:
+    """What to make core requests with beside ``js``: its lean requests, or its connection."""
+    return js.lean if isinstance(js, LeanJetStream) else js._nc
