@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,23 +21,57 @@ log = logging.getLogger("dagnats.bridge")
 class LoopBridge:
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float = 30.0) -> None:
         self.loop, self.timeout = loop, timeout
+        self._tasks: set[asyncio.Task[Any]] = set()  # strong references while they run
 
     def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``coro`` on the loop and wait for its result (from another thread)."""
-        future: Future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(self.timeout)
+        """Run ``coro`` on the loop and wait for its result (from another thread).
+
+        One task and a lock per call: ``asyncio.run_coroutine_threadsafe`` chains a
+        concurrent future to the task (conditions, callbacks on both sides), which
+        every record of every run paid for."""
+        waiter = _Waiter()
+        self.loop.call_soon_threadsafe(self._begin, coro, waiter.finish)
+        if not waiter.done.acquire(timeout=self.timeout):
+            raise TimeoutError(f"the event loop did not finish a call within {self.timeout:g}s")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.value
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        future.add_done_callback(_log_failure)
+        self.loop.call_soon_threadsafe(self._begin, coro, _log_failure)
+
+    def _begin(self, coro: Coroutine[Any, Any, Any], then: Callable[[asyncio.Task[Any]], None]) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(then)
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         self.loop.call_soon_threadsafe(callback)
 
 
-def _log_failure(future: Future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("background call failed: %s", future.exception())
+class _Waiter:
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def finish(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self.error = asyncio.CancelledError()
+        else:
+            self.error = task.exception()
+            if self.error is None:
+                self.value = task.result()
+        self.done.release()
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("background call failed: %s", task.exception())
 
 
 class SystemClock:
