@@ -278,6 +278,12 @@ def _collect(into: list):
     return cb
 
 
+async def _indexed(js, exec_id: str) -> bool:
+    from dagnats.infra.reactive.views import execution_summaries
+
+    return any(s["run_id"] == exec_id for s in await execution_summaries(js))
+
+
 async def _async(value):
     return value
 
@@ -303,6 +309,8 @@ def test_an_execution_shows_in_run_status_events_and_inspect(nats_url, run, tmp_
             await orders.put("order.o1", json.dumps({"stage": stage, "amount": 3}).encode())
             await asyncio.sleep(0.2)
         await _until(lambda: _phase(js, "shipped"), what="phase shipped")
+        await js.publish("ticks.a", msgspec.json.encode({"key": "k9", "n": 0}))  # a burst execution, left running
+        await _until(lambda: _indexed(js, execution_id("burst", "c.k9")), what="the burst execution")
         await nc.close()
 
     try:
@@ -318,6 +326,19 @@ def test_an_execution_shows_in_run_status_events_and_inspect(nats_url, run, tmp_
         assert types[0] == "reactive.created" and types[-1] == "reactive.ended"
         human = cli("run", "inspect", run_id).stdout
         assert "Phase:    shipped" in human and "finish" in human
+        # run list: executions beside DAG runs, with their phase and iteration, filtered like runs.
+        listed = {r["run_id"]: r for r in cli("run", "list", json=True)}
+        burst_id = execution_id("burst", "c.k9")
+        assert {run_id, burst_id} <= set(listed)
+        order = listed[run_id]
+        assert order["kind"] == "reactive" and order["workflow"] == "order-chain" and order["status"] == "completed"
+        assert order["phase"] == "shipped" and order["iteration"] == 0 and order["steps_done"] == 4
+        assert order["created_at"] and order["completed_at"]
+        assert listed[burst_id]["status"] == "running" and listed[burst_id]["completed_at"] is None
+        assert [r["run_id"] for r in cli("run", "list", "--status", "completed", json=True)] == [run_id]
+        assert [r["run_id"] for r in cli("run", "list", "--workflow", "burst", json=True)] == [burst_id]
+        table = cli("run", "list").stdout
+        assert run_id in table and "phase shipped, iteration 0, 4 fired" in table
     finally:
         serve.stop()
         proc.stop()

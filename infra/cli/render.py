@@ -150,11 +150,16 @@ def events(items: list[dict[str, Any]]) -> str:
 def run_list(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "No runs."
-    rows = [
-        (r["run_id"], r["workflow"], r["status"], r.get("created_at") or "", f"{r['steps_done']}/{r['steps_total']}")
-        for r in runs
-    ]
+    rows = [(r["run_id"], r["workflow"], r["status"], r.get("created_at") or "", _progress(r)) for r in runs]
     return table(("RUN_ID", "WORKFLOW", "STATUS", "CREATED", "STEPS"), rows)
+
+
+def _progress(summary: dict[str, Any]) -> str:
+    """A DAG run's steps done of its steps; a reactive execution's phase, iteration and firings."""
+    if summary.get("kind") == "reactive":
+        phase = summary.get("phase") or "-"
+        return f"phase {phase}, iteration {summary.get('iteration', 0)}, {summary['steps_done']} fired"
+    return f"{summary['steps_done']}/{summary['steps_total']}"
 
 
 def workflow_list(defs: list[dict[str, Any]]) -> str:

@@ -41,13 +41,12 @@ from ..engine.streams import ensure_resources
 from ..wire.headers import MSG_ID, SCHEDULE, SCHEDULE_TARGET
 from .metrics import ReactiveMetrics
 from .store import append_record, load_execution
+from .views import EXECUTIONS_BUCKET, execution_summary
 
 log = logging.getLogger("dagnats.reactive")
 
 REACTIVE_STREAM = "REACTIVE"
 WORKFLOWS_BUCKET = "reactive_workflows"
-# One entry per execution: workflow, key, status. What `recover` walks after a restart.
-EXECUTIONS_BUCKET = "reactive_executions"
 _JSON = msgspec.json.Encoder()
 
 
@@ -288,7 +287,7 @@ class ReactiveRuntime:
         kv = await self.js.key_value(wf.state_bucket)
         await kv.put(ex.key, _JSON.encode(ex.state))
         index = await self.js.key_value(EXECUTIONS_BUCKET)
-        await index.put(ex.execution_id, _JSON.encode({"workflow_id": wf.id, "key": ex.key, "status": ex.status}))
+        await index.put(ex.execution_id, _JSON.encode(execution_summary(ex)))
         if ex.is_terminal:
             self._locks.pop(ex.execution_id, None)
 
