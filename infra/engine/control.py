@@ -45,11 +45,10 @@ from dagnats.domain.errors import (
     WorkflowInvalid,
 )
 from dagnats.domain.identifiers import check_identifier
-from dagnats.domain.reactive.state import ExecutionStatus
 from dagnats.domain.state import RunStatus, WorkflowRun
 from dagnats.domain.validate import validate
 
-from ..reactive.views import execution_events, execution_summaries, execution_view
+from ..reactive.views import LISTED_STATUSES, execution_events, execution_summaries, execution_view
 from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.keys import signal_key
@@ -76,8 +75,6 @@ log = logging.getLogger("dagnats.api")
 ENVELOPE_ROOM = 4096
 MAX_CONCURRENT_REQUESTS = 256
 MAX_CANCEL_WAIT = 30.0
-# What `run list --status` takes: a DAG run's statuses, then a reactive execution's own.
-LISTED_STATUSES = tuple(dict.fromkeys(str(s) for s in (*RunStatus, *ExecutionStatus)))
 
 Handler = Callable[[Any], Awaitable[Any]]
 

@@ -18,6 +18,8 @@ from nats.js import JetStreamContext
 
 from dagnats.domain.reactive.events import decode_reactive_record, is_reactive_record
 from dagnats.domain.reactive.fold import Execution
+from dagnats.domain.reactive.state import ExecutionStatus
+from dagnats.domain.state import RunStatus
 
 from ..wire.names import HISTORY_STREAM
 from ..wire.reading import first_message, kv_entries, stored_batches
@@ -26,6 +28,8 @@ from .store import load_execution
 
 # One entry per execution, its summary: what `run list` shows and what `recover` walks after a restart.
 EXECUTIONS_BUCKET = "reactive_executions"
+# What `run list --status` (and GET /runs?status=) takes: a DAG run's statuses, then an execution's own.
+LISTED_STATUSES = tuple(dict.fromkeys(str(s) for s in (*RunStatus, *ExecutionStatus)))
 
 
 async def is_execution(js: JetStreamContext, run_id: str) -> bool:
