@@ -216,9 +216,24 @@ def test_a_timeout_ends_a_stalled_execution():
     registry = ReactiveRegistry()
     wf = registry.register(plan_review(registry))
     ex = apply(Execution("e1"), decide(wf, Execution("e1"), _submit(wf), at(0)))
-    assert decide(wf, ex, Input(id="timeout", kind="timeout"), at(30)) == []
-    events = decide(wf, ex, Input(id="timeout", kind="timeout"), at(61))
-    assert events[-1].status == "timed_out"
+    assert ex.state["deadline"] == at(60)
+    # The durable timer fired (the server's clock said so, a moment before the engine's): it times out.
+    events = decide(wf, ex, Input(id="timeout", kind="timeout"), at(59.5))
+    assert [e.type for e in events] == ["reactive.ended"] and events[-1].status == "timed_out"
+    assert apply(ex, events).state["error"] == "timeout"
+    # An input that arrives after the deadline, before the timer's, ends it as well.
+    late = decide(wf, ex, _callback(ex.pending.task_id, True, 1), at(61))
+    assert [e.type for e in late] == ["reactive.ended"] and late[-1].reason == "deadline passed"
+
+
+def test_a_timer_for_an_execution_without_a_deadline_changes_nothing():
+    registry = ReactiveRegistry()
+    wf = ReactiveWorkflow("no-deadline", state_type=S, state_bucket="s")
+    wf.add_rule(Rule("r").on_subject("x").when("yes", lambda c: True).mutate(_set_phase("a")))
+    registry.register(wf)
+    ex = apply(Execution("e1"), decide(wf, Execution("e1"), _trigger(wf, 1), at(0)))
+    assert ex.state["deadline"] == ""
+    assert decide(wf, ex, Input(id="timeout", kind="timeout"), at(3600)) == []
 
 
 def test_an_exception_in_a_mutator_fails_the_execution():

@@ -93,23 +93,33 @@ def test_plan_review_escalates_after_max_iterations_through_a_kill_9(nats_url, r
         async def reviewer(msg):
             request = json.loads(msg.data)
             reviews.append(request)
-            answer = {"task_id": request["task_id"], "approved": False, "feedback": f"try {len(reviews)}"}
-            await js.publish(request["callback_subject"], json.dumps(answer).encode())
+            tasks = list(dict.fromkeys(r["task_id"] for r in reviews))  # a request may come twice
+            answer = {"task_id": request["task_id"], "approved": False, "feedback": f"try {len(tasks)}"}
+            for _ in range(2):  # the second copy is a duplicate: it changes nothing
+                await js.publish(request["callback_subject"], json.dumps(answer).encode())
+            # A late approval of an earlier task changes nothing either. (After the kill -9 a request
+            # may come twice: recovery publishes the last record's messages again.)
+            for earlier in set(tasks) - {request["task_id"]}:
+                late = {"task_id": earlier, "approved": True, "feedback": "late"}
+                await js.publish(request["callback_subject"], json.dumps(late).encode())
 
         await nc.subscribe("plans.review", cb=reviewer)
         await nc.subscribe("plans.escalated", cb=_collect(escalations))
         await asyncio.to_thread(proc.start)
         await js.publish("plans.requests", json.dumps({"request_id": "p1", "plan": "ship it"}).encode())
-        await _until(lambda: _async(len(reviews) >= 2), what="two reviews")
+        await _until(lambda: _async(len({r["task_id"] for r in reviews}) >= 2), what="two reviews")
         _kill9(proc)
         await asyncio.to_thread(_restart, proc)
         await _until(lambda: _async(escalations), what="the escalation event")
         ex = await _execution(js, "plan-review", "plan.p1")
         assert ex.status == "escalated" and ex.state["iteration"] == 3
-        assert ex.state["feedback"][:3] == ["try 1", "try 2", "try 3"]
+        assert ex.state["feedback"] == ["try 1", "try 2", "try 3"]  # no duplicate or late answer applied
         assert await _firings(js, "plan-review", "plan.p1") == ["submit", "revise", "revise"]
         assert escalations[0]["reason"] == "max iterations (3) reached"
         assert escalations[0]["execution_id"] == execution_id("plan-review", "plan.p1")
+        assert len({r["task_id"] for r in reviews}) == 3  # one task per iteration
+        # The execution ended before its timeout: its durable timer is gone.
+        await _until(lambda: _no_timer(js, execution_id("plan-review", "plan.p1")), what="the timeout purged")
         await nc.close()
 
     try:
@@ -276,6 +286,16 @@ def _collect(into: list):
         into.append(json.loads(msg.data))
 
     return cb
+
+
+async def _no_timer(js, exec_id: str) -> bool:
+    from nats.js.errors import NotFoundError
+
+    try:
+        await js.get_last_msg("REACTIVE", f"reactive.schedule.{exec_id}")
+    except NotFoundError:
+        return True
+    return False
 
 
 async def _indexed(js, exec_id: str) -> bool:

@@ -115,7 +115,8 @@ class _Decision:
         elif self._expired():
             return self._end(ExecutionStatus.TIMED_OUT, "deadline passed")
         if self.inp.kind == "timeout":
-            return self._end(ExecutionStatus.TIMED_OUT, "timeout") if self._expired() else []
+            # The durable timer fired: trusted like a DAG run's timer.fired (the deadline never moves).
+            return self._end(ExecutionStatus.TIMED_OUT, "timeout") if self.state_data.get("deadline") else []
         try:
             if self.inp.kind == "callback":
                 if not self._callback():

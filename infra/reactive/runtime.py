@@ -29,6 +29,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import format_timestamp
+from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.reactive.decide import Input, callback_subject, decide, execution_id
 from dagnats.domain.reactive.events import CallbackApplied, ExecutionCreated, ExecutionEnded, ReactiveEvent, RuleFired
 from dagnats.domain.reactive.fold import Execution, fold
@@ -38,7 +39,8 @@ from dagnats.domain.reactive.state import TriggerMode
 from dagnats.domain.reactive.workflow import ReactiveWorkflow
 
 from ..engine.streams import ensure_resources
-from ..wire.headers import MSG_ID, SCHEDULE, SCHEDULE_TARGET
+from ..wire.headers import MSG_ID
+from ..wire.timers import arm_schedule, cancel_schedule
 from .metrics import ReactiveMetrics
 from .store import append_record, load_execution
 from .views import EXECUTIONS_BUCKET, execution_summary
@@ -105,7 +107,7 @@ class ReactiveRuntime:
     async def _ensure_stream(self) -> None:
         config = api.StreamConfig(
             name=REACTIVE_STREAM,
-            subjects=["reactive.inbox.>", "reactive.schedule.>"],
+            subjects=["reactive.inbox.>", "reactive.schedule.>"],  # callbacks and timeouts; timers
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
             allow_msg_schedules=True,
@@ -290,6 +292,8 @@ class ReactiveRuntime:
         await index.put(ex.execution_id, _JSON.encode(execution_summary(ex)))
         if ex.is_terminal:
             self._locks.pop(ex.execution_id, None)
+            if ex.state.get("deadline"):
+                await cancel_schedule(self.js, REACTIVE_STREAM, _schedule(ex.execution_id))
 
     async def _publish(self, events: list[ReactiveEvent]) -> None:
         for event in events:
@@ -298,10 +302,10 @@ class ReactiveRuntime:
         await self.nc.flush()
 
     async def arm_timeout(self, exec_id: str, deadline: str) -> None:
-        """The execution's deadline as a message schedule firing into its inbox (replaces an armed one)."""
-        headers = {SCHEDULE: f"@at {deadline}", SCHEDULE_TARGET: callback_subject(exec_id)}
+        """The execution's deadline as a durable timer (a message schedule, as for DAG runs'
+        timers) firing into its inbox; arming it again replaces it."""
         body = _JSON.encode({"kind": "timeout", "execution_id": exec_id})
-        await self.js.publish(f"reactive.schedule.{exec_id}", body, stream=REACTIVE_STREAM, headers=headers)
+        await arm_schedule(self.js, REACTIVE_STREAM, _schedule(exec_id), callback_subject(exec_id), deadline, body)
 
     async def recover(self) -> None:
         """After a restart: publish each open execution's last record again, re-arm its timeout."""
@@ -339,6 +343,12 @@ class ReactiveRuntime:
             self.metrics.callback_latency.record(event.latency_ms / 1000, {**attrs, "rule_id": event.rule_id})
         elif isinstance(event, ExecutionEnded):
             self.metrics.ended(wf.id, event.status)
+
+
+def _schedule(exec_id: str) -> str:
+    """Where an execution's timeout waits: ADR-51 fires a schedule only into its own stream,
+    so beside the inbox it fires into (the engine's inbox stream is the DAG runs')."""
+    return f"reactive.schedule.{check_identifier('execution id', exec_id)}"
 
 
 def _decode(data: bytes, message_type: Any) -> Any:
