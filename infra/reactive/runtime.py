@@ -28,7 +28,7 @@ from nats.js import api
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from dagnats.domain.errors import WrongLastSequence
-from dagnats.domain.events import format_timestamp
+from dagnats.domain.events import format_timestamp, parse_timestamp
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.reactive.decide import Input, callback_subject, decide, execution_id
 from dagnats.domain.reactive.events import CallbackApplied, ExecutionCreated, ExecutionEnded, ReactiveEvent, RuleFired
@@ -256,8 +256,10 @@ class ReactiveRuntime:
                 ex, last_seq = await self._load(exec_id)
                 if not inp.id:
                     inp.id = f"m{last_seq}"
-                events = decide(wf, ex, inp, self.clock())
-                self._count_evaluations(wf, inp)
+                events = decide(wf, ex, inp, self.clock(), observe=self._evaluated(wf))
+                if inp.kind == "callback":
+                    status = "applied" if any(isinstance(e, CallbackApplied) for e in events) else "ignored"
+                    self.metrics.callbacks_received.add(1, {"workflow_id": wf.id, "status": status})
                 if not events:
                     return []
                 try:
@@ -325,9 +327,12 @@ class ReactiveRuntime:
 
     # ---- metrics --------------------------------------------------------------------
 
-    def _count_evaluations(self, wf: ReactiveWorkflow, inp: Input) -> None:
-        for rule in inp.rules:
-            self.metrics.rule_evaluations.add(1, {"workflow_id": wf.id, "rule_id": rule.id})
+    def _evaluated(self, wf: ReactiveWorkflow) -> Callable[[str, bool], None]:
+        def count(rule_id: str, fired: bool) -> None:
+            attrs = {"workflow_id": wf.id, "rule_id": rule_id, "fired": fired}
+            self.metrics.rule_evaluations.add(1, attrs)
+
+        return count
 
     def _count(self, wf: ReactiveWorkflow, event: ReactiveEvent) -> None:
         attrs = {"workflow_id": wf.id}
@@ -342,7 +347,14 @@ class ReactiveRuntime:
             self.metrics.pending_callbacks.add(-1, attrs)
             self.metrics.callback_latency.record(event.latency_ms / 1000, {**attrs, "rule_id": event.rule_id})
         elif isinstance(event, ExecutionEnded):
-            self.metrics.ended(wf.id, event.status)
+            self.metrics.ended(wf.id, event.status, _duration(event.state or {}))
+
+
+def _duration(state: dict[str, Any]) -> float | None:
+    created, ended = state.get("created_at"), state.get("completed_at")
+    if not created or not ended:
+        return None
+    return (parse_timestamp(ended) - parse_timestamp(created)).total_seconds()
 
 
 def _schedule(exec_id: str) -> str:
