@@ -57,6 +57,9 @@ def test_registry_collects_every_problem_with_its_rule():
     wf.add_rule(Rule("r1").watch_kv("b", "x.>.y").mutate(lambda c, r: None))
     wf.add_rule(Rule("r2").on_subject("a b"))
     wf.add_rule(Rule("r3").on_subject("x").publish_async("out", lambda c: {}, "nope"))
+    wf.add_rule(Rule("r4").on_subject("x").with_state_lookup("other", lambda m: "k").mutate(lambda c, r: None))
+    wf.add_rule(Rule("r5").watch_kv("b", "a b").complete())
+    wf.add_rule(Rule("r6").on_jetstream_subject("S", "x.>.y").complete())
     with pytest.raises(ReactiveWorkflowInvalid) as err:
         ReactiveRegistry().register(wf)
     text = str(err.value)
@@ -68,7 +71,11 @@ def test_registry_collects_every_problem_with_its_rule():
     assert "token 'a b' is not allowed" in text
     assert "result type 'nope' is not registered" in text
     assert "on_complete" in text
+    assert "rule 'r4': with_state_lookup bucket 'other' is not the workflow's state_bucket 'b'" in text
+    assert "rule 'r5': watch_kv: KV key pattern 'a b'" in text
+    assert "rule 'r6': trigger: subject 'x.>.y'" in text
     assert isinstance(err.value, ValueError)
+    assert err.value.workflow == "bad" and len(err.value.issues) == len(set(err.value.issues))
 
 
 def test_a_valid_definition_registers_and_describes_itself():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,7 +77,9 @@ class ReactiveRuntime:
         self._cache: dict[str, tuple[Execution, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[Any]] = []
-        self._subs: list[Any] = []
+        # Unsubscribe every subscription (core, pull, KV watch) at stop: a left one would
+        # keep nc.drain() waiting for messages no task will take.
+        self._closers: list[Callable[[], Awaitable[Any]]] = []
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -95,14 +97,14 @@ class ReactiveRuntime:
         await self._consume(REACTIVE_STREAM, "reactive.inbox.>", "reactive-inbox", self._on_inbox)
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for close in self._closers:
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
 
     async def _ensure_stream(self) -> None:
         config = api.StreamConfig(
@@ -158,7 +160,7 @@ class ReactiveRuntime:
             async def on_core(msg: Any) -> None:
                 await self._on_message(source, msg, False)
 
-            self._subs.append(await self.nc.subscribe(t.subject, cb=on_core))
+            self._closers.append((await self.nc.subscribe(t.subject, cb=on_core)).unsubscribe)
 
     async def _consume(self, stream: str, subject: str, durable: str, handler: Callable[[Any], Any]) -> None:
         config = api.ConsumerConfig(
@@ -170,6 +172,7 @@ class ReactiveRuntime:
             ack_wait=30,
         )
         sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+        self._closers.append(sub.unsubscribe)
         self._tasks.append(asyncio.create_task(self._pull(sub, handler)))
 
     async def _pull(self, sub: Any, handler: Callable[[Any], Any]) -> None:
@@ -193,6 +196,7 @@ class ReactiveRuntime:
         t = source.trigger
         kv = await self.js.key_value(t.watch_bucket)
         watcher = await kv.watch(t.watch_pattern)
+        self._closers.append(watcher.stop)
         async for entry in watcher:
             if entry is None or entry.operation is not None and entry.operation != "PUT":
                 continue

@@ -85,9 +85,9 @@ async def execution_events(js: JetStreamContext, run_id: str, after_seq: int, li
 
 
 def execution_summary(ex: Execution) -> dict[str, Any]:
-    """An execution as ``run list`` shows it: a DAG run's summary (a firing counts as a
+    """An execution as ``run list`` shows it: a DAG run's summary (a rule firing counts as a
     step done) with its kind, key, phase and iteration."""
-    state, fired = ex.state, len(ex.state.get("timeline") or ())
+    state, fired = ex.state, ex.fired
     return {
         "run_id": ex.execution_id,
         "workflow": ex.workflow_id,
