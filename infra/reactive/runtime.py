@@ -40,6 +40,7 @@ from dagnats.domain.reactive.workflow import ReactiveWorkflow
 
 from ..engine.streams import ensure_resources
 from ..wire.headers import MSG_ID
+from ..wire.reading import kv_entries
 from ..wire.timers import arm_schedule, cancel_schedule
 from .metrics import ReactiveMetrics
 from .store import append_record, load_execution
@@ -266,6 +267,8 @@ class ReactiveRuntime:
                     self.metrics.callbacks_received.add(1, {"workflow_id": wf.id, "status": status})
                 if not events:
                     return []
+                if not ex.created:  # indexed before its first record: `recover` finds it whatever happens next
+                    await self._index(Execution(exec_id, workflow_id=wf.id, key=inp.key))
                 try:
                     seq = await append_record(self.js, exec_id, events, last_seq, f"{exec_id}:{inp.id}")
                 except WrongLastSequence:
@@ -292,14 +295,23 @@ class ReactiveRuntime:
             self._count(wf, event)
             if isinstance(event, ExecutionCreated) and event.deadline:
                 await self.arm_timeout(ex.execution_id, event.deadline)
-        kv = await self.js.key_value(wf.state_bucket)
-        await kv.put(ex.key, _JSON.encode(ex.state))
-        index = await self.js.key_value(EXECUTIONS_BUCKET)
-        await index.put(ex.execution_id, _JSON.encode(execution_summary(ex)))
+        await self._settle(wf, ex)
         if ex.is_terminal:
             self._locks.pop(ex.execution_id, None)
-            if ex.state.get("deadline"):
-                await cancel_schedule(self.js, REACTIVE_STREAM, _schedule(ex.execution_id))
+
+    async def _settle(self, wf: ReactiveWorkflow, ex: Execution) -> None:
+        """The last effects of a record: the state in the state bucket, the timeout purged
+        once ended, then the index entry (last: an entry that matches the history says
+        every effect of its last record was performed)."""
+        kv = await self.js.key_value(wf.state_bucket)
+        await kv.put(ex.key, _JSON.encode(ex.state))
+        if ex.is_terminal and ex.state.get("deadline"):
+            await cancel_schedule(self.js, REACTIVE_STREAM, _schedule(ex.execution_id))
+        await self._index(ex)
+
+    async def _index(self, ex: Execution) -> None:
+        index = await self.js.key_value(EXECUTIONS_BUCKET)
+        await index.put(ex.execution_id, _JSON.encode(execution_summary(ex)))
 
     async def _publish(self, events: list[ReactiveEvent]) -> None:
         for event in events:
@@ -314,20 +326,25 @@ class ReactiveRuntime:
         await arm_schedule(self.js, REACTIVE_STREAM, _schedule(exec_id), callback_subject(exec_id), deadline, body)
 
     async def recover(self) -> None:
-        """After a restart: publish each open execution's last record again, re-arm its timeout."""
-        index = await self.js.key_value(EXECUTIONS_BUCKET)
-        try:
-            keys = await index.keys()
-        except Exception:  # noqa: BLE001 - nats-py raises NoKeysError on an empty bucket
-            return
-        for exec_id in keys:
+        """After a restart: publish the last record of each open execution again (at least
+        once) and re-arm its timeout; an ended execution whose index entry does not match
+        its history (killed before its effects were done) gets its last record published
+        and its state and entry written. An entry without a history (killed before the
+        first record) is dropped."""
+        for exec_id, stored in await kv_entries(self.js, EXECUTIONS_BUCKET, ">"):
             ex, seq, last = await load_execution(self.js, exec_id)
-            if not ex.created or ex.is_terminal:
+            if not ex.created:
+                await (await self.js.key_value(EXECUTIONS_BUCKET)).delete(exec_id)
+                continue
+            settled = _JSON.encode(execution_summary(ex)) == stored
+            if ex.is_terminal and settled:
                 continue
             self._cache[exec_id] = (ex, seq)
             await self._publish(last)
-            if deadline := str(ex.state.get("deadline") or ""):
+            if not ex.is_terminal and (deadline := str(ex.state.get("deadline") or "")):
                 await self.arm_timeout(exec_id, deadline)
+            if not settled and (wf := self.registry.get(ex.workflow_id)) is not None:
+                await self._settle(wf, ex)
 
     # ---- metrics --------------------------------------------------------------------
 
