@@ -75,7 +75,7 @@ async def serve(path: str, url: str | None = None, clock: Callable[[], str] | No
     for cooldowns and deadlines (tests pass a fake one)."""
     registry = load_registry(path)
     nc = await nats.connect(servers=server_list(nats_url(url)), max_reconnect_attempts=-1)
-    runtime = ReactiveRuntime(nc, registry, **({"clock": clock} if clock else {}))
+    runtime = ReactiveRuntime(nc, registry, clock) if clock else ReactiveRuntime(nc, registry)
     await runtime.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
