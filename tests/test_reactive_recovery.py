@@ -1,4 +1,5 @@
-"""A reactive engine killed between storing a record and performing its effects.
+"""A reactive engine killed between storing a record and performing its effects; a message
+its rules cannot read.
 
 The kill -9 e2e tests (test_reactive_e2e) kill the process wherever it happens
 to be; this one kills it at the narrowest place, on purpose: the record is in
@@ -131,3 +132,31 @@ def _collect(into: list):
 
 async def _value(value):
     return value
+
+
+def test_a_message_the_rules_cannot_read_is_dropped_not_redelivered_forever(nats_url, run):
+    async def body():
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await js.add_stream(name="PLAN_REQUESTS", subjects=["plans.requests"])
+        registry = ReactiveRegistry()
+        registry.register(s.plan_review(registry, max_iterations=3))
+        runtime = ReactiveRuntime(nc, registry)
+        await runtime.start()
+        try:
+            await js.publish("plans.requests", b'{"plan": "no request id"}')  # not a ReviewRequest
+            await js.publish("plans.requests", b"not json")
+            await js.publish("plans.requests", json.dumps({"request_id": "ok1", "plan": "p"}).encode())
+
+            async def handled():
+                info = await js.consumer_info("PLAN_REQUESTS", "reactive-plan-review-submit")
+                return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq >= 3
+
+            await _until(handled, "all three messages taken")
+            ex, _, _ = await load_execution(js, execution_id("plan-review", "plan.ok1"))
+            assert ex.status == "waiting"
+        finally:
+            await runtime.stop()
+            await nc.close()
+
+    run(body(), timeout=60)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -220,11 +221,16 @@ class ReactiveRuntime:
 
     async def _on_message(self, source: _Source, msg: Any, durable: bool) -> None:
         t = source.trigger
-        message = _decode(msg.data or b"", t.message_type)
-        key = t.state_key(message) if t.state_key is not None else ""
+        try:
+            message = _decode(msg.data or b"", t.message_type)
+            key = t.state_key(message) if t.state_key is not None else ""
+        except Exception as err:  # noqa: BLE001 - not the rules' message type, or key_fn raised
+            # Taken and dropped (a JetStream copy is acknowledged): redelivering it would fail the same way.
+            log.warning("%s: message on %s dropped: %s: %s", source.wf.id, msg.subject, type(err).__name__, err)
+            return
         position = msg.metadata.sequence.stream if durable else 0
         if not key:
-            key = f"{t.stream or 'msg'}-{position}" if durable else f"msg-{id(msg)}"
+            key = f"{t.stream}-{position}" if durable else f"msg-{secrets.token_hex(8)}"  # one execution per message
         mode = TriggerMode.MESSAGE_AND_STATE if t.state_key is not None else TriggerMode.MESSAGE
         inp = Input(
             id=f"js.{t.stream}.{position}" if durable else "", kind="trigger", key=key, mode=mode, info=msg.subject,
