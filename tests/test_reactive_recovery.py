@@ -134,7 +134,7 @@ async def _value(value):
     return value
 
 
-def test_a_message_the_rules_cannot_read_is_dropped_not_redelivered_forever(nats_url, run):
+def test_messages_and_callbacks_the_rules_cannot_read_are_dropped_not_redelivered_forever(nats_url, run):
     async def body():
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
@@ -153,8 +153,26 @@ def test_a_message_the_rules_cannot_read_is_dropped_not_redelivered_forever(nats
                 return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq >= 3
 
             await _until(handled, "all three messages taken")
-            ex, _, _ = await load_execution(js, execution_id("plan-review", "plan.ok1"))
+            ok1 = execution_id("plan-review", "plan.ok1")
+            ex, _, _ = await load_execution(js, ok1)
             assert ex.status == "waiting"
+            # Callbacks it cannot read are dropped too; the execution waits on for one it can.
+            task = ex.pending.task_id
+            await js.publish(f"reactive.inbox.{ok1}", json.dumps({"task_id": task, "approved": "maybe"}).encode())
+            await js.publish(f"reactive.inbox.{ok1}", b"not json")
+            await js.publish(f"reactive.inbox.{ok1}", json.dumps({"task_id": task, "approved": True}).encode())
+
+            async def completed():
+                ex, _, _ = await load_execution(js, ok1)
+                return ex.status == "completed"
+
+            await _until(completed, "the readable approval")
+
+            async def inbox_settled():
+                info = await js.consumer_info("REACTIVE", "reactive-inbox")
+                return info.num_pending == 0 and info.num_ack_pending == 0
+
+            await _until(inbox_settled, "every callback acknowledged")
         finally:
             await runtime.stop()
             await nc.close()

@@ -241,7 +241,12 @@ class ReactiveRuntime:
 
     async def _on_inbox(self, msg: Any) -> None:
         exec_id = msg.subject.split(".", 2)[2]
-        body = msgspec.json.decode(msg.data or b"{}")
+        try:
+            check_identifier("execution id", exec_id)
+            body = msgspec.json.decode(msg.data or b"{}")
+        except (ValueError, msgspec.DecodeError) as err:
+            log.warning("%s: not a callback, dropped: %s", msg.subject, err)
+            return
         if not isinstance(body, dict):
             return
         ex, _ = await self._load(exec_id)
@@ -254,7 +259,12 @@ class ReactiveRuntime:
         task_id = str(body.get("task_id", ""))
         rule = next((r for r in wf.rules if ex.pending and r.id == ex.pending.rule_id), None)
         result_type = self.registry.result_type(rule.action.result_type) if rule and rule.action else None
-        result = msgspec.convert(body, result_type, strict=False) if result_type else body
+        try:
+            result = msgspec.convert(body, result_type, strict=False) if result_type else body
+        except msgspec.ValidationError as err:  # the execution keeps waiting for an answer it can read
+            log.warning("%s: callback %s is not a %s, dropped: %s", exec_id, task_id, result_type, err)
+            self.metrics.callbacks_received.add(1, {"workflow_id": wf.id, "status": "ignored"})
+            return
         inp = Input(id=f"cb.{task_id}", kind="callback", task_id=task_id, result=result, info=msg.subject)
         await self.handle(wf, exec_id, inp)
 
