@@ -273,6 +273,13 @@ def test_reactive_list_shows_the_registered_workflows(nats_url, tmp_path):
         listed = {w["id"]: w for w in json.loads(out.stdout)}
         assert set(listed) == {"plan-review", "order-chain", "burst"}
         assert [r["id"] for r in listed["plan-review"]["rules"]] == ["submit", "revise", "approve"]
+        assert listed["plan-review"]["rules"][0]["action"] == "publish_async"
+        assert listed["burst"]["rules"][0]["trigger"] == "jetstream TICKS ticks.> + state burst_states"
+        human = subprocess.run(
+            [*CLI, "reactive", "list"], env=base_env(nats_url), capture_output=True, timeout=30, check=True
+        ).stdout.decode()
+        assert human.splitlines()[0].split() == ["WORKFLOW", "RULES", "STATE", "BUCKET", "DESCRIPTION"]
+        assert "plan-review  3      plan_reviews" in human
     finally:
         proc.stop()
 
@@ -354,6 +361,10 @@ def test_an_execution_shows_in_run_status_events_and_inspect(nats_url, run, tmp_
         events = cli("run", "events", run_id, json=True)
         types = [e["type"] for e in (events["events"] if isinstance(events, dict) else events)]
         assert types[0] == "reactive.created" and types[-1] == "reactive.ended"
+        inspected = cli("run", "inspect", run_id, json=True)
+        assert inspected["phase"] == "shipped"
+        assert inspected["firings"] == {"place": 1, "pay": 1, "ship": 1, "finish": 1}
+        assert inspected["timeline"] == status["timeline"] and inspected["state"]["amount"] == 3
         human = cli("run", "inspect", run_id).stdout
         assert "Phase:    shipped" in human and "finish" in human
         # run list: executions beside DAG runs, with their phase and iteration, filtered like runs.
