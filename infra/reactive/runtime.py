@@ -36,7 +36,7 @@ from dagnats.domain.reactive.events import CallbackApplied, ExecutionCreated, Ex
 from dagnats.domain.reactive.fold import Execution, fold
 from dagnats.domain.reactive.registry import ReactiveRegistry
 from dagnats.domain.reactive.rules import Rule
-from dagnats.domain.reactive.state import TriggerMode
+from dagnats.domain.reactive.state import TriggerMode, is_terminal_status
 from dagnats.domain.reactive.workflow import ReactiveWorkflow
 
 from ..engine.streams import ensure_resources
@@ -346,8 +346,10 @@ class ReactiveRuntime:
         once) and re-arm its timeout; an ended execution whose index entry does not match
         its history (killed before its effects were done) gets its last record published
         and its state and entry written. An entry without a history (killed before the
-        first record) is dropped."""
+        first record) is dropped. Executions whose entry says ended cost no read."""
         for exec_id, stored in await kv_entries(self.js, EXECUTIONS_BUCKET, ">"):
+            if is_terminal_status(_entry_status(stored)):
+                continue  # an entry is written last: one that says ended was settled (no history read)
             ex, seq, last = await load_execution(self.js, exec_id)
             if not ex.created:
                 await (await self.js.key_value(EXECUTIONS_BUCKET)).delete(exec_id)
@@ -385,6 +387,14 @@ class ReactiveRuntime:
             self.metrics.callback_latency.record(event.latency_ms / 1000, {**attrs, "rule_id": event.rule_id})
         elif isinstance(event, ExecutionEnded):
             self.metrics.ended(wf.id, event.status, _duration(event.state or {}))
+
+
+def _entry_status(stored: bytes) -> str:
+    try:
+        entry = msgspec.json.decode(stored)
+    except msgspec.DecodeError:
+        return ""
+    return str(entry.get("status", "")) if isinstance(entry, dict) else ""
 
 
 def _duration(state: dict[str, Any]) -> float | None:
