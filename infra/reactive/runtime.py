@@ -1,14 +1,17 @@
 """ReactiveRuntime: NATS inputs -> decide -> one conditional history record -> effects.
 
     KV watch | subject | JetStream consumer | reactive.inbox.<id> (callbacks, timers)
-        -> Input -> per-execution lock -> decide -> append history.<id> -> publish, KV, timer
+        -> Input -> per-execution lock -> decide -> append history.<id>
+        -> publish, timer, state KV, index entry (last)
 
 Each execution is served under its own lock, from a cache of (execution, last
 sequence) rebuilt by replaying its history. Effects happen only after the
 record that decided them is stored, each message with a Nats-Msg-Id derived
-from the record; after a crash, ``recover`` publishes the last record of every
-open execution again (at-least-once; JetStream subjects drop the copy) and
-re-arms its timeout. Durable inputs (KV revisions, stream sequences) are
+from the record; the execution's entry in the index is written last, so an
+entry that matches the history means the effects were done. After a crash,
+``recover`` publishes the last record of every open execution again
+(at-least-once; JetStream subjects drop the copy), re-arms its timeout, and
+finishes the effects of an ended one whose entry is stale. Durable inputs (KV revisions, stream sequences) are
 acknowledged after the record, and a position already folded fires nothing.
 The engine's own state writes go to the state bucket, which no watcher of
 this runtime consumes: rules on the own state run as cascades inside decide.
