@@ -48,7 +48,7 @@ from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.state import RunStatus, WorkflowRun
 from dagnats.domain.validate import validate
 
-from ..reactive.views import execution_events, execution_view
+from ..reactive.views import LISTED_STATUSES, execution_events, execution_summaries, execution_view
 from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.keys import signal_key
@@ -67,7 +67,7 @@ from .limits import list_limits
 from .paging import events_page, runs_page
 from .reader import RunReader
 from .starts import RunStarts
-from .views import awaits_capabilities, fit_view, inspect_view, run_view
+from .views import awaits_capabilities, fit_view, inspect_view, run_summary, run_view
 
 log = logging.getLogger("dagnats.api")
 
@@ -254,19 +254,21 @@ class ControlPlane:
         return page
 
     async def list_runs(self, req: wire.ListRuns) -> dict[str, Any]:
+        """DAG runs and reactive executions (``infra.reactive.views``), newest first."""
         _check_page_size(req.limit, "run.list")
-        if req.status is not None and req.status not in RunStatus.__members__.values():
-            raise InvalidRequest("run.list", f"unknown status {req.status!r} (one of {', '.join(RunStatus)})")
+        if req.status is not None and req.status not in LISTED_STATUSES:
+            raise InvalidRequest("run.list", f"unknown status {req.status!r} (one of {', '.join(LISTED_STATUSES)})")
         since, until = _instant(req.since, "since"), _instant(req.until, "until")
         runs = {s.run.run_id: s.run for s in await self.reader.store.snapshots()}
         runs.update((r.run_id, r) for r in self.reader.live())
+        summaries = [run_summary(r) for r in runs.values() if r.definition is not None]
+        summaries += await execution_summaries(self.js)
         chosen = [
-            r
-            for r in runs.values()
-            if r.definition is not None
-            and (not req.workflow or r.workflow == req.workflow)
-            and (not req.status or r.status == req.status)
-            and _created_within(r, since, until)
+            s
+            for s in summaries
+            if (not req.workflow or s["workflow"] == req.workflow)
+            and (not req.status or s["status"] == req.status)
+            and _created_within(s.get("created_at"), since, until)
         ]
         return runs_page(chosen, req.cursor, req.limit, self.max_reply)
 
@@ -421,12 +423,12 @@ def _instant(text: str | None, name: str) -> datetime | None:
         raise InvalidRequest("run.list", f"{name} {text!r} is not an RFC3339 instant") from None
 
 
-def _created_within(run: WorkflowRun, since: datetime | None, until: datetime | None) -> bool:
+def _created_within(created_at: str | None, since: datetime | None, until: datetime | None) -> bool:
     if since is None and until is None:
         return True
-    if not run.created_at:
+    if not created_at:
         return False
-    created = ev.parse_timestamp(run.created_at)
+    created = ev.parse_timestamp(created_at)
     return (since is None or created >= since) and (until is None or created <= until)
 
 
