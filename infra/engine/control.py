@@ -117,7 +117,14 @@ class ControlPlane:
         self.admission = Admission(self.js)
         await self.admission.open()
         self.starts = RunStarts(
-            self.js, self.defs, self.admission, self.reader, self.max_reply, self.cancel_by, self.engine.partition_count
+            self.js,
+            self.defs,
+            self.admission,
+            self.reader,
+            self.max_reply,
+            self.cancel_by,
+            self.engine.partition_count,
+            here=self.engine.handoff.here,
         )
         self.correlator = Correlator(self.js, self.reader.status_of, self.cancel_by)
         await self.correlator.start()
