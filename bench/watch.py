@@ -3,8 +3,10 @@
 One ordered push consumer on ``history.>`` (deliver new) in the bench process. For each
 record of a run whose id starts with ``prefix`` it notes when the run first showed each
 mark (a byte string such as ``b'"type":"workflow.completed"'``, searched in the record's
-bytes: nothing is decoded), how many records the run had, and, once ``since`` is set,
-the first record of each run after that moment (a run "progressing" after a restart).
+bytes: nothing is decoded), how many records the run had, and, once ``since`` is set
+(a wall-clock time), the first record of each run stored by the server at or after that
+moment (a run "progressing" after a restart; a record stored earlier and pushed late
+does not count).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class RunsWatch:
         self.steps_done: dict[str, int] = {}  # step.completed events per run
         self.since: float | None = None
         self.first_after: dict[str, float] = {}
+        # per run, each record as (server's store time, step.completed events, ends the run)
+        self.log: dict[str, list[tuple[float, int, bool]]] = {}
         self._sub = None
 
     async def subscribe(self, js) -> RunsWatch:
@@ -53,12 +57,21 @@ class RunsWatch:
         now = time.perf_counter()
         data = msg.data or b""
         self.records[run_id] = self.records.get(run_id, 0) + 1
-        self.steps_done[run_id] = self.steps_done.get(run_id, 0) + data.count(STEP_COMPLETED)
+        steps = data.count(STEP_COMPLETED)
+        self.steps_done[run_id] = self.steps_done.get(run_id, 0) + steps
+        stamp = msg.metadata.timestamp.timestamp()
+        self.log.setdefault(run_id, []).append((stamp, steps, COMPLETED in data or FAILED in data))
         for name, mark in self.marks.items():
             if mark in data:
                 self.seen[name].setdefault(run_id, now)
-        if self.since is not None and now >= self.since:
-            self.first_after.setdefault(run_id, now)
+        if self.since is not None and run_id not in self.first_after:
+            if stamp >= self.since:
+                self.first_after[run_id] = now
+
+    def at(self, run_id: str, moment: float) -> tuple[int, bool]:
+        """(step.completed events, ended) in the run's records stored before ``moment``."""
+        before = [(steps, ended) for stamp, steps, ended in self.log.get(run_id, []) if stamp < moment]
+        return sum(steps for steps, _ in before), any(ended for _, ended in before)
 
     def count(self, name: str) -> int:
         return len(self.seen[name])
