@@ -21,8 +21,10 @@ nats-server (``sync_interval: always``), one ``dagnats serve --external`` engine
    ``step.completed`` per step, none lost and no committed transition duplicated.
 
 Progress is seen by one ordered push consumer on ``history.>`` (bench/watch.py); a run
-progresses with its first record that the server stored after the new engine said it
-was ready; where a run stood at the kill is read from its records' store times.
+progresses with its first record that the server stored at least ``SPAWN_GUARD`` after
+the new engine was spawned (the dead engine's last writes can be stored a few ms after
+the kill; the new one cannot write that soon); where a run stood at the kill is read
+from its records' store times.
 Prints a table and writes bench/results/recovery-<timestamp>.json (+ .txt), and --out.
 Every process it starts is stopped by PID on exit, error or SIGTERM.
 """
@@ -55,6 +57,7 @@ from dagnats.infra.engine.streams import ensure_resources  # noqa: E402
 RUNS, STARTS_AT_ONCE, KILL_AFTER = 1_000, 100, 1.0
 QUEUED_TIMEOUT, RESUME_TIMEOUT = 120.0, 300.0
 PROGRESS_GOAL_S = 5.0
+SPAWN_GUARD = 0.25  # s after the spawn before a record counts as the new engine's
 QUEUED = b'"type":"step.queued"'
 
 
@@ -143,12 +146,13 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict) 
         killed, killed_wall = time.perf_counter(), time.time()
         spawned_after = time.perf_counter() - killed
         new = procs.child("engine-b", serve_argv(url))
+        # Progress: a record the server stored from SPAWN_GUARD after the new engine's spawn
+        # (it cannot append sooner: the interpreter alone takes longer to start; the dead
+        # engine's last writes may still be stored a few ms after its kill).
+        watch.since = time.time() + SPAWN_GUARD  # the server stamps records with this machine's clock
         outcome: dict = {"kill_to_spawn_s": round(spawned_after, 3)}
         owning = asyncio.create_task(watch_owners(js, new, partitions, killed, outcome))
         await asyncio.to_thread(new.wait_for, "engine ready", 60)
-        # Progress: a record the server stored after the new engine was ready (the dead
-        # engine's last writes may still be stored a few ms after its kill).
-        watch.since = time.time()  # the server stamps records with this machine's clock
         outcome["kill_to_ready_s"] = round(time.perf_counter() - killed, 3)
         ok = await watch.wait_count("completed", args.runs, RESUME_TIMEOUT, new.check_alive)
         await owning
@@ -159,6 +163,9 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict) 
         outcome["in_flight_at_kill"] = len(in_flight)
         outcome["completed_at_kill"] = args.runs - len(in_flight)
         outcome["steps_done_at_kill"] = {str(k): spread[k] for k in sorted(spread)}
+        outcome["records_stored_after_kill_before_guard"] = sum(
+            1 for r in run_ids for stamp, _, _ in watch.log.get(r, []) if killed_wall <= stamp < watch.since
+        )
         pending = [r for r in in_flight if r not in watch.seen["completed"]]
         if in_flight and all(r in watch.first_after for r in in_flight):
             outcome["kill_to_all_progressing_s"] = round(max(watch.first_after[r] for r in in_flight) - killed, 3)
@@ -216,6 +223,7 @@ def render(results: dict) -> str:
             f"(in flight by steps completed: {r.get('steps_done_at_kill')})",
         ],
         ["kill -> new engine ready", f"{_num(r.get('kill_to_ready_s'), 2)} s"],
+        ["records stored after the kill, before the guard", str(r.get("records_stored_after_kill_before_guard"))],
         ["kill -> it owns its first partition", f"{_num(r.get('kill_to_owns_first_s'), 2)} s"],
         ["kill -> it owns every partition", f"{_num(r.get('kill_to_owns_all_s'), 2)} s"],
         ["kill -> first run in flight progressing", f"{_num(r.get('kill_to_first_progress_s'), 2)} s"],
