@@ -110,7 +110,10 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict) 
     results["rounds"] = rounds
     results["variants"] = summary = {}
     for variant in VARIANTS:
-        summary[variant] = {"loaded": pooled(rounds, "loaded", variant), "unloaded": pooled(rounds, "unloaded", variant)}
+        summary[variant] = {
+            "loaded": pooled(rounds, "loaded", variant),
+            "unloaded": pooled(rounds, "unloaded", variant),
+        }
     plain = summary["plain"]
     for variant, data in summary.items():
         loaded, unloaded = data["loaded"], data["unloaded"]

@@ -28,7 +28,6 @@ Every process it starts is stopped by PID on exit, error or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import time
@@ -187,8 +186,10 @@ def render(results: dict) -> str:
         rows,
         {1, 2, 3, 4, 5, 6, 7},
     )
-    out.append(f"(medians of {results.get('settings', {}).get('repeats')} rebuilds each, in the bench process; "
-               "load = snapshot get + read + decode + fold, as HistoryStore.load)")
+    out.append(
+        f"(medians of {results.get('settings', {}).get('repeats')} rebuilds each, in the bench process; "
+        "load = snapshot get + read + decode + fold, as HistoryStore.load)"
+    )
     if mapped.get("seconds"):
         out.append(f"the map run itself: {mapped['seconds'].get('run_ended')} s, status {mapped.get('status')}")
     for err in results.get("errors", []):

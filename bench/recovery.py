@@ -188,7 +188,9 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict) 
         say("reading every run's history back ...")
         results["verify"] = checked = await verify(js, run_ids)
         if checked["lost"] or checked["duplicated"]:
-            results["errors"].append(f"{checked['lost']} runs lost, {checked['duplicated']} with duplicated transitions")
+            results["errors"].append(
+                f"{checked['lost']} runs lost, {checked['duplicated']} with duplicated transitions"
+            )
     results["partitions"] = partitions
     procs.stop(work)
     procs.stop(new)
@@ -234,7 +236,8 @@ def render(results: dict) -> str:
         ],
         [
             "kill -> every run in flight completed",
-            f"{_num(r.get('kill_to_all_completed_s'), 2)} s ({r.get('in_flight_completed')} of {r.get('in_flight_at_kill')})",
+            f"{_num(r.get('kill_to_all_completed_s'), 2)} s "
+            f"({r.get('in_flight_completed')} of {r.get('in_flight_at_kill')})",
         ],
         ["partitions taken over (its log)", str(r.get("took_over_partitions"))],
         ["engine RSS after", f"{_num(r.get('rss_mb_after'))} MB"],

@@ -145,9 +145,9 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict) 
         results["idle"] = await reading(engine, client)
         results["idle"]["ready_s"] = round(ready_s, 2)
         await client.register(SLEEPER)
-        watch = await RunsWatch("nap-", {"sleeping": b'"type":"step.sleep.started"', "completed": COMPLETED, "failed": FAILED}).subscribe(
-            client.nc.jetstream()
-        )
+        watch = await RunsWatch(
+            "nap-", {"sleeping": b'"type":"step.sleep.started"', "completed": COMPLETED, "failed": FAILED}
+        ).subscribe(client.nc.jetstream())
         run_ids = [f"nap-{n:05d}" for n in range(args.runs)]
         say(f"starting {args.runs:,} sleepers, {args.in_flight} start requests at a time ...")
         started = await start_sleepers(client, engine, run_ids, args.in_flight)
@@ -157,7 +157,9 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict) 
         started["all_sleeping_s"] = round(max(watch.seen["sleeping"].values(), default=began) - began, 2)
         started["sleeping"] = watch.count("sleeping")
         if not ok:
-            results["errors"].append(f"only {watch.count('sleeping')} of {want} runs sleeping after {SLEEPING_TIMEOUT:g} s")
+            results["errors"].append(
+                f"only {watch.count('sleeping')} of {want} runs sleeping after {SLEEPING_TIMEOUT:g} s"
+            )
         samples = await sampler.stop()
         started["peak_rss_mb_while_starting"] = samples["peak_rss"]["rss_mb"]
         started["peak_threads_while_starting"] = samples["peak_threads"]["threads"]
@@ -220,9 +222,15 @@ def render(results: dict) -> str:
     out += _table(["engine", "RSS MB", "peak MB", "threads", "CPU", "live actors"], rows, {1, 2, 3, 4, 5}) + [""]
     if st:
         rows = [
-            ["start requests", f"{st['start_requests_s']} s ({_num(st['starts_per_s'])} starts/s), {st['start_failures']} failed"],
+            [
+                "start requests",
+                f"{st['start_requests_s']} s ({_num(st['starts_per_s'])} starts/s), {st['start_failures']} failed",
+            ],
             ["first start request -> every run sleeping", f"{st['all_sleeping_s']} s"],
-            ["peak while starting", f"{_num(st['peak_rss_mb_while_starting'])} MB, {st['peak_threads_while_starting']} threads"],
+            [
+                "peak while starting",
+                f"{_num(st['peak_rss_mb_while_starting'])} MB, {st['peak_threads_while_starting']} threads",
+            ],
         ]
         goal = results.get("goal")
         if goal:
