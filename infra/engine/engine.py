@@ -168,9 +168,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         handled: asyncio.Future = loop.create_future()
 
+        def settle() -> None:
+            if not handled.done():
+                handled.set_result(None)
+
         def done(*_: object) -> None:  # on the actor's thread
             try:
-                loop.call_soon_threadsafe(lambda: handled.done() or handled.set_result(None))
+                loop.call_soon_threadsafe(settle)
             except RuntimeError:  # the loop closed: the engine stopped
                 pass
 
