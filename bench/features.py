@@ -11,17 +11,18 @@ with, on every step:
 
 - plain: nothing;
 - retry: ``retry`` (3 attempts, exponential from 1 s; no step fails, so never used);
-- timeout: ``timeout`` 30 s (a step-timeout timer is armed per attempt and cancelled
-  when the step completes);
+- timeout: ``timeout`` 30 s (its timer is armed when the worker reports
+  ``step.started``, which it does only for handlers running over 50 ms: never here);
 - rate limit: ``rate_limit`` 5,000 per 1 s (the most the engine accepts; never reached);
 - concurrency limit: ``max_task_concurrency`` 1,000 (100 runs in flight never fill it).
 
 After a warm-up of each, ``--rounds`` rounds; in each, every variant in turn runs a
 loaded batch (``--runs`` runs, 100 in flight), then every variant a sequential batch
-(``--sequential`` runs, one at a time). Per variant: runs/s pooled over the rounds
-(runs / summed wall time), the median of the rounds' p50s, stored writes per run, and
-the ratio to plain. The rounds interleave the variants so a shift in the shared
-machine's load falls on all of them.
+(``--sequential`` runs, one at a time), each round starting with the next variant
+(plain first, then retry first, ...: the first batch after a change pays for it).
+Per variant: runs/s pooled over the rounds (runs / summed wall time), the median of
+the rounds' p50s, stored writes per run, and the ratio to plain. The rounds interleave
+the variants so a shift in the shared machine's load falls on all of them.
 
 Prints a table and writes bench/results/features-<timestamp>.json (+ .txt), and --out.
 Every process it starts is stopped by PID on exit, error or SIGTERM.
@@ -52,7 +53,7 @@ VARIANTS = {
     "rate limit 5,000/s": ("feat-rate", {"rate_limit": {"limit": 5_000, "period": "1s"}}),
     "concurrency limit 1,000": ("feat-slots", {"max_task_concurrency": 1000}),
 }
-FULL = {"rounds": 3, "runs": 500, "sequential": 60, "warmup": 20}
+FULL = {"rounds": 5, "runs": 400, "sequential": 50, "warmup": 20}
 QUICK = {"rounds": 2, "runs": 200, "sequential": 30, "warmup": 10}
 OTHER_STREAMS = {"inbox": INBOX_STREAM, "tasks": TASK_STREAM, "snapshots": f"KV_{RUNS_BUCKET}"}
 
@@ -60,9 +61,9 @@ OTHER_STREAMS = {"inbox": INBOX_STREAM, "tasks": TASK_STREAM, "snapshots": f"KV_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="dagnats benchmark: the cost of each feature on the 3-step chain")
     parser.add_argument("--quick", action="store_true", help="smaller counts")
-    parser.add_argument("--rounds", type=int, help="rounds of every variant (3; quick 2)")
-    parser.add_argument("--runs", type=int, help="runs per loaded batch, 100 in flight (500; quick 200)")
-    parser.add_argument("--sequential", type=int, help="runs per one-at-a-time batch (60; quick 30)")
+    parser.add_argument("--rounds", type=int, help="rounds of every variant (5; quick 2)")
+    parser.add_argument("--runs", type=int, help="runs per loaded batch, 100 in flight (400; quick 200)")
+    parser.add_argument("--sequential", type=int, help="runs per one-at-a-time batch (50; quick 30)")
     parser.add_argument("--out", type=Path, help="also write the JSON results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
     args = parser.parse_args(argv)
@@ -97,12 +98,16 @@ async def run_phases(args: argparse.Namespace, procs: Processes, results: dict) 
         for workflow, _ in VARIANTS.values():
             await batch(eng, workflow, size["warmup"], 10)
         rounds: list[dict] = []
+        names = list(VARIANTS)
         for number in range(size["rounds"]):
             this: dict = {"loaded": {}, "unloaded": {}}
-            for variant, (workflow, _) in VARIANTS.items():
+            shift = number % len(names)
+            order = names[shift:] + names[:shift]  # each round starts with another variant
+            for variant in order:
                 say(f"round {number + 1}: {variant}, {IN_FLIGHT} in flight")
-                this["loaded"][variant] = await measure(eng, workflow, size["runs"], IN_FLIGHT)
-            for variant, (workflow, _) in VARIANTS.items():
+                this["loaded"][variant] = await measure(eng, VARIANTS[variant][0], size["runs"], IN_FLIGHT)
+            for variant in order:
+                workflow = VARIANTS[variant][0]
                 say(f"round {number + 1}: {variant}, one at a time")
                 this["unloaded"][variant] = await measure(eng, workflow, size["sequential"], 1)
             rounds.append(this)
