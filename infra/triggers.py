@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,7 +37,10 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from dagnats.domain.errors import DagnatsError, InvalidRequest
 from dagnats.domain.events import format_timestamp, parse_timestamp
 from dagnats.domain.identifiers import check_identifier
-from dagnats.domain.schedules import cron_problem, next_occurrence
+from dagnats.domain.schedules import next_occurrence
+from dagnats.domain.triggers import Cron, Subject, Trigger, Webhook, check_trigger, route_conflicts
+
+__all__ = ["Cron", "Subject", "Trigger", "Webhook", "check_trigger", "TriggerStore", "TriggerService"]
 
 from .wire.reading import kv_entries
 
@@ -50,64 +52,6 @@ RELOAD = 1.0
 CATCH_UP = timedelta(hours=1)
 QUEUE = "dagnats-triggers"
 MAX_TRIGGERS = 500
-SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+(\.([A-Za-z0-9_-]+|\*))*(\.>)?$")
-RESERVED_SUBJECTS = ("history.", "inbox.", "schedule.", "task.", "dead.", "event.", "dagnats.", "$")
-HOOK_RE = re.compile(r"^/hooks/[A-Za-z0-9_-]{1,64}$")
-
-
-class Cron(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    expression: str
-    timezone: str = "UTC"
-
-
-class Webhook(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    path: str
-    secret: str | None = None
-
-
-class Subject(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    subject: str
-
-
-class Trigger(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    id: str
-    workflow: str
-    enabled: bool = True
-    cron: Cron | None = None
-    webhook: Webhook | None = None
-    subject: Subject | None = None
-    created_at: str = ""
-
-    @property
-    def kind(self) -> str:
-        return "cron" if self.cron else "webhook" if self.webhook else "subject"
-
-
-def check_trigger(t: Trigger) -> Trigger:
-    """``t`` if it is well formed, else InvalidRequest listing every problem."""
-    problems = []
-    for kind, value in (("trigger id", t.id), ("workflow name", t.workflow)):
-        try:
-            check_identifier(kind, value)
-        except ValueError as err:
-            problems.append(str(err))
-    kinds = [k for k in (t.cron, t.webhook, t.subject) if k is not None]
-    if len(kinds) != 1:
-        problems.append("a trigger has exactly one of cron, webhook or subject")
-    if t.cron is not None and (problem := cron_problem(t.cron.expression, t.cron.timezone)):
-        problems.append(f"cron: {problem}")
-    if t.webhook is not None:
-        if not HOOK_RE.match(t.webhook.path):
-            problems.append(f"webhook.path {t.webhook.path!r} must look like /hooks/NAME (letters, digits, _ -)")
-        if t.webhook.secret is not None and len(t.webhook.secret) < 16:
-            problems.append("webhook.secret must be at least 16 characters")
-    if t.subject is not None:
-        s = t.subject.subject
-        if not SUBJECT_RE.match(s) or s.startswith(RESERVED_SUBJECTS):
-            problems.append(f"subject {s!r} is not a NATS subject this engine may listen on")
-    if problems:
-        raise InvalidRequest("trigger", "; ".join(problems))
-    return t
 
 
 def envelope(t: Trigger, kind: str, data: Any = None, at: datetime | None = None) -> dict[str, Any]:
@@ -157,15 +101,41 @@ class TriggerStore:
         return msgspec.json.decode(entry.value or b"", type=Trigger)
 
     async def put(self, t: Trigger) -> Trigger:
-        check_trigger(t)
-        others = [o for o in await self.all() if o.id != t.id]
-        if len(others) >= MAX_TRIGGERS:
+        await self.put_all([check_trigger(t)])
+        return await self.get(t.id)
+
+    async def put_all(self, triggers: list[Trigger], replacing: str = "") -> None:
+        """Write ``triggers`` (each checked) after refusing the lot if one's route is taken
+        by another trigger; with ``replacing`` (a workflow), its declared triggers that are
+        not in ``triggers`` go."""
+        current = await self.all()
+        stale = await self.check_routes(triggers, replacing, current)
+        kv = await self.kv()
+        stamp = format_timestamp(datetime.now(UTC))
+        kept = {o.id: o for o in current}
+        for t in triggers:
+            created = t.created_at or (kept[t.id].created_at if t.id in kept else stamp)
+            await kv.put(t.id, msgspec.json.encode(msgspec.structs.replace(t, created_at=created)))
+        for o in stale:
+            await self.delete(o.id)
+
+    async def check_routes(
+        self, triggers: list[Trigger], replacing: str = "", current: list[Trigger] | None = None
+    ) -> list[Trigger]:
+        """InvalidRequest if ``triggers`` cannot be written (a route another trigger holds,
+        too many triggers); else the declared triggers of ``replacing`` they leave out."""
+        for t in triggers:
+            check_trigger(t)
+        ids = {t.id for t in triggers}
+        others = [o for o in (await self.all() if current is None else current) if o.id not in ids]
+        stale = [o for o in others if replacing and o.declared and o.workflow == replacing]
+        others = [o for o in others if o not in stale]
+        if len(others) + len(triggers) > MAX_TRIGGERS:
             raise InvalidRequest("trigger", f"at most {MAX_TRIGGERS} triggers")
-        if t.webhook and any(o.webhook and o.webhook.path == t.webhook.path for o in others):
-            raise InvalidRequest("trigger", f"webhook path {t.webhook.path} is already taken by another trigger")
-        t = msgspec.structs.replace(t, created_at=t.created_at or format_timestamp(datetime.now(UTC)))
-        await (await self.kv()).put(t.id, msgspec.json.encode(t))
-        return t
+        conflicts = route_conflicts(triggers, others)
+        if conflicts:
+            raise InvalidRequest("trigger", "; ".join(conflicts))
+        return stale
 
     async def set_enabled(self, trigger_id: str, enabled: bool) -> Trigger:
         t = await self.get(trigger_id)

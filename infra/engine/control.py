@@ -46,9 +46,11 @@ from dagnats.domain.errors import (
 )
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.state import RunStatus, WorkflowRun
+from dagnats.domain.triggers import declared_triggers
 from dagnats.domain.validate import validate
 
 from ..reactive.views import execution_events, execution_view
+from ..triggers import TriggerStore
 from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.keys import signal_key
@@ -182,9 +184,16 @@ class ControlPlane:
         missing = await self._unknown_children(wf)
         if missing:
             raise WorkflowInvalid(wf.name, missing)
+        triggers = declared_triggers(wf.name, wf.triggers)
+        store = TriggerStore(self.js)
+        try:
+            await store.check_routes(triggers, replacing=wf.name)
+        except InvalidRequest as err:
+            raise WorkflowInvalid(wf.name, [f"triggers: {err.reason}"]) from None
         action = "updated" if await self.defs.exists(wf.name) else "created"
-        await self.defs.put(wf)
-        return {"name": wf.name, "action": action, "steps": len(wf.steps)}
+        await self.defs.put(msgspec.structs.replace(wf, triggers=()))  # they live in the triggers KV
+        await store.put_all(triggers, replacing=wf.name)
+        return {"name": wf.name, "action": action, "steps": len(wf.steps), "triggers": [t.id for t in triggers]}
 
     async def _unknown_children(self, wf: WorkflowDef) -> list[str]:
         """sub_workflow steps naming a workflow that is not registered (itself may recurse)."""
@@ -208,6 +217,7 @@ class ControlPlane:
     async def delete_workflow(self, req: wire.WorkflowRef) -> dict[str, Any]:
         name = check_identifier("workflow name", req.name)
         await self.defs.delete(name)
+        await TriggerStore(self.js).put_all([], replacing=name)  # the triggers it declared go with it
         return {"name": name, "deleted": True}
 
     # ---- starting runs -------------------------------------------------------------
