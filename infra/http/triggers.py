@@ -14,6 +14,7 @@ import hmac
 from typing import Any
 
 import msgspec
+from starlette.requests import Request
 
 from dagnats.domain.errors import DagnatsError
 
@@ -32,11 +33,18 @@ class Fire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data: Any = None
 
 
-def store(call: Call) -> TriggerStore:
-    state = call.request.app.state
+def store(call: Call | Request) -> TriggerStore:
+    state = (call.request if isinstance(call, Call) else call).app.state
     if getattr(state, "trigger_store", None) is None:
         state.trigger_store = TriggerStore(state.plane.js)
     return state.trigger_store
+
+
+def check_signature(secret: str, body: bytes, given: str) -> None:
+    """401 unless ``given`` is ``sha256=<hex HMAC-SHA256 of body>`` (compared in constant time)."""
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "invalid_signature", "X-Signature-256 is missing or does not match the body")
 
 
 async def _get(call: Call) -> Trigger:
@@ -127,10 +135,7 @@ async def webhook(call: Call) -> Any:
     t = found[0]
     assert t.webhook is not None
     if t.webhook.secret:
-        given = call.request.headers.get("x-signature-256", "")
-        expected = "sha256=" + hmac.new(t.webhook.secret.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise ApiError(401, "invalid_signature", "X-Signature-256 is missing or does not match the body")
+        check_signature(t.webhook.secret, body, call.request.headers.get("x-signature-256", ""))
     if not t.enabled:
         raise ApiError(409, "trigger_disabled", f"trigger {t.id} is disabled")
     try:
