@@ -44,7 +44,7 @@ SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+(\.([A-Za-z0-9_-]+|\*))*(\.>)?$")
 RESERVED_SUBJECTS = ("history.", "inbox.", "schedule.", "task.", "dead.", "event.", "dagnats.", "$")
 
 
-class _Kind(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+class _Kind(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
 
@@ -94,7 +94,7 @@ class Debounce(_Kind, frozen=True):
                 raise ValueError(f"`{name}`: {err}") from None
 
 
-class _Kinds(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class _Kinds(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     cron: Cron | None = None
     webhook: Webhook | None = None
