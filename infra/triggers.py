@@ -34,6 +34,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
+from dagnats.domain.debounce import Burst
 from dagnats.domain.errors import DagnatsError, InvalidRequest
 from dagnats.domain.events import format_timestamp, parse_timestamp
 from dagnats.domain.identifiers import check_identifier
@@ -42,6 +43,7 @@ from dagnats.domain.triggers import Cron, Subject, Trigger, Webhook, check_trigg
 
 __all__ = ["Cron", "Subject", "Trigger", "Webhook", "check_trigger", "TriggerStore", "TriggerService"]
 
+from .debouncer import Debouncer, burst_envelope_extra
 from .wire.reading import kv_entries
 
 log = logging.getLogger("dagnats.triggers")
@@ -174,6 +176,7 @@ class TriggerService:
     def __init__(self, nc: Any, start: Start) -> None:
         self.nc, self.start_run = nc, start
         self.store = TriggerStore(nc.jetstream())
+        self.debouncer = Debouncer(nc.jetstream(), self._start_burst)
         self._subs: dict[str, Any] = {}  # trigger id -> subscription
         self._task: asyncio.Task[None] | None = None
 
@@ -205,6 +208,7 @@ class TriggerService:
         for t in triggers:
             if t.cron is not None:
                 await self._cron(t, now)
+        await self.debouncer.fire_due({t.id: t for t in triggers}, now)
 
     async def _cron(self, t: Trigger, now: datetime) -> None:
         assert t.cron is not None
@@ -220,8 +224,19 @@ class TriggerService:
         await self.store.record_fired(t.id, due)
 
     async def fire(self, t: Trigger, kind: str, data: Any, run_id: str | None = None, at: datetime | None = None):
+        if t.debounce is not None:
+            key = await self.debouncer.add(t, data, at or datetime.now(UTC))
+            return {"debounced": key}
         started = await self.start_run(workflow=t.workflow, input=envelope(t, kind, data, at), run_id=run_id)
         log.info("trigger %s (%s) started run %s", t.id, kind, started["run_id"])
+        return started
+
+    async def _start_burst(self, t: Trigger, burst: Burst, run_id: str) -> Any:
+        # Deterministic (no "now" in it): every engine that fires this burst asks for the same run.
+        at = parse_timestamp(burst.last_at)
+        data = envelope(t, t.kind, burst.data, at) | {"debounce": burst_envelope_extra(burst)}
+        started = await self.start_run(workflow=t.workflow, input=data, run_id=run_id)
+        log.info("trigger %s started run %s for %d debounced fires", t.id, started["run_id"], burst.fires)
         return started
 
     async def _listen(self, wanted: list[Trigger]) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from starlette.requests import Request
 
-from dagnats.domain.errors import DagnatsError
-
+from ..debouncer import Debouncer
 from ..triggers import Trigger, TriggerNotFound, TriggerStore, envelope
 from .endpoints import Call, EndpointSet, read_body
 from .errors import ApiError
@@ -142,8 +142,8 @@ async def webhook(call: Call) -> Any:
         data: Any = msgspec.json.decode(body) if body.strip() else None
     except msgspec.DecodeError:
         data = body.decode("utf-8", "replace")
-    try:
-        started = await call.request.app.state.ops("run.start", workflow=t.workflow, input=envelope(t, "webhook", data))
-    except DagnatsError:
-        raise
+    if t.debounce is not None:
+        await Debouncer(call.request.app.state.plane.js).add(t, data, datetime.now(UTC))
+        return {"trigger": t.id, "debounced": True}
+    started = await call.request.app.state.ops("run.start", workflow=t.workflow, input=envelope(t, "webhook", data))
     return {"run_id": started["run_id"], "trigger": t.id}
