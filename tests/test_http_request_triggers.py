@@ -162,5 +162,13 @@ def test_a_run_that_fails_times_out_or_never_responds_gets_its_own_status(nats_u
             view = (await h.http.get(f"/runs/{timed_out.headers['x-dagnats-run-id']}")).json()
             assert view["status"] == "running"
             assert_error(await h.http.post("/api/silent", content=b"{}"), 502, "no_response")
+            held = [{"id": "work", "task": "held"}, {"id": "reply", "type": "respond", "depends_on": ["work"]}]
+            await h.http.post("/workflows", json=with_trigger("cancels", held))
+            call = asyncio.create_task(h.http.post("/api/cancels", content=b"{}"))
+            task, _ = await FakeWorker(h.nc, "held").next(timeout=10)
+            assert (await h.http.post(f"/runs/{task.run_id}/cancel")).status_code < 300
+            cancelled = await call
+            assert_error(cancelled, 503, "workflow_cancelled")
+            assert cancelled.headers["x-dagnats-run-id"] == task.run_id
 
     run(body(), timeout=60)

@@ -114,8 +114,12 @@ def _kind(t: dict[str, Any]) -> str:
     if t.get("cron"):
         return f"cron {t['cron']['expression']} {t['cron'].get('timezone', 'UTC')}"
     if t.get("webhook"):
-        return f"webhook {t['webhook']['path']}" + (" (signed)" if t["webhook"].get("secret") else "")
-    return f"subject {t['subject']['subject']}"
+        what = f"webhook {t['webhook']['path']}" + (" (signed)" if t["webhook"].get("secret") else "")
+    elif t.get("http"):
+        what = f"http {t['http']['method']} {t['http']['path']}" + (" (signed)" if t["http"].get("secret") else "")
+    else:
+        what = f"subject {t['subject']['subject']}"
+    return what + (f" (debounced {t['debounce']['period'] / 1e9:g}s)" if t.get("debounce") else "")
 
 
 def render_list(triggers: list[dict[str, Any]]) -> str:
