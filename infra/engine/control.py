@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -423,12 +424,17 @@ def _check_page_size(limit: int, op: str) -> None:
 
 
 def _instant(text: str | None, name: str) -> datetime | None:
+    """An RFC 3339 instant (a date alone: its midnight UTC; none or empty: no bound). A
+    "+hh:mm" offset sent unencoded in a query string arrives as " hh:mm": read it back."""
     if not text:
         return None
     try:
-        return ev.parse_timestamp(text)
+        return ev.parse_timestamp(_UNENCODED_OFFSET.sub(r"+\1", text))
     except ValueError:
         raise InvalidRequest("run.list", f"{name} {text!r} is not an RFC3339 instant") from None
+
+
+_UNENCODED_OFFSET = re.compile(r" (\d\d:\d\d)$")
 
 
 def _created_within(run: WorkflowRun, since: datetime | None, until: datetime | None) -> bool:
