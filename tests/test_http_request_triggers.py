@@ -123,6 +123,24 @@ def test_a_repeated_idempotency_key_replays_the_first_answer_without_a_second_ru
     run(body())
 
 
+def test_a_repeat_after_a_timeout_gets_the_response_the_run_gave_later(nats_url, run):
+    async def body():
+        async with ApiHarness(nats_url) as h:
+            steps = [{"id": "work", "task": "late"}, {"id": "reply", "type": "respond", "depends_on": ["work"]}]
+            wf = with_trigger("late", steps, timeout_ms=200, idempotency_header="Idempotency-Key")
+            await h.http.post("/workflows", json=wf)
+            key = {"Idempotency-Key": "k-1"}
+            first = await h.http.post("/api/late", content=b"{}", headers=key)
+            assert_error(first, 504, "workflow_timeout")
+            run_id = first.headers["x-dagnats-run-id"]
+            await FakeWorker(h.nc, "late").complete({"price": 3}, timeout=10)
+            await h.engine.wait_step(run_id, "reply", "completed")
+            again = await h.http.post("/api/late", content=b"{}", headers=key)
+            assert (again.status_code, again.json(), again.headers["x-dagnats-run-id"]) == (200, {"price": 3}, run_id)
+
+    run(body())
+
+
 def test_bad_calls_to_an_http_trigger_are_clear_4xx_and_store_nothing(nats_url, run):
     async def body():
         async with ApiHarness(nats_url) as h:

@@ -6,6 +6,7 @@ KV ``http_idempotency`` (entries live one hour):
   first caller wins, a repeat (or a concurrent twin) finds the run id there;
 - ``result.<run>`` holds the answer that run gave (``StoredAnswer``), so a
   repeat gets the same status, headers and body without starting anything.
+  A repeat that finds no result yet reads the run itself (request_triggers.py).
 
 The header's value is hashed into the key: any value is safe, none reaches a
 subject as typed.
@@ -13,7 +14,6 @@ subject as typed.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from typing import Any
 
@@ -71,14 +71,3 @@ class Claims:
         except (KeyNotFoundError, NotFoundError):
             return None
         return msgspec.json.decode(entry.value or b"", type=StoredAnswer)
-
-    async def await_stored(self, run_id: str, timeout: float) -> StoredAnswer | None:
-        """The answer of a run another call started, polled with backoff (25 ms to 500 ms)."""
-        delay, loop = 0.025, asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            answer = await self.stored(run_id)
-            if answer is not None or loop.time() >= deadline:
-                return answer
-            await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))
-            delay = min(delay * 2, 0.5)

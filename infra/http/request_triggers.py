@@ -36,8 +36,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dagnats.domain.errors import DagnatsError
-from dagnats.domain.kinds.respond import response_subject
+from dagnats.domain.errors import DagnatsError, RunNotFound
+from dagnats.domain.kinds.respond import body_bytes, response_subject
+from dagnats.domain.state import StepStatus, WorkflowRun
 from dagnats.domain.triggers import HTTP_METHODS, Trigger
 
 from ..triggers import envelope
@@ -81,8 +82,7 @@ async def _serve(request: Request) -> Response:
     if key:
         earlier = await claims.claim(t.id, key, run_id)
         if earlier:
-            answer = await claims.await_stored(earlier, t.http.timeout_ms / 1000)
-            return _respond(answer or _timeout(earlier), earlier)
+            return _respond(await _replay(request.app.state, claims, earlier, t.http.timeout_ms / 1000), earlier)
     try:
         answer, final = await _run(request, t, run_id, _request_data(request, body))
     except DagnatsError:
@@ -171,6 +171,41 @@ async def _outcome(state: Any, arrivals: asyncio.Queue[tuple[str, bytes]], run_i
     if view["status"] in FAILED:
         return _failure(run_id, view["status"]), True
     return _timeout(run_id), False
+
+
+async def _replay(state: Any, claims: Claims, run_id: str, timeout: float) -> StoredAnswer:
+    """A repeated call's answer: the stored one, else what the run says (its respond step's
+    output, or how it ended), polled with backoff from 25 ms to 500 ms up to ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + timeout, 0.025
+    while True:
+        answer = await claims.stored(run_id)
+        if answer is None:
+            with contextlib.suppress(RunNotFound):  # the first call has not started it yet
+                answer = answer_of_run(await state.plane.reader.get(run_id))
+        if answer is not None:
+            await claims.keep(run_id, answer)
+            return answer
+        if loop.time() >= deadline:
+            return _timeout(run_id)
+        await asyncio.sleep(min(delay, max(deadline - loop.time(), 0)))
+        delay = min(delay * 2, 0.5)
+
+
+def answer_of_run(run: WorkflowRun) -> StoredAnswer | None:
+    """The answer a run gave, read from its state (a respond step's output is its response)."""
+    steps = run.definition.steps if run.definition is not None else ()
+    for step in steps:
+        out = run.step(step.id).output
+        if step.type == "respond" and run.step(step.id).status == StepStatus.COMPLETED and isinstance(out, dict):
+            content_type = str(out.get("content_type") or "application/json")
+            body = base64.b64encode(body_bytes(out.get("body"), content_type)).decode()
+            return StoredAnswer(int(out.get("status") or 200), dict(out.get("headers") or {}), content_type, body)
+    if run.status in FAILED:
+        return _failure(run.run_id, run.status)
+    if run.status.is_terminal:
+        return _error(502, "no_response", f"run {run.run_id} completed without a respond step answering", run.run_id)
+    return None
 
 
 def _read_response(data: bytes, run_id: str) -> StoredAnswer:
