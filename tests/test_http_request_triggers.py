@@ -7,10 +7,14 @@ import asyncio
 import hashlib
 import hmac
 import json
+from pathlib import Path
 
 from http_support import ApiHarness, assert_error
 
+from dagnats.infra.worker import load_worker
+
 from harness import FakeWorker
+from worker_support import running
 
 SECRET = "an-http-trigger-secret"
 
@@ -190,3 +194,28 @@ def test_a_run_that_fails_times_out_or_never_responds_gets_its_own_status(nats_u
             assert cancelled.headers["x-dagnats-run-id"] == task.run_id
 
     run(body(), timeout=60)
+
+
+def test_the_http_trigger_example_answers_a_quote_and_audits_it_after(nats_url, run, monkeypatch):
+    example = Path(__file__).resolve().parents[1] / "examples" / "http-trigger"
+    monkeypatch.setenv("DAGNATS_NATS_URL", nats_url)
+    worker = load_worker(str(example / "worker.py"))
+
+    async def body():
+        async with ApiHarness(nats_url) as h, running(worker):
+            registered = await h.http.post("/workflows", content=(example / "workflow.json").read_bytes(), headers=JSON)
+            assert registered.json()["triggers"] == ["quote-api", "quote-requests"]
+            order = {"Idempotency-Key": "order-42"} | JSON
+            answer = await h.http.post("/api/quote", content=b'{"sku": "A-1", "qty": 3}', headers=order)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"sku": "A-1", "qty": 3, "total": 29.97}
+            assert answer.headers["x-quoted-by"] == "dagnats"
+            final = await h.engine.client.wait(answer.headers["x-dagnats-run-id"], timeout=10)
+            assert final["output"] == "quoted 29.97 for A-1 (HTTP 200)"
+            unknown = await h.http.post("/api/quote", content=b'{"sku": "Z-9"}', headers=JSON)
+            assert_error(unknown, 500, "workflow_failed")
+
+    run(body())
+
+
+JSON = {"Content-Type": "application/json"}
