@@ -75,6 +75,7 @@ class TriggerStore:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
         self._kv: Any = None
+        self._recent: tuple[float, list[Trigger]] | None = None
 
     async def kv(self) -> Any:
         if self._kv is None:
@@ -93,6 +94,14 @@ class TriggerStore:
             with contextlib.suppress(msgspec.DecodeError):
                 found.append(msgspec.json.decode(value, type=Trigger))
         return sorted(found, key=lambda t: t.id)
+
+    async def recent(self, fresh: bool = False) -> list[Trigger]:
+        """``all()`` as read at most RELOAD seconds ago (now, with ``fresh``): for lookups on
+        every request, which fall back to a fresh read when they find nothing."""
+        now = asyncio.get_running_loop().time()
+        if fresh or self._recent is None or now - self._recent[0] > RELOAD:
+            self._recent = (now, await self.all())
+        return self._recent[1]
 
     async def get(self, trigger_id: str) -> Trigger:
         kv = await self.kv()

@@ -97,7 +97,10 @@ async def _serve(request: Request) -> Response:
 async def _route(request: Request) -> Trigger:
     raw = request.scope.get("raw_path") or request.url.path.encode()
     path = raw.decode("latin-1").split("?", 1)[0]  # as sent: "%2e" never matches a route
-    found = [t for t in await store(request).all() if t.http is not None and t.http.path == path]
+    triggers = store(request)
+    found = [t for t in await triggers.recent() if t.http is not None and t.http.path == path]
+    if not any(t.http is not None and t.http.method == request.method for t in found):
+        found = [t for t in await triggers.recent(fresh=True) if t.http is not None and t.http.path == path]
     if not found:
         raise ApiError(404, "not_found", f"no http trigger at {path}")
     for t in found:
