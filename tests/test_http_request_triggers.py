@@ -145,6 +145,20 @@ def test_a_repeat_after_a_timeout_gets_the_response_the_run_gave_later(nats_url,
     run(body())
 
 
+def test_a_call_the_workflows_own_idempotency_key_deduplicates_gets_the_earlier_runs_answer(nats_url, run):
+    async def body():
+        async with ApiHarness(nats_url) as h:
+            steps = [{"id": "reply", "type": "respond", "config": {"body_from": "data.body"}}]
+            wf = with_trigger("dedup", steps) | {"idempotency_key": "data.body.order"}
+            await h.http.post("/workflows", json=wf)
+            first = await h.http.post("/api/dedup", json={"order": 7, "n": 1})
+            second = await h.http.post("/api/dedup", json={"order": 7, "n": 2})
+            assert first.json() == second.json() == {"order": 7, "n": 1}
+            assert first.headers["x-dagnats-run-id"] == second.headers["x-dagnats-run-id"]
+
+    run(body())
+
+
 def test_bad_calls_to_an_http_trigger_are_clear_4xx_and_store_nothing(nats_url, run):
     async def body():
         async with ApiHarness(nats_url) as h:

@@ -58,6 +58,10 @@ class Claims:
             entry = await kv.get(key)
             return (entry.value or b"").decode()
 
+    async def point(self, trigger_id: str, value: str, run_id: str) -> None:
+        """The claim's call was answered by another run (a workflow's own idempotency_key)."""
+        await (await self.kv()).put(self.claim_key(trigger_id, value), run_id.encode())
+
     async def release(self, trigger_id: str, value: str) -> None:
         """The claimed run never started: a repeat may try again."""
         await (await self.kv()).delete(self.claim_key(trigger_id, value))

@@ -84,14 +84,16 @@ async def _serve(request: Request) -> Response:
         if earlier:
             return _respond(await _replay(request.app.state, claims, earlier, t.http.timeout_ms / 1000), earlier)
     try:
-        answer, final = await _run(request, t, run_id, _request_data(request, body))
+        answer, final, started = await _run(request, t, run_id, _request_data(request, body))
     except DagnatsError:
         if key:
             await claims.release(t.id, key)
         raise
+    if key and started != run_id:
+        await claims.point(t.id, key, started)
     if key and final:
-        await claims.keep(run_id, answer)
-    return _respond(answer, run_id)
+        await claims.keep(started, answer)
+    return _respond(answer, started)
 
 
 async def _route(request: Request) -> Trigger:
@@ -124,8 +126,9 @@ def _request_data(request: Request, body: bytes) -> dict[str, Any]:
     }
 
 
-async def _run(request: Request, t: Trigger, run_id: str, data: Any) -> tuple[StoredAnswer, bool]:
-    """The run's answer, and whether it is final (a timeout is not: the run goes on)."""
+async def _run(request: Request, t: Trigger, run_id: str, data: Any) -> tuple[StoredAnswer, bool, str]:
+    """The run's answer, whether it is final (a timeout is not: the run goes on), and the
+    run's id (another one's if the workflow's own idempotency_key found an earlier run)."""
     assert t.http is not None
     state = request.app.state
     arrivals: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
@@ -143,15 +146,21 @@ async def _run(request: Request, t: Trigger, run_id: str, data: Any) -> tuple[St
     ]
     try:
         await nc.flush()
-        await state.ops("run.start", workflow=t.workflow, input=envelope(t, "http", data), run_id=run_id)
-        return await _outcome(state, arrivals, run_id, t.http.timeout_ms / 1000)
+        started = await state.ops("run.start", workflow=t.workflow, input=envelope(t, "http", data), run_id=run_id)
+        timeout = t.http.timeout_ms / 1000
+        if started["run_id"] != run_id:  # deduplicated: answer as that run did, or does
+            answer = await _replay(state, Claims(state.plane.js), started["run_id"], timeout)
+            return answer, answer.status != 504, started["run_id"]
+        return (*await _outcome(state, arrivals, run_id, timeout), run_id)
     finally:
         for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
 
-async def _outcome(state: Any, arrivals: asyncio.Queue[tuple[str, bytes]], run_id: str, timeout: float) -> Any:
+async def _outcome(
+    state: Any, arrivals: asyncio.Queue[tuple[str, bytes]], run_id: str, timeout: float
+) -> tuple[StoredAnswer, bool]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     completed = False
