@@ -39,12 +39,12 @@ from dagnats.domain.debounce import Burst, add_fire, burst_key, burst_run_id, is
 from dagnats.domain.errors import DagnatsError
 from dagnats.domain.triggers import Trigger
 
+from .engine.streams import BUCKET_TTL
+from .wire.names import DEBOUNCE_BUCKET
 from .wire.reading import kv_entries
 
 log = logging.getLogger("dagnats.debounce")
 
-DEBOUNCE_BUCKET = "debounce_state"
-TTL = 14 * 24 * 3600.0  # twice the longest debounce: a burst of a deleted trigger goes eventually
 CAS_ATTEMPTS = 20
 WRONG_LAST_SEQUENCE = 10071  # JetStream: the key moved past the revision we named
 
@@ -63,7 +63,9 @@ class Debouncer:
             try:
                 self._kv = await self.js.key_value(DEBOUNCE_BUCKET)
             except BucketNotFoundError:
-                self._kv = await self.js.create_key_value(bucket=DEBOUNCE_BUCKET, history=1, ttl=TTL)
+                self._kv = await self.js.create_key_value(
+                    bucket=DEBOUNCE_BUCKET, history=1, ttl=BUCKET_TTL[DEBOUNCE_BUCKET]
+                )
         return self._kv
 
     async def add(self, t: Trigger, data: Any, now: datetime) -> str:

@@ -44,11 +44,11 @@ from dagnats.domain.triggers import Cron, Subject, Trigger, Webhook, check_trigg
 __all__ = ["Cron", "Subject", "Trigger", "Webhook", "check_trigger", "TriggerStore", "TriggerService"]
 
 from .debouncer import Debouncer, burst_envelope_extra
+from .wire.names import TRIGGERS_BUCKET
 from .wire.reading import kv_entries
 
 log = logging.getLogger("dagnats.triggers")
 
-TRIGGERS_BUCKET = "triggers"
 STATE_PREFIX = "state-"  # key of a cron trigger's last fired occurrence
 RELOAD = 1.0
 CATCH_UP = timedelta(hours=1)

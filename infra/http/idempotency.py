@@ -20,8 +20,8 @@ from typing import Any
 import msgspec
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
-IDEMPOTENCY_BUCKET = "http_idempotency"
-TTL = 3600.0
+from ..engine.streams import BUCKET_TTL
+from ..wire.names import HTTP_IDEMPOTENCY_BUCKET
 
 
 class StoredAnswer(msgspec.Struct, frozen=True):
@@ -39,9 +39,11 @@ class Claims:
     async def kv(self) -> Any:
         if self._kv is None:
             try:
-                self._kv = await self.js.key_value(IDEMPOTENCY_BUCKET)
+                self._kv = await self.js.key_value(HTTP_IDEMPOTENCY_BUCKET)
             except BucketNotFoundError:
-                self._kv = await self.js.create_key_value(bucket=IDEMPOTENCY_BUCKET, history=1, ttl=TTL)
+                self._kv = await self.js.create_key_value(
+                    bucket=HTTP_IDEMPOTENCY_BUCKET, history=1, ttl=BUCKET_TTL[HTTP_IDEMPOTENCY_BUCKET]
+                )
         return self._kv
 
     @staticmethod
