@@ -63,7 +63,10 @@ async def api_trigger(request: Request) -> Response:
     try:
         return await _serve(request)
     except ApiError as err:
-        return error_response(err)
+        response = error_response(err)
+        if "allowed" in err.extra:
+            response.headers["Allow"] = ", ".join(err.extra["allowed"])
+        return response
     except DagnatsError as err:
         return error_response(from_dagnats(err))
 
@@ -108,8 +111,9 @@ async def _route(request: Request) -> Trigger:
     for t in found:
         if t.http is not None and t.http.method == request.method:
             return t
-    allowed = ", ".join(sorted({t.http.method for t in found if t.http is not None}))
-    raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {path} (allowed: {allowed})")
+    allowed = sorted({t.http.method for t in found if t.http is not None})
+    message = f"{request.method} is not allowed on {path} (allowed: {', '.join(allowed)})"
+    raise ApiError(405, "method_not_allowed", message, allowed=allowed)
 
 
 def _request_data(request: Request, body: bytes) -> dict[str, Any]:
