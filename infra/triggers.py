@@ -1,8 +1,9 @@
-"""Triggers: runs started by a clock (cron), a webhook, or a message on a NATS subject.
+"""Triggers: runs started by a clock (cron), a webhook, a message on a NATS subject, or an HTTP request.
 
-Each trigger is one record in the ``triggers`` KV bucket (key = its id),
-written by ``dagnats trigger create`` or ``POST /triggers``. Every engine
-runs a ``TriggerService`` that rereads the bucket every ``RELOAD`` seconds:
+Each trigger (domain/triggers.py) is one record in the ``triggers`` KV bucket
+(key = its id), written by ``dagnats trigger create``, ``POST /triggers`` or
+the registration of a workflow that declares it. Every engine runs a
+``TriggerService`` that rereads the bucket every ``RELOAD`` seconds:
 
 - cron: when an occurrence is due, the engine starts a run whose id is a
   hash of (trigger, occurrence). Every engine does so, and the control
@@ -15,6 +16,10 @@ runs a ``TriggerService`` that rereads the bucket every ``RELOAD`` seconds:
   (one engine gets each message); each message starts one run.
 - webhook: ``POST /hooks/<path>`` (http/triggers.py), with an optional
   HMAC-SHA256 ``X-Signature-256`` check.
+- http: ``/api/<route>`` (http/request_triggers.py), answered by the run's
+  respond step.
+- debounce (webhook, subject): a fire is counted into its burst instead of
+  starting a run; each tick starts the bursts that are due (debouncer.py).
 
 The run's input is an envelope: ``{"trigger": kind, "source": id,
 "workflow_id", "timestamp", "data"}``.
