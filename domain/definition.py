@@ -332,5 +332,7 @@ def workflow_to_object(wf: WorkflowDef) -> dict[str, Any]:
 def _explain(err: msgspec.ValidationError) -> str:
     text = str(err)
     if text.startswith("Object contains unknown field"):
-        return "unknown field " + text.split("unknown field ", 1)[1]
+        text = "unknown field " + text.split("unknown field ", 1)[1]
+        if text == "unknown field `trigger`":
+            text += ' (triggers go in a "triggers" array)'
     return text

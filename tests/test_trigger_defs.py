@@ -101,6 +101,12 @@ def test_an_unknown_field_in_a_trigger_is_named():
         parse_and_validate(workflow({"id": "a", "http": {"pathh": "/api/x"}}))
 
 
+def test_a_singular_trigger_key_is_pointed_at_the_triggers_array():
+    doc = {"name": "w", "steps": [{"id": "a", "task": "ta"}], "trigger": {"id": "t"}}
+    with pytest.raises(DefinitionDecodeError, match='triggers go in a "triggers" array'):
+        parse_and_validate(json.dumps(doc))
+
+
 def test_route_conflicts_spare_the_same_trigger_id():
     hook = Trigger("a", "w", webhook=Webhook("/hooks/x"))
     assert route_conflicts([hook], [hook]) == []
