@@ -385,7 +385,7 @@ _PAYLOAD_TYPES: dict[type, Any] = {
 
 def format_timestamp(moment: datetime) -> str:
     """RFC3339 in UTC with microseconds (Python's resolution)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"  # [:-6]: "+00:00"
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -15,6 +15,7 @@ only the partitions it gains or loses.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 _FNV_OFFSET = 0x811C9DC5
@@ -25,6 +26,7 @@ DEFAULT_PARTITIONS = 16
 MAX_PARTITIONS = 256
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a run's id is hashed for each of its facts and tasks
 def fnv1a32(text: str) -> int:
     """FNV-1a, 32 bit, of the UTF-8 bytes of ``text``."""
     h = _FNV_OFFSET

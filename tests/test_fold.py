@@ -1,5 +1,7 @@
 """fold: a total, pure, deterministic reducer; duplicates and stale facts change nothing."""
 
+from datetime import UTC, datetime
+
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -274,3 +276,13 @@ def test_a_decoded_payload_reads_as_the_json_object_it_is_stored_as():
     assert decoded.payload.get("nothing", 7) == 7
     with pytest.raises(KeyError):
         decoded.payload["nothing"]
+
+
+@settings(max_examples=300)
+@given(
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9000, 1, 1), timezones=st.timezones()),
+)
+def test_timestamps_are_rfc3339_utc_with_microseconds_and_parse_back(moment):
+    text = ev.format_timestamp(moment)
+    assert text == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert ev.parse_timestamp(text) == moment.astimezone(UTC)
