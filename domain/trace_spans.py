@@ -28,6 +28,7 @@ it finished (a retry decision follows the failure it answers).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any
@@ -144,7 +145,12 @@ def derived_trace_id(run_id: str) -> str:
 
 def parse_trace_parent(value: object) -> tuple[str, str, str] | None:
     """(trace id, span id, flags) of a valid W3C traceparent, else None (malformed or all-zero)."""
-    match = _TRACEPARENT.fullmatch(value) if isinstance(value, str) else None
+    return _parsed_trace_parent(value) if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=1 << 14)  # a run's traceparent is parsed for each of its facts
+def _parsed_trace_parent(value: str) -> tuple[str, str, str] | None:
+    match = _TRACEPARENT.fullmatch(value)
     if match is None or match[1] == "0" * 32 or match[2] == "0" * 16:
         return None
     return match[1], match[2], match[3]
