@@ -33,6 +33,9 @@ WORKFLOW_RESUMED = "workflow.resumed"
 WORKFLOW_COMPENSATING = "workflow.compensating"
 WORKFLOW_COMPENSATED = "workflow.compensated"
 WORKFLOW_COMPENSATE_FAILED = "workflow.compensate_failed"
+# A start that named a run already started (its id, its idempotency key) by a caller
+# with a trace of its own: the run's trace links to the caller's span.
+WORKFLOW_START_REPEATED = "workflow.start_repeated"
 # Step-scoped, reported by workers
 STEP_STARTED = "step.started"
 STEP_COMPLETED = "step.completed"
@@ -113,6 +116,18 @@ class RunStart(_Payload, frozen=True):
     parent_attempt: int = 0
     root_run_id: str = ""
     depth: int = 0
+    # W3C trace context beside the event's ``trace_parent``: the caller's vendor
+    # state and baggage (validated at the start; carried to every task).
+    trace_state: str = ""
+    baggage: str = ""
+
+
+class RepeatedStart(_Payload, frozen=True):
+    """``workflow.start_repeated``: the caller's traceparent (and tracestate) of a start
+    that was answered with this run."""
+
+    caller: str = ""
+    trace_state: str = ""
 
 
 class RunOutput(_Payload, frozen=True):
@@ -312,6 +327,10 @@ class WorkflowStarted(EventBase, frozen=True, tag=WORKFLOW_STARTED):
     payload: RunStart | None = None
 
 
+class WorkflowStartRepeated(EventBase, frozen=True, tag=WORKFLOW_START_REPEATED):
+    payload: RepeatedStart = RepeatedStart()
+
+
 class WorkflowCompleted(EventBase, frozen=True, tag=WORKFLOW_COMPLETED):
     payload: RunOutput = RunOutput()
 
@@ -493,6 +512,7 @@ class TimerFired(EventBase, frozen=True, tag=TIMER_FIRED):
 
 Event = (
     WorkflowStarted
+    | WorkflowStartRepeated
     | WorkflowCompleted
     | WorkflowFailed
     | WorkflowCancelled
@@ -575,6 +595,8 @@ class TaskPayload(msgspec.Struct, frozen=True, omit_defaults=True):
     workflow_name: str = ""
     timeout_ns: int = 0
     traceparent: str = ""
+    tracestate: str = ""
+    baggage: str = ""
     # The step's metadata (role, model, ...): for the handler, as ctx.metadata.
     metadata: dict[str, str] | None = None
     step_type: str = ""

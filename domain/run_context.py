@@ -13,7 +13,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
-from dagnats.domain.trace_spans import parse_trace_parent
+from dagnats.domain.trace_context import parse_trace_parent
 
 # (run_id, step_id, trace_id)
 _current: contextvars.ContextVar[tuple[str, str, str]] = contextvars.ContextVar(

@@ -58,13 +58,15 @@ from dagnats.domain.events import (
 )
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.run_context import run_context
+from dagnats.domain.trace_context import baggage_items
 
 from .added_steps import AddedSteps
 from .context import Continue, TaskContext, TaskIO
 from .delivery_span import delivery_span, record_outcome
+from .tracing import incoming_baggage, incoming_state
 from .wire.facts import publish_fact
 from .wire.handoff import hand_over
-from .wire.headers import HANDOFF, TRACEPARENT
+from .wire.headers import BAGGAGE, HANDOFF, TRACEPARENT, TRACESTATE
 from .wire.subjects import inbox_subject
 
 log = logging.getLogger("dagnats.worker")
@@ -209,6 +211,7 @@ class TaskRunner:
             return await self._report(ctx, Outcome(fact, data), nth=nth)
 
         io = TaskIO(loop, self._bucket, report, beat, AddedSteps(payload.step_id))
+        headers = msg.headers or {}
         ctx = TaskContext(
             run_id=payload.run_id,
             step_id=payload.step_id,
@@ -216,11 +219,13 @@ class TaskRunner:
             task=task,
             worker_id=self.worker_id,
             workflow_name=payload.workflow_name,
-            trace_parent=(msg.headers or {}).get(TRACEPARENT) or payload.traceparent,
+            trace_parent=headers.get(TRACEPARENT) or payload.traceparent,
             iteration=payload.iteration,
             instance=payload.instance,
             metadata=dict(payload.metadata or {}),
             step_type=payload.step_type,
+            trace_state=incoming_state(headers.get(TRACESTATE) or payload.tracestate, f"task {payload.task_id}"),
+            baggage=baggage_items(incoming_baggage(headers.get(BAGGAGE) or payload.baggage, f"task {payload.task_id}")),
             _io=io,
         )
         return ctx, io

@@ -45,6 +45,7 @@ class ReceivedSpan:
     attributes: dict[str, Any]
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    trace_state: str = ""
 
 
 class OtlpReceiver:
@@ -115,6 +116,7 @@ class OtlpReceiver:
                             attributes=_attributes(s.attributes),
                             events=[(e.name, _attributes(e.attributes)) for e in s.events],
                             links=[link.span_id.hex() for link in s.links],
+                            trace_state=s.trace_state,
                         )
                     )
 

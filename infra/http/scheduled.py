@@ -66,12 +66,15 @@ async def start_run(call: Call) -> Any:
         at = _run_at(b.run_at, now)
         if at - now > MIN_AHEAD:
             return await schedule(call.request.app.state.plane, b, at, now)
+    headers = call.request.headers
     answer = await call.request.app.state.ops(
         "run.start",
         workflow=b.workflow,
         input=b.input,
         run_id=b.run_id,
-        trace_parent=b.trace_parent,
+        trace_parent=b.trace_parent or headers.get("traceparent"),
+        trace_state=b.trace_state or headers.get("tracestate"),
+        baggage=b.baggage or headers.get("baggage"),
         idempotency_key=key,
     )
     return {"run_id": answer["run_id"], "status": "deduplicated" if answer.get("deduplicated") else "started"}
