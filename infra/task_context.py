@@ -60,6 +60,7 @@ from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.run_context import run_context
 from dagnats.domain.trace_context import baggage_items
 
+from . import metrics
 from .added_steps import AddedSteps
 from .context import Continue, TaskContext, TaskIO
 from .delivery_span import delivery_span, record_outcome
@@ -153,6 +154,8 @@ class TaskRunner:
     def __init__(self, js: JetStreamContext, worker_id: str, ack_wait: float, executor: Executor) -> None:
         self.js, self.worker_id, self.ack_wait, self.executor = js, worker_id, ack_wait, executor
         self._buckets: dict[str, KeyValue] = {}
+        meter = metrics.meter("dagnats.worker", service="dagnats-worker")
+        self._in_flight = meter.create_up_down_counter("dagnats.worker.tasks.in_flight", description="handlers running")
 
     async def run(self, msg: Msg, task: str, handler: TaskHandler) -> None:
         """Execute the task in ``msg`` and settle the message (ack, nak or term)."""
@@ -160,8 +163,13 @@ class TaskRunner:
         if payload is None:
             return
         ctx, io = self._context(msg, task, payload)
-        with run_context(ctx.run_id, ctx.step_id, ctx.trace_parent):
-            await self._run(msg, ctx, io, payload, handler)
+        labels = {"task": task}
+        self._in_flight.add(1, labels)
+        try:
+            with run_context(ctx.run_id, ctx.step_id, ctx.trace_parent):
+                await self._run(msg, ctx, io, payload, handler)
+        finally:
+            self._in_flight.add(-1, labels)
 
     async def _run(self, msg: Msg, ctx: TaskContext, io: TaskIO, payload: TaskPayload, handler: TaskHandler) -> None:
         keep_alive = asyncio.create_task(self._keep_alive(msg))

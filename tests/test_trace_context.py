@@ -28,6 +28,17 @@ AGAIN = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 ONE = {"name": "ctx-one", "steps": [{"id": "only", "task": "ctx-task"}]}
 
 
+class _WhileOpen(SimpleSpanProcessor):
+    """Exports the worker's spans to the receiver while this module runs (a provider
+    keeps its processors for good: a closed receiver would stall every later span)."""
+
+    open = True
+
+    def on_end(self, span) -> None:
+        if self.open:
+            super().on_end(span)
+
+
 @pytest.fixture(scope="module")
 def otlp():
     with OtlpReceiver() as receiver:
@@ -35,9 +46,12 @@ def otlp():
         if not isinstance(provider, TracerProvider):  # no test module installed one yet
             provider = TracerProvider()
             tracing.use_provider(provider)
-        exporter = OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
-        provider.add_span_processor(SimpleSpanProcessor(exporter))  # the worker's spans
-        yield receiver
+        processor = _WhileOpen(OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces"))
+        provider.add_span_processor(processor)
+        try:
+            yield receiver
+        finally:
+            processor.open = False
 
 
 def _session(nats_url: str, otlp: OtlpReceiver, handler: Any, body: Any) -> Any:

@@ -77,6 +77,7 @@ async def serve(
         await api.start()
         triggers = TriggerService(nc, start_with(api))
         await triggers.start()
+        metrics.setup_metrics("dagnats-engine")  # in memory for /metrics; OTLP if configured
         http_metrics.set_renderer(metrics.prometheus_text)  # the engine's metrics at /metrics
         web = await start_http(api, http)
         if web is not None:
