@@ -54,12 +54,13 @@ from dagnats.domain.events import (
 from dagnats.domain.identifiers import check_identifier
 
 from ..signals import TIMED_OUT, receive_signal
+from ..task_consumer import MAX_ACK_PENDING
 from ..wire.facts import publish_fact
 from ..wire.keys import checkpoint_key, signal_key
 from ..wire.names import CHECKPOINTS_BUCKET, SIGNALS_BUCKET, TASK_STREAM, WORKERS_BUCKET
 from ..wire.subjects import task_filter
 from ..wire.workers import WorkerRecord
-from ..worker import DEFAULT_MAX_DELIVERIES, MAX_ACK_PENDING
+from ..worker import DEFAULT_MAX_DELIVERIES
 from .endpoints import Call, EndpointSet
 from .errors import ApiError
 
