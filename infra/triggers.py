@@ -38,6 +38,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from dagnats.domain.errors import DagnatsError, InvalidRequest
 from dagnats.domain.events import format_timestamp, parse_timestamp
 from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.run_context import run_context
 from dagnats.domain.schedules import cron_problem, next_occurrence
 
 from .wire.reading import kv_entries
@@ -251,7 +252,8 @@ class TriggerService:
 
     async def fire(self, t: Trigger, kind: str, data: Any, run_id: str | None = None, at: datetime | None = None):
         started = await self.start_run(workflow=t.workflow, input=envelope(t, kind, data, at), run_id=run_id)
-        log.info("trigger %s (%s) started run %s", t.id, kind, started["run_id"])
+        with run_context(started["run_id"]):
+            log.info("trigger %s (%s) started run %s", t.id, kind, started["run_id"])
         return started
 
     async def _listen(self, wanted: list[Trigger]) -> None:

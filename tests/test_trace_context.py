@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from dagnats.domain.trace_context import baggage_items, parse_baggage, parse_trace_state
 from dagnats.infra import metrics, tracing
 from dagnats.infra.engine.trace_projector import TraceProjector
+from dagnats.infra.logs import RunContextFilter
 from dagnats.infra.span_export import SpanSink
 from dagnats.infra.worker import Worker
 
@@ -127,12 +128,16 @@ def test_a_malformed_tracestate_or_baggage_is_dropped_with_one_line_and_the_run_
         run_id = await h.client.start("ctx-one", trace_parent=CALLER, trace_state="Bad Key=1", baggage="no equals")
         return await h.wait_status(run_id, "completed")
 
+    caplog.handler.addFilter(RunContextFilter())
     with caplog.at_level(logging.WARNING, logger="dagnats.tracing"):
         final = run(_session(nats_url, otlp, handler, body)())
     assert final["status"] == "completed" and final["trace_id"] == CALLER.split("-")[1]
     assert seen == {"baggage": {}, "state": ""}
-    assert sum("malformed tracestate" in r.getMessage() for r in caplog.records) == 1
+    dropped = [r for r in caplog.records if "malformed tracestate" in r.getMessage()]
+    assert len(dropped) == 1
     assert sum("malformed baggage" in r.getMessage() for r in caplog.records) == 1
+    # Logged by the control plane, outside any actor, and still about the run.
+    assert (dropped[0].run_id, dropped[0].trace_id) == (final["run_id"], final["trace_id"])
 
 
 def test_a_repeated_start_links_the_callers_span_to_the_existing_run(nats_url, run, otlp):

@@ -34,6 +34,7 @@ from dagnats.actors.messages import Deliver, LiveCount
 from dagnats.actors.ports import Clock
 from dagnats.actors.timer import TimerActor
 from dagnats.domain.events import Event, TimerFired, decode_event, format_timestamp, parse_timestamp
+from dagnats.domain.run_context import run_context
 
 from .. import metrics
 from ..tracing import valid_trace_parent
@@ -177,7 +178,8 @@ class Engine:
                 continue
             run_id = msg.subject.rsplit(".", 1)[1]
             if event.run_id != run_id:
-                log.warning("dropping inbox message for %s claiming run %s", run_id, event.run_id)
+                with run_context(run_id, event.step_id, event.trace_parent):
+                    log.warning("dropping inbox message for %s claiming run %s", run_id, event.run_id)
                 asyncio.create_task(msg.term())
                 continue
             if isinstance(event, TimerFired) and event.payload.due:

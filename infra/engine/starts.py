@@ -26,6 +26,7 @@ from dagnats.domain.definition import EXECUTED_STEP_TYPES, WorkflowDef
 from dagnats.domain.errors import InvalidInput, PayloadTooLarge, RunAlreadyStarted, UnsupportedStepType
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.partition import partition_of
+from dagnats.domain.run_context import run_context
 from dagnats.domain.trace_spans import attempt_trace_parent
 from dagnats.domain.values import json_problem
 
@@ -64,7 +65,7 @@ class RunStarts:
         self._check_start(wf, req.input)
         run_id = check_identifier("run id", req.run_id or secrets.token_hex(16))
         caller = req.trace_parent if valid_trace_parent(req.trace_parent) else None
-        with api_span("startRun", req.trace_parent, run_id) as trace_parent:
+        with api_span("startRun", req.trace_parent, run_id) as trace_parent, run_context(run_id, "", trace_parent):
             start = ev.RunStart(
                 workflow_def=wf,
                 input=req.input,
@@ -125,7 +126,10 @@ class RunStarts:
             )
         # The child's run span is a child of its parent step's attempt span, in the parent's trace.
         step_span = attempt_trace_parent(trace_parent, parent_run_id, child.parent_step_id, child.attempt, None)
-        with api_span("startChildRun", step_span, child.child_run_id) as span_parent:
+        with (
+            api_span("startChildRun", step_span, child.child_run_id) as span_parent,
+            run_context(child.child_run_id, "", span_parent),
+        ):
             event = ev.WorkflowStarted(
                 run_id=child.child_run_id,
                 timestamp=ev.format_timestamp(_now()),

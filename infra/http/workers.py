@@ -52,6 +52,7 @@ from dagnats.domain.events import (
     make_event,
 )
 from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.run_context import run_context
 
 from ..signals import TIMED_OUT, receive_signal
 from ..task_consumer import MAX_ACK_PENDING
@@ -241,7 +242,9 @@ class Bridge:
         while True:
             await asyncio.sleep(ACK_WAIT / 3)
             if _clock() - held.last_word > LEASE:
-                log.warning("HTTP worker %s went quiet on task %s: back to the queue", held.worker_id, held.task_id)
+                p = held.payload
+                with run_context(p.run_id, p.step_id, p.traceparent):
+                    log.warning("HTTP worker %s went quiet on task %s: back to the queue", held.worker_id, held.task_id)
                 await self._release(held, back=True, from_keeper=True)
                 return
             with contextlib.suppress(Exception):
