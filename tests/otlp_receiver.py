@@ -46,6 +46,7 @@ class ReceivedSpan:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     trace_state: str = ""
+    event_times: list[int] = field(default_factory=list)  # unix ns, beside ``events``
 
 
 class OtlpReceiver:
@@ -117,6 +118,7 @@ class OtlpReceiver:
                             events=[(e.name, _attributes(e.attributes)) for e in s.events],
                             links=[link.span_id.hex() for link in s.links],
                             trace_state=s.trace_state,
+                            event_times=[e.time_unix_nano for e in s.events],
                         )
                     )
 
