@@ -177,6 +177,7 @@ class RunTrace:
         self.queues: dict[tuple[str, int | None, int], Span] = {}
         self.done: set[tuple[str, int | None, int]] = set()
         self.last_attempt: dict[str, str] = {}
+        self.repeated: set[str] = set()  # callers' span ids of repeated starts linked
         self.deps: dict[str, tuple[str, ...]] = {}
         self.tasks: dict[str, str] = {}
         self.finished: list[Span] = []  # every finished span, in order
@@ -262,8 +263,9 @@ class RunTrace:
         """A start answered with this run: a point span under the run span, linked to the
         caller's span (which may be in another trace); even after the run ended."""
         caller = parse_trace_parent(event.payload.caller)
-        if self.run is None or caller is None:
+        if self.run is None or caller is None or caller[1] in self.repeated:
             return
+        self.repeated.add(caller[1])
         link = SpanLink(caller[0], caller[1], {"dagnats.link": "repeated_start"})
         if not self.run.end and link not in self.run.links:
             self.run.links.append(link)
@@ -450,8 +452,6 @@ def _details(event: ev.Event) -> dict[str, Any]:
             value = getattr(payload, name)
             if isinstance(value, str | int | float | bool) and value not in ("", None):
                 out[f"dagnats.{name}"] = value
-    if isinstance(payload, ev.TimerFire) and payload.due:
-        out["dagnats.timer_lateness_ms"] = _millis(payload.due, event.timestamp)
     return out
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from opentelemetry import baggage, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -14,7 +16,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from dagnats.domain import events as ev
 from dagnats.domain.trace_context import baggage_items, parse_baggage, parse_trace_state
+from dagnats.domain.trace_spans import project
 from dagnats.infra import metrics, tracing
 from dagnats.infra.engine.trace_projector import TraceProjector
 from dagnats.infra.logs import RunContextFilter
@@ -24,6 +28,7 @@ from dagnats.infra.worker import Worker
 from harness import EngineHarness
 from otlp_receiver import OtlpReceiver
 
+HISTORIES = Path(__file__).parent / "histories"
 CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 AGAIN = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 ONE = {"name": "ctx-one", "steps": [{"id": "only", "task": "ctx-task"}]}
@@ -189,3 +194,16 @@ def test_baggage_is_parsed_decoded_and_bounded():
     assert baggage_items("tenant=acme,user=ann%20lee;private") == {"tenant": "acme", "user": "ann lee"}
     assert parse_baggage("no equals") is None
     assert parse_baggage("k=" + "v" * 9000) is None
+
+
+def test_the_projection_carries_the_tracestate_and_links_each_repeated_start_once():
+    history = msgspec.json.decode((HISTORIES / "traced-repeated-start.history.json").read_bytes(), type=list[ev.Event])
+    trace = project([(seq, [event]) for seq, event in enumerate(history, 1)], history[0].run_id)
+    spans = trace.spans()
+    assert {s.trace_state for s in spans} == {"congo=t61rcWkgMzE"}
+    (run_span,) = [s for s in spans if s.kind == "run"]
+    repeats = [s for s in spans if s.name == "start again"]
+    assert [link.span_id for s in repeats for link in s.links] == ["00f067aa0ba902b7", "b7ad6b7169203331"]
+    assert all(s.parent_id == run_span.span_id and s.end == s.start for s in repeats)
+    # The run span links the caller that came while it was open; the later one has its own span only.
+    assert [link.span_id for link in run_span.links] == ["00f067aa0ba902b7"]
