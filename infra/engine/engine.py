@@ -74,6 +74,7 @@ class Engine:
         self.pullers: dict[int, PartitionPuller] = {}
         self._recoveries: set[asyncio.Task] = set()
         self._running = False
+        self.gauges: EngineGauges | None = None
 
     async def start(self) -> None:
         self.partition_count = await ensure_resources(self.js, self.replicas, self.partitions)
@@ -101,7 +102,7 @@ class Engine:
 
     async def stop(self) -> None:
         self._running = False
-        if hasattr(self, "gauges"):
+        if self.gauges is not None:
             await self.gauges.stop()
         # Hands every partition back (bounded: NATS may be gone).
         await _quietly(asyncio.wait_for(self.leases.stop(), HANDOVER_SETTLE + 5))
