@@ -182,5 +182,13 @@ def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path, monkeyp
     assert max(completed) == 1
     latency = [r for r in otlp.metrics["dagnats.step.latency"] if r["attributes"]["step"] == "join"]
     assert latency and all(0 <= r["sum"] < 60_000 for r in latency)
+    # The engine's own counters and gauges, and the worker's handlers in flight.
+    appends = [r["value"] for r in otlp.metrics["dagnats.history.appends"] if r["attributes"]["outcome"] == "ok"]
+    assert appends and max(appends) >= 1
+    assert {r["attributes"]["partition"] for r in otlp.metrics["dagnats.inbox.lag"]} >= {"0"}
+    assert all(r["value"] >= 0 for r in otlp.metrics["dagnats.actors"] + otlp.metrics["dagnats.dlq.depth"])
+    in_flight = otlp.metrics["dagnats.worker.tasks.in_flight"]
+    assert {r["attributes"]["task"] for r in in_flight} >= {"tr-quick"}
+    assert all(0 <= r["value"] <= 8 for r in in_flight)  # max_concurrent=8
     # (Counters a killed engine had not exported yet are lost with it: metrics, unlike spans,
     # are not replayed. The retry is counted in test_tracing.)

@@ -72,12 +72,12 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     projector = None
     try:
+        metrics.setup_metrics("dagnats-engine")  # in memory for /metrics; OTLP if configured
         await engine.start()
         drill_hooks.install(engine.ports)  # no-op unless the drill asked for poison runs
         await api.start()
         triggers = TriggerService(nc, start_with(api))
         await triggers.start()
-        metrics.setup_metrics("dagnats-engine")  # in memory for /metrics; OTLP if configured
         http_metrics.set_renderer(metrics.prometheus_text)  # the engine's metrics at /metrics
         web = await start_http(api, http)
         if web is not None:
