@@ -266,13 +266,24 @@ def _ended_timers(before: st.WorkflowRun, after: st.WorkflowRun, event: ev.Event
     ]
 
 
+ENDED_BY_RESULT = frozenset({st.StepStatus.COMPLETED, st.StepStatus.FAILED})
+
+
 def _dropped_tasks(before: st.WorkflowRun, after: st.WorkflowRun, now: datetime) -> list[Action]:
-    """A run that ended with tasks still queued: take them out of the queue."""
+    """A run that ended with tasks still queued: take them out of the queue.
+
+    A step that ended by its own result (completed, or failed for good) has none:
+    its worker acks the task once the result is stored, and a timed-out or failed
+    map's attempts were dropped when it failed. Only steps the run's end cut short
+    (cancelled, or never finished) are looked for in the queue; the search is a
+    consumer on the task stream, the dearest request of a run's end."""
     if after.definition is None:
         return []
     d = Decision(after.definition, after, now)
     for step in after.definition.steps:
         state = before.step(step.id)
+        if after.step(step.id).status in ENDED_BY_RESULT:
+            continue
         if state.status in st.IN_FLIGHT_STEP_STATUSES or state.instances:
             d.drop_tasks(step, max([state.attempts, *(i.attempts for i in state.instances)]))
     return d.actions

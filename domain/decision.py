@@ -5,7 +5,8 @@ its copy of the run, so one call can cascade: a failure schedules a retry or
 starts a saga; a completion dispatches the next steps, skips what must be
 skipped, and completes the run. Each step type starts its own way
 (``STARTERS``, filled in by ``domain/kinds``); what happens to an attempt
-that fails — retry, on_failure, saga, failed run — is the same for all.
+that fails — retry, on_failure, saga, failed run — is the same for all
+(failures.py).
 
 A map step's instances are attempts of their own (``instance`` on the events
 and actions): each retries by the step's policy, and the map fails when one
@@ -23,24 +24,21 @@ import msgspec
 from . import conditions, templates
 from . import events as ev
 from . import state as st
-from .actions import ALL_ATTEMPTS, Acquire, Action, AppendEvent, DeadLetter, DropTask, EnqueueTask
+from .actions import Acquire, Action, AppendEvent, DropTask, EnqueueTask
 from .definition import StepDef, WorkflowDef
 from .durations import HOUR, MILLISECOND
-from .fold import INPUT_FROM_COMPENSATION, INPUT_FROM_ON_FAILURE, INPUT_FROM_PREVIOUS, INPUT_FROM_WIRING, fold
+from .failures import FailureHandling
+from .fold import INPUT_FROM_PREVIOUS, INPUT_FROM_WIRING, fold
 from .identifiers import is_identifier
 from .limits import LimitProblem, holder_id, step_limits
 from .resolve import (
-    compensation_context,
     failed_upstream,
-    failure_context,
-    handled_by,
     is_complete,
     ready_steps,
     resolve_input,
     run_output,
 )
-from .retry import calculate_delay, may_retry, resolve_retry_policy
-from .timers import STICKY_FALLBACK_NS, retry_timer, sticky_fallback_timer
+from .timers import STICKY_FALLBACK_NS, sticky_fallback_timer
 from .trace_spans import attempt_trace_parent
 
 # A value (step input, run output) larger than this, encoded, is recorded by
@@ -66,7 +64,10 @@ Starter = Callable[["Decision", StepDef, Any], None]
 STARTERS: dict[str, Starter] = {}
 
 
-class Decision:
+class Decision(FailureHandling):
+    """The working copy of a run and the actions decided on it; failures are handled by
+    ``FailureHandling`` (failures.py)."""
+
     def __init__(
         self, defn: WorkflowDef, run: st.WorkflowRun, now: datetime, max_message: int = DEFAULT_MAX_MESSAGE
     ) -> None:
@@ -338,148 +339,11 @@ class Decision:
         else:
             self.append(ev.WorkflowCompleted, payload=ev.RunOutput(output=output))
 
-    # ---- failures ----------------------------------------------------------------
-
     def state_of(self, step_id: str, instance: int | None = None) -> st.StepState:
         state = self.run.step(step_id)
         if instance is not None and 0 <= instance < len(state.instances):
             return state.instances[instance]
         return state
-
-    def handle_failure(self, step_id: str, retry_after_ns: int = 0, instance: int | None = None) -> None:
-        state = self.state_of(step_id, instance)
-        if state.status != st.StepStatus.FAILED:
-            return
-        step = self.steps[step_id]
-        policy = resolve_retry_policy(self.defn, step)
-        permanent = state.failure_type == ev.FailureType.PERMANENT.value
-        if policy is not None and not permanent and may_retry(policy, state.attempts):
-            self.schedule_retry(step, state, retry_after_ns or calculate_delay(policy, state.attempts), instance)
-        elif instance is not None:
-            self.instance_failed(step, instance, state)
-        else:
-            self.failed_for_good(step, state)
-
-    def schedule_retry(self, step: StepDef, state: st.StepState, delay_ns: int, instance: int | None = None) -> None:
-        due = self.after(delay_ns)
-        scheduled = ev.RetryScheduled(retry_at=due, delay_ms=delay_ns // MILLISECOND, error=state.error)
-        self.append(ev.StepRetryScheduled, step.id, state.attempts, scheduled, instance=instance)
-        self.actions.append(retry_timer(step.id, state.attempts, due, instance))
-
-    def instance_failed(self, step: StepDef, instance: int, state: st.StepState) -> None:
-        """One element of a map failed for good: the map step fails (its other tasks go)."""
-        parent = self.run.step(step.id)
-        self.drop_tasks(step, ALL_ATTEMPTS)
-        attempts = f" after {state.attempts} attempts" if state.attempts > 1 else ""
-        error = f"map instance {instance} failed{attempts}: {state.error}"
-        failure = ev.Failure(error=error, failure_type=ev.FailureType.PERMANENT.value)
-        self.append(ev.StepFailed, step.id, parent.attempts, failure)
-        self.handle_failure(step.id)
-
-    def failed_for_good(self, step: StepDef, state: st.StepState) -> None:
-        """No retry left: compensation, on_failure, optional, saga, or a failed run."""
-        if self.run.status == st.RunStatus.COMPENSATING and step.id in self._compensation_targets():
-            error = f"compensation step {step.id} failed: {state.error}"
-            self.append(ev.WorkflowCompensateFailed, payload=ev.RunEnd(error=error))
-            self.dead_letter(step, state)
-            return
-        handled = self._handled_by(step.id)
-        if handled is not None:
-            suffix = f"; its on_failure step {step.id} failed too: {state.error}"
-            self.fail_run(handled, self.run.step(handled), suffix=suffix)
-            self.dead_letter(step, state)
-            return
-        if step.on_failure:
-            self._run_handler(step, state)
-            return
-        if step.optional:
-            return
-        if not self._start_saga(step, state):
-            self.fail_run(step.id, state)
-            self.dead_letter(step, state)
-
-    def fail_run(self, step_id: str, state: st.StepState, suffix: str = "") -> None:
-        attempts = f" after {state.attempts} attempts" if state.attempts > 1 else ""
-        error = f"step {step_id} failed{attempts}: {state.error}{suffix}"
-        self.append(ev.WorkflowFailed, step_id=step_id, payload=ev.RunEnd(error=error))
-
-    def dead_letter(self, step: StepDef, state: st.StepState) -> None:
-        """Keep the task of a worker's step that failed for good (and failed the run) for an
-        operator: a map's elements and the steps the engine runs itself have no such task."""
-        if not step.task or step.type == "map" or not state.attempts:
-            return
-        task = self.task_for(step, state.attempts, state.input, iteration=state.iterations)
-        permanent = state.failure_type == ev.FailureType.PERMANENT.value
-        reason = "non_retriable" if permanent else "failed"
-        self.actions.append(DeadLetter(step.task, task.payload, reason, state.error, task.group, task.capabilities))
-
-    def worker_lost(self, step: StepDef, state: st.StepState) -> None:
-        """The worker holding a soft-sticky step is gone: run the step elsewhere now.
-
-        Not the step's failure, so no retry is spent: the attempt is recorded as
-        failed and the next one goes to any worker.
-        """
-        error = f"worker {state.worker_id} running the step is gone"
-        failure = ev.Failure(error=error, failure_type=ev.FailureType.TRANSIENT.value, worker_lost=True)
-        self.append(ev.StepFailed, step.id, state.attempts, failure, event_id=f"{step.id}.{state.attempts}.worker_lost")
-        scheduled = ev.RetryScheduled(retry_at=self.stamp, delay_ms=0, error=error)
-        self.append(ev.StepRetryScheduled, step.id, state.attempts, scheduled)
-        self.drop_tasks(step, state.attempts)
-        self.retry(step, state.attempts + 1, sticky=False)
-
-    # ---- on_failure ----------------------------------------------------------------
-
-    def _handled_by(self, handler_id: str) -> str | None:
-        return handled_by(self.defn, self.run, handler_id)
-
-    def _run_handler(self, step: StepDef, state: st.StepState) -> None:
-        handler = self.steps[step.on_failure]
-        if self.run.step(handler.id).status != st.StepStatus.PENDING:
-            return
-        context = failure_context(self.defn, self.run, handler.id)
-        self.dispatch(handler, 1, context, input_from=INPUT_FROM_ON_FAILURE)
-
-    def recover_from(self, handler_id: str) -> None:
-        failed = self._handled_by(handler_id)
-        if failed is None:
-            return
-        self.append(ev.StepRecovered, failed, payload=ev.Recovered(handler=handler_id))
-        for step in self.defn.steps:
-            if failed in step.depends_on and self.run.step(step.id).status == st.StepStatus.PENDING:
-                self.skip(step, f"upstream step {failed} was recovered by {handler_id}", cascade=False)
-
-    # ---- saga --------------------------------------------------------------------------
-
-    def _compensation_targets(self) -> list[str]:
-        return [self.steps[s].compensate for s in self.run.compensation]
-
-    def _start_saga(self, step: StepDef, state: st.StepState) -> bool:
-        done = [s for s in self.defn.steps if s.compensate and self.run.step(s.id).status == st.StepStatus.COMPLETED]
-        if not done:
-            return False
-        done.sort(key=lambda s: self.run.step(s.id).completed_order, reverse=True)
-        chain, seen = [], set()
-        for s in done:  # a target shared by several steps runs once
-            if s.compensate not in seen:
-                seen.add(s.compensate)
-                chain.append(s.id)
-        saga = ev.Compensation(chain=tuple(chain), trigger_step=step.id, trigger_error=state.error)
-        self.append(ev.WorkflowCompensating, payload=saga)
-        self.compensate_next()
-        return True
-
-    def compensate_next(self) -> None:
-        for original in self.run.compensation:
-            target = self.steps[self.steps[original].compensate]
-            status = self.run.step(target.id).status
-            if status == st.StepStatus.COMPLETED:
-                continue
-            if status == st.StepStatus.PENDING:
-                context = compensation_context(self.defn, self.run, target.id)
-                self.dispatch(target, 1, context, input_from=INPUT_FROM_COMPENSATION)
-            return
-        error = f"step {self.run.trigger_step} failed: {self.run.trigger_error}; compensated"
-        self.append(ev.WorkflowCompensated, payload=ev.RunEnd(error=error))
 
 
 def start_normal(d: Decision, step: StepDef, data: Any) -> None:

@@ -29,6 +29,7 @@ from dagnats.domain.values import check_json_value
 
 from .wire import control
 from .wire.connection import DEFAULT_URL, nats_url, server_list
+from .wire.lean import LeanRequests
 from .wire.names import HISTORY_STREAM
 from .wire.notices import await_run
 from .wire.subjects import event_subject, history_subject
@@ -48,6 +49,7 @@ class Client:
     def __init__(self, url: str | None = None, timeout: float = 10.0) -> None:
         self.url, self.timeout = nats_url(url), timeout
         self.nc: nats.NATS | None = None
+        self._requests: LeanRequests
 
     async def connect(self) -> Client:
         try:
@@ -60,6 +62,7 @@ class Client:
             )
         except Exception as err:
             raise EngineUnavailable(self.url, f"cannot connect to NATS ({err.__class__.__name__})") from None
+        self._requests = LeanRequests(self.nc)
         return self
 
     async def close(self) -> None:
@@ -82,7 +85,7 @@ class Client:
         if len(data) > self.max_payload:
             raise errs.PayloadTooLarge("request", len(data), self.max_payload)
         try:
-            msg = await self.nc.request(control.subject(op), data, timeout=timeout or self.timeout)
+            msg = await self._requests.request(control.subject(op), data, timeout=timeout or self.timeout)
         except NoRespondersError:
             raise EngineUnavailable(self.url, "no dagnats engine is answering") from None
         except NatsTimeoutError:

@@ -66,8 +66,9 @@ from .context import Continue, TaskContext, TaskIO
 from .delivery_span import delivery_span, record_outcome
 from .tracing import incoming_baggage, incoming_state
 from .wire.facts import publish_fact
-from .wire.handoff import hand_over
+from .wire.handoff import RESULT_FACTS, hand_over
 from .wire.headers import BAGGAGE, HANDOFF, TRACEPARENT, TRACESTATE
+from .wire.lean import requester
 from .wire.subjects import inbox_subject
 
 log = logging.getLogger("dagnats.worker")
@@ -293,9 +294,9 @@ class TaskRunner:
         ]
         if too_large and not outcome.failed:  # running again cannot shrink them
             return await self._report(ctx, failure(too_large[0], FailureType.PERMANENT), started_at=started_at)
-        if handoff and len(facts) == 1 and outcome.type in (STEP_COMPLETED, STEP_FAILED):
+        if handoff and len(facts) == 1 and outcome.type in RESULT_FACTS:
             event, body, _ = facts[0]
-            if await hand_over(self.js._nc, handoff, body, event.trace_parent):
+            if await hand_over(requester(self.js), handoff, body, event.trace_parent):
                 return True
         for event, body, _ in facts:
             if not await self._publish(event, body):

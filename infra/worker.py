@@ -60,6 +60,7 @@ from .task_consumer import TaskConsumer
 from .task_context import Permanent, RateLimited, TaskHandler, TaskRunner, describe, settle
 from .wire.connection import nats_url as resolve_url
 from .wire.connection import server_list
+from .wire.lean import LeanJetStream
 from .wire.reading import more_pending
 from .worker_file import load_worker, loading
 
@@ -202,7 +203,7 @@ class Worker:
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
         )
-        self._js = self._nc.jetstream()
+        self._js = LeanJetStream(self._nc)
         self._stopping = False
         self._stopped = asyncio.Event()
         self._slots = ExecutionSlots(self.max_concurrent)

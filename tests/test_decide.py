@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from dagnats.domain import events as ev
 from dagnats.domain import state as rs
-from dagnats.domain.actions import AppendEvent, EnqueueTask, StartTimer
+from dagnats.domain.actions import AppendEvent, DropTask, EnqueueTask, StartTimer
 from dagnats.domain.decide import decide, evolve, recover
 from dagnats.domain.definition import RetryPolicy, StepDef, WorkflowDef
 from dagnats.domain.durations import HOUR, MILLISECOND, MINUTE, SECOND
@@ -21,6 +21,7 @@ from strategies import (
     Recorder,
     admitted_runs,
     at,
+    cancelled,
     completed,
     failed,
     recorded_runs,
@@ -446,3 +447,31 @@ def test_the_timers_a_fact_ends_are_the_same_counted_on_its_changes_only(recorde
         full = {t.timer_id for t in wanted_timers(run)} - {t.timer_id for t in wanted_timers(after)}
         assert {t.timer_id for t in old} - {t.timer_id for t in new} == full
         run = after
+
+
+# ---- the run's end and the task queue ----------------------------------------------------------------
+
+
+def test_a_run_ended_by_its_last_result_searches_the_queue_for_nothing():
+    # The last step's worker acks its own task once its result is stored: looking for
+    # it in the queue (a consumer on the task stream) would be a wasted request per run.
+    rec = start(wf(s("a"), s("b", "a")))
+    rec.feed(completed("a", 1, {"x": 1}, at(1)), at(1))
+    actions = rec.feed(completed("b", 1, {"y": 2}, at(2)), at(2))
+    assert rec.run.status == rs.RunStatus.COMPLETED
+    assert not [a for a in rec.actions if isinstance(a, DropTask)], actions
+
+
+def test_a_run_failed_by_one_branch_drops_the_other_branchs_queued_task():
+    rec = start(wf(s("a"), s("b")))
+    rec.feed(failed("a", 1, "bad", moment=at(1), failure_type="permanent"), at(1))
+    assert rec.run.status == rs.RunStatus.FAILED
+    drops = [(d.step_id, d.up_to_attempt) for d in rec.actions if isinstance(d, DropTask)]
+    assert drops == [("b", 1)]
+
+
+def test_a_cancelled_run_drops_every_queued_task():
+    rec = start(wf(s("a"), s("b")))
+    rec.feed(cancelled(1), at(1))
+    drops = sorted(d.step_id for d in rec.actions if isinstance(d, DropTask))
+    assert drops == ["a", "b"]

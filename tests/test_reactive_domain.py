@@ -57,6 +57,9 @@ def test_registry_collects_every_problem_with_its_rule():
     wf.add_rule(Rule("r1").watch_kv("b", "x.>.y").mutate(lambda c, r: None))
     wf.add_rule(Rule("r2").on_subject("a b"))
     wf.add_rule(Rule("r3").on_subject("x").publish_async("out", lambda c: {}, "nope"))
+    wf.add_rule(Rule("r4").on_subject("x").with_state_lookup("other", lambda m: "k").mutate(lambda c, r: None))
+    wf.add_rule(Rule("r5").watch_kv("b", "a b").complete())
+    wf.add_rule(Rule("r6").on_jetstream_subject("S", "x.>.y").complete())
     with pytest.raises(ReactiveWorkflowInvalid) as err:
         ReactiveRegistry().register(wf)
     text = str(err.value)
@@ -68,7 +71,11 @@ def test_registry_collects_every_problem_with_its_rule():
     assert "token 'a b' is not allowed" in text
     assert "result type 'nope' is not registered" in text
     assert "on_complete" in text
+    assert "rule 'r4': with_state_lookup bucket 'other' is not the workflow's state_bucket 'b'" in text
+    assert "rule 'r5': watch_kv: KV key pattern 'a b'" in text
+    assert "rule 'r6': trigger: subject 'x.>.y'" in text
     assert isinstance(err.value, ValueError)
+    assert err.value.workflow == "bad" and len(err.value.issues) == len(set(err.value.issues))
 
 
 def test_a_valid_definition_registers_and_describes_itself():
@@ -216,9 +223,24 @@ def test_a_timeout_ends_a_stalled_execution():
     registry = ReactiveRegistry()
     wf = registry.register(plan_review(registry))
     ex = apply(Execution("e1"), decide(wf, Execution("e1"), _submit(wf), at(0)))
-    assert decide(wf, ex, Input(id="timeout", kind="timeout"), at(30)) == []
-    events = decide(wf, ex, Input(id="timeout", kind="timeout"), at(61))
-    assert events[-1].status == "timed_out"
+    assert ex.state["deadline"] == at(60)
+    # The durable timer fired (the server's clock said so, a moment before the engine's): it times out.
+    events = decide(wf, ex, Input(id="timeout", kind="timeout"), at(59.5))
+    assert [e.type for e in events] == ["reactive.ended"] and events[-1].status == "timed_out"
+    assert apply(ex, events).state["error"] == "timeout"
+    # An input that arrives after the deadline, before the timer's, ends it as well.
+    late = decide(wf, ex, _callback(ex.pending.task_id, True, 1), at(61))
+    assert [e.type for e in late] == ["reactive.ended"] and late[-1].reason == "deadline passed"
+
+
+def test_a_timer_for_an_execution_without_a_deadline_changes_nothing():
+    registry = ReactiveRegistry()
+    wf = ReactiveWorkflow("no-deadline", state_type=S, state_bucket="s")
+    wf.add_rule(Rule("r").on_subject("x").when("yes", lambda c: True).mutate(_set_phase("a")))
+    registry.register(wf)
+    ex = apply(Execution("e1"), decide(wf, Execution("e1"), _trigger(wf, 1), at(0)))
+    assert ex.state["deadline"] == ""
+    assert decide(wf, ex, Input(id="timeout", kind="timeout"), at(3600)) == []
 
 
 def test_an_exception_in_a_mutator_fails_the_execution():

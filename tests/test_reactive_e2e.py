@@ -8,14 +8,14 @@ import asyncio
 import json
 import os
 import signal
-import time
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 import nats
 
-from dagnats.domain.events import parse_timestamp
+from dagnats.domain.events import format_timestamp
 from dagnats.domain.reactive.decide import execution_id
 from dagnats.domain.reactive.events import RuleFired
 from dagnats.infra.reactive.store import load_execution
@@ -37,11 +37,19 @@ registry.register(s.burst(registry, {burst}))
 """
 
 
-def _reactive(tmp_path: Path, url: str, timeout: str = "60s", burst: str = "") -> Proc:
+def _reactive(tmp_path: Path, url: str, timeout: str = "60s", burst: str = "", clock: Path | None = None) -> Proc:
+    """`dagnats reactive serve FILE.py`; given ``clock``, the same engine with its clock read from that file."""
     path = tmp_path / "workflows.py"
     burst = burst or f"max_firings=5, timeout={timeout!r}"
     path.write_text(WORKFLOWS.format(tests=str(TESTS), burst=burst))
-    return Proc("reactive", [*CLI, "reactive", "serve", str(path)], base_env(url), ready_line="reactive engine ready")
+    argv = [*CLI, "reactive", "serve", str(path)]
+    if clock is not None:
+        argv = [sys.executable, str(TESTS / "reactive_fake_clock.py"), str(path), str(clock)]
+    return Proc("reactive", argv, base_env(url), ready_line="reactive engine ready")
+
+
+def _set_clock(clock: Path, seconds: float) -> None:
+    clock.write_text(format_timestamp(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)))
 
 
 def _kill9(proc: Proc) -> None:
@@ -93,23 +101,33 @@ def test_plan_review_escalates_after_max_iterations_through_a_kill_9(nats_url, r
         async def reviewer(msg):
             request = json.loads(msg.data)
             reviews.append(request)
-            answer = {"task_id": request["task_id"], "approved": False, "feedback": f"try {len(reviews)}"}
-            await js.publish(request["callback_subject"], json.dumps(answer).encode())
+            tasks = list(dict.fromkeys(r["task_id"] for r in reviews))  # a request may come twice
+            answer = {"task_id": request["task_id"], "approved": False, "feedback": f"try {len(tasks)}"}
+            for _ in range(2):  # the second copy is a duplicate: it changes nothing
+                await js.publish(request["callback_subject"], json.dumps(answer).encode())
+            # A late approval of an earlier task changes nothing either. (After the kill -9 a request
+            # may come twice: recovery publishes the last record's messages again.)
+            for earlier in set(tasks) - {request["task_id"]}:
+                late = {"task_id": earlier, "approved": True, "feedback": "late"}
+                await js.publish(request["callback_subject"], json.dumps(late).encode())
 
         await nc.subscribe("plans.review", cb=reviewer)
         await nc.subscribe("plans.escalated", cb=_collect(escalations))
         await asyncio.to_thread(proc.start)
         await js.publish("plans.requests", json.dumps({"request_id": "p1", "plan": "ship it"}).encode())
-        await _until(lambda: _async(len(reviews) >= 2), what="two reviews")
+        await _until(lambda: _async(len({r["task_id"] for r in reviews}) >= 2), what="two reviews")
         _kill9(proc)
         await asyncio.to_thread(_restart, proc)
         await _until(lambda: _async(escalations), what="the escalation event")
         ex = await _execution(js, "plan-review", "plan.p1")
         assert ex.status == "escalated" and ex.state["iteration"] == 3
-        assert ex.state["feedback"][:3] == ["try 1", "try 2", "try 3"]
+        assert ex.state["feedback"] == ["try 1", "try 2", "try 3"]  # no duplicate or late answer applied
         assert await _firings(js, "plan-review", "plan.p1") == ["submit", "revise", "revise"]
         assert escalations[0]["reason"] == "max iterations (3) reached"
         assert escalations[0]["execution_id"] == execution_id("plan-review", "plan.p1")
+        assert len({r["task_id"] for r in reviews}) == 3  # one task per iteration
+        # The execution ended before its timeout: its durable timer is gone.
+        await _until(lambda: _no_timer(js, execution_id("plan-review", "plan.p1")), what="the timeout purged")
         await nc.close()
 
     try:
@@ -181,15 +199,17 @@ def test_max_firings_hold_under_a_burst_of_100_through_a_kill_9_and_a_timeout_en
         proc.stop()
 
 
-COOLDOWN = 3.0
+COOLDOWN = 30.0  # seconds of the engine's (fake) clock
 
 
 def test_a_cooldown_holds_under_a_burst_of_100_through_a_kill_9(nats_url, run, tmp_path):
-    # A burst of 100 ticks, 50 before a kill -9 and 50 while the engine is down, all
-    # handled within the cooldown: one firing. After the cooldown, another burst
-    # of 100 fires exactly once more. The firing times come from the history, so
-    # the cooldown survives the crash.
-    proc = _reactive(tmp_path, nats_url, burst=f"cooldown={COOLDOWN!r}")
+    # The engine's clock stands still while a burst of 100 ticks arrives, 50 before a
+    # kill -9 and 50 while the engine is down: one firing. A second before the cooldown
+    # ends, 10 more fire nothing; once it has ended, another burst of 100 fires exactly
+    # once. The firing times come from the history, so the cooldown survives the crash.
+    clock = tmp_path / "clock"
+    _set_clock(clock, 0)
+    proc = _reactive(tmp_path, nats_url, burst=f"cooldown={COOLDOWN!r}, timeout=0", clock=clock)
 
     async def ticks(js, first: int, count: int) -> None:
         for n in range(first, first + count):
@@ -199,37 +219,37 @@ def test_a_cooldown_holds_under_a_burst_of_100_through_a_kill_9(nats_url, run, t
         info = await js.consumer_info("TICKS", "reactive-burst-count")
         return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq > 0
 
+    async def positions(js) -> list[int]:
+        return [e.position for e in await _fired(js, "burst", "c.k1")]
+
     async def body():
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
         await _streams(js)
         await asyncio.to_thread(proc.start)
-        began = time.monotonic()
         await ticks(js, 0, 50)
         await _until(lambda: drained(js), what="the first 50 ticks handled")
         _kill9(proc)
         await ticks(js, 50, 50)
         await asyncio.to_thread(_restart, proc)
         await _until(lambda: drained(js), what="the other 50 ticks handled")
-        assert time.monotonic() - began < COOLDOWN, "the first burst outlasted the cooldown: inconclusive"
-        first = await _fired(js, "burst", "c.k1")
-        assert [e.rule_id for e in first] == ["count"]
-        assert first[0].position == 1  # the burst's first tick fired; the other 99 were in the cooldown
+        assert await positions(js) == [1]  # the burst's first tick fired; the other 99 were in the cooldown
 
-        cooled = parse_timestamp(first[0].timestamp) + timedelta(seconds=COOLDOWN + 0.2)
-        await asyncio.sleep(max(0.0, (cooled - datetime.now(UTC)).total_seconds()))
-        again = time.monotonic()
-        await ticks(js, 100, 100)
+        _set_clock(clock, COOLDOWN - 1)
+        await ticks(js, 100, 10)
+        await _until(lambda: drained(js), what="ticks within the cooldown handled")
+        assert await positions(js) == [1]
+
+        _set_clock(clock, COOLDOWN)
+        await ticks(js, 110, 100)
         await _until(lambda: drained(js), what="the second burst handled")
-        assert time.monotonic() - again < COOLDOWN, "the second burst outlasted the cooldown: inconclusive"
-        fired = await _fired(js, "burst", "c.k1")
-        assert [e.position for e in fired] == [1, 101]
+        assert await positions(js) == [1, 111]
         ex = await _execution(js, "burst", "c.k1")
-        assert ex.state["count"] == 2 and ex.status == "running"
+        assert ex.state["count"] == 2 and ex.status == "running" and ex.state["deadline"] == ""
         await nc.close()
 
     try:
-        run(body(), timeout=60)
+        run(body(), timeout=90)
     finally:
         proc.stop()
 
@@ -253,6 +273,13 @@ def test_reactive_list_shows_the_registered_workflows(nats_url, tmp_path):
         listed = {w["id"]: w for w in json.loads(out.stdout)}
         assert set(listed) == {"plan-review", "order-chain", "burst"}
         assert [r["id"] for r in listed["plan-review"]["rules"]] == ["submit", "revise", "approve"]
+        assert listed["plan-review"]["rules"][0]["action"] == "publish_async"
+        assert listed["burst"]["rules"][0]["trigger"] == "jetstream TICKS ticks.> + state burst_states"
+        human = subprocess.run(
+            [*CLI, "reactive", "list"], env=base_env(nats_url), capture_output=True, timeout=30, check=True
+        ).stdout.decode()
+        assert human.splitlines()[0].split() == ["WORKFLOW", "RULES", "STATE", "BUCKET", "DESCRIPTION"]
+        assert "plan-review  3      plan_reviews" in human
     finally:
         proc.stop()
 
@@ -276,6 +303,22 @@ def _collect(into: list):
         into.append(json.loads(msg.data))
 
     return cb
+
+
+async def _no_timer(js, exec_id: str) -> bool:
+    from nats.js.errors import NotFoundError
+
+    try:
+        await js.get_last_msg("REACTIVE", f"reactive.schedule.{exec_id}")
+    except NotFoundError:
+        return True
+    return False
+
+
+async def _indexed(js, exec_id: str) -> bool:
+    from dagnats.infra.reactive.views import execution_summaries
+
+    return any(s["run_id"] == exec_id for s in await execution_summaries(js))
 
 
 async def _async(value):
@@ -303,6 +346,8 @@ def test_an_execution_shows_in_run_status_events_and_inspect(nats_url, run, tmp_
             await orders.put("order.o1", json.dumps({"stage": stage, "amount": 3}).encode())
             await asyncio.sleep(0.2)
         await _until(lambda: _phase(js, "shipped"), what="phase shipped")
+        await js.publish("ticks.a", msgspec.json.encode({"key": "k9", "n": 0}))  # a burst execution, left running
+        await _until(lambda: _indexed(js, execution_id("burst", "c.k9")), what="the burst execution")
         await nc.close()
 
     try:
@@ -316,8 +361,25 @@ def test_an_execution_shows_in_run_status_events_and_inspect(nats_url, run, tmp_
         events = cli("run", "events", run_id, json=True)
         types = [e["type"] for e in (events["events"] if isinstance(events, dict) else events)]
         assert types[0] == "reactive.created" and types[-1] == "reactive.ended"
+        inspected = cli("run", "inspect", run_id, json=True)
+        assert inspected["phase"] == "shipped"
+        assert inspected["firings"] == {"place": 1, "pay": 1, "ship": 1, "finish": 1}
+        assert inspected["timeline"] == status["timeline"] and inspected["state"]["amount"] == 3
         human = cli("run", "inspect", run_id).stdout
         assert "Phase:    shipped" in human and "finish" in human
+        # run list: executions beside DAG runs, with their phase and iteration, filtered like runs.
+        listed = {r["run_id"]: r for r in cli("run", "list", json=True)}
+        burst_id = execution_id("burst", "c.k9")
+        assert {run_id, burst_id} <= set(listed)
+        order = listed[run_id]
+        assert order["kind"] == "reactive" and order["workflow"] == "order-chain" and order["status"] == "completed"
+        assert order["phase"] == "shipped" and order["iteration"] == 0 and order["steps_done"] == 4
+        assert order["created_at"] and order["completed_at"]
+        assert listed[burst_id]["status"] == "running" and listed[burst_id]["completed_at"] is None
+        assert [r["run_id"] for r in cli("run", "list", "--status", "completed", json=True)] == [run_id]
+        assert [r["run_id"] for r in cli("run", "list", "--workflow", "burst", json=True)] == [burst_id]
+        table = cli("run", "list").stdout
+        assert run_id in table and "phase shipped, iteration 0, 4 fired" in table
     finally:
         serve.stop()
         proc.stop()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats
 import reactive_support as s
 
+from dagnats.domain.events import format_timestamp
 from dagnats.infra import metrics as engine_metrics
 from dagnats.infra.reactive.metrics import SCOPE
 from dagnats.infra.reactive.runtime import ReactiveRuntime
@@ -33,14 +35,14 @@ def _points() -> dict[str, list[Any]]:
     return found
 
 
-def _sum(points: dict[str, list[Any]], name: str, **attrs: str) -> float:
+def _sum(points: dict[str, list[Any]], name: str, **attrs: Any) -> float:
     def matches(p: Any) -> bool:
         return all(p.attributes.get(k) == v for k, v in attrs.items())
 
     return sum(getattr(p, "value", 0) or getattr(p, "count", 0) for p in points.get(name, []) if matches(p))
 
 
-def _delta(before: dict, after: dict, name: str, **attrs: str) -> float:
+def _delta(before: dict, after: dict, name: str, **attrs: Any) -> float:
     return _sum(after, name, **attrs) - _sum(before, name, **attrs)
 
 
@@ -50,6 +52,9 @@ async def _until(predicate, timeout: float = 15.0, what: str = "condition") -> N
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+REVIEW_SECONDS = 5
 
 
 def test_reactive_metrics_move_with_a_plan_review_and_a_kv_chain(nats_url, run):
@@ -62,15 +67,18 @@ def test_reactive_metrics_move_with_a_plan_review_and_a_kv_chain(nats_url, run):
         registry = ReactiveRegistry()
         registry.register(s.plan_review(registry, max_iterations=3))
         registry.register(s.order_chain(registry))
-        runtime = ReactiveRuntime(nc, registry)
+        # The runtime's clock is the test's: each review takes 5 s of it, exactly.
+        now = [datetime.now(UTC)]
+        runtime = ReactiveRuntime(nc, registry, clock=lambda: format_timestamp(now[0]))
         reviews, approved, done = [], [], []
 
         async def reviewer(msg):
             request = json.loads(msg.data)
             reviews.append(request)
-            await asyncio.sleep(0.05)  # a measurable callback latency
+            now[0] += timedelta(seconds=REVIEW_SECONDS)
             answer = {"task_id": request["task_id"], "approved": len(reviews) > 1, "feedback": "more detail"}
-            await js.publish(request["callback_subject"], json.dumps(answer).encode())
+            for _ in range(2):  # the copy is a duplicate callback: received, ignored
+                await js.publish(request["callback_subject"], json.dumps(answer).encode())
 
         await nc.subscribe("plans.review", cb=reviewer)
         await nc.subscribe("plans.approved", cb=_collect(approved))
@@ -83,14 +91,16 @@ def test_reactive_metrics_move_with_a_plan_review_and_a_kv_chain(nats_url, run):
                 await orders.put("order.m1", json.dumps({"stage": stage, "amount": 2}).encode())
                 await asyncio.sleep(0.2)
             await _until(lambda: approved and done, what="the approval and the order's completion")
+            received = "reactive_callbacks_received_total"
+            await _until(lambda: _delta(before, _points(), received, **plan) >= 4, what="the duplicate callbacks")
         finally:
             await runtime.stop()
             await nc.close()
         assert len(reviews) == 2
 
+    plan, order = {"workflow_id": "plan-review"}, {"workflow_id": "order-chain"}
     run(body(), timeout=40)
     after = _points()
-    plan, order = {"workflow_id": "plan-review"}, {"workflow_id": "order-chain"}
 
     assert _delta(before, after, "reactive_executions_created_total", **plan) == 1
     assert _delta(before, after, "reactive_executions_completed_total", **plan) == 1
@@ -108,18 +118,32 @@ def test_reactive_metrics_move_with_a_plan_review_and_a_kv_chain(nats_url, run):
     assert _delta(before, after, "reactive_rule_firings_total") == 7
     assert _delta(before, after, "reactive_action_dispatches_total") == 7
     # every fired rule was evaluated, and rules that did not fire were evaluated too
-    evaluations = _delta(before, after, "reactive_rule_evaluations_total")
-    assert evaluations > 7
-    assert _delta(before, after, "reactive_rule_evaluations_total", workflow_id="order-chain", rule_id="ship") >= 1
-    # two callbacks (the rejection, the approval), each at least the reviewer's 50 ms
-    latency = [
-        p for p in after["reactive_callback_latency_seconds"] if p.attributes.get("workflow_id") == "plan-review"
-    ]
-    assert sum(p.count for p in latency) - _sum(before, "reactive_callback_latency_seconds", **plan) == 2
-    assert min(p.min for p in latency) >= 0.04 and max(p.max for p in latency) < 10
+    evaluations = "reactive_rule_evaluations_total"
+    assert _delta(before, after, evaluations, fired=True) == 7
+    assert _delta(before, after, evaluations, fired=False) > 0
+    # in order, the first match fires: "place" fired on "placed", evaluated first (not fired) on
+    # "paid" and "shipped"; "finish" (evaluated after each state change) fired once, on "shipped"
+    assert _delta(before, after, evaluations, rule_id="place", fired=True) == 1
+    assert _delta(before, after, evaluations, rule_id="place", fired=False) == 2
+    assert _delta(before, after, evaluations, rule_id="finish", fired=True) == 1
+    assert _delta(before, after, evaluations, rule_id="finish", fired=False) >= 2
+    # two callbacks applied (the rejection, the approval), each 5 s of the clock; their copies ignored
+    assert _delta(before, after, "reactive_callbacks_received_total", **plan, status="applied") == 2
+    assert _delta(before, after, "reactive_callbacks_received_total", **plan, status="ignored") == 2
+    latency = _new_points(before, after, "reactive_callback_latency_seconds", **plan)
+    assert sum(p.count for p in latency) == 2 and {p.min for p in latency} == {p.max for p in latency} == {5.0}
+    # the plan review lasted two reviews: 10 s of the clock
+    durations = _new_points(before, after, "reactive_execution_duration_seconds", **plan, status="completed")
+    assert [(p.count, p.min, p.max) for p in durations] == [(1, 10.0, 10.0)]
     # one pending callback at a time, none left
     assert _delta(before, after, "reactive_pending_callbacks", **plan) == 0
     assert _sum(after, "reactive_pending_callbacks", **plan) == 0
+
+
+def _new_points(before: dict, after: dict, name: str, **attrs: Any) -> list[Any]:
+    """The histogram points of ``name`` with ``attrs`` that this test made (none before it)."""
+    assert _sum(before, name, **attrs) == 0, f"{name} {attrs} recorded before the test"
+    return [p for p in after.get(name, []) if all(p.attributes.get(k) == v for k, v in attrs.items())]
 
 
 def _collect(into: list):

@@ -129,3 +129,73 @@ def test_cancel_says_how_the_run_ended_when_it_completes_first(nats_url, run):
     for answer, final in run(body(), timeout=60):
         assert answer["status"] == final
         assert answer["cancelled"] == (final == "cancelled")
+
+
+CHAIN = {
+    "name": "chain-of-three",
+    "steps": [
+        {"id": "a", "task": "w-noop"},
+        {"id": "b", "task": "w-noop", "depends_on": ["a"]},
+        {"id": "c", "task": "w-noop", "depends_on": ["b"]},
+    ],
+}
+
+
+def test_a_wait_reads_the_run_twice_and_the_engine_answers_both_from_memory(nats_url, run):
+    # A run's records each send a notice; a waiter for the whole run reads it only when
+    # it starts waiting and when the run ends. The engine answers a live run from its
+    # actor's state, and an ended run from the state kept after its actor stopped:
+    # neither reads the history (the reads once made the waiting cost a third of a run).
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN)
+            store, reads, views = h.engine.reader.store, [], []
+            for name in ("read_after", "load"):
+                real = getattr(store, name)
+
+                def counted(*args, _real=real, _name=name):
+                    reads.append(_name)
+                    return _real(*args)
+
+                setattr(store, name, counted)
+            real_status = h.client.status
+
+            async def status(run_id):
+                views.append(await real_status(run_id))
+                return views[-1]
+
+            h.client.status = status
+            results = []
+            for n in range(3):
+                run_id = await h.client.start("chain-of-three", n)
+                views.clear()
+                reads.clear()
+                waiting = asyncio.create_task(h.client.wait(run_id, timeout=30))
+                while not views:
+                    await asyncio.sleep(0.01)
+                for value in (n + 1, n + 2, n + 3):
+                    await FakeWorker(h.nc, "w-noop").complete(value)
+                final = await waiting
+                results.append((final["status"], final["output"], len(views), list(reads)))
+            return results
+
+    assert run(body(), timeout=90) == [("completed", n + 3, 2, []) for n in range(3)]
+
+
+def test_a_deleted_run_is_not_served_from_memory(nats_url, run):
+    from dagnats.domain.errors import RunNotFound
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE_STEP)
+            run_id = await h.client.start("one-step", 1)
+            await FakeWorker(h.nc, "w-noop").complete(2)
+            await h.client.wait(run_id, timeout=10)
+            await h.client.delete(run_id)
+            try:
+                await h.client.status(run_id)
+            except RunNotFound:
+                return "not found"
+            return "still served"
+
+    assert run(body()) == "not found"

@@ -100,3 +100,39 @@ def test_results_are_handed_to_the_runs_owner_and_stored_once(nats_url, run):
     assert [f["status"] for f in finals] == ["completed"] * 20
     assert all(f["steps"]["c"]["output"] == "c" for f in finals)
     assert stored == 0  # the 20 start requests and the 60 results all went to the owner
+
+
+def test_a_start_for_a_run_this_engine_owns_is_handed_over_in_process(nats_url, run):
+    """The control plane and the owner of the run's partition are one process: the start
+    goes to the run's actor without a request through the server (nothing on
+    ``dagnats.handoff.*`` but the workers' results), and is stored once, in the history."""
+    from dagnats.infra.wire.names import INBOX_STREAM
+
+    w = Worker(nats_url)
+
+    @w.task("hand")
+    async def hand(ctx: TaskContext, data) -> str:
+        return ctx.step_id
+
+    async def body():
+        async with EngineHarness(nats_url) as h, running(w):
+            await h.client.register({"name": "one", "steps": [{"id": "a", "task": "hand"}]})
+            js = h.nc.jetstream()
+            handed: list[str] = []
+
+            async def spy(msg) -> None:
+                handed.append(msg.data.decode())
+
+            sub = await h.nc.subscribe("dagnats.handoff.*", cb=spy)
+            before = (await js.stream_info(INBOX_STREAM)).state.last_seq
+            run_ids = await asyncio.gather(*(h.client.start("one", n) for n in range(10)))
+            finals = await asyncio.gather(*(h.client.wait(r, timeout=30) for r in run_ids))
+            await h.nc.flush()
+            await sub.unsubscribe()
+            stored = (await js.stream_info(INBOX_STREAM)).state.last_seq - before
+            return finals, handed, stored
+
+    finals, handed, stored = run(body(), timeout=60)
+    assert [f["status"] for f in finals] == ["completed"] * 10
+    assert stored == 0
+    assert len(handed) == 10 and not any('"workflow.started"' in body for body in handed)  # results only

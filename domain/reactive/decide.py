@@ -82,24 +82,35 @@ def callback_subject(execution_id: str) -> str:
     return f"reactive.inbox.{execution_id}"
 
 
+# Told of each rule evaluated: (rule id, whether it fired). For metrics; decide stays pure without it.
+EvaluationObserver = Callable[[str, bool], None]
+
+
 def decide(
     wf: ReactiveWorkflow,
     ex: Execution,
     inp: Input,
     now: str,
     callback_subject_of: Callable[[str], str] = callback_subject,
+    observe: EvaluationObserver | None = None,
 ) -> list[ReactiveEvent]:
     if ex.is_terminal:
         return []
-    return _Decision(wf, ex, inp, now, callback_subject_of).run()
+    return _Decision(wf, ex, inp, now, callback_subject_of, observe).run()
 
 
 class _Decision:
     def __init__(
-        self, wf: ReactiveWorkflow, ex: Execution, inp: Input, now: str, callback_subject_of: Callable[[str], str]
+        self,
+        wf: ReactiveWorkflow,
+        ex: Execution,
+        inp: Input,
+        now: str,
+        callback_subject_of: Callable[[str], str],
+        observe: EvaluationObserver | None = None,
     ) -> None:
         self.wf, self.ex, self.inp, self.now = wf, ex, inp, now
-        self.callback_subject_of = callback_subject_of
+        self.callback_subject_of, self.observe = callback_subject_of, observe
         self.events: list[ReactiveEvent] = []
         self.firings = dict(ex.firings)
         self.state_data: dict[str, Any] = dict(ex.state)
@@ -115,7 +126,8 @@ class _Decision:
         elif self._expired():
             return self._end(ExecutionStatus.TIMED_OUT, "deadline passed")
         if self.inp.kind == "timeout":
-            return self._end(ExecutionStatus.TIMED_OUT, "timeout") if self._expired() else []
+            # The durable timer fired: trusted like a DAG run's timer.fired (the deadline never moves).
+            return self._end(ExecutionStatus.TIMED_OUT, "timeout") if self.state_data.get("deadline") else []
         try:
             if self.inp.kind == "callback":
                 if not self._callback():
@@ -257,9 +269,12 @@ class _Decision:
 
     def _match(self, rules: list[Rule], ctx: RuleContext) -> Rule | None:
         try:
-            rule, _ = first_match(rules, ctx, self.firings, self.now)
+            rule, made = first_match(rules, ctx, self.firings, self.now)
         except Exception as err:  # noqa: BLE001 - the author's condition raised: the execution fails
             raise _UserCodeError(f"condition raised {type(err).__name__}: {err}") from err
+        if self.observe is not None:
+            for evaluation in made:
+                self.observe(evaluation.rule_id, evaluation.fired)
         return rule
 
     def _user(self, fn: Callable[..., Any] | None, *args: Any) -> Any:

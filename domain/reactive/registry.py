@@ -73,6 +73,12 @@ class ReactiveRegistry:
                 issues.append(f"duplicate rule id {rule.id!r}")
             seen.add(rule.id)
             issues += [f"rule {rule.id!r}: {p}" for p in self._rule_problems(rule)]
+            lookup = rule.trigger.state_bucket
+            if rule.trigger.state_key is not None and lookup != wf.state_bucket:
+                issues.append(
+                    f"rule {rule.id!r}: with_state_lookup bucket {lookup!r} is not the workflow's state_bucket "
+                    f"{wf.state_bucket!r} (an execution's state lives in its workflow's state bucket)"
+                )
         return issues
 
     def _rule_problems(self, rule: Rule) -> builtins.list[str]:

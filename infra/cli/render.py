@@ -150,11 +150,16 @@ def events(items: list[dict[str, Any]]) -> str:
 def run_list(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "No runs."
-    rows = [
-        (r["run_id"], r["workflow"], r["status"], r.get("created_at") or "", f"{r['steps_done']}/{r['steps_total']}")
-        for r in runs
-    ]
+    rows = [(r["run_id"], r["workflow"], r["status"], r.get("created_at") or "", _progress(r)) for r in runs]
     return table(("RUN_ID", "WORKFLOW", "STATUS", "CREATED", "STEPS"), rows)
+
+
+def _progress(summary: dict[str, Any]) -> str:
+    """A DAG run's steps done of its steps; a reactive execution's phase, iteration and firings."""
+    if summary.get("kind") == "reactive":
+        phase = summary.get("phase") or "-"
+        return f"phase {phase}, iteration {summary.get('iteration', 0)}, {summary['steps_done']} fired"
+    return f"{summary['steps_done']}/{summary['steps_total']}"
 
 
 def workflow_list(defs: list[dict[str, Any]]) -> str:
@@ -367,14 +372,18 @@ def drill_report(result: dict[str, Any], rerun: str) -> str:
 
 def execution(view: dict[str, Any]) -> str:
     """A reactive execution: its phase, iteration and the timeline of rule firings."""
-    lines = _run_header(view, ("Key", "key"), ("Deadline", "deadline"), ("Error", "error"))
+    lines = _run_header(
+        view, ("Key", "key"), ("Finished", "completed_at"), ("Deadline", "deadline"), ("Error", "error")
+    )
     lines += [f"Phase:    {view['phase'] or '-'}", f"Iteration: {view['iteration']}"]
     if view.get("pending_task_id"):
         lines.append(f"Waiting:  for callback {view['pending_task_id']}")
     lines.append("Timeline:")
     rows = [
-        (f"  {t['timestamp']}", t["rule_id"], t["trigger_mode"], t["action"], t["phase_after"], t["iteration"])
+        (f"  {t['timestamp']}", t["rule_id"], t["trigger_mode"], t["trigger_info"], t["action"], t["phase_after"],
+         t["iteration"])
         for t in view.get("timeline", [])
-    ]
-    lines.append(table(("", "", "", "", "", ""), rows).split("\n", 1)[1] if rows else "  (none)")
+    ]  # fmt: skip
+    head = ("  TIMESTAMP", "RULE", "TRIGGER", "INFO", "ACTION", "PHASE", "ITERATION")
+    lines.append(table(head, rows) if rows else "  (none)")
     return "\n".join(lines)

@@ -12,14 +12,13 @@ loop carries the same ids as one of the actor.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
-
-from dagnats.domain.run_context import current, restored
 
 log = logging.getLogger("dagnats.bridge")
 
@@ -27,29 +26,63 @@ log = logging.getLogger("dagnats.bridge")
 class LoopBridge:
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float = 30.0) -> None:
         self.loop, self.timeout = loop, timeout
+        self._tasks: set[asyncio.Task[Any]] = set()  # strong references while they run
 
     def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``coro`` on the loop and wait for its result (from another thread)."""
-        future: Future = asyncio.run_coroutine_threadsafe(_carrying(coro, current()), self.loop)
-        return future.result(self.timeout)
+        """Run ``coro`` on the loop and wait for its result (from another thread).
+
+        One task and a lock per call: ``asyncio.run_coroutine_threadsafe`` chains a
+        concurrent future to the task (conditions, callbacks on both sides), which
+        every record of every run paid for."""
+        waiter = _Waiter()
+        self.loop.call_soon_threadsafe(self._begin, coro, waiter.finish, contextvars.copy_context())
+        if not waiter.done.acquire(timeout=self.timeout):
+            raise TimeoutError(f"the event loop did not finish a call within {self.timeout:g}s")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.value
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        asyncio.run_coroutine_threadsafe(_carrying(coro, current(), background=True), self.loop)
+        self.loop.call_soon_threadsafe(self._begin, coro, _log_failure, contextvars.copy_context())
+
+    def _begin(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        then: Callable[[asyncio.Task[Any]], None],
+        context: contextvars.Context,
+    ) -> None:
+        # In the caller's context: what the coroutine logs carries the caller's run context.
+        task = self.loop.create_task(coro, context=context)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(then, context=context)
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         self.loop.call_soon_threadsafe(callback)
 
 
-async def _carrying(coro: Coroutine[Any, Any, Any], context: tuple[str, str, str], background: bool = False) -> Any:
-    """``coro`` in the caller's run context; a background call's failure is logged there."""
-    with restored(context):
-        try:
-            return await coro
-        except Exception as err:
-            if not background:
-                raise
-            log.warning("background call failed: %s", err)
-            return None
+class _Waiter:
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def finish(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self.error = asyncio.CancelledError()
+        else:
+            self.error = task.exception()
+            if self.error is None:
+                self.value = task.result()
+        self.done.release()
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("background call failed: %s", task.exception())
 
 
 class SystemClock:

@@ -49,7 +49,7 @@ from dagnats.domain.run_context import run_context
 from dagnats.domain.state import RunStatus, WorkflowRun
 from dagnats.domain.validate import validate
 
-from ..reactive.views import execution_events, execution_view
+from ..reactive.views import LISTED_STATUSES, execution_events, execution_summaries, execution_view
 from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.keys import signal_key
@@ -68,7 +68,7 @@ from .limits import list_limits
 from .paging import events_page, runs_page
 from .reader import RunReader
 from .starts import RunStarts
-from .views import awaits_capabilities, fit_view, inspect_view, run_view
+from .views import awaits_capabilities, fit_view, inspect_view, run_summary, run_view
 
 log = logging.getLogger("dagnats.api")
 
@@ -118,7 +118,14 @@ class ControlPlane:
         self.admission = Admission(self.js)
         await self.admission.open()
         self.starts = RunStarts(
-            self.js, self.defs, self.admission, self.reader, self.max_reply, self.cancel_by, self.engine.partition_count
+            self.js,
+            self.defs,
+            self.admission,
+            self.reader,
+            self.max_reply,
+            self.cancel_by,
+            self.engine.partition_count,
+            here=self.engine.handoff.here,
         )
         self.correlator = Correlator(self.js, self.reader.status_of, self.cancel_by)
         await self.correlator.start()
@@ -260,19 +267,21 @@ class ControlPlane:
         return page
 
     async def list_runs(self, req: wire.ListRuns) -> dict[str, Any]:
+        """DAG runs and reactive executions (``infra.reactive.views``), newest first."""
         _check_page_size(req.limit, "run.list")
-        if req.status is not None and req.status not in RunStatus.__members__.values():
-            raise InvalidRequest("run.list", f"unknown status {req.status!r} (one of {', '.join(RunStatus)})")
+        if req.status is not None and req.status not in LISTED_STATUSES:
+            raise InvalidRequest("run.list", f"unknown status {req.status!r} (one of {', '.join(LISTED_STATUSES)})")
         since, until = _instant(req.since, "since"), _instant(req.until, "until")
         runs = {s.run.run_id: s.run for s in await self.reader.store.snapshots()}
         runs.update((r.run_id, r) for r in self.reader.live())
+        summaries = [run_summary(r) for r in runs.values() if r.definition is not None]
+        summaries += await execution_summaries(self.js)
         chosen = [
-            r
-            for r in runs.values()
-            if r.definition is not None
-            and (not req.workflow or r.workflow == req.workflow)
-            and (not req.status or r.status == req.status)
-            and _created_within(r, since, until)
+            s
+            for s in summaries
+            if (not req.workflow or s["workflow"] == req.workflow)
+            and (not req.status or s["status"] == req.status)
+            and _created_within(s.get("created_at"), since, until)
         ]
         return runs_page(chosen, req.cursor, req.limit, self.max_reply)
 
@@ -325,7 +334,7 @@ class ControlPlane:
         if not run.is_terminal:
             raise InvalidRunState(run.run_id, run.status, "delete")
         await self.reader.store.delete(run.run_id)
-        self.reader.forget(run.run_id)
+        self.reader.forget(run.run_id, keep_ended=False)
         return {"run_id": run.run_id, "deleted": True}
 
     async def signal_run(self, req: wire.SignalRun) -> dict[str, Any]:
@@ -427,12 +436,12 @@ def _instant(text: str | None, name: str) -> datetime | None:
         raise InvalidRequest("run.list", f"{name} {text!r} is not an RFC3339 instant") from None
 
 
-def _created_within(run: WorkflowRun, since: datetime | None, until: datetime | None) -> bool:
+def _created_within(created_at: str | None, since: datetime | None, until: datetime | None) -> bool:
     if since is None and until is None:
         return True
-    if not run.created_at:
+    if not created_at:
         return False
-    created = ev.parse_timestamp(run.created_at)
+    created = ev.parse_timestamp(created_at)
     return (since is None or created >= since) and (until is None or created <= until)
 
 

@@ -38,6 +38,7 @@ from dagnats.domain.run_context import run_context
 
 from .. import metrics
 from ..tracing import valid_trace_parent
+from ..wire.lean import LeanJetStream
 from .bridge import LoopBridge
 from .dead_letters import DeadLetterMover
 from .engine_gauges import EngineGauges
@@ -70,7 +71,7 @@ class Engine:
         self.partitions = partitions
         self.quarantine_retry = quarantine_retry
         self.engine_id = engine_id or f"engine-{secrets.token_hex(4)}"
-        self.js = nc.jetstream()
+        self.js = LeanJetStream(nc)  # the hot path's stored publishes, with less work each
         self.pullers: dict[int, PartitionPuller] = {}
         self._recoveries: set[asyncio.Task] = set()
         self._running = False

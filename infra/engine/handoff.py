@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -23,16 +24,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from dagnats.actors.messages import Deliver
-from dagnats.domain.events import STEP_COMPLETED, STEP_FAILED, WORKFLOW_STARTED, Event, decode_event
+from dagnats.domain.events import Event, decode_event
 from dagnats.domain.partition import partition_of
 
-from ..wire.handoff import NOT_STORED, STORED
+from ..wire.handoff import HANDED, NOT_STORED, STORED
 from ..wire.subjects import handoff_subject
 
 log = logging.getLogger("dagnats.handoff")
-
-# Results from workers; start requests of runs with a fresh id from the control plane.
-HANDED = frozenset({STEP_COMPLETED, STEP_FAILED, WORKFLOW_STARTED})
+Answer = Callable[[bytes], Awaitable[None]]  # how a handed fact is answered: STORED or NOT_STORED
 
 
 class Handoff:
@@ -49,7 +48,8 @@ class Handoff:
         self.nc, self.partitions = nc, partitions
         self.deliver, self.holds, self.sanitized = deliver, holds, sanitized
         self._subs: dict[int, Subscription] = {}
-        self._batches: dict[str, list[tuple[Event, Msg]]] = {}
+        # Per run, the facts handed over and how to answer each (a request, or a local future).
+        self._batches: dict[str, list[tuple[Event, Answer]]] = {}
 
     async def open(self, partition: int) -> None:
         if partition not in self._subs:
@@ -79,32 +79,54 @@ class Handoff:
         except msgspec.DecodeError:
             await _answer(msg, NOT_STORED)
             return
-        if (
-            event.type not in HANDED
-            or not event.run_id
-            or partition_of(event.run_id, self.partitions) != partition
-            or not self.holds(partition)
-        ):
+        if not self._takes(event, partition):
             await _answer(msg, NOT_STORED)  # the worker falls back to the run's inbox
             return
+        self._add(event, partial(_answer, msg))
+
+    async def here(self, event: Event) -> bool:
+        """Hand a fact over within this process (a start the control plane took for a run
+        whose partition this engine holds): the same path as a request, with no round trip
+        through the server. False if this engine does not hold the run's partition."""
+        partition = partition_of(event.run_id, self.partitions) if event.run_id else -1
+        if partition not in self._subs or not self._takes(event, partition):
+            return False
+        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        async def answer(body: bytes) -> None:
+            if not stored.done():
+                stored.set_result(body == STORED)
+
+        self._add(event, answer)
+        return await stored
+
+    def _takes(self, event: Event, partition: int) -> bool:
+        return (
+            event.type in HANDED
+            and bool(event.run_id)
+            and partition_of(event.run_id, self.partitions) == partition
+            and self.holds(partition)
+        )
+
+    def _add(self, event: Event, answer: Answer) -> None:
         # Facts of one run handed over together (a map's elements finishing at once) go to
         # its actor as one delivery, so they become one history record, as from the inbox.
         batch = self._batches.get(event.run_id)
         if batch is None:
             batch = self._batches[event.run_id] = []
             asyncio.get_running_loop().call_soon(self._flush, event.run_id)
-        batch.append((self.sanitized(event), msg))
+        batch.append((self.sanitized(event), answer))
 
     def _flush(self, run_id: str) -> None:
         batch = self._batches.pop(run_id, [])
         if not batch:
             return
         loop = asyncio.get_running_loop()
-        msgs = [msg for _, msg in batch]
+        answers = [answer for _, answer in batch]
 
         def done(ok: bool, retry_in: float = 0.5) -> None:
             body = STORED if ok else NOT_STORED
-            loop.call_soon_threadsafe(lambda: [asyncio.ensure_future(_answer(m, body)) for m in msgs])
+            loop.call_soon_threadsafe(lambda: [asyncio.ensure_future(answer(body)) for answer in answers])
 
         self.deliver(Deliver(run_id, tuple(event for event, _ in batch), done))
 

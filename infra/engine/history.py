@@ -75,6 +75,9 @@ class HistoryStore:
     def __init__(self, js: JetStreamContext, max_payload: int = 1024 * 1024, partitions: int | None = None) -> None:
         self.js, self.max_payload, self.partitions = js, max_payload, partitions
         self._runs = None
+        # The last sequence this process appended to each live run's history (the
+        # reader's proof that a published state is the newest: see RunReader.get).
+        self.appended: dict[str, int] = {}
         self._saving: dict[str, asyncio.Future] = {}
 
     async def runs_kv(self):
@@ -97,6 +100,7 @@ class HistoryStore:
             metrics.append_outcome("duplicate")
             raise WrongLastSequence(f"duplicate record {msg_id}", duplicate=True)
         metrics.append_outcome("ok")
+        self.appended[run_id] = ack.seq
         return ack.seq
 
     async def read_after(self, run_id: str, after_seq: int) -> list[tuple[int, list[Event]]]:

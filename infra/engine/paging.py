@@ -14,13 +14,12 @@ import msgspec
 
 from dagnats.domain.errors import InvalidRequest
 from dagnats.domain.events import decode_record
-from dagnats.domain.state import WorkflowRun
 
 from ..wire.names import HISTORY_STREAM
 from ..wire.reading import stored_batches
 from ..wire.subjects import history_subject
 from .history import HistoryStore
-from .views import event_view, run_summary
+from .views import event_view
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -40,16 +39,16 @@ async def events_page(store: HistoryStore, run_id: str, after_seq: int, limit: i
     return {"events": events, "next": None}
 
 
-def runs_page(runs: list[WorkflowRun], cursor: str | None, limit: int, budget: int) -> dict[str, Any]:
-    """Newest first; ``cursor`` is where the previous page ended."""
+def runs_page(runs: list[dict[str, Any]], cursor: str | None, limit: int, budget: int) -> dict[str, Any]:
+    """Run summaries (``views.run_summary``, or a reactive execution's), newest first;
+    ``cursor`` is where the previous page ended."""
     ordered = sorted(runs, key=_order, reverse=True)
     if cursor is not None:
         after = _decode_cursor(cursor)
         ordered = [r for r in ordered if _order(r) < after]
     page: list[dict[str, Any]] = []
     size = 0
-    for index, run in enumerate(ordered):
-        summary = run_summary(run)
+    for index, summary in enumerate(ordered):
         cost = len(_ENCODER.encode(summary)) + 1
         if len(page) == limit or (page and size + cost > budget):
             return {"runs": page, "next": _encode_cursor(_order(ordered[index - 1]))}
@@ -58,8 +57,8 @@ def runs_page(runs: list[WorkflowRun], cursor: str | None, limit: int, budget: i
     return {"runs": page, "next": None}
 
 
-def _order(run: WorkflowRun) -> tuple[str, str]:
-    return (run.created_at, run.run_id)
+def _order(summary: dict[str, Any]) -> tuple[str, str]:
+    return (summary.get("created_at") or "", summary["run_id"])
 
 
 def _encode_cursor(key: tuple[str, str]) -> str:

@@ -14,12 +14,13 @@ from nats.js.errors import APIError, NotFoundError
 
 from dagnats.actors.ports import Clock, FlowPort
 from dagnats.domain.actions import DropTask, EnqueueTask, StartTimer
-from dagnats.domain.events import EVENT_DECODER, STEP_COMPLETED, STEP_FAILED, TASK_DECODER, Event, TimerFired
+from dagnats.domain.events import EVENT_DECODER, TASK_DECODER, Event, TimerFired
 from dagnats.domain.partition import partition_of
 from dagnats.domain.state import WorkflowRun
 
 from ..tracing import engine_span
 from ..wire.facts import publish_fact
+from ..wire.handoff import RESULT_FACTS
 from ..wire.headers import BAGGAGE, HANDOFF, MSG_ID, TRACEPARENT, TRACESTATE
 from ..wire.names import INBOX_STREAM, TASK_STREAM
 from ..wire.reading import stored_messages
@@ -34,7 +35,6 @@ from .reader import RunReader
 
 log = logging.getLogger("dagnats.ports")
 _TASK_ENCODER = msgspec.json.Encoder()
-RESULT_FACTS = frozenset({STEP_COMPLETED, STEP_FAILED})
 MSG_DELETE_FAILED = 10057  # JetStream's err_code for a delete_msg that found no message
 # Room a history record leaves for its headers under the server's max payload.
 HEADER_ROOM = 4096

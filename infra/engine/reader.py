@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import deque
+import time
+from collections import OrderedDict, deque
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -35,6 +36,9 @@ from ..wire.subjects import history_subject, notice_subject, stored_inbox_filter
 from .history import HistoryStore
 
 log = logging.getLogger("dagnats.reader")
+# How long, and how many, ended runs' last states are kept after their actors stop.
+ENDED_KEPT = 10.0  # seconds
+ENDED_MAX = 10_000
 
 
 class RunReader:
@@ -43,6 +47,7 @@ class RunReader:
         self.js = nc.jetstream()
         self._lock = threading.Lock()
         self._live: dict[str, tuple[WorkflowRun, int]] = {}
+        self._ended: OrderedDict[str, tuple[WorkflowRun, int, float]] = OrderedDict()
         self._outbox: deque[tuple[str, bytes]] = deque()  # notices, touched on the loop only
 
     # ---- the actors' side (StatePort), called from their threads ---------------------
@@ -50,6 +55,7 @@ class RunReader:
     def publish(self, run: WorkflowRun, last_seq: int, recorded: list[Event]) -> None:
         with self._lock:
             self._live[run.run_id] = (run, last_seq)
+            self._ended.pop(run.run_id, None)
         if recorded:
             notice = RunNotice(
                 seq=last_seq,
@@ -59,9 +65,25 @@ class RunReader:
             )
             self.loop.call_soon_threadsafe(self._announce, run.run_id, encode_notice(notice))
 
-    def forget(self, run_id: str) -> None:
+    def forget(self, run_id: str, keep_ended: bool = True) -> None:
+        """The run's actor stopped (``keep_ended``: an ended run's last state is still
+        served for ``ENDED_KEPT`` seconds), or the run was deleted."""
         with self._lock:
-            self._live.pop(run_id, None)
+            live = self._live.pop(run_id, None)
+            self._ended.pop(run_id, None)
+            if keep_ended and live is not None and live[0].is_terminal:
+                # A waiter reads the run once more when its terminal notice arrives,
+                # often after the actor stopped: answer it from memory, for a while.
+                self._ended[run_id] = (*live, time.monotonic() + ENDED_KEPT)
+                while len(self._ended) > ENDED_MAX:
+                    self._ended.popitem(last=False)
+        if live is not None:
+            self.loop.call_soon_threadsafe(self._appended_no_more, run_id, live[1])
+
+    def _appended_no_more(self, run_id: str, seq: int) -> None:
+        # Unless a new actor of the run appended meanwhile.
+        if self.store.appended.get(run_id) == seq:
+            del self.store.appended[run_id]
 
     def _announce(self, run_id: str, data: bytes) -> None:
         # One task sends every notice queued meanwhile: no task per record.
@@ -79,6 +101,16 @@ class RunReader:
 
     # ---- the readers' side, on the loop ------------------------------------------------
 
+    def _recently_ended(self, run_id: str) -> tuple[WorkflowRun, int] | None:
+        ended = self._ended.get(run_id)
+        if ended is None:
+            return None
+        run, seq, until = ended
+        if time.monotonic() > until:
+            del self._ended[run_id]
+            return None
+        return run, seq
+
     def live(self) -> list[WorkflowRun]:
         """The states of the runs with a live actor, as last published."""
         with self._lock:
@@ -92,9 +124,11 @@ class RunReader:
         """The run as recorded (or pending in its inbox); RunNotFound if it does not exist."""
         check_identifier("run id", run_id)
         with self._lock:
-            live = self._live.get(run_id)
+            live = self._live.get(run_id) or self._recently_ended(run_id)
         if live is not None:
             run, seq = live
+            if self.store.appended.get(run_id, seq) == seq:
+                return run  # nothing was appended after the state its actor published
             for _, events in await self.store.read_after(run_id, seq):
                 for event in events:
                     run = fold(run, event)

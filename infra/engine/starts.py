@@ -10,6 +10,7 @@ started the same way, carrying its parent's ids.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from ..tracing import api_span, incoming_baggage, incoming_state, valid_trace_pa
 from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.handoff import hand_over
+from ..wire.lean import requester
 from ..wire.subjects import handoff_subject
 from .admission import Admission
 from .definitions import Definitions
@@ -56,9 +58,11 @@ class RunStarts:
         max_payload: int,
         cancel_by: CancelBy,
         partitions: int | None = None,
+        here: Callable[[ev.Event], Awaitable[bool]] | None = None,
     ) -> None:
         self.js, self.defs, self.admission, self.reader = js, defs, admission, reader
         self.max_payload, self.cancel_by, self.partitions = max_payload, cancel_by, partitions
+        self.here = here  # hands a start to this process's engine, when it owns the run
 
     async def start_run(self, req: wire.StartRun) -> dict[str, Any]:
         wf = await self.defs.get(check_identifier("workflow name", req.workflow))
@@ -207,11 +211,17 @@ class RunStarts:
     async def _hand_over(self, event: ev.WorkflowStarted, body: bytes) -> bool:
         if not self.partitions:
             return False
+        if self.here is not None:
+            try:
+                if await asyncio.wait_for(self.here(event), START_HANDOFF_TIMEOUT):
+                    return True
+            except TimeoutError:
+                return False  # a busy owner: the inbox takes it (a start stored twice is folded once)
         subject = handoff_subject(partition_of(event.run_id, self.partitions))
         # Briefly: a busy owner must not hold up start requests (the control plane serves a
         # bounded number at once); the inbox takes the start instead, and a start that lands
         # twice is the same fact, folded once.
-        return await hand_over(self.js._nc, subject, body, event.trace_parent, timeout=START_HANDOFF_TIMEOUT)
+        return await hand_over(requester(self.js), subject, body, event.trace_parent, timeout=START_HANDOFF_TIMEOUT)
 
 
 def _check_schema(schema: dict[str, Any], data: Any) -> None:

@@ -14,11 +14,14 @@ from msgspec import Meta
 
 from dagnats.domain.state import RunStatus
 
+from ..reactive.views import LISTED_STATUSES
+
 Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Limit = Annotated[int, Meta(ge=1, le=10_000)]
 Seconds = Annotated[float, Meta(ge=0, le=60)]
-# A run status (and for bulk filters "all"): the document lists them, as the engine does.
-Status = Annotated[str, Meta(pattern="^(" + "|".join(s.value for s in RunStatus) + ")$")]
+# A run status (a DAG run's or a reactive execution's; for bulk filters a DAG run's or "all"):
+# the document lists them, as the engine does.
+Status = Annotated[str, Meta(pattern="^(" + "|".join(LISTED_STATUSES) + ")$")]
 StatusOrAll = Annotated[str, Meta(pattern="^(" + "|".join([*(s.value for s in RunStatus), "all"]) + ")$")]
 
 

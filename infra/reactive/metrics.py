@@ -29,7 +29,11 @@ class ReactiveMetrics:
         self.rule_firings = counter("reactive_rule_firings_total")
         self.action_dispatches = counter("reactive_action_dispatches_total")
         self.callback_latency = meter.create_histogram("reactive_callback_latency_seconds", unit="s")
+        # status: applied, or ignored (late or duplicate: not the pending task's)
+        self.callbacks_received = counter("reactive_callbacks_received_total")
         self.pending_callbacks = meter.create_up_down_counter("reactive_pending_callbacks")
+        # From creation to the end, by status (the seed's durationSeconds of each ending).
+        self.execution_duration = meter.create_histogram("reactive_execution_duration_seconds", unit="s")
         self._ended = {
             "completed": self.executions_completed,
             "failed": self.executions_failed,
@@ -37,6 +41,8 @@ class ReactiveMetrics:
             "timed_out": self.executions_timed_out,
         }
 
-    def ended(self, workflow_id: str, status: str) -> None:
+    def ended(self, workflow_id: str, status: str, duration_s: float | None = None) -> None:
         if status in self._ended:
             self._ended[status].add(1, {"workflow_id": workflow_id})
+        if duration_s is not None:
+            self.execution_duration.record(duration_s, {"workflow_id": workflow_id, "status": status})

@@ -1,14 +1,17 @@
 """ReactiveRuntime: NATS inputs -> decide -> one conditional history record -> effects.
 
     KV watch | subject | JetStream consumer | reactive.inbox.<id> (callbacks, timers)
-        -> Input -> per-execution lock -> decide -> append history.<id> -> publish, KV, timer
+        -> Input -> per-execution lock -> decide -> append history.<id>
+        -> publish, timer, state KV, index entry (last)
 
 Each execution is served under its own lock, from a cache of (execution, last
 sequence) rebuilt by replaying its history. Effects happen only after the
 record that decided them is stored, each message with a Nats-Msg-Id derived
-from the record; after a crash, ``recover`` publishes the last record of every
-open execution again (at-least-once; JetStream subjects drop the copy) and
-re-arms its timeout. Durable inputs (KV revisions, stream sequences) are
+from the record; the execution's entry in the index is written last, so an
+entry that matches the history means the effects were done. After a crash,
+``recover`` publishes the last record of every open execution again
+(at-least-once; JetStream subjects drop the copy), re-arms its timeout, and
+finishes the effects of an ended one whose entry is stale. Durable inputs (KV revisions, stream sequences) are
 acknowledged after the record, and a position already folded fires nothing.
 The engine's own state writes go to the state bucket, which no watcher of
 this runtime consumes: rules on the own state run as cascades inside decide.
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import secrets
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,26 +32,28 @@ from nats.js import api
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from dagnats.domain.errors import WrongLastSequence
-from dagnats.domain.events import format_timestamp
+from dagnats.domain.events import format_timestamp, parse_timestamp
+from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.reactive.decide import Input, callback_subject, decide, execution_id
 from dagnats.domain.reactive.events import CallbackApplied, ExecutionCreated, ExecutionEnded, ReactiveEvent, RuleFired
 from dagnats.domain.reactive.fold import Execution, fold
 from dagnats.domain.reactive.registry import ReactiveRegistry
 from dagnats.domain.reactive.rules import Rule
-from dagnats.domain.reactive.state import TriggerMode
+from dagnats.domain.reactive.state import TriggerMode, is_terminal_status
 from dagnats.domain.reactive.workflow import ReactiveWorkflow
 
 from ..engine.streams import ensure_resources
-from ..wire.headers import MSG_ID, SCHEDULE, SCHEDULE_TARGET
+from ..wire.headers import MSG_ID
+from ..wire.reading import kv_entries
+from ..wire.timers import arm_schedule, cancel_schedule
 from .metrics import ReactiveMetrics
 from .store import append_record, load_execution
+from .views import EXECUTIONS_BUCKET, execution_summary
 
 log = logging.getLogger("dagnats.reactive")
 
 REACTIVE_STREAM = "REACTIVE"
 WORKFLOWS_BUCKET = "reactive_workflows"
-# One entry per execution: workflow, key, status. What `recover` walks after a restart.
-EXECUTIONS_BUCKET = "reactive_executions"
 _JSON = msgspec.json.Encoder()
 
 
@@ -76,7 +82,9 @@ class ReactiveRuntime:
         self._cache: dict[str, tuple[Execution, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[Any]] = []
-        self._subs: list[Any] = []
+        # Unsubscribe every subscription (core, pull, KV watch) at stop: a left one would
+        # keep nc.drain() waiting for messages no task will take.
+        self._closers: list[Callable[[], Awaitable[Any]]] = []
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -94,19 +102,19 @@ class ReactiveRuntime:
         await self._consume(REACTIVE_STREAM, "reactive.inbox.>", "reactive-inbox", self._on_inbox)
 
     async def stop(self) -> None:
-        for sub in self._subs:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for close in self._closers:
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
 
     async def _ensure_stream(self) -> None:
         config = api.StreamConfig(
             name=REACTIVE_STREAM,
-            subjects=["reactive.inbox.>", "reactive.schedule.>"],
+            subjects=["reactive.inbox.>", "reactive.schedule.>"],  # callbacks and timeouts; timers
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
             allow_msg_schedules=True,
@@ -157,7 +165,7 @@ class ReactiveRuntime:
             async def on_core(msg: Any) -> None:
                 await self._on_message(source, msg, False)
 
-            self._subs.append(await self.nc.subscribe(t.subject, cb=on_core))
+            self._closers.append((await self.nc.subscribe(t.subject, cb=on_core)).unsubscribe)
 
     async def _consume(self, stream: str, subject: str, durable: str, handler: Callable[[Any], Any]) -> None:
         config = api.ConsumerConfig(
@@ -169,6 +177,7 @@ class ReactiveRuntime:
             ack_wait=30,
         )
         sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+        self._closers.append(sub.unsubscribe)
         self._tasks.append(asyncio.create_task(self._pull(sub, handler)))
 
     async def _pull(self, sub: Any, handler: Callable[[Any], Any]) -> None:
@@ -192,6 +201,7 @@ class ReactiveRuntime:
         t = source.trigger
         kv = await self.js.key_value(t.watch_bucket)
         watcher = await kv.watch(t.watch_pattern)
+        self._closers.append(watcher.stop)
         async for entry in watcher:
             if entry is None or entry.operation is not None and entry.operation != "PUT":
                 continue
@@ -214,11 +224,16 @@ class ReactiveRuntime:
 
     async def _on_message(self, source: _Source, msg: Any, durable: bool) -> None:
         t = source.trigger
-        message = _decode(msg.data or b"", t.message_type)
-        key = t.state_key(message) if t.state_key is not None else ""
+        try:
+            message = _decode(msg.data or b"", t.message_type)
+            key = t.state_key(message) if t.state_key is not None else ""
+        except Exception as err:  # noqa: BLE001 - not the rules' message type, or key_fn raised
+            # Taken and dropped (a JetStream copy is acknowledged): redelivering it would fail the same way.
+            log.warning("%s: message on %s dropped: %s: %s", source.wf.id, msg.subject, type(err).__name__, err)
+            return
         position = msg.metadata.sequence.stream if durable else 0
         if not key:
-            key = f"{t.stream or 'msg'}-{position}" if durable else f"msg-{id(msg)}"
+            key = f"{t.stream}-{position}" if durable else f"msg-{secrets.token_hex(8)}"  # one execution per message
         mode = TriggerMode.MESSAGE_AND_STATE if t.state_key is not None else TriggerMode.MESSAGE
         inp = Input(
             id=f"js.{t.stream}.{position}" if durable else "", kind="trigger", key=key, mode=mode, info=msg.subject,
@@ -229,7 +244,12 @@ class ReactiveRuntime:
 
     async def _on_inbox(self, msg: Any) -> None:
         exec_id = msg.subject.split(".", 2)[2]
-        body = msgspec.json.decode(msg.data or b"{}")
+        try:
+            check_identifier("execution id", exec_id)
+            body = msgspec.json.decode(msg.data or b"{}")
+        except (ValueError, msgspec.DecodeError) as err:
+            log.warning("%s: not a callback, dropped: %s", msg.subject, err)
+            return
         if not isinstance(body, dict):
             return
         ex, _ = await self._load(exec_id)
@@ -242,7 +262,12 @@ class ReactiveRuntime:
         task_id = str(body.get("task_id", ""))
         rule = next((r for r in wf.rules if ex.pending and r.id == ex.pending.rule_id), None)
         result_type = self.registry.result_type(rule.action.result_type) if rule and rule.action else None
-        result = msgspec.convert(body, result_type, strict=False) if result_type else body
+        try:
+            result = msgspec.convert(body, result_type, strict=False) if result_type else body
+        except msgspec.ValidationError as err:  # the execution keeps waiting for an answer it can read
+            log.warning("%s: callback %s is not a %s, dropped: %s", exec_id, task_id, result_type, err)
+            self.metrics.callbacks_received.add(1, {"workflow_id": wf.id, "status": "ignored"})
+            return
         inp = Input(id=f"cb.{task_id}", kind="callback", task_id=task_id, result=result, info=msg.subject)
         await self.handle(wf, exec_id, inp)
 
@@ -255,10 +280,14 @@ class ReactiveRuntime:
                 ex, last_seq = await self._load(exec_id)
                 if not inp.id:
                     inp.id = f"m{last_seq}"
-                events = decide(wf, ex, inp, self.clock())
-                self._count_evaluations(wf, inp)
+                events = decide(wf, ex, inp, self.clock(), observe=self._evaluated(wf))
+                if inp.kind == "callback":
+                    status = "applied" if any(isinstance(e, CallbackApplied) for e in events) else "ignored"
+                    self.metrics.callbacks_received.add(1, {"workflow_id": wf.id, "status": status})
                 if not events:
                     return []
+                if not ex.created:  # indexed before its first record: `recover` finds it whatever happens next
+                    await self._index(Execution(exec_id, workflow_id=wf.id, key=inp.key))
                 try:
                     seq = await append_record(self.js, exec_id, events, last_seq, f"{exec_id}:{inp.id}")
                 except WrongLastSequence:
@@ -285,12 +314,23 @@ class ReactiveRuntime:
             self._count(wf, event)
             if isinstance(event, ExecutionCreated) and event.deadline:
                 await self.arm_timeout(ex.execution_id, event.deadline)
-        kv = await self.js.key_value(wf.state_bucket)
-        await kv.put(ex.key, _JSON.encode(ex.state))
-        index = await self.js.key_value(EXECUTIONS_BUCKET)
-        await index.put(ex.execution_id, _JSON.encode({"workflow_id": wf.id, "key": ex.key, "status": ex.status}))
+        await self._settle(wf, ex)
         if ex.is_terminal:
             self._locks.pop(ex.execution_id, None)
+
+    async def _settle(self, wf: ReactiveWorkflow, ex: Execution) -> None:
+        """The last effects of a record: the state in the state bucket, the timeout purged
+        once ended, then the index entry (last: an entry that matches the history says
+        every effect of its last record was performed)."""
+        kv = await self.js.key_value(wf.state_bucket)
+        await kv.put(ex.key, _JSON.encode(ex.state))
+        if ex.is_terminal and ex.state.get("deadline"):
+            await cancel_schedule(self.js, REACTIVE_STREAM, _schedule(ex.execution_id))
+        await self._index(ex)
+
+    async def _index(self, ex: Execution) -> None:
+        index = await self.js.key_value(EXECUTIONS_BUCKET)
+        await index.put(ex.execution_id, _JSON.encode(execution_summary(ex)))
 
     async def _publish(self, events: list[ReactiveEvent]) -> None:
         for event in events:
@@ -299,32 +339,42 @@ class ReactiveRuntime:
         await self.nc.flush()
 
     async def arm_timeout(self, exec_id: str, deadline: str) -> None:
-        """The execution's deadline as a message schedule firing into its inbox (replaces an armed one)."""
-        headers = {SCHEDULE: f"@at {deadline}", SCHEDULE_TARGET: callback_subject(exec_id)}
+        """The execution's deadline as a durable timer (a message schedule, as for DAG runs'
+        timers) firing into its inbox; arming it again replaces it."""
         body = _JSON.encode({"kind": "timeout", "execution_id": exec_id})
-        await self.js.publish(f"reactive.schedule.{exec_id}", body, stream=REACTIVE_STREAM, headers=headers)
+        await arm_schedule(self.js, REACTIVE_STREAM, _schedule(exec_id), callback_subject(exec_id), deadline, body)
 
     async def recover(self) -> None:
-        """After a restart: publish each open execution's last record again, re-arm its timeout."""
-        index = await self.js.key_value(EXECUTIONS_BUCKET)
-        try:
-            keys = await index.keys()
-        except Exception:  # noqa: BLE001 - nats-py raises NoKeysError on an empty bucket
-            return
-        for exec_id in keys:
+        """After a restart: publish the last record of each open execution again (at least
+        once) and re-arm its timeout; an ended execution whose index entry does not match
+        its history (killed before its effects were done) gets its last record published
+        and its state and entry written. An entry without a history (killed before the
+        first record) is dropped. Executions whose entry says ended cost no read."""
+        for exec_id, stored in await kv_entries(self.js, EXECUTIONS_BUCKET, ">"):
+            if is_terminal_status(_entry_status(stored)):
+                continue  # an entry is written last: one that says ended was settled (no history read)
             ex, seq, last = await load_execution(self.js, exec_id)
-            if not ex.created or ex.is_terminal:
+            if not ex.created:
+                await (await self.js.key_value(EXECUTIONS_BUCKET)).delete(exec_id)
+                continue
+            settled = _JSON.encode(execution_summary(ex)) == stored
+            if ex.is_terminal and settled:
                 continue
             self._cache[exec_id] = (ex, seq)
             await self._publish(last)
-            if deadline := str(ex.state.get("deadline") or ""):
+            if not ex.is_terminal and (deadline := str(ex.state.get("deadline") or "")):
                 await self.arm_timeout(exec_id, deadline)
+            if not settled and (wf := self.registry.get(ex.workflow_id)) is not None:
+                await self._settle(wf, ex)
 
     # ---- metrics --------------------------------------------------------------------
 
-    def _count_evaluations(self, wf: ReactiveWorkflow, inp: Input) -> None:
-        for rule in inp.rules:
-            self.metrics.rule_evaluations.add(1, {"workflow_id": wf.id, "rule_id": rule.id})
+    def _evaluated(self, wf: ReactiveWorkflow) -> Callable[[str, bool], None]:
+        def count(rule_id: str, fired: bool) -> None:
+            attrs = {"workflow_id": wf.id, "rule_id": rule_id, "fired": fired}
+            self.metrics.rule_evaluations.add(1, attrs)
+
+        return count
 
     def _count(self, wf: ReactiveWorkflow, event: ReactiveEvent) -> None:
         attrs = {"workflow_id": wf.id}
@@ -339,7 +389,28 @@ class ReactiveRuntime:
             self.metrics.pending_callbacks.add(-1, attrs)
             self.metrics.callback_latency.record(event.latency_ms / 1000, {**attrs, "rule_id": event.rule_id})
         elif isinstance(event, ExecutionEnded):
-            self.metrics.ended(wf.id, event.status)
+            self.metrics.ended(wf.id, event.status, _duration(event.state or {}))
+
+
+def _entry_status(stored: bytes) -> str:
+    try:
+        entry = msgspec.json.decode(stored)
+    except msgspec.DecodeError:
+        return ""
+    return str(entry.get("status", "")) if isinstance(entry, dict) else ""
+
+
+def _duration(state: dict[str, Any]) -> float | None:
+    created, ended = state.get("created_at"), state.get("completed_at")
+    if not created or not ended:
+        return None
+    return (parse_timestamp(ended) - parse_timestamp(created)).total_seconds()
+
+
+def _schedule(exec_id: str) -> str:
+    """Where an execution's timeout waits: ADR-51 fires a schedule only into its own stream,
+    so beside the inbox it fires into (the engine's inbox stream is the DAG runs')."""
+    return f"reactive.schedule.{check_identifier('execution id', exec_id)}"
 
 
 def _decode(data: bytes, message_type: Any) -> Any:

@@ -17,6 +17,7 @@ import logging
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -69,10 +70,12 @@ def load_registry(path: str) -> ReactiveRegistry:
     return registry
 
 
-async def serve(path: str, url: str | None = None) -> None:
+async def serve(path: str, url: str | None = None, clock: Callable[[], str] | None = None) -> None:
+    """Serve FILE.py's workflows until SIGINT/SIGTERM; ``clock`` (RFC3339 now) is the runtime's,
+    for cooldowns and deadlines (tests pass a fake one)."""
     registry = load_registry(path)
     nc = await nats.connect(servers=server_list(nats_url(url)), max_reconnect_attempts=-1)
-    runtime = ReactiveRuntime(nc, registry)
+    runtime = ReactiveRuntime(nc, registry, clock) if clock else ReactiveRuntime(nc, registry)
     await runtime.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -4,8 +4,9 @@ instead of storing it in the run's inbox first: see ``engine.handoff``."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from nats.aio.client import Client as NATS
+from dagnats.domain.events import STEP_COMPLETED, STEP_FAILED, WORKFLOW_STARTED
 
 from .headers import TRACEPARENT
 
@@ -14,10 +15,14 @@ log = logging.getLogger("dagnats.handoff")
 STORED = b'{"stored":true}'
 NOT_STORED = b'{"stored":false}'
 HANDOFF_TIMEOUT = 10.0  # seconds the run's owner has to record a fact handed to it
+# An attempt's result, as a worker reports it: what a worker hands over (else stores in the inbox).
+RESULT_FACTS = frozenset({STEP_COMPLETED, STEP_FAILED})
+# What the run's owner takes by handoff: results, and start requests of runs with a fresh id.
+HANDED = RESULT_FACTS | {WORKFLOW_STARTED}
 
 
 async def hand_over(
-    nc: NATS, subject: str, body: bytes, trace_parent: str = "", timeout: float = HANDOFF_TIMEOUT
+    nc: Any, subject: str, body: bytes, trace_parent: str = "", timeout: float = HANDOFF_TIMEOUT
 ) -> bool:
     """True once the run's owner says the fact is in the run's history; False when no
     owner answered, or not in time, or it would not take it (the caller then uses the inbox)."""

@@ -74,7 +74,8 @@ async def await_run(
                 view = await read()
                 continue
             notice = decode_notice(msg.data)
-            if notice is None or notice.terminal or step is None or step in notice.steps:
+            # A run waited on is finished only once it ends: its other records are not read.
+            if notice is None or notice.terminal or (step is not None and step in notice.steps):
                 view = await read()
         return view
     finally:

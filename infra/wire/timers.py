@@ -33,13 +33,29 @@ from .subjects import inbox_subject, schedule_subject, schedules_filter
 _DECODER = msgspec.json.Decoder(TimerFired)
 
 
+async def arm_schedule(js: JetStreamContext, stream: str, subject: str, target: str, due: str, body: bytes) -> None:
+    """One durable timer: ``body`` published to ``target`` (a subject of ``stream``) at ``due``
+    (RFC3339). Arming ``subject`` again replaces its schedule. DAG runs' timers and reactive
+    executions' timeouts (``infra.reactive``) are both armed here."""
+    headers = {SCHEDULE: f"@at {due}", SCHEDULE_TARGET: target}
+    await js.publish(subject, body, stream=stream, headers=headers)
+
+
+async def cancel_schedule(js: JetStreamContext, stream: str, subject: str) -> None:
+    """Purge a schedule (one that already fired is gone already)."""
+    try:
+        await js.purge_stream(stream, subject=subject)
+    except NotFoundError:
+        pass
+
+
 async def arm_timers(js: JetStreamContext, run_id: str, timers: list[StartTimer], trace_parent: str) -> None:
     """Store one schedule per timer (concurrently); each fires ``fired_event`` into the run's inbox."""
 
     async def arm(timer: StartTimer) -> None:
-        headers = {SCHEDULE: f"@at {timer.due}", SCHEDULE_TARGET: inbox_subject(run_id)}
         body = encode_event(fired_event(run_id, timer, trace_parent))
-        await js.publish(schedule_subject(run_id, timer.timer_id), body, stream=INBOX_STREAM, headers=headers)
+        subject = schedule_subject(run_id, timer.timer_id)
+        await arm_schedule(js, INBOX_STREAM, subject, inbox_subject(run_id), timer.due, body)
 
     await asyncio.gather(*(arm(t) for t in timers))
 
@@ -47,10 +63,7 @@ async def arm_timers(js: JetStreamContext, run_id: str, timers: list[StartTimer]
 async def cancel_timers(js: JetStreamContext, run_id: str, timer_ids: list[str]) -> None:
     """Purge the schedules of these timers (one that already fired is gone already)."""
     for timer_id in timer_ids:
-        try:
-            await js.purge_stream(INBOX_STREAM, subject=schedule_subject(run_id, timer_id))
-        except NotFoundError:
-            pass
+        await cancel_schedule(js, INBOX_STREAM, schedule_subject(run_id, timer_id))
 
 
 async def pending_timers(js: JetStreamContext, run_id: str) -> list[TimerFired]:

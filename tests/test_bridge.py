@@ -1,0 +1,72 @@
+"""LoopBridge: actor threads run coroutines on the loop and block only themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import pytest
+
+from dagnats.infra.engine.bridge import LoopBridge
+
+
+@pytest.fixture
+def bridge():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield LoopBridge(loop, timeout=2.0)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+async def _twice(n: int) -> int:
+    await asyncio.sleep(0)
+    return 2 * n
+
+
+async def _fail() -> None:
+    await asyncio.sleep(0)
+    raise ValueError("wrong last sequence")
+
+
+def test_calls_from_many_threads_each_get_their_own_answer(bridge):
+    answers: dict[int, int] = {}
+
+    def caller(n: int) -> None:
+        for k in range(50):
+            answers[n * 1000 + k] = bridge.call(_twice(n * 1000 + k))
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert answers == {key: 2 * key for key in answers} and len(answers) == 400
+    assert not bridge._tasks  # no task left referenced
+
+
+def test_a_failing_call_raises_its_own_error_and_a_stuck_one_times_out(bridge):
+    with pytest.raises(ValueError, match="wrong last sequence"):
+        bridge.call(_fail())
+    bridge.timeout = 0.2
+    with pytest.raises(TimeoutError):
+        bridge.call(asyncio.sleep(5))
+
+
+def test_a_spawned_failure_is_logged(bridge, caplog):
+    done = threading.Event()
+
+    async def failing() -> None:
+        try:
+            raise RuntimeError("snapshot not saved")
+        finally:
+            bridge.loop.call_soon(done.set)
+
+    with caplog.at_level(logging.WARNING, logger="dagnats.bridge"):
+        bridge.spawn(failing())
+        assert done.wait(5)
+        bridge.call(_twice(1))  # the failure's callback has run by the next call's end
+    assert "snapshot not saved" in caplog.text

@@ -1,0 +1,79 @@
+"""LeanJetStream answers a publish exactly as nats-py's JetStreamContext does."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import StreamConfig
+from nats.js.errors import APIError, NoStreamResponseError
+
+from dagnats.infra.wire.lean import LeanJetStream
+
+STREAM = "LEAN_TEST"
+
+
+def test_acks_duplicates_and_sequences_match_the_stock_context(nats_url, run):
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            stock, lean = nc.jetstream(), LeanJetStream(nc)
+            await stock.add_stream(StreamConfig(name=STREAM, subjects=["lean.>"]))
+            acks = await asyncio.gather(
+                *(lean.publish(f"lean.{n}", b"x", headers={"Nats-Msg-Id": f"m{n}"}) for n in range(200))
+            )
+            again = await lean.publish("lean.0", b"x", headers={"Nats-Msg-Id": "m0"})
+            stock_ack = await stock.publish("lean.z", b"y")
+            named = await lean.publish("lean.w", b"z", stream=STREAM)
+            return acks, again, stock_ack, named
+        finally:
+            await nc.close()
+
+    acks, again, stock_ack, named = run(body())
+    assert sorted(a.seq for a in acks) == list(range(1, 201))
+    assert {a.stream for a in acks} == {STREAM} and not any(a.duplicate for a in acks)
+    assert again.duplicate and again.seq in range(1, 201)
+    assert (stock_ack.seq, named.seq, named.stream) == (201, 202, STREAM)
+
+
+def test_a_wrong_last_sequence_raises_the_servers_error_code(nats_url, run):
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            lean = LeanJetStream(nc)
+            await lean.add_stream(StreamConfig(name=STREAM, subjects=["lean.>"]))
+            await lean.publish("lean.a", b"1")
+            with pytest.raises(APIError) as wrong:
+                await lean.publish("lean.a", b"2", headers={"Nats-Expected-Last-Subject-Sequence": "7"})
+            with pytest.raises(APIError) as other_stream:
+                await lean.publish("lean.a", b"3", stream="NOT_THIS_ONE")
+            return wrong.value.err_code, other_stream.value.err_code
+        finally:
+            await nc.close()
+
+    wrong, other = run(body())
+    assert wrong == 10071  # wrong last sequence: what the history's optimistic append relies on
+    assert other == 10060  # expected stream does not match
+
+
+def test_a_subject_no_stream_takes_and_a_silent_responder_fail_clearly(nats_url, run):
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            lean = LeanJetStream(nc)
+            with pytest.raises(NoStreamResponseError):
+                await lean.publish("nobody.stores.this", b"x")
+
+            async def silent(msg) -> None:
+                return None
+
+            await nc.subscribe("silent.responder", cb=silent)
+            with pytest.raises(NatsTimeoutError):
+                await lean.publish("silent.responder", b"x", timeout=0.2)
+            return lean.lean.waiting()
+        finally:
+            await nc.close()
+
+    assert run(body()) == 0  # nothing left waiting
