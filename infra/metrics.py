@@ -56,7 +56,12 @@ class EngineMetrics:
         self.retries = meter.create_counter("dagnats.step.retries")
         self.timer_lateness = meter.create_histogram("dagnats.timer.lateness", unit="ms")
         self.records = meter.create_counter("dagnats.history.records")
-        self.appends = meter.create_counter("dagnats.history.appends", description="history appends, by outcome")
+        meter.create_observable_counter(
+            "dagnats.history.appends", callbacks=[APPENDS.observer("outcome")], description="history appends"
+        )
+        meter.create_observable_up_down_counter(
+            "dagnats.worker.tasks.in_flight", callbacks=[TASKS_RUNNING.observer("task")], description="handlers running"
+        )
         self.readings: tuple[tuple[str, tuple[tuple[str, str], ...], float], ...] = ()
         for name, description in GAUGES.items():
             meter.create_observable_gauge(name, callbacks=[self._observer(name)], description=description)
@@ -110,10 +115,32 @@ GAUGES = {
 }
 
 
+class Tally:
+    """Counts by one label, kept by one thread (the event loop) and read by the metric
+    readers: a count on the hot path is an addition, not an instrument call (~7 us)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def observer(self, label: str) -> Any:
+        def observe(options: Any) -> list[Any]:
+            from opentelemetry.metrics import Observation
+
+            return [Observation(value, {label: key}) for key, value in list(self.counts.items())]
+
+        return observe
+
+
+APPENDS = Tally()  # history appends by outcome, in this engine
+TASKS_RUNNING = Tally()  # handlers running by task, in this worker process
+
+
 def append_outcome(outcome: str) -> None:
-    """Count one history append (``ok`` or ``conflict``); nothing before ``setup_metrics``."""
-    if _metrics is not None:
-        _metrics.appends.add(1, {"outcome": outcome})
+    """Count one history append: ``ok``, ``conflict`` or ``duplicate``."""
+    APPENDS.add(outcome)
 
 
 def timer_lateness(ms: float, kind: str) -> None:

@@ -155,8 +155,7 @@ class TaskRunner:
     def __init__(self, js: JetStreamContext, worker_id: str, ack_wait: float, executor: Executor) -> None:
         self.js, self.worker_id, self.ack_wait, self.executor = js, worker_id, ack_wait, executor
         self._buckets: dict[str, KeyValue] = {}
-        meter = metrics.meter("dagnats.worker", service="dagnats-worker")
-        self._in_flight = meter.create_up_down_counter("dagnats.worker.tasks.in_flight", description="handlers running")
+        metrics.setup_metrics("dagnats-worker")  # exports the handlers in flight if configured
 
     async def run(self, msg: Msg, task: str, handler: TaskHandler) -> None:
         """Execute the task in ``msg`` and settle the message (ack, nak or term)."""
@@ -164,13 +163,12 @@ class TaskRunner:
         if payload is None:
             return
         ctx, io = self._context(msg, task, payload)
-        labels = {"task": task}
-        self._in_flight.add(1, labels)
+        metrics.TASKS_RUNNING.add(task)
         try:
             with run_context(ctx.run_id, ctx.step_id, ctx.trace_parent):
                 await self._run(msg, ctx, io, payload, handler)
         finally:
-            self._in_flight.add(-1, labels)
+            metrics.TASKS_RUNNING.add(task, -1)
 
     async def _run(self, msg: Msg, ctx: TaskContext, io: TaskIO, payload: TaskPayload, handler: TaskHandler) -> None:
         keep_alive = asyncio.create_task(self._keep_alive(msg))
