@@ -106,6 +106,9 @@ class PolledTask(msgspec.Struct, frozen=True, omit_defaults=True):
     workflow_name: str = ""
     step_type: str = ""
     traceparent: str = ""
+    # The run's W3C tracestate and baggage, as the run was started with them.
+    tracestate: str = ""
+    baggage: str = ""
     metadata: dict[str, str] | None = None
 
 
@@ -234,6 +237,8 @@ class Bridge:
             workflow_name=payload.workflow_name,
             step_type=payload.step_type,
             traceparent=payload.traceparent,
+            tracestate=payload.tracestate,
+            baggage=payload.baggage,
             metadata=payload.metadata,
         )
 
