@@ -63,6 +63,7 @@ from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.events import Event, TimerFired, encode_event, parse_timestamp
 from dagnats.domain.fold import ahead_of, fold
 from dagnats.domain.kinds.admission import answer_fact
+from dagnats.domain.kinds.sleep import asleep_until
 from dagnats.domain.run_context import run_context
 from dagnats.domain.state import WorkflowRun, new_run
 
@@ -75,6 +76,8 @@ MAX_CONFLICT_RETRIES = 8
 # another engine) comes back this much later, for up to EARLY_FOR seconds.
 EARLY_RETRY = 0.5
 EARLY_FOR = 60.0
+# A run that only sleeps for this long or longer passivates (a shorter sleep keeps its actor).
+ASLEEP_PASSIVATE = 30.0
 OUTBOX_ACTIONS = (
     PublishMessage,
     RegisterWaiter,
@@ -194,8 +197,14 @@ class RunActor(pykka.ThreadingActor):
         if self.recovering:
             self.recovering = False
             self.directory.tell(Healthy(self.run_id))
-        if self.run.is_terminal:
+        if self.run.is_terminal or self._asleep():
             self.directory.tell(Passivate(self.run_id))
+
+    def _asleep(self) -> bool:
+        """A run that only sleeps, for ``ASLEEP_PASSIVATE`` seconds or more: it holds no
+        actor (no thread) meanwhile; the fire of its durable timer rebuilds it."""
+        due = asleep_until(self.run)
+        return due is not None and (parse_timestamp(due) - self.ports.clock.now()).total_seconds() >= ASLEEP_PASSIVATE
 
     def _handle(self, facts: list[Event]) -> Plan:
         facts = [self._observed(fact) for fact in facts]

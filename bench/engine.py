@@ -125,6 +125,17 @@ class EngineUnderTest:
 
         return await self._timed_run(start, timeout)
 
+    async def run_as_a_user(self, timeout: float = 60.0) -> float:
+        """As a user does: ``Client.start`` (the engine makes the run id) then ``Client.wait``;
+        the latency until the wait returns, in s."""
+        self._serial += 1
+        began = time.perf_counter()
+        run_id = await self.client.start(CHAIN3["name"], {"n": self._serial})
+        view = await self.client.wait(run_id, timeout=timeout)
+        if view["status"] != "completed":
+            raise RunFailed(run_id, view["status"])
+        return time.perf_counter() - began
+
     def new_run_id(self) -> str:
         """A run id of this bench's own; ``expect`` it before starting the run."""
         self._serial += 1
@@ -275,6 +286,8 @@ async def engine_bench(
         if second_batch_concurrency:
             result["loaded_second_batch"] = await _batch(eng, eng.run_once, runs, second_batch_concurrency, max_seconds)
             result["memory"]["after_batch_2"] = await eng.memory(settle=2.0)
+        result["loaded_api"] = await _batch(eng, eng.run_as_a_user, runs, concurrency, max_seconds)
+        result["unloaded_api"] = await closed_loop(eng.run_as_a_user, sequential_runs, 1, max_seconds)
         if direct_batch:
             result["loaded_direct_start"] = await _batch(eng, eng.run_once_direct, runs, concurrency, max_seconds)
             result["unloaded_direct_start"] = await closed_loop(eng.run_once_direct, sequential_runs, 1, max_seconds)

@@ -154,6 +154,8 @@ def render(results: dict) -> str:
         _row("engine 3-step, loaded (batch 1)", "always", eng.get("loaded"), "runs_per_s", "runs/s"),
         _row("engine 3-step, unloaded", "always", eng.get("unloaded"), "runs_per_s", "runs/s"),
         _row("engine 3-step, loaded (batch 2)", "always", eng.get("loaded_second_batch"), "runs_per_s", "runs/s"),
+        _row("engine, Client.start + wait, loaded", "always", eng.get("loaded_api"), "runs_per_s", "runs/s"),
+        _row("engine, Client.start + wait, unloaded", "always", eng.get("unloaded_api"), "runs_per_s", "runs/s"),
         _row("engine, start fact to inbox, loaded *", "always", eng.get("loaded_direct_start"), "runs_per_s", "runs/s"),
         _row(
             "engine, start fact to inbox, unloaded *",
@@ -202,6 +204,7 @@ def render(results: dict) -> str:
         ("raw loop loaded (default)", raw.get("default", {}).get("loaded")),
         ("engine batch 1", eng.get("loaded")),
         ("engine batch 2", eng.get("loaded_second_batch")),
+        ("engine, Client.start + wait", eng.get("loaded_api")),
         ("engine, start fact to inbox", eng.get("loaded_direct_start")),
         ("raw loop loaded (again)", raw.get("always_after_engine", {}).get("loaded")),
     ):

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import machine
 from bench.procs import REPO, Processes
-from bench.report import write
+from bench.report import _table, write
 
 RESULTS = REPO / "bench" / "results"
 
@@ -72,3 +72,22 @@ def run_session(
     (RESULTS / f"{base}.txt").write_text(text + "\n")
     print(f"\nresults: {', '.join(str(p) for p in paths)}")
     return 1 if results["errors"] else 0
+
+
+def say(text: str) -> None:
+    """A progress line on stderr (the table goes to stdout)."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def machine_rows(results: dict, sync: str = "sync_interval: always (fsync every write)") -> list[str]:
+    """The machine table every bench's report opens with."""
+    m = results.get("machine", {})
+    rows = [
+        ["date", m.get("date", "?")],
+        ["cores / cpu", f"{m.get('cores')} / {m.get('cpu', '?')}"],
+        ["python / nats-server", f"{m.get('python')} / {m.get('nats_server', '?')}"],
+        ["dagnats commit", m.get("dagnats_commit", "?")],
+        ["load average (start -> end)", f"{m.get('load_average_at_start')} -> {m.get('load_average_at_end')}"],
+        ["server sync", sync],
+    ]
+    return _table(["machine", ""], rows, set())

@@ -74,7 +74,7 @@ ALL_ATTEMPTS = 1 << 30
 
 
 class PublishMessage(msgspec.Struct, frozen=True, tag=True):
-    """Send ``payload`` (JSON) on core NATS to ``subject`` (an approval request), at most once."""
+    """Send ``payload`` (JSON) on core NATS to ``subject`` (an approval request, an HTTP response), at most once."""
 
     subject: str
     payload: dict[str, Any]

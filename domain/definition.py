@@ -16,6 +16,7 @@ from msgspec import UNSET, UnsetType
 from .durations import parse_duration
 from .errors import DefinitionDecodeError, InvalidDuration
 from .json_document import duplicate_key_problem, where_too_deep
+from .triggers import TriggerDef
 from .values import MAX_DEPTH, short_path
 
 Duration = int | str
@@ -34,8 +35,8 @@ StepType = Literal[
 ]
 STEP_TYPES: tuple[str, ...] = StepType.__args__  # type: ignore[attr-defined]
 WORKER_STEP_TYPES = frozenset({"normal", "agent_loop", "agent", "map", "planner"})
-# Step types this engine runs (respond answers an HTTP trigger, which has no server yet).
-EXECUTED_STEP_TYPES = frozenset(STEP_TYPES) - {"respond"}
+# Step types this engine runs (all of them).
+EXECUTED_STEP_TYPES = frozenset(STEP_TYPES)
 COMPARISON_OPS = ("==", "!=", "<", ">", "<=", ">=")
 # Values in a definition (inputs, configs, schemas) nest at most MAX_DEPTH levels;
 # the definition's own structure around them is at most five levels deep.
@@ -260,6 +261,9 @@ class WorkflowDef(_Def, frozen=True):
     cancel_on: tuple[CancelOn, ...] = ()
     singleton: SingletonConfig | None = None
     max_step_error_bytes: int = 4096
+    # Triggers that start runs of this workflow (triggers.py): written to the triggers
+    # KV when the workflow is registered, not kept in the stored definition.
+    triggers: tuple[TriggerDef, ...] = ()
 
     def step(self, step_id: str) -> StepDef:
         for step in self.steps:
@@ -328,5 +332,7 @@ def workflow_to_object(wf: WorkflowDef) -> dict[str, Any]:
 def _explain(err: msgspec.ValidationError) -> str:
     text = str(err)
     if text.startswith("Object contains unknown field"):
-        return "unknown field " + text.split("unknown field ", 1)[1]
+        text = "unknown field " + text.split("unknown field ", 1)[1]
+        if text == "unknown field `trigger`":
+            text += ' (triggers go in a "triggers" array)'
     return text

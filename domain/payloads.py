@@ -33,7 +33,19 @@ class FailureType(str, Enum):
 
 
 class _Payload(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Payloads accept fields they do not know: a newer peer may add some."""
+    """Payloads accept fields they do not know: a newer peer may add some.
+
+    A payload also reads as the JSON object it is stored as (``payload["output"]``,
+    ``payload.get("error")``): scripts written when decoded payloads were dicts go on
+    working."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__struct_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default) if key in self.__struct_fields__ else default
 
 
 class RunStart(_Payload, frozen=True):

@@ -1,8 +1,9 @@
-"""Triggers: runs started by a clock (cron), a webhook, or a message on a NATS subject.
+"""Triggers: runs started by a clock (cron), a webhook, a message on a NATS subject, or an HTTP request.
 
-Each trigger is one record in the ``triggers`` KV bucket (key = its id),
-written by ``dagnats trigger create`` or ``POST /triggers``. Every engine
-runs a ``TriggerService`` that rereads the bucket every ``RELOAD`` seconds:
+Each trigger (domain/triggers.py) is one record in the ``triggers`` KV bucket
+(key = its id), written by ``dagnats trigger create``, ``POST /triggers`` or
+the registration of a workflow that declares it. Every engine runs a
+``TriggerService`` that rereads the bucket every ``RELOAD`` seconds:
 
 - cron: when an occurrence is due, the engine starts a run whose id is a
   hash of (trigger, occurrence). Every engine does so, and the control
@@ -15,6 +16,10 @@ runs a ``TriggerService`` that rereads the bucket every ``RELOAD`` seconds:
   (one engine gets each message); each message starts one run.
 - webhook: ``POST /hooks/<path>`` (http/triggers.py), with an optional
   HMAC-SHA256 ``X-Signature-256`` check.
+- http: ``/api/<route>`` (http/request_triggers.py), answered by the run's
+  respond step.
+- debounce (webhook, subject): a fire is counted into its burst instead of
+  starting a run; each tick starts the bursts that are due (debouncer.py).
 
 The run's input is an envelope: ``{"trigger": kind, "source": id,
 "workflow_id", "timestamp", "data"}``.
@@ -26,7 +31,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,80 +39,27 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
+from dagnats.domain.debounce import Burst
 from dagnats.domain.errors import DagnatsError, InvalidRequest
 from dagnats.domain.events import format_timestamp, parse_timestamp
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.run_context import run_context
-from dagnats.domain.schedules import cron_problem, next_occurrence
+from dagnats.domain.schedules import next_occurrence
+from dagnats.domain.triggers import Cron, Subject, Trigger, Webhook, check_trigger, route_conflicts
 
+__all__ = ["Cron", "Subject", "Trigger", "Webhook", "check_trigger", "TriggerStore", "TriggerService"]
+
+from .debouncer import Debouncer, burst_envelope_extra
+from .wire.names import TRIGGERS_BUCKET
 from .wire.reading import kv_entries
 
 log = logging.getLogger("dagnats.triggers")
 
-TRIGGERS_BUCKET = "triggers"
 STATE_PREFIX = "state-"  # key of a cron trigger's last fired occurrence
 RELOAD = 1.0
 CATCH_UP = timedelta(hours=1)
 QUEUE = "dagnats-triggers"
 MAX_TRIGGERS = 500
-SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+(\.([A-Za-z0-9_-]+|\*))*(\.>)?$")
-RESERVED_SUBJECTS = ("history.", "inbox.", "schedule.", "task.", "dead.", "event.", "dagnats.", "$")
-HOOK_RE = re.compile(r"^/hooks/[A-Za-z0-9_-]{1,64}$")
-
-
-class Cron(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    expression: str
-    timezone: str = "UTC"
-
-
-class Webhook(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    path: str
-    secret: str | None = None
-
-
-class Subject(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    subject: str
-
-
-class Trigger(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    id: str
-    workflow: str
-    enabled: bool = True
-    cron: Cron | None = None
-    webhook: Webhook | None = None
-    subject: Subject | None = None
-    created_at: str = ""
-
-    @property
-    def kind(self) -> str:
-        return "cron" if self.cron else "webhook" if self.webhook else "subject"
-
-
-def check_trigger(t: Trigger) -> Trigger:
-    """``t`` if it is well formed, else InvalidRequest listing every problem."""
-    problems = []
-    for kind, value in (("trigger id", t.id), ("workflow name", t.workflow)):
-        try:
-            check_identifier(kind, value)
-        except ValueError as err:
-            problems.append(str(err))
-    kinds = [k for k in (t.cron, t.webhook, t.subject) if k is not None]
-    if len(kinds) != 1:
-        problems.append("a trigger has exactly one of cron, webhook or subject")
-    if t.cron is not None and (problem := cron_problem(t.cron.expression, t.cron.timezone)):
-        problems.append(f"cron: {problem}")
-    if t.webhook is not None:
-        if not HOOK_RE.match(t.webhook.path):
-            problems.append(f"webhook.path {t.webhook.path!r} must look like /hooks/NAME (letters, digits, _ -)")
-        if t.webhook.secret is not None and len(t.webhook.secret) < 16:
-            problems.append("webhook.secret must be at least 16 characters")
-    if t.subject is not None:
-        s = t.subject.subject
-        if not SUBJECT_RE.match(s) or s.startswith(RESERVED_SUBJECTS):
-            problems.append(f"subject {s!r} is not a NATS subject this engine may listen on")
-    if problems:
-        raise InvalidRequest("trigger", "; ".join(problems))
-    return t
 
 
 def envelope(t: Trigger, kind: str, data: Any = None, at: datetime | None = None) -> dict[str, Any]:
@@ -130,6 +81,7 @@ class TriggerStore:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
         self._kv: Any = None
+        self._recent: tuple[float, list[Trigger]] | None = None
 
     async def kv(self) -> Any:
         if self._kv is None:
@@ -149,6 +101,14 @@ class TriggerStore:
                 found.append(msgspec.json.decode(value, type=Trigger))
         return sorted(found, key=lambda t: t.id)
 
+    async def recent(self, fresh: bool = False) -> list[Trigger]:
+        """``all()`` as read at most RELOAD seconds ago (now, with ``fresh``): for lookups on
+        every request, which fall back to a fresh read when they find nothing."""
+        now = asyncio.get_running_loop().time()
+        if fresh or self._recent is None or now - self._recent[0] > RELOAD:
+            self._recent = (now, await self.all())
+        return self._recent[1]
+
     async def get(self, trigger_id: str) -> Trigger:
         kv = await self.kv()
         try:
@@ -158,15 +118,41 @@ class TriggerStore:
         return msgspec.json.decode(entry.value or b"", type=Trigger)
 
     async def put(self, t: Trigger) -> Trigger:
-        check_trigger(t)
-        others = [o for o in await self.all() if o.id != t.id]
-        if len(others) >= MAX_TRIGGERS:
+        await self.put_all([check_trigger(t)])
+        return await self.get(t.id)
+
+    async def put_all(self, triggers: list[Trigger], replacing: str = "") -> None:
+        """Write ``triggers`` (each checked) after refusing the lot if one's route is taken
+        by another trigger; with ``replacing`` (a workflow), its declared triggers that are
+        not in ``triggers`` go."""
+        current = await self.all()
+        stale = await self.check_routes(triggers, replacing, current)
+        kv = await self.kv()
+        stamp = format_timestamp(datetime.now(UTC))
+        kept = {o.id: o for o in current}
+        for t in triggers:
+            created = t.created_at or (kept[t.id].created_at if t.id in kept else stamp)
+            await kv.put(t.id, msgspec.json.encode(msgspec.structs.replace(t, created_at=created)))
+        for o in stale:
+            await self.delete(o.id)
+
+    async def check_routes(
+        self, triggers: list[Trigger], replacing: str = "", current: list[Trigger] | None = None
+    ) -> list[Trigger]:
+        """InvalidRequest if ``triggers`` cannot be written (a route another trigger holds,
+        too many triggers); else the declared triggers of ``replacing`` they leave out."""
+        for t in triggers:
+            check_trigger(t)
+        ids = {t.id for t in triggers}
+        others = [o for o in (await self.all() if current is None else current) if o.id not in ids]
+        stale = [o for o in others if replacing and o.declared and o.workflow == replacing]
+        others = [o for o in others if o not in stale]
+        if len(others) + len(triggers) > MAX_TRIGGERS:
             raise InvalidRequest("trigger", f"at most {MAX_TRIGGERS} triggers")
-        if t.webhook and any(o.webhook and o.webhook.path == t.webhook.path for o in others):
-            raise InvalidRequest("trigger", f"webhook path {t.webhook.path} is already taken by another trigger")
-        t = msgspec.structs.replace(t, created_at=t.created_at or format_timestamp(datetime.now(UTC)))
-        await (await self.kv()).put(t.id, msgspec.json.encode(t))
-        return t
+        conflicts = route_conflicts(triggers, others)
+        if conflicts:
+            raise InvalidRequest("trigger", "; ".join(conflicts))
+        return stale
 
     async def set_enabled(self, trigger_id: str, enabled: bool) -> Trigger:
         t = await self.get(trigger_id)
@@ -205,6 +191,7 @@ class TriggerService:
     def __init__(self, nc: Any, start: Start) -> None:
         self.nc, self.start_run = nc, start
         self.store = TriggerStore(nc.jetstream())
+        self.debouncer = Debouncer(nc.jetstream(), self._start_burst)
         self._subs: dict[str, Any] = {}  # trigger id -> subscription
         self._task: asyncio.Task[None] | None = None
 
@@ -236,6 +223,7 @@ class TriggerService:
         for t in triggers:
             if t.cron is not None:
                 await self._cron(t, now)
+        await self.debouncer.fire_due({t.id: t for t in triggers}, now)
 
     async def _cron(self, t: Trigger, now: datetime) -> None:
         assert t.cron is not None
@@ -251,9 +239,21 @@ class TriggerService:
         await self.store.record_fired(t.id, due)
 
     async def fire(self, t: Trigger, kind: str, data: Any, run_id: str | None = None, at: datetime | None = None):
+        if t.debounce is not None:
+            key = await self.debouncer.add(t, data, at or datetime.now(UTC))
+            return {"debounced": key}
         started = await self.start_run(workflow=t.workflow, input=envelope(t, kind, data, at), run_id=run_id)
         with run_context(started["run_id"]):
             log.info("trigger %s (%s) started run %s", t.id, kind, started["run_id"])
+        return started
+
+    async def _start_burst(self, t: Trigger, burst: Burst, run_id: str) -> Any:
+        # Deterministic (no "now" in it): every engine that fires this burst asks for the same run.
+        at = parse_timestamp(burst.last_at)
+        data = envelope(t, t.kind, burst.data, at) | {"debounce": burst_envelope_extra(burst)}
+        started = await self.start_run(workflow=t.workflow, input=data, run_id=run_id)
+        with run_context(started["run_id"]):
+            log.info("trigger %s started run %s for %d debounced fires", t.id, started["run_id"], burst.fires)
         return started
 
     async def _listen(self, wanted: list[Trigger]) -> None:

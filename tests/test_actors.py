@@ -298,3 +298,46 @@ def test_a_report_that_arrives_before_its_runs_start_is_recorded_comes_again(eng
     assert all(ok for ok, _ in acks.wait_for(3)[1:])
     steps = [(e.type, e.step_id) for e in ports.history.events("r1")]
     assert (ev.STEP_COMPLETED, "a") in steps and (ev.STEP_QUEUED, "b") in steps
+
+
+def napping(duration: str) -> WorkflowDef:
+    return WorkflowDef(
+        name="nap",
+        steps=(
+            StepDef(id="nap", type="sleep", config={"duration": duration}),
+            StepDef(id="after", task="ta", depends_on=("nap",)),
+        ),
+    )
+
+
+def start_of(defn: WorkflowDef, run_id: str) -> ev.Event:
+    return ev.WorkflowStarted(
+        run_id=run_id, timestamp=STAMP, id=ev.WORKFLOW_STARTED, payload=ev.RunStart(workflow_def=defn, input=None)
+    )
+
+
+def test_a_run_that_only_sleeps_long_holds_no_actor_and_its_timer_brings_it_back(engine):
+    ports, clock, timers, start = engine
+    directory = start()
+    acks = Acks()
+    deliver(directory, acks, start_of(napping("1h"), "r1"))
+    acks.wait_for(1)
+    _until(lambda: directory.ask(LiveCount()) == 0)  # passivated: no actor, no thread
+    assert ports.history.load("r1")[0].step("nap").status == "running"
+    (timer,) = [t for (run_id, _), t in ports.timers.schedules.items() if run_id == "r1"]
+    clock.advance(3600)
+    deliver(directory, acks, fired_event("r1", timer, ""))
+    assert all(ok for ok, _ in acks.wait_for(2))
+    run = ports.history.load("r1")[0]
+    assert run.step("nap").status == "completed" and run.step("after").status == "queued"
+    assert [t.task for t in ports.tasks.published] == ["ta"]
+
+
+def test_a_short_sleep_or_a_run_with_work_in_flight_keeps_its_actor(engine):
+    ports, clock, timers, start = engine
+    directory = start()
+    acks = Acks()
+    deliver(directory, acks, start_of(napping("5s"), "short"))
+    deliver(directory, acks, start_fact("busy"))  # step a queued: not asleep
+    acks.wait_for(2)
+    assert directory.ask(LiveCount()) == 2

@@ -190,7 +190,7 @@ def test_durations_accept_strings_and_nanoseconds_alike(duration):
     ("doc", "named", "where"),
     [
         ({"name": "w", "stesp": [], "steps": [{"id": "a"}]}, "`stesp`", ""),
-        ({"name": "w", "triggers": [], "steps": [{"id": "a"}]}, "`triggers`", ""),
+        ({"name": "w", "trigger": [], "steps": [{"id": "a"}]}, "`trigger`", ""),
         ({"name": "w", "steps": [{"id": "a", "dependson": ["b"]}]}, "`dependson`", "$.steps[0]"),
         ({"name": "w", "steps": [{"id": "a", "loop": {}}]}, "`loop`", "$.steps[0]"),
         ({"name": "w", "steps": [{"id": "a", "retry": {"attempts": 3}}]}, "`attempts`", "$.steps[0].retry"),

@@ -490,7 +490,7 @@ def test_a_duplicate_task_publish_goes_out_again_when_the_attempt_is_nowhere(nat
             await publish_tasks(js, [taken, waiting])
             sub = await js.pull_subscribe("task.t.*", durable="w", stream=TASK_STREAM)
             (first,) = await sub.fetch(1, timeout=2)
-            await first.ack()  # a worker ran step a; its report was lost
+            await first.ack_sync()  # a worker ran step a (acked, and the server says so); its report was lost
             await publish_tasks(js, [taken, waiting])  # the record lands: both are duplicates
             queued = []
             while True:  # until the queue is empty

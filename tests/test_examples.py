@@ -34,6 +34,7 @@ STEP_TYPE_EXAMPLES = {
     "map": "map",
     "agent-loop": "agent_loop",
     "planner": "planner",
+    "http-trigger": "respond",
 }
 WORKER_FEATURE_EXAMPLES = {
     "agent-loop": ("Continue(", "ctx.checkpoint(", "ctx.last_checkpoint(", "ctx.metadata"),

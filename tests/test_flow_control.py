@@ -420,14 +420,19 @@ def test_an_explicit_idempotency_key_deduplicates_any_workflow(nats_url, run):
     assert first == again != plain
 
 
-def test_a_step_type_the_engine_does_not_run_is_refused_at_start_and_fails_a_run_clearly(nats_url, run):
+def test_a_step_type_the_engine_does_not_run_is_refused_at_start_and_fails_a_run_clearly(nats_url, run, monkeypatch):
     import msgspec
 
     from dagnats.domain import events as ev
+    from dagnats.domain.decision import STARTERS
+    from dagnats.domain.definition import EXECUTED_STEP_TYPES
     from dagnats.domain.errors import UnsupportedStepType
+    from dagnats.infra.engine import starts
     from dagnats.infra.wire.subjects import inbox_subject
 
-    # respond answers an HTTP trigger: it validates, but nothing serves HTTP yet.
+    # Every step type runs today: play an engine that does not run respond (an older one).
+    monkeypatch.delitem(STARTERS, "respond")
+    monkeypatch.setattr(starts, "EXECUTED_STEP_TYPES", EXECUTED_STEP_TYPES - {"respond"})
     wf = _wf("sleepy", [{"id": "a", "task": "sl1"}, {"id": "nap", "type": "respond", "depends_on": ["a"]}])
 
     async def body():

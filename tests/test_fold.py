@@ -275,3 +275,17 @@ def test_run_state_survives_a_snapshot_round_trip():
     run = fold(fold(started_run(), queued("a", 1)), completed("a", 1, {"x": [1, None]}))
     assert rs.RUN_DECODER.decode(rs.RUN_ENCODER.encode(run)) == run
     assert msgspec.json.decode(rs.RUN_ENCODER.encode(run))["steps"]["a"]["output"] == {"x": [1, None]}
+
+
+def test_a_decoded_payload_reads_as_the_json_object_it_is_stored_as():
+    # Scripts written when decoded payloads were dicts subscript them.
+    from dagnats.domain.events import decode_record, encode_event
+
+    event = ev.WorkflowCompleted(
+        run_id="r", timestamp="2026-11-30T00:00:00Z", payload=ev.RunOutput(output={"n": 3}), id="workflow.completed"
+    )
+    (decoded,) = decode_record(b"[" + encode_event(event) + b"]")
+    assert decoded.payload["output"] == {"n": 3} and decoded.payload.get("output") == {"n": 3}
+    assert decoded.payload.get("nothing", 7) == 7
+    with pytest.raises(KeyError):
+        decoded.payload["nothing"]

@@ -50,6 +50,7 @@ RECORDED = {
     "planner-two-steps",
     "steps-added",
     "traced-repeated-start",
+    "respond-then-audit",
 }
 
 

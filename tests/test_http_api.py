@@ -98,6 +98,14 @@ def test_run_list_filters_and_pages_by_cursor(nats_url, run):
             future = (await h.http.get("/runs", params={"since": "2999-01-01T00:00:00Z"})).json()
             assert future["runs"] == []
             assert_error(await h.http.get("/runs", params={"since": "yesterday"}), 400)
+            # An empty cursor is the first page; a date alone is its midnight UTC; an offset's "+"
+            # sent unencoded (a space once decoded) still reads as an offset.
+            first = (await h.http.get("/runs", params={"workflow": "one", "limit": 2, "cursor": ""})).json()
+            assert first == page
+            assert (
+                len((await h.http.get("/runs", params={"workflow": "one", "since": "2000-01-01"})).json()["runs"]) == 3
+            )
+            assert (await h.http.get("/runs?workflow=one&until=2000-01-01T02:00:00+02:00")).json()["runs"] == []
             assert_error(await h.http.get("/runs", params={"status": "weird"}), 400)
 
     run(body())

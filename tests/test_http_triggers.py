@@ -123,5 +123,16 @@ def test_trigger_cli_create_list_disable_enable_fire_delete(nats_url, run, tmp_p
             assert bad.returncode != 0 and "5 fields" in bad.stderr
             assert (await c("delete", "nightly", json=True))["deleted"] is True
             assert "No triggers." in (await c("list")).stdout
+            made = await c(
+                "create", "api", "one", "--http", "/api/one", "--method", "put", "--timeout-ms", "500", json=True
+            )
+            assert made["http"]["method"] == "PUT" and made["http"]["timeout_ms"] == 500
+            await c("create", "hook", "one", "--webhook", "/hooks/one", "--debounce", "30s", "--debounce-key", "repo")
+            listed = (await c("list")).stdout
+            assert "http PUT /api/one" in listed and "webhook /hooks/one (debounced 30s)" in listed
+            refused = await c("create", "x", "one", "--http", "/api/two", "--debounce", "1s", check=False)
+            assert refused.returncode != 0 and "debounce: not allowed on http triggers" in refused.stderr
+            taken = await c("create", "y", "one", "--http", "/api/one", "--method", "PUT", check=False)
+            assert taken.returncode != 0 and "route conflict: PUT /api/one" in taken.stderr
 
     run(body(), timeout=60)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -125,6 +126,40 @@ def test_a_cron_sleep_wakes_at_the_next_occurrence():
     rec = start(wf(step("nap", "sleep", config={"cron": "*/15 * * * *"})))
     assert rec.run.step("nap").waiting.due == ev.format_timestamp(at(15 * 60))
     assert next_occurrence("0 9 * * 1", at(0)).isoformat() == "2025-01-06T09:00:00+00:00"
+
+
+# ---- respond ---------------------------------------------------------------------------------------
+
+
+def test_a_respond_step_publishes_its_answer_completes_and_the_run_goes_on():
+    defn = wf(
+        step("price"),
+        step("reply", "respond", "price", config={"status": 201, "headers": {"X-A": "b"}, "body_from": "quote"}),
+        step("audit", "normal", "reply"),
+    )
+    rec = start(defn, {"sku": "A-1"})
+    actions = rec.feed(completed("price", 1, {"quote": {"total": 3}}), at(1))
+    (message,) = of(actions, PublishMessage)
+    assert message.subject == f"dagnats.http.response.{RUN_ID}"
+    assert message.payload == {
+        "status": 201,
+        "headers": {"X-A": "b"},
+        "content_type": "application/json",
+        "body": base64.b64encode(b'{"total":3}').decode(),
+    }
+    assert rec.run.step("reply").status == rs.StepStatus.COMPLETED
+    assert rec.run.step("reply").output["body"] == {"total": 3}
+    assert [t.task for t in of(actions, EnqueueTask)] == ["audit"]
+
+
+def test_a_respond_step_without_input_answers_with_the_run_input_as_text_or_fails_on_a_missing_path():
+    text = start(wf(step("reply", "respond", config={"content_type": "text/plain", "body_from": "msg"})), {"msg": "hi"})
+    (message,) = of(text.actions, PublishMessage)
+    assert base64.b64decode(message.payload["body"]) == b"hi"
+    missing = start(wf(step("reply", "respond", config={"body_from": "nope"})), {"msg": "hi"})
+    assert of(missing.actions, PublishMessage) == []
+    assert missing.run.step("reply").status == rs.StepStatus.FAILED
+    assert "body_from 'nope'" in missing.run.step("reply").error
 
 
 # ---- approval --------------------------------------------------------------------------------------

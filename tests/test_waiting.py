@@ -141,11 +141,10 @@ CHAIN = {
 }
 
 
-def test_a_wait_reads_the_run_twice_and_the_engine_answers_both_from_memory(nats_url, run):
+def test_a_wait_reads_the_run_once_and_gets_its_end_with_the_last_notice(nats_url, run):
     # A run's records each send a notice; a waiter for the whole run reads it only when
-    # it starts waiting and when the run ends. The engine answers a live run from its
-    # actor's state, and an ended run from the state kept after its actor stopped:
-    # neither reads the history (the reads once made the waiting cost a third of a run).
+    # it starts waiting (answered from the live actor's state, with no history read), and
+    # the notice of the run's end carries the view a read would return.
     async def body():
         async with EngineHarness(nats_url) as h:
             await h.client.register(CHAIN)
@@ -177,9 +176,36 @@ def test_a_wait_reads_the_run_twice_and_the_engine_answers_both_from_memory(nats
                     await FakeWorker(h.nc, "w-noop").complete(value)
                 final = await waiting
                 results.append((final["status"], final["output"], len(views), list(reads)))
+                assert final == await real_status(run_id)  # what a read returns, from memory
             return results
 
-    assert run(body(), timeout=90) == [("completed", n + 3, 2, []) for n in range(3)]
+    assert run(body(), timeout=90) == [("completed", n + 3, 1, []) for n in range(3)]
+
+
+def test_a_run_whose_view_is_too_large_for_a_notice_is_read_at_its_end(nats_url, run):
+    big = "x" * 20_000
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE_STEP)
+            run_id = await h.client.start("one-step", 1)
+            reads = 0
+            real_status = h.client.status
+
+            async def status(run_id):
+                nonlocal reads
+                reads += 1
+                return await real_status(run_id)
+
+            h.client.status = status
+            waiting = asyncio.create_task(h.client.wait(run_id, timeout=30))
+            while not reads:
+                await asyncio.sleep(0.01)
+            await FakeWorker(h.nc, "w-noop").complete(big)
+            final = await waiting
+            return final["output"] == big, reads
+
+    assert run(body()) == (True, 2)
 
 
 def test_a_deleted_run_is_not_served_from_memory(nats_url, run):

@@ -44,4 +44,4 @@ def on_recover(handler: Callable[[Decision], None]) -> Callable[[Decision], None
     return handler
 
 
-from . import admission, approval, children, loops, maps, planner, sleep, waits  # noqa: E402,F401 - they register
+from . import admission, approval, children, loops, maps, planner, respond, sleep, waits  # noqa: E402,F401 - they register

@@ -17,6 +17,7 @@ from .. import state as st
 from ..decision import STARTERS, Decision
 from ..definition import SleepConfig, StepDef
 from ..durations import HOUR
+from ..events import parse_timestamp
 from ..paths import PathNotFound, extract_dot_path
 from ..schedules import CronError, next_occurrence
 from ..timers import SLEEP, timer
@@ -92,3 +93,25 @@ def _woke(d: Decision, fire: ev.TimerFire) -> None:
 
 
 STARTERS["sleep"] = start
+
+
+def asleep_until(run: st.WorkflowRun) -> str | None:
+    """When a run that only sleeps wakes first; None for any other run.
+
+    Such a run is running, holds and waits for no limit, and each of its steps has
+    ended, is pending (behind a sleep, or an auxiliary step), or sleeps: nothing happens
+    in it until a timer (a durable schedule) fires or a fact comes, so its actor can
+    passivate meanwhile and be rebuilt by what comes.
+    """
+    if run.status != st.RunStatus.RUNNING or run.waiting is not None:
+        return None
+    first = None
+    for step in run.steps.values():
+        if step.status == st.StepStatus.PENDING or step.status in st.TERMINAL_STEP_STATUSES:
+            continue
+        waiting = step.waiting
+        if step.status != st.StepStatus.RUNNING or waiting is None or waiting.kind != "sleep" or not waiting.due:
+            return None
+        if first is None or parse_timestamp(waiting.due) < parse_timestamp(first):
+            first = waiting.due
+    return first

@@ -334,6 +334,8 @@ def cmd_workflow_register(args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         print(f"Workflow {result['action']}: {result['name']} ({result['steps']} steps)")
+        for trigger_id in result.get("triggers", []):
+            print(f"Trigger declared: {trigger_id}")
         print(f"Start a run with: dagnats run start {result['name']} [INPUT_JSON] --watch", file=sys.stderr)
     return 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -47,9 +48,11 @@ from dagnats.domain.errors import (
 from dagnats.domain.identifiers import check_identifier, is_identifier
 from dagnats.domain.run_context import run_context
 from dagnats.domain.state import RunStatus, WorkflowRun
+from dagnats.domain.triggers import declared_triggers
 from dagnats.domain.validate import validate
 
 from ..reactive.views import LISTED_STATUSES, execution_events, execution_summaries, execution_view
+from ..triggers import TriggerStore
 from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.keys import signal_key
@@ -195,9 +198,16 @@ class ControlPlane:
         missing = await self._unknown_children(wf)
         if missing:
             raise WorkflowInvalid(wf.name, missing)
+        triggers = declared_triggers(wf.name, wf.triggers)
+        store = TriggerStore(self.js)
+        try:
+            await store.check_routes(triggers, replacing=wf.name)
+        except InvalidRequest as err:
+            raise WorkflowInvalid(wf.name, [f"triggers: {err.reason}"]) from None
         action = "updated" if await self.defs.exists(wf.name) else "created"
-        await self.defs.put(wf)
-        return {"name": wf.name, "action": action, "steps": len(wf.steps)}
+        await self.defs.put(msgspec.structs.replace(wf, triggers=()))  # they live in the triggers KV
+        await store.put_all(triggers, replacing=wf.name)
+        return {"name": wf.name, "action": action, "steps": len(wf.steps), "triggers": [t.id for t in triggers]}
 
     async def _unknown_children(self, wf: WorkflowDef) -> list[str]:
         """sub_workflow steps naming a workflow that is not registered (itself may recurse)."""
@@ -221,6 +231,7 @@ class ControlPlane:
     async def delete_workflow(self, req: wire.WorkflowRef) -> dict[str, Any]:
         name = check_identifier("workflow name", req.name)
         await self.defs.delete(name)
+        await TriggerStore(self.js).put_all([], replacing=name)  # the triggers it declared go with it
         return {"name": name, "deleted": True}
 
     # ---- starting runs -------------------------------------------------------------
@@ -428,12 +439,17 @@ def _check_page_size(limit: int, op: str) -> None:
 
 
 def _instant(text: str | None, name: str) -> datetime | None:
+    """An RFC 3339 instant (a date alone: its midnight UTC; none or empty: no bound). A
+    "+hh:mm" offset sent unencoded in a query string arrives as " hh:mm": read it back."""
     if not text:
         return None
     try:
-        return ev.parse_timestamp(text)
+        return ev.parse_timestamp(_UNENCODED_OFFSET.sub(r"+\1", text))
     except ValueError:
         raise InvalidRequest("run.list", f"{name} {text!r} is not an RFC3339 instant") from None
+
+
+_UNENCODED_OFFSET = re.compile(r" (\d\d:\d\d)$")
 
 
 def _created_within(created_at: str | None, since: datetime | None, until: datetime | None) -> bool:

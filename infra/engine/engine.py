@@ -53,6 +53,10 @@ from .streams import ensure_resources, patiently
 log = logging.getLogger("dagnats.engine")
 
 HANDOVER_SETTLE = 10.0  # seconds a partition handed over waits for what it fetched
+# Unfinished runs of a claimed partition brought up at a time (each an actor, a thread,
+# until it passivates), and how long one may take before the next goes anyway.
+RECOVER_AT_ONCE = 64
+RECOVER_WAIT = 30.0
 
 
 class Engine:
@@ -105,6 +109,8 @@ class Engine:
         self._running = False
         if self.gauges is not None:
             await self.gauges.stop()
+        for task in list(self._recoveries):  # runs not brought up yet: their next facts do it
+            task.cancel()
         # Hands every partition back (bounded: NATS may be gone).
         await _quietly(asyncio.wait_for(self.leases.stop(), HANDOVER_SETTLE + 5))
         for puller in list(self.pullers.values()):
@@ -151,10 +157,43 @@ class Engine:
         except Exception as err:  # noqa: BLE001 - their next facts bring them up anyway
             log.warning("partition %d: cannot list its unfinished runs: %s", partition, err)
             return
-        for run_id in unfinished:
-            self.directory.tell(Deliver(run_id, ()))
         if unfinished:
             log.info("partition %d: recovering %d unfinished runs", partition, len(unfinished))
+        # At most RECOVER_AT_ONCE at a time: all at once, 10,000 runs were 10,000 actor
+        # threads starting together (a 4,000-thread peak), starving the loop they all wait on.
+        gate = asyncio.Semaphore(RECOVER_AT_ONCE)
+        for run_id in unfinished:
+            await gate.acquire()
+            if not self._holds(partition):  # handed over or stopped: its owner brings them up
+                gate.release()
+                return
+            task = asyncio.create_task(self._bring_up(run_id, gate), name=f"bring-up-{run_id}")
+            self._recoveries.add(task)
+            task.add_done_callback(self._recoveries.discard)
+
+    async def _bring_up(self, run_id: str, gate: asyncio.Semaphore) -> None:
+        """Hand the run an empty delivery (it rebuilds and re-issues what it waits on) and
+        wait until it has handled it, or RECOVER_WAIT."""
+        loop = asyncio.get_running_loop()
+        handled: asyncio.Future = loop.create_future()
+
+        def settle() -> None:
+            if not handled.done():
+                handled.set_result(None)
+
+        def done(*_: object) -> None:  # on the actor's thread
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:  # the loop closed: the engine stopped
+                pass
+
+        try:
+            self.directory.tell(Deliver(run_id, (), done))
+            await asyncio.wait_for(handled, RECOVER_WAIT)
+        except TimeoutError:
+            log.warning("run %s: not brought up within %gs; bringing up the next", run_id, RECOVER_WAIT)
+        finally:
+            gate.release()
 
     async def _lost(self, partition: int, graceful: bool) -> None:
         """Stop consuming a partition; handed over, let what was fetched be handled first."""

@@ -16,6 +16,12 @@ towards it:
   key, so the other claims it on its next tick (``on_lose``, graceful);
 - a partition whose owner key names another engine is no longer its own.
 
+An engine killed outright (kill -9, OOM) leaves its heartbeat to lapse; an engine that
+shares its process space (same boot, same PID namespace: the PID in the heartbeat means
+the same process to both) and finds that PID gone does not wait for the lapse: a dead
+process renews nothing. A restarted engine so takes its predecessor's partitions on its
+first tick instead of ``LEASE_TTL`` seconds later.
+
 Leases are hints; the expected-sequence append is the fence. An engine that
 could not renew for longer than the TTL (paused, or cut off from NATS) may
 have been replaced: it steps down from every partition at once, says why,
@@ -57,9 +63,33 @@ class Heartbeat(msgspec.Struct, frozen=True, omit_defaults=True):
     started_at: str = ""
     renewed_at: str = ""
     partitions: tuple[int, ...] = ()
+    # Where ``pid`` names this process: boot id and PID namespace ("" where unknown).
+    space: str = ""
 
 
 _HEARTBEAT = msgspec.json.Decoder(Heartbeat)
+
+
+def process_space() -> str:
+    """This process's boot id and PID namespace, on Linux; "" elsewhere (never matched)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return f"{boot.read().strip()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def gone(beat: Heartbeat, space: str) -> bool:
+    """Whether ``beat`` is from a process of this process space that no longer exists."""
+    if not space or beat.space != space or beat.pid <= 0 or beat.pid == os.getpid():
+        return False
+    try:
+        os.kill(beat.pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's process): not known to be gone
+    return False
 
 
 def owner_key(partition: int) -> str:
@@ -84,6 +114,7 @@ class PartitionLeases:
         self.owned: dict[int, int] = {}  # partition -> revision of its owner key
         self.renewed = 0.0  # monotonic time of the last renewal the server took
         self.started_at = format_timestamp(datetime.now(UTC))
+        self.space = process_space()
         self._task: asyncio.Task | None = None
         self._engines: KeyValue | None = None
         self._owners: KeyValue | None = None
@@ -139,7 +170,7 @@ class PartitionLeases:
             for partition in sorted(self.owned):
                 await self._drop(partition, graceful=False)
         await self._renew()
-        live = {key for key, _ in await kv_entries(self.js, ENGINES_BUCKET, ">")} | {self.engine_id}
+        live = await self._live()
         owners = {key: value.decode() for key, value in await kv_entries(self.js, OWNERS_BUCKET, ">")}
         target = assignment(self.partitions, live)
         for partition in range(self.partitions):
@@ -154,6 +185,25 @@ class PartitionLeases:
                 await self._claim(partition, owner)
         await self._renew()  # the partitions owned now, for `dagnats status`
 
+    async def _live(self) -> set[str]:
+        """The engines whose heartbeat lives, less those known to be dead (``gone``)."""
+        live = {self.engine_id}
+        for key, value in await kv_entries(self.js, ENGINES_BUCKET, ">"):
+            try:
+                beat = _HEARTBEAT.decode(value)
+            except msgspec.DecodeError:
+                live.add(key)
+                continue
+            if not gone(beat, self.space):
+                live.add(key)
+                continue
+            log.info("engine %s (pid %d on this machine) is gone: not waiting for its lease to lapse", key, beat.pid)
+            try:
+                await self._kv_engines().delete(key)
+            except Exception as err:  # noqa: BLE001 - it lapses by itself
+                log.debug("could not delete the heartbeat of %s: %s", key, err)
+        return live
+
     async def _renew(self) -> None:
         beat = Heartbeat(
             engine=self.engine_id,
@@ -162,6 +212,7 @@ class PartitionLeases:
             started_at=self.started_at,
             renewed_at=format_timestamp(datetime.now(UTC)),
             partitions=tuple(sorted(self.owned)),
+            space=self.space,
         )
         before = time.monotonic()
         await self._kv_engines().put(self.engine_id, msgspec.json.encode(beat))

@@ -1,6 +1,6 @@
 """What a run's record asks of the world beyond its own tasks and timers.
 
-- ``PublishMessage``: a core-NATS message (an approval request). For an
+- ``PublishMessage``: a core-NATS message (an approval request, a respond step's answer). For an
   approval the outbox mints the one-time token that approves it, keeps its
   digest in the ``approval_tokens`` KV and puts the token in the message.
 - ``RegisterWaiter`` / ``RemoveWaiter``: the event waiters the correlator
@@ -121,8 +121,8 @@ class NatsOutbox:
             payload["token"] = token
         try:
             await self.nc.publish(action.subject, _ENCODER.encode(payload))
-        except Exception as err:  # noqa: BLE001 - a request is a notification; the step still waits
-            log.warning("run %s: could not send the approval request on %s: %s", run_id, action.subject, err)
+        except Exception as err:  # noqa: BLE001 - a notification: the step has its record
+            log.warning("run %s: could not send a message on %s: %s", run_id, action.subject, err)
 
     async def _child(self, run_id: str, action: StartChildRun, trace_parent: str) -> None:
         # The engine recovers its unfinished runs and reads its inbox before the control

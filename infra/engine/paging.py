@@ -41,9 +41,9 @@ async def events_page(store: HistoryStore, run_id: str, after_seq: int, limit: i
 
 def runs_page(runs: list[dict[str, Any]], cursor: str | None, limit: int, budget: int) -> dict[str, Any]:
     """Run summaries (``views.run_summary``, or a reactive execution's), newest first;
-    ``cursor`` is where the previous page ended."""
+    ``cursor`` is where the previous page ended (none or empty: the first page)."""
     ordered = sorted(runs, key=_order, reverse=True)
-    if cursor is not None:
+    if cursor:
         after = _decode_cursor(cursor)
         ordered = [r for r in ordered if _order(r) < after]
     page: list[dict[str, Any]] = []

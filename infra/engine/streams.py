@@ -27,11 +27,13 @@ from ..wire.names import (
     APPROVALS_BUCKET,
     CHECKPOINTS_BUCKET,
     DEAD_LETTER_STREAM,
+    DEBOUNCE_BUCKET,
     DEFS_BUCKET,
     ENGINES_BUCKET,
     EVENT_STREAM,
     FLOW_BUCKET,
     HISTORY_STREAM,
+    HTTP_IDEMPOTENCY_BUCKET,
     IDEMPOTENCY_BUCKET,
     INBOX_STREAM,
     OWNERS_BUCKET,
@@ -39,6 +41,7 @@ from ..wire.names import (
     SIGNALS_BUCKET,
     SINGLETON_BUCKET,
     TASK_STREAM,
+    TRIGGERS_BUCKET,
     WAITERS_BUCKET,
     WORKERS_BUCKET,
 )
@@ -56,6 +59,9 @@ KV_BUCKETS = (
     FLOW_BUCKET,
     ENGINES_BUCKET,
     OWNERS_BUCKET,
+    TRIGGERS_BUCKET,
+    DEBOUNCE_BUCKET,
+    HTTP_IDEMPOTENCY_BUCKET,
 )
 
 DUPLICATE_WINDOW = 120.0  # seconds: the longest client retry horizon we dedupe across
@@ -171,6 +177,8 @@ BUCKET_TTL = {
     WORKERS_BUCKET: 4.0,
     APPROVALS_BUCKET: 168 * 3600.0,
     ENGINES_BUCKET: LEASE_TTL,
+    DEBOUNCE_BUCKET: 14 * 24 * 3600.0,  # twice the longest debounce: a deleted trigger's bursts go
+    HTTP_IDEMPOTENCY_BUCKET: 3600.0,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dagnats.domain.definition import WorkflowDef
 from dagnats.domain.errors import InvalidRequest
 
 from . import schemas as s
@@ -32,6 +33,7 @@ def ops(call: Call) -> Operations:
     "Register (or update) a workflow definition",
     "workflows",
     body=dict[str, Any],
+    body_schema=WorkflowDef,
     body_required=True,
     answer=s.Registered,
     status=201,

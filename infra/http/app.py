@@ -34,6 +34,7 @@ from .endpoints import (
 from .guard import Guard
 from .metrics import render
 from .operations import Operations
+from .request_triggers import METHODS, api_trigger
 from .schemas import Health
 
 log = logging.getLogger("dagnats.http")
@@ -62,6 +63,7 @@ def build_app(
     limit = max_body or min(DEFAULT_MAX_BODY, plane.nc.max_payload)
     endpoints = all_endpoints()
     routes: list[BaseRoute] = _routes(endpoints, limit)
+    routes.append(Route("/api/{route:path}", api_trigger, methods=METHODS))
     routes += console.ROUTES + (extra_routes or [])
     app = Starlette(
         routes=routes,

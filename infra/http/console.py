@@ -317,8 +317,10 @@ async def triggers(request: Request) -> Response:
     found = await TriggerStore(request.app.state.plane.js).all()
     rows = ""
     for t in found:
-        what = msgspec.to_builtins(t.cron or t.webhook or t.subject)
+        what = msgspec.to_builtins(t.cron or t.webhook or t.subject or t.http)
         what.pop("secret", None)
+        if t.debounce is not None:
+            what["debounce"] = msgspec.to_builtins(t.debounce)
         toggle = "disable" if t.enabled else "enable"
         rows += (
             f"<tr><td>{_esc(t.id)}</td><td>{_esc(t.workflow)}</td><td>{t.kind} {_esc(json.dumps(what))}</td>"

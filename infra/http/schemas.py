@@ -41,6 +41,7 @@ class Registered(msgspec.Struct, frozen=True):
     name: str
     action: str
     steps: int
+    triggers: list[str] = []
 
 
 class Deleted(msgspec.Struct, frozen=True):

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from starlette.requests import Request
 
-from dagnats.domain.errors import DagnatsError
-
+from ..debouncer import Debouncer
 from ..triggers import Trigger, TriggerNotFound, TriggerStore, envelope
 from .endpoints import Call, EndpointSet, read_body
 from .errors import ApiError
@@ -32,11 +33,18 @@ class Fire(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data: Any = None
 
 
-def store(call: Call) -> TriggerStore:
-    state = call.request.app.state
+def store(call: Call | Request) -> TriggerStore:
+    state = (call.request if isinstance(call, Call) else call).app.state
     if getattr(state, "trigger_store", None) is None:
         state.trigger_store = TriggerStore(state.plane.js)
     return state.trigger_store
+
+
+def check_signature(secret: str, body: bytes, given: str) -> None:
+    """401 unless ``given`` is ``sha256=<hex HMAC-SHA256 of body>`` (compared in constant time)."""
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "invalid_signature", "X-Signature-256 is missing or does not match the body")
 
 
 async def _get(call: Call) -> Trigger:
@@ -127,18 +135,15 @@ async def webhook(call: Call) -> Any:
     t = found[0]
     assert t.webhook is not None
     if t.webhook.secret:
-        given = call.request.headers.get("x-signature-256", "")
-        expected = "sha256=" + hmac.new(t.webhook.secret.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise ApiError(401, "invalid_signature", "X-Signature-256 is missing or does not match the body")
+        check_signature(t.webhook.secret, body, call.request.headers.get("x-signature-256", ""))
     if not t.enabled:
         raise ApiError(409, "trigger_disabled", f"trigger {t.id} is disabled")
     try:
         data: Any = msgspec.json.decode(body) if body.strip() else None
     except msgspec.DecodeError:
         data = body.decode("utf-8", "replace")
-    try:
-        started = await call.request.app.state.ops("run.start", workflow=t.workflow, input=envelope(t, "webhook", data))
-    except DagnatsError:
-        raise
+    if t.debounce is not None:
+        await Debouncer(call.request.app.state.plane.js).add(t, data, datetime.now(UTC))
+        return {"trigger": t.id, "debounced": True}
+    started = await call.request.app.state.ops("run.start", workflow=t.workflow, input=envelope(t, "webhook", data))
     return {"run_id": started["run_id"], "trigger": t.id}

@@ -25,6 +25,11 @@ FLOW_BUCKET = "flow_control"
 # partition's owner (`p<n>` -> engine id; valid while that engine's heartbeat lives).
 ENGINES_BUCKET = "engines"
 OWNERS_BUCKET = "partition_owners"
+# Triggers (infra/triggers.py), debounced bursts (infra/debouncer.py), HTTP trigger
+# idempotency claims and answers (infra/http/idempotency.py).
+TRIGGERS_BUCKET = "triggers"
+DEBOUNCE_BUCKET = "debounce_state"
+HTTP_IDEMPOTENCY_BUCKET = "http_idempotency"
 
 # The control plane: request/reply on `dagnats.api.<op>`, served by every
 # engine in one queue group.

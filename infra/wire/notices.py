@@ -7,7 +7,8 @@ subscribes, reads the run's status once to close the race with anything
 recorded before the subscription, then re-reads the status only when a notice
 says something relevant happened. Notices are at-most-once (an engine killed
 between its append and its notice sends none), so a waiter also re-reads the
-status after ``recheck`` seconds without one.
+status after ``recheck`` seconds without one. The notice of a run's end
+carries its view when that is small, and the waiter reads nothing more.
 """
 
 from __future__ import annotations
@@ -25,12 +26,19 @@ RECHECK = 5.0
 
 
 class RunNotice(msgspec.Struct, frozen=True, array_like=True):
-    """One appended record: its sequence, the run's status after it, and what it holds."""
+    """One appended record: its sequence, the run's status after it, and what it holds.
+
+    The record that ends a run carries the run's view (as a status read answers it)
+    when that is small: a waiter then returns without reading the run again."""
 
     seq: int
     status: str
     steps: tuple[str, ...] = ()  # the steps its events are about
     terminal: bool = False
+    view: dict[str, Any] | None = None
+
+
+VIEW_IN_NOTICE = 16 * 1024  # bytes: a larger view is read by the waiter instead
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -74,8 +82,10 @@ async def await_run(
                 view = await read()
                 continue
             notice = decode_notice(msg.data)
+            if notice is not None and notice.terminal and notice.view is not None:
+                view = notice.view  # the run's last state, sent with its end
             # A run waited on is finished only once it ends: its other records are not read.
-            if notice is None or notice.terminal or (step is not None and step in notice.steps):
+            elif notice is None or notice.terminal or (step is not None and step in notice.steps):
                 view = await read()
         return view
     finally:

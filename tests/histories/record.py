@@ -446,6 +446,25 @@ def traced_repeated_start() -> Recorder:
     return rec
 
 
+def respond_then_audit() -> Recorder:
+    """An http trigger's run: price, then respond (answered at once, by the engine), then audit."""
+    wf = definition(
+        {
+            "name": "price-quote",
+            "steps": [
+                {"id": "price", "task": "price"},
+                {"id": "reply", "type": "respond", "depends_on": ["price"], "config": {"status": 201}},
+                {"id": "audit", "task": "audit", "depends_on": ["reply"]},
+            ],
+        }
+    )
+    rec = Recorder()
+    rec.feed(started_event(wf, {"trigger": "http", "data": {"body": {"sku": "A-1"}}}), at(0))
+    run_step(rec, "price", 1, {"total": 9.99}, 1)
+    run_step(rec, "audit", 1, "logged", 2)
+    return rec
+
+
 SCENARIOS = {
     "hello-pipeline": hello_pipeline,
     "retry-then-success": retry_then_success,
@@ -460,6 +479,7 @@ SCENARIOS = {
     "planner-two-steps": planner_two_steps,
     "steps-added": steps_added,
     "traced-repeated-start": traced_repeated_start,
+    "respond-then-audit": respond_then_audit,
 }
 
 
