@@ -17,6 +17,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from dagnats.domain import events as ev
+from dagnats.domain.definition import SubWorkflowConfig
+from dagnats.domain.kinds.children import start_child
+from dagnats.domain.state import WorkflowRun
 from dagnats.domain.trace_context import baggage_items, parse_baggage, parse_trace_state
 from dagnats.domain.trace_spans import project
 from dagnats.infra import metrics, tracing
@@ -207,3 +210,10 @@ def test_the_projection_carries_the_tracestate_and_links_each_repeated_start_onc
     assert all(s.parent_id == run_span.span_id and s.end == s.start for s in repeats)
     # The run span links the caller that came while it was open; the later one has its own span only.
     assert [link.span_id for link in run_span.links] == ["00f067aa0ba902b7"]
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_a_child_run_carries_on_its_parents_tracestate_and_baggage(detach):
+    parent = WorkflowRun(run_id="p1", trace_state="congo=t61rcWkgMzE", baggage="tenant=acme")
+    action = start_child(parent, "c1", SubWorkflowConfig(workflow="child", detach=detach), None, "s", 1)
+    assert (action.trace_state, action.baggage) == ("congo=t61rcWkgMzE", "tenant=acme")
