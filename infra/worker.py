@@ -50,7 +50,7 @@ from dagnats.domain.capabilities import capability_set, describe_capabilities
 from dagnats.domain.errors import SignalTimeout, TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.identifiers import check_identifier, is_identifier
 
-from . import tracing
+from . import metrics, tracing
 from .context import Continue, TaskContext
 from .definition_follower import DefinitionFollower
 from .execution_slots import ExecutionSlots
@@ -183,6 +183,7 @@ class Worker:
                     loop.remove_signal_handler(sig)
             await self.stop()
             await asyncio.to_thread(tracing.flush)  # the last deliveries' spans, before exiting
+            await asyncio.to_thread(metrics.shutdown)  # and the last metrics
 
     async def start(self) -> None:
         """Connect, ensure the consumers and start fetching.
