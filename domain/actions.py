@@ -114,6 +114,9 @@ class StartChildRun(msgspec.Struct, frozen=True, tag=True):
     # Where the child sits in its tree (a detached child is a root of its own).
     root_run_id: str = ""
     depth: int = 0
+    # The parent's W3C trace state and baggage, which the child carries on.
+    trace_state: str = ""
+    baggage: str = ""
 
 
 class Acquire(msgspec.Struct, frozen=True, tag=True):

@@ -184,6 +184,8 @@ class Decision(FailureHandling):
             workflow_name=self.defn.name,
             timeout_ns=int(step.timeout),
             traceparent=attempt_trace_parent(self.run.trace_parent, self.run.run_id, step.id, attempt, instance),
+            tracestate=self.run.trace_state,
+            baggage=self.run.baggage,
             metadata=step.metadata,
             step_type=step.type,
         )

@@ -37,6 +37,7 @@ from .payloads import Limited as Limited
 from .payloads import MapStart as MapStart
 from .payloads import Queued as Queued
 from .payloads import Recovered as Recovered
+from .payloads import RepeatedStart as RepeatedStart
 from .payloads import Replay as Replay
 from .payloads import RetryScheduled as RetryScheduled
 from .payloads import RunEnd as RunEnd
@@ -62,6 +63,9 @@ WORKFLOW_RESUMED = "workflow.resumed"
 WORKFLOW_COMPENSATING = "workflow.compensating"
 WORKFLOW_COMPENSATED = "workflow.compensated"
 WORKFLOW_COMPENSATE_FAILED = "workflow.compensate_failed"
+# A start that named a run already started (its id, its idempotency key) by a caller
+# with a trace of its own: the run's trace links to the caller's span.
+WORKFLOW_START_REPEATED = "workflow.start_repeated"
 # Step-scoped, reported by workers
 STEP_STARTED = "step.started"
 STEP_COMPLETED = "step.completed"
@@ -133,6 +137,10 @@ class EventBase(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="type
 
 class WorkflowStarted(EventBase, frozen=True, tag=WORKFLOW_STARTED):
     payload: RunStart | None = None
+
+
+class WorkflowStartRepeated(EventBase, frozen=True, tag=WORKFLOW_START_REPEATED):
+    payload: RepeatedStart = RepeatedStart()
 
 
 class WorkflowCompleted(EventBase, frozen=True, tag=WORKFLOW_COMPLETED):
@@ -316,6 +324,7 @@ class TimerFired(EventBase, frozen=True, tag=TIMER_FIRED):
 
 Event = (
     WorkflowStarted
+    | WorkflowStartRepeated
     | WorkflowCompleted
     | WorkflowFailed
     | WorkflowCancelled

@@ -2,7 +2,8 @@
 
 Theory of operation: ``fold`` dispatches on the event's class to one
 mutator. A mutator returns the *same object* when the event does not apply
-(duplicate, stale attempt, late report, anything after a terminal state),
+(duplicate, stale attempt, late report, anything after a terminal state but
+an operator's replay and a repeated start's trace link),
 so callers can tell "changed" by identity and never record a no-op.
 ``replay`` is the loop. Nothing here raises on a bad event.
 
@@ -60,6 +61,8 @@ def fold(run: st.WorkflowRun, event: ev.Event) -> st.WorkflowRun:
         return _started(run, event)
     if isinstance(event, ev.StepReplayed):
         return _replayed(run, event)
+    if isinstance(event, ev.WorkflowStartRepeated):
+        return _start_repeated(run, event)
     if run.definition is None or run.is_terminal:
         return run
     mutator = _RUN_MUTATORS.get(type(event))
@@ -76,6 +79,20 @@ def replay(events: Iterable[ev.Event], run: st.WorkflowRun | None = None) -> st.
             run = st.new_run(event.run_id)
         run = fold(run, event)
     return run if run is not None else st.new_run("")
+
+
+MAX_LINKED_STARTS = 32
+
+
+def _start_repeated(run: st.WorkflowRun, event: ev.WorkflowStartRepeated) -> st.WorkflowRun:
+    """A start answered with this run links the caller's trace, even to a run that ended
+    (the link is about the caller, not the run's progress); once per caller, and only so many."""
+    caller = event.payload.caller
+    if run.definition is None or not caller or caller in run.linked_starts:
+        return run
+    if len(run.linked_starts) >= MAX_LINKED_STARTS:
+        return run
+    return replace(run, linked_starts=(*run.linked_starts, caller))
 
 
 def _replayed(run: st.WorkflowRun, event: ev.StepReplayed) -> st.WorkflowRun:
@@ -106,6 +123,8 @@ def _started(run: st.WorkflowRun, event: ev.WorkflowStarted) -> st.WorkflowRun:
         created_at=event.timestamp,
         started_at=event.timestamp,
         trace_parent=event.trace_parent,
+        trace_state=event.payload.trace_state,
+        baggage=event.payload.baggage,
         definition=definition,
         parent_run_id=event.payload.parent_run_id,
         parent_step_id=event.payload.parent_step_id,

@@ -59,6 +59,18 @@ class RunStart(_Payload, frozen=True):
     parent_attempt: int = 0
     root_run_id: str = ""
     depth: int = 0
+    # W3C trace context beside the event's ``trace_parent``: the caller's vendor
+    # state and baggage (validated at the start; carried to every task).
+    trace_state: str = ""
+    baggage: str = ""
+
+
+class RepeatedStart(_Payload, frozen=True):
+    """``workflow.start_repeated``: the caller's traceparent (and tracestate) of a start
+    that was answered with this run."""
+
+    caller: str = ""
+    trace_state: str = ""
 
 
 class RunOutput(_Payload, frozen=True):

@@ -13,7 +13,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
-from dagnats.domain.trace_spans import parse_trace_parent
+from dagnats.domain.trace_context import parse_trace_parent
 
 # (run_id, step_id, trace_id)
 _current: contextvars.ContextVar[tuple[str, str, str]] = contextvars.ContextVar(
@@ -34,7 +34,14 @@ def trace_id(trace_parent: str) -> str:
 @contextlib.contextmanager
 def run_context(run_id: str, step_id: str = "", trace_parent: str = "") -> Iterator[None]:
     """Log lines inside carry this run, step and the trace of ``trace_parent``."""
-    token = _current.set((run_id, step_id, trace_id(trace_parent)))
+    with restored((run_id, step_id, trace_id(trace_parent))):
+        yield
+
+
+@contextlib.contextmanager
+def restored(context: tuple[str, str, str]) -> Iterator[None]:
+    """Log lines inside carry ``context``, a ``current()`` taken elsewhere (another thread)."""
+    token = _current.set(context)
     try:
         yield
     finally:

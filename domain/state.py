@@ -133,6 +133,10 @@ class WorkflowRun(msgspec.Struct, frozen=True, omit_defaults=True):
     started_at: str = ""
     completed_at: str = ""
     trace_parent: str = ""
+    trace_state: str = ""
+    baggage: str = ""
+    # Callers' traceparents of starts answered with this run (at most MAX_LINKED_STARTS).
+    linked_starts: tuple[str, ...] = ()
     definition: WorkflowDef | None = None
     completions: int = 0
     sticky_worker: str = ""

@@ -22,6 +22,8 @@ class TaskPayload(msgspec.Struct, frozen=True, omit_defaults=True):
     workflow_name: str = ""
     timeout_ns: int = 0
     traceparent: str = ""
+    tracestate: str = ""
+    baggage: str = ""
     # The step's metadata (role, model, ...): for the handler, as ctx.metadata.
     metadata: dict[str, str] | None = None
     step_type: str = ""

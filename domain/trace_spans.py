@@ -14,6 +14,11 @@ and re-projecting a history yields the same spans with the same ids.
                    links to each dependency's last attempt span (a join has
                    several links).
     queue span     child of a worker step's attempt span: queued -> started.
+    repeated start a start answered with this run (``workflow.start_repeated``):
+                   a point in time under the run span, linked to the caller's
+                   span; the run span links it too while it is still open.
+
+Every span carries the run's W3C ``tracestate`` (``RunStart.trace_state``).
 
 Span ids are the first 8 bytes of sha256(run|step|instance|attempt|kind) and
 a trace id without a valid incoming ``traceparent`` is derived from the run
@@ -28,18 +33,15 @@ it finished (a retry decision follows the failure it answers).
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import re
 from typing import Any
 
 import msgspec
 
 from . import events as ev
+from .trace_context import parse_trace_parent
 
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
-
-RUN, ATTEMPT, QUEUE = "run", "attempt", "queue"
+RUN, ATTEMPT, QUEUE, REPEATED_START = "run", "attempt", "queue", "repeated_start"
 OK, ERROR, UNSET = "ok", "error", "unset"
 
 TERMINAL = {
@@ -130,6 +132,7 @@ class Span(msgspec.Struct):
     attributes: dict[str, Any] = {}
     events: list[SpanEvent] = []
     links: list[SpanLink] = []
+    trace_state: str = ""
 
 
 def span_id(run_id: str, kind: str, step_id: str = "", attempt: int = 0, instance: int | None = None) -> str:
@@ -141,19 +144,6 @@ def span_id(run_id: str, kind: str, step_id: str = "", attempt: int = 0, instanc
 
 def derived_trace_id(run_id: str) -> str:
     return hashlib.sha256(f"trace|{run_id}".encode()).hexdigest()[:32]
-
-
-def parse_trace_parent(value: object) -> tuple[str, str, str] | None:
-    """(trace id, span id, flags) of a valid W3C traceparent, else None (malformed or all-zero)."""
-    return _parsed_trace_parent(value) if isinstance(value, str) else None
-
-
-@functools.lru_cache(maxsize=1 << 14)  # a run's traceparent is parsed for each of its facts
-def _parsed_trace_parent(value: str) -> tuple[str, str, str] | None:
-    match = _TRACEPARENT.fullmatch(value)
-    if match is None or match[1] == "0" * 32 or match[2] == "0" * 16:
-        return None
-    return match[1], match[2], match[3]
 
 
 def run_trace_parent(trace_id: str, run_id: str) -> str:
@@ -181,11 +171,13 @@ class RunTrace:
         self.run_id = run_id
         self.workflow = ""
         self.trace_id = derived_trace_id(run_id)
+        self.trace_state = ""
         self.run: Span | None = None
         self.open: dict[tuple[str, int | None, int], Span] = {}
         self.queues: dict[tuple[str, int | None, int], Span] = {}
         self.done: set[tuple[str, int | None, int]] = set()
         self.last_attempt: dict[str, str] = {}
+        self.repeated: set[str] = set()  # callers' span ids of repeated starts linked
         self.deps: dict[str, tuple[str, ...]] = {}
         self.tasks: dict[str, str] = {}
         self.finished: list[Span] = []  # every finished span, in order
@@ -216,6 +208,8 @@ class RunTrace:
         kind = event.type
         if kind == ev.WORKFLOW_STARTED:
             self._started(event)  # type: ignore[arg-type]
+        elif kind == ev.WORKFLOW_START_REPEATED:
+            self._repeated(event)  # type: ignore[arg-type]
         elif self.run is None or self.run.end:
             return  # nothing before the start; nothing after the end
         elif kind in TERMINAL:
@@ -241,6 +235,7 @@ class RunTrace:
         parsed = parse_trace_parent(event.trace_parent)
         own = span_id(self.run_id, RUN)
         self.trace_id = parsed[0] if parsed else derived_trace_id(self.run_id)
+        self.trace_state = start.trace_state if parsed else ""
         parent = parsed[1] if parsed and parsed[1] != own else ""
         links: list[SpanLink] = []
         attributes: dict[str, Any] = {"dagnats.run_id": self.run_id, "dagnats.workflow": wf.name}
@@ -252,9 +247,40 @@ class RunTrace:
             parent_span = span_id(start.parent_run_id, ATTEMPT, start.parent_step_id, start.parent_attempt)
             links.append(SpanLink(self.trace_id, parent_span, {"dagnats.link": "parent_step"}))
         self.run = Span(
-            self.trace_id, own, parent, f"run {wf.name}", RUN, event.timestamp, attributes=attributes, links=links
+            self.trace_id,
+            own,
+            parent,
+            f"run {wf.name}",
+            RUN,
+            event.timestamp,
+            attributes=attributes,
+            links=links,
+            trace_state=self.trace_state,
         )
         self._add_steps(wf.steps)
+
+    def _repeated(self, event: ev.WorkflowStartRepeated) -> None:
+        """A start answered with this run: a point span under the run span, linked to the
+        caller's span (which may be in another trace); even after the run ended."""
+        caller = parse_trace_parent(event.payload.caller)
+        if self.run is None or caller is None or caller[1] in self.repeated:
+            return
+        self.repeated.add(caller[1])
+        link = SpanLink(caller[0], caller[1], {"dagnats.link": "repeated_start"})
+        if not self.run.end and link not in self.run.links:
+            self.run.links.append(link)
+        span = Span(
+            self.trace_id,
+            span_id(self.run_id, REPEATED_START, caller[1]),
+            self.run.span_id,
+            "start again",
+            REPEATED_START,
+            event.timestamp,
+            attributes={"dagnats.run_id": self.run_id, "dagnats.deduplicated": True},
+            links=[link],
+            trace_state=self.trace_state,
+        )
+        self._finish(span, event.timestamp, OK)
 
     def _add_steps(self, steps: Any) -> None:
         for step in steps:
@@ -316,6 +342,7 @@ class RunTrace:
                 instance=instance,
                 attributes=attributes,
                 links=links,
+                trace_state=self.trace_state,
             )
             self.open[key] = span
         return span
@@ -339,6 +366,7 @@ class RunTrace:
                     event.timestamp,
                     step_id=step,
                     attempt=attempt,
+                    trace_state=self.trace_state,
                 )
             span.events.append(SpanEvent("queued", event.timestamp))
         elif event.type != ev.STEP_QUEUED:
@@ -424,8 +452,6 @@ def _details(event: ev.Event) -> dict[str, Any]:
             value = getattr(payload, name)
             if isinstance(value, str | int | float | bool) and value not in ("", None):
                 out[f"dagnats.{name}"] = value
-    if isinstance(payload, ev.TimerFire) and payload.due:
-        out["dagnats.timer_lateness_ms"] = _millis(payload.due, event.timestamp)
     return out
 
 

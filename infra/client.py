@@ -118,19 +118,29 @@ class Client:
         run_id: str | None = None,
         trace_parent: str | None = None,
         idempotency_key: str | None = None,
+        trace_state: str | None = None,
+        baggage: str | None = None,
     ) -> str:
         """Start a run; with an idempotency key (explicit, or the workflow's dot-path into
         the input) a second start with the same key returns the first run's id. A
-        ``run_id`` already taken by a different run is a RunAlreadyStarted error."""
+        ``run_id`` already taken by a different run is a RunAlreadyStarted error.
+
+        ``trace_parent`` / ``trace_state`` / ``baggage`` (W3C headers; by default the
+        caller's active OpenTelemetry context): the run continues that trace and its
+        tasks carry the tracestate and baggage. A malformed value is dropped."""
         check_json_value(input, "run input")
         body: dict[str, Any] = {"workflow": workflow, "input": input}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
         if run_id:
             body["run_id"] = run_id
-        trace_parent = trace_parent or _current_trace_parent()
-        if trace_parent:
-            body["trace_parent"] = trace_parent
+        current = {} if trace_parent else _current_trace_context()
+        trace_parent = trace_parent or current.get("traceparent")
+        trace_state = trace_state or (current.get("tracestate") if trace_parent else None)
+        baggage = baggage or current.get("baggage")
+        for field, value in (("trace_parent", trace_parent), ("trace_state", trace_state), ("baggage", baggage)):
+            if value:
+                body[field] = value
         return (await self.request("run.start", body))["run_id"]
 
     async def status(self, run_id: str) -> dict[str, Any]:
@@ -360,10 +370,11 @@ class SyncClient:
         return call
 
 
-def _current_trace_parent() -> str | None:
-    """The caller's active OpenTelemetry span, if any: the run continues its trace."""
+def _current_trace_context() -> dict[str, str]:
+    """The caller's active OpenTelemetry context (traceparent, tracestate, baggage), if any:
+    the run continues its trace."""
     from opentelemetry import propagate
 
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
-    return carrier.get("traceparent")
+    return carrier

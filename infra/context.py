@@ -115,7 +115,9 @@ class TaskContext:
     ``iteration`` is the agent_loop iteration (0 first), ``instance`` the map
     element's index (None outside a map), ``metadata`` the step's metadata
     (``{}`` if it has none), ``step_type`` the step's type ("normal",
-    "agent_loop", ...; "" from an engine that does not say).
+    "agent_loop", ...; "" from an engine that does not say). ``baggage`` is the
+    W3C baggage the run was started with (also in the OpenTelemetry context
+    the handler runs in: ``opentelemetry.baggage.get_all()``).
 
     ``checkpoint``, ``last_checkpoint`` and ``wait_for_signal`` block a sync
     handler until done and are awaited in an async one (see the module docs).
@@ -132,6 +134,9 @@ class TaskContext:
     instance: int | None = None
     metadata: dict[str, str] = field(default_factory=dict, hash=False)
     step_type: str = ""
+    # The run's W3C tracestate and baggage (key -> value), as its caller started it.
+    trace_state: str = ""
+    baggage: dict[str, str] = field(default_factory=dict, hash=False)
     _io: TaskIO | None = field(default=None, repr=False, compare=False)
 
     def heartbeat(self) -> None:

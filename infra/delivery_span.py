@@ -14,7 +14,9 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
 from dagnats.domain.events import TaskPayload
@@ -27,8 +29,9 @@ _HOST = socket.gethostname()
 
 @contextlib.contextmanager
 def delivery_span(ctx: TaskContext, payload: TaskPayload, subject: str, delivered: int) -> Iterator[Any]:
-    # The task's traceparent names its step-attempt span (``attempt_trace_parent``).
-    parent = propagate.extract({"traceparent": ctx.trace_parent}) if ctx.trace_parent else None
+    # The task's traceparent names its step-attempt span (``attempt_trace_parent``); the
+    # run's tracestate and baggage come along, so the handler runs with the baggage.
+    parent = propagate.extract(_carrier(ctx)) if ctx.trace_parent or ctx.baggage else None
     attributes: dict[str, Any] = {
         "messaging.system": "nats",
         "messaging.operation.type": "process",
@@ -47,15 +50,29 @@ def delivery_span(ctx: TaskContext, payload: TaskPayload, subject: str, delivere
     }
     if ctx.instance is not None:
         attributes["dagnats.instance"] = ctx.instance
-    with _tracer.start_as_current_span(
-        f"executeTask {ctx.task}",
-        context=parent,
-        kind=trace.SpanKind.CONSUMER,
-        attributes=attributes,
-        record_exception=True,
-        set_status_on_exception=True,
-    ) as span:
-        yield span
+    # The span is made current in the context it was extracted into (with the baggage).
+    token = otel_context.attach(parent) if parent is not None else None
+    try:
+        with _tracer.start_as_current_span(
+            f"executeTask {ctx.task}",
+            kind=trace.SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=True,
+            set_status_on_exception=True,
+        ) as span:
+            yield span
+    finally:
+        if token is not None:
+            otel_context.detach(token)
+
+
+def _carrier(ctx: TaskContext) -> dict[str, str]:
+    carrier = {"traceparent": ctx.trace_parent} if ctx.trace_parent else {}
+    if ctx.trace_parent and ctx.trace_state:
+        carrier["tracestate"] = ctx.trace_state
+    if ctx.baggage:
+        carrier["baggage"] = ",".join(f"{k}={quote(v, safe='')}" for k, v in ctx.baggage.items())
+    return carrier
 
 
 def record_outcome(span: Any, outcome_type: str, failed: bool, payload: Any) -> None:

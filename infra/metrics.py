@@ -9,9 +9,23 @@ engines gives the cluster's figure. Instruments:
     dagnats.step.latency                          histogram (ms): an attempt, queued -> result
     dagnats.step.queue_latency                    histogram (ms): queued -> started
     dagnats.step.retries                          counter: attempts after the first
-    dagnats.timer.lateness                        histogram (ms): fired - due
     dagnats.history.records                       counter: history appends projected
 
+and, counted by the engine where things happen (its own figures, not the cluster's):
+
+    dagnats.history.appends                       counter, by outcome: ok | conflict (another
+                                                  writer moved the history: OCC wrong last sequence)
+    dagnats.timer.lateness                        histogram (ms): a timer's fact reaching the
+                                                  engine - its due time
+    dagnats.actors                                gauge: live run actors
+    dagnats.inbox.lag                             gauge, by partition: facts not yet delivered
+                                                  (the partition consumer's num_pending)
+    dagnats.dlq.depth                             gauge: dead letters stored
+    dagnats.tasks.in_flight / .queued             gauges: tasks handed to workers and not yet
+                                                  acknowledged / waiting for a worker
+    dagnats.worker.tasks.in_flight                up-down counter, in a worker: handlers running
+
+Gauges are sampled every few seconds (``infra/engine/engine_gauges.py``).
 Exported by OTLP when ``OTEL_METRICS_EXPORTER`` / an OTLP endpoint says so;
 ``prometheus_text()`` renders the same figures for an HTTP ``/metrics``.
 """
@@ -42,6 +56,23 @@ class EngineMetrics:
         self.retries = meter.create_counter("dagnats.step.retries")
         self.timer_lateness = meter.create_histogram("dagnats.timer.lateness", unit="ms")
         self.records = meter.create_counter("dagnats.history.records")
+        meter.create_observable_counter(
+            "dagnats.history.appends", callbacks=[APPENDS.observer("outcome")], description="history appends"
+        )
+        meter.create_observable_up_down_counter(
+            "dagnats.worker.tasks.in_flight", callbacks=[TASKS_RUNNING.observer("task")], description="handlers running"
+        )
+        self.readings: tuple[tuple[str, tuple[tuple[str, str], ...], float], ...] = ()
+        for name, description in GAUGES.items():
+            meter.create_observable_gauge(name, callbacks=[self._observer(name)], description=description)
+
+    def _observer(self, name: str) -> Any:
+        def observe(options: Any) -> list[Any]:
+            from opentelemetry.metrics import Observation
+
+            return [Observation(value, dict(labels)) for gauge, labels, value in self.readings if gauge == name]
+
+        return observe
 
     def observe(self, workflow: str, events: list[ev.Event], done: list[Span]) -> None:
         labels = {"workflow": workflow}
@@ -49,8 +80,6 @@ class EngineMetrics:
         for event in events:
             if isinstance(event.payload, ev.RunStart):
                 self.started.add(1, {"workflow": event.payload.workflow_def.name})
-            elif isinstance(event.payload, ev.TimerFire) and event.payload.due:
-                self.timer_lateness.record(_millis(event.payload.due, event.timestamp), labels)
         for span in done:
             if span.kind == RUN:
                 status = span.attributes.get("dagnats.status", "")
@@ -76,6 +105,54 @@ def _millis(start: str, end: str) -> float:
 
 
 _metrics: EngineMetrics | None = None
+
+GAUGES = {
+    "dagnats.actors": "live run actors in this engine",
+    "dagnats.inbox.lag": "facts waiting in a partition's inbox (its consumer's num_pending)",
+    "dagnats.dlq.depth": "dead letters stored",
+    "dagnats.tasks.in_flight": "tasks delivered to workers and not yet acknowledged",
+    "dagnats.tasks.queued": "tasks waiting for a worker",
+}
+
+
+class Tally:
+    """Counts by one label, kept by one thread (the event loop) and read by the metric
+    readers: a count on the hot path is an addition, not an instrument call (~7 us)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def observer(self, label: str) -> Any:
+        def observe(options: Any) -> list[Any]:
+            from opentelemetry.metrics import Observation
+
+            return [Observation(value, {label: key}) for key, value in list(self.counts.items())]
+
+        return observe
+
+
+APPENDS = Tally()  # history appends by outcome, in this engine
+TASKS_RUNNING = Tally()  # handlers running by task, in this worker process
+
+
+def append_outcome(outcome: str) -> None:
+    """Count one history append: ``ok``, ``conflict`` or ``duplicate``."""
+    APPENDS.add(outcome)
+
+
+def timer_lateness(ms: float, kind: str) -> None:
+    """A timer's fact reached the engine ``ms`` after it fell due."""
+    if _metrics is not None:
+        _metrics.timer_lateness.record(max(0.0, ms), {"kind": kind})
+
+
+def set_readings(readings: list[tuple[str, dict[str, str], float]]) -> None:
+    """The gauges' latest sample (``(name, labels, value)``), replaced as a whole."""
+    if _metrics is not None:
+        _metrics.readings = tuple((name, tuple(sorted(labels.items())), value) for name, labels, value in readings)
 
 
 def setup_metrics(service: str) -> EngineMetrics:
@@ -132,12 +209,15 @@ def prometheus_text() -> str:
     lines: list[str] = []
     for rm in data.resource_metrics if data else ():
         for sm in rm.scope_metrics:
-            if sm.scope.name != "dagnats.engine":
+            if sm.scope.name not in ("dagnats.engine", "dagnats.worker"):
                 continue  # other meters (dagnats.reactive) name their units and totals themselves
             for metric in sm.metrics:
                 name = metric.name.replace(".", "_")
                 points = metric.data.data_points
-                if hasattr(points[0] if points else None, "bucket_counts"):
+                if _is_gauge(metric.data):
+                    lines.append(f"# TYPE {name} gauge")
+                    lines += [f"{name}{_labels(p.attributes)} {p.value}" for p in points]
+                elif hasattr(points[0] if points else None, "bucket_counts"):
                     lines.append(f"# TYPE {name}_milliseconds histogram")
                     for p in points:
                         lines += _histogram(f"{name}_milliseconds", p)
@@ -145,6 +225,13 @@ def prometheus_text() -> str:
                     lines.append(f"# TYPE {name}_total counter")
                     lines += [f"{name}_total{_labels(p.attributes)} {p.value}" for p in points]
     return "\n".join(lines) + "\n"
+
+
+def _is_gauge(data: Any) -> bool:
+    """A gauge, or an up-down counter (a sum that may go down)."""
+    from opentelemetry.sdk.metrics.export import Gauge, Sum
+
+    return isinstance(data, Gauge) or (isinstance(data, Sum) and not data.is_monotonic)
 
 
 def _labels(attributes: Any, **extra: str) -> str:

@@ -28,9 +28,17 @@ def readable(span: Span, resource: Any) -> Any:
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+    state = trace.TraceState.from_header([span.trace_state]) if span.trace_state else None
 
     def context(span_id: str, trace_id: str = span.trace_id, remote: bool = False) -> trace.SpanContext:
-        return trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=remote, trace_flags=flags)
+        in_run = trace_id == span.trace_id
+        return trace.SpanContext(
+            int(trace_id, 16),
+            int(span_id, 16),
+            is_remote=remote,
+            trace_flags=flags,
+            trace_state=state if in_run else None,
+        )
 
     if span.status == ERROR:
         status = trace.Status(trace.StatusCode.ERROR, span.error or None)

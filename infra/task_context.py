@@ -58,13 +58,16 @@ from dagnats.domain.events import (
 )
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.run_context import run_context
+from dagnats.domain.trace_context import baggage_items
 
+from . import metrics
 from .added_steps import AddedSteps
 from .context import Continue, TaskContext, TaskIO
 from .delivery_span import delivery_span, record_outcome
+from .tracing import incoming_baggage, incoming_state
 from .wire.facts import publish_fact
 from .wire.handoff import RESULT_FACTS, hand_over
-from .wire.headers import HANDOFF, TRACEPARENT
+from .wire.headers import BAGGAGE, HANDOFF, TRACEPARENT, TRACESTATE
 from .wire.lean import requester
 from .wire.subjects import inbox_subject
 
@@ -152,6 +155,7 @@ class TaskRunner:
     def __init__(self, js: JetStreamContext, worker_id: str, ack_wait: float, executor: Executor) -> None:
         self.js, self.worker_id, self.ack_wait, self.executor = js, worker_id, ack_wait, executor
         self._buckets: dict[str, KeyValue] = {}
+        metrics.setup_metrics("dagnats-worker")  # exports the handlers in flight if configured
 
     async def run(self, msg: Msg, task: str, handler: TaskHandler) -> None:
         """Execute the task in ``msg`` and settle the message (ack, nak or term)."""
@@ -159,8 +163,12 @@ class TaskRunner:
         if payload is None:
             return
         ctx, io = self._context(msg, task, payload)
-        with run_context(ctx.run_id, ctx.step_id, ctx.trace_parent):
-            await self._run(msg, ctx, io, payload, handler)
+        metrics.TASKS_RUNNING.add(task)
+        try:
+            with run_context(ctx.run_id, ctx.step_id, ctx.trace_parent):
+                await self._run(msg, ctx, io, payload, handler)
+        finally:
+            metrics.TASKS_RUNNING.add(task, -1)
 
     async def _run(self, msg: Msg, ctx: TaskContext, io: TaskIO, payload: TaskPayload, handler: TaskHandler) -> None:
         keep_alive = asyncio.create_task(self._keep_alive(msg))
@@ -210,6 +218,7 @@ class TaskRunner:
             return await self._report(ctx, Outcome(fact, data), nth=nth)
 
         io = TaskIO(loop, self._bucket, report, beat, AddedSteps(payload.step_id))
+        headers = msg.headers or {}
         ctx = TaskContext(
             run_id=payload.run_id,
             step_id=payload.step_id,
@@ -217,11 +226,13 @@ class TaskRunner:
             task=task,
             worker_id=self.worker_id,
             workflow_name=payload.workflow_name,
-            trace_parent=(msg.headers or {}).get(TRACEPARENT) or payload.traceparent,
+            trace_parent=headers.get(TRACEPARENT) or payload.traceparent,
             iteration=payload.iteration,
             instance=payload.instance,
             metadata=dict(payload.metadata or {}),
             step_type=payload.step_type,
+            trace_state=incoming_state(headers.get(TRACESTATE) or payload.tracestate, f"task {payload.task_id}"),
+            baggage=baggage_items(incoming_baggage(headers.get(BAGGAGE) or payload.baggage, f"task {payload.task_id}")),
             _io=io,
         )
         return ctx, io

@@ -21,7 +21,8 @@ import logging
 import secrets
 from collections.abc import Iterator
 
-from dagnats.domain.trace_spans import parse_trace_parent, run_trace_parent
+from dagnats.domain.trace_context import parse_baggage, parse_trace_parent, parse_trace_state
+from dagnats.domain.trace_spans import run_trace_parent
 
 from . import otel_config
 
@@ -92,6 +93,26 @@ def incoming(trace_parent: str | None, what: str) -> str | None:
         return trace_parent
     log.warning("%s: ignoring malformed traceparent %r; the run starts a new trace", what, trace_parent[:80])
     return None
+
+
+def incoming_state(trace_state: str | None, what: str) -> str:
+    """A caller's tracestate if valid, else "" (a malformed one is logged once and dropped)."""
+    if not trace_state:
+        return ""
+    parsed = parse_trace_state(trace_state)
+    if parsed is None:
+        log.warning("%s: ignoring malformed tracestate %r", what, trace_state[:80])
+    return parsed or ""
+
+
+def incoming_baggage(baggage: str | None, what: str) -> str:
+    """A caller's baggage if valid, else "" (a malformed one is logged once and dropped)."""
+    if not baggage:
+        return ""
+    parsed = parse_baggage(baggage)
+    if parsed is None:
+        log.warning("%s: ignoring malformed baggage %r", what, baggage[:80])
+    return parsed or ""
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ from dagnats.domain.debounce import Burst
 from dagnats.domain.errors import DagnatsError, InvalidRequest
 from dagnats.domain.events import format_timestamp, parse_timestamp
 from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.run_context import run_context
 from dagnats.domain.schedules import next_occurrence
 from dagnats.domain.triggers import Cron, Subject, Trigger, Webhook, check_trigger, route_conflicts
 
@@ -242,7 +243,8 @@ class TriggerService:
             key = await self.debouncer.add(t, data, at or datetime.now(UTC))
             return {"debounced": key}
         started = await self.start_run(workflow=t.workflow, input=envelope(t, kind, data, at), run_id=run_id)
-        log.info("trigger %s (%s) started run %s", t.id, kind, started["run_id"])
+        with run_context(started["run_id"]):
+            log.info("trigger %s (%s) started run %s", t.id, kind, started["run_id"])
         return started
 
     async def _start_burst(self, t: Trigger, burst: Burst, run_id: str) -> Any:
@@ -250,7 +252,8 @@ class TriggerService:
         at = parse_timestamp(burst.last_at)
         data = envelope(t, t.kind, burst.data, at) | {"debounce": burst_envelope_extra(burst)}
         started = await self.start_run(workflow=t.workflow, input=data, run_id=run_id)
-        log.info("trigger %s started run %s for %d debounced fires", t.id, started["run_id"], burst.fires)
+        with run_context(started["run_id"]):
+            log.info("trigger %s started run %s for %d debounced fires", t.id, started["run_id"], burst.fires)
         return started
 
     async def _listen(self, wanted: list[Trigger]) -> None:

@@ -24,71 +24,56 @@ lets running handlers finish for up to ``drain_timeout``, NAKs the rest.
 A user file defines one ``Worker`` at top level and calls ``w.run()`` only
 under ``if __name__ == "__main__":``; ``dagnats worker FILE.py`` imports it
 with ``load_worker`` and runs it.
+
+The pieces, one module each: ``task_consumer`` (a shared consumer: its name,
+filter, set-up and fetch), ``execution_slots`` (handlers at once),
+``definition_follower`` (capability sets from the registered definitions),
+``task_context`` (one task through its handler), ``worker_file``
+(``load_worker``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import secrets
 import signal
-import sys
-import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import nats
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
-from dagnats.domain.capabilities import capability_routes, capability_set, capability_token, describe_capabilities
-from dagnats.domain.definition import decode_workflow
-from dagnats.domain.errors import DefinitionDecodeError, SignalTimeout, TaskAlreadyRegistered, WorkerLoadError
+from dagnats.domain.capabilities import capability_set, describe_capabilities
+from dagnats.domain.errors import SignalTimeout, TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.identifiers import check_identifier, is_identifier
 
-from . import tracing
+from . import metrics, tracing
 from .context import Continue, TaskContext
+from .definition_follower import DefinitionFollower
+from .execution_slots import ExecutionSlots
 from .handler_threads import HandlerThreads, exit_if_handlers_hang
 from .registry import Heartbeat
-from .task_context import (
-    Permanent,
-    RateLimited,
-    TaskHandler,
-    TaskRunner,
-    describe,
-    settle,
-)
+from .task_consumer import TaskConsumer
+from .task_context import Permanent, RateLimited, TaskHandler, TaskRunner, describe, settle
 from .wire.connection import nats_url as resolve_url
 from .wire.connection import server_list
 from .wire.lean import LeanJetStream
-from .wire.names import DEFS_BUCKET, TASK_STREAM
 from .wire.reading import more_pending
-from .wire.subjects import task_filter
+from .worker_file import load_worker, loading
 
 __all__ = ["Worker", "TaskContext", "Continue", "Permanent", "RateLimited", "SignalTimeout", "load_worker"]
 
 log = logging.getLogger("dagnats.worker")
 
-FETCH_TIMEOUT = 1.0  # short: a stop waits at most this long for the fetch loops
 MAX_BATCH = 100
-STALL_MARGIN = 5.0  # a fetch this much past its timeout is stuck (nats.py #933, #986)
-MAX_ACK_PENDING = 1000
-STICKY_CONSUMER_IDLE = 3600.0  # seconds
 CLOSE_TIMEOUT = 2.0  # seconds a stopping worker waits for the connection to close
-DEFINITIONS_WAIT = 5.0  # seconds start() waits for the registered definitions (capability sets)
 
 DEFAULT_MAX_DELIVERIES = 5  # deliveries of one task message before it is dead-lettered
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Set while load_worker imports a file: run() at import time is then an error.
-_loading: ContextVar[str | None] = ContextVar("dagnats_loading_worker", default=None)
 
 
 class Worker:
@@ -140,13 +125,12 @@ class Worker:
         self._nc: nats.NATS | None = None
         self._js: JetStreamContext | None = None
         self._stopping = False
-        self._subs: list[_Subscription] = []
+        self._subs: list[TaskConsumer] = []
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[asyncio.Task[None], Msg] = {}
         self._executor: HandlerThreads | None = None
         self._last_error_logged = ""
-        self._follow: asyncio.Task[None] | None = None
-        self._rewatch = asyncio.Event()
+        self._follower: DefinitionFollower | None = None
 
     @property
     def tasks(self) -> list[str]:
@@ -175,7 +159,7 @@ class Worker:
         A sync handler still running after the drain timeout does not keep the
         process alive: it exits (see handler_threads.py).
         """
-        if (path := _loading.get()) is not None:
+        if (path := loading.get()) is not None:
             raise WorkerLoadError(path, cause='Worker.run() called at import; guard it with if __name__ == "__main__":')
         try:
             asyncio.run(self._run_until_signalled())
@@ -199,6 +183,7 @@ class Worker:
                     loop.remove_signal_handler(sig)
             await self.stop()
             await asyncio.to_thread(tracing.flush)  # the last deliveries' spans, before exiting
+            await asyncio.to_thread(metrics.shutdown)  # and the last metrics
 
     async def start(self) -> None:
         """Connect, ensure the consumers and start fetching.
@@ -222,23 +207,25 @@ class Worker:
         self._js = LeanJetStream(self._nc)
         self._stopping = False
         self._stopped = asyncio.Event()
-        self._slots = _Slots(self.max_concurrent)
+        self._slots = ExecutionSlots(self.max_concurrent)
         self._executor = HandlerThreads(self.max_concurrent)
         self._runner = TaskRunner(self._js, self.worker_id, self.ack_wait, self._executor)
         self._subs = [
-            _Subscription(task, group, handler)
+            TaskConsumer(task, group, handler)
             for task, handler in self._handlers.items()
             for group in self._group_list()
         ]
         sticky = f"sticky-{self.worker_id}"
         if is_identifier(sticky):  # runs bound to this worker (sticky soft/hard) send tasks here
-            self._subs += [_Subscription(t, sticky, h, own=True) for t, h in self._handlers.items()]
+            self._subs += [TaskConsumer(t, sticky, h, own=True) for t, h in self._handlers.items()]
         await asyncio.gather(*(self._ensure(sub) for sub in self._subs))
         self._heartbeat = Heartbeat(self._js, self.worker_id, self.tasks, self.groups, list(self.capabilities))
         await self._heartbeat.start()
         self._loops = [asyncio.create_task(self._consume(sub), name=f"fetch-{sub.consumer}") for sub in self._subs]
         if self.capabilities:
-            await self._start_following_definitions()
+            routes = (self.tasks, self.groups, self.capabilities)
+            self._follower = DefinitionFollower(self._js, self.worker_id, routes, self._adopt, self._pause)
+            await self._follower.start()
         log.info("worker %s started: %s on %s", self.worker_id, ", ".join(self.tasks), self.nats_url)
 
     def _group_list(self) -> list[str | None]:
@@ -251,10 +238,9 @@ class Worker:
             return
         self._stopping = True
         self._stopped.set()
-        if self._follow is not None:
-            self._follow.cancel()
-            await asyncio.wait([self._follow], timeout=CLOSE_TIMEOUT)
-            self._follow = None
+        if self._follower is not None:
+            await self._follower.stop(CLOSE_TIMEOUT)
+            self._follower = None
         self._slots.close()
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._running:
@@ -291,126 +277,30 @@ class Worker:
 
     # -- capability sets ---------------------------------------------------------
 
-    async def _start_following_definitions(self) -> None:
-        """Follow the registered definitions; returns once those already there are
-        adopted (or at once if they cannot be read yet: the follower keeps trying)."""
-        ready = asyncio.Event()
-        self._rewatch = asyncio.Event()
-        self._follow = asyncio.create_task(self._follow_definitions(ready), name=f"definitions-{self.worker_id}")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(ready.wait(), DEFINITIONS_WAIT)
-
-    async def _follow_definitions(self, ready: asyncio.Event) -> None:
-        """Watch ``workflow_defs`` for steps this worker may take; watch afresh after a
-        failure or a reconnect (the server may have lost the watch's consumer)."""
-        failures = 0
-        while not self._stopping:
-            self._rewatch.clear()
-            try:
-                assert self._js is not None
-                watcher = await (await self._js.key_value(DEFS_BUCKET)).watchall()
-            except Exception as err:  # noqa: BLE001 - no bucket yet (engine not started), reconnecting, ...
-                ready.set()
-                failures += 1
-                log.log(
-                    logging.DEBUG if failures > 1 else logging.INFO,
-                    "worker %s cannot watch %s (%s); retrying",
-                    self.worker_id,
-                    DEFS_BUCKET,
-                    describe(err),
-                )
-                await self._pause(failures)
-                continue
-            failures = 0
-            try:
-                await self._adopt_from(watcher, ready)
-            finally:
-                await settle(watcher.stop())
-
-    async def _adopt_from(self, watcher: Any, ready: asyncio.Event) -> None:
-        """Adopt each definition the watch reports, until it ends or a reconnect asks
-        for a fresh one."""
-        rewatch = asyncio.create_task(self._rewatch.wait())
-        entry_next: asyncio.Future[Any] | None = None
-        try:
-            while not self._stopping:
-                entry_next = asyncio.ensure_future(watcher.__anext__())
-                await asyncio.wait([entry_next, rewatch], return_when=asyncio.FIRST_COMPLETED)
-                if not entry_next.done():
-                    return
-                entry = entry_next.result()
-                if entry is None:  # the end of the definitions already there
-                    ready.set()
-                elif entry.operation not in ("DEL", "PURGE") and entry.value:
-                    await self._adopt_definition(entry.key, entry.value)
-        except StopAsyncIteration:  # the watch was stopped
+    async def _adopt(self, task: str, group: str | None, caps: tuple[str, ...]) -> None:
+        """One more consumer, for the steps of ``task`` (in ``group``) requiring ``caps``."""
+        sub = TaskConsumer(task, group, self._handlers[task], capabilities=caps)
+        if any(s.consumer == sub.consumer for s in self._subs):
             return
-        finally:
-            for waiting in (rewatch, entry_next):
-                if waiting is not None and not waiting.cancel() and not waiting.cancelled():
-                    waiting.exception()  # done already: its outcome is of no interest now
-
-    async def _adopt_definition(self, name: str, data: bytes) -> None:
-        """Ensure a consumer for each capability set of ``name`` this worker may take.
-
-        Consumers are never removed here: a definition deleted or changed may still
-        have tasks queued on its old subjects."""
-        try:
-            wf = decode_workflow(data, f"stored workflow {name}")
-        except DefinitionDecodeError as err:
-            log.debug("worker %s ignores definition %s: %s", self.worker_id, name, err)
-            return
-        for task, group, caps in sorted(capability_routes(wf, self.tasks, self.groups, self.capabilities)):
-            sub = _Subscription(task, group or None, self._handlers[task], capabilities=caps)
-            if any(s.consumer == sub.consumer for s in self._subs):
-                continue
-            self._subs.append(sub)
-            await self._ensure(sub)
-            self._loops.append(asyncio.create_task(self._consume(sub), name=f"fetch-{sub.consumer}"))
-            log.info(
-                "worker %s takes the steps of task %s%s that require %s (consumer %s)",
-                self.worker_id,
-                task,
-                f" (group {group})" if group else "",
-                describe_capabilities(caps),
-                sub.consumer,
-            )
+        self._subs.append(sub)
+        await self._ensure(sub)
+        self._loops.append(asyncio.create_task(self._consume(sub), name=f"fetch-{sub.consumer}"))
+        log.info(
+            "worker %s takes the steps of task %s%s that require %s (consumer %s)",
+            self.worker_id,
+            task,
+            f" (group {group})" if group else "",
+            describe_capabilities(caps),
+            sub.consumer,
+        )
 
     # -- consuming -----------------------------------------------------------
 
-    async def _ensure(self, sub: _Subscription) -> bool:
-        """Create or update the shared consumer, and bind a fresh pull subscription to it."""
+    async def _ensure(self, sub: TaskConsumer) -> bool:
         assert self._js is not None
-        config = api.ConsumerConfig(
-            name=sub.consumer,
-            durable_name=sub.consumer,
-            description=f"dagnats workers of task {sub.task}{sub.offering}",
-            filter_subject=sub.filter_subject,
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait,
-            # Bounded: a task that kills every worker it reaches must not circle for ever.
-            # The server then leaves it in the queue and says so; the engine moves it to
-            # the dead letters and fails the attempt (engine/dead_letters.py).
-            max_deliver=self.max_deliveries,
-            max_ack_pending=MAX_ACK_PENDING,
-            # A worker's own (sticky) consumer goes away an hour after the worker does;
-            # its tasks stay queued for a worker started again with the same id.
-            inactive_threshold=STICKY_CONSUMER_IDLE if sub.own else None,
-        )
-        try:
-            await self._js.add_consumer(TASK_STREAM, config)
-            if sub.pull is not None:
-                await settle(sub.pull.unsubscribe())
-            sub.pull = await self._js.pull_subscribe_bind(durable=sub.consumer, stream=TASK_STREAM)
-        except Exception as err:  # noqa: BLE001 - retried by the fetch loop
-            sub.trouble(f"cannot set up consumer {sub.consumer} on {TASK_STREAM}", err)
-            sub.stale = True
-            return False
-        sub.stale = False
-        return True
+        return await sub.ensure(self._js, self.ack_wait, self.max_deliveries)
 
-    async def _consume(self, sub: _Subscription) -> None:
+    async def _consume(self, sub: TaskConsumer) -> None:
         failures = 0
         while not self._stopping:
             if sub.stale and not await self._ensure(sub):
@@ -424,7 +314,7 @@ class Worker:
             if not sub.idle and not reserved:
                 return
             try:
-                msgs = await self._fetch(sub, reserved or 1)
+                msgs = await sub.fetch(reserved or 1)
             except Exception as err:  # noqa: BLE001 - the loop must outlive any one failure
                 self._slots.give(reserved)
                 failures += 1
@@ -440,17 +330,7 @@ class Worker:
                     return
             await self._dispatch(sub, msgs, reserved)
 
-    async def _fetch(self, sub: _Subscription, batch: int) -> list[Msg]:
-        assert sub.pull is not None
-        began = time.monotonic()
-        try:
-            return await asyncio.wait_for(sub.pull.fetch(batch, timeout=FETCH_TIMEOUT), FETCH_TIMEOUT + STALL_MARGIN)
-        except TimeoutError:  # nats' own fetch timeout is one: no messages
-            if time.monotonic() - began >= FETCH_TIMEOUT + STALL_MARGIN:
-                raise RuntimeError(f"fetch stalled for {time.monotonic() - began:.1f} s") from None
-            return []
-
-    async def _dispatch(self, sub: _Subscription, msgs: list[Msg], reserved: int) -> None:
+    async def _dispatch(self, sub: TaskConsumer, msgs: list[Msg], reserved: int) -> None:
         # A fetch can return messages an earlier, expired pull left in the
         # subscription's queue: more than we hold slots for goes back at once.
         taken, extra = msgs[:reserved], msgs[reserved:]
@@ -469,7 +349,7 @@ class Worker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stopped.wait(), min(5.0, 0.25 * 2**failures))
 
-    async def _execute(self, sub: _Subscription, msg: Msg) -> None:
+    async def _execute(self, sub: TaskConsumer, msg: Msg) -> None:
         try:
             if self._stopping:  # fetched, not started: back to the queue
                 await settle(msg.nak())
@@ -501,122 +381,5 @@ class Worker:
         self._last_error_logged = ""
         for sub in self._subs:
             sub.stale = True  # the server may have lost or rebuilt the consumer
-        self._rewatch.set()  # and the definitions watch's consumer
-
-
-@dataclass(eq=False)
-class _Subscription:
-    """One shared consumer and this worker's fetch state for it."""
-
-    task: str
-    group: str | None
-    handler: TaskHandler
-    own: bool = False  # this worker's sticky subject, not a shared one
-    capabilities: tuple[str, ...] = ()  # the steps requiring this set (canonical), on its subject
-    pull: JetStreamContext.PullSubscription | None = None
-    stale: bool = True
-    idle: bool = True  # the last fetch was empty: ask for one message, hold one slot
-    last_trouble: str = ""
-
-    def trouble(self, what: str, err: BaseException) -> None:
-        """Log a failure once; the same failure again (every retry) only at DEBUG."""
-        text = f"{what}: {describe(err)}"
-        log.log(logging.DEBUG if text == self.last_trouble else logging.WARNING, "%s; retrying", text)
-        self.last_trouble = text
-
-    @property
-    def consumer(self) -> str:
-        # '+' and '@' cannot occur in a task or group name, so task "a-b" and task "a" in
-        # group "b" differ, and so do a group and a capability set.
-        name = f"workers-{self.task}" if self.group is None else f"workers-{self.task}+{self.group}"
-        return f"{name}@{capability_token(self.capabilities)}" if self.capabilities else name
-
-    @property
-    def filter_subject(self) -> str:
-        return task_filter(self.task, self.group, self.capabilities)
-
-    @property
-    def offering(self) -> str:
-        return f" offering {describe_capabilities(self.capabilities)}" if self.capabilities else ""
-
-
-class _Slots:
-    """Execution slots shared by all fetch loops, granted first come, first served."""
-
-    def __init__(self, size: int) -> None:
-        self.free = size
-        self._waiters: deque[asyncio.Future[bool]] = deque()
-        self._closed = False
-
-    async def take(self, most: int) -> int:
-        """Wait for one free slot, then take up to ``most``; 0 once closed."""
-        if self._closed:
-            return 0
-        granted = 0
-        if self._waiters or not self.free:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                if not await waiter:
-                    return 0
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and waiter.result():
-                    self.give(1)
-                raise
-            granted = 1
-        if self._closed:
-            self.give(granted)
-            return 0
-        extra = min(most - granted, self.free)
-        self.free -= extra
-        return granted + extra
-
-    def give(self, count: int) -> None:
-        self.free += count
-        while self.free and self._waiters and not self._closed:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.free -= 1
-                waiter.set_result(True)
-
-    def close(self) -> None:
-        self._closed = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(False)
-
-
-# -- loading a user's worker file ----------------------------------------------
-
-
-def load_worker(path: str) -> Worker:
-    """Import the Python file at ``path`` and return the one Worker it defines at top level."""
-    file = Path(path).resolve()
-    if not file.is_file():
-        raise WorkerLoadError(path, cause="no such file")
-    name = f"_dagnats_worker_{file.stem}_{secrets.token_hex(4)}"
-    spec = importlib.util.spec_from_file_location(name, file)
-    if spec is None or spec.loader is None:
-        raise WorkerLoadError(path, cause="not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    if str(file.parent) not in sys.path:
-        sys.path.insert(0, str(file.parent))
-    sys.modules[name] = module  # dataclasses and msgspec resolve annotations through it
-    token = _loading.set(path)
-    try:
-        spec.loader.exec_module(module)
-    except WorkerLoadError:
-        raise
-    except Exception as err:
-        sys.modules.pop(name, None)
-        raise WorkerLoadError(path, cause=describe(err)) from err
-    finally:
-        _loading.reset(token)
-    found: dict[int, list[str]] = {}
-    for attr, value in vars(module).items():
-        if isinstance(value, Worker):
-            found.setdefault(id(value), []).append(attr)
-    if len(found) != 1:
-        raise WorkerLoadError(path, names=[names[0] for names in found.values()])
-    return next(v for v in vars(module).values() if isinstance(v, Worker))
+        if self._follower is not None:
+            self._follower.rewatch()  # and the definitions watch's consumer

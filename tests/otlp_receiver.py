@@ -45,6 +45,8 @@ class ReceivedSpan:
     attributes: dict[str, Any]
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    trace_state: str = ""
+    event_times: list[int] = field(default_factory=list)  # unix ns, beside ``events``
 
 
 class OtlpReceiver:
@@ -115,6 +117,8 @@ class OtlpReceiver:
                             attributes=_attributes(s.attributes),
                             events=[(e.name, _attributes(e.attributes)) for e in s.events],
                             links=[link.span_id.hex() for link in s.links],
+                            trace_state=s.trace_state,
+                            event_times=[e.time_unix_nano for e in s.events],
                         )
                     )
 

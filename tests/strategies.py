@@ -338,6 +338,9 @@ def _payloads(event_type: str) -> st.SearchStrategy[Any]:
             input=json_values,
             input_from=st.sampled_from(["", "wiring", "previous", "on_failure", "?"]),
         )
+    if event_type == ev.WORKFLOW_START_REPEATED:
+        callers = st.sampled_from(["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "", "not-a-traceparent"])
+        return st.none() | st.builds(ev.RepeatedStart, caller=callers)
     if event_type == ev.TIMER_FIRED:
         return st.none() | st.builds(
             ev.TimerFire,

@@ -44,6 +44,7 @@ def doomed(ctx: TaskContext, data: Any) -> str:
     return ctx.step_id
 """
 
+STATE = "congo=t61rcWkgMzE"
 FAN = {
     "name": "traced-fan",
     "steps": [
@@ -65,7 +66,7 @@ def otlp(monkeypatch):
         yield receiver
 
 
-def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path):
+def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path, monkeypatch):
     engine = Serve(nats.url, external=True)
     worker = WorkerProc(tmp_path, nats.url, HANDLERS, worker_args="max_concurrent=8, ack_wait=2, drain_timeout=1")
     cli = Cli(nats.url)
@@ -92,9 +93,17 @@ def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path):
         events = cli.events(run_id)
         caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         cli.register({"name": "traced-one", "steps": [{"id": "only", "task": "tr-quick"}]}, tmp_path)
-        continued = cli("run", "start", "traced-one", "--traceparent", caller, json=True)["run_id"]
+        monkeypatch.setenv("BAGGAGE", "tenant=acme")
+        started = cli("run", "start", "traced-one", "--traceparent", caller, "--tracestate", STATE, json=True)
+        continued = started["run_id"]
         continued_run = cli.wait_status(continued, {"completed", "failed"}, timeout=30)
-        wait_for(lambda: any(s.name == "run traced-one" for s in otlp.trace(caller.split("-")[1])), 10, "run 2")
+        continued_events = cli.events(continued)
+
+        def continued_spans():
+            names = {s.name for s in otlp.trace(caller.split("-")[1])}
+            return {"run traced-one", "executeTask tr-quick"} <= names
+
+        wait_for(continued_spans, 10, "run 2 and its delivery")
         printed = cli("run", "trace", run_id, json=True)
         human = cli("run", "trace", run_id).stdout
     finally:
@@ -156,10 +165,14 @@ def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path):
     assert "  step join" in human and "after b1, b2, b3" in human
     assert "ERROR" in human and "attempt 2" in human
 
-    # A run started with --traceparent continues the caller's trace, under the caller's span.
+    # A run started with --traceparent continues the caller's trace, under the caller's span,
+    # and carries --tracestate and $BAGGAGE: recorded, on its spans, restored by the worker.
     assert continued_run["trace_id"] == caller.split("-")[1]
     (second,) = {s.span_id: s for s in otlp.trace(caller.split("-")[1]) if s.name == "run traced-one"}.values()
     assert second.parent_id == caller.split("-")[2]
+    assert continued_events[0]["payload"]["trace_state"] == STATE
+    assert continued_events[0]["payload"]["baggage"] == "tenant=acme"
+    assert {s.trace_state for s in otlp.trace(caller.split("-")[1]) if not s.name.startswith("dagnats.api")} == {STATE}
 
     # Metrics arrived by OTLP with plausible values.
     wait_for(lambda: "dagnats.runs.completed" in otlp.metrics, 10, "the metrics")
@@ -169,5 +182,13 @@ def test_a_crashy_run_exports_one_consistent_trace(nats, otlp, tmp_path):
     assert max(completed) == 1
     latency = [r for r in otlp.metrics["dagnats.step.latency"] if r["attributes"]["step"] == "join"]
     assert latency and all(0 <= r["sum"] < 60_000 for r in latency)
+    # The engine's own counters and gauges, and the worker's handlers in flight.
+    appends = [r["value"] for r in otlp.metrics["dagnats.history.appends"] if r["attributes"]["outcome"] == "ok"]
+    assert appends and max(appends) >= 1
+    assert {r["attributes"]["partition"] for r in otlp.metrics["dagnats.inbox.lag"]} >= {"0"}
+    assert all(r["value"] >= 0 for r in otlp.metrics["dagnats.actors"] + otlp.metrics["dagnats.dlq.depth"])
+    in_flight = otlp.metrics["dagnats.worker.tasks.in_flight"]
+    assert {r["attributes"]["task"] for r in in_flight} >= {"tr-quick"}
+    assert all(0 <= r["value"] <= 8 for r in in_flight)  # max_concurrent=8
     # (Counters a killed engine had not exported yet are lost with it: metrics, unlike spans,
     # are not replayed. The retry is counted in test_tracing.)

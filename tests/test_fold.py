@@ -6,6 +6,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_golden_histories import load_history
 
 from dagnats.domain import events as ev
 from dagnats.domain import state as rs
@@ -104,7 +105,21 @@ def test_events_after_a_terminal_state_change_nothing(recorded, data):
     assert run.is_terminal
     strays = data.draw(st.lists(stray_events(step_names(run)), max_size=10))
     for event in recorded.history + strays:
+        if isinstance(event, ev.WorkflowStartRepeated):
+            continue  # a caller's trace link is recorded even after the end (test below)
         assert fold(run, event) is run
+
+
+def test_a_repeated_start_links_its_caller_once_even_after_the_end():
+    history = load_history("traced-repeated-start")
+    run = replay(history[:1])
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    repeat = ev.make_event(ev.WORKFLOW_START_REPEATED, RUN_ID, {"caller": caller}, id="start_repeated.x")
+    linked = fold(run, repeat)
+    assert linked.linked_starts == (caller,) and fold(linked, repeat) is linked
+    ended = replay(history)
+    assert ended.is_terminal and fold(ended, repeat) is ended  # already linked
+    assert fold(rs.new_run(RUN_ID), repeat).linked_starts == ()  # nothing before the start
 
 
 @settings(max_examples=150)

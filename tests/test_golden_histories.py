@@ -49,6 +49,7 @@ RECORDED = {
     "agent-loop",
     "planner-two-steps",
     "steps-added",
+    "traced-repeated-start",
     "respond-then-audit",
 }
 

@@ -56,6 +56,33 @@ def test_idempotency_key_answers_a_second_start_with_the_first_run(nats_url, run
     run(body())
 
 
+def test_a_start_continues_the_trace_of_its_w3c_headers_and_a_repeat_links_it(nats_url, run):
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    again = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = {"traceparent": caller, "tracestate": "congo=t61rcWkgMzE", "baggage": "tenant=acme"}
+
+    async def body():
+        async with ApiHarness(nats_url) as h:
+            await h.http.post("/workflows", json=ONE_STEP)
+            first = await h.http.post("/runs", json={"workflow": "one", "idempotency_key": "k"}, headers=headers)
+            run_id = first.json()["run_id"]
+            repeat = {"workflow": "one", "idempotency_key": "k", "trace_parent": again}
+            assert (await h.http.post("/runs", json=repeat)).json() == {"run_id": run_id, "status": "deduplicated"}
+            assert (await h.http.get(f"/runs/{run_id}")).json()["trace_id"] == caller.split("-")[1]
+            for _ in range(100):
+                events = (await h.http.get(f"/runs/{run_id}/events")).json()["events"]
+                if any(e["type"] == "workflow.start_repeated" for e in events):
+                    break
+                await asyncio.sleep(0.05)
+            return events
+
+    events = run(body())
+    assert events[0]["payload"]["trace_state"] == "congo=t61rcWkgMzE"
+    assert events[0]["payload"]["baggage"] == "tenant=acme"
+    (repeated,) = [e for e in events if e["type"] == "workflow.start_repeated"]
+    assert repeated["payload"]["caller"] == again
+
+
 def test_run_list_filters_and_pages_by_cursor(nats_url, run):
     async def body():
         async with ApiHarness(nats_url) as h:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+import threading
 
 import msgspec
 import pytest
@@ -12,6 +14,7 @@ from test_actors import Acks, completed, deliver, engine, start_fact  # noqa: F4
 
 from dagnats.domain.run_context import current, run_context
 from dagnats.infra import logs
+from dagnats.infra.engine.bridge import LoopBridge
 from dagnats.infra.logs import JsonFormatter, RunContextFilter, log_format, setup_log_export
 from dagnats.infra.worker import TaskContext, Worker
 
@@ -36,6 +39,38 @@ def test_the_filter_adds_the_run_context_inside_and_empty_fields_outside():
     with run_context("r1", "s1", TP):
         assert ids(record()) == ("r1", "s1", TRACE_ID)
     assert ids(record()) == ("", "", "") and current() == ("", "", "")
+
+
+def test_a_port_call_on_the_loop_logs_with_the_calling_actors_run_context(caplog):
+    """Actors reach NATS through the loop bridge: what the call logs there is about their run."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    bridge = LoopBridge(loop)
+    caplog.handler.addFilter(RunContextFilter())
+
+    async def port_call() -> str:
+        logging.getLogger("dagnats.ports").warning("publishing")
+        return "done"
+
+    async def failing() -> None:
+        raise RuntimeError("NATS went away")
+
+    try:
+        with caplog.at_level(logging.WARNING), run_context("r1", "s1", TP):
+            assert bridge.call(port_call()) == "done"
+            bridge.spawn(failing())
+            bridge.call(asyncio.sleep(0))  # the spawned call has run
+        bridge.call(port_call())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    lines = [(r.getMessage(), ids(r)) for r in caplog.records]
+    assert lines == [
+        ("publishing", ("r1", "s1", TRACE_ID)),
+        ("background call failed: NATS went away", ("r1", "s1", TRACE_ID)),
+        ("publishing", ("", "", "")),
+    ]
 
 
 def test_a_malformed_traceparent_leaves_the_trace_id_empty():

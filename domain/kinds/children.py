@@ -53,8 +53,27 @@ def start_child(
     run: st.WorkflowRun, child: str, config: SubWorkflowConfig, data: Any, step_id: str, attempt: int
 ) -> StartChildRun:
     if config.detach:
-        return StartChildRun(child, config.workflow, data, step_id, attempt, detach=True)
-    return StartChildRun(child, config.workflow, data, step_id, attempt, root_run_id=run.root, depth=run.depth + 1)
+        return StartChildRun(
+            child,
+            config.workflow,
+            data,
+            step_id,
+            attempt,
+            detach=True,
+            trace_state=run.trace_state,
+            baggage=run.baggage,
+        )
+    return StartChildRun(
+        child,
+        config.workflow,
+        data,
+        step_id,
+        attempt,
+        root_run_id=run.root,
+        depth=run.depth + 1,
+        trace_state=run.trace_state,
+        baggage=run.baggage,
+    )
 
 
 @on_fact(ev.ChildFailed)

@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="print step events until the run ends")
     p.add_argument("--idempotency-key", help="a second start with the same key returns the first run")
     p.add_argument("--traceparent", help="continue this W3C trace (default: the TRACEPARENT environment variable)")
+    p.add_argument("--tracestate", help="the W3C tracestate beside --traceparent (default: $TRACESTATE)")
+    p.add_argument("--baggage", help="W3C baggage the run's tasks carry (default: $BAGGAGE)")
     p.set_defaults(func=cmd_run_start)
     for name, func, text in (
         ("status", cmd_run_status, "show a run and its steps"),
@@ -354,8 +356,14 @@ def cmd_run_start(args: argparse.Namespace) -> int:
     data = _parse_input(_input_text(args), "run input")
 
     async def go(client: Client) -> int:
-        trace_parent = args.traceparent or os.environ.get("TRACEPARENT") or None
-        run_id = await client.start(args.name, data, idempotency_key=args.idempotency_key, trace_parent=trace_parent)
+        run_id = await client.start(
+            args.name,
+            data,
+            idempotency_key=args.idempotency_key,
+            trace_parent=args.traceparent or os.environ.get("TRACEPARENT") or None,
+            trace_state=args.tracestate or os.environ.get("TRACESTATE") or None,
+            baggage=args.baggage or os.environ.get("BAGGAGE") or None,
+        )
         if not args.watch:
             _print_json({"run_id": run_id}) if args.json else print(f"Run {run_id} started")
             return 0

@@ -17,7 +17,7 @@ import msgspec
 from dagnats.domain.errors import RunNotFound
 from dagnats.domain.events import decode_record, parse_timestamp
 from dagnats.domain.identifiers import check_identifier
-from dagnats.domain.trace_spans import ERROR, QUEUE, RunTrace, Span, project
+from dagnats.domain.trace_spans import ERROR, QUEUE, RunTrace, Span, SpanLink, project
 
 from ..client import Client
 from ..wire.connection import nats_url
@@ -89,11 +89,18 @@ def _line(span: Span) -> str:
     waits = [e.name for e in span.events if e.name not in ("queued", "exception")]
     if waits:
         extra.append(", ".join(waits))
-    if span.links:
-        extra.append("after " + ", ".join(str(link.attributes.get("dagnats.step_id", "")) for link in span.links))
+    after = [str(link.attributes.get("dagnats.step_id", "")) for link in span.links if _depends(link)]
+    if after:
+        extra.append("after " + ", ".join(after))
+    others = [link for link in span.links if not _depends(link)]
+    extra += [f"{link.attributes.get('dagnats.link', 'link')} {link.span_id}" for link in others]
     if span.status == ERROR and span.error:
         extra.append(f"error: {span.error[:80]}")
     return f"{span.name}  {_ms(_duration_ms(span))}  {status}".rstrip() + (f"  ({'; '.join(extra)})" if extra else "")
+
+
+def _depends(link: SpanLink) -> bool:
+    return link.attributes.get("dagnats.link") == "depends_on"
 
 
 def tree(trace: RunTrace) -> str:

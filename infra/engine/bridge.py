@@ -3,11 +3,16 @@
 Actors call ``bridge.call(coro)`` to run a coroutine on the loop and block
 only themselves until it finishes; ``spawn`` fires and forgets. The clock
 lives here too: wall time in UTC, and ``call_later`` on the loop.
+
+The caller's run context (``domain/run_context.py``: the run, step and trace
+an actor is working for) goes along: a log line of the coroutine on the
+loop carries the same ids as one of the actor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -30,7 +35,7 @@ class LoopBridge:
         concurrent future to the task (conditions, callbacks on both sides), which
         every record of every run paid for."""
         waiter = _Waiter()
-        self.loop.call_soon_threadsafe(self._begin, coro, waiter.finish)
+        self.loop.call_soon_threadsafe(self._begin, coro, waiter.finish, contextvars.copy_context())
         if not waiter.done.acquire(timeout=self.timeout):
             raise TimeoutError(f"the event loop did not finish a call within {self.timeout:g}s")
         if waiter.error is not None:
@@ -38,13 +43,19 @@ class LoopBridge:
         return waiter.value
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self.loop.call_soon_threadsafe(self._begin, coro, _log_failure)
+        self.loop.call_soon_threadsafe(self._begin, coro, _log_failure, contextvars.copy_context())
 
-    def _begin(self, coro: Coroutine[Any, Any, Any], then: Callable[[asyncio.Task[Any]], None]) -> None:
-        task = self.loop.create_task(coro)
+    def _begin(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        then: Callable[[asyncio.Task[Any]], None],
+        context: contextvars.Context,
+    ) -> None:
+        # In the caller's context: what the coroutine logs carries the caller's run context.
+        task = self.loop.create_task(coro, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(then)
+        task.add_done_callback(then, context=context)
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         self.loop.call_soon_threadsafe(callback)

@@ -45,7 +45,8 @@ from dagnats.domain.errors import (
     Unavailable,
     WorkflowInvalid,
 )
-from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.identifiers import check_identifier, is_identifier
+from dagnats.domain.run_context import run_context
 from dagnats.domain.state import RunStatus, WorkflowRun
 from dagnats.domain.triggers import declared_triggers
 from dagnats.domain.validate import validate
@@ -169,6 +170,12 @@ class ControlPlane:
 
     async def _serve(self, msg: Msg) -> None:
         op = msg.subject[len(API_PREFIX) + 1 :]
+        with run_context(_run_of(msg.data)):  # log lines about a run carry its id
+            reply = await self._answer(op, msg)
+        if msg.reply:
+            await msg.respond(reply)
+
+    async def _answer(self, op: str, msg: Msg) -> bytes:
         try:
             request = wire.decode_request(op, msg.data)
             reply = wire.encode_result(await self.handlers[op](request))
@@ -182,8 +189,7 @@ class ControlPlane:
         except Exception as err:  # never leave a caller hanging
             log.exception("api %s failed", op)
             reply = wire.encode_error(DagnatsError(f"internal error: {err}"))
-        if msg.reply:
-            await msg.respond(reply)
+        return reply
 
     # ---- workflows ----------------------------------------------------------------
 
@@ -462,3 +468,19 @@ def _version(nc: NATS) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class _RunRef(msgspec.Struct):
+    run_id: str | None = None
+
+
+_RUN_REF = msgspec.json.Decoder(_RunRef)
+
+
+def _run_of(data: bytes) -> str:
+    """The run a request is about (``run_id``), if it names one: for its log lines."""
+    try:
+        run_id = _RUN_REF.decode(data).run_id
+    except (msgspec.DecodeError, ValueError, RecursionError):  # the request's own decode says what is wrong
+        return ""
+    return run_id if isinstance(run_id, str) and is_identifier(run_id) else ""

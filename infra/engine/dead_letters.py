@@ -43,6 +43,7 @@ from dagnats.domain.actions import DeadLetter, DiscardDeadLetters
 from dagnats.domain.errors import DeadLetterNotFound, InvalidRequest, ReplayRefused, RunNotFound
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.replays import replay_problem
+from dagnats.domain.run_context import run_context
 
 from ..wire import headers as h
 from ..wire.facts import publish_fact
@@ -173,7 +174,8 @@ class DeadLetterMover:
         await publish_fact(self.js, _exhausted(payload, error))
         await self._delete(seq)
         p = payload
-        log.warning("run %s: step %s attempt %d dead-lettered: %s", p.run_id, p.step_id, p.attempt, error)
+        with run_context(p.run_id, p.step_id, p.traceparent):
+            log.warning("run %s: step %s attempt %d dead-lettered: %s", p.run_id, p.step_id, p.attempt, error)
         return True
 
     async def _delete(self, seq: int) -> None:

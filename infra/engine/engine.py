@@ -33,12 +33,15 @@ from dagnats.actors.flow import ConcurrencyActor, FlowControl, RateLimitActor
 from dagnats.actors.messages import Deliver, LiveCount
 from dagnats.actors.ports import Clock
 from dagnats.actors.timer import TimerActor
-from dagnats.domain.events import Event, decode_event, format_timestamp, parse_timestamp
+from dagnats.domain.events import Event, TimerFired, decode_event, format_timestamp, parse_timestamp
+from dagnats.domain.run_context import run_context
 
+from .. import metrics
 from ..tracing import valid_trace_parent
 from ..wire.lean import LeanJetStream
 from .bridge import LoopBridge
 from .dead_letters import DeadLetterMover
+from .engine_gauges import EngineGauges
 from .handoff import Handoff
 from .history import HistoryStore
 from .inbox import LEGACY, PartitionPuller, retire_old_consumer
@@ -76,6 +79,7 @@ class Engine:
         self.pullers: dict[int, PartitionPuller] = {}
         self._recoveries: set[asyncio.Task] = set()
         self._running = False
+        self.gauges: EngineGauges | None = None
 
     async def start(self) -> None:
         self.partition_count = await ensure_resources(self.js, self.replicas, self.partitions)
@@ -97,10 +101,14 @@ class Engine:
         await self.dead_letters.start()
         self._running = True
         await self.leases.start()
+        self.gauges = EngineGauges(self)
+        await self.gauges.start()
         log.info("engine %s owns partitions %s of %d", self.engine_id, sorted(self.leases.owned), self.partition_count)
 
     async def stop(self) -> None:
         self._running = False
+        if self.gauges is not None:
+            await self.gauges.stop()
         for task in list(self._recoveries):  # runs not brought up yet: their next facts do it
             task.cancel()
         # Hands every partition back (bounded: NATS may be gone).
@@ -211,9 +219,12 @@ class Engine:
                 continue
             run_id = msg.subject.rsplit(".", 1)[1]
             if event.run_id != run_id:
-                log.warning("dropping inbox message for %s claiming run %s", run_id, event.run_id)
+                with run_context(run_id, event.step_id, event.trace_parent):
+                    log.warning("dropping inbox message for %s claiming run %s", run_id, event.run_id)
                 asyncio.create_task(msg.term())
                 continue
+            if isinstance(event, TimerFired) and event.payload.due:
+                _timer_lateness(event, self.ports.clock.now())
             by_run[run_id].append((_sanitized(event), msg))
         puller = self.pullers.get(partition)
         for run_id, items in by_run.items():
@@ -235,6 +246,15 @@ class Engine:
             loop.call_soon_threadsafe(settle)
 
         return done
+
+
+def _timer_lateness(event: TimerFired, now: datetime) -> None:
+    """How late a timer's fact reaches the engine (a schedule fires a little after it is due)."""
+    try:
+        late = now - parse_timestamp(event.payload.due)
+    except ValueError:
+        return
+    metrics.timer_lateness(late.total_seconds() * 1000, event.payload.kind)
 
 
 def _sanitized(event: Event) -> Event:

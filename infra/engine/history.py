@@ -20,6 +20,7 @@ from dagnats.domain.fold import fold
 from dagnats.domain.partition import partition_of
 from dagnats.domain.state import StepState, WorkflowRun
 
+from .. import metrics
 from ..wire.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE_CODES
 from ..wire.names import HISTORY_STREAM, RUNS_BUCKET
 from ..wire.reading import kv_entries, stored_batches, stored_messages
@@ -91,11 +92,14 @@ class HistoryStore:
             ack = await self.js.publish(history_subject(run_id), record, headers=headers)
         except APIError as err:
             if err.err_code in WRONG_LAST_SEQUENCE_CODES:
+                metrics.append_outcome("conflict")
                 raise WrongLastSequence(str(err)) from None
             raise
         if ack.duplicate:
             # Someone already stored a record under this id: re-read to learn what.
+            metrics.append_outcome("duplicate")
             raise WrongLastSequence(f"duplicate record {msg_id}", duplicate=True)
+        metrics.append_outcome("ok")
         self.appended[run_id] = ack.seq
         return ack.seq
 

@@ -21,7 +21,7 @@ from dagnats.domain.state import WorkflowRun
 from ..tracing import engine_span
 from ..wire.facts import publish_fact
 from ..wire.handoff import RESULT_FACTS
-from ..wire.headers import HANDOFF, MSG_ID, TRACEPARENT
+from ..wire.headers import BAGGAGE, HANDOFF, MSG_ID, TRACEPARENT, TRACESTATE
 from ..wire.names import INBOX_STREAM, TASK_STREAM
 from ..wire.reading import stored_messages
 from ..wire.subjects import handoff_subject, stored_inbox_filter, task_subject
@@ -91,6 +91,10 @@ async def _publish_task(js: JetStreamContext, task: EnqueueTask, partitions: int
         headers[HANDOFF] = handoff_subject(partition_of(p.run_id, partitions))
     if p.traceparent:
         headers[TRACEPARENT] = p.traceparent
+    if p.tracestate:
+        headers[TRACESTATE] = p.tracestate
+    if p.baggage:
+        headers[BAGGAGE] = p.baggage
     subject = task_subject(task.task, p.run_id, task.group or None, task.capabilities)
     return await js.publish(subject, _TASK_ENCODER.encode(p), headers=headers)
 

@@ -72,6 +72,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     projector = None
     try:
+        metrics.setup_metrics("dagnats-engine")  # in memory for /metrics; OTLP if configured
         await engine.start()
         drill_hooks.install(engine.ports)  # no-op unless the drill asked for poison runs
         await api.start()

@@ -11,6 +11,7 @@ started the same way, carrying its parent's ids.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -26,10 +27,11 @@ from dagnats.domain.definition import EXECUTED_STEP_TYPES, WorkflowDef
 from dagnats.domain.errors import InvalidInput, PayloadTooLarge, RunAlreadyStarted, UnsupportedStepType
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.partition import partition_of
+from dagnats.domain.run_context import run_context
 from dagnats.domain.trace_spans import attempt_trace_parent
 from dagnats.domain.values import json_problem
 
-from ..tracing import api_span
+from ..tracing import api_span, incoming_baggage, incoming_state, valid_trace_parent
 from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.handoff import hand_over
@@ -39,6 +41,7 @@ from .admission import Admission
 from .definitions import Definitions
 from .reader import RunReader
 
+log = logging.getLogger("dagnats.engine")
 CancelBy = Callable[[str, str, str], Awaitable[None]]
 
 
@@ -65,19 +68,44 @@ class RunStarts:
         wf = await self.defs.get(check_identifier("workflow name", req.workflow))
         self._check_start(wf, req.input)
         run_id = check_identifier("run id", req.run_id or secrets.token_hex(16))
-        with api_span("startRun", req.trace_parent, run_id) as trace_parent:
+        caller = req.trace_parent if valid_trace_parent(req.trace_parent) else None
+        with api_span("startRun", req.trace_parent, run_id) as trace_parent, run_context(run_id, "", trace_parent):
+            start = ev.RunStart(
+                workflow_def=wf,
+                input=req.input,
+                # A tracestate belongs to the traceparent it came with; baggage stands alone.
+                trace_state=incoming_state(req.trace_state, "startRun") if caller else "",
+                baggage=incoming_baggage(req.baggage, "startRun"),
+            )
             event = ev.WorkflowStarted(
                 run_id=run_id,
                 timestamp=ev.format_timestamp(_now()),
                 trace_parent=trace_parent,
-                payload=ev.RunStart(workflow_def=wf, input=req.input),
+                payload=start,
                 id=ev.WORKFLOW_STARTED,
             )
+            answer = None
             if req.run_id:
-                existing = await self._same_run(event, await self.reader.recorded_start(run_id))
-                if existing is not None:
-                    return existing
-            return await self._start(wf, event, req.idempotency_key, fresh_id=not req.run_id)
+                answer = await self._same_run(event, await self.reader.recorded_start(run_id))
+            if answer is None:
+                answer = await self._start(wf, event, req.idempotency_key, fresh_id=not req.run_id)
+            if caller and answer.get("deduplicated"):
+                await self._link_repeated(answer["run_id"], caller, start.trace_state)
+            return answer
+
+    async def _link_repeated(self, run_id: str, caller: str, trace_state: str) -> None:
+        """A start answered with an existing run links the caller's trace to that run, through
+        a fact its history records (the projection exports it); never fails the start."""
+        fact = ev.WorkflowStartRepeated(
+            run_id=run_id,
+            timestamp=ev.format_timestamp(_now()),
+            payload=ev.RepeatedStart(caller=caller, trace_state=trace_state),
+            id=f"start_repeated.{caller.split('-')[2]}",
+        )
+        try:
+            await publish_fact(self.js, fact)
+        except Exception as err:  # noqa: BLE001 - a trace link is not worth a failed start
+            log.warning("run %s: cannot link the repeated start's trace: %s", run_id, err)
 
     async def start_child(self, child: StartChildRun, parent_run_id: str, trace_parent: str) -> dict[str, Any]:
         """Start a sub_workflow's child run through the same admission as any run (raises
@@ -85,7 +113,9 @@ class RunStarts:
         wf = await self.defs.get(child.workflow)
         self._check_start(wf, child.input)
         if child.detach:
-            start = ev.RunStart(workflow_def=wf, input=child.input)
+            start = ev.RunStart(
+                workflow_def=wf, input=child.input, trace_state=child.trace_state, baggage=child.baggage
+            )
         else:
             start = ev.RunStart(
                 workflow_def=wf,
@@ -95,10 +125,15 @@ class RunStarts:
                 parent_attempt=child.attempt,
                 root_run_id=child.root_run_id,
                 depth=child.depth,
+                trace_state=child.trace_state,
+                baggage=child.baggage,
             )
         # The child's run span is a child of its parent step's attempt span, in the parent's trace.
         step_span = attempt_trace_parent(trace_parent, parent_run_id, child.parent_step_id, child.attempt, None)
-        with api_span("startChildRun", step_span, child.child_run_id) as span_parent:
+        with (
+            api_span("startChildRun", step_span, child.child_run_id) as span_parent,
+            run_context(child.child_run_id, "", span_parent),
+        ):
             event = ev.WorkflowStarted(
                 run_id=child.child_run_id,
                 timestamp=ev.format_timestamp(_now()),

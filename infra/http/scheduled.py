@@ -25,6 +25,7 @@ from dagnats.domain import events as ev
 from dagnats.domain.errors import InvalidRequest, RunNotFound
 from dagnats.domain.identifiers import check_identifier
 
+from ..tracing import incoming_baggage, incoming_state, valid_trace_parent
 from ..wire.headers import SCHEDULE, SCHEDULE_TARGET
 from ..wire.names import INBOX_STREAM
 from ..wire.subjects import inbox_subject, schedule_subject
@@ -62,6 +63,13 @@ async def start_run(call: Call) -> Any:
     b: s.StartRun = call.body
     key = b.idempotency_key or call.request.headers.get("idempotency-key")
     now = datetime.now(UTC)
+    headers = call.request.headers
+    b = msgspec.structs.replace(
+        b,
+        trace_parent=b.trace_parent or headers.get("traceparent"),
+        trace_state=b.trace_state or headers.get("tracestate"),
+        baggage=b.baggage or headers.get("baggage"),
+    )
     if b.run_at is not None:
         at = _run_at(b.run_at, now)
         if at - now > MIN_AHEAD:
@@ -72,6 +80,8 @@ async def start_run(call: Call) -> Any:
         input=b.input,
         run_id=b.run_id,
         trace_parent=b.trace_parent,
+        trace_state=b.trace_state,
+        baggage=b.baggage,
         idempotency_key=key,
     )
     return {"run_id": answer["run_id"], "status": "deduplicated" if answer.get("deduplicated") else "started"}
@@ -98,7 +108,12 @@ async def schedule(plane: Any, b: s.StartRun, at: datetime, now: datetime) -> di
         run_id=run_id,
         timestamp=record.created_at,
         trace_parent=b.trace_parent or "",
-        payload=ev.RunStart(workflow_def=wf, input=b.input),
+        payload=ev.RunStart(
+            workflow_def=wf,
+            input=b.input,
+            trace_state=incoming_state(b.trace_state, "scheduleRun") if valid_trace_parent(b.trace_parent) else "",
+            baggage=incoming_baggage(b.baggage, "scheduleRun"),
+        ),
         id=ev.WORKFLOW_STARTED,
     )
     headers = {SCHEDULE: f"@at {at.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}", SCHEDULE_TARGET: inbox_subject(run_id)}

@@ -60,7 +60,10 @@ class StartRun(Body, frozen=True):
     idempotency_key: str | None = None
     # RFC3339: start the run then, not now (a scheduled run; see /runs/{run_id}/scheduled).
     run_at: str | None = None
+    # W3C trace context (else the request's traceparent / tracestate / baggage headers).
     trace_parent: str | None = None
+    trace_state: str | None = None
+    baggage: str | None = None
 
 
 class Started(msgspec.Struct, frozen=True, omit_defaults=True):

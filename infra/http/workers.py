@@ -52,14 +52,16 @@ from dagnats.domain.events import (
     make_event,
 )
 from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.run_context import run_context
 
 from ..signals import TIMED_OUT, receive_signal
+from ..task_consumer import MAX_ACK_PENDING
 from ..wire.facts import publish_fact
 from ..wire.keys import checkpoint_key, signal_key
 from ..wire.names import CHECKPOINTS_BUCKET, SIGNALS_BUCKET, TASK_STREAM, WORKERS_BUCKET
 from ..wire.subjects import task_filter
 from ..wire.workers import WorkerRecord
-from ..worker import DEFAULT_MAX_DELIVERIES, MAX_ACK_PENDING
+from ..worker import DEFAULT_MAX_DELIVERIES
 from .endpoints import Call, EndpointSet
 from .errors import ApiError
 
@@ -104,6 +106,9 @@ class PolledTask(msgspec.Struct, frozen=True, omit_defaults=True):
     workflow_name: str = ""
     step_type: str = ""
     traceparent: str = ""
+    # The run's W3C tracestate and baggage, as the run was started with them.
+    tracestate: str = ""
+    baggage: str = ""
     metadata: dict[str, str] | None = None
 
 
@@ -232,6 +237,8 @@ class Bridge:
             workflow_name=payload.workflow_name,
             step_type=payload.step_type,
             traceparent=payload.traceparent,
+            tracestate=payload.tracestate,
+            baggage=payload.baggage,
             metadata=payload.metadata,
         )
 
@@ -240,7 +247,9 @@ class Bridge:
         while True:
             await asyncio.sleep(ACK_WAIT / 3)
             if _clock() - held.last_word > LEASE:
-                log.warning("HTTP worker %s went quiet on task %s: back to the queue", held.worker_id, held.task_id)
+                p = held.payload
+                with run_context(p.run_id, p.step_id, p.traceparent):
+                    log.warning("HTTP worker %s went quiet on task %s: back to the queue", held.worker_id, held.task_id)
                 await self._release(held, back=True, from_keeper=True)
                 return
             with contextlib.suppress(Exception):

@@ -44,6 +44,8 @@ class StartRun(Request, frozen=True):
     run_id: str | None = None
     trace_parent: str | None = None
     idempotency_key: Any = None
+    trace_state: str | None = None
+    baggage: str | None = None
 
 
 class RunRef(Request, frozen=True):

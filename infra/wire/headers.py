@@ -29,6 +29,7 @@ HANDOFF = "Dagnats-Handoff"
 # W3C trace context, carried API -> engine -> worker -> engine.
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+BAGGAGE = "baggage"
 
 # JetStream error code of a failed Nats-Expected-Last-Subject-Sequence check
 # ("wrong last sequence"); 10164 is a constant variant of the same failure.

@@ -420,6 +420,32 @@ def steps_added() -> Recorder:
     return rec
 
 
+def repeated_start(caller: str, t: float) -> ev.Event:
+    return ev.make_event(
+        ev.WORKFLOW_START_REPEATED,
+        RUN_ID,
+        {"caller": caller, "trace_state": "congo=t61rcWkgMzE"},
+        timestamp=ev.format_timestamp(at(t)),
+        id=f"start_repeated.{caller.split('-')[2]}",
+    )
+
+
+def traced_repeated_start() -> Recorder:
+    """A run started with a tracestate and baggage (its task carries both); a start answered
+    with the run while it runs and another after it ended link their callers, once each."""
+    wf = definition({"name": "traced-one", "steps": [{"id": "only", "task": "only"}]})
+    start = started_event(wf, "x")
+    payload = msgspec.structs.replace(start.payload, trace_state="congo=t61rcWkgMzE", baggage="tenant=acme")
+    rec = Recorder()
+    rec.feed(msgspec.structs.replace(start, payload=payload), at(0))
+    first = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    rec.feed(repeated_start(first, 1), at(1))
+    rec.feed(repeated_start(first, 1.5), at(1.5))  # the same caller again: folds to no change
+    run_step(rec, "only", 1, "done", 2)
+    rec.feed(repeated_start("00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01", 5), at(5))
+    return rec
+
+
 def respond_then_audit() -> Recorder:
     """An http trigger's run: price, then respond (answered at once, by the engine), then audit."""
     wf = definition(
@@ -452,6 +478,7 @@ SCENARIOS = {
     "agent-loop": agent_loop,
     "planner-two-steps": planner_two_steps,
     "steps-added": steps_added,
+    "traced-repeated-start": traced_repeated_start,
     "respond-then-audit": respond_then_audit,
 }
 
@@ -479,8 +506,12 @@ def write_reactive(name: str) -> None:
 
 
 if __name__ == "__main__":
+    chosen = set(sys.argv[1:])  # names to write (default: all)
     for name, scenario in SCENARIOS.items():
+        if chosen and name not in chosen:
+            continue
         write(name, scenario())
         print(f"wrote {name}")
-    write_reactive("reactive-plan-review")
-    print("wrote reactive-plan-review")
+    if not chosen or "reactive-plan-review" in chosen:
+        write_reactive("reactive-plan-review")
+        print("wrote reactive-plan-review")
