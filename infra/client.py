@@ -49,7 +49,7 @@ class Client:
     def __init__(self, url: str | None = None, timeout: float = 10.0) -> None:
         self.url, self.timeout = nats_url(url), timeout
         self.nc: nats.NATS | None = None
-        self._requests: LeanRequests
+        self._requests: LeanRequests | None = None
 
     async def connect(self) -> Client:
         try:
@@ -62,7 +62,6 @@ class Client:
             )
         except Exception as err:
             raise EngineUnavailable(self.url, f"cannot connect to NATS ({err.__class__.__name__})") from None
-        self._requests = LeanRequests(self.nc)
         return self
 
     async def close(self) -> None:
@@ -79,13 +78,20 @@ class Client:
     def max_payload(self) -> int:
         return self.nc.max_payload if self.nc else 1024 * 1024
 
+    def _requester(self) -> LeanRequests:
+        # Made for the connection in use (a caller may hand the client a connection of its own).
+        assert self.nc is not None, "call connect() first"
+        if self._requests is None or self._requests.nc is not self.nc:
+            self._requests = LeanRequests(self.nc)
+        return self._requests
+
     async def request(self, op: str, body: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         assert self.nc is not None, "call connect() first"
         data = msgspec.json.encode(body or {})
         if len(data) > self.max_payload:
             raise errs.PayloadTooLarge("request", len(data), self.max_payload)
         try:
-            msg = await self._requests.request(control.subject(op), data, timeout=timeout or self.timeout)
+            msg = await self._requester().request(control.subject(op), data, timeout=timeout or self.timeout)
         except NoRespondersError:
             raise EngineUnavailable(self.url, "no dagnats engine is answering") from None
         except NatsTimeoutError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -32,9 +33,12 @@ JOIN = {
 @pytest.fixture(scope="module")
 def spans():
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    # The process has one tracer provider for good: another module may have installed it.
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        tracing.use_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.use_provider(provider)
     return exporter
 
 
