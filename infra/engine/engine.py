@@ -34,6 +34,7 @@ from dagnats.actors.messages import Deliver, LiveCount
 from dagnats.actors.ports import Clock
 from dagnats.actors.timer import TimerActor
 from dagnats.domain.events import Event, TimerFired, decode_event, format_timestamp, parse_timestamp
+from dagnats.domain.partition import partition_of
 from dagnats.domain.run_context import run_context
 
 from .. import metrics
@@ -96,6 +97,7 @@ class Engine:
         self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
         await patiently(retire_old_consumer, self.js)
         self.handoff = Handoff(self.nc, self.partition_count, self.directory.tell, self._holds, _sanitized)
+        self.reader.owns = lambda run_id: self._holds(partition_of(run_id, self.partition_count))
         self.leases = PartitionLeases(self.js, self.engine_id, self.partition_count, self._gained, self._lost)
         self.dead_letters = DeadLetterMover(self.nc)
         await self.dead_letters.start()

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -52,6 +53,9 @@ class RunReader:
         self._live: dict[str, tuple[WorkflowRun, int]] = {}
         self._ended: OrderedDict[str, tuple[WorkflowRun, int, float]] = OrderedDict()
         self._outbox: deque[tuple[str, bytes]] = deque()  # notices, touched on the loop only
+        # Whether this engine holds the run's partition now (set by the engine once its
+        # leases exist): only then is its actor's state the newest without a read.
+        self.owns: Callable[[str], bool] = lambda run_id: True
 
     # ---- the actors' side (StatePort), called from their threads ---------------------
 
@@ -131,7 +135,7 @@ class RunReader:
             live = self._live.get(run_id) or self._recently_ended(run_id)
         if live is not None:
             run, seq = live
-            if self.store.appended.get(run_id, seq) == seq:
+            if self.store.appended.get(run_id, seq) == seq and self.owns(run_id):
                 return run  # nothing was appended after the state its actor published
             for _, events in await self.store.read_after(run_id, seq):
                 for event in events:
