@@ -236,3 +236,58 @@ def test_the_http_trigger_example_answers_a_quote_and_audits_it_after(nats_url, 
 
 
 JSON = {"Content-Type": "application/json"}
+
+
+def test_a_caller_that_leaves_before_the_answer_is_a_499_and_the_run_goes_on(nats_url, run):
+    """Driven through the ASGI interface itself, as a server does: the body, then the
+    caller's disconnect while the run has not answered."""
+
+    async def body():
+        async with ApiHarness(nats_url) as h:
+            steps = [{"id": "work", "task": "slow"}, {"id": "reply", "type": "respond", "depends_on": ["work"]}]
+            await h.http.post("/workflows", json=with_trigger("slow", steps, idempotency_header="Idempotency-Key"))
+            messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+            left = asyncio.Event()
+
+            async def receive() -> dict:
+                if messages:
+                    return messages.pop(0)
+                await left.wait()
+                return {"type": "http.disconnect"}
+
+            sent: list[dict] = []
+
+            async def send(message: dict) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "POST",
+                "scheme": "http",
+                "path": "/api/slow",
+                "raw_path": b"/api/slow",
+                "query_string": b"",
+                "root_path": "",
+                "headers": [(b"host", b"dagnats.test"), (b"idempotency-key", b"k-9"), (b"content-length", b"2")],
+                "client": ("127.0.0.1", 50000),
+                "server": ("127.0.0.1", 8080),
+            }
+            call = asyncio.create_task(h.app(scope, receive, send))
+            task, msg = await FakeWorker(h.nc, "slow").next()  # the run started and waits on its worker
+            left.set()
+            await asyncio.wait_for(call, 10)
+            start = next(m for m in sent if m["type"] == "http.response.start")
+            run_id = dict(start["headers"])[b"x-dagnats-run-id"].decode()
+            status_after = (await h.http.get(f"/runs/{run_id}")).json()["status"]
+            await FakeWorker(h.nc, "slow").report(task, "step.completed", {"price": 5})
+            await msg.ack()
+            await h.engine.wait_step(run_id, "reply", "completed")
+            again = await h.http.post("/api/slow", content=b"{}", headers={"Idempotency-Key": "k-9"})
+            again_run = again.headers["x-dagnats-run-id"]
+            return start["status"], status_after, again.status_code, again.json(), again_run, run_id
+
+    status, after, again_status, again_body, again_run, run_id = run(body())
+    assert (status, after) == (499, "running")
+    assert (again_status, again_body, again_run) == (200, {"price": 5}, run_id)

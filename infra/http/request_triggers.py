@@ -15,7 +15,8 @@ One call, in order:
 5. the first of: the response (its status, headers, body; 502
    ``malformed_response`` if it cannot be read), the run failing (500
    ``workflow_failed``) or being cancelled (503 ``workflow_cancelled``), the
-   run completing without a response (502 ``no_response``), or
+   run completing without a response (502 ``no_response``), the caller
+   leaving (499 ``client_closed``, logged; the run goes on), or
    ``timeout_ms`` (504 ``workflow_timeout``; the run goes on).
 
 Every answer once a run exists carries ``X-Dagnats-Run-Id``. The run's input
@@ -29,6 +30,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import logging
 import secrets
 from typing import Any
 
@@ -52,6 +54,7 @@ from .triggers import check_signature, store
 RUN_ID_HEADER = "X-Dagnats-Run-Id"
 # A run that completed may have announced it a moment before its response arrives.
 COMPLETED_GRACE = 2.0
+log = logging.getLogger("dagnats.http.triggers")
 PRIVATE_HEADERS = frozenset({"authorization", "cookie", "x-signature-256"})
 HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "content-type"})
 FAILED = {"failed": (500, "workflow_failed"), "compensated": (500, "workflow_failed")}
@@ -143,11 +146,18 @@ async def _run(request: Request, t: Trigger, run_id: str, data: Any) -> tuple[St
 
         return on_message
 
+    async def watch_the_caller() -> None:
+        # The body is read: the next thing the server can receive is the caller leaving.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        arrivals.put_nowait(("gone", b""))
+
     nc = state.plane.nc
     subs = [
         await nc.subscribe(response_subject(run_id), cb=listener("response")),
         await nc.subscribe(notice_subject(run_id), cb=listener("notice")),
     ]
+    watcher = asyncio.create_task(watch_the_caller())
     try:
         await nc.flush()
         started = await state.ops("run.start", workflow=t.workflow, input=envelope(t, "http", data), run_id=run_id)
@@ -157,6 +167,7 @@ async def _run(request: Request, t: Trigger, run_id: str, data: Any) -> tuple[St
             return answer, answer.status != 504, started["run_id"]
         return (*await _outcome(state, arrivals, run_id, timeout), run_id)
     finally:
+        watcher.cancel()
         for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -175,6 +186,11 @@ async def _outcome(
             break
         if kind == "response":
             return _read_response(data, run_id), True
+        if kind == "gone":
+            # Nobody reads this answer; the run goes on, and a repeat with the same
+            # idempotency key is answered as the run answers.
+            log.info("HTTP trigger call for run %s: the caller left before the answer (499)", run_id)
+            return _error(499, "client_closed", f"the caller left before run {run_id} answered", run_id), False
         notice = decode_notice(data)
         if notice is not None and notice.terminal:
             if notice.status in FAILED:
