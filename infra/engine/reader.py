@@ -6,7 +6,11 @@ loop (the control plane, the correlator, later the HTTP API) ask here and
 nowhere else. An answer comes from the live actor's published state (plus any
 record appended since, so a reader that saw a record in the history never
 reads an older state), else the snapshot plus the history after it, else the
-run's start request still waiting in its inbox (shown as pending).
+run's start request still waiting in its inbox (shown as pending). The
+history is not read when this process appended the record the published state
+follows and holds the run's partition: then nothing can follow it. An ended
+run's last state is kept ``ENDED_KEPT`` seconds after its actor stops, for the
+waiters that read it once more.
 
 Each published record is also announced as a ``RunNotice`` on
 ``dagnats.run.<run>`` (core NATS), which is what waiting clients listen to.
@@ -51,7 +55,8 @@ class RunReader:
         self.js = nc.jetstream()
         self._lock = threading.Lock()
         self._live: dict[str, tuple[WorkflowRun, int]] = {}
-        self._ended: OrderedDict[str, tuple[WorkflowRun, int, float]] = OrderedDict()
+        # Ended runs: (state, its sequence, whether this process appended that record, until).
+        self._ended: OrderedDict[str, tuple[WorkflowRun, int, bool, float]] = OrderedDict()
         self._outbox: deque[tuple[str, bytes]] = deque()  # notices, touched on the loop only
         # Whether this engine holds the run's partition now (set by the engine once its
         # leases exist): only then is its actor's state the newest without a read.
@@ -82,7 +87,8 @@ class RunReader:
             if keep_ended and live is not None and live[0].is_terminal:
                 # A waiter reads the run once more when its terminal notice arrives,
                 # often after the actor stopped: answer it from memory, for a while.
-                self._ended[run_id] = (*live, time.monotonic() + ENDED_KEPT)
+                mine = self.store.appended.get(run_id) == live[1]
+                self._ended[run_id] = (*live, mine, time.monotonic() + ENDED_KEPT)
                 while len(self._ended) > ENDED_MAX:
                     self._ended.popitem(last=False)
         if live is not None:
@@ -109,15 +115,15 @@ class RunReader:
 
     # ---- the readers' side, on the loop ------------------------------------------------
 
-    def _recently_ended(self, run_id: str) -> tuple[WorkflowRun, int] | None:
+    def _recently_ended(self, run_id: str) -> tuple[WorkflowRun, int, bool] | None:
         ended = self._ended.get(run_id)
         if ended is None:
             return None
-        run, seq, until = ended
+        run, seq, mine, until = ended
         if time.monotonic() > until:
             del self._ended[run_id]
             return None
-        return run, seq
+        return run, seq, mine
 
     def live(self) -> list[WorkflowRun]:
         """The states of the runs with a live actor, as last published."""
@@ -132,11 +138,15 @@ class RunReader:
         """The run as recorded (or pending in its inbox); RunNotFound if it does not exist."""
         check_identifier("run id", run_id)
         with self._lock:
-            live = self._live.get(run_id) or self._recently_ended(run_id)
-        if live is not None:
-            run, seq = live
-            if self.store.appended.get(run_id, seq) == seq and self.owns(run_id):
-                return run  # nothing was appended after the state its actor published
+            live = self._live.get(run_id)
+            known = (*live, self.store.appended.get(run_id) == live[1]) if live else self._recently_ended(run_id)
+        if known is not None:
+            run, seq, mine = known
+            # The newest state without a read only if this process appended the record it
+            # follows, and holds the run's partition: a state an actor loaded may miss a
+            # record that a killed engine's last publish stored a moment later.
+            if mine and self.owns(run_id):
+                return run
             for _, events in await self.store.read_after(run_id, seq):
                 for event in events:
                     run = fold(run, event)
