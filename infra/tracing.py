@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from dagnats.domain.trace_context import parse_baggage, parse_trace_parent, parse_trace_state
 from dagnats.domain.trace_spans import run_trace_parent
@@ -97,21 +97,20 @@ def incoming(trace_parent: str | None, what: str) -> str | None:
 
 def incoming_state(trace_state: str | None, what: str) -> str:
     """A caller's tracestate if valid, else "" (a malformed one is logged once and dropped)."""
-    if not trace_state:
-        return ""
-    parsed = parse_trace_state(trace_state)
-    if parsed is None:
-        log.warning("%s: ignoring malformed tracestate %r", what, trace_state[:80])
-    return parsed or ""
+    return _incoming(trace_state, parse_trace_state, "tracestate", what)
 
 
 def incoming_baggage(baggage: str | None, what: str) -> str:
     """A caller's baggage if valid, else "" (a malformed one is logged once and dropped)."""
-    if not baggage:
+    return _incoming(baggage, parse_baggage, "baggage", what)
+
+
+def _incoming(value: str | None, parse: Callable[[str], str | None], name: str, what: str) -> str:
+    if not value:
         return ""
-    parsed = parse_baggage(baggage)
+    parsed = parse(value)
     if parsed is None:
-        log.warning("%s: ignoring malformed baggage %r", what, baggage[:80])
+        log.warning("%s: ignoring malformed %s %r", what, name, value[:80])
     return parsed or ""
 
 
