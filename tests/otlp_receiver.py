@@ -141,3 +141,18 @@ class OtlpReceiver:
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         with self._lock:
             return [s for s in self.spans if s.trace_id == trace_id]
+
+
+def process_tracer_provider() -> Any:
+    """The process's SDK tracer provider, installed here if no test module did yet (the
+    global provider is set once for good: each module adds its own span processor)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from dagnats.infra import tracing
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        tracing.use_provider(provider)
+    return provider

@@ -10,10 +10,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from opentelemetry import baggage, trace
+from opentelemetry import baggage
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from dagnats.domain import events as ev
@@ -22,14 +21,14 @@ from dagnats.domain.kinds.children import start_child
 from dagnats.domain.state import WorkflowRun
 from dagnats.domain.trace_context import baggage_items, parse_baggage, parse_trace_state
 from dagnats.domain.trace_spans import project
-from dagnats.infra import metrics, tracing
+from dagnats.infra import metrics
 from dagnats.infra.engine.trace_projector import TraceProjector
 from dagnats.infra.logs import RunContextFilter
 from dagnats.infra.span_export import SpanSink
 from dagnats.infra.worker import Worker
 
 from harness import EngineHarness
-from otlp_receiver import OtlpReceiver
+from otlp_receiver import OtlpReceiver, process_tracer_provider
 
 HISTORIES = Path(__file__).parent / "histories"
 CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -51,12 +50,8 @@ class _WhileOpen(SimpleSpanProcessor):
 @pytest.fixture(scope="module")
 def otlp():
     with OtlpReceiver() as receiver:
-        provider = trace.get_tracer_provider()
-        if not isinstance(provider, TracerProvider):  # no test module installed one yet
-            provider = TracerProvider()
-            tracing.use_provider(provider)
         processor = _WhileOpen(OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces"))
-        provider.add_span_processor(processor)
+        process_tracer_provider().add_span_processor(processor)
         try:
             yield receiver
         finally:

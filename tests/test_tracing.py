@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -19,6 +17,7 @@ from dagnats.infra.span_export import SpanSink
 from dagnats.infra.worker import Worker
 
 from harness import CHAIN3, EngineHarness
+from otlp_receiver import process_tracer_provider
 
 JOIN = {
     "name": "join3",
@@ -33,12 +32,7 @@ JOIN = {
 @pytest.fixture(scope="module")
 def spans():
     exporter = InMemorySpanExporter()
-    # The process has one tracer provider for good: another module may have installed it.
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        tracing.use_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    process_tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))
     return exporter
 
 

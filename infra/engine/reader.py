@@ -24,7 +24,6 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -36,14 +35,13 @@ from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.state import RunStatus, WorkflowRun, new_run
 
 from ..wire.names import HISTORY_STREAM, INBOX_STREAM
-from ..wire.notices import VIEW_IN_NOTICE, RunNotice, encode_notice
+from ..wire.notices import RunNotice, encode_notice
 from ..wire.reading import first_message
 from ..wire.subjects import history_subject, notice_subject, stored_inbox_filter
 from .history import HistoryStore
 from .views import run_view
 
 log = logging.getLogger("dagnats.reader")
-_VIEW_ENCODER = msgspec.json.Encoder()
 # How long, and how many, ended runs' last states are kept after their actors stop.
 ENDED_KEPT = 10.0  # seconds
 ENDED_MAX = 10_000
@@ -74,7 +72,7 @@ class RunReader:
                 status=str(run.status),
                 steps=tuple(sorted({e.step_id for e in recorded if e.step_id})),
                 terminal=run.is_terminal,
-                view=_small_view(run) if run.is_terminal else None,
+                view=run_view(run) if run.is_terminal else None,
             )
             self.loop.call_soon_threadsafe(self._announce, run.run_id, encode_notice(notice))
 
@@ -195,9 +193,3 @@ class RunReader:
         except msgspec.DecodeError:
             return None
         return events[0] if events and isinstance(events[0], WorkflowStarted) else None
-
-
-def _small_view(run: WorkflowRun) -> dict[str, Any] | None:
-    """The run's view as ``run.get`` answers it, if it fits in a notice."""
-    view = run_view(run)
-    return view if len(_VIEW_ENCODER.encode(view)) <= VIEW_IN_NOTICE else None

@@ -46,7 +46,11 @@ _DECODER = msgspec.json.Decoder(RunNotice)
 
 
 def encode_notice(notice: RunNotice) -> bytes:
-    return _ENCODER.encode(notice)
+    """The notice, without its view if that would make it larger than ``VIEW_IN_NOTICE``."""
+    data = _ENCODER.encode(notice)
+    if notice.view is not None and len(data) > VIEW_IN_NOTICE:
+        data = _ENCODER.encode(msgspec.structs.replace(notice, view=None))
+    return data
 
 
 def decode_notice(data: bytes) -> RunNotice | None:
