@@ -182,3 +182,11 @@ def plan_review_records() -> list[list]:
         records.append(decide(wf, ex, callback, at(t)))
         ex = replay(records[-1], ex)
     return records
+
+
+async def plan_review_setup(js, max_iterations: int = 3) -> ReactiveRegistry:
+    """The plan-review workflow registered, with the stream its plan requests arrive on."""
+    await js.add_stream(name="PLAN_REQUESTS", subjects=["plans.requests"])
+    registry = ReactiveRegistry()
+    registry.register(plan_review(registry, max_iterations=max_iterations))
+    return registry

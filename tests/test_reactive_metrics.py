@@ -20,7 +20,6 @@ from dagnats.domain.events import format_timestamp
 from dagnats.infra import metrics as engine_metrics
 from dagnats.infra.reactive.metrics import SCOPE
 from dagnats.infra.reactive.runtime import ReactiveRuntime
-from dagnats.reactive import ReactiveRegistry
 
 
 def _points() -> dict[str, list[Any]]:
@@ -63,9 +62,7 @@ def test_reactive_metrics_move_with_a_plan_review_and_a_kv_chain(nats_url, run):
     async def body():
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
-        await js.add_stream(name="PLAN_REQUESTS", subjects=["plans.requests"])
-        registry = ReactiveRegistry()
-        registry.register(s.plan_review(registry, max_iterations=3))
+        registry = await s.plan_review_setup(js)
         registry.register(s.order_chain(registry))
         # The runtime's clock is the test's: each review takes 5 s of it, exactly.
         now = [datetime.now(UTC)]

@@ -24,7 +24,6 @@ from dagnats.domain.reactive.events import ExecutionCreated, ExecutionEnded
 from dagnats.infra.reactive.runtime import ReactiveRuntime
 from dagnats.infra.reactive.store import load_execution
 from dagnats.infra.reactive.views import execution_summaries
-from dagnats.reactive import ReactiveRegistry
 
 EXEC = execution_id("plan-review", "plan.r1")
 
@@ -60,9 +59,7 @@ def test_the_effects_of_a_stored_record_happen_after_a_kill_between_them(nats_ur
     async def body():
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
-        await js.add_stream(name="PLAN_REQUESTS", subjects=["plans.requests"])
-        registry = ReactiveRegistry()
-        registry.register(s.plan_review(registry, max_iterations=3))
+        registry = await s.plan_review_setup(js)
         reviews, approved = [], []
         await nc.subscribe("plans.review", cb=_collect(reviews))
         await nc.subscribe("plans.approved", cb=_collect(approved))
@@ -138,9 +135,7 @@ def test_messages_and_callbacks_the_rules_cannot_read_are_dropped_not_redelivere
     async def body():
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
-        await js.add_stream(name="PLAN_REQUESTS", subjects=["plans.requests"])
-        registry = ReactiveRegistry()
-        registry.register(s.plan_review(registry, max_iterations=3))
+        registry = await s.plan_review_setup(js)
         runtime = ReactiveRuntime(nc, registry)
         await runtime.start()
         try:
