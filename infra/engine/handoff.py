@@ -84,13 +84,13 @@ class Handoff:
             return
         self._add(event, partial(_answer, msg))
 
-    async def here(self, event: Event) -> bool | None:
+    async def here(self, event: Event) -> bool:
         """Hand a fact over within this process (a start the control plane took for a run
         whose partition this engine holds): the same path as a request, with no round trip
-        through the server. Whether it is stored; None if this engine does not take it."""
+        through the server. False if this engine does not hold the run's partition."""
         partition = partition_of(event.run_id, self.partitions) if event.run_id else -1
         if partition not in self._subs or not self._takes(event, partition):
-            return None
+            return False
         stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
         async def answer(body: bytes) -> None:

@@ -58,7 +58,7 @@ class RunStarts:
         max_payload: int,
         cancel_by: CancelBy,
         partitions: int | None = None,
-        here: Callable[[ev.Event], Awaitable[bool | None]] | None = None,
+        here: Callable[[ev.Event], Awaitable[bool]] | None = None,
     ) -> None:
         self.js, self.defs, self.admission, self.reader = js, defs, admission, reader
         self.max_payload, self.cancel_by, self.partitions = max_payload, cancel_by, partitions
@@ -213,11 +213,10 @@ class RunStarts:
             return False
         if self.here is not None:
             try:
-                stored = await asyncio.wait_for(self.here(event), START_HANDOFF_TIMEOUT)
+                if await asyncio.wait_for(self.here(event), START_HANDOFF_TIMEOUT):
+                    return True
             except TimeoutError:
                 return False  # a busy owner: the inbox takes it (a start stored twice is folded once)
-            if stored is not None:  # this engine owns the run: no other owner to ask
-                return stored
         subject = handoff_subject(partition_of(event.run_id, self.partitions))
         # Briefly: a busy owner must not hold up start requests (the control plane serves a
         # bounded number at once); the inbox takes the start instead, and a start that lands
