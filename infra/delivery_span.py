@@ -29,7 +29,11 @@ _HOST = socket.gethostname()
 
 @contextlib.contextmanager
 def delivery_span(ctx: TaskContext, payload: TaskPayload, subject: str, delivered: int) -> Iterator[Any]:
-    if not ctx.baggage and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+    if (
+        not ctx.baggage
+        and isinstance(_tracer, trace.ProxyTracer)
+        and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    ):
         # Nothing records spans in this process (no provider was ever set), and there is no
         # baggage to hand the handler: the no-op span would cost a tenth of a task's CPU.
         yield trace.INVALID_SPAN
