@@ -39,7 +39,6 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-import pykka
 
 from dagnats.domain.actions import (
     Acquire,
@@ -69,6 +68,7 @@ from dagnats.domain.state import WorkflowRun, new_run
 
 from .messages import ArmTimer, Crashed, Deliver, DisarmTimer, Healthy, Passivate, Passivated
 from .ports import Ports
+from .threads import PooledActor
 
 log = logging.getLogger("dagnats.run")
 MAX_CONFLICT_RETRIES = 8
@@ -115,9 +115,7 @@ class Plan:
     early: bool = False
 
 
-class RunActor(pykka.ThreadingActor):
-    use_daemon_thread = True
-
+class RunActor(PooledActor):
     def __init__(
         self, run_id: str, ports: Ports, directory: Any, timers: Any, fresh: bool = False, recovering: bool = False
     ) -> None:
