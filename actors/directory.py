@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -29,7 +30,7 @@ import pykka
 
 from dagnats.domain.events import TimerFired, WorkflowStarted
 
-from .messages import Crashed, Deliver, Healthy, LiveCount, Passivate, Passivated
+from .messages import Crashed, Deliver, Healthy, Index, IndexDue, LiveCount, Passivate, Passivated
 from .ports import Ports
 from .run import RunActor
 
@@ -38,6 +39,10 @@ QUARANTINE_AFTER = 5
 QUARANTINE_RETRY = 30.0
 # How many ended runs the directory remembers, to drop their late timer fires.
 FINISHED_MEMORY = 10_000
+# A run started this long ago whose actor is still live is listed in the snapshot index.
+INDEX_AFTER = 1.0
+# How long a stopping directory waits for its live runs' index snapshots, all together.
+STOP_INDEXING = 5.0
 
 
 class RunDirectory(pykka.ThreadingActor):
@@ -54,6 +59,9 @@ class RunDirectory(pykka.ThreadingActor):
         self.crashes: dict[str, int] = {}
         self.finished: OrderedDict[str, None] = OrderedDict()
         self._next_try: dict[str, float] = {}
+        # Runs started here and not listed in the snapshot index yet -> when to list them.
+        self.unindexed: OrderedDict[str, float] = OrderedDict()
+        self._tick_armed = False
 
     def on_start(self) -> None:
         threading.current_thread().name = "RunDirectory"
@@ -63,6 +71,8 @@ class RunDirectory(pykka.ThreadingActor):
             self._route(message)
         elif isinstance(message, Passivate):
             self._passivate(message.run_id)
+        elif isinstance(message, IndexDue):
+            self._index_due()
         elif isinstance(message, Passivated):
             self._passivated(message)
         elif isinstance(message, Crashed):
@@ -75,8 +85,17 @@ class RunDirectory(pykka.ThreadingActor):
         return None
 
     def on_stop(self) -> None:
+        # A run not in the snapshot index yet is listed now: the engine that takes its
+        # partition over brings it up from there.
+        listing = [ref for run_id, ref in self.actors.items() if run_id in self.unindexed]
+        for run_id, ref in self.actors.items():
+            if run_id in self.unindexed:
+                _tell(ref, Index(run_id, wait=True))
         for ref in list(self.actors.values()):
             ref.stop(block=False)
+        deadline = time.monotonic() + STOP_INDEXING  # a bound on shutdown, not a decision
+        for ref in listing:
+            ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
 
     def _route(self, message: Deliver) -> None:
         run_id = message.run_id
@@ -108,8 +127,38 @@ class RunDirectory(pykka.ThreadingActor):
         recovering = run_id in self.crashes
         ref = RunActor.start(run_id, self.ports, self.actor_ref, self.timers, fresh, recovering)
         self.actors[run_id] = ref
+        if fresh:
+            self._index_later(run_id)
         self._evict_lru()
         return ref
+
+    def _index_later(self, run_id: str) -> None:
+        """A new run is listed in the snapshot index only if it lives ``INDEX_AFTER``: a
+        quick run writes one snapshot, not two and a purge. Until then its start, its
+        tasks and its timers are stored, and whatever it waits on reaches its owner (an
+        engine that takes it over loads it, re-issuing what it waits on, at that fact)."""
+        self.unindexed[run_id] = self.ports.clock.monotonic() + INDEX_AFTER
+        self.unindexed.move_to_end(run_id)
+        if not self._tick_armed:
+            self._arm_tick(INDEX_AFTER)
+
+    def _arm_tick(self, delay: float) -> None:
+        self._tick_armed = True
+        ref = self.actor_ref
+        self.ports.clock.call_later(delay, lambda: _tell(ref, IndexDue()))
+
+    def _index_due(self) -> None:
+        self._tick_armed = False
+        now = self.ports.clock.monotonic()
+        while self.unindexed:
+            run_id, due = next(iter(self.unindexed.items()))
+            if due > now:
+                self._arm_tick(due - now)
+                return
+            del self.unindexed[run_id]
+            live = self.actors.get(run_id)
+            if live is not None:  # a passivated run's snapshot indexes it; an ended one needs none
+                _tell(live, Index(run_id))
 
     def _evict_lru(self) -> None:
         # A busy actor handles what it has first: Passivate queues behind it.
@@ -143,6 +192,14 @@ class RunDirectory(pykka.ThreadingActor):
                 message.error,
                 self.quarantine_retry,
             )
+
+
+def _tell(ref: pykka.ActorRef, message: Any) -> None:
+    """Tell an actor that may have stopped meanwhile (what it was told no longer matters)."""
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass
 
 
 def _starts_run(message: Deliver) -> bool:

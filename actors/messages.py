@@ -38,6 +38,20 @@ class Passivated:
 
 
 @dataclass(frozen=True, slots=True)
+class Index:
+    """A run still unfinished a while after its start, or when its engine stops: list it
+    in the snapshot index (``wait``: before the actor handles anything else)."""
+
+    run_id: str
+    wait: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IndexDue:
+    """The directory's tick: index the runs started ``INDEX_AFTER`` ago that are still live."""
+
+
+@dataclass(frozen=True, slots=True)
 class Crashed:
     run_id: str
     error: str

@@ -42,8 +42,9 @@ class HistoryPort(Protocol):
     def append(self, run_id: str, record: bytes, expected_seq: int, msg_id: str) -> int:
         """Append one encoded record; returns its sequence or raises WrongLastSequence."""
 
-    def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool) -> None:
-        """Cache the state in KV (a cache: never ahead of history)."""
+    def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool, listed: bool = True) -> None:
+        """Cache the state in KV (a cache: never ahead of history). ``listed=False``: the
+        run was never put in the snapshot index of unfinished runs (nothing to take out)."""
 
 
 class TaskPort(Protocol):

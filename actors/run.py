@@ -66,7 +66,7 @@ from dagnats.domain.kinds.sleep import asleep_until
 from dagnats.domain.run_context import run_context
 from dagnats.domain.state import WorkflowRun, new_run
 
-from .messages import ArmTimer, Crashed, Deliver, DisarmTimer, Healthy, Passivate, Passivated
+from .messages import ArmTimer, Crashed, Deliver, DisarmTimer, Healthy, Index, Passivate, Passivated
 from .ports import Ports
 from .threads import PooledActor
 
@@ -126,6 +126,9 @@ class RunActor(PooledActor):
         self.last_seq = 0
         self.loaded = fresh
         self.crashed = False
+        # Whether the run may be in the snapshot index of unfinished runs: not if this
+        # actor created it and has not listed it (see RunDirectory._index_later).
+        self.listed = not fresh
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -154,6 +157,10 @@ class RunActor(PooledActor):
             self._load()
             if isinstance(message, Deliver):
                 self._deliver(message)
+            elif isinstance(message, Index):
+                if not self.run.is_terminal and self.last_seq:
+                    self.ports.history.save_snapshot(self.run, self.last_seq, wait=message.wait)
+                    self.listed = True
             elif isinstance(message, Passivate):
                 self._passivate()
         except Exception as err:  # noqa: BLE001 - supervised: the directory rebuilds the run from history
@@ -177,6 +184,9 @@ class RunActor(PooledActor):
             self.run = loaded
             self.ports.state.publish(self.run, self.last_seq, [])
             self._reissue()
+            if not self.run.is_terminal:
+                # Listed in the snapshot index now, if its first owner did not live to.
+                self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
 
     def _crash(self, err: Exception) -> None:
         log.error("run %s: actor crashed: %s", self.run_id, err, exc_info=err)
@@ -333,6 +343,7 @@ class RunActor(PooledActor):
                     record.run.trace_parent,
                 )
             except WrongLastSequence as conflict:
+                self.listed = True  # the run was there before this actor: it may be listed
                 log.info("run %s: history moved past %d; refolding", self.run_id, self.last_seq)
                 # No re-issue: whoever moved the history dispatched what it decided, and a
                 # re-issue racing its worker (task acked, result not yet read) runs it twice.
@@ -349,18 +360,18 @@ class RunActor(PooledActor):
         return True
 
     def _adopt(self, record: Record, seq: int) -> None:
-        # The first record, or one that reopened a failed run (a replay): the snapshot
-        # index lists the run as unfinished, so a restarted engine brings it up.
-        first_record = self.last_seq == 0 or (self.run.is_terminal and not record.run.is_terminal)
+        # A run that a replay reopened is listed in the snapshot index as unfinished
+        # again at once. A new run is listed by the directory's ``Index`` if it is still
+        # live ``INDEX_AFTER`` after its start, or by its passivation snapshot: one that
+        # ends sooner writes one snapshot, its last.
+        reopened = self.last_seq != 0 and self.run.is_terminal and not record.run.is_terminal
         self.run, self.last_seq = record.run, seq
         self._effects(record.actions)
         self.ports.state.publish(self.run, seq, record.events)
-        if self.run.is_terminal:
+        if self.run.is_terminal or reopened:
             # Not awaited: the history already holds the outcome; the snapshot is a cache.
-            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
-        elif first_record:
-            # The snapshot index lists every run; written once at start, not per step.
-            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
+            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False, listed=self.listed)
+            self.listed = self.listed or reopened
 
     def _refold(self, reissue: bool = True) -> int:
         """Fold the records appended since ``last_seq``; how many there were."""

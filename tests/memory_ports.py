@@ -59,7 +59,7 @@ class MemoryHistory:
             self.ids[msg_id] = self.seq
             return self.seq
 
-    def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool) -> None:
+    def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool, listed: bool = True) -> None:
         with self.lock:
             self.snapshots[run.run_id] = (run, last_seq)
 

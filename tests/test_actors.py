@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from dagnats.actors.directory import QUARANTINE_AFTER, RunDirectory
+from dagnats.actors.directory import INDEX_AFTER, QUARANTINE_AFTER, RunDirectory
 from dagnats.actors.messages import Deliver, LiveCount
 from dagnats.actors.timer import TimerActor
 from dagnats.domain import events as ev
@@ -341,3 +341,103 @@ def test_a_short_sleep_or_a_run_with_work_in_flight_keeps_its_actor(engine):
     deliver(directory, acks, start_fact("busy"))  # step a queued: not asleep
     acks.wait_for(2)
     assert directory.ask(LiveCount()) == 2
+
+
+class SnapshotLog:
+    """Every snapshot the actors write, in order: (run, status, last_seq, waited); and
+    whether each run was ``listed`` when a snapshot said so (its open key to purge)."""
+
+    def __init__(self, ports: MemoryPorts) -> None:
+        self.saved: list[tuple[str, str, int, bool]] = []
+        self.listed: dict[str, list[bool]] = {}
+        save = ports.history.save_snapshot
+
+        def logged(run, last_seq, wait, listed=True):
+            self.saved.append((run.run_id, run.status.value, last_seq, wait))
+            self.listed.setdefault(run.run_id, []).append(listed)
+            save(run, last_seq, wait, listed)
+
+        ports.history.save_snapshot = logged
+
+    def of(self, run_id: str) -> list[tuple[str, int, bool]]:
+        return [(status, seq, waited) for run, status, seq, waited in self.saved if run == run_id]
+
+
+def test_a_run_that_ends_soon_after_its_start_writes_one_snapshot_its_last(engine):
+    ports, clock, timers, start = engine
+    log = SnapshotLog(ports)
+    directory = start()
+    acks = Acks()
+    deliver(directory, acks, start_fact("quick"))
+    deliver(directory, acks, completed("quick", "a", "A"))
+    deliver(directory, acks, completed("quick", "b", "B"))
+    acks.wait_for(3)
+    _until(lambda: directory.ask(LiveCount()) == 0)
+    clock.advance(INDEX_AFTER + 0.1)  # its index tick finds no live actor
+    directory.ask(LiveCount())  # the tick has been handled
+    assert [status for status, _, _ in log.of("quick")] == ["completed"]
+    assert log.listed["quick"] == [False]  # no open key to purge
+
+
+def test_a_listed_run_that_ends_has_its_open_key_taken_out(engine):
+    ports, clock, timers, start = engine
+    log = SnapshotLog(ports)
+    directory = start()
+    acks = Acks()
+    deliver(directory, acks, start_fact("slow"))
+    acks.wait_for(1)
+    clock.advance(INDEX_AFTER + 0.1)
+    _until(lambda: log.of("slow") == [("running", 1, False)])
+    deliver(directory, acks, completed("slow", "a", "A"))
+    deliver(directory, acks, completed("slow", "b", "B"))
+    acks.wait_for(3)
+    _until(lambda: [status for status, _, _ in log.of("slow")] == ["running", "completed"])
+    assert log.listed["slow"] == [True, True]
+
+
+def test_a_run_still_live_after_index_after_is_listed_in_the_snapshot_index(engine):
+    ports, clock, timers, start = engine
+    log = SnapshotLog(ports)
+    directory = start()
+    acks = Acks()
+    deliver(directory, acks, start_fact("slow"))
+    acks.wait_for(1)
+    clock.advance(INDEX_AFTER / 2)
+    deliver(directory, acks, start_fact("later"))
+    acks.wait_for(2)
+    assert log.of("slow") == [] and log.of("later") == []
+    clock.advance(INDEX_AFTER / 2 + 0.01)
+    _until(lambda: log.of("slow") == [("running", 1, False)])
+    assert log.of("later") == []  # started half a period later: not due yet
+    clock.advance(INDEX_AFTER / 2)
+    _until(lambda: log.of("later") == [("running", 2, False)])
+    assert ports.history.load("slow")[0].status == RunStatus.RUNNING
+
+
+def test_a_stopping_directory_lists_its_live_unlisted_runs_before_it_stops(engine):
+    ports, clock, timers, start = engine
+    log = SnapshotLog(ports)
+    directory = start()
+    acks = Acks()
+    deliver(directory, acks, start_fact("young"))
+    acks.wait_for(1)
+    assert log.of("young") == []
+    directory.stop()
+    assert log.of("young") == [("running", 1, True)]
+
+
+def test_a_run_rebuilt_from_its_history_is_listed_at_once(engine):
+    """Its first owner may have gone before listing it: the next one does not wait."""
+    ports, clock, timers, start = engine
+    log = SnapshotLog(ports)
+    first = start()
+    acks = Acks()
+    deliver(first, acks, start_fact("moved"))
+    acks.wait_for(1)
+    first.stop(block=True)
+    log.saved.clear()
+    ports.history.snapshots.clear()  # the first owner was killed before its index landed
+    second = start()
+    deliver(second, acks, completed("moved", "a", "A"))
+    acks.wait_for(2)
+    assert log.of("moved")[0] == ("running", 1, False)

@@ -98,3 +98,36 @@ def test_a_partitions_unfinished_runs_are_listed_from_their_open_snapshots_and_l
     assert len(snapshots) == 260 and len({s.run.run_id for s in snapshots}) == 260
     assert next(s for s in snapshots if s.run.run_id == done.run_id).run.status == RunStatus.COMPLETED
     assert gone == (None, 0)
+
+
+def test_a_run_that_ends_unlisted_writes_its_last_snapshot_and_purges_nothing(nats_url, run):
+    quick, slow = _runs(2, "ends")
+    ended = [msgspec.structs.replace(r, status=RunStatus.COMPLETED) for r in (quick, slow)]
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await ensure_resources(js)
+            purges: list[str] = []
+
+            async def seen(msg):
+                purges.append(msg.subject)
+
+            await nc.subscribe("$JS.API.STREAM.PURGE.>", cb=seen)
+            store = HistoryStore(js, partitions=4)
+            await store.save_snapshot(ended[0], 2, listed=False)
+            await nc.flush()
+            unlisted = list(purges)
+            await store.save_snapshot(slow, 1)
+            await store.save_snapshot(ended[1], 2)
+            await nc.flush()
+            listed = list(purges)
+            return unlisted, listed, [await store.load_snapshot(r.run_id) for r in ended]
+        finally:
+            await nc.close()
+
+    unlisted, listed, loaded = run(body())
+    assert unlisted == []
+    assert len(listed) == 1  # the listed run's open key is taken out
+    assert [(r.status, seq) for r, seq in loaded] == [(RunStatus.COMPLETED, 2), (RunStatus.COMPLETED, 2)]

@@ -149,23 +149,24 @@ class HistoryStore:
                 return snap.run, snap.last_seq
         return None, 0
 
-    async def save_snapshot(self, run: WorkflowRun, last_seq: int) -> None:
+    async def save_snapshot(self, run: WorkflowRun, last_seq: int, listed: bool = True) -> None:
         """Cache the state at ``last_seq``; a state too large for one message (a map of
         thousands) is kept as a summary at sequence 0 — statuses for listings and
-        recovery, while a reader folds the whole history."""
+        recovery, while a reader folds the whole history. A finished run's open key is
+        purged unless it was never ``listed`` (a run that ended before it was indexed)."""
         previous = self._saving.get(run.run_id)
         mine: asyncio.Future = asyncio.get_running_loop().create_future()
         self._saving[run.run_id] = mine
         try:
             if previous is not None:
                 await previous
-            await self._save(run, last_seq)
+            await self._save(run, last_seq, listed)
         finally:
             mine.set_result(None)
             if self._saving.get(run.run_id) is mine:
                 del self._saving[run.run_id]
 
-    async def _save(self, run: WorkflowRun, last_seq: int) -> None:
+    async def _save(self, run: WorkflowRun, last_seq: int, listed: bool) -> None:
         kv = await self.runs_kv()
         data = _SNAPSHOT_ENCODER.encode(Snapshot(run, last_seq))
         if len(data) > self.max_payload - SNAPSHOT_HEADROOM:
@@ -174,7 +175,7 @@ class HistoryStore:
             await kv.put(open_key(run.run_id, self.partitions), data)
             return
         await kv.put(snapshot_key(run.run_id), data)
-        if self.partitions:
+        if self.partitions and listed:
             await self._purge_key(open_key(run.run_id, self.partitions))
 
     async def _purge_key(self, key: str) -> None:

@@ -53,8 +53,8 @@ class NatsHistoryPort:
     def append(self, run_id: str, record: bytes, expected_seq: int, msg_id: str) -> int:
         return self.bridge.call(self.store.append(run_id, record, expected_seq, msg_id))
 
-    def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool) -> None:
-        coro = self.store.save_snapshot(run, last_seq)
+    def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool, listed: bool = True) -> None:
+        coro = self.store.save_snapshot(run, last_seq, listed)
         if wait:
             self.bridge.call(coro)
         else:

@@ -2,7 +2,7 @@
 
 The actors are the production classes, subclassed only to run on ``Mailboxes``
 instead of pykka threads (``actor_ref`` and ``stop`` go to the mailbox, and the
-directory's ``_start`` builds a mailbox actor — a copy of its five lines). Their
+directory's ``_start`` builds a mailbox actor — a copy of its seven lines). Their
 ports (``EnginePorts``) reach the ``World``; every port call is a crash point: the
 scheduler may raise ``EngineCrash`` there, before the call or, for a write, after
 it landed and before its answer came back. ``record`` carries out its append, task
@@ -76,6 +76,8 @@ class SimDirectory(RunDirectory):
         actor = SimRunActor(run_id, self.ports, self.actor_ref, self.timers, fresh, recovering)
         ref = self.boxes.adopt(actor)
         self.actors[run_id] = ref
+        if fresh:
+            self._index_later(run_id)
         self._evict_lru()
         return ref
 
@@ -113,7 +115,7 @@ class EngineHistory:
         self.engine.point("append landed")
         return seq
 
-    def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool) -> None:
+    def save_snapshot(self, run: WorkflowRun, last_seq: int, wait: bool, listed: bool = True) -> None:
         self.engine.point("snapshot")
         self.store.save_snapshot(run, last_seq)
 
