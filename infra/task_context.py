@@ -171,7 +171,7 @@ class TaskRunner:
             metrics.TASKS_RUNNING.add(task, -1)
 
     async def _run(self, msg: Msg, ctx: TaskContext, io: TaskIO, payload: TaskPayload, handler: TaskHandler) -> None:
-        keep_alive = asyncio.create_task(self._keep_alive(msg))
+        keep_alive = _KeepAlive(msg, self.ack_wait / 3)
         # step.started goes out only if the handler is still running after a short
         # while (the engine needs it for timeouts and to show the step running); a
         # quick step reports its start time with its result instead: two stored
@@ -242,11 +242,6 @@ class TaskRunner:
         if name not in self._buckets:
             self._buckets[name] = await self.js.key_value(name)
         return self._buckets[name]
-
-    async def _keep_alive(self, msg: Msg) -> None:
-        while True:
-            await asyncio.sleep(self.ack_wait / 3)
-            await settle(msg.in_progress())
 
     async def _invoke(self, handler: TaskHandler, ctx: TaskContext, payload: TaskPayload, msg: Msg) -> Outcome:
         delivered = msg.metadata.num_delivered if msg.metadata else 1
@@ -339,6 +334,28 @@ class TaskRunner:
 
 # What a successful result's payload is, in "... too large".
 _RESULT_NAMES = {STEP_COMPLETED: "output", STEP_CONTINUE: "Continue data"}
+
+
+class _KeepAlive:
+    """Tells JetStream every ``every`` seconds that the task is still being worked on,
+    until cancelled: a timer on the loop, re-armed when it fires (no task per message)."""
+
+    __slots__ = ("beat", "every", "msg", "timer")
+
+    def __init__(self, msg: Msg, every: float) -> None:
+        self.msg, self.every = msg, every
+        self.beat: asyncio.Future[None] | None = None  # held: the loop keeps only a weak reference
+        self.timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(every, self._beat)
+
+    def _beat(self) -> None:
+        self.beat = asyncio.ensure_future(settle(self.msg.in_progress()))
+        if self.timer is not None:
+            self.timer = asyncio.get_running_loop().call_later(self.every, self._beat)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 async def settle(coro: Coroutine[Any, Any, Any]) -> None:
