@@ -47,6 +47,13 @@ ENDED_KEPT = 10.0  # seconds
 ENDED_MAX = 10_000
 
 
+def _appended_since(store: HistoryStore, run_id: str, seq: int) -> bool:
+    """Whether this process appended the run's record at ``seq`` or one after it (an
+    append that expected the history to end at the published state's sequence)."""
+    appended = store.appended.get(run_id)
+    return appended is not None and appended >= seq
+
+
 class RunReader:
     def __init__(self, nc: NATS, store: HistoryStore, loop: asyncio.AbstractEventLoop) -> None:
         self.nc, self.store, self.loop = nc, store, loop
@@ -137,12 +144,14 @@ class RunReader:
         check_identifier("run id", run_id)
         with self._lock:
             live = self._live.get(run_id)
-            known = (*live, self.store.appended.get(run_id) == live[1]) if live else self._recently_ended(run_id)
+            known = (*live, _appended_since(self.store, run_id, live[1])) if live else self._recently_ended(run_id)
         if known is not None:
             run, seq, mine = known
             # The newest state without a read only if this process appended the record it
-            # follows, and holds the run's partition: a state an actor loaded may miss a
-            # record that a killed engine's last publish stored a moment later.
+            # follows (or a later one, which its actor is about to publish: the record's
+            # facts are not acknowledged before that), and holds the run's partition: a
+            # state an actor loaded may miss a record that a killed engine's last publish
+            # stored a moment later.
             if mine and self.owns(run_id):
                 return run
             for _, events in await self.store.read_after(run_id, seq):
