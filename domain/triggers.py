@@ -127,6 +127,18 @@ class TriggerDef(_Kinds, frozen=True):
     workflow_id: str = ""
 
 
+SECRET_SHOWN = "(set)"
+
+
+def redacted(t: Trigger) -> Trigger:
+    """The trigger as shown to anyone who lists or reads it: a secret is ``"(set)"``."""
+    if t.webhook is not None and t.webhook.secret:
+        t = msgspec.structs.replace(t, webhook=msgspec.structs.replace(t.webhook, secret=SECRET_SHOWN))
+    if t.http is not None and t.http.secret:
+        t = msgspec.structs.replace(t, http=msgspec.structs.replace(t.http, secret=SECRET_SHOWN))
+    return t
+
+
 def route(t: _Kinds) -> str | None:
     """The HTTP route a trigger answers at (``POST /hooks/x``, ``GET /api/a/b``), if any."""
     if t.webhook is not None:

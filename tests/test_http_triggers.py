@@ -27,7 +27,18 @@ def test_a_signed_webhook_starts_a_run_and_a_bad_signature_stores_nothing(nats_u
         async with ApiHarness(nats_url) as h:
             await h.http.post("/workflows", json=ONE_STEP)
             hook = {"id": "on-push", "workflow": "one", "webhook": {"path": "/hooks/push", "secret": SECRET}}
-            assert (await h.http.post("/triggers", json=hook)).status_code == 201
+            created = await h.http.post("/triggers", json=hook)
+            assert created.status_code == 201
+            # The secret is stored, never shown again: every answer says only that it is set.
+            answers = [
+                created,
+                await h.http.get("/triggers"),
+                await h.http.get("/triggers/on-push"),
+                await h.http.post("/triggers/on-push/enable"),
+            ]
+            assert all(SECRET not in a.text for a in answers)
+            assert created.json()["webhook"]["secret"] == "(set)"
+            assert answers[1].json()["triggers"][0]["webhook"]["secret"] == "(set)"
             payload = b'{"ref": "main"}'
             before = await h.stored()
             bad = await h.http.post("/hooks/push", content=payload, headers={"X-Signature-256": "sha256=00"})
@@ -130,6 +141,17 @@ def test_trigger_cli_create_list_disable_enable_fire_delete(nats_url, run, tmp_p
             await c("create", "hook", "one", "--webhook", "/hooks/one", "--debounce", "30s", "--debounce-key", "repo")
             listed = (await c("list")).stdout
             assert "http PUT /api/one" in listed and "webhook /hooks/one (debounced 30s)" in listed
+            signed = await c("create", "signed", "one", "--webhook", "/hooks/signed", "--secret", SECRET, json=True)
+            assert signed["webhook"]["secret"] == "(set)"
+            shown = [
+                await c("list", json=True, raw=True),
+                await c("list"),
+                await c("disable", "signed", json=True, raw=True),
+            ]
+            assert all(SECRET not in r.stdout for r in shown)
+            assert "webhook /hooks/signed (signed)" in shown[1].stdout
+            stored = await TriggerStore(h.nc.jetstream()).get("signed")
+            assert stored.webhook is not None and stored.webhook.secret == SECRET  # kept, to check signatures
             refused = await c("create", "x", "one", "--http", "/api/two", "--debounce", "1s", check=False)
             assert refused.returncode != 0 and "debounce: not allowed on http triggers" in refused.stderr
             taken = await c("create", "y", "one", "--http", "/api/one", "--method", "PUT", check=False)

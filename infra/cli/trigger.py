@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from dagnats.domain.errors import InvalidInput
-from dagnats.domain.triggers import DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT_MS, Debounce, HttpRoute
+from dagnats.domain.triggers import DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT_MS, Debounce, HttpRoute, redacted
 
 from ..triggers import Cron, Subject, Trigger, TriggerStore, Webhook, check_trigger, envelope
 from .render import table
@@ -137,7 +137,7 @@ def _debounce(args: argparse.Namespace) -> Debounce:
 def _builtins(t: Trigger) -> dict[str, Any]:
     import msgspec
 
-    return msgspec.to_builtins(t)
+    return msgspec.to_builtins(redacted(t))
 
 
 def _kind(t: dict[str, Any]) -> str:

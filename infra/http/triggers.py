@@ -17,6 +17,8 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 
+from dagnats.domain.triggers import redacted
+
 from ..debouncer import Debouncer
 from ..triggers import Trigger, TriggerNotFound, TriggerStore, envelope
 from .endpoints import Call, EndpointSet, read_body
@@ -56,7 +58,7 @@ async def _get(call: Call) -> Trigger:
 
 @ROUTES.add("GET", "/triggers", "List triggers", "triggers", answer=TriggerList, errors=())
 async def list_triggers(call: Call) -> Any:
-    return TriggerList(await store(call).all())
+    return TriggerList([redacted(t) for t in await store(call).all()])
 
 
 @ROUTES.add(
@@ -73,24 +75,24 @@ async def list_triggers(call: Call) -> Any:
 async def create_trigger(call: Call) -> Any:
     t: Trigger = call.body
     await call.request.app.state.ops("workflow.get", name=t.workflow)  # WorkflowNotFound: 404
-    return await store(call).put(t)
+    return redacted(await store(call).put(t))
 
 
 @ROUTES.add("GET", "/triggers/{trigger_id}", "Show a trigger", "triggers", answer=Trigger)
 async def get_trigger(call: Call) -> Any:
-    return await _get(call)
+    return redacted(await _get(call))
 
 
 @ROUTES.add("POST", "/triggers/{trigger_id}/enable", "Enable a trigger", "triggers", answer=Trigger)
 async def enable_trigger(call: Call) -> Any:
     await _get(call)
-    return await store(call).set_enabled(call.path["trigger_id"], True)
+    return redacted(await store(call).set_enabled(call.path["trigger_id"], True))
 
 
 @ROUTES.add("POST", "/triggers/{trigger_id}/disable", "Disable a trigger", "triggers", answer=Trigger)
 async def disable_trigger(call: Call) -> Any:
     await _get(call)
-    return await store(call).set_enabled(call.path["trigger_id"], False)
+    return redacted(await store(call).set_enabled(call.path["trigger_id"], False))
 
 
 @ROUTES.add("DELETE", "/triggers/{trigger_id}", "Delete a trigger", "triggers")
