@@ -225,3 +225,55 @@ def test_a_deleted_run_is_not_served_from_memory(nats_url, run):
             return "still served"
 
     assert run(body()) == "not found"
+
+
+def test_a_run_waiter_hears_only_the_end_and_a_step_waiter_each_record(nats_url, run):
+    """The end of a run is announced on ``.end``, its other records on ``.progress``: a
+    waiter for the run's end is not woken by the records before it. ``recheck`` is long,
+    so only a notice can wake either waiter."""
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN)
+            run_id = await h.client.start("chain-of-three", 0)
+            heard: dict[str, list[str]] = {"end": [], "all": []}
+            announced: dict[str, int] = {"end": 0, "progress": 0}
+
+            async def count(msg):
+                announced[msg.subject.rsplit(".", 1)[1]] += 1
+
+            spy = await h.nc.subscribe(f"dagnats.run.{run_id}.*", cb=count)
+
+            def reader(kind: str):
+                async def read():
+                    heard[kind].append("read")
+                    return await h.client.status(run_id)
+
+                return read
+
+            def step_done(view):
+                return view["steps"]["a"]["status"] == "completed"
+
+            def run_done(view):
+                return view["status"] == "completed"
+
+            run_wait = asyncio.create_task(await_run(h.nc, run_id, reader("end"), run_done, recheck=600))
+            step_wait = asyncio.create_task(await_run(h.nc, run_id, reader("all"), step_done, step="a", recheck=600))
+            while len(heard["end"]) < 1 or len(heard["all"]) < 1:
+                await asyncio.sleep(0.01)
+            await FakeWorker(h.nc, "w-noop").complete(1)
+            step_view = await asyncio.wait_for(step_wait, 30)  # woken by step a's notice
+            await FakeWorker(h.nc, "w-noop").complete(2)
+            await FakeWorker(h.nc, "w-noop").complete(3)
+            run_view = await asyncio.wait_for(run_wait, 30)
+            await h.nc.flush()
+            await spy.unsubscribe()
+            return step_view, run_view, heard, announced
+
+    step_view, run_view, heard, announced = run(body(), timeout=90)
+    assert step_view["steps"]["a"]["output"] == 1
+    assert run_view["status"] == "completed" and run_view["output"] == 3
+    assert heard["end"] == ["read"]  # read once; its end came with the view
+    assert len(heard["all"]) >= 2  # at the start, then on a notice about step a
+    assert announced["end"] == 1  # all a waiter for the run's end hears
+    assert announced["progress"] >= 2  # the records of steps a and b

@@ -12,8 +12,9 @@ follows and holds the run's partition: then nothing can follow it. An ended
 run's last state is kept ``ENDED_KEPT`` seconds after its actor stops, for the
 waiters that read it once more.
 
-Each published record is also announced as a ``RunNotice`` on
-``dagnats.run.<run>`` (core NATS), which is what waiting clients listen to.
+Each published record is also announced as a ``RunNotice`` (core NATS): on
+``dagnats.run.<run>.end`` for the run's last, ``dagnats.run.<run>.progress`` for the
+others; that is what waiting clients listen to.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class RunReader:
                 terminal=run.is_terminal,
                 view=run_view(run) if run.is_terminal else None,
             )
-            self.loop.call_soon_threadsafe(self._announce, run.run_id, encode_notice(notice))
+            subject = notice_subject(run.run_id, notice.terminal)
+            self.loop.call_soon_threadsafe(self._announce, subject, encode_notice(notice))
 
     def forget(self, run_id: str, keep_ended: bool = True) -> None:
         """The run's actor stopped (``keep_ended``: an ended run's last state is still
@@ -104,9 +106,9 @@ class RunReader:
         if self.store.appended.get(run_id) == seq:
             del self.store.appended[run_id]
 
-    def _announce(self, run_id: str, data: bytes) -> None:
+    def _announce(self, subject: str, data: bytes) -> None:
         # One task sends every notice queued meanwhile: no task per record.
-        self._outbox.append((notice_subject(run_id), data))
+        self._outbox.append((subject, data))
         if len(self._outbox) == 1:
             asyncio.ensure_future(self._send_queued())
 

@@ -10,7 +10,7 @@ One call, in order:
    previous call with the same value started (idempotency.py): its stored
    answer is replayed, or awaited;
 4. subscriptions to ``dagnats.http.response.<run>`` (the respond step's
-   message) and ``dagnats.run.<run>`` (the run's notices), *then* the start,
+   message) and ``dagnats.run.<run>.end`` (the run's end), *then* the start,
    so no answer can come before anyone listens;
 5. the first of: the response (its status, headers, body; 502
    ``malformed_response`` if it cannot be read), the run failing (500

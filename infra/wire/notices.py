@@ -1,7 +1,9 @@
 """Run notices: what the engine recorded for a run, announced on core NATS.
 
 After each record it appends to ``history.<run>``, the run's owner publishes a
-small ``RunNotice`` on ``dagnats.run.<run>`` (not stored). Waiting for a run
+small ``RunNotice`` (not stored): on ``dagnats.run.<run>.end`` for the record that
+ends the run, on ``dagnats.run.<run>.progress`` for the others, so that waiting
+for a run's end hears one notice, not one per record. Waiting for a run
 costs the server one plain subscription, no JetStream consumer: ``await_run``
 subscribes, reads the run's status once to close the race with anything
 recorded before the subscription, then re-reads the status only when a notice
@@ -20,7 +22,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from .subjects import notice_subject
+from .subjects import notice_subject, notices_filter
 
 RECHECK = 5.0
 
@@ -76,7 +78,7 @@ async def await_run(
 
     Not bounded here: wrap it in ``asyncio.wait_for`` for a timeout.
     """
-    sub = await nc.subscribe(notice_subject(run_id))
+    sub = await nc.subscribe(notice_subject(run_id) if step is None else notices_filter(run_id))
     try:
         view = await read()
         while not finished(view):
