@@ -8,6 +8,7 @@ import asyncio
 import re
 import threading
 
+import nats
 import pytest
 
 from dagnats.domain.errors import WrongLastSequence
@@ -102,3 +103,34 @@ def test_hot_path_metrics_and_gauges_arrive_with_plausible_values(nats_url, run)
     assert value(idle, 'dagnats_history_appends_total{outcome="conflict"}') == conflicts_before + 1
     late = value(idle, 'dagnats_timer_lateness_milliseconds_count{kind="retry"}')
     assert late >= 1 and value(idle, 'dagnats_timer_lateness_milliseconds_sum{kind="retry"}') >= 0
+
+
+def test_only_the_engine_holding_partition_0_samples_the_clusters_figures(nats_url, run):
+    """Dead letters and tasks are the cluster's figures: one engine reports them."""
+    from types import SimpleNamespace
+
+    from dagnats.infra.engine.engine_gauges import EngineGauges
+    from dagnats.infra.engine.streams import ensure_resources
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await ensure_resources(js)
+
+            async def live_count() -> int:
+                return 0
+
+            def engine(owned: dict[int, int]) -> SimpleNamespace:
+                return SimpleNamespace(js=js, pullers={}, leases=SimpleNamespace(owned=owned), live_count=live_count)
+
+            names = []
+            for owned in ({0: 1, 1: 1}, {1: 1, 2: 1}):
+                names.append(sorted({name for name, _, _ in await EngineGauges(engine(owned)).sample()}))
+            return names
+        finally:
+            await nc.close()
+
+    holder, other = run(body())
+    assert holder == ["dagnats.actors", "dagnats.dlq.depth", "dagnats.tasks.in_flight", "dagnats.tasks.queued"]
+    assert other == ["dagnats.actors"]

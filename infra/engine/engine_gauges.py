@@ -7,6 +7,11 @@ Every ``interval`` seconds the sampler asks, on the engine's loop, and hands
 the whole sample to ``metrics.set_readings``; the metric readers (OTLP,
 ``/metrics``) read the last sample. A figure it cannot get this time is left
 out of the sample, never a reason to stop.
+
+The figures of the whole cluster (dead letters, tasks queued and in flight: a
+listing of every task consumer) are sampled by one engine, the one holding
+partition 0, not by each: the same figure from every engine would cost each a
+listing and be counted as many times as there are engines.
 """
 
 from __future__ import annotations
@@ -45,9 +50,16 @@ class EngineGauges:
             metrics.set_readings(await self.sample())
             await asyncio.sleep(self.interval)
 
+    def speaks_for_cluster(self) -> bool:
+        leases = getattr(self.engine, "leases", None)
+        return leases is None or 0 in leases.owned
+
     async def sample(self) -> list[Reading]:
         readings: list[Reading] = []
-        for part in (self._actors, self._inbox_lag, self._dead_letters, self._tasks):
+        parts = [self._actors, self._inbox_lag]
+        if self.speaks_for_cluster():
+            parts += [self._dead_letters, self._tasks]
+        for part in parts:
             try:
                 readings += await part()
             except Exception as err:  # noqa: BLE001 - NATS busy or reconnecting: next time
