@@ -115,9 +115,10 @@ def _incoming(value: str | None, parse: Callable[[str], str | None], name: str, 
 
 
 @contextlib.contextmanager
-def api_span(operation: str, trace_parent: str | None, run_id: str = "") -> Iterator[str]:
+def api_span(operation: str, trace_parent: str | None, run_id: str = "", trace_state: str = "") -> Iterator[str]:
     """A span for a control-plane operation; yields the traceparent the run records:
-    the caller's, or (none or malformed) a new trace whose root is the run's own span."""
+    the caller's, or (none or malformed) a new trace whose root is the run's own span.
+    The caller's ``trace_state`` (already checked) goes along with its traceparent."""
     caller = incoming(trace_parent, operation)
     if caller:
         recorded = caller
@@ -131,7 +132,10 @@ def api_span(operation: str, trace_parent: str | None, run_id: str = "") -> Iter
     from opentelemetry import propagate, trace
 
     tracer = trace.get_tracer("dagnats.api")
-    parent = propagate.extract({"traceparent": recorded})
+    carrier = {"traceparent": recorded}
+    if caller and trace_state:
+        carrier["tracestate"] = trace_state
+    parent = propagate.extract(carrier)
     attributes = {"dagnats.run_id": run_id} if run_id else {}
     with tracer.start_as_current_span(
         f"dagnats.api {operation}", context=parent, kind=trace.SpanKind.SERVER, attributes=attributes

@@ -144,3 +144,23 @@ def test_a_malformed_traceparent_starts_a_new_trace_and_the_run_completes(nats_u
     final = run(body())
     assert len(final["trace_id"]) == 32 and tracing.valid_trace_parent(final["trace_parent"])
     assert sum("malformed traceparent" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_start_span_continues_the_callers_trace_with_its_tracestate(nats_url, run, spans):
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    state = "vendor=opaque,other=1"
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN3)
+            return await h.client.start("chain3", "x", trace_parent=caller, trace_state=state)
+
+    run_id = run(body())
+    (start,) = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name == "dagnats.api startRun" and s.attributes.get("dagnats.run_id") == run_id
+    ]
+    assert start.context.trace_id == int("0af7651916cd43dd8448eb211c80319c", 16)
+    assert start.parent.span_id == int("b7ad6b7169203331", 16)
+    assert dict(start.context.trace_state) == {"vendor": "opaque", "other": "1"}

@@ -69,12 +69,16 @@ class RunStarts:
         self._check_start(wf, req.input)
         run_id = check_identifier("run id", req.run_id or secrets.token_hex(16))
         caller = req.trace_parent if valid_trace_parent(req.trace_parent) else None
-        with api_span("startRun", req.trace_parent, run_id) as trace_parent, run_context(run_id, "", trace_parent):
+        # A tracestate belongs to the traceparent it came with; baggage stands alone.
+        trace_state = incoming_state(req.trace_state, "startRun") if caller else ""
+        with (
+            api_span("startRun", req.trace_parent, run_id, trace_state) as trace_parent,
+            run_context(run_id, "", trace_parent),
+        ):
             start = ev.RunStart(
                 workflow_def=wf,
                 input=req.input,
-                # A tracestate belongs to the traceparent it came with; baggage stands alone.
-                trace_state=incoming_state(req.trace_state, "startRun") if caller else "",
+                trace_state=trace_state,
                 baggage=incoming_baggage(req.baggage, "startRun"),
             )
             event = ev.WorkflowStarted(
