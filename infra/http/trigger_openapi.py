@@ -40,6 +40,7 @@ and OpenAPI 3.1 reads every schema as JSON Schema 2020-12.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from nats.errors import Error as NatsError
 from starlette.requests import Request
 
 from dagnats.domain.definition import RespondConfig, WorkflowDef
-from dagnats.domain.errors import WorkflowNotFound
+from dagnats.domain.errors import DefinitionDecodeError, WorkflowNotFound
 from dagnats.domain.triggers import Trigger
 
 from .request_triggers import HOP_BY_HOP, RUN_ID_HEADER
@@ -125,9 +126,9 @@ def trigger_openapi(triggers: Iterable[Trigger], definitions: Mapping[str, Workf
         if wf is not None:
             api.schemas.update(_workflow_schemas(wf))
         if t.http.secret:
-            api.security_schemes[SIGNATURE_SCHEME] = SIGNATURE
+            api.security_schemes[SIGNATURE_SCHEME] = dict(SIGNATURE)
     if api.paths:
-        api.schemas[ERROR_SCHEMA] = HTTP_TRIGGER_ERROR
+        api.schemas[ERROR_SCHEMA] = copy.deepcopy(HTTP_TRIGGER_ERROR)
     return api
 
 
@@ -155,16 +156,23 @@ async def current_document(request: Request) -> dict[str, Any]:
     state = request.app.state
     try:
         triggers = [t for t in await store(request).all() if t.enabled and t.http is not None]
+        definitions = await _definitions(state.plane.defs, {t.workflow for t in triggers})
     except (NatsError, TimeoutError) as err:  # the own routes are still worth serving
-        log.warning("OpenAPI document without the http triggers: the triggers KV did not answer (%s)", err)
+        log.warning("OpenAPI document without the http triggers: NATS did not answer (%s)", err)
         return state.openapi
-    definitions: dict[str, WorkflowDef] = {}
-    for name in sorted({t.workflow for t in triggers}):
-        try:
-            definitions[name] = await state.plane.defs.get(name)
-        except WorkflowNotFound:
-            pass
     return with_triggers(state.openapi, triggers, definitions)
+
+
+async def _definitions(defs: Any, names: set[str]) -> dict[str, WorkflowDef]:
+    """The registered definitions of ``names`` (from the engine's cache); one missing or
+    unreadable is left out: its triggers are documented without its schemas, with a 404."""
+    found: dict[str, WorkflowDef] = {}
+    for name in sorted(names):
+        try:
+            found[name] = await defs.get(name)
+        except (WorkflowNotFound, DefinitionDecodeError):
+            continue
+    return found
 
 
 # ---- one operation ------------------------------------------------------------------------
