@@ -1,10 +1,12 @@
 """The HTTP API in-process: an EngineHarness on a real nats-server, its ASGI app
 driven by httpx without a socket (``ApiHarness``), and how many messages the
-engine's streams hold (``stored``), to show that refused input stores nothing."""
+engine's streams hold (``stored``), to show that refused input stores nothing;
+``assert_valid_openapi`` checks a served document."""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -56,3 +58,29 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     if code is not None:
         assert body["error"] == code, body
     return body
+
+
+def assert_valid_openapi(doc: dict[str, Any]) -> None:
+    """``doc`` is valid OpenAPI 3.1 (the specification's own JSON Schema, as schemathesis
+    holds it), every local ``$ref`` in it points at something, and operation ids are unique."""
+    import schemathesis  # slow to import: only the tests that check a document pay for it
+
+    schemathesis.openapi.from_dict(doc).validate()
+    for ref in _refs(doc):
+        assert ref.startswith("#/"), ref
+        node: Any = doc
+        for token in ref[2:].split("/"):
+            token = unquote(token).replace("~1", "/").replace("~0", "~")
+            assert isinstance(node, dict) and token in node, f"{ref} points at nothing"
+            node = node[token]
+    ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+
+
+def _refs(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        own = [value["$ref"]] if isinstance(value.get("$ref"), str) else []
+        return own + [r for v in value.values() for r in _refs(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _refs(v)]
+    return []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from http_support import APPROVE, ONE_STEP, ApiHarness, assert_error
+from http_support import APPROVE, ONE_STEP, ApiHarness, assert_error, assert_valid_openapi
 
 from harness import FakeWorker
 
@@ -164,6 +164,7 @@ def test_openapi_document_covers_the_whole_api_and_has_a_docs_page(nats_url, run
         async with ApiHarness(nats_url) as h:
             doc = (await h.http.get("/openapi.json")).json()
             assert doc["openapi"].startswith("3.1")
+            assert_valid_openapi(doc)
             for path in ("/workflows", "/runs", "/runs/{run_id}/wait", "/dead-letters", "/limits", "/health"):
                 assert path in doc["paths"], path
             assert "StartRun" in doc["components"]["schemas"]

@@ -2,10 +2,11 @@
 
 ``build_app(plane)`` mounts the REST API (``api.ROUTES``) and, as their
 modules add them, the HTTP-worker bridge, triggers and console; serves the
-OpenAPI document of all of it at ``/openapi.json`` with a docs page at
-``/docs``, and health, readiness and metrics. Unknown routes and methods,
-and any unexpected failure, answer with the same ``{"error", "message"}``
-JSON body as every other refusal.
+OpenAPI document of all of it at ``/openapi.json`` (with the ``/api/...``
+routes of the enabled HTTP triggers as they are at each request:
+trigger_openapi.py) with a docs page at ``/docs``, and health, readiness and
+metrics. Unknown routes and methods, and any unexpected failure, answer with
+the same ``{"error", "message"}`` JSON body as every other refusal.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .metrics import render
 from .operations import Operations
 from .request_triggers import METHODS, api_trigger
 from .schemas import Health
+from .trigger_openapi import current_document
 
 log = logging.getLogger("dagnats.http")
 
@@ -148,9 +150,9 @@ async def metrics(call: Call) -> Any:
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
-@_own.add("GET", "/openapi.json", "This document", "engine", errors=())
+@_own.add("GET", "/openapi.json", "This document: these routes and the enabled HTTP triggers", "engine", errors=())
 async def openapi(call: Call) -> Any:
-    return call.request.app.state.openapi
+    return await current_document(call.request)
 
 
 @_own.add("GET", "/docs", "The API's documentation page", "engine", content="text/html", errors=())

@@ -1,5 +1,8 @@
 """``GET /docs``: a self-contained page that reads ``/openapi.json`` and lists every route.
 
+It reads the document when it loads, so it lists the HTTP triggers as they are
+then (the document synthesizes them per request: trigger_openapi.py).
+
 No CDN and no build step: the page is plain HTML with a few lines of script
 (serve may run where there is no internet).
 """
@@ -19,11 +22,16 @@ pre{background:#f6f6f6;padding:.5rem;overflow:auto}
 <body><h1>dagnats HTTP API</h1>
 <p>The OpenAPI 3.1 document: <a href="/openapi.json">/openapi.json</a>. Errors are
 <code>{"error": code, "message": text}</code>. With <code>DAGNATS_API_TOKEN</code> set, send
-<code>Authorization: Bearer &lt;token&gt;</code>.</p>
+<code>Authorization: Bearer &lt;token&gt;</code>. The HTTP triggers' routes (<code>/api/…</code>,
+under “http triggers”) need no token: one with a secret needs its <code>X-Signature-256</code>.</p>
 <div id="api">Loading…</div>
 <script>
 const esc = s => String(s).replace(/[&<>"]/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]));
 fetch("/openapi.json", {credentials: "same-origin"}).then(r => r.json()).then(doc => {
+  // A local $ref is shown as what it points at (one level).
+  const deref = s => (s && typeof s.$ref === "string" && s.$ref.startsWith("#/") && s.$ref.slice(2).split("/")
+    .map(t => decodeURIComponent(t).replace(/~1/g, "/").replace(/~0/g, "~")).reduce((o, k) => o && o[k], doc)) || s;
+  const shown = content => content ? JSON.stringify(deref(Object.values(content)[0].schema), null, 1) : "";
   const tags = {};
   for (const [path, item] of Object.entries(doc.paths))
     for (const [method, op] of Object.entries(item))
@@ -33,11 +41,18 @@ fetch("/openapi.json", {credentials: "same-origin"}).then(r => r.json()).then(do
     html += `<h2>${esc(tag)}</h2>`;
     for (const [m, path, op] of ops) {
       const params = (op.parameters || []).map(p => `${esc(p.name)} (${p.in})`).join(", ");
-      const body = op.requestBody ? JSON.stringify(op.requestBody.content["application/json"].schema, null, 1) : "";
+      const body = op.requestBody ? shown(op.requestBody.content) : "";
+      const ok = Object.entries(op.responses).find(([code, r]) => code.startsWith("2") && r.content);
+      const answer = ok ? shown(ok[1].content) : "";
+      const schemes = doc.components.securitySchemes || {};
+      const signed = (op.security || []).flatMap(r => Object.keys(r)).map(n => (schemes[n] || {}).name || n);
       html += `<details><summary><span class="m ${m}">${m}</span>`
         + `<code>${esc(path)}</code> — ${esc(op.summary)}</summary>`
+        + (op.description ? `<p>${esc(op.description)}</p>` : "")
+        + (signed.length ? `<p>Needs the header: ${signed.map(esc).join(", ")}</p>` : "")
         + (params ? `<p>Parameters: ${params}</p>` : "")
         + (body ? `<p>Body:</p><pre>${esc(body)}</pre>` : "")
+        + (answer ? `<p>Answer (${esc(ok[0])}):</p><pre>${esc(answer)}</pre>` : "")
         + `<p>Answers: ${Object.keys(op.responses).join(", ")}</p></details>`;
     }
   }
