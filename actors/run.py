@@ -178,7 +178,7 @@ class RunActor(pykka.ThreadingActor):
         if loaded is not None:
             self.run = loaded
             self.ports.state.publish(self.run, self.last_seq, [])
-            self._reissue()
+            self._take_up(unlisted=self.recovering)
 
     def _crash(self, err: Exception) -> None:
         log.error("run %s: actor crashed: %s", self.run_id, err, exc_info=err)
@@ -336,9 +336,7 @@ class RunActor(pykka.ThreadingActor):
                 )
             except WrongLastSequence as conflict:
                 log.info("run %s: history moved past %d; refolding", self.run_id, self.last_seq)
-                # No re-issue: whoever moved the history dispatched what it decided, and a
-                # re-issue racing its worker (task acked, result not yet read) runs it twice.
-                if not self._refold(reissue=False) and conflict.duplicate:
+                if not self._catch_up() and conflict.duplicate:
                     # Nothing new, yet the id is taken: these facts were recorded long ago.
                     log.warning("run %s: dropping facts already recorded under %s", self.run_id, msg_id)
                     return True
@@ -362,6 +360,32 @@ class RunActor(pykka.ThreadingActor):
             self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
         elif first_record:
             # The snapshot index lists every run; written once at start, not per step.
+            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
+
+    def _catch_up(self) -> int:
+        """Refold after a failed expectation; how many records there were.
+
+        No re-issue: whoever moved the history dispatched what it decided, and a re-issue
+        racing its worker (task acked, result not yet read) runs it twice. Unless this
+        actor took the run for new (nothing folded yet): then the history is one it has
+        never seen — typically its own start, redelivered because the actor before it
+        crashed on an append that was stored after all (the answer lost in a server
+        restart), its tasks perhaps never published and the run not listed as unfinished.
+        It adopts that history as a rebuilt run does.
+        """
+        if self.last_seq:
+            return self._refold(reissue=False)
+        found = self._refold(reissue=False)
+        if found:
+            self._take_up(unlisted=True)
+        return found
+
+    def _take_up(self, unlisted: bool) -> None:
+        """Carry on with a run rebuilt from its history: re-issue what it waits on and, if
+        it may be ``unlisted``, list it as unfinished (the snapshot index is written after
+        a run's first append; an actor that crashed on that append never wrote it)."""
+        self._reissue()
+        if unlisted and not self.run.is_terminal:
             self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
 
     def _refold(self, reissue: bool = True) -> int:
