@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from dagnats.domain import events as ev
 from dagnats.domain.actions import StartChildRun
@@ -183,7 +183,7 @@ class ControlPlane:
                 raise ReplyTooLarge(op, len(reply), self.nc.max_payload, _HINTS.get(op, ""))
         except DagnatsError as err:
             reply = wire.encode_error(err)
-        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as err:
+        except (NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError) as err:
             # JetStream is busy or electing a leader (a node lost): worth asking again.
             reply = wire.encode_error(Unavailable(f"NATS did not answer in time ({err.__class__.__name__}); try again"))
         except Exception as err:  # never leave a caller hanging
