@@ -59,7 +59,7 @@ from dagnats.domain.actions import (
     StartTimer,
 )
 from dagnats.domain.decide import evolve, recover, unrecordable
-from dagnats.domain.errors import WrongLastSequence
+from dagnats.domain.errors import Unavailable, WrongLastSequence
 from dagnats.domain.events import Event, TimerFired, encode_event, parse_timestamp
 from dagnats.domain.fold import ahead_of, fold
 from dagnats.domain.kinds.admission import answer_fact
@@ -76,6 +76,8 @@ MAX_CONFLICT_RETRIES = 8
 # another engine) comes back this much later, for up to EARLY_FOR seconds.
 EARLY_RETRY = 0.5
 EARLY_FOR = 60.0
+# A delivery handed back because NATS did not answer comes again this much later.
+UNAVAILABLE_RETRY = 1.0
 # A run that only sleeps for this long or longer passivates (a shorter sleep keeps its actor).
 ASLEEP_PASSIVATE = 30.0
 OUTBOX_ACTIONS = (
@@ -160,7 +162,9 @@ class RunActor(pykka.ThreadingActor):
                 self._passivate()
         except Exception as err:  # noqa: BLE001 - supervised: the directory rebuilds the run from history
             self._crash(err)  # the directory hears of the crash before the delivery goes back
-            if isinstance(message, Deliver):
+            if isinstance(message, Deliver) and isinstance(err, Unavailable):
+                message.done(False, UNAVAILABLE_RETRY)
+            elif isinstance(message, Deliver):
                 message.done(False)
         return None
 
@@ -181,10 +185,16 @@ class RunActor(pykka.ThreadingActor):
             self._take_up(unlisted=self.recovering)
 
     def _crash(self, err: Exception) -> None:
-        log.error("run %s: actor crashed: %s", self.run_id, err, exc_info=err)
+        """Stop, to be rebuilt from the history (what was written may not be what this
+        actor holds: an append whose answer was lost may have been stored)."""
+        unavailable = isinstance(err, Unavailable)
+        if unavailable:
+            log.warning("run %s: %s; rebuilding it from its history", self.run_id, err)
+        else:
+            log.error("run %s: actor crashed: %s", self.run_id, err, exc_info=err)
         self.crashed = True
         self.ports.state.forget(self.run_id)
-        self.directory.tell(Crashed(self.run_id, repr(err)))
+        self.directory.tell(Crashed(self.run_id, repr(err), unavailable))
         self.stop()  # queued behind what is already in the inbox, which goes back first (after Crashed)
 
     # ---- deliveries ---------------------------------------------------------------
