@@ -18,8 +18,9 @@ task message's stream sequence>`` (a redelivered task reports again harmlessly; 
 task published again for the same attempt reports anew: ``wire.facts.fact_msg_id``).
 The steps a successful handler added (``ctx.add_step``) go out as one
 ``steps.added`` just before its result. The task is acked only once the result's
-PubAck is in; a fact that cannot be stored NAKs the task, which then runs again
-(at-least-once).
+PubAck is in; a fact NATS does not store is tried again for a while (an outage of a
+few seconds), and one that still cannot be stored NAKs the task, which then runs
+again (at-least-once).
 ``in_progress`` every ack_wait/3 keeps a long task from being redelivered to
 another worker meanwhile. What the handler's ``ctx`` can do is in context.py.
 """
@@ -71,12 +72,16 @@ from .wire.facts import publish_fact, task_dispatch
 from .wire.handoff import RESULT_FACTS, hand_over
 from .wire.headers import BAGGAGE, HANDOFF, TRACEPARENT, TRACESTATE
 from .wire.lean import requester
+from .wire.outage import NATS_UNAVAILABLE
 from .wire.subjects import inbox_subject
 
 log = logging.getLogger("dagnats.worker")
 
 MAX_ERROR_CHARS = 16_384  # the engine keeps less; this only keeps a fact under max_payload
 STARTED_REPORT_DELAY = 0.05  # seconds a handler runs before its step.started is sent
+# Seconds a fact NATS does not store (a node lost, a leader being elected) is tried again
+# before the task is NAKed, to run again: an outage of a few seconds costs no second run.
+REPORT_RETRY_FOR = 20.0
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -347,12 +352,25 @@ class TaskRunner:
         )
 
     async def _publish(self, event: Event, body: bytes, dispatch: int = 0) -> bool:
-        try:
-            await publish_fact(self.js, event, body=body, dispatch=dispatch)
-        except Exception as err:  # noqa: BLE001 - the task is NAKed and runs again
-            log.warning("cannot report %s for run %s: %s", event.type, event.run_id, describe(err))
-            return False
-        return True
+        """Store one fact in the run's inbox; True once stored. While NATS does not answer it
+        tries again (``REPORT_RETRY_FOR``; the keep-alive holds the task meanwhile): the same
+        message id, so a fact stored whose answer was lost is stored once."""
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + REPORT_RETRY_FOR, 0.1
+        while True:
+            try:
+                await publish_fact(self.js, event, body=body, dispatch=dispatch)
+                return True
+            except NATS_UNAVAILABLE as err:
+                if loop.time() + pause > deadline:
+                    log.warning("cannot report %s for run %s: %s", event.type, event.run_id, describe(err))
+                    return False  # the task is NAKed and runs again
+                log.info("reporting %s for run %s: %s; trying again", event.type, event.run_id, describe(err))
+            except Exception as err:  # noqa: BLE001 - the task is NAKed and runs again
+                log.warning("cannot report %s for run %s: %s", event.type, event.run_id, describe(err))
+                return False
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 # What a successful result's payload is, in "... too large".
