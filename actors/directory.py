@@ -15,7 +15,9 @@ not started again for it. A crashed actor is dropped; the next delivery
 rebuilds it from history. A run whose actor keeps crashing (a poison run) is
 quarantined: after ``QUARANTINE_AFTER`` crashes in a row its facts are
 redelivered only every ``quarantine_retry`` seconds (by the injected clock)
-— kept, not lost, and not spinning the engine — until one is handled.
+— kept, not lost, and not spinning the engine — until one is handled. A
+crash because NATS did not answer (``Unavailable``: a node lost, leaders being
+elected) is an outage every live run meets, not poison: it does not count.
 """
 
 from __future__ import annotations
@@ -183,7 +185,9 @@ class RunDirectory(pykka.ThreadingActor):
 
     def _crashed(self, message: Crashed) -> None:
         self.actors.pop(message.run_id, None)
-        count = self.crashes[message.run_id] = self.crashes.get(message.run_id, 0) + 1
+        # NATS not answering is an outage, not a poison run: the run is rebuilt (and knows
+        # it is recovering) but no nearer to quarantine.
+        count = self.crashes[message.run_id] = self.crashes.get(message.run_id, 0) + (not message.unavailable)
         if count == QUARANTINE_AFTER:
             log.error(
                 "run %s quarantined after %d crashes (last: %s); its facts wait %gs between tries",

@@ -53,8 +53,12 @@ class IndexDue:
 
 @dataclass(frozen=True, slots=True)
 class Crashed:
+    """A run actor stopped on an error. ``unavailable``: NATS did not answer (an outage,
+    not a poison run: not counted towards quarantine)."""
+
     run_id: str
     error: str
+    unavailable: bool = False
 
 
 @dataclass(frozen=True, slots=True)

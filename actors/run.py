@@ -58,7 +58,7 @@ from dagnats.domain.actions import (
     StartTimer,
 )
 from dagnats.domain.decide import evolve, recover, unrecordable
-from dagnats.domain.errors import WrongLastSequence
+from dagnats.domain.errors import Unavailable, WrongLastSequence
 from dagnats.domain.events import Event, TimerFired, encode_event, parse_timestamp
 from dagnats.domain.fold import ahead_of, fold
 from dagnats.domain.kinds.admission import answer_fact
@@ -76,6 +76,8 @@ MAX_CONFLICT_RETRIES = 8
 # another engine) comes back this much later, for up to EARLY_FOR seconds.
 EARLY_RETRY = 0.5
 EARLY_FOR = 60.0
+# A delivery handed back because NATS did not answer comes again this much later.
+UNAVAILABLE_RETRY = 1.0
 # A run that only sleeps for this long or longer passivates (a shorter sleep keeps its actor).
 ASLEEP_PASSIVATE = 30.0
 OUTBOX_ACTIONS = (
@@ -165,7 +167,9 @@ class RunActor(PooledActor):
                 self._passivate()
         except Exception as err:  # noqa: BLE001 - supervised: the directory rebuilds the run from history
             self._crash(err)  # the directory hears of the crash before the delivery goes back
-            if isinstance(message, Deliver):
+            if isinstance(message, Deliver) and isinstance(err, Unavailable):
+                message.done(False, UNAVAILABLE_RETRY)
+            elif isinstance(message, Deliver):
                 message.done(False)
         return None
 
@@ -183,16 +187,19 @@ class RunActor(PooledActor):
         if loaded is not None:
             self.run = loaded
             self.ports.state.publish(self.run, self.last_seq, [])
-            self._reissue()
-            if not self.run.is_terminal:
-                # Listed in the snapshot index now, if its first owner did not live to.
-                self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
+            self._take_up()
 
     def _crash(self, err: Exception) -> None:
-        log.error("run %s: actor crashed: %s", self.run_id, err, exc_info=err)
+        """Stop, to be rebuilt from the history (what was written may not be what this
+        actor holds: an append whose answer was lost may have been stored)."""
+        unavailable = isinstance(err, Unavailable)
+        if unavailable:
+            log.warning("run %s: %s; rebuilding it from its history", self.run_id, err)
+        else:
+            log.error("run %s: actor crashed: %s", self.run_id, err, exc_info=err)
         self.crashed = True
         self.ports.state.forget(self.run_id)
-        self.directory.tell(Crashed(self.run_id, repr(err)))
+        self.directory.tell(Crashed(self.run_id, repr(err), unavailable))
         self.stop()  # queued behind what is already in the inbox, which goes back first (after Crashed)
 
     # ---- deliveries ---------------------------------------------------------------
@@ -345,9 +352,7 @@ class RunActor(PooledActor):
             except WrongLastSequence as conflict:
                 self.listed = True  # the run was there before this actor: it may be listed
                 log.info("run %s: history moved past %d; refolding", self.run_id, self.last_seq)
-                # No re-issue: whoever moved the history dispatched what it decided, and a
-                # re-issue racing its worker (task acked, result not yet read) runs it twice.
-                if not self._refold(reissue=False) and conflict.duplicate:
+                if not self._catch_up() and conflict.duplicate:
                     # Nothing new, yet the id is taken: these facts were recorded long ago.
                     log.warning("run %s: dropping facts already recorded under %s", self.run_id, msg_id)
                     return True
@@ -372,6 +377,33 @@ class RunActor(PooledActor):
             # Not awaited: the history already holds the outcome; the snapshot is a cache.
             self.ports.history.save_snapshot(self.run, self.last_seq, wait=False, listed=self.listed)
             self.listed = self.listed or reopened
+
+    def _catch_up(self) -> int:
+        """Refold after a failed expectation; how many records there were.
+
+        No re-issue: whoever moved the history dispatched what it decided, and a re-issue
+        racing its worker (task acked, result not yet read) runs it twice. Unless this
+        actor took the run for new (nothing folded yet): then the history is one it has
+        never seen — typically its own start, redelivered because the actor before it
+        crashed on an append that was stored after all (the answer lost in a server
+        restart), its tasks perhaps never published and the run not listed as unfinished.
+        It adopts that history as a rebuilt run does.
+        """
+        if self.last_seq:
+            return self._refold(reissue=False)
+        found = self._refold(reissue=False)
+        if found:
+            self._take_up()
+        return found
+
+    def _take_up(self) -> None:
+        """Carry on with a run rebuilt from its history: re-issue what it waits on and list
+        it in the snapshot index as unfinished now (a new run is listed a second after its
+        start, by the directory: an actor that crashed or was killed before may not have)."""
+        self._reissue()
+        self.listed = True
+        if not self.run.is_terminal:
+            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
 
     def _refold(self, reissue: bool = True) -> int:
         """Fold the records appended since ``last_seq``; how many there were."""

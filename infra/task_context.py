@@ -13,11 +13,14 @@ encode are permanent failures: running again cannot fix them.
     handler (+ step.started if it runs > 50 ms, step.waiting while it waits for a signal)
       -> [steps.added] -> step.completed | step.continue | step.failed -> ack
 
-publishing each fact to ``inbox.<run>`` with ``Nats-Msg-Id = <run>.<fact id>``
-(a redelivered task reports again harmlessly). The steps a successful
-handler added (``ctx.add_step``) go out as one ``steps.added`` just before
-its result. The task is acked only once the result's PubAck is in; a fact
-that cannot be stored NAKs the task, which then runs again (at-least-once).
+publishing each fact to ``inbox.<run>`` with ``Nats-Msg-Id = <run>.<fact id>.d<the
+task message's stream sequence>`` (a redelivered task reports again harmlessly; a
+task published again for the same attempt reports anew: ``wire.facts.fact_msg_id``).
+The steps a successful handler added (``ctx.add_step``) go out as one
+``steps.added`` just before its result. The task is acked only once the result's
+PubAck is in; a fact NATS does not store is tried again for a while (an outage of a
+few seconds), and one that still cannot be stored NAKs the task, which then runs
+again (at-least-once).
 ``in_progress`` every ack_wait/3 keeps a long task from being redelivered to
 another worker meanwhile. What the handler's ``ctx`` can do is in context.py.
 """
@@ -65,16 +68,20 @@ from .added_steps import AddedSteps
 from .context import Continue, TaskContext, TaskIO
 from .delivery_span import delivery_span, record_outcome
 from .tracing import incoming_baggage, incoming_state
-from .wire.facts import publish_fact
+from .wire.facts import publish_fact, task_dispatch
 from .wire.handoff import RESULT_FACTS, hand_over
 from .wire.headers import BAGGAGE, HANDOFF, TRACEPARENT, TRACESTATE
 from .wire.lean import requester
+from .wire.outage import NATS_UNAVAILABLE
 from .wire.subjects import inbox_subject
 
 log = logging.getLogger("dagnats.worker")
 
 MAX_ERROR_CHARS = 16_384  # the engine keeps less; this only keeps a fact under max_payload
 STARTED_REPORT_DELAY = 0.05  # seconds a handler runs before its step.started is sent
+# Seconds a fact NATS does not store (a node lost, a leader being elected) is tried again
+# before the task is NAKed, to run again: an outage of a few seconds costs no second run.
+REPORT_RETRY_FOR = 20.0
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -177,18 +184,26 @@ class TaskRunner:
         # quick step reports its start time with its result instead: two stored
         # writes and one history append less on every such step.
         began = format_timestamp(datetime.now(UTC))
+        dispatch = task_dispatch(msg)
         started: list[asyncio.Future] = []
         delay = min(STARTED_REPORT_DELAY, payload.timeout_ns / 2e9) if payload.timeout_ns else STARTED_REPORT_DELAY
-        report_start = asyncio.get_running_loop().call_later(
-            delay, lambda: started.append(asyncio.ensure_future(self._report(ctx, Outcome(STEP_STARTED), began)))
-        )
+
+        def report_started() -> None:
+            started.append(asyncio.ensure_future(self._report(ctx, Outcome(STEP_STARTED), began, dispatch=dispatch)))
+
+        report_start = asyncio.get_running_loop().call_later(delay, report_started)
         try:
             outcome = await self._invoke(handler, ctx, payload, msg)
             report_start.cancel()
             if started:
                 await started[0]
             stored = await self._conclude(
-                ctx, outcome, io.added, started_at="" if started else began, handoff=(msg.headers or {}).get(HANDOFF)
+                ctx,
+                outcome,
+                io.added,
+                started_at="" if started else began,
+                handoff=(msg.headers or {}).get(HANDOFF),
+                dispatch=dispatch,
             )
         finally:
             report_start.cancel()
@@ -215,7 +230,7 @@ class TaskRunner:
                 asyncio.run_coroutine_threadsafe(settle(msg.in_progress()), loop)
 
         async def report(ctx: TaskContext, fact: str, data: Any, nth: int) -> bool:
-            return await self._report(ctx, Outcome(fact, data), nth=nth)
+            return await self._report(ctx, Outcome(fact, data), nth=nth, dispatch=task_dispatch(msg))
 
         io = TaskIO(loop, self._bucket, report, beat, AddedSteps(payload.step_id))
         headers = msg.headers or {}
@@ -264,7 +279,13 @@ class TaskRunner:
         return outcome
 
     async def _conclude(
-        self, ctx: TaskContext, outcome: Outcome, added: AddedSteps, started_at: str, handoff: str | None = None
+        self,
+        ctx: TaskContext,
+        outcome: Outcome,
+        added: AddedSteps,
+        started_at: str,
+        handoff: str | None = None,
+        dispatch: int = 0,
     ) -> bool:
         """Report the attempt's result, after the steps it added if it succeeded; True once stored.
 
@@ -286,26 +307,28 @@ class TaskRunner:
             if len(body) > limit
         ]
         if too_large and not outcome.failed:  # running again cannot shrink them
-            return await self._report(ctx, failure(too_large[0], FailureType.PERMANENT), started_at=started_at)
+            too_large_failure = failure(too_large[0], FailureType.PERMANENT)
+            return await self._report(ctx, too_large_failure, started_at=started_at, dispatch=dispatch)
         if handoff and len(facts) == 1 and outcome.type in RESULT_FACTS:
             event, body, _ = facts[0]
             if await hand_over(requester(self.js), handoff, body, event.trace_parent):
                 return True
         for event, body, _ in facts:
-            if not await self._publish(event, body):
+            if not await self._publish(event, body, dispatch):
                 return False
         return True
 
     async def _report(
-        self, ctx: TaskContext, outcome: Outcome, at: str = "", started_at: str = "", nth: int = 1
+        self, ctx: TaskContext, outcome: Outcome, at: str = "", started_at: str = "", nth: int = 1, dispatch: int = 0
     ) -> bool:
         """Publish one fact to the run's inbox; True once JetStream has stored it.
 
         ``nth``: the attempt's nth fact of this type (its id gets ``.<nth>`` after the
-        first), for facts an attempt may report more than once (step.waiting).
+        first), for facts an attempt may report more than once (step.waiting);
+        ``dispatch``: the task message's stream sequence (``task_dispatch``).
         """
         event = self._event(ctx, outcome, at, started_at, nth)
-        return await self._publish(event, encode_event(event))
+        return await self._publish(event, encode_event(event), dispatch)
 
     def _event(self, ctx: TaskContext, outcome: Outcome, at: str = "", started_at: str = "", nth: int = 1) -> Event:
         fact = fact_id(outcome.type, ctx.step_id, ctx.attempt, ctx.instance)
@@ -323,13 +346,26 @@ class TaskRunner:
             id=fact if nth == 1 else f"{fact}.{nth}",
         )
 
-    async def _publish(self, event: Event, body: bytes) -> bool:
-        try:
-            await publish_fact(self.js, event, body=body)
-        except Exception as err:  # noqa: BLE001 - the task is NAKed and runs again
-            log.warning("cannot report %s for run %s: %s", event.type, event.run_id, describe(err))
-            return False
-        return True
+    async def _publish(self, event: Event, body: bytes, dispatch: int = 0) -> bool:
+        """Store one fact in the run's inbox; True once stored. While NATS does not answer it
+        tries again (``REPORT_RETRY_FOR``; the keep-alive holds the task meanwhile): the same
+        message id, so a fact stored whose answer was lost is stored once."""
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + REPORT_RETRY_FOR, 0.1
+        while True:
+            try:
+                await publish_fact(self.js, event, body=body, dispatch=dispatch)
+                return True
+            except NATS_UNAVAILABLE as err:
+                if loop.time() + pause > deadline:
+                    log.warning("cannot report %s for run %s: %s", event.type, event.run_id, describe(err))
+                    return False  # the task is NAKed and runs again
+                log.info("reporting %s for run %s: %s; trying again", event.type, event.run_id, describe(err))
+            except Exception as err:  # noqa: BLE001 - the task is NAKed and runs again
+                log.warning("cannot report %s for run %s: %s", event.type, event.run_id, describe(err))
+                return False
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 # What a successful result's payload is, in "... too large".

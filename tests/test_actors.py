@@ -175,6 +175,34 @@ def test_a_poison_run_is_held_back_between_tries_by_the_injected_clock(engine):
     assert any(isinstance(e, ev.StepQueued) and e.step_id == "b" for e in ports.history.events("poison"))
 
 
+def test_a_run_that_meets_a_nats_outage_is_rebuilt_each_time_and_never_quarantined(engine):
+    """NATS not answering (a node lost, leaders being elected) crashes every live run's
+    actor alike: each is rebuilt, its facts come back a little later, and none is held
+    back as a poison run once NATS answers again."""
+    from dagnats.actors.run import UNAVAILABLE_RETRY
+    from dagnats.domain.errors import Unavailable
+
+    ports, clock, timers, start = engine
+    directory = start(quarantine_retry=30.0)
+    acks = Acks()
+    deliver(directory, acks, start_fact("r1"))
+    acks.wait_for(1)
+    outage = [True]
+
+    def unanswered(run_id: str) -> None:
+        if outage:
+            raise Unavailable("NATS did not answer: NoStreamResponseError()")
+
+    ports.history.before_append = unanswered
+    for n in range(QUARANTINE_AFTER + 3):
+        deliver(directory, acks, completed("r1", "a", "A"))
+        assert acks.wait_for(2 + n)[-1] == (False, UNAVAILABLE_RETRY)
+    outage.clear()
+    deliver(directory, acks, completed("r1", "a", "A"))  # no quarantine period to wait out
+    assert acks.wait_for(2 + QUARANTINE_AFTER + 3)[-1][0] is True
+    assert any(isinstance(e, ev.StepQueued) and e.step_id == "b" for e in ports.history.events("r1"))
+
+
 def _until(predicate, timeout: float = 5.0) -> None:
     import time
 

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from dagnats.domain.errors import Unavailable
 from dagnats.infra.engine.bridge import LoopBridge
 
 
@@ -52,8 +53,19 @@ def test_a_failing_call_raises_its_own_error_and_a_stuck_one_times_out(bridge):
     with pytest.raises(ValueError, match="wrong last sequence"):
         bridge.call(_fail())
     bridge.timeout = 0.2
-    with pytest.raises(TimeoutError):
+    with pytest.raises(Unavailable, match="did not finish a call"):
         bridge.call(asyncio.sleep(5))
+
+
+def test_nats_not_answering_comes_back_as_unavailable_with_its_cause(bridge):
+    from nats.js.errors import NoStreamResponseError
+
+    async def unanswered() -> None:
+        raise NoStreamResponseError()
+
+    with pytest.raises(Unavailable) as caught:
+        bridge.call(unanswered())
+    assert isinstance(caught.value.__cause__, NoStreamResponseError)
 
 
 def test_a_spawned_failure_is_logged(bridge, caplog):

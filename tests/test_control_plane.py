@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from dagnats.domain.errors import InvalidRequest, InvalidRunState, RunAlreadyStarted, RunNotFound
+from dagnats.domain.errors import InvalidRequest, InvalidRunState, RunAlreadyStarted, RunNotFound, Unavailable
 
 from harness import EngineHarness, FakeWorker
 
@@ -56,6 +56,26 @@ def test_errors_keep_their_attributes_across_the_control_plane(nats_url, run):
     run_id, terminal, missing = run(body())
     assert (terminal.run_id, terminal.status, terminal.operation) == (run_id, "completed", "pause")
     assert missing.run_id == "no-such-run" and isinstance(missing, LookupError)
+
+
+def test_a_stream_that_does_not_answer_is_unavailable_worth_asking_again_not_an_internal_error(nats_url, run):
+    """A publish the stream leaves unanswered while JetStream elects leaders (a node restart)
+    raises NoStreamResponseError; the caller hears Unavailable, which clients retry."""
+    from nats.js.errors import NoStreamResponseError
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE)
+
+            async def unanswered(request):
+                raise NoStreamResponseError()
+
+            h.api.handlers["run.start"] = unanswered
+            with pytest.raises(Unavailable) as caught:
+                await h.client.start("cp-one")
+            return caught.value
+
+    assert "NoStreamResponseError" in str(run(body()))
 
 
 def test_starting_an_existing_run_id_again_returns_it_and_with_other_input_is_a_conflict(nats_url, run):

@@ -225,13 +225,6 @@ def _wait_completed(cli: Cli, run_id: str, timeout: float) -> dict:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known hole (closing note, 2026-11-30): after a NATS node restart a run whose first record "
-        "was stored but whose task publish failed has nothing to re-issue the task"
-    ),
-)
 def test_cluster_script_drill_kill_node_3_and_runs_complete(tmp_path):
     started = time.monotonic()
     cluster = Cluster(tmp_path / "cluster")

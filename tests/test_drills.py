@@ -69,13 +69,6 @@ def test_d6_single_nats_node_killed_and_restarted_under_load():
     assert figures["nats_unavailable_s"] > 0  # the probe saw the outage
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known hole (closing note, 2026-11-30): after a NATS node restart a run whose first record "
-        "was stored but whose task publish failed has nothing to re-issue the task"
-    ),
-)
 def test_d7_history_stream_leader_of_three_nodes_killed_mid_load():
     result = drill(seed=707, runs=30, rate=6, kinds=("nats",), nodes=3, engines=1)
     figures = result.report.figures

@@ -254,6 +254,62 @@ def test_a_crashed_actor_is_rebuilt_from_history(nats_url, run):
     assert _types(events).count(("step.queued", "b")) == 1
 
 
+def test_a_start_whose_first_record_was_stored_unanswered_is_taken_up_by_the_next_actor(nats_url, run):
+    """A NATS node restarts under load: the run's first record is stored but the engine
+    hears "no response from stream", and its task does not go out. The actor crashes; the
+    start comes again, to a fresh actor whose append finds the history already there (and
+    whose task publish fails too). It takes the run up as a rebuilt one: re-issues the lost
+    task and lists the run as unfinished (the open index the crashed actor never wrote)."""
+    from nats.js.errors import NoStreamResponseError
+
+    from dagnats.infra.engine.history import open_key
+    from dagnats.infra.wire.names import RUNS_BUCKET
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN3)
+            ports = h.engine.ports
+            real_record = ports.record
+            starts = []
+
+            def restarting(run_id, events, body, expected_seq, msg_id, tasks, *rest):
+                if expected_seq == 0:  # the run's first record, while NATS restarts: its task is lost
+                    starts.append(msg_id)
+                    seq = real_record(run_id, events, body, expected_seq, msg_id, [], *rest)
+                    if len(starts) == 1:
+                        raise NoStreamResponseError()  # stored, but the answer did not come
+                    return seq
+                return real_record(run_id, events, body, expected_seq, msg_id, tasks, *rest)
+
+            ports.record = restarting
+            run_id = await h.client.start("chain3")
+            task = await FakeWorker(h.nc, "ta").complete("a", timeout=10)
+            kv = await h.nc.jetstream().key_value(RUNS_BUCKET)
+            listed = await _eventually(lambda: kv.get(open_key(run_id, h.engine.partition_count)))
+            await FakeWorker(h.nc, "tb").complete("b")
+            await FakeWorker(h.nc, "tc").complete("c")
+            final = await h.wait_status(run_id, "completed")
+            return starts, task, listed, final, await h.client.events(run_id)
+
+    starts, task, listed, final, events = run(body())
+    assert len(starts) == 2  # the crashed actor's, and the redelivered start's (a conflict)
+    assert task.attempt == 1 and listed.value
+    assert final["output"] == "c"
+    assert _types(events).count(("workflow.started", None)) == 1
+    assert _types(events).count(("step.queued", "a")) == 1
+
+
+async def _eventually(read, timeout: float = 5.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await read()
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 def test_unknown_and_hostile_run_ids_are_refused(nats_url, run):
     from dagnats.domain.errors import InvalidIdentifier, RunNotFound
 

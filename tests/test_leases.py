@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import msgspec
 import nats
@@ -72,3 +73,38 @@ def test_a_restarted_engine_takes_a_dead_predecessors_partitions_on_its_first_ti
 def test_an_engine_still_waits_out_the_lease_of_a_live_one(nats_url, run):
     owned, gained, _ = run(_takeover(nats_url, os.getppid()))
     assert owned == set() and gained == []
+
+
+def test_an_engine_cut_off_past_its_lease_steps_down_and_takes_back_what_no_one_took(nats_url, run):
+    """An engine that could not renew for longer than the TTL (NATS electing leaders after a
+    node restart) steps down from every partition; no other engine took them (their owner
+    keys still name it), so it claims them back on that tick instead of owning nothing."""
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            partitions = await ensure_resources(js)
+            events: list = []
+
+            async def gain(partition: int, previous: str | None) -> None:
+                events.append(("gain", partition, previous))
+
+            async def lose(partition: int, graceful: bool) -> None:
+                events.append(("lose", partition, graceful))
+
+            a = PartitionLeases(js, "engine-a", partitions, gain, lose, renew_every=3600)
+            await a.start()
+            a._task.cancel()
+            assert set(a.owned) == set(range(partitions))
+            events.clear()
+            a.renewed = time.monotonic() - a.ttl - 1  # the last renewal the server took, too long ago
+            await a.tick()
+            return set(a.owned), [p for p in range(partitions) if a.holds(p)], events, partitions
+        finally:
+            await nc.close()
+
+    owned, held, events, partitions = run(body())
+    assert [e for e in events if e[0] == "lose"] == [("lose", p, False) for p in range(partitions)]
+    assert [e for e in events if e[0] == "gain"] == [("gain", p, "engine-a") for p in range(partitions)]
+    assert owned == set(range(partitions)) and held == list(range(partitions))

@@ -79,7 +79,7 @@ def test_sync_typed_handler_reports_started_then_completed_with_encoded_output(n
     for event, header in zip(events, headers, strict=True):
         assert (event.run_id, event.step_id, event.attempt, event.worker_id) == ("r1", "s1", 1, "w-greet")
         assert event.trace_parent == TP
-        assert header[MSG_ID] == f"r1.{event.id}"
+        assert header[MSG_ID] == f"r1.{event.id}.d1"  # the task message's sequence: the first
         parse_timestamp(event.timestamp)
     assert completed.id == "s1.1.step.completed"
     ctx = seen[0]
@@ -271,6 +271,9 @@ def test_group_worker_takes_only_its_groups_tasks(nats_url, run):
 
 
 def test_task_is_acked_only_after_its_result_fact_is_stored(nats_url, run):
+    """The inbox cannot take the result for a moment (as while JetStream elects a leader):
+    the worker holds the task and tries again, and acks once the result is stored; the
+    handler's work is not thrown away."""
     w = Worker(nats_url)
     release, calls = threading.Event(), []
 
@@ -297,9 +300,81 @@ def test_task_is_acked_only_after_its_result_fact_is_stored(nats_url, run):
         return held, result
 
     held, result = run(body())
-    assert held == 1  # NAKed, not acked: it was redelivered and run again
+    assert held == 1  # not acked while the result could not be stored
     assert result.payload == "done"
-    assert len(calls) == 2
+    assert len(calls) == 1
+
+
+def test_a_result_that_cannot_be_stored_for_long_naks_the_task_to_run_again(nats_url, run, monkeypatch):
+    from dagnats.infra import task_context
+
+    monkeypatch.setattr(task_context, "REPORT_RETRY_FOR", 0.3)
+    w = Worker(nats_url)
+    release, calls = threading.Event(), []
+
+    @w.task("job")
+    def job(ctx: TaskContext) -> str:
+        calls.append(ctx.attempt)
+        release.wait(10)
+        return "done"
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_task(js, "job", "r1")
+            assert (await inbox.next()).type == "step.started"
+            await js.delete_stream(INBOX_STREAM)  # the result cannot be stored now
+            release.set()
+            await eventually(lambda: _ran(calls, 2), timeout=10)  # NAKed and delivered again
+            await ensure_resources(js)
+            result = await (await Inbox.open(js, "r1")).result(timeout=15)
+            await eventually(lambda: drained(js))
+        await nc.close()
+        return result
+
+    assert run(body()).payload == "done"
+    assert len(calls) >= 2
+
+
+async def _ran(calls: list, times: int) -> bool:
+    return len(calls) >= times
+
+
+def test_a_task_published_again_reports_anew_when_its_first_report_was_dropped(nats_url, run):
+    """The engine dropped the first report (it came before the record dispatching its
+    attempt, for longer than the engine waits: ``RunActor._early``); when that record lands
+    its task, neither queued nor answered, goes out again. The new task message's report is
+    not taken for a duplicate of the dropped one: its ``Nats-Msg-Id`` names the task message."""
+    from dagnats.domain.actions import EnqueueTask
+    from dagnats.domain.events import TaskPayload
+    from dagnats.infra.engine.ports import publish_tasks
+
+    w = Worker(nats_url, worker_id="w-greet")
+
+    @w.task("greet")
+    def greet(ctx: TaskContext, name: str) -> str:
+        return f"Hello, {name}!"
+
+    task = EnqueueTask(
+        task="greet", payload=TaskPayload(task_id="r1.s1", run_id="r1", step_id="s1", task="greet", input="Ada")
+    )
+
+    async def body():
+        nc, js = await engine_js(nats_url)
+        async with running(w):
+            inbox = await Inbox.open(js, "r1")
+            await publish_tasks(js, [task])
+            dropped = await inbox.result()  # read and acked: the engine dropped it
+            await eventually(lambda: drained(js))
+            await publish_tasks(js, [task])  # the record lands: its task is a duplicate, and nowhere
+            again = await inbox.result()
+        await nc.close()
+        return dropped, again, inbox.headers
+
+    dropped, again, headers = run(body())
+    assert dropped.id == again.id == "s1.1.step.completed"
+    assert [h[MSG_ID] for h in headers] == ["r1.s1.1.step.completed.d1", "r1.s1.1.step.completed.d2"]
 
 
 def test_a_long_handler_reports_its_start_before_its_result(nats_url, run):

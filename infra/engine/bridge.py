@@ -1,7 +1,8 @@
 """The asyncio loop that owns the NATS connection, as seen from actor threads.
 
 Actors call ``bridge.call(coro)`` to run a coroutine on the loop and block
-only themselves until it finishes; ``spawn`` fires and forgets. The clock
+only themselves until it finishes (NATS not answering comes back as the
+domain's ``Unavailable``: ``wire.outage``); ``spawn`` fires and forgets. The clock
 lives here too: wall time in UTC, and ``call_later`` on the loop.
 
 The caller's run context (``domain/run_context.py``: the run, step and trace
@@ -20,6 +21,10 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+from dagnats.domain.errors import Unavailable
+
+from ..wire.outage import NATS_UNAVAILABLE
+
 log = logging.getLogger("dagnats.bridge")
 
 
@@ -37,7 +42,10 @@ class LoopBridge:
         waiter = _Waiter()
         self.loop.call_soon_threadsafe(self._begin, coro, waiter.finish, contextvars.copy_context())
         if not waiter.done.acquire(timeout=self.timeout):
-            raise TimeoutError(f"the event loop did not finish a call within {self.timeout:g}s")
+            raise Unavailable(f"the event loop did not finish a call within {self.timeout:g}s")
+        if isinstance(waiter.error, NATS_UNAVAILABLE):
+            # One error for "NATS did not answer, try again" that actors know without nats.
+            raise Unavailable(f"NATS did not answer: {waiter.error!r}") from waiter.error
         if waiter.error is not None:
             raise waiter.error
         return waiter.value

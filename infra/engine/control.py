@@ -24,9 +24,6 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import ServiceUnavailableError
 
 from dagnats.domain import events as ev
 from dagnats.domain.actions import StartChildRun
@@ -58,6 +55,7 @@ from ..wire.facts import publish_fact
 from ..wire.keys import signal_key
 from ..wire.names import API_PREFIX, API_QUEUE, SIGNALS_BUCKET
 from ..wire.notices import await_run
+from ..wire.outage import NATS_UNAVAILABLE
 from ..wire.timers import pending_timers
 from ..wire.workers import live_workers
 from .admission import Admission
@@ -183,7 +181,7 @@ class ControlPlane:
                 raise ReplyTooLarge(op, len(reply), self.nc.max_payload, _HINTS.get(op, ""))
         except DagnatsError as err:
             reply = wire.encode_error(err)
-        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as err:
+        except NATS_UNAVAILABLE as err:
             # JetStream is busy or electing a leader (a node lost): worth asking again.
             reply = wire.encode_error(Unavailable(f"NATS did not answer in time ({err.__class__.__name__}); try again"))
         except Exception as err:  # never leave a caller hanging

@@ -25,8 +25,9 @@ first tick instead of ``LEASE_TTL`` seconds later.
 Leases are hints; the expected-sequence append is the fence. An engine that
 could not renew for longer than the TTL (paused, or cut off from NATS) may
 have been replaced: it steps down from every partition at once, says why,
-and starts over from the assignment. Until it has, ``holds()`` is false, so
-what its fetch loops bring in goes back instead of being handled.
+and starts over from the assignment: a partition whose owner key still names
+it (no one took it meanwhile) it claims back. Until it has, ``holds()`` is
+false, so what its fetch loops bring in goes back instead of being handled.
 """
 
 from __future__ import annotations
@@ -181,9 +182,15 @@ class PartitionLeases:
                 await self._drop(partition, graceful=False)
             elif mine and target[partition] != self.engine_id:
                 await self._release(partition, graceful=True)
-            elif not mine and target[partition] == self.engine_id and (owner is None or owner not in live):
+            elif not mine and target[partition] == self.engine_id and self._claimable(owner, live):
                 await self._claim(partition, owner)
         await self._renew()  # the partitions owned now, for `dagnats status`
+
+    def _claimable(self, owner: str | None, live: set[str]) -> bool:
+        """Whether a partition assigned to this engine and not held by it may be claimed: no
+        owner, an owner whose heartbeat lapsed, or this engine itself (it stepped down and
+        no one took the partition meanwhile: its owner key still names it)."""
+        return owner is None or owner not in live or owner == self.engine_id
 
     async def _live(self) -> set[str]:
         """The engines whose heartbeat lives, less those known to be dead (``gone``)."""
@@ -230,7 +237,9 @@ class PartitionLeases:
         except KeyWrongLastSequenceError:
             return  # another engine claimed it first: the next tick sees who
         self.owned[partition] = revision
-        if previous is not None:
+        if previous == self.engine_id:
+            log.info("engine %s: took partition %d back after stepping down", self.engine_id, partition)
+        elif previous is not None:
             log.info(
                 "engine %s: took over partition %d from %s (heartbeat lapsed)", self.engine_id, partition, previous
             )

@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError
 
 from dagnats.domain.errors import DagnatsError
 from dagnats.domain.partition import DEFAULT_PARTITIONS, MAX_PARTITIONS
@@ -45,6 +43,7 @@ from ..wire.names import (
     WAITERS_BUCKET,
     WORKERS_BUCKET,
 )
+from ..wire.outage import NATS_UNAVAILABLE
 
 KV_BUCKETS = (
     DEFS_BUCKET,
@@ -156,7 +155,7 @@ async def patiently(create, *args, attempts: int = 8) -> Any:
     for attempt in range(attempts):
         try:
             return await create(*args)
-        except (NatsTimeoutError, ServiceUnavailableError, NoRespondersError):
+        except NATS_UNAVAILABLE:
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(min(0.25 * 2**attempt, 4.0))

@@ -12,9 +12,6 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import ServiceUnavailableError
 
 from dagnats.domain.errors import InvalidRequest, Unavailable
 from dagnats.domain.identifiers import check_identifier
@@ -22,6 +19,7 @@ from dagnats.domain.state import DONE_STEP_STATUSES, TERMINAL_RUN_STATUSES, Step
 
 from ..wire import control as wire
 from ..wire.notices import await_run
+from ..wire.outage import NATS_UNAVAILABLE
 
 if TYPE_CHECKING:
     from ..engine.control import ControlPlane
@@ -46,7 +44,7 @@ class Operations:
             raise InvalidRequest(op, str(err)) from None
         try:
             return await self.plane.handlers[op](request)
-        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as err:
+        except NATS_UNAVAILABLE as err:
             raise Unavailable(f"NATS did not answer in time ({err.__class__.__name__}); try again") from None
 
     async def wait(self, run_id: str, step: str | None, timeout: float) -> tuple[bool, dict[str, Any]]:

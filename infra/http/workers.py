@@ -12,7 +12,7 @@ polled task is held here (the message is kept in progress) under a fresh
 ``task_id`` until it is resolved; a worker that neither resolves nor
 heartbeats for ``LEASE`` seconds loses it back to the queue. Results are
 reported exactly as the Python SDK does (task_context.py): one fact to the
-run's inbox with a deterministic ``Nats-Msg-Id``, then the ack. Guarded by
+run's inbox with a deterministic ``Nats-Msg-Id`` (``wire.facts.fact_msg_id``), then the ack. Guarded by
 ``DAGNATS_BRIDGE_TOKEN`` (guard.py).
 """
 
@@ -56,7 +56,7 @@ from dagnats.domain.run_context import run_context
 
 from ..signals import TIMED_OUT, receive_signal
 from ..task_consumer import MAX_ACK_PENDING
-from ..wire.facts import publish_fact
+from ..wire.facts import publish_fact, task_dispatch
 from ..wire.keys import checkpoint_key, signal_key
 from ..wire.names import CHECKPOINTS_BUCKET, SIGNALS_BUCKET, TASK_STREAM, WORKERS_BUCKET
 from ..wire.subjects import task_filter
@@ -299,7 +299,7 @@ class Bridge:
         body = encode_event(event)
         if len(body) > self.js._nc.max_payload:
             raise ApiError(413, "payload_too_large", f"the {fact} fact would be {len(body)} bytes")
-        await publish_fact(self.js, event, body=body)
+        await publish_fact(self.js, event, body=body, dispatch=task_dispatch(held.msg))
         await self._release(held, back=False)
         return Resolved(held.task_id, r.action, settled=True)
 
@@ -358,7 +358,7 @@ class Bridge:
             held.waits += 1
             due = format_timestamp(_now() + timedelta(seconds=timeout))
             event = self._event(held, STEP_WAITING, WaitingFor(kind="signal", name=name, due=due), nth=held.waits)
-            await publish_fact(self.js, event)
+            await publish_fact(self.js, event, dispatch=task_dispatch(held.msg))
 
         kv = await self.js.key_value(SIGNALS_BUCKET)
         data = await receive_signal(kv, signal_key(p.run_id, name), timeout, waiting)

@@ -3,10 +3,10 @@
 A worker step takes one task from the queue and executes it — every execution is
 journalled, whatever happens next — then, like ``TaskRunner``: maybe reports
 ``step.started``, reports the result to the run's inbox (``Nats-Msg-Id`` =
-``<run>.<fact id>``) and acks. A worker crash (seeded) leaves the task unacked,
-before or after the report: it comes back after ack_wait and runs again, which
-the journal counts against the fault. Task ``flaky`` fails its first attempt
-(transient) and succeeds on a retry.
+``<run>.<fact id>.d<the task message's sequence>``, ``fact_msg_id``) and acks.
+A worker crash (seeded) leaves the task unacked, before or after the report: it
+comes back after ack_wait and runs again, which the journal counts against the
+fault. Task ``flaky`` fails its first attempt (transient) and succeeds on a retry.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import random
 from dagnats.domain import events as ev
 from dagnats.domain.actions import EnqueueTask
 from dagnats.domain.definition import RetryPolicy, StepDef, WorkflowDef
+from dagnats.infra.wire.facts import fact_msg_id
 
 from .world import World, task_key
 
@@ -84,13 +85,14 @@ class Workers:
         p = task.payload
         now = ev.format_timestamp(self.world.clock.now())
         if self.rng.random() < 0.3:
-            self.world.publish_fact(self._fact(ev.STEP_STARTED, task, worker, now, None))
+            started = self._fact(ev.STEP_STARTED, task, worker, now, None)
+            self.world.publish_fact(started, fact_msg_id(started, message.seq))
         if task.task == "flaky" and p.attempt == 1:
             failure = ev.Failure(error="flaky: first attempt fails", failure_type=ev.FailureType.TRANSIENT.value)
             result = self._fact(ev.STEP_FAILED, task, worker, now, failure)
         else:
             result = self._fact(ev.STEP_COMPLETED, task, worker, now, {"step": p.step_id, "input": p.input})
-        self.world.publish_fact(result)
+        self.world.publish_fact(result, fact_msg_id(result, message.seq))
         if self._crashed(key):
             return True  # reported, not acked
         self.world.tasks.ack(message, token)
