@@ -59,7 +59,7 @@ from dagnats.domain.actions import (
 )
 from dagnats.domain.decide import evolve, recover, unrecordable
 from dagnats.domain.errors import Unavailable, WrongLastSequence
-from dagnats.domain.events import Event, TimerFired, encode_event, parse_timestamp
+from dagnats.domain.events import Event, StepCompleted, StepFailed, TimerFired, encode_event, parse_timestamp
 from dagnats.domain.fold import ahead_of, fold
 from dagnats.domain.kinds.admission import answer_fact
 from dagnats.domain.kinds.sleep import asleep_until
@@ -80,6 +80,8 @@ EARLY_FOR = 60.0
 UNAVAILABLE_RETRY = 1.0
 # A run that only sleeps for this long or longer passivates (a shorter sleep keeps its actor).
 ASLEEP_PASSIVATE = 30.0
+# A worker's result for its attempt.
+RESULTS = (StepCompleted, StepFailed)
 OUTBOX_ACTIONS = (
     PublishMessage,
     RegisterWaiter,
@@ -230,6 +232,12 @@ class RunActor(PooledActor):
                 # changes nothing in a stale state may well change the run as recorded.
                 continue
             if self._write(plan):
+                if not plan.records and not plan.early and any(isinstance(f, RESULTS) for f in facts):
+                    # A result recorded before, delivered again: the engine that recorded it
+                    # may have been killed before it published what that record dispatched
+                    # (its delivery then comes back). What the run waits on goes out again,
+                    # under the same message ids.
+                    self._reissue()
                 return plan
         raise RuntimeError(f"run {self.run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicting appends")
 

@@ -469,3 +469,22 @@ def test_a_run_rebuilt_from_its_history_is_listed_at_once(engine):
     deliver(second, acks, completed("moved", "a", "A"))
     acks.wait_for(2)
     assert log.of("moved")[0] == ("running", 1, False)
+
+
+def test_a_result_delivered_again_sends_out_again_what_its_record_dispatched(engine):
+    """The engine that recorded a's result may have been killed before it published b's
+    task; a's report then comes back, changes nothing, and b's task goes out again (under
+    the same message id: a copy that did go out is deduplicated)."""
+    ports, clock, timers, start = engine
+    directory = start()
+    acks = Acks()
+    deliver(directory, acks, start_fact("r1"))
+    deliver(directory, acks, completed("r1", "a", "A"))
+    acks.wait_for(2)
+    first = [t for t in ports.tasks.published if t.task == "tb"]
+    records = len(ports.history.records["r1"])
+    deliver(directory, acks, completed("r1", "a", "A"))  # the same report, again
+    assert acks.wait_for(3)[-1] == (True, 0.5)
+    again = [t for t in ports.tasks.published if t.task == "tb"]
+    assert len(first) == 1 and len(again) == 2 and again[1] == first[0]
+    assert len(ports.history.records["r1"]) == records  # nothing recorded twice
