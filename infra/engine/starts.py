@@ -69,8 +69,10 @@ class RunStarts:
         self._check_start(wf, req.input)
         run_id = check_identifier("run id", req.run_id or secrets.token_hex(16))
         caller = req.trace_parent if valid_trace_parent(req.trace_parent) else None
-        # A tracestate belongs to the traceparent it came with; baggage stands alone.
-        trace_state = incoming_state(req.trace_state, "startRun") if caller else ""
+        # A tracestate belongs to the traceparent it came with; baggage stands alone. Checked
+        # before the span (which carries it), logged as about the run.
+        with run_context(run_id, "", caller or ""):
+            trace_state = incoming_state(req.trace_state, "startRun") if caller else ""
         with (
             api_span("startRun", req.trace_parent, run_id, trace_state) as trace_parent,
             run_context(run_id, "", trace_parent),
