@@ -102,3 +102,30 @@ def test_hot_path_metrics_and_gauges_arrive_with_plausible_values(nats_url, run)
     assert value(idle, 'dagnats_history_appends_total{outcome="conflict"}') == conflicts_before + 1
     late = value(idle, 'dagnats_timer_lateness_milliseconds_count{kind="retry"}')
     assert late >= 1 and value(idle, 'dagnats_timer_lateness_milliseconds_sum{kind="retry"}') >= 0
+
+
+def test_the_gauge_sampler_stops_even_when_a_sample_loses_its_cancellation(run):
+    """A cancellation lost inside a sample's await left the sampler running into its next
+    sleep, and the engine's stop waited on it (about a minute, in test_engine_timers)."""
+    from dagnats.infra.engine.engine_gauges import EngineGauges
+
+    class Engine:
+        pullers: dict = {}
+        js = None
+
+        async def live_count(self) -> int:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                pass  # lost, as a library's await may lose it
+            return 0
+
+    async def body() -> float:
+        gauges = EngineGauges(Engine(), interval=30)
+        await gauges.start()
+        await asyncio.sleep(0.1)  # in the sample
+        began = asyncio.get_running_loop().time()
+        await asyncio.wait_for(gauges.stop(), 8)  # (a timeout here ends the wait, quietly)
+        return asyncio.get_running_loop().time() - began
+
+    assert run(body(), timeout=15) < 3
