@@ -134,3 +134,32 @@ def test_only_the_engine_holding_partition_0_samples_the_clusters_figures(nats_u
     holder, other = run(body())
     assert holder == ["dagnats.actors", "dagnats.dlq.depth", "dagnats.tasks.in_flight", "dagnats.tasks.queued"]
     assert other == ["dagnats.actors"]
+
+
+def test_the_gauge_sampler_stops_even_when_a_sample_loses_its_cancellation(run):
+    """A cancellation lost inside a sample's await left the sampler running into its next
+    sleep, and the engine's stop waited on it (about a minute, in test_engine_timers)."""
+    from dagnats.infra.engine.engine_gauges import EngineGauges
+
+    class Engine:
+        pullers: dict = {}
+        js = None
+
+        async def live_count(self) -> int:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                pass  # lost, as a library's await may lose it
+            return 0
+
+    async def body() -> bool:
+        gauges = EngineGauges(Engine(), interval=3600)  # a sampler left running sleeps an hour
+        await gauges.start()
+        await asyncio.sleep(0.1)  # in the sample
+        try:
+            await asyncio.wait_for(gauges.stop(), 8)
+        except TimeoutError:
+            return False  # stop() still waiting on the sampler
+        return gauges._task is not None and gauges._task.done()
+
+    assert run(body(), timeout=15) is True

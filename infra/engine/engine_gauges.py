@@ -40,10 +40,16 @@ class EngineGauges:
         self._task = asyncio.create_task(self._loop(), name="engine-gauges")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        task = self._task
+        if task is None:
+            return
+        # Cancelled again until it ends: a cancellation can be lost inside an await of a
+        # sample (seen as a task "cancelling" in its next sleep, holding up the engine's stop).
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            task.result()
 
     async def _loop(self) -> None:
         while True:
