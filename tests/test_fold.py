@@ -111,7 +111,7 @@ def test_events_after_a_terminal_state_change_nothing(recorded, data):
         after = fold(run, event)
         if isinstance(event, ev.StepReplayed) and after is not run:
             # An operator's replay of the step a failed run failed on reopens it, by design.
-            assert run.status == rs.RunStatus.FAILED and replay_problem(run, event.step_id) is None
+            assert run.status == rs.RunStatus.FAILED and not replay_problem(run, event.step_id)
             assert after.status == rs.RunStatus.RUNNING
             continue
         assert after is run
