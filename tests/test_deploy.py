@@ -278,7 +278,10 @@ def test_cluster_script_drill_kill_node_3_and_runs_complete(tmp_path):
         wait_for(lambda: cluster("status", check=False).returncode == 0, 20, "all three nodes healthy", interval=0.5)
 
         assert cli.status(first)["status"] == "completed"
-        assert len(worker.journal.rows()) == 2  # one execution per run
+        # Tasks are at least once: a node killed under a delivery may hand one out again
+        # (seen once in CI), within the simulation's bound of two executions per attempt.
+        runs = [row["run"] for row in worker.journal.rows()]
+        assert set(runs) == {first, second} and all(runs.count(r) <= 2 for r in set(runs)), runs
     except BaseException:
         print(cluster.logs())
         print(worker.output)
