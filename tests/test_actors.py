@@ -104,11 +104,7 @@ def test_a_finished_run_passivates_at_once_and_its_late_timer_fires_start_no_act
     ports, clock, timers, start = engine
     directory = start()
     acks = Acks()
-    deliver(directory, acks, start_fact("r1"))
-    deliver(directory, acks, completed("r1", "a", "A"))
-    deliver(directory, acks, completed("r1", "b", "B"))
-    acks.wait_for(3)
-    _until(lambda: directory.ask(LiveCount()) == 0)
+    run_to_its_end(directory, acks, "r1")
     fire = ev.TimerFired(
         run_id="r1",
         timestamp=STAMP,
@@ -201,6 +197,15 @@ def test_a_run_that_meets_a_nats_outage_is_rebuilt_each_time_and_never_quarantin
     deliver(directory, acks, completed("r1", "a", "A"))  # no quarantine period to wait out
     assert acks.wait_for(2 + QUARANTINE_AFTER + 3)[-1][0] is True
     assert any(isinstance(e, ev.StepQueued) and e.step_id == "b" for e in ports.history.events("r1"))
+
+
+def run_to_its_end(directory, acks: Acks, run_id: str) -> None:
+    """Start the chain, complete both steps, and wait until its actor has passivated."""
+    deliver(directory, acks, start_fact(run_id))
+    deliver(directory, acks, completed(run_id, "a", "A"))
+    deliver(directory, acks, completed(run_id, "b", "B"))
+    acks.wait_for(3)
+    _until(lambda: directory.ask(LiveCount()) == 0)
 
 
 def _until(predicate, timeout: float = 5.0) -> None:
@@ -396,11 +401,7 @@ def test_a_run_that_ends_soon_after_its_start_writes_one_snapshot_its_last(engin
     log = SnapshotLog(ports)
     directory = start()
     acks = Acks()
-    deliver(directory, acks, start_fact("quick"))
-    deliver(directory, acks, completed("quick", "a", "A"))
-    deliver(directory, acks, completed("quick", "b", "B"))
-    acks.wait_for(3)
-    _until(lambda: directory.ask(LiveCount()) == 0)
+    run_to_its_end(directory, acks, "quick")
     clock.advance(INDEX_AFTER + 0.1)  # its index tick finds no live actor
     directory.ask(LiveCount())  # the tick has been handled
     assert [status for status, _, _ in log.of("quick")] == ["completed"]
