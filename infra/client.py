@@ -10,6 +10,7 @@ Waiting for a run costs the server no consumer (``wire.notices``).
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -31,7 +32,7 @@ from .wire import control
 from .wire.connection import DEFAULT_URL, nats_url, server_list
 from .wire.lean import LeanRequests
 from .wire.names import HISTORY_STREAM
-from .wire.notices import await_run
+from .wire.notices import StartedRuns, await_run, drop
 from .wire.subjects import event_subject, history_subject
 
 __all__ = ["Client", "SyncClient", "EngineUnavailable", "WaitTimeout", "DEFAULT_URL", "nats_url", "server_list"]
@@ -50,6 +51,7 @@ class Client:
         self.url, self.timeout = nats_url(url), timeout
         self.nc: nats.NATS | None = None
         self._requests: LeanRequests | None = None
+        self._started = StartedRuns()
 
     async def connect(self) -> Client:
         try:
@@ -147,7 +149,23 @@ class Client:
         for field, value in (("trace_parent", trace_parent), ("trace_state", trace_state), ("baggage", baggage)):
             if value:
                 body[field] = value
-        return (await self.request("run.start", body))["run_id"]
+        if run_id:
+            return (await self.request("run.start", body))["run_id"]
+        # A new run's id, made here as the engine makes one, so that its end is listened
+        # for before the run exists: a ``wait`` for it then reads nothing.
+        assert self.nc is not None, "call connect() first"
+        body["run_id"], body["new_run"] = secrets.token_hex(16), True
+        sub = await self._started.listen(self.nc, body["run_id"])
+        try:
+            answer = await self.request("run.start", body)
+        except BaseException:
+            await drop(sub)
+            raise
+        if answer["run_id"] == body["run_id"] and not answer.get("deduplicated"):
+            self._started.started(answer["run_id"], sub)
+        else:  # an earlier run with the same idempotency key: it may have ended already
+            await drop(sub)
+        return answer["run_id"]
 
     async def status(self, run_id: str) -> dict[str, Any]:
         return await self.request("run.get", {"run_id": run_id})
@@ -294,9 +312,10 @@ class Client:
                 raise errs.DagnatsError(f"run {run_id} has no step {step!r}")
             return _finished(view, step)
 
+        listening = self._started.take(run_id) if step is None else None
         try:
             return await asyncio.wait_for(
-                await_run(self.nc, run_id, lambda: self.status(run_id), finished, step), timeout
+                await_run(self.nc, run_id, lambda: self.status(run_id), finished, step, listening=listening), timeout
             )
         except TimeoutError:
             raise WaitTimeout(run_id, step, timeout or 0) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from dagnats.domain.errors import InvalidRunState
+from dagnats.infra.client import Client
 from dagnats.infra.wire.names import HISTORY_STREAM, INBOX_STREAM
 from dagnats.infra.wire.notices import await_run
 from dagnats.infra.worker import TaskContext, Worker
@@ -142,9 +143,9 @@ CHAIN = {
 
 
 def test_a_wait_reads_the_run_once_and_gets_its_end_with_the_last_notice(nats_url, run):
-    # A run's records each send a notice; a waiter for the whole run reads it only when
-    # it starts waiting (answered from the live actor's state, with no history read), and
-    # the notice of the run's end carries the view a read would return.
+    # A waiter for a run it did not start itself (here: another client) reads it only
+    # when it starts waiting (answered from the live actor's state, with no history read),
+    # and the notice of the run's end carries the view a read would return.
     async def body():
         async with EngineHarness(nats_url) as h:
             await h.client.register(CHAIN)
@@ -157,19 +158,20 @@ def test_a_wait_reads_the_run_once_and_gets_its_end_with_the_last_notice(nats_ur
                     return _real(*args)
 
                 setattr(store, name, counted)
-            real_status = h.client.status
+            waiter = await Client(nats_url).connect()
+            real_status = waiter.status
 
             async def status(run_id):
                 views.append(await real_status(run_id))
                 return views[-1]
 
-            h.client.status = status
+            waiter.status = status
             results = []
             for n in range(3):
                 run_id = await h.client.start("chain-of-three", n)
                 views.clear()
                 reads.clear()
-                waiting = asyncio.create_task(h.client.wait(run_id, timeout=30))
+                waiting = asyncio.create_task(waiter.wait(run_id, timeout=30))
                 while not views:
                     await asyncio.sleep(0.01)
                 for value in (n + 1, n + 2, n + 3):
@@ -177,6 +179,7 @@ def test_a_wait_reads_the_run_once_and_gets_its_end_with_the_last_notice(nats_ur
                 final = await waiting
                 results.append((final["status"], final["output"], len(views), list(reads)))
                 assert final == await real_status(run_id)  # what a read returns, from memory
+            await waiter.close()
             return results
 
     assert run(body(), timeout=90) == [("completed", n + 3, 1, []) for n in range(3)]
@@ -199,13 +202,70 @@ def test_a_run_whose_view_is_too_large_for_a_notice_is_read_at_its_end(nats_url,
 
             h.client.status = status
             waiting = asyncio.create_task(h.client.wait(run_id, timeout=30))
-            while not reads:
-                await asyncio.sleep(0.01)
             await FakeWorker(h.nc, "w-noop").complete(big)
             final = await waiting
             return final["output"] == big, reads
 
-    assert run(body()) == (True, 2)
+    # The client started the run: its wait reads nothing until the end notice, which
+    # comes without the view; then it reads once.
+    assert run(body()) == (True, 1)
+
+
+def test_a_client_waits_for_a_run_it_started_without_reading_it(nats_url, run):
+    """``Client.start`` listens for the run's end before it sends the start: the wait
+    reads nothing (the end notice brings the view), and the start was handed straight to
+    the run's owner (its client-made id is new: nothing stored in the inbox). Past the
+    time a started run's subscription is kept, a wait reads the run as any other."""
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE_STEP)
+            js = h.nc.jetstream()
+            reads = 0
+            real_status = h.client.status
+
+            async def status(run_id):
+                nonlocal reads
+                reads += 1
+                return await real_status(run_id)
+
+            h.client.status = status
+            run_id = await h.client.start("one-step", 1)
+            await FakeWorker(h.nc, "w-noop").complete(2)
+            first = await h.client.wait(run_id, timeout=30)
+            quiet = (reads, (await js.stream_info(INBOX_STREAM)).state.messages)
+            h.client._started.keep = 0.0  # kept for no time: the next wait reads
+            late = await h.client.start("one-step", 5)
+            await FakeWorker(h.nc, "w-noop").complete(6)
+            await h.client.start("one-step", 7)  # expires what the client kept
+            second = await h.client.wait(late, timeout=30)
+            return first, quiet, second, reads
+
+    first, quiet, second, reads = run(body())
+    assert (first["status"], first["output"]) == ("completed", 2)
+    assert quiet == (0, 0)
+    assert (second["status"], second["output"]) == ("completed", 6)
+    assert reads == 1
+
+
+def test_a_start_answered_with_an_earlier_run_is_waited_for_by_reading_it(nats_url, run):
+    """A start whose idempotency key names a run that already ended is answered with that
+    run: the subscription made for the new id is dropped and the wait reads the run (its
+    end notice went out before this client listened)."""
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE_STEP)
+            first = await h.client.start("one-step", 1, idempotency_key="order-1")
+            await FakeWorker(h.nc, "w-noop").complete(2)
+            await h.client.wait(first, timeout=30)
+            again = await h.client.start("one-step", 1, idempotency_key="order-1")
+            view = await h.client.wait(again, timeout=5)
+            return first, again, view, len(h.client._started._subs)
+
+    first, again, view, kept = run(body())
+    assert again == first and view["output"] == 2
+    assert kept == 0
 
 
 def test_a_deleted_run_is_not_served_from_memory(nats_url, run):
@@ -228,19 +288,21 @@ def test_a_deleted_run_is_not_served_from_memory(nats_url, run):
 
 
 def test_a_run_waiter_hears_only_the_end_and_a_step_waiter_each_record(nats_url, run):
-    """The end of a run is announced on ``.end``, its other records on ``.progress``: a
-    waiter for the run's end is not woken by the records before it. ``recheck`` is long,
-    so only a notice can wake either waiter."""
+    """Only the end of a run is announced (on ``.end``): a waiter for the run's end is
+    not woken by the records before it. A step waiter listens to the run's history
+    subject and reads on the record about its step. ``recheck`` is long, so only a
+    notice or a record can wake either waiter."""
 
     async def body():
         async with EngineHarness(nats_url) as h:
             await h.client.register(CHAIN)
             run_id = await h.client.start("chain-of-three", 0)
             heard: dict[str, list[str]] = {"end": [], "all": []}
-            announced: dict[str, int] = {"end": 0, "progress": 0}
+            announced: dict[str, int] = {}
 
             async def count(msg):
-                announced[msg.subject.rsplit(".", 1)[1]] += 1
+                kind = msg.subject.rsplit(".", 1)[1]
+                announced[kind] = announced.get(kind, 0) + 1
 
             spy = await h.nc.subscribe(f"dagnats.run.{run_id}.*", cb=count)
 
@@ -274,6 +336,5 @@ def test_a_run_waiter_hears_only_the_end_and_a_step_waiter_each_record(nats_url,
     assert step_view["steps"]["a"]["output"] == 1
     assert run_view["status"] == "completed" and run_view["output"] == 3
     assert heard["end"] == ["read"]  # read once; its end came with the view
-    assert len(heard["all"]) >= 2  # at the start, then on a notice about step a
-    assert announced["end"] == 1  # all a waiter for the run's end hears
-    assert announced["progress"] >= 2  # the records of steps a and b
+    assert len(heard["all"]) >= 2  # at the start, then on the record about step a
+    assert announced == {"end": 1}  # all a waiter for the run's end hears; nothing else

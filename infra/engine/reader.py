@@ -12,9 +12,9 @@ follows and holds the run's partition: then nothing can follow it. An ended
 run's last state is kept ``ENDED_KEPT`` seconds after its actor stops, for the
 waiters that read it once more.
 
-Each published record is also announced as a ``RunNotice`` (core NATS): on
-``dagnats.run.<run>.end`` for the run's last, ``dagnats.run.<run>.progress`` for the
-others; that is what waiting clients listen to.
+The record that ends a run is also announced as a ``RunNotice`` (core NATS) on
+``dagnats.run.<run>.end``: that is what clients waiting for the run listen to (one
+waiting for a step listens to the run's history subject itself).
 """
 
 from __future__ import annotations
@@ -74,16 +74,15 @@ class RunReader:
         with self._lock:
             self._live[run.run_id] = (run, last_seq)
             self._ended.pop(run.run_id, None)
-        if recorded:
+        if recorded and run.is_terminal:
             notice = RunNotice(
                 seq=last_seq,
                 status=str(run.status),
                 steps=tuple(sorted({e.step_id for e in recorded if e.step_id})),
-                terminal=run.is_terminal,
-                view=run_view(run) if run.is_terminal else None,
+                terminal=True,
+                view=run_view(run),
             )
-            subject = notice_subject(run.run_id, notice.terminal)
-            self.loop.call_soon_threadsafe(self._announce, subject, encode_notice(notice))
+            self.loop.call_soon_threadsafe(self._announce, notice_subject(run.run_id), encode_notice(notice))
 
     def forget(self, run_id: str, keep_ended: bool = True) -> None:
         """The run's actor stopped (``keep_ended``: an ended run's last state is still

@@ -91,10 +91,11 @@ class RunStarts:
                 id=ev.WORKFLOW_STARTED,
             )
             answer = None
-            if req.run_id:
+            made_here = not req.run_id or req.new_run
+            if not made_here:
                 answer = await self._same_run(event, await self.reader.recorded_start(run_id))
             if answer is None:
-                answer = await self._start(wf, event, req.idempotency_key, fresh_id=not req.run_id)
+                answer = await self._start(wf, event, req.idempotency_key, fresh_id=made_here)
             if caller and answer.get("deduplicated"):
                 await self._link_repeated(answer["run_id"], caller, start.trace_state)
             return answer

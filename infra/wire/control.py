@@ -46,6 +46,9 @@ class StartRun(Request, frozen=True):
     idempotency_key: Any = None
     trace_state: str | None = None
     baggage: str | None = None
+    # The caller made ``run_id`` up for this start (a random id no other start uses, as
+    # the engine's own): the run is new, so nothing recorded under it is looked for.
+    new_run: bool = False
 
 
 class RunRef(Request, frozen=True):

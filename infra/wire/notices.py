@@ -1,9 +1,10 @@
 """Run notices: what the engine recorded for a run, announced on core NATS.
 
-After each record it appends to ``history.<run>``, the run's owner publishes a
-small ``RunNotice`` (not stored): on ``dagnats.run.<run>.end`` for the record that
-ends the run, on ``dagnats.run.<run>.progress`` for the others, so that waiting
-for a run's end hears one notice, not one per record. Waiting for a run
+After the record that ends a run (appended to ``history.<run>``), the run's owner
+publishes a small ``RunNotice`` (not stored) on ``dagnats.run.<run>.end``. Waiting
+for a step listens to ``history.<run>`` itself (core NATS: every record appended
+is a message there too) and reads the run when a record is about the step or ends
+the run. Waiting for a run
 costs the server one plain subscription, no JetStream consumer: ``await_run``
 subscribes, reads the run's status once to close the race with anything
 recorded before the subscription, then re-reads the status only when a notice
@@ -11,20 +12,31 @@ says something relevant happened. Notices are at-most-once (an engine killed
 between its append and its notice sends none), so a waiter also re-reads the
 status after ``recheck`` seconds without one. The notice of a run's end
 carries its view when that is small, and the waiter reads nothing more.
+
+A client that starts a run (``Client.start``) makes its id up and listens for its end
+before it sends the start (``StartedRuns``): nothing about the run can precede that
+subscription, so waiting for it then reads nothing at all: the end notice is the answer.
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from .subjects import notice_subject, notices_filter
+from dagnats.domain.events import decode_record
+from dagnats.domain.transitions import ENDING_EVENTS
+
+from .subjects import history_subject, notice_subject
 
 RECHECK = 5.0
+SOON = 0.02  # seconds: how soon a step waiter reads the run again after a record about its step
 
 
 class RunNotice(msgspec.Struct, frozen=True, array_like=True):
@@ -72,30 +84,86 @@ async def await_run(
     finished: Callable[[View], bool],
     step: str | None = None,
     recheck: float = RECHECK,
+    listening: Subscription | None = None,
 ) -> View:
     """Read the run's view until ``finished(view)``; reads again only when a notice
     about the run (or ``step``) arrives, or after ``recheck`` quiet seconds.
 
-    Not bounded here: wrap it in ``asyncio.wait_for`` for a timeout.
+    ``listening``: a subscription to the run's end made before the run started: the
+    first read waits for a notice (or ``recheck`` seconds). Not bounded here: wrap it in
+    ``asyncio.wait_for`` for a timeout.
     """
-    sub = await nc.subscribe(notice_subject(run_id) if step is None else notices_filter(run_id))
+    sub = listening or await nc.subscribe(notice_subject(run_id) if step is None else history_subject(run_id))
     try:
-        view = await read()
-        while not finished(view):
+        view = None if listening is not None else await read()
+        quiet = recheck
+        while view is None or not finished(view):
             try:
-                msg = await sub.next_msg(timeout=recheck)
+                msg = await sub.next_msg(timeout=quiet)
             except (TimeoutError, NatsTimeoutError):
                 view = await read()
+                quiet = recheck
+                continue
+            if step is not None:
+                if _about(msg.data, step):
+                    view = await read()
+                    # The record reaches a step waiter as it is stored, maybe before its run's
+                    # owner serves the state after it: look again soon.
+                    quiet = min(SOON, recheck)
                 continue
             notice = decode_notice(msg.data)
-            if notice is not None and notice.terminal and notice.view is not None:
+            if notice is not None and notice.view is not None:
                 view = notice.view  # the run's last state, sent with its end
-            # A run waited on is finished only once it ends: its other records are not read.
-            elif notice is None or notice.terminal or (step is not None and step in notice.steps):
+            else:
                 view = await read()
         return view
     finally:
-        try:
-            await sub.unsubscribe()
-        except Exception:  # noqa: BLE001 - the connection is closing: nothing to undo
-            pass
+        await drop(sub)
+
+
+def _about(record: bytes, step: str) -> bool:
+    """Whether a history record is about ``step`` or ends the run (or cannot be read)."""
+    try:
+        events = decode_record(record)
+    except (msgspec.DecodeError, ValueError):
+        return True
+    return any(e.step_id == step or e.type in ENDING_EVENTS for e in events)
+
+
+class StartedRuns:
+    """Subscriptions to the ends of runs a client started, kept ``keep`` seconds (at most
+    ``most`` of them) for a ``wait`` to take. Subscribed before the start was sent, on the
+    same connection: the server holds the interest before the run exists, so the run's
+    end notice cannot be missed and the wait reads nothing."""
+
+    def __init__(self, keep: float = 30.0, most: int = 1000) -> None:
+        self.keep, self.most = keep, most
+        self._subs: OrderedDict[str, tuple[Subscription, float]] = OrderedDict()
+
+    async def listen(self, nc: NATS, run_id: str) -> Subscription:
+        await self._expire()
+        return await nc.subscribe(notice_subject(run_id))
+
+    def started(self, run_id: str, sub: Subscription) -> None:
+        """The run ``sub`` listens to was started by this start (not an earlier one)."""
+        self._subs[run_id] = (sub, time.monotonic() + self.keep)
+
+    def take(self, run_id: str) -> Subscription | None:
+        kept = self._subs.pop(run_id, None)
+        return kept[0] if kept is not None else None
+
+    async def _expire(self) -> None:
+        now = time.monotonic()
+        while self._subs:
+            run_id, (sub, until) = next(iter(self._subs.items()))
+            if until > now and len(self._subs) < self.most:
+                return
+            del self._subs[run_id]
+            await drop(sub)
+
+
+async def drop(sub: Subscription) -> None:
+    try:
+        await sub.unsubscribe()
+    except Exception:  # noqa: BLE001 - the connection is closing: nothing to undo
+        pass

@@ -95,17 +95,11 @@ def dead_letters_filter(run_id: str | None = None, step_id: str | None = None) -
     return f"dead.*.{run_id}.{'*' if step_id is None else check_identifier('step id', step_id)}"
 
 
-def notice_subject(run_id: str, terminal: bool = True) -> str:
-    """`dagnats.run.<run>.end`: the core-NATS notice of the record that ended the run;
-    `dagnats.run.<run>.progress`: the notices of its other records.
+def notice_subject(run_id: str) -> str:
+    """`dagnats.run.<run>.end`: the core-NATS notice of the record that ended the run.
 
     Not stored: a client waiting for a run listens here (no JetStream consumer per
-    wait) and reads the run's status to close the race. One waiting for the run's
-    end hears one notice; one waiting for a step listens to ``notices_filter``.
+    wait) and reads the run's status to close the race. One waiting for a step
+    listens to the run's history subject (``history_subject``) instead.
     """
-    return f"dagnats.run.{check_identifier('run id', run_id)}.{'end' if terminal else 'progress'}"
-
-
-def notices_filter(run_id: str) -> str:
-    """Every notice of the run: `dagnats.run.<run>.*`."""
-    return f"dagnats.run.{check_identifier('run id', run_id)}.*"
+    return f"dagnats.run.{check_identifier('run id', run_id)}.end"
