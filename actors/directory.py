@@ -32,7 +32,7 @@ import pykka
 
 from dagnats.domain.events import TimerFired, WorkflowStarted
 
-from .messages import Crashed, Deliver, Healthy, Index, IndexDue, LiveCount, Passivate, Passivated
+from .messages import Crashed, Deliver, Deliveries, Healthy, Index, IndexDue, LiveCount, Passivate, Passivated
 from .ports import Ports
 from .run import RunActor
 
@@ -71,6 +71,9 @@ class RunDirectory(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Deliver):
             self._route(message)
+        elif isinstance(message, Deliveries):
+            for delivery in message.deliveries:
+                self._route(delivery)
         elif isinstance(message, Passivate):
             self._passivate(message.run_id)
         elif isinstance(message, IndexDue):

@@ -27,6 +27,19 @@ class Deliver:
 
 
 @dataclass(frozen=True, slots=True)
+class Deliveries:
+    """Deliveries for several runs that arrived together, told to the directory at once:
+    one hand-off between threads for all of them."""
+
+    deliveries: tuple[Deliver, ...]
+
+
+def bundled(deliveries: list[Deliver]) -> Deliver | Deliveries:
+    """What to tell the directory for ``deliveries`` (at least one): one message."""
+    return deliveries[0] if len(deliveries) == 1 else Deliveries(tuple(deliveries))
+
+
+@dataclass(frozen=True, slots=True)
 class Passivate:
     run_id: str
 

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 
 from dagnats.actors.directory import RunDirectory
 from dagnats.actors.flow import ConcurrencyActor, FlowControl, RateLimitActor
-from dagnats.actors.messages import Deliver, LiveCount
+from dagnats.actors.messages import Deliver, LiveCount, bundled
 from dagnats.actors.ports import Clock
 from dagnats.actors.timer import TimerActor
 from dagnats.domain.events import Event, TimerFired, decode_event, format_timestamp, parse_timestamp
@@ -229,12 +229,15 @@ class Engine:
                 _timer_lateness(event, self.ports.clock.now())
             by_run[run_id].append((_sanitized(event), msg))
         puller = self.pullers.get(partition)
+        deliveries = []
         for run_id, items in by_run.items():
             events = tuple(e for e, _ in items)
             batch = [m for _, m in items]
             if puller is not None:
                 puller.in_flight += 1
-            self.directory.tell(Deliver(run_id, events, self._acker(batch, puller)))
+            deliveries.append(Deliver(run_id, events, self._acker(batch, puller)))
+        if deliveries:  # one hand-off to the directory's thread for all of them
+            self.directory.tell(bundled(deliveries))
 
     def _acker(self, msgs: list[Msg], puller: PartitionPuller | None):
         loop = self.bridge.loop

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from dagnats.actors.messages import Deliver
+from dagnats.actors.messages import Deliver, Deliveries, bundled
 from dagnats.domain.events import Event, decode_event
 from dagnats.domain.partition import partition_of
 
@@ -41,7 +41,7 @@ class Handoff:
         self,
         nc: NATS,
         partitions: int,
-        deliver: Callable[[Deliver], None],
+        deliver: Callable[[Deliver | Deliveries], None],
         holds: Callable[[int], bool],
         sanitized: Callable[[Event], Event],
     ) -> None:
@@ -110,25 +110,28 @@ class Handoff:
 
     def _add(self, event: Event, answer: Answer) -> None:
         # Facts of one run handed over together (a map's elements finishing at once) go to
-        # its actor as one delivery, so they become one history record, as from the inbox.
-        batch = self._batches.get(event.run_id)
-        if batch is None:
-            batch = self._batches[event.run_id] = []
-            asyncio.get_running_loop().call_soon(self._flush, event.run_id)
-        batch.append((self.sanitized(event), answer))
+        # its actor as one delivery, so they become one history record, as from the inbox;
+        # the deliveries of every run that got facts meanwhile go to the directory at once.
+        if not self._batches:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batches.setdefault(event.run_id, []).append((self.sanitized(event), answer))
 
-    def _flush(self, run_id: str) -> None:
-        batch = self._batches.pop(run_id, [])
-        if not batch:
-            return
+    def _flush(self) -> None:
+        batches, self._batches = self._batches, {}
         loop = asyncio.get_running_loop()
-        answers = [answer for _, answer in batch]
+        deliveries = [_delivery(loop, run_id, batch) for run_id, batch in batches.items()]
+        if deliveries:
+            self.deliver(bundled(deliveries))
 
-        def done(ok: bool, retry_in: float = 0.5) -> None:
-            body = STORED if ok else NOT_STORED
-            loop.call_soon_threadsafe(lambda: [asyncio.ensure_future(answer(body)) for answer in answers])
 
-        self.deliver(Deliver(run_id, tuple(event for event, _ in batch), done))
+def _delivery(loop: asyncio.AbstractEventLoop, run_id: str, batch: list[tuple[Event, Answer]]) -> Deliver:
+    answers = [answer for _, answer in batch]
+
+    def done(ok: bool, retry_in: float = 0.5) -> None:
+        body = STORED if ok else NOT_STORED
+        loop.call_soon_threadsafe(lambda: [asyncio.ensure_future(answer(body)) for answer in answers])
+
+    return Deliver(run_id, tuple(event for event, _ in batch), done)
 
 
 async def _answer(msg: Msg, body: bytes) -> None:

@@ -79,7 +79,10 @@ async def publish_tasks(js: JetStreamContext, tasks: list[EnqueueTask], partitio
         if ack.duplicate and not task.variant and not await accounted_for(js, task):
             await _publish_task(js, msgspec.structs.replace(task, variant="reissued"), partitions)
 
-    await asyncio.gather(*(publish(t) for t in tasks))
+    if len(tasks) == 1:  # the usual record: no gathering
+        await publish(tasks[0])
+    else:
+        await asyncio.gather(*(publish(t) for t in tasks))
 
 
 async def _publish_task(js: JetStreamContext, task: EnqueueTask, partitions: int | None = None) -> PubAck:
@@ -256,8 +259,26 @@ class NatsPorts:
                 effects.append(publish_tasks(self.js, tasks, self.partitions))
             if timers:
                 effects.append(arm_timers(self.js, run_id, timers, trace_parent))
-            seq, *done = await asyncio.gather(append, *effects, return_exceptions=True)
-            for outcome in (seq, *done):
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            return int(seq)
+            return int(await _alongside(append, effects))
+
+
+async def _alongside(first: Coroutine[Any, Any, Any], others: list[Coroutine[Any, Any, None]]) -> Any:
+    """Run ``first`` and ``others`` concurrently and wait for all of them; ``first``'s result.
+    Raises the first failure in that order (``first``'s before the others'). One effect, the
+    usual record's, is awaited here beside ``first``'s task: no gathering."""
+    if len(others) != 1:
+        seq, *done = await asyncio.gather(first, *others, return_exceptions=True)
+        for outcome in (seq, *done):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return seq
+    started = asyncio.ensure_future(first)
+    failed: BaseException | None = None
+    try:
+        await others[0]
+    except Exception as err:  # noqa: BLE001 - raised below, after ``first``'s own outcome
+        failed = err
+    result = await started
+    if failed is not None:
+        raise failed
+    return result
