@@ -17,6 +17,7 @@ import contextvars
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -28,9 +29,51 @@ from ..wire.outage import NATS_UNAVAILABLE
 log = logging.getLogger("dagnats.bridge")
 
 
+class LoopPost:
+    """Callbacks for the loop from other threads, run in the order posted, with one wake-up
+    of the loop for all those posted while it was busy: ``call_soon_threadsafe`` writes to
+    the loop's self-pipe (a system call, the GIL let go and taken back) on every call, and
+    actor threads post several callbacks per fact."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._posted: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+
+    def __call__(self, callback: Callable[..., object], *args: Any) -> None:
+        with self._lock:
+            self._posted.append((callback, args))
+            if len(self._posted) > 1:
+                return  # the loop is woken already and has not run them yet
+        self.loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            posted, self._posted = self._posted, []
+        for callback, args in posted:
+            try:
+                callback(*args)
+            except Exception:  # noqa: BLE001 - as the loop reports a failed callback
+                log.exception("callback %r failed", callback)
+
+
+_POSTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopPost] = weakref.WeakKeyDictionary()
+_POSTS_LOCK = threading.Lock()
+
+
+def poster(loop: asyncio.AbstractEventLoop) -> LoopPost:
+    """The one ``LoopPost`` of ``loop``."""
+    with _POSTS_LOCK:
+        post = _POSTS.get(loop)
+        if post is None:
+            post = _POSTS[loop] = LoopPost(loop)
+        return post
+
+
 class LoopBridge:
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float = 30.0) -> None:
         self.loop, self.timeout = loop, timeout
+        self.post = poster(loop)
         self._tasks: set[asyncio.Task[Any]] = set()  # strong references while they run
 
     def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -40,7 +83,7 @@ class LoopBridge:
         concurrent future to the task (conditions, callbacks on both sides), which
         every record of every run paid for."""
         waiter = _Waiter()
-        self.loop.call_soon_threadsafe(self._begin, coro, waiter.finish, contextvars.copy_context())
+        self.post(self._begin, coro, waiter.finish, contextvars.copy_context())
         if not waiter.done.acquire(timeout=self.timeout):
             raise Unavailable(f"the event loop did not finish a call within {self.timeout:g}s")
         if isinstance(waiter.error, NATS_UNAVAILABLE):
@@ -51,7 +94,7 @@ class LoopBridge:
         return waiter.value
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self.loop.call_soon_threadsafe(self._begin, coro, _log_failure, contextvars.copy_context())
+        self.post(self._begin, coro, _log_failure, contextvars.copy_context())
 
     def _begin(
         self,
@@ -66,7 +109,7 @@ class LoopBridge:
         task.add_done_callback(then, context=context)
 
     def call_soon(self, callback: Callable[[], None]) -> None:
-        self.loop.call_soon_threadsafe(callback)
+        self.post(callback)
 
 
 class _Waiter:
@@ -106,5 +149,4 @@ class SystemClock:
         return time.monotonic()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        loop = self.bridge.loop
-        loop.call_soon_threadsafe(loop.call_later, delay, callback)
+        self.bridge.post(self.bridge.loop.call_later, delay, callback)

@@ -240,15 +240,13 @@ class Engine:
             self.directory.tell(bundled(deliveries))
 
     def _acker(self, msgs: list[Msg], puller: PartitionPuller | None):
-        loop = self.bridge.loop
-
         def done(ok: bool, retry_in: float = 0.5) -> None:
             def settle() -> None:
                 if puller is not None:
                     puller.in_flight -= 1
                 asyncio.ensure_future(_settle(msgs, ok, retry_in))
 
-            loop.call_soon_threadsafe(settle)
+            self.bridge.post(settle)
 
         return done
 

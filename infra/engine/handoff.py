@@ -29,6 +29,7 @@ from dagnats.domain.partition import partition_of
 
 from ..wire.handoff import HANDED, NOT_STORED, STORED
 from ..wire.subjects import handoff_subject
+from .bridge import LoopPost, poster
 
 log = logging.getLogger("dagnats.handoff")
 Answer = Callable[[bytes], Awaitable[None]]  # how a handed fact is answered: STORED or NOT_STORED
@@ -118,18 +119,18 @@ class Handoff:
 
     def _flush(self) -> None:
         batches, self._batches = self._batches, {}
-        loop = asyncio.get_running_loop()
-        deliveries = [_delivery(loop, run_id, batch) for run_id, batch in batches.items()]
+        post = poster(asyncio.get_running_loop())
+        deliveries = [_delivery(post, run_id, batch) for run_id, batch in batches.items()]
         if deliveries:
             self.deliver(bundled(deliveries))
 
 
-def _delivery(loop: asyncio.AbstractEventLoop, run_id: str, batch: list[tuple[Event, Answer]]) -> Deliver:
+def _delivery(post: LoopPost, run_id: str, batch: list[tuple[Event, Answer]]) -> Deliver:
     answers = [answer for _, answer in batch]
 
     def done(ok: bool, retry_in: float = 0.5) -> None:
         body = STORED if ok else NOT_STORED
-        loop.call_soon_threadsafe(lambda: [asyncio.ensure_future(answer(body)) for answer in answers])
+        post(lambda: [asyncio.ensure_future(answer(body)) for answer in answers])
 
     return Deliver(run_id, tuple(event for event, _ in batch), done)
 

@@ -39,6 +39,7 @@ from ..wire.names import HISTORY_STREAM, INBOX_STREAM
 from ..wire.notices import RunNotice, encode_notice
 from ..wire.reading import first_message
 from ..wire.subjects import history_subject, notice_subject, stored_inbox_filter
+from .bridge import poster
 from .history import HistoryStore
 from .views import run_view
 
@@ -58,6 +59,7 @@ def _appended_since(store: HistoryStore, run_id: str, seq: int) -> bool:
 class RunReader:
     def __init__(self, nc: NATS, store: HistoryStore, loop: asyncio.AbstractEventLoop) -> None:
         self.nc, self.store, self.loop = nc, store, loop
+        self._post = poster(loop)
         self.js = nc.jetstream()
         self._lock = threading.Lock()
         self._live: dict[str, tuple[WorkflowRun, int]] = {}
@@ -82,7 +84,7 @@ class RunReader:
                 terminal=True,
                 view=run_view(run),
             )
-            self.loop.call_soon_threadsafe(self._announce, notice_subject(run.run_id), encode_notice(notice))
+            self._post(self._announce, notice_subject(run.run_id), encode_notice(notice))
 
     def forget(self, run_id: str, keep_ended: bool = True) -> None:
         """The run's actor stopped (``keep_ended``: an ended run's last state is still
@@ -98,7 +100,7 @@ class RunReader:
                 while len(self._ended) > ENDED_MAX:
                     self._ended.popitem(last=False)
         if live is not None:
-            self.loop.call_soon_threadsafe(self._appended_no_more, run_id, live[1])
+            self._post(self._appended_no_more, run_id, live[1])
 
     def _appended_no_more(self, run_id: str, seq: int) -> None:
         # Unless a new actor of the run appended meanwhile.
