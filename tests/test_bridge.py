@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from dagnats.domain.errors import Unavailable
-from dagnats.infra.engine.bridge import LoopBridge
+from dagnats.infra.engine.bridge import LoopBridge, poster
 
 
 @pytest.fixture
@@ -82,3 +82,39 @@ def test_a_spawned_failure_is_logged(bridge, caplog):
         assert done.wait(5)
         bridge.call(_twice(1))  # the failure's callback has run by the next call's end
     assert "snapshot not saved" in caplog.text
+
+
+def test_posted_callbacks_run_in_order_with_one_wake_up_while_the_loop_is_busy(bridge, caplog):
+    """Posts made while the loop is busy wait for one wake-up and run in the order posted;
+    a failing callback is logged and the ones after it still run."""
+    post = bridge.post
+    assert post is poster(bridge.loop)  # one per loop: the reader and the handoff share it
+    busy, release = threading.Event(), threading.Event()
+    ran: list[int] = []
+    wakes = 0
+    real_run = post._run
+
+    def counted_run() -> None:
+        nonlocal wakes
+        wakes += 1
+        real_run()
+
+    post._run = counted_run
+    post(lambda: (busy.set(), release.wait(5)))  # holds the loop
+    assert busy.wait(5)
+
+    def boom() -> None:
+        raise ValueError("a callback failed")
+
+    for n in range(100):
+        post(ran.append, n)
+        if n == 50:
+            post(boom)
+    done = threading.Event()
+    post(done.set)
+    with caplog.at_level(logging.ERROR, logger="dagnats.bridge"):
+        release.set()
+        assert done.wait(5)
+    assert ran == list(range(100))
+    assert wakes == 2  # the busy callback's, then one for the 102 posted while it ran
+    assert [str(r.exc_info[1]) for r in caplog.records if r.exc_info] == ["a callback failed"]
