@@ -35,6 +35,7 @@ from dagnats.domain.events import TimerFired, WorkflowStarted
 from .messages import Crashed, Deliver, Deliveries, Healthy, Index, IndexDue, LiveCount, Passivate, Passivated
 from .ports import Ports
 from .run import RunActor
+from .threads import LeanActor
 
 log = logging.getLogger("dagnats.directory")
 QUARANTINE_AFTER = 5
@@ -47,7 +48,7 @@ INDEX_AFTER = 1.0
 STOP_INDEXING = 5.0
 
 
-class RunDirectory(pykka.ThreadingActor):
+class RunDirectory(LeanActor):
     use_daemon_thread = True
 
     def __init__(

@@ -57,6 +57,7 @@ from dagnats.domain.limits import (
 )
 
 from .ports import Clock, LimitStore
+from .threads import LeanActor
 
 log = logging.getLogger("dagnats.flow")
 MAX_TRIES = 16
@@ -113,7 +114,7 @@ class SlotAnswer:
     position: int = 0
 
 
-class _Batching(pykka.ThreadingActor):
+class _Batching(LeanActor):
     """Collects requests per key until ``Flush``; ``_apply`` runs a key's batch on its value."""
 
     use_daemon_thread = True

@@ -17,18 +17,17 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import pykka
-
 from dagnats.domain.events import parse_timestamp
 from dagnats.domain.timers import fired_event
 
 from .messages import ArmTimer, DisarmTimer, TimerDue
 from .ports import Clock, TimerPort
+from .threads import LeanActor
 
 SHORT_TIMER = 1.0  # seconds: timers due sooner also fire from memory
 
 
-class TimerActor(pykka.ThreadingActor):
+class TimerActor(LeanActor):
     use_daemon_thread = True
 
     def __init__(self, clock: Clock, timers: TimerPort) -> None:
