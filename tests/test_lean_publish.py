@@ -10,7 +10,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
 from nats.js.errors import APIError, NoStreamResponseError
 
-from dagnats.infra.wire.lean import LeanJetStream
+from dagnats.infra.wire.lean import LeanJetStream, handle_at_once
 
 STREAM = "LEAN_TEST"
 
@@ -77,3 +77,42 @@ def test_a_subject_no_stream_takes_and_a_silent_responder_fail_clearly(nats_url,
             await nc.close()
 
     assert run(body()) == 0  # nothing left waiting
+
+
+def test_a_subscription_handled_at_once_gets_every_message_in_order_and_never_counts_as_slow(nats_url, run):
+    """``handle_at_once``: each message goes to the handler as the connection reads it. Far
+    more bytes than the subscription's pending limit pass without a slow-consumer error
+    (nothing stays counted as pending), and a handler that raises is logged, not fatal to
+    the connection's reader."""
+
+    async def body():
+        errors: list[Exception] = []
+
+        async def error_cb(err: Exception) -> None:
+            errors.append(err)
+
+        nc = await nats.connect(nats_url, error_cb=error_cb)
+        try:
+            got: list[bytes] = []
+
+            def handle(msg) -> None:
+                if msg.data == b"boom":
+                    raise ValueError("a handler failed")
+                got.append(msg.data)
+
+            sub = await nc.subscribe("at-once.>", pending_bytes_limit=4096)
+            handle_at_once(sub, handle)
+            for n in range(300):
+                await nc.publish(f"at-once.{n}", b"boom" if n == 7 else f"{n:0100d}".encode())
+            await nc.flush()
+            for _ in range(100):
+                if len(got) == 299:
+                    break
+                await asyncio.sleep(0.02)
+            return got, errors, sub.pending_bytes, nc.is_connected
+        finally:
+            await nc.close()
+
+    got, errors, pending, connected = run(body())
+    assert got == [f"{n:0100d}".encode() for n in range(300) if n != 7]
+    assert errors == [] and pending == 0 and connected

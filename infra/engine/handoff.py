@@ -28,6 +28,7 @@ from dagnats.domain.events import Event, decode_event
 from dagnats.domain.partition import partition_of
 
 from ..wire.handoff import HANDED, NOT_STORED, STORED
+from ..wire.lean import handle_at_once
 from ..wire.subjects import handoff_subject
 from .bridge import LoopPost, poster
 
@@ -54,7 +55,8 @@ class Handoff:
 
     async def open(self, partition: int) -> None:
         if partition not in self._subs:
-            self._subs[partition] = await self.nc.subscribe(handoff_subject(partition), cb=self._receiver(partition))
+            sub = self._subs[partition] = await self.nc.subscribe(handoff_subject(partition))
+            handle_at_once(sub, partial(self._received, partition=partition))
 
     async def close(self, partition: int) -> None:
         sub = self._subs.pop(partition, None)
@@ -68,20 +70,15 @@ class Handoff:
         for partition in list(self._subs):
             await self.close(partition)
 
-    def _receiver(self, partition: int) -> Callable[[Msg], Awaitable[None]]:
-        async def received(msg: Msg) -> None:
-            await self._received(msg, partition)
-
-        return received
-
-    async def _received(self, msg: Msg, partition: int) -> None:
+    def _received(self, msg: Msg, partition: int) -> None:
+        """A handed fact, as the connection reads it (``handle_at_once``)."""
         try:
             event = decode_event(msg.data)
         except msgspec.DecodeError:
-            await _answer(msg, NOT_STORED)
+            asyncio.ensure_future(_answer(msg, NOT_STORED))
             return
         if not self._takes(event, partition):
-            await _answer(msg, NOT_STORED)  # the worker falls back to the run's inbox
+            asyncio.ensure_future(_answer(msg, NOT_STORED))  # the worker falls back to the run's inbox
             return
         self._add(event, partial(_answer, msg))
 

@@ -5,7 +5,8 @@ builds a NUID and waits through ``asyncio.wait_for`` (a second future and a
 timer); ``JetStreamContext.publish`` is such a request, and decodes the PubAck
 with ``json`` and a dataclass. A run stores several messages per step and
 makes several requests (hand-offs, control-plane calls), so ``LeanRequests``
-does the same with a counter for the token, one reply subscription and one
+does the same with a counter for the token, one reply subscription (whose
+messages are handled as the connection reads them: ``handle_at_once``) and one
 timer per request, and ``LeanJetStream`` publishes through it and decodes with
 msgspec: the same signatures, answers and errors (``NoRespondersError``,
 ``nats.errors.TimeoutError``; for a publish ``APIError`` and its kinds with the
@@ -16,18 +17,57 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NoStreamResponseError
 
+log = logging.getLogger("dagnats.lean")
 NO_RESPONDERS = "503"
 DEFAULT_TIMEOUT = 5.0
+
+
+class _AtOnce:
+    """Stands in for a subscription's pending queue (``Subscription._pending_queue``, which
+    nats-py's reader puts each message in for the subscription's own task to take and
+    pass to its callback): ``put_nowait`` hands the message to ``handle`` at once, in the
+    reader. No queue, and no task woken per message. ``handle`` must not block."""
+
+    def __init__(self, sub: Subscription, handle: Callable[[Msg], None]) -> None:
+        self.sub, self.handle = sub, handle
+
+    def put_nowait(self, msg: Msg) -> None:
+        self.sub._pending_size -= len(msg.data)  # counted as pending just before
+        try:
+            self.handle(msg)
+        except Exception:  # noqa: BLE001 - the connection's reader must go on
+            log.exception("handling a message on %s failed", msg.subject)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def task_done(self) -> None:
+        return None
+
+    async def join(self) -> None:
+        return None
+
+
+def handle_at_once(sub: Subscription, handle: Callable[[Msg], None]) -> None:
+    """Have ``sub`` (subscribed without a callback) hand each message to ``handle`` as it
+    is read, instead of queueing it."""
+    sub._pending_queue = _AtOnce(sub, handle)  # type: ignore[assignment]
 
 
 class LeanRequests:
@@ -45,11 +85,11 @@ class LeanRequests:
             if not self._reply_to:
                 prefix = self.nc.new_inbox()
                 # Sent before any request that names it: the server sees the SUB first.
-                await self.nc.subscribe(f"{prefix}.*", cb=self._reply)
+                handle_at_once(await self.nc.subscribe(f"{prefix}.*"), self._reply)
                 self._reply_to = f"{prefix}."
         return self._reply_to
 
-    async def _reply(self, msg: Msg) -> None:
+    def _reply(self, msg: Msg) -> None:
         future = self._pending.pop(msg.subject[len(self._reply_to) :], None)
         if future is not None and not future.done():
             future.set_result(msg)
