@@ -78,13 +78,6 @@ def flush(timeout_ms: int = 5000) -> None:
             _provider.force_flush(timeout_ms)
 
 
-@contextlib.contextmanager
-def engine_span(run_id: str, events: list) -> Iterator[str]:
-    """Kept for the engine's ports: the engine's spans are projected from the history
-    (``infra/engine/trace_projector.py``), so a record has no live span; yields ""."""
-    yield ""
-
-
 def incoming(trace_parent: str | None, what: str) -> str | None:
     """A caller's traceparent if valid; a malformed one is logged once and dropped."""
     if not trace_parent:

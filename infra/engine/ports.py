@@ -18,7 +18,6 @@ from dagnats.domain.events import EVENT_DECODER, TASK_DECODER, Event, TimerFired
 from dagnats.domain.partition import partition_of
 from dagnats.domain.state import WorkflowRun
 
-from ..tracing import engine_span
 from ..wire.facts import publish_fact
 from ..wire.handoff import RESULT_FACTS
 from ..wire.headers import BAGGAGE, HANDOFF, MSG_ID, TRACEPARENT, TRACESTATE
@@ -165,10 +164,6 @@ class NatsTaskPort:
                             raise
 
 
-def _traced(task: EnqueueTask, trace_parent: str) -> EnqueueTask:
-    return msgspec.structs.replace(task, payload=msgspec.structs.replace(task.payload, traceparent=trace_parent))
-
-
 class NatsTimerPort:
     def __init__(self, js: JetStreamContext, bridge: LoopBridge) -> None:
         self.js, self.bridge = js, bridge
@@ -248,18 +243,16 @@ class NatsPorts:
         timers: list[StartTimer],
         trace_parent: str,
     ) -> int:
-        with engine_span(run_id, events) as span_parent:
-            if span_parent:  # workers' spans become children of this decision's span
-                tasks = [_traced(t, span_parent) for t in tasks]
-            append = self.store.append(run_id, record, expected_seq, msg_id)
-            if not tasks and not timers:
-                return await append
-            effects: list[Coroutine[Any, Any, None]] = []
-            if tasks:
-                effects.append(publish_tasks(self.js, tasks, self.partitions))
-            if timers:
-                effects.append(arm_timers(self.js, run_id, timers, trace_parent))
-            return int(await _alongside(append, effects))
+        # No live span: the engine's spans are projected from the history (trace_projector).
+        append = self.store.append(run_id, record, expected_seq, msg_id)
+        if not tasks and not timers:
+            return await append
+        effects: list[Coroutine[Any, Any, None]] = []
+        if tasks:
+            effects.append(publish_tasks(self.js, tasks, self.partitions))
+        if timers:
+            effects.append(arm_timers(self.js, run_id, timers, trace_parent))
+        return int(await _alongside(append, effects))
 
 
 async def _alongside(first: Coroutine[Any, Any, Any], others: list[Coroutine[Any, Any, None]]) -> Any:
