@@ -131,3 +131,42 @@ def test_a_run_that_ends_unlisted_writes_its_last_snapshot_and_purges_nothing(na
     assert unlisted == []
     assert len(listed) == 1  # the listed run's open key is taken out
     assert [(r.status, seq) for r, seq in loaded] == [(RunStatus.COMPLETED, 2), (RunStatus.COMPLETED, 2)]
+
+
+def test_an_unfinished_state_its_open_key_already_holds_is_not_written_again(nats_url, run):
+    """A sleeping run woken by its timer is loaded from its open key and taken up again with
+    nothing new: saving that same state writes nothing. A newer state is written, and a
+    process that never read the key writes it, as before."""
+    from dagnats.infra.engine.history import open_key
+    from dagnats.infra.wire.names import RUNS_BUCKET
+
+    (sleeper,) = _runs(1, "sleeps")
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await ensure_resources(js)
+            kv = await js.key_value(RUNS_BUCKET)
+            key = open_key(sleeper.run_id, 4)
+
+            async def revision() -> int:
+                return (await kv.get(key)).revision
+
+            first = HistoryStore(js, partitions=4)
+            await first.save_snapshot(sleeper, 3)
+            written = await revision()
+            woken = HistoryStore(js, partitions=4)  # another process (or this one, later)
+            loaded = await woken.load_snapshot(sleeper.run_id)
+            await woken.save_snapshot(sleeper, 3)  # taken up with nothing new
+            unchanged = await revision()
+            await woken.save_snapshot(sleeper, 4)
+            newer = await revision()
+            return written, loaded[1], unchanged, newer, (await woken.load_snapshot(sleeper.run_id))[1]
+        finally:
+            await nc.close()
+
+    written, loaded_seq, unchanged, newer, last = run(body())
+    assert loaded_seq == 3
+    assert unchanged == written
+    assert newer > written and last == 4

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 
 import msgspec
 from nats.js import JetStreamContext
@@ -62,6 +63,10 @@ def open_key(run_id: str, partitions: int) -> str:
     return f"open.{partition_of(run_id, partitions)}.{run_id}"
 
 
+# How many runs' open-key sequences a store remembers (a few bytes each).
+OPEN_KEYS_REMEMBERED = 100_000
+
+
 class HistoryStore:
     """A run's history (the truth) and its snapshot (a cache).
 
@@ -79,6 +84,10 @@ class HistoryStore:
         # reader's proof that a published state is the newest: see RunReader.get).
         self.appended: dict[str, int] = {}
         self._saving: dict[str, asyncio.Future] = {}
+        # Unfinished runs whose open key this process read or wrote, and the sequence of the
+        # state it holds: saving that state again writes nothing (a sleeping run woken by
+        # its timer is loaded and taken up again, with nothing new to list).
+        self._open_at: OrderedDict[str, int] = OrderedDict()
 
     async def runs_kv(self):
         if self._runs is None:
@@ -146,8 +155,16 @@ class HistoryStore:
                 continue
             if entry.value:
                 snap = _SNAPSHOT_DECODER.decode(entry.value)
+                if key != snapshot_key(run_id):
+                    self._opened(run_id, snap.last_seq)
                 return snap.run, snap.last_seq
         return None, 0
+
+    def _opened(self, run_id: str, last_seq: int) -> None:
+        self._open_at[run_id] = last_seq
+        self._open_at.move_to_end(run_id)
+        while len(self._open_at) > OPEN_KEYS_REMEMBERED:
+            self._open_at.popitem(last=False)
 
     async def save_snapshot(self, run: WorkflowRun, last_seq: int, listed: bool = True) -> None:
         """Cache the state at ``last_seq``; a state too large for one message (a map of
@@ -172,8 +189,12 @@ class HistoryStore:
         if len(data) > self.max_payload - SNAPSHOT_HEADROOM:
             data = _SNAPSHOT_ENCODER.encode(Snapshot(summary(run), 0))
         if self.partitions and not run.is_terminal:
+            if last_seq and self._open_at.get(run.run_id) == last_seq:
+                return  # the open key holds this very state already
             await kv.put(open_key(run.run_id, self.partitions), data)
+            self._opened(run.run_id, last_seq)
             return
+        self._open_at.pop(run.run_id, None)
         await kv.put(snapshot_key(run.run_id), data)
         if self.partitions and listed:
             await self._purge_key(open_key(run.run_id, self.partitions))
