@@ -338,3 +338,40 @@ def test_a_run_waiter_hears_only_the_end_and_a_step_waiter_each_record(nats_url,
     assert heard["end"] == ["read"]  # read once; its end came with the view
     assert len(heard["all"]) >= 2  # at the start, then on the record about step a
     assert announced == {"end": 1}  # all a waiter for the run's end hears; nothing else
+
+
+def test_runs_started_beyond_the_kept_subscriptions_are_waited_for_by_reading_them(nats_url, run):
+    """A client keeps at most ``most`` started runs' end subscriptions: starting more before
+    waiting drops the oldest (unsubscribed), and waiting for those reads the run; every
+    wait still returns its run's end."""
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE_STEP)
+            h.client._started.most = 2
+            reads = 0
+            real_status = h.client.status
+
+            async def status(run_id):
+                nonlocal reads
+                reads += 1
+                return await real_status(run_id)
+
+            h.client.status = status
+
+            def listening() -> list[str]:
+                return sorted(sub.subject for sub in h.client.nc._subs.values() if sub.subject.endswith(".end"))
+
+            run_ids = [await h.client.start("one-step", n) for n in range(5)]
+            after_starts = listening()
+            worker = FakeWorker(h.nc, "w-noop")
+            for n in range(5):
+                await worker.complete(n + 10)
+            views = [await h.client.wait(run_id, timeout=30) for run_id in run_ids]
+            return views, reads, run_ids, after_starts, listening()
+
+    views, reads, run_ids, after_starts, after_waits = run(body())
+    assert sorted(v["output"] for v in views) == [10, 11, 12, 13, 14]
+    assert reads == 3  # the three oldest were no longer listened for
+    assert after_starts == sorted(f"dagnats.run.{r}.end" for r in run_ids[3:])  # the two newest
+    assert after_waits == []
