@@ -20,6 +20,19 @@ from harness import EngineHarness, FakeWorker
 ONE_STEP = {"name": "one-step", "steps": [{"id": "a", "task": "w-noop"}]}
 
 
+def counted_reads(client: Client) -> list[str]:
+    """The run ids ``client.status`` reads from now on (a wait reads through it)."""
+    reads: list[str] = []
+    real_status = client.status
+
+    async def status(run_id: str) -> dict:
+        reads.append(run_id)
+        return await real_status(run_id)
+
+    client.status = status  # type: ignore[method-assign]
+    return reads
+
+
 async def _consumer_counts(js) -> dict[str, int]:
     return {name: (await js.stream_info(name)).state.consumer_count for name in (HISTORY_STREAM, INBOX_STREAM)}
 
@@ -192,19 +205,11 @@ def test_a_run_whose_view_is_too_large_for_a_notice_is_read_at_its_end(nats_url,
         async with EngineHarness(nats_url) as h:
             await h.client.register(ONE_STEP)
             run_id = await h.client.start("one-step", 1)
-            reads = 0
-            real_status = h.client.status
-
-            async def status(run_id):
-                nonlocal reads
-                reads += 1
-                return await real_status(run_id)
-
-            h.client.status = status
+            reads = counted_reads(h.client)
             waiting = asyncio.create_task(h.client.wait(run_id, timeout=30))
             await FakeWorker(h.nc, "w-noop").complete(big)
             final = await waiting
-            return final["output"] == big, reads
+            return final["output"] == big, len(reads)
 
     # The client started the run: its wait reads nothing until the end notice, which
     # comes without the view; then it reads once.
@@ -221,25 +226,17 @@ def test_a_client_waits_for_a_run_it_started_without_reading_it(nats_url, run):
         async with EngineHarness(nats_url) as h:
             await h.client.register(ONE_STEP)
             js = h.nc.jetstream()
-            reads = 0
-            real_status = h.client.status
-
-            async def status(run_id):
-                nonlocal reads
-                reads += 1
-                return await real_status(run_id)
-
-            h.client.status = status
+            reads = counted_reads(h.client)
             run_id = await h.client.start("one-step", 1)
             await FakeWorker(h.nc, "w-noop").complete(2)
             first = await h.client.wait(run_id, timeout=30)
-            quiet = (reads, (await js.stream_info(INBOX_STREAM)).state.messages)
+            quiet = (len(reads), (await js.stream_info(INBOX_STREAM)).state.messages)
             h.client._started.keep = 0.0  # kept for no time: the next wait reads
             late = await h.client.start("one-step", 5)
             await FakeWorker(h.nc, "w-noop").complete(6)
             await h.client.start("one-step", 7)  # expires what the client kept
             second = await h.client.wait(late, timeout=30)
-            return first, quiet, second, reads
+            return first, quiet, second, len(reads)
 
     first, quiet, second, reads = run(body())
     assert (first["status"], first["output"]) == ("completed", 2)
@@ -349,15 +346,7 @@ def test_runs_started_beyond_the_kept_subscriptions_are_waited_for_by_reading_th
         async with EngineHarness(nats_url) as h:
             await h.client.register(ONE_STEP)
             h.client._started.most = 2
-            reads = 0
-            real_status = h.client.status
-
-            async def status(run_id):
-                nonlocal reads
-                reads += 1
-                return await real_status(run_id)
-
-            h.client.status = status
+            reads = counted_reads(h.client)
 
             def listening() -> list[str]:
                 return sorted(sub.subject for sub in h.client.nc._subs.values() if sub.subject.endswith(".end"))
@@ -368,7 +357,7 @@ def test_runs_started_beyond_the_kept_subscriptions_are_waited_for_by_reading_th
             for n in range(5):
                 await worker.complete(n + 10)
             views = [await h.client.wait(run_id, timeout=30) for run_id in run_ids]
-            return views, reads, run_ids, after_starts, listening()
+            return views, len(reads), run_ids, after_starts, listening()
 
     views, reads, run_ids, after_starts, after_waits = run(body())
     assert sorted(v["output"] for v in views) == [10, 11, 12, 13, 14]

@@ -270,12 +270,9 @@ def test_group_worker_takes_only_its_groups_tasks(nats_url, run):
     assert config.filter_subject == "task.render.gpu.*"
 
 
-def test_task_is_acked_only_after_its_result_fact_is_stored(nats_url, run):
-    """The inbox cannot take the result for a moment (as while JetStream elects a leader):
-    the worker holds the task and tries again, and acks once the result is stored; the
-    handler's work is not thrown away."""
+def _job_until(nats_url: str, release: threading.Event, calls: list[int]) -> Worker:
+    """A worker whose task ``job`` runs until ``release`` is set, noting each attempt."""
     w = Worker(nats_url)
-    release, calls = threading.Event(), []
 
     @w.task("job")
     def job(ctx: TaskContext) -> str:
@@ -283,19 +280,40 @@ def test_task_is_acked_only_after_its_result_fact_is_stored(nats_url, run):
         release.wait(10)
         return "done"
 
+    return w
+
+
+async def _started_with_its_inbox_gone(js) -> None:
+    """Dispatch ``job`` for run r1, wait until it runs, then take the inbox away."""
+    inbox = await Inbox.open(js, "r1")
+    await publish_task(js, "job", "r1")
+    assert (await inbox.next()).type == "step.started"
+    await js.delete_stream(INBOX_STREAM)  # the result cannot be stored now
+
+
+async def _stored_result(js):
+    """Bring the inbox back; the result stored there once the task is settled."""
+    await ensure_resources(js)
+    result = await (await Inbox.open(js, "r1")).result(timeout=15)
+    await eventually(lambda: drained(js))
+    return result
+
+
+def test_task_is_acked_only_after_its_result_fact_is_stored(nats_url, run):
+    """The inbox cannot take the result for a moment (as while JetStream elects a leader):
+    the worker holds the task and tries again, and acks once the result is stored; the
+    handler's work is not thrown away."""
+    release, calls = threading.Event(), []
+    w = _job_until(nats_url, release, calls)
+
     async def body():
         nc, js = await engine_js(nats_url)
         async with running(w):
-            inbox = await Inbox.open(js, "r1")
-            await publish_task(js, "job", "r1")
-            assert (await inbox.next()).type == "step.started"
-            await js.delete_stream(INBOX_STREAM)  # the result cannot be stored now
+            await _started_with_its_inbox_gone(js)
             release.set()
             await asyncio.sleep(0.5)
             held = await queued(js)
-            await ensure_resources(js)
-            result = await (await Inbox.open(js, "r1")).result(timeout=15)
-            await eventually(lambda: drained(js))
+            result = await _stored_result(js)
         await nc.close()
         return held, result
 
@@ -309,27 +327,16 @@ def test_a_result_that_cannot_be_stored_for_long_naks_the_task_to_run_again(nats
     from dagnats.infra import task_context
 
     monkeypatch.setattr(task_context, "REPORT_RETRY_FOR", 0.3)
-    w = Worker(nats_url)
     release, calls = threading.Event(), []
-
-    @w.task("job")
-    def job(ctx: TaskContext) -> str:
-        calls.append(ctx.attempt)
-        release.wait(10)
-        return "done"
+    w = _job_until(nats_url, release, calls)
 
     async def body():
         nc, js = await engine_js(nats_url)
         async with running(w):
-            inbox = await Inbox.open(js, "r1")
-            await publish_task(js, "job", "r1")
-            assert (await inbox.next()).type == "step.started"
-            await js.delete_stream(INBOX_STREAM)  # the result cannot be stored now
+            await _started_with_its_inbox_gone(js)
             release.set()
             await eventually(lambda: _ran(calls, 2), timeout=10)  # NAKed and delivered again
-            await ensure_resources(js)
-            result = await (await Inbox.open(js, "r1")).result(timeout=15)
-            await eventually(lambda: drained(js))
+            result = await _stored_result(js)
         await nc.close()
         return result
 

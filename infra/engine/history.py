@@ -233,6 +233,7 @@ class HistoryStore:
 
     async def delete(self, run_id: str) -> None:
         """Remove a run's history and snapshots (the caller checks it is terminal)."""
+        self._open_at.pop(run_id, None)
         await self.js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id))
         await self.runs_kv()
         for key in self._keys(run_id):

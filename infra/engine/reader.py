@@ -77,13 +77,7 @@ class RunReader:
             self._live[run.run_id] = (run, last_seq)
             self._ended.pop(run.run_id, None)
         if recorded and run.is_terminal:
-            notice = RunNotice(
-                seq=last_seq,
-                status=str(run.status),
-                steps=tuple(sorted({e.step_id for e in recorded if e.step_id})),
-                terminal=True,
-                view=run_view(run),
-            )
+            notice = RunNotice(seq=last_seq, status=str(run.status), view=run_view(run))
             self._post(self._announce, notice_subject(run.run_id), encode_notice(notice))
 
     def forget(self, run_id: str, keep_ended: bool = True) -> None:

@@ -40,15 +40,17 @@ SOON = 0.02  # seconds: how soon a step waiter reads the run again after a recor
 
 
 class RunNotice(msgspec.Struct, frozen=True, array_like=True):
-    """One appended record: its sequence, the run's status after it, and what it holds.
+    """The record that ends a run: its sequence, the run's status after it, and the run's
+    view (as a status read answers it) when that is small: a waiter then returns without
+    reading the run again.
 
-    The record that ends a run carries the run's view (as a status read answers it)
-    when that is small: a waiter then returns without reading the run again."""
+    ``steps`` and ``terminal`` keep the positional wire shape clients before the end-only
+    notices decode (``steps`` is no longer filled; ``terminal`` is always true)."""
 
     seq: int
     status: str
-    steps: tuple[str, ...] = ()  # the steps its events are about
-    terminal: bool = False
+    steps: tuple[str, ...] = ()
+    terminal: bool = True
     view: dict[str, Any] | None = None
 
 
