@@ -9,14 +9,18 @@ from datetime import UTC, datetime, timedelta
 import nats
 import pytest
 from nats.js import api
+from nats.js.errors import APIError
 
 from dagnats.domain.errors import InvalidIdentifier
 from dagnats.domain.partition import DEFAULT_PARTITIONS, partition_of
+from dagnats.infra.engine import streams
 from dagnats.infra.engine.streams import (
     DEAD_LETTER_MAX_AGE,
     EVENT_MAX_AGE,
     KV_BUCKETS,
+    ResourceError,
     ensure_resources,
+    patiently,
     stream_configs,
     transform_partitions,
 )
@@ -249,6 +253,44 @@ def test_ensure_resources_creates_replicated_resources_on_a_cluster(cluster3, ru
     assert history.config.num_replicas == 3 and len(history.cluster.replicas) == 2
     assert runs.config.num_replicas == 3
     assert ack.seq == 1
+
+
+def _refusing(answers: list[int | None]):
+    """A creation that is refused with the given JetStream error codes, then succeeds (None)."""
+    calls: list[int | None] = []
+
+    async def create():
+        code = answers[len(calls)]
+        calls.append(code)
+        if code is not None:
+            raise ResourceError("workflow_defs", APIError(code=503, err_code=code, description="refused"))
+        return "created"
+
+    return create, calls
+
+
+def test_a_creation_a_forming_cluster_cannot_place_yet_is_retried(run, monkeypatch):
+    monkeypatch.setattr(streams.asyncio, "sleep", _no_wait)
+    # 10005: no suitable peers for placement; 10008: JetStream temporarily unavailable.
+    create, calls = _refusing([10005, 10008, None])
+    assert run(patiently(create)) == "created"
+    assert calls == [10005, 10008, None]
+
+
+def test_a_creation_refused_for_good_fails_at_once_and_a_placement_failure_in_the_end(run, monkeypatch):
+    monkeypatch.setattr(streams.asyncio, "sleep", _no_wait)
+    create, calls = _refusing([10058, None])  # a configuration that cannot be updated
+    with pytest.raises(ResourceError, match="workflow_defs"):
+        run(patiently(create))
+    assert calls == [10058]
+    create, calls = _refusing([10005] * 8)
+    with pytest.raises(ResourceError) as refused:
+        run(patiently(create))
+    assert refused.value.err_code == 10005 and len(calls) == 8
+
+
+async def _no_wait(_seconds: float) -> None:
+    return None
 
 
 def test_the_server_files_each_run_under_the_partition_the_engine_computes(nats_url, run):

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -65,46 +66,50 @@ async def serve(
         replicas = 3 if (nc._server_info or {}).get("cluster") else 1
     engine = Engine(nc, max_live=max_live, replicas=replicas, partitions=partitions)
     api = ControlPlane(nc, engine)
-    web = triggers = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    projector = None
+    # What started, stopped in reverse (each bounded: a shutdown must end even if NATS
+    # stops answering); a start that failed half-way stops only what it had started.
+    started: list[tuple[Callable[[], Awaitable[object]], float, str]] = []
     try:
         metrics.setup_metrics("dagnats-engine")  # in memory for /metrics; OTLP if configured
+        started.append((_telemetry_flushed, 10, "telemetry"))
         await engine.start()
+        started.append((engine.stop, 25, "engine"))
         drill_hooks.install(engine.ports)  # no-op unless the drill asked for poison runs
         await api.start()
+        started.append((api.stop, 8, "control plane"))
         triggers = TriggerService(nc, start_with(api))
         await triggers.start()
+        started.append((triggers.stop, 3, "triggers"))
         http_metrics.set_renderer(metrics.prometheus_text)  # the engine's metrics at /metrics
         web = await start_http(api, http)
         if web is not None:
+            started.append((web.stop, 5, "HTTP API"))
             _say(f"HTTP API on {web.url} (docs at {web.url}/docs, console at {web.url}/console/)")
         projector = await start_projector(nc.jetstream())
+        if projector is not None:
+            started.append((projector.stop, 5, "trace projector"))
         _say(f"engine ready (pid {os.getpid()}); control plane on dagnats.api.* at {url}")
         if ready_file:
             ready_file.write_text(url)
         await stop.wait()
         _say("shutting down")
     finally:
-        # Every step is bounded: a shutdown must end even if NATS stops answering.
-        if web is not None:
-            await _bounded(web.stop(), 5, "HTTP API")
-        if triggers is not None:
-            await _bounded(triggers.stop(), 3, "triggers")
-        await _bounded(api.stop(), 8, "control plane")
-        if projector is not None:
-            await _bounded(projector.stop(), 5, "trace projector")
-        await asyncio.to_thread(flush)
-        await asyncio.to_thread(metrics.shutdown)
-        await _bounded(engine.stop(), 25, "engine")
+        for step, seconds, what in reversed(started):
+            await _bounded(step(), seconds, what)
         if not await _bounded(nc.drain(), 5, "NATS drain"):
             await _bounded(nc.close(), 2, "NATS close")
         if server is not None:
             await server.stop()
         _say("stopped")
+
+
+async def _telemetry_flushed() -> None:
+    await asyncio.to_thread(flush)
+    await asyncio.to_thread(metrics.shutdown)
 
 
 async def _bounded(step, seconds: float, what: str) -> bool:

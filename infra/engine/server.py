@@ -431,7 +431,9 @@ async def cluster(size: int = 3, *, base_dir: Path, **options: object) -> AsyncI
 
 
 async def wait_for_meta_leader(servers: Sequence[NatsServer], timeout: float = 30.0) -> None:
-    """Wait until every running node sees the same JetStream meta leader and all peers.
+    """Wait until every running node sees the same JetStream meta leader and all peers,
+    and the leader has every peer current (before that, an R3 stream can find "no
+    suitable peers for placement").
 
     Also the check to run after restarting one node of a cluster.
     """
@@ -439,18 +441,23 @@ async def wait_for_meta_leader(servers: Sequence[NatsServer], timeout: float = 3
     deadline = time.monotonic() + timeout
     while True:
         views = await asyncio.to_thread(lambda: [_meta_view(s) for s in running])
-        leaders = {leader for leader, _ in views}
-        if len(leaders) == 1 and None not in leaders and all(peers >= len(servers) for _, peers in views):
-            return
+        leaders = {leader for leader, _, _ in views}
+        if len(leaders) == 1 and None not in leaders and all(peers >= len(servers) for _, peers, _ in views):
+            current = {server.server_name: view[2] for server, view in zip(running, views, strict=True)}
+            if current.get(next(iter(leaders)), 0) >= len(running):
+                return
         if time.monotonic() > deadline:
             raise ServerError(f"JetStream cluster had no meta leader within {timeout:g} s: {views}")
         await asyncio.sleep(0.1)
 
 
-def _meta_view(server: NatsServer) -> tuple[str | None, int]:
-    """(meta leader name or None, peers this node knows) from /jsz."""
+def _meta_view(server: NatsServer) -> tuple[str | None, int, int]:
+    """(meta leader name or None, peers this node knows, how many of them are current as
+    this node sees them) from /jsz; the node counts itself in both."""
     try:
         meta = server.monitor("jsz").get("meta_cluster") or {}
     except OSError:
-        return None, 0
-    return meta.get("leader") or None, 1 + len(meta.get("replicas") or [])
+        return None, 0, 0
+    others = [r for r in meta.get("replicas") or [] if r.get("name") != server.server_name]
+    current = [r for r in others if r.get("current") and not r.get("offline")]
+    return meta.get("leader") or None, 1 + len(others), 1 + len(current)

@@ -69,6 +69,9 @@ DEAD_LETTER_MAX_AGE = 30 * 24 * 3600.0
 
 # JetStream: "stream name already in use with a different configuration".
 _STREAM_NAME_IN_USE = 10058
+# JetStream, while a cluster forms or a node restarts: "no suitable peers for placement"
+# (a peer not yet current) and "JetStream system temporarily unavailable".
+_PLACEMENT_LATER = frozenset({10005, 10008})
 
 
 class ResourceError(DagnatsError, RuntimeError):
@@ -149,14 +152,17 @@ async def _recorded_partitions(js: JetStreamContext) -> int | None:
         return None
 
 
+_RETRIED: tuple[type[BaseException], ...] = (*NATS_UNAVAILABLE, ResourceError)
+
+
 async def patiently(create, *args, attempts: int = 8) -> Any:
-    """Retry what a busy or electing cluster answers late (the JetStream API times out):
-    about 20 s in all."""
+    """Retry what a busy or electing cluster answers late (the JetStream API times out)
+    or cannot place yet (a peer of a forming cluster not current): about 20 s in all."""
     for attempt in range(attempts):
         try:
             return await create(*args)
-        except NATS_UNAVAILABLE:
-            if attempt == attempts - 1:
+        except _RETRIED as exc:
+            if attempt == attempts - 1 or (isinstance(exc, ResourceError) and exc.err_code not in _PLACEMENT_LATER):
                 raise
             await asyncio.sleep(min(0.25 * 2**attempt, 4.0))
 
