@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 
 from dagnats.domain import events as ev
@@ -34,6 +33,7 @@ from dagnats.domain.state import RunStatus
 
 from ..wire.facts import publish_fact
 from ..wire.names import EVENT_STREAM
+from ..wire.reading import pulled
 from .waiters import Waiter, candidates, event_data, matched_fact, purge_waiters, waiters_of
 
 log = logging.getLogger("dagnats.correlator")
@@ -54,6 +54,7 @@ class Correlator:
         self.js, self.status_of, self.cancel = js, status_of, cancel
         self.sweep_every = sweep_every
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
 
     async def start(self) -> None:
         self._sub = await self.js.pull_subscribe(
@@ -68,6 +69,7 @@ class Correlator:
         ]
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -78,17 +80,10 @@ class Correlator:
             log.debug("correlator unsubscribe: %s", err)
 
     async def _consume(self) -> None:
-        while True:
-            try:
-                msgs = await self._sub.fetch(64, timeout=1.0)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                log.warning("event fetch failed: %s", err)
-                await asyncio.sleep(0.5)
-                continue
+        while not self._stopping:
+            msgs = await pulled(self._sub, 64, "event fetch", log)
+            if msgs is None:
+                return
             for msg in msgs:
                 try:
                     await self._handle(msg)

@@ -16,12 +16,11 @@ import logging
 from collections.abc import Callable
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from ..wire.names import INBOX_STREAM
-from ..wire.reading import more_pending
+from ..wire.reading import more_pending, pulled
 
 log = logging.getLogger("dagnats.inbox")
 
@@ -82,6 +81,7 @@ class PartitionPuller:
         self.in_flight = 0
         self._task: asyncio.Task | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._stopping = False
 
     async def start(self, fresh: bool) -> None:
         await ensure_consumer(self.js, self.partition, fresh)
@@ -90,6 +90,7 @@ class PartitionPuller:
 
     async def stop(self, settle: float = 0.0) -> None:
         """Stop fetching; with ``settle``, wait (at most that long) for what was fetched to be handled."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task], timeout=2.0)
@@ -105,18 +106,13 @@ class PartitionPuller:
     async def _pull(self) -> None:
         assert self._sub is not None
         batch = 1
-        while True:
-            try:
-                # A batch pull on an empty queue lingers until the batch fills or the
-                # timeout ends, so ask for one message unless the server said more wait.
-                msgs = await self._sub.fetch(batch, timeout=1.0)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # reconnects, leader changes, a consumer taken over: keep trying
-                log.warning("inbox fetch on partition %s failed: %s", self.partition, err)
-                await asyncio.sleep(0.5)
+        while not self._stopping:
+            # A batch pull on an empty queue lingers until the batch fills or the timeout
+            # ends, so ask for one message unless the server said more wait.
+            msgs = await pulled(self._sub, batch, f"inbox fetch on partition {self.partition}", log)
+            if msgs is None:
+                return
+            if not msgs:
                 continue
             if not self.holds(self.partition):
                 # Fetched while the lease may have lapsed: back to whoever owns it now.

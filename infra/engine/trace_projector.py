@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
 
 from dagnats.domain.events import Event, decode_record
@@ -36,7 +35,7 @@ from dagnats.domain.trace_spans import RunTrace, Span
 
 from ..wire.headers import EXPECTED_LAST_SUBJECT_SEQ
 from ..wire.names import HISTORY_STREAM
-from ..wire.reading import more_pending, stored_batches, stored_messages
+from ..wire.reading import more_pending, pulled, stored_batches, stored_messages
 from ..wire.subjects import history_subject
 
 log = logging.getLogger("dagnats.tracing")
@@ -76,6 +75,7 @@ class TraceProjector:
         self.exported = 0
         self._task: asyncio.Task | None = None
         self._sub: Any = None
+        self._stopping = False
 
     async def start(self) -> None:
         await ensure_consumer(self.js)
@@ -83,6 +83,7 @@ class TraceProjector:
         self._task = asyncio.create_task(self._loop(), name="trace-projector")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task], timeout=5.0)
@@ -94,16 +95,11 @@ class TraceProjector:
 
     async def _loop(self) -> None:
         batch, backoff = 1, 0.5
-        while True:
-            try:
-                msgs = await self._sub.fetch(batch, timeout=1.0)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # noqa: BLE001 - reconnects, leader changes: keep trying
-                log.warning("trace projector fetch failed: %s", err)
-                await asyncio.sleep(0.5)
+        while not self._stopping:
+            msgs = await pulled(self._sub, batch, "trace projector fetch", log)
+            if msgs is None:
+                return
+            if not msgs:
                 continue
             batch = FETCH if more_pending(msgs) else 1
             if await self.handle(msgs):

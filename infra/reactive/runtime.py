@@ -44,7 +44,7 @@ from dagnats.domain.reactive.workflow import ReactiveWorkflow
 
 from ..engine.streams import ensure_resources
 from ..wire.headers import MSG_ID
-from ..wire.reading import kv_entries
+from ..wire.reading import kv_entries, pulled
 from ..wire.timers import arm_schedule, cancel_schedule
 from .metrics import ReactiveMetrics
 from .store import append_record, load_execution
@@ -82,6 +82,7 @@ class ReactiveRuntime:
         self._cache: dict[str, tuple[Execution, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = False
         # Unsubscribe every subscription (core, pull, KV watch) at stop: a left one would
         # keep nc.drain() waiting for messages no task will take.
         self._closers: list[Callable[[], Awaitable[Any]]] = []
@@ -102,6 +103,7 @@ class ReactiveRuntime:
         await self._consume(REACTIVE_STREAM, "reactive.inbox.>", "reactive-inbox", self._on_inbox)
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -181,15 +183,10 @@ class ReactiveRuntime:
         self._tasks.append(asyncio.create_task(self._pull(sub, handler)))
 
     async def _pull(self, sub: Any, handler: Callable[[Any], Any]) -> None:
-        while True:
-            try:
-                msgs = await sub.fetch(100, timeout=1)
-            except TimeoutError:
-                continue
-            except Exception as err:  # noqa: BLE001 - a lost connection: try again
-                log.warning("fetch failed: %s", err)
-                await asyncio.sleep(0.5)
-                continue
+        while not self._stopping:
+            msgs = await pulled(sub, 100, "fetch", log)
+            if msgs is None:
+                return
             for msg in msgs:  # in order: positions only grow
                 try:
                     await handler(msg)

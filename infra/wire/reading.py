@@ -1,4 +1,4 @@
-"""Reading stored messages: the one way to walk a subject, and the pull-loop hint.
+"""Reading stored messages: the one way to walk a subject, and the pull loops' fetch.
 
 ``stored_messages`` yields the messages still stored on a subject (wildcards
 allowed) in sequence order, straight from the stream leader, one request per
@@ -13,12 +13,15 @@ before it has delivered every entry).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
@@ -117,3 +120,30 @@ def more_pending(msgs: list[Msg]) -> bool:
     """
     meta = msgs[-1].metadata if msgs else None
     return bool(meta and meta.num_pending)
+
+
+PULL_TIMEOUT = 1.0  # seconds a pull loop's fetch lingers for a message
+PULL_RETRY = 0.5  # seconds a pull loop waits after a failed fetch
+
+
+async def pulled(
+    sub: JetStreamContext.PullSubscription, batch: int, what: str, log: logging.Logger
+) -> list[Msg] | None:
+    """One fetch of a pull loop: the messages; [] if none came within a second, or the
+    fetch failed (logged as ``what`` failing, then waited out: reconnects, leader
+    changes, a consumer taken over); None once the connection is closed for good.
+
+    A loop ends on None or on a flag its ``stop`` sets, not on cancellation alone: on
+    Python 3.11 ``asyncio.wait_for`` (inside nats-py's fetch) can drop a cancellation
+    that arrives with a message, and a fetch cancelled on a closed connection raises
+    ``ConnectionClosedError`` instead of the cancellation."""
+    try:
+        return await sub.fetch(batch, timeout=PULL_TIMEOUT)
+    except TimeoutError:  # nats-py's own TimeoutError is one
+        return []
+    except ConnectionClosedError:
+        return None
+    except Exception as err:  # noqa: BLE001 - the loop must outlive any one failure
+        log.warning("%s failed: %s", what, err)
+        await asyncio.sleep(PULL_RETRY)
+        return []
