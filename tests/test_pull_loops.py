@@ -43,17 +43,23 @@ def test_pulled_gives_messages_nothing_on_a_quiet_second_and_none_once_closed(sh
     assert closed is None
 
 
+async def _running_projector(url: str):
+    """A trace projector following the history on its own connection, a moment after its start."""
+    nc = await nats.connect(url)
+    await ensure_resources(nc.jetstream())
+    projector = TraceProjector(nc.jetstream(), lambda spans: True)
+    await projector.start()
+    await asyncio.sleep(0.1)
+    return nc, projector
+
+
 def test_a_projector_whose_connection_is_closed_ends_its_loop_instead_of_spinning(nats_url, run, caplog):
     """Before, a projector outliving its connection (its cancellation lost, or the
     connection closed first) fetched from it twice a second for ever, and the end of
     the event loop waited on it for ever."""
 
     async def body():
-        nc = await nats.connect(nats_url)
-        await ensure_resources(nc.jetstream())
-        projector = TraceProjector(nc.jetstream(), lambda spans: True)
-        await projector.start()
-        await asyncio.sleep(0.1)
+        nc, projector = await _running_projector(nats_url)
         await nc.close()
         await asyncio.sleep(1.2)
         ended_by_itself = projector._task is not None and projector._task.done()
@@ -67,11 +73,7 @@ def test_a_projector_whose_connection_is_closed_ends_its_loop_instead_of_spinnin
 
 def test_a_stopped_projector_has_ended_its_loop(nats_url, run):
     async def body():
-        nc = await nats.connect(nats_url)
-        await ensure_resources(nc.jetstream())
-        projector = TraceProjector(nc.jetstream(), lambda spans: True)
-        await projector.start()
-        await asyncio.sleep(0.1)
+        nc, projector = await _running_projector(nats_url)
         await projector.stop()
         await nc.close()
         return projector._task is not None and projector._task.done()

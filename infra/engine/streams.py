@@ -152,19 +152,21 @@ async def _recorded_partitions(js: JetStreamContext) -> int | None:
         return None
 
 
-_RETRIED: tuple[type[BaseException], ...] = (*NATS_UNAVAILABLE, ResourceError)
-
-
 async def patiently(create, *args, attempts: int = 8) -> Any:
     """Retry what a busy or electing cluster answers late (the JetStream API times out)
     or cannot place yet (a peer of a forming cluster not current): about 20 s in all."""
     for attempt in range(attempts):
         try:
             return await create(*args)
-        except _RETRIED as exc:
-            if attempt == attempts - 1 or (isinstance(exc, ResourceError) and exc.err_code not in _PLACEMENT_LATER):
+        except (*NATS_UNAVAILABLE, ResourceError) as exc:  # type: ignore[misc]
+            if attempt == attempts - 1 or not _later(exc):
                 raise
             await asyncio.sleep(min(0.25 * 2**attempt, 4.0))
+
+
+def _later(exc: BaseException) -> bool:
+    """Whether the same request may succeed a moment later."""
+    return not isinstance(exc, ResourceError) or exc.err_code in _PLACEMENT_LATER
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
