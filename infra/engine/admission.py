@@ -1,8 +1,10 @@
 """Admission of a new run: idempotency keys, singleton locks, cancel_on waiters.
 
 All state is in KV with compare-and-set, so several engine processes agree:
-- ``idempotency_keys``: sha256(workflow + value) -> run id, taken with create
-  (first writer wins) before the run is published.
+- ``idempotency_keys``: sha256(workflow + value) -> the run id and when it was claimed,
+  taken with create (first writer wins) before the run is published. A claim whose run
+  has not started ``CLAIM_GRACE`` after it was taken is abandoned (its engine died, or
+  its send failed and never landed): the next start with the key takes it over (CAS).
 - ``singleton_locks``: workflow[.hash(value)] -> run id. A lock whose run is
   terminal is free; taking or moving a lock is a CAS on its revision.
 - ``event_waiters``: the run's cancel_on entries, their right-hand sides
@@ -11,10 +13,13 @@ All state is in KV with compare-and-set, so several engine processes agree:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
@@ -30,6 +35,39 @@ from .waiters import Waiter, cancel_slot, put_waiter
 log = logging.getLogger("dagnats.admission")
 
 RunStatusOf = Callable[[str], Awaitable[RunStatus | None]]
+RunStarted = Callable[[str], Awaitable[bool]]
+
+# A start sends its run within SEND_BY seconds of claiming its key, or gives the key up; a
+# send ends within its timeouts (hand-over 1 s, publish 5 s). So a claim whose run has not
+# started CLAIM_GRACE after it was taken will not start: another start may take it over.
+SEND_BY = 3.0
+CLAIM_GRACE = 10.0
+CLAIM_POLL = 0.1  # seconds between looks at a claim still being started
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An idempotency key taken for a run: ``at`` on the admission's clock."""
+
+    key: str
+    run_id: str
+    at: float
+    revision: int
+
+
+def _claim_value(run_id: str, at: float, sent: bool = False) -> bytes:
+    return json.dumps({"run_id": run_id, "claimed_at": at, "sent": sent}).encode()
+
+
+def _claim_holder(value: bytes | None) -> tuple[str, float | None, bool]:
+    """(run id, claim time, whether its start was stored). A bare run id is a claim from
+    before claims were timed: its time unknown, its start to be looked for."""
+    text = (value or b"").decode()
+    try:
+        claim = json.loads(text)
+        return str(claim["run_id"]), float(claim["claimed_at"]), bool(claim.get("sent"))
+    except (ValueError, KeyError, TypeError):
+        return text, None, False
 
 
 def _digest(*parts: str) -> str:
@@ -48,8 +86,8 @@ def key_value(data: Any, path: str) -> str | None:
 
 
 class Admission:
-    def __init__(self, js) -> None:
-        self.js = js
+    def __init__(self, js, now: Callable[[], float] = time.time) -> None:
+        self.js, self.now = js, now
 
     async def open(self) -> None:
         self.idempotency = await self.js.key_value(IDEMPOTENCY_BUCKET)
@@ -58,10 +96,15 @@ class Admission:
     # ---- idempotency ----------------------------------------------------------------
 
     async def claim_idempotency(
-        self, wf: WorkflowDef, data: Any, run_id: str, explicit: str | None = None
-    ) -> tuple[str | None, str | None]:
-        """(existing run id or None, key taken or None). An explicit key wins over
-        the workflow's ``idempotency_key`` dot-path into the input."""
+        self, wf: WorkflowDef, data: Any, run_id: str, explicit: str | None, started: RunStarted
+    ) -> tuple[str | None, Claim | None]:
+        """(existing run id or None, the key claimed for ``run_id`` or None). An explicit key
+        wins over the workflow's ``idempotency_key`` dot-path into the input.
+
+        A key held by a run that was sent (``confirm``) or has started answers with that
+        run, even once the run is deleted. A key held by a start still under way is watched
+        until its run starts (answered with it), its claim is released (taken), or the
+        claim is abandoned (taken over)."""
         if explicit is not None:
             value: str | None = _value_text(explicit)
         elif wf.idempotency_key:
@@ -71,16 +114,51 @@ class Admission:
         if value is None:
             return None, None
         key = _digest(wf.name, value)
-        try:
-            await self.idempotency.create(key, run_id.encode())
-            return None, key
-        except KeyWrongLastSequenceError:
-            entry = await self.idempotency.get(key)
-            return entry.value.decode(), None
+        while True:
+            at = self.now()
+            try:
+                revision = await self.idempotency.create(key, _claim_value(run_id, at))
+                return None, Claim(key, run_id, at, revision)
+            except KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self.idempotency.get(key)
+            except (KeyNotFoundError, NotFoundError):
+                continue  # released a moment ago
+            holder, claimed_at, sent = _claim_holder(entry.value)
+            if sent or await started(holder):
+                return holder, None
+            if claimed_at is None or at - claimed_at >= CLAIM_GRACE:
+                try:
+                    revision = await self.idempotency.update(key, _claim_value(run_id, at), last=entry.revision)
+                except KeyWrongLastSequenceError:
+                    continue
+                log.warning("idempotency key of run %s taken over by run %s: its start never landed", holder, run_id)
+                return None, Claim(key, run_id, at, revision)
+            await asyncio.sleep(CLAIM_POLL)
 
-    async def release_idempotency(self, key: str | None) -> None:
-        if key:
-            await self.idempotency.delete(key)
+    def may_send(self, claim: Claim | None) -> bool:
+        """Whether a start under ``claim`` may still send its run (``SEND_BY``)."""
+        return claim is None or self.now() - claim.at < SEND_BY
+
+    async def confirm_idempotency(self, claim: Claim | None) -> None:
+        """Mark a claim whose run was stored: it answers with its run from then on, without
+        looking for the run (which may be deleted), and is never taken over."""
+        if claim is None:
+            return
+        try:
+            await self.idempotency.update(claim.key, _claim_value(claim.run_id, claim.at, True), last=claim.revision)
+        except Exception as err:  # noqa: BLE001 - unmarked, the claim still finds its run
+            log.warning("run %s: idempotency claim not confirmed (%s)", claim.run_id, err)
+
+    async def release_idempotency(self, claim: Claim | None) -> None:
+        """Give up a claim whose run was never sent; one that fails to go ages out."""
+        if claim is None:
+            return
+        try:
+            await self.idempotency.delete(claim.key, last=claim.revision)
+        except Exception as err:  # noqa: BLE001 - the claim is abandoned after CLAIM_GRACE anyway
+            log.warning("run %s: idempotency claim not released (%s); it lapses in %gs", claim.run_id, err, CLAIM_GRACE)
 
     # ---- singleton --------------------------------------------------------------------
 

@@ -24,7 +24,13 @@ from dagnats.domain import events as ev
 from dagnats.domain.actions import StartChildRun
 from dagnats.domain.decide import unsupported_step_type
 from dagnats.domain.definition import EXECUTED_STEP_TYPES, WorkflowDef
-from dagnats.domain.errors import InvalidInput, PayloadTooLarge, RunAlreadyStarted, UnsupportedStepType
+from dagnats.domain.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    RunAlreadyStarted,
+    Unavailable,
+    UnsupportedStepType,
+)
 from dagnats.domain.identifiers import check_identifier
 from dagnats.domain.partition import partition_of
 from dagnats.domain.run_context import run_context
@@ -192,8 +198,10 @@ class RunStarts:
         if len(encoded) > self.max_payload:
             raise PayloadTooLarge("run input with its definition", len(encoded), self.max_payload)
         run_id = event.run_id
-        existing, claimed = (
-            await self.admission.claim_idempotency(wf, data, run_id, explicit_key) if idempotent else (None, None)
+        existing, claim = (
+            await self.admission.claim_idempotency(wf, data, run_id, explicit_key, self._started)
+            if idempotent
+            else (None, None)
         )
         if existing:
             return {"run_id": existing, "deduplicated": True}
@@ -201,11 +209,17 @@ class RunStarts:
             replaced = await self.admission.take_singleton(wf, data, run_id, self.reader.status_of)
             now = ev.parse_timestamp(event.timestamp)
             await self.admission.register_waiters(wf, data, run_id, lambda ns: _after(now, ns))
-            handed = fresh_id and await self._hand_over(event, encoded)
-            ack = None if handed else await publish_fact(self.js, event, body=encoded)
+            if not self.admission.may_send(claim):
+                raise Unavailable(f"run {run_id} took too long to admit; start it again")
         except BaseException:
-            await self.admission.release_idempotency(claimed)
+            await self.admission.release_idempotency(claim)
             raise
+        # From here the start may land whatever this request is told (a send that timed out
+        # may have been stored): the claim stays, and a start again with the key answers
+        # with this run once it is found, or takes the key over once the claim is abandoned.
+        handed = fresh_id and await self._hand_over(event, encoded)
+        ack = None if handed else await publish_fact(self.js, event, body=encoded)
+        await self.admission.confirm_idempotency(claim)
         if ack is not None and ack.duplicate:
             # Another start with this run id got in first, a moment ago (it may still
             # wait in the inbox: the recorded history was read before the publish).
@@ -214,6 +228,9 @@ class RunStarts:
         if replaced:
             await self.cancel_by(replaced, f"replaced by run {run_id} (singleton cancel)", f"singleton.{run_id}")
         return {"run_id": run_id}
+
+    async def _started(self, run_id: str) -> bool:
+        return await self.reader.first_event(run_id) is not None
 
     async def _hand_over(self, event: ev.WorkflowStarted, body: bytes) -> bool:
         if not self.partitions:
