@@ -26,7 +26,16 @@ from typing import Any
 from dagnats.domain.errors import DagnatsError
 
 from ..engine.serve import default_data_dir
-from ..engine.server import CLUSTER_NAME, READY_LINE, NatsServer, free_port, server_binary
+from ..engine.server import (
+    CLUSTER_NAME,
+    READY_LINE,
+    MetaView,
+    NatsServer,
+    free_port,
+    meta_counts,
+    server_binary,
+    settled_leader,
+)
 from .processes import ProcessError, Spawned
 
 STATE_FILE = "state.json"
@@ -215,17 +224,25 @@ def _current(node: Spawned, meta: dict[str, Any]) -> bool:
 
 
 def wait_for_meta_leader(nodes: list[Spawned], timeout: float = 30.0) -> str:
-    """Wait until every running node names the same meta leader and sees all peers."""
+    """Wait until every running node names the same meta leader and sees all peers, and
+    the leader has every running node current (``server.settled_leader``)."""
     running = [n for n in nodes if n.alive]
     deadline = time.monotonic() + timeout
     while True:
-        views = [meta_view(n) for n in running]
-        leaders = {v["leader"] for v in views}
-        if len(leaders) == 1 and None not in leaders and all(v["peers"] >= len(nodes) for v in views):
-            return str(leaders.pop())
+        views = [_meta_counts(n) for n in running]
+        leader = settled_leader([n.name for n in running], views, len(nodes))
+        if leader:
+            return leader
         if time.monotonic() > deadline:
             raise ProcessError("nats cluster", f"no JetStream meta leader within {timeout:g} s: {views}")
         time.sleep(0.1)
+
+
+def _meta_counts(node: Spawned) -> MetaView:
+    try:
+        return meta_counts(monitor(node, "jsz"), node.name)
+    except (OSError, ValueError):
+        return None, 0, 0
 
 
 def stream_leader(nodes: list[Spawned], stream: str) -> str | None:

@@ -441,23 +441,42 @@ async def wait_for_meta_leader(servers: Sequence[NatsServer], timeout: float = 3
     deadline = time.monotonic() + timeout
     while True:
         views = await asyncio.to_thread(lambda: [_meta_view(s) for s in running])
-        leaders = {leader for leader, _, _ in views}
-        if len(leaders) == 1 and None not in leaders and all(peers >= len(servers) for _, peers, _ in views):
-            current = {server.server_name: view[2] for server, view in zip(running, views, strict=True)}
-            if current.get(next(iter(leaders)), 0) >= len(running):
-                return
+        if settled_leader([s.server_name or "" for s in running], views, len(servers)):
+            return
         if time.monotonic() > deadline:
             raise ServerError(f"JetStream cluster had no meta leader within {timeout:g} s: {views}")
         await asyncio.sleep(0.1)
 
 
-def _meta_view(server: NatsServer) -> tuple[str | None, int, int]:
-    """(meta leader name or None, peers this node knows, how many of them are current as
-    this node sees them) from /jsz; the node counts itself in both."""
+MetaView = tuple[str | None, int, int]
+
+
+def settled_leader(names: Sequence[str], views: Sequence[MetaView], size: int) -> str | None:
+    """The meta leader, once every running node (``names``, their ``views``) names the same
+    one and knows all ``size`` peers, and the leader sees every running node current."""
+    leaders = {leader for leader, _, _ in views}
+    if len(leaders) != 1 or None in leaders or any(peers < size for _, peers, _ in views):
+        return None
+    leader = next(iter(leaders))
+    current = {name: view[2] for name, view in zip(names, views, strict=True)}
+    return leader if current.get(leader or "", 0) >= len(names) else None
+
+
+def _meta_view(server: NatsServer) -> MetaView:
     try:
-        meta = server.monitor("jsz").get("meta_cluster") or {}
+        jsz = server.monitor("jsz")
     except OSError:
         return None, 0, 0
-    others = [r for r in meta.get("replicas") or [] if r.get("name") != server.server_name]
+    return meta_counts(jsz, server.server_name or "")
+
+
+def meta_counts(jsz: dict, name: str) -> MetaView:
+    """(meta leader name or None, peers this node knows, how many of them are current as
+    this node sees them) from a node's /jsz; the node counts itself in both. A node with
+    no cluster is its own leader."""
+    meta = jsz.get("meta_cluster") or {}
+    if not meta:
+        return name, 1, 1
+    others = [r for r in meta.get("replicas") or [] if r.get("name") != name]
     current = [r for r in others if r.get("current") and not r.get("offline")]
     return meta.get("leader") or None, 1 + len(others), 1 + len(current)
