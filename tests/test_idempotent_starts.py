@@ -45,33 +45,35 @@ class _LostAck:
         raise nats.errors.TimeoutError
 
 
-def _through_the_inbox(h: EngineHarness, lands: bool) -> _LostAck:
+async def _a_start_that_timed_out(h: EngineHarness, key: str, lands: bool) -> _LostAck:
+    """Start a run with ``key`` whose send times out, stored first (``lands``) or not."""
+    await h.client.register(WF)
     # No owner takes the start by hand-over (its failures fall back to the inbox anyway):
     # the inbox publish is the send whose outcome is uncertain.
     h.api.starts.partitions = None
     lost = _LostAck(h, lands)
     h.api.starts.js = lost
+    with pytest.raises(Unavailable):
+        await h.client.start("idem_uncertain", {"key": key}, idempotency_key=key)
     return lost
 
 
-async def _no_more_tasks(worker: FakeWorker) -> None:
+async def _runs_alone(h: EngineHarness, run_id: str) -> dict:
+    """Complete ``run_id``'s one task and its run; no other run's task follows."""
+    worker = FakeWorker(h.nc, "iu")
+    await worker.complete("done")
+    final = await h.wait_status(run_id, "completed")
     with pytest.raises(nats.errors.TimeoutError):
         await worker.next(timeout=1.0)
+    return final
 
 
 def test_a_start_whose_ack_was_lost_after_it_landed_is_answered_again_with_its_run(nats_url, run):
     async def body():
         async with EngineHarness(nats_url) as h:
-            await h.client.register(WF)
-            lost = _through_the_inbox(h, lands=True)
-            with pytest.raises(Unavailable):
-                await h.client.start("idem_uncertain", {"n": 1}, idempotency_key="order-1")
-            again = await h.client.start("idem_uncertain", {"n": 1}, idempotency_key="order-1")
-            worker = FakeWorker(h.nc, "iu")
-            await worker.complete("done")
-            final = await h.wait_status(again, "completed")
-            await _no_more_tasks(worker)
-            return lost.run_ids, again, final
+            lost = await _a_start_that_timed_out(h, "order-1", lands=True)
+            again = await h.client.start("idem_uncertain", {"key": "order-1"}, idempotency_key="order-1")
+            return lost.run_ids, again, await _runs_alone(h, again)
 
     sent, again, final = run(body())
     assert sent == [again]  # the retry is the run that landed, not a second one
@@ -81,23 +83,16 @@ def test_a_start_whose_ack_was_lost_after_it_landed_is_answered_again_with_its_r
 def test_a_claim_whose_run_never_landed_is_taken_over_once_abandoned(nats_url, run):
     async def body():
         async with EngineHarness(nats_url) as h:
-            await h.client.register(WF)
-            lost = _through_the_inbox(h, lands=False)
-            with pytest.raises(Unavailable):
-                await h.client.start("idem_uncertain", {"n": 2}, idempotency_key="order-2")
+            lost = await _a_start_that_timed_out(h, "order-2", lands=False)
             # The claim outlives the failed request (its send may have landed) until abandoned.
             h.api.admission.now = lambda: time.time() + adm.CLAIM_GRACE
-            again = await h.client.start("idem_uncertain", {"n": 2}, idempotency_key="order-2")
-            same = await h.client.start("idem_uncertain", {"n": 2}, idempotency_key="order-2")
-            worker = FakeWorker(h.nc, "iu")
-            await worker.complete("done")
-            final = await h.wait_status(again, "completed")
-            await _no_more_tasks(worker)
-            return lost.run_ids, again, same, final
+            again = await h.client.start("idem_uncertain", {"key": "order-2"}, idempotency_key="order-2")
+            same = await h.client.start("idem_uncertain", {"key": "order-2"}, idempotency_key="order-2")
+            return lost.run_ids, again, same, await _runs_alone(h, again)
 
     sent, again, same, final = run(body())
     assert again not in sent and same == again
-    assert final["status"] == "completed"
+    assert final["output"] == "done"
 
 
 def test_starts_with_the_key_of_a_start_under_way_answer_with_its_run_once_it_lands(nats_url, run):
@@ -119,10 +114,7 @@ def test_starts_with_the_key_of_a_start_under_way_answer_with_its_run_once_it_la
             assert not any(s.done() for s in starts)  # the others wait for the first one's run
             gate.set()
             answers = await asyncio.gather(*starts)
-            worker = FakeWorker(h.nc, "iu")
-            await worker.complete("done")
-            await h.wait_status(answers[0], "completed")
-            await _no_more_tasks(worker)
+            await _runs_alone(h, answers[0])
             return answers
 
     answers = run(body())
