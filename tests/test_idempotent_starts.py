@@ -101,9 +101,15 @@ def test_starts_with_the_key_of_a_start_under_way_answer_with_its_run_once_it_la
             await h.client.register(WF)
             real_here, gate = h.api.starts.here, asyncio.Event()
 
-            async def slow_owner(event):
-                await gate.wait()
-                return await real_here(event)
+            def slow_owner(event):
+                held = asyncio.get_running_loop().create_future()
+
+                async def after_the_gate():
+                    await gate.wait()
+                    held.set_result(await real_here(event))
+
+                asyncio.ensure_future(after_the_gate())
+                return held
 
             h.api.starts.here = slow_owner  # held for less than START_HANDOFF_TIMEOUT
             starts = [

@@ -60,8 +60,9 @@ class Definitions:
                     log.warning("ignoring unreadable definition %s: %s", entry.key, err)
 
     async def get(self, name: str) -> WorkflowDef:
-        async with self._lock.reader_lock:
-            cached = self._cache.get(name)
+        # A lookup is one step of the loop: no writer (each changes the cache without
+        # awaiting in between) can be half-way through it; every start asks this.
+        cached = self._cache.get(name)
         if cached is not None:
             return cached
         return await self._read(name)  # registered a moment ago, before the watch caught up

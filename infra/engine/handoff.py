@@ -33,7 +33,8 @@ from ..wire.subjects import handoff_subject
 from .bridge import LoopPost, poster
 
 log = logging.getLogger("dagnats.handoff")
-Answer = Callable[[bytes], Awaitable[None]]  # how a handed fact is answered: STORED or NOT_STORED
+# How a handed fact is answered, STORED or NOT_STORED: a reply to send, or a local future to set.
+Answer = Callable[[bytes], Awaitable[None] | None]
 
 
 class Handoff:
@@ -82,21 +83,23 @@ class Handoff:
             return
         self._add(event, partial(_answer, msg))
 
-    async def here(self, event: Event) -> bool:
+    def here(self, event: Event) -> asyncio.Future[bool | None] | None:
         """Hand a fact over within this process (a start the control plane took for a run
         whose partition this engine holds): the same path as a request, with no round trip
-        through the server. False if this engine does not hold the run's partition."""
+        through the server. None if this engine does not hold the run's partition; else a
+        future: True once the fact is stored, False if it was not (the caller may settle it
+        as None, no answer in time)."""
         partition = partition_of(event.run_id, self.partitions) if event.run_id else -1
         if partition not in self._subs or not self._takes(event, partition):
-            return False
-        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            return None
+        stored: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
 
-        async def answer(body: bytes) -> None:
+        def answer(body: bytes) -> None:
             if not stored.done():
                 stored.set_result(body == STORED)
 
         self._add(event, answer)
-        return await stored
+        return stored
 
     def _takes(self, event: Event, partition: int) -> bool:
         return (
@@ -127,9 +130,16 @@ def _delivery(post: LoopPost, run_id: str, batch: list[tuple[Event, Answer]]) ->
 
     def done(ok: bool, retry_in: float = 0.5) -> None:
         body = STORED if ok else NOT_STORED
-        post(lambda: [asyncio.ensure_future(answer(body)) for answer in answers])
+        post(_answer_all, answers, body)
 
     return Deliver(run_id, tuple(event for event, _ in batch), done)
+
+
+def _answer_all(answers: list[Answer], body: bytes) -> None:
+    for answer in answers:
+        sending = answer(body)
+        if sending is not None:
+            asyncio.ensure_future(sending)
 
 
 async def _answer(msg: Msg, body: bytes) -> None:

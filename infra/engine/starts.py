@@ -64,7 +64,7 @@ class RunStarts:
         max_payload: int,
         cancel_by: CancelBy,
         partitions: int | None = None,
-        here: Callable[[ev.Event], Awaitable[bool]] | None = None,
+        here: Callable[[ev.Event], asyncio.Future[bool | None] | None] | None = None,
     ) -> None:
         self.js, self.defs, self.admission, self.reader = js, defs, admission, reader
         self.max_payload, self.cancel_by, self.partitions = max_payload, cancel_by, partitions
@@ -235,12 +235,17 @@ class RunStarts:
     async def _hand_over(self, event: ev.WorkflowStarted, body: bytes) -> bool:
         if not self.partitions:
             return False
-        if self.here is not None:
+        stored = self.here(event) if self.here is not None else None
+        if stored is not None:
+            late = asyncio.get_running_loop().call_later(START_HANDOFF_TIMEOUT, _unanswered, stored)
             try:
-                if await asyncio.wait_for(self.here(event), START_HANDOFF_TIMEOUT):
-                    return True
-            except TimeoutError:
+                taken = await stored
+            finally:
+                late.cancel()
+            if taken is None:
                 return False  # a busy owner: the inbox takes it (a start stored twice is folded once)
+            if taken:
+                return True
         subject = handoff_subject(partition_of(event.run_id, self.partitions))
         # Briefly: a busy owner must not hold up start requests (the control plane serves a
         # bounded number at once); the inbox takes the start instead, and a start that lands
@@ -254,6 +259,11 @@ def _check_schema(schema: dict[str, Any], data: Any) -> None:
     except jsonschema.ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path)
         raise InvalidInput(f"{err.message}" + (f" (at {where})" if where else "")) from None
+
+
+def _unanswered(stored: asyncio.Future[bool | None]) -> None:
+    if not stored.done():
+        stored.set_result(None)
 
 
 def _now() -> datetime:
