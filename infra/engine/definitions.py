@@ -2,8 +2,9 @@
 
 Starting a run must not cost a KV read, so every engine keeps the decoded
 definitions in memory and follows the bucket with a watch: a definition
-registered or deleted through any engine reaches every cache. Reads far
-outnumber writes, so an ``aiorwlock`` guards the cache.
+registered or deleted through any engine reaches every cache. An
+``aiorwlock`` orders the watch's and the API's writes and the listing; the
+lookup every start makes is a single dict read on the loop, taken without it.
 """
 
 from __future__ import annotations
