@@ -9,9 +9,7 @@ the worker SDK, which loads no actor code) set it; it does no I/O.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-from collections.abc import Iterator
 
 from dagnats.domain.trace_context import parse_trace_parent
 
@@ -31,18 +29,24 @@ def trace_id(trace_parent: str) -> str:
     return parsed[0] if parsed else ""
 
 
-@contextlib.contextmanager
-def run_context(run_id: str, step_id: str = "", trace_parent: str = "") -> Iterator[None]:
-    """Log lines inside carry this run, step and the trace of ``trace_parent``."""
-    with restored((run_id, step_id, trace_id(trace_parent))):
-        yield
+class restored:
+    """``with restored(context):`` log lines inside carry ``context``, a ``current()`` taken
+    elsewhere (another thread). A class, not a generator: every delivery, task and API
+    request enters one."""
+
+    __slots__ = ("context", "token")
+
+    def __init__(self, context: tuple[str, str, str]) -> None:
+        self.context = context
+
+    def __enter__(self) -> None:
+        self.token = _current.set(self.context)
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self.token)
 
 
-@contextlib.contextmanager
-def restored(context: tuple[str, str, str]) -> Iterator[None]:
-    """Log lines inside carry ``context``, a ``current()`` taken elsewhere (another thread)."""
-    token = _current.set(context)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+def run_context(run_id: str, step_id: str = "", trace_parent: str = "") -> restored:
+    """``with run_context(...):`` log lines inside carry this run, step and the trace of
+    ``trace_parent``."""
+    return restored((run_id, step_id, trace_id(trace_parent)))
