@@ -15,8 +15,9 @@ as a run's actor does. For ``--seconds`` each, alternating ``--rounds`` times:
   ``Nats-Batch-Commit``), the commit's PubAck answering all of them.
 
 Reports writes/s and this process's CPU per write; checks the stream holds exactly the
-writes counted. Prints a table and writes bench/results/shared-fsyncs-<timestamp>.json
-(+ .txt), and --out.
+writes counted, and first that a stale fence on one write of a batch refuses all of it.
+Prints a table and writes bench/results/shared-fsyncs-<timestamp>.json (+ .txt), and
+--out.
 """
 
 from __future__ import annotations
@@ -70,6 +71,39 @@ async def one_ack_each(nc: nats.NATS, writers: int, stop: asyncio.Event) -> int:
     return written
 
 
+async def commit_batch(nc: nats.NATS, writes: list[tuple[str, int]]) -> dict:
+    """Send ``writes`` (subject, the fence: its last sequence) as one atomic batch; the
+    commit's answer (a PubAck for the whole batch, or its error)."""
+    batch_id = secrets.token_hex(8)
+    for n, (subject, last) in enumerate(writes, 1):
+        headers = {
+            "Nats-Batch-Id": batch_id,
+            "Nats-Batch-Sequence": str(n),
+            "Nats-Expected-Last-Subject-Sequence": str(last),
+        }
+        if n < len(writes):
+            await nc.publish(subject, BODY, headers=headers)
+        else:
+            reply = await nc.request(subject, BODY, timeout=5, headers={**headers, "Nats-Batch-Commit": "1"})
+            return json.loads(reply.data)
+    return {}
+
+
+async def fence_in_a_batch(url: str) -> dict:
+    """What a stale fence on one write of a batch does: the whole batch refused, or not."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    try:
+        await js.add_stream(api.StreamConfig(name="FENCE", subjects=["f.>"], allow_atomic=True))
+        first = await js.publish("f.a", BODY)
+        good = await commit_batch(nc, [("f.a", first.seq), ("f.b", 0)])
+        stale = await commit_batch(nc, [("f.a", first.seq), ("f.c", 0)])  # f.a moved on: stale
+        stored = (await js.stream_info("FENCE")).state.messages
+        return {"good_batch": good, "stale_fence_batch": stale, "stored_after": stored, "stored_expected": 3}
+    finally:
+        await nc.close()
+
+
 async def atomic_batches(nc: nats.NATS, writers: int, stop: asyncio.Event) -> int:
     loop = asyncio.get_running_loop()
     waiting: list[tuple[str, int, asyncio.Future[int]]] = []
@@ -86,16 +120,7 @@ async def atomic_batches(nc: nats.NATS, writers: int, stop: asyncio.Event) -> in
             last, written = await stored, written + 1
 
     async def send(batch: list[tuple[str, int, asyncio.Future[int]]]) -> None:
-        batch_id = secrets.token_hex(8)
-        for n, (subject, last, _) in enumerate(batch[:-1], 1):
-            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
-            await nc.publish(subject, BODY, headers={**headers, "Nats-Expected-Last-Subject-Sequence": str(last)})
-        subject, last, _ = batch[-1]
-        headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(len(batch)), "Nats-Batch-Commit": "1"}
-        reply = await nc.request(
-            subject, BODY, timeout=5, headers={**headers, "Nats-Expected-Last-Subject-Sequence": str(last)}
-        )
-        answer = json.loads(reply.data)
+        answer = await commit_batch(nc, [(subject, last) for subject, last, _ in batch])
         if "error" in answer:
             raise RuntimeError(f"atomic batch of {len(batch)} refused: {answer['error']}")
         first = answer["seq"] - len(batch) + 1
@@ -153,6 +178,9 @@ async def one_round(url: str, mode: str, args: argparse.Namespace) -> dict:
 
 async def run_phases(args: argparse.Namespace, procs: Processes, results: dict) -> None:
     server = procs.server("fsyncs", sync_always=True)
+    results["fence"] = fence = await fence_in_a_batch(server.url)
+    if "error" not in fence["stale_fence_batch"] or fence["stored_after"] != fence["stored_expected"]:
+        results["errors"].append(f"a stale fence did not refuse its whole batch: {fence}")
     results["rounds"] = rounds = []
     for n in range(args.rounds):
         for mode in MODES:
@@ -200,6 +228,13 @@ def render(results: dict) -> str:
         out.append(
             f"\nmedian writes/s: {_num(single['writes_per_s_median'], 0)} one ack each, "
             f"{_num(batched['writes_per_s_median'], 0)} in atomic batches ({ratio:.2f}x)"
+        )
+    fence = results.get("fence")
+    if fence:
+        refused = fence["stale_fence_batch"].get("error", {})
+        out.append(
+            f"a stale fence on one write of a batch: refused whole ({refused.get('err_code')} "
+            f"{refused.get('description')}), {fence['stored_after']} stored of {fence['stored_expected']} expected"
         )
     for err in results.get("errors", []):
         out.append(f"error: {err}")
