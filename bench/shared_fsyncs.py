@@ -29,6 +29,7 @@ import secrets
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -56,19 +57,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def one_ack_each(nc: nats.NATS, writers: int, stop: asyncio.Event) -> int:
-    js = nc.jetstream()
+Append = Callable[[str, int], Awaitable[int]]  # (subject, its last sequence) -> the new one
+
+
+async def writing(writers: int, stop: asyncio.Event, append: Append) -> int:
+    """``writers`` writers, each appending to its own subject, one write at a time, until
+    ``stop``; how many writes were stored."""
     written = 0
 
     async def writer(i: int) -> None:
         nonlocal written
         last = 0
         while not stop.is_set():
-            ack = await js.publish(f"h.{i}", BODY, headers={"Nats-Expected-Last-Subject-Sequence": str(last)})
-            last, written = ack.seq, written + 1
+            last, written = await append(f"h.{i}", last), written + 1
 
     await asyncio.gather(*(writer(i) for i in range(writers)))
     return written
+
+
+async def one_ack_each(nc: nats.NATS, writers: int, stop: asyncio.Event) -> int:
+    js = nc.jetstream()
+
+    async def append(subject: str, last: int) -> int:
+        ack = await js.publish(subject, BODY, headers={"Nats-Expected-Last-Subject-Sequence": str(last)})
+        return ack.seq
+
+    return await writing(writers, stop, append)
 
 
 async def commit_batch(nc: nats.NATS, writes: list[tuple[str, int]]) -> dict:
@@ -108,16 +122,12 @@ async def atomic_batches(nc: nats.NATS, writers: int, stop: asyncio.Event) -> in
     loop = asyncio.get_running_loop()
     waiting: list[tuple[str, int, asyncio.Future[int]]] = []
     ready = asyncio.Event()
-    written = 0
 
-    async def writer(i: int) -> None:
-        nonlocal written
-        last = 0
-        while not stop.is_set():
-            stored: asyncio.Future[int] = loop.create_future()
-            waiting.append((f"h.{i}", last, stored))
-            ready.set()
-            last, written = await stored, written + 1
+    async def append(subject: str, last: int) -> int:
+        stored: asyncio.Future[int] = loop.create_future()
+        waiting.append((subject, last, stored))
+        ready.set()
+        return await stored
 
     async def send(batch: list[tuple[str, int, asyncio.Future[int]]]) -> None:
         answer = await commit_batch(nc, [(subject, last) for subject, last, _ in batch])
@@ -136,18 +146,19 @@ async def atomic_batches(nc: nats.NATS, writers: int, stop: asyncio.Event) -> in
                 await send(batch)
 
     sending = asyncio.ensure_future(sender())
-    writing = asyncio.gather(*(writer(i) for i in range(writers)))
+    writes = asyncio.ensure_future(writing(writers, stop, append))
     await stop.wait()
     ready.set()
-    done, _ = await asyncio.wait([writing, sending], return_when=asyncio.FIRST_EXCEPTION, timeout=10)
-    for task in (writing, sending):
+    done, _ = await asyncio.wait([writes, sending], return_when=asyncio.FIRST_EXCEPTION, timeout=10)
+    for task in (writes, sending):
         if task in done and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+    if writes not in done:
+        sending.cancel()
+        writes.cancel()
+        raise RuntimeError("the writers did not stop within 10 s")
     sending.cancel()
-    for _, _, stored in waiting:
-        stored.cancel()
-    writing.cancel()
-    return written
+    return writes.result()
 
 
 async def one_round(url: str, mode: str, args: argparse.Namespace) -> dict:
