@@ -45,7 +45,7 @@ class _LostAck:
         raise nats.errors.TimeoutError
 
 
-async def _a_start_that_timed_out(h: EngineHarness, key: str, lands: bool) -> _LostAck:
+async def _a_start_that_timed_out(h: EngineHarness, key: str, lands: bool, run_id: str | None = None) -> _LostAck:
     """Start a run with ``key`` whose send times out, stored first (``lands``) or not."""
     await h.client.register(WF)
     # No owner takes the start by hand-over (its failures fall back to the inbox anyway):
@@ -54,7 +54,7 @@ async def _a_start_that_timed_out(h: EngineHarness, key: str, lands: bool) -> _L
     lost = _LostAck(h, lands)
     h.api.starts.js = lost
     with pytest.raises(Unavailable):
-        await h.client.start("idem_uncertain", {"key": key}, idempotency_key=key)
+        await h.client.start("idem_uncertain", {"key": key}, idempotency_key=key, run_id=run_id)
     return lost
 
 
@@ -92,6 +92,23 @@ def test_a_claim_whose_run_never_landed_is_taken_over_once_abandoned(nats_url, r
 
     sent, again, same, final = run(body())
     assert again not in sent and same == again
+    assert final["output"] == "done"
+
+
+def test_the_same_start_again_with_its_run_id_sends_it_at_once(nats_url, run):
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            frozen = time.time()
+            h.api.admission.now = lambda: frozen  # the claim is never abandoned
+            lost = await _a_start_that_timed_out(h, "order-8", lands=False, run_id="order-8-run")
+            # Its own claim: not waited on (it would be for ever), sent again at once.
+            again = await h.client.start(
+                "idem_uncertain", {"key": "order-8"}, idempotency_key="order-8", run_id="order-8-run"
+            )
+            return lost.run_ids, again, await _runs_alone(h, again)
+
+    sent, again, final = run(body())
+    assert sent == ["order-8-run"] and again == "order-8-run"
     assert final["output"] == "done"
 
 

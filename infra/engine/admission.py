@@ -104,7 +104,8 @@ class Admission:
         A key held by a run that was sent (``confirm``) or has started answers with that
         run, even once the run is deleted. A key held by a start still under way is watched
         until its run starts (answered with it), its claim is released (taken), or the
-        claim is abandoned (taken over)."""
+        claim is abandoned (taken over); one held by this very run id (a start with an
+        explicit run id, sent again) is this start's."""
         if explicit is not None:
             value: str | None = _value_text(explicit)
         elif wf.idempotency_key:
@@ -128,6 +129,8 @@ class Admission:
             holder, claimed_at, sent = _claim_holder(entry.value)
             if sent or await started(holder):
                 return holder, None
+            if holder == run_id:  # this start again (an explicit run id): sending it twice is one run
+                return None, Claim(key, run_id, claimed_at if claimed_at is not None else at, entry.revision)
             if claimed_at is None or at - claimed_at >= CLAIM_GRACE:
                 try:
                     revision = await self.idempotency.update(key, _claim_value(run_id, at), last=entry.revision)
