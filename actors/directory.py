@@ -32,7 +32,18 @@ import pykka
 
 from dagnats.domain.events import TimerFired, WorkflowStarted
 
-from .messages import Crashed, Deliver, Deliveries, Healthy, Index, IndexDue, LiveCount, Passivate, Passivated
+from .messages import (
+    Crashed,
+    Deliver,
+    Deliveries,
+    Healthy,
+    Index,
+    IndexDue,
+    LiveCount,
+    Passivate,
+    Passivated,
+    Rebuild,
+)
 from .ports import Ports
 from .run import RunActor
 from .threads import LeanActor
@@ -46,6 +57,8 @@ FINISHED_MEMORY = 10_000
 INDEX_AFTER = 1.0
 # How long a stopping directory waits for its live runs' index snapshots, all together.
 STOP_INDEXING = 5.0
+# A run whose actor crashed on a NATS outage is brought up again this long after.
+REBUILD_AFTER = 2.0
 
 
 class RunDirectory(LeanActor):
@@ -83,6 +96,8 @@ class RunDirectory(LeanActor):
             self._passivated(message)
         elif isinstance(message, Crashed):
             self._crashed(message)
+        elif isinstance(message, Rebuild):
+            self._rebuild(message)
         elif isinstance(message, Healthy):
             self.crashes.pop(message.run_id, None)
             self._next_try.pop(message.run_id, None)
@@ -192,6 +207,9 @@ class RunDirectory(LeanActor):
         # NATS not answering is an outage, not a poison run: the run is rebuilt (and knows
         # it is recovering) but no nearer to quarantine.
         count = self.crashes[message.run_id] = self.crashes.get(message.run_id, 0) + (not message.unavailable)
+        if message.unavailable:
+            ref, rebuild = self.actor_ref, Rebuild(message.run_id)
+            self.ports.clock.call_later(REBUILD_AFTER, lambda: _tell(ref, rebuild))
         if count == QUARANTINE_AFTER:
             log.error(
                 "run %s quarantined after %d crashes (last: %s); its facts wait %gs between tries",
@@ -200,6 +218,14 @@ class RunDirectory(LeanActor):
                 message.error,
                 self.quarantine_retry,
             )
+
+    def _rebuild(self, message: Rebuild) -> None:
+        """Bring up a run crashed on an outage, unless a delivery did meanwhile (or it is
+        passivating, or has ended)."""
+        run_id = message.run_id
+        if run_id in self.actors or run_id in self.passivating or run_id in self.finished:
+            return
+        self._start(run_id).tell(message)
 
 
 def _tell(ref: pykka.ActorRef, message: Any) -> None:

@@ -75,6 +75,15 @@ class Crashed:
 
 
 @dataclass(frozen=True, slots=True)
+class Rebuild:
+    """A run whose actor crashed on a NATS outage: bring it up again from its history, which
+    re-issues what it waits on, whether or not anything is delivered to it meanwhile (a
+    delivery whose answer was lost with the outage may never come back)."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Healthy:
     """A run actor rebuilt after crashes handled a delivery: forget its crashes."""
 

@@ -66,7 +66,7 @@ from dagnats.domain.kinds.sleep import asleep_until
 from dagnats.domain.run_context import run_context
 from dagnats.domain.state import WorkflowRun, new_run
 
-from .messages import ArmTimer, Crashed, Deliver, DisarmTimer, Healthy, Index, Passivate, Passivated
+from .messages import ArmTimer, Crashed, Deliver, DisarmTimer, Healthy, Index, Passivate, Passivated, Rebuild
 from .ports import Ports
 from .threads import PooledActor
 
@@ -167,6 +167,8 @@ class RunActor(PooledActor):
                     self.listed = True
             elif isinstance(message, Passivate):
                 self._passivate()
+            elif isinstance(message, Rebuild):
+                self._rebuilt()
         except Exception as err:  # noqa: BLE001 - supervised: the directory rebuilds the run from history
             self._crash(err)  # the directory hears of the crash before the delivery goes back
             if isinstance(message, Deliver) and isinstance(err, Unavailable):
@@ -215,6 +217,15 @@ class RunActor(PooledActor):
             self.recovering = False
             self.directory.tell(Healthy(self.run_id))
         if self.run.is_terminal or self._asleep():
+            self.directory.tell(Passivate(self.run_id))
+
+    def _rebuilt(self) -> None:
+        """Loaded (``_load`` re-issued what the run waits on) after an outage crashed the
+        actor before: healthy again, and passivated at once if it has nothing to do."""
+        if self.recovering:
+            self.recovering = False
+            self.directory.tell(Healthy(self.run_id))
+        if self.run.is_terminal or self._asleep() or not self.last_seq:
             self.directory.tell(Passivate(self.run_id))
 
     def _asleep(self) -> bool:

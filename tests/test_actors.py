@@ -199,6 +199,56 @@ def test_a_run_that_meets_a_nats_outage_is_rebuilt_each_time_and_never_quarantin
     assert any(isinstance(e, ev.StepQueued) and e.step_id == "b" for e in ports.history.events("r1"))
 
 
+def test_a_run_crashed_by_an_outage_is_rebuilt_without_a_delivery_and_reissues_its_task(engine):
+    """An outage crashes a run's actor, and the delivery that met it is not coming back (its
+    answer was lost with the outage): the directory brings the run up again from its
+    history ``REBUILD_AFTER`` later, by the injected clock, and it re-issues the task it
+    waits on. Nothing is delivered meanwhile."""
+    from dagnats.actors.directory import REBUILD_AFTER
+    from dagnats.domain.errors import Unavailable
+
+    ports, clock, timers, start = engine
+    directory = start()
+    acks = Acks()
+    deliver(directory, acks, start_fact("r1"))
+    acks.wait_for(1)
+    assert [t.payload.step_id for t in ports.tasks.published] == ["a"]
+    outage = [True]
+
+    def unanswered(run_id: str) -> None:
+        if outage:
+            raise Unavailable("NATS did not answer: TimeoutError()")
+
+    ports.history.before_append = unanswered
+    deliver(directory, acks, completed("r1", "a", "A"))
+    assert acks.wait_for(2)[-1][0] is False
+    _until(lambda: directory.ask(LiveCount()) == 0)  # crashed: no actor holds the run
+    outage.clear()
+    clock.advance(REBUILD_AFTER / 2)
+    assert [t.payload.step_id for t in ports.tasks.published] == ["a"]  # not yet
+    clock.advance(REBUILD_AFTER / 2)
+    _until(lambda: [t.payload.step_id for t in ports.tasks.published] == ["a", "a"])
+    assert directory.ask(LiveCount()) == 1  # live again, waiting on its step
+    assert len(acks.outcomes) == 2  # nothing was delivered to bring it up
+
+
+def test_a_rebuild_finds_a_live_actor_or_an_ended_run_and_starts_nothing(engine):
+    from dagnats.actors.messages import Rebuild
+
+    ports, clock, timers, start = engine
+    directory = start()
+    run_to_its_end(directory, Acks(), "ended")
+    published = len(ports.tasks.published)
+    directory.tell(Rebuild("ended"))
+    assert directory.ask(LiveCount()) == 0
+    acks = Acks()
+    deliver(directory, acks, start_fact("live"))
+    acks.wait_for(1)
+    directory.tell(Rebuild("live"))  # a delivery brought it up first
+    assert directory.ask(LiveCount()) == 1
+    assert len(ports.tasks.published) == published + 1  # its first task, not issued again
+
+
 def run_to_its_end(directory, acks: Acks, run_id: str) -> None:
     """Start the chain, complete both steps, and wait until its actor has passivated."""
     deliver(directory, acks, start_fact(run_id))

@@ -252,6 +252,13 @@ class NatsPorts:
             effects.append(publish_tasks(self.js, tasks, self.partitions))
         if timers:
             effects.append(arm_timers(self.js, run_id, timers, trace_parent))
+        if expected_seq == 0:
+            # A run's first record: what it dispatches goes out once its start is stored.
+            # Beside an append that fails, a task would run for a run that may never
+            # exist (and, under an idempotency key, beside the run a retried start makes).
+            seq = await append
+            await _alongside(effects[0], effects[1:])
+            return seq
         return int(await _alongside(append, effects))
 
 
