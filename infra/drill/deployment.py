@@ -204,16 +204,20 @@ def monitor(node: Spawned, path: str, timeout: float = 2.0) -> dict[str, Any]:
 
 
 def meta_view(node: Spawned) -> dict[str, Any]:
-    """What a node says of JetStream: meta leader, whether it is current, peers."""
-    try:
-        jsz = monitor(node, "jsz")
-    except (OSError, ValueError):
-        return {"leader": None, "current": None, "peers": 0}
+    """What a node says of JetStream: its meta leader, and whether it is current."""
+    jsz = _jsz(node)
+    if jsz is None:
+        return {"leader": None, "current": None}
+    leader, _, _ = meta_counts(jsz, node.name)
     meta = jsz.get("meta_cluster") or {}
-    if not meta:  # a single node: it is its own meta leader
-        return {"leader": node.name, "current": True, "peers": 1}
-    replicas = meta.get("replicas") or []
-    return {"leader": meta.get("leader") or None, "current": _current(node, meta), "peers": 1 + len(replicas)}
+    return {"leader": leader, "current": not meta or _current(node, meta)}
+
+
+def _jsz(node: Spawned) -> dict[str, Any] | None:
+    try:
+        return monitor(node, "jsz")
+    except (OSError, ValueError):
+        return None
 
 
 def _current(node: Spawned, meta: dict[str, Any]) -> bool:
@@ -239,10 +243,8 @@ def wait_for_meta_leader(nodes: list[Spawned], timeout: float = 30.0) -> str:
 
 
 def _meta_counts(node: Spawned) -> MetaView:
-    try:
-        return meta_counts(monitor(node, "jsz"), node.name)
-    except (OSError, ValueError):
-        return None, 0, 0
+    jsz = _jsz(node)
+    return meta_counts(jsz, node.name) if jsz is not None else (None, 0, 0)
 
 
 def stream_leader(nodes: list[Spawned], stream: str) -> str | None:

@@ -83,16 +83,15 @@ class Handoff:
             return
         self._add(event, partial(_answer, msg))
 
-    def here(self, event: Event) -> asyncio.Future[bool | None] | None:
+    def here(self, event: Event) -> asyncio.Future[bool] | None:
         """Hand a fact over within this process (a start the control plane took for a run
         whose partition this engine holds): the same path as a request, with no round trip
         through the server. None if this engine does not hold the run's partition; else a
-        future: True once the fact is stored, False if it was not (the caller may settle it
-        as None, no answer in time)."""
+        future: True once the fact is stored, False if it was not."""
         partition = partition_of(event.run_id, self.partitions) if event.run_id else -1
         if partition not in self._subs or not self._takes(event, partition):
             return None
-        stored: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
         def answer(body: bytes) -> None:
             if not stored.done():

@@ -64,7 +64,7 @@ class RunStarts:
         max_payload: int,
         cancel_by: CancelBy,
         partitions: int | None = None,
-        here: Callable[[ev.Event], asyncio.Future[bool | None] | None] | None = None,
+        here: Callable[[ev.Event], asyncio.Future[bool] | None] | None = None,
     ) -> None:
         self.js, self.defs, self.admission, self.reader = js, defs, admission, reader
         self.max_payload, self.cancel_by, self.partitions = max_payload, cancel_by, partitions
@@ -237,15 +237,11 @@ class RunStarts:
             return False
         stored = self.here(event) if self.here is not None else None
         if stored is not None:
-            late = asyncio.get_running_loop().call_later(START_HANDOFF_TIMEOUT, _unanswered, stored)
             try:
-                taken = await stored
-            finally:
-                late.cancel()
-            if taken is None:
+                if await asyncio.wait_for(stored, START_HANDOFF_TIMEOUT):
+                    return True
+            except TimeoutError:
                 return False  # a busy owner: the inbox takes it (a start stored twice is folded once)
-            if taken:
-                return True
         subject = handoff_subject(partition_of(event.run_id, self.partitions))
         # Briefly: a busy owner must not hold up start requests (the control plane serves a
         # bounded number at once); the inbox takes the start instead, and a start that lands
@@ -259,11 +255,6 @@ def _check_schema(schema: dict[str, Any], data: Any) -> None:
     except jsonschema.ValidationError as err:
         where = "/".join(str(p) for p in err.absolute_path)
         raise InvalidInput(f"{err.message}" + (f" (at {where})" if where else "")) from None
-
-
-def _unanswered(stored: asyncio.Future[bool | None]) -> None:
-    if not stored.done():
-        stored.set_result(None)
 
 
 def _now() -> datetime:
