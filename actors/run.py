@@ -391,11 +391,13 @@ class RunActor(PooledActor):
         reopened = self.last_seq != 0 and self.run.is_terminal and not record.run.is_terminal
         self.run, self.last_seq = record.run, seq
         self._effects(record.actions)
-        self.ports.state.publish(self.run, seq, record.events)
         if self.run.is_terminal or reopened:
             # Not awaited: the history already holds the outcome; the snapshot is a cache.
+            # On its way before the end is announced: a delete of the ended run (its store
+            # waits for the snapshots under way) is never overtaken by it.
             self.ports.history.save_snapshot(self.run, self.last_seq, wait=False, listed=self.listed)
             self.listed = self.listed or reopened
+        self.ports.state.publish(self.run, seq, record.events)
 
     def _catch_up(self) -> int:
         """Refold after a failed expectation; how many records there were.

@@ -458,6 +458,33 @@ def test_a_run_that_ends_soon_after_its_start_writes_one_snapshot_its_last(engin
     assert log.listed["quick"] == [False]  # no open key to purge
 
 
+def test_a_runs_last_snapshot_is_on_its_way_before_its_end_is_published(engine):
+    """Whoever learns of the end (a waiter, then perhaps a delete) finds the snapshot under
+    way: the store waits for it before purging, instead of being overtaken by it."""
+    ports, clock, timers, start = engine
+    log = SnapshotLog(ports)
+    order: list[tuple[str, str]] = []
+    publish = ports.state.publish
+
+    def published(run, last_seq, recorded):
+        order.append(("published", run.status.value))
+        publish(run, last_seq, recorded)
+
+    ports.state.publish = published
+    save = ports.history.save_snapshot
+
+    def saved(run, last_seq, wait, listed=True):
+        order.append(("saved", run.status.value))
+        save(run, last_seq, wait, listed)
+
+    ports.history.save_snapshot = saved
+    directory = start()
+    run_to_its_end(directory, Acks(), "ends")
+    assert [status for status, _, _ in log.of("ends")] == ["completed"]
+    ended = [entry for entry in order if entry[1] == "completed"]
+    assert ended == [("saved", "completed"), ("published", "completed")]
+
+
 def test_a_listed_run_that_ends_has_its_open_key_taken_out(engine):
     ports, clock, timers, start = engine
     log = SnapshotLog(ports)

@@ -3,6 +3,8 @@ summary, and readers then fold the whole history."""
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import nats
 
@@ -170,3 +172,34 @@ def test_an_unfinished_state_its_open_key_already_holds_is_not_written_again(nat
     assert loaded_seq == 3
     assert unchanged == written
     assert newer > written and last == 4
+
+
+def test_a_delete_waits_for_the_runs_snapshots_under_way(nats_url, run):
+    """A run's end is announced once its last snapshot is on its way; a delete that follows
+    (the control plane's, on the same store) waits for that save. Two saves queued one behind
+    the other: the second sends its put only after the first is stored, so a delete that did
+    not wait would purge before it and the snapshot would then serve the deleted run."""
+    rec = Recorder()
+    rec.feed(started_event(DEF), at(0))
+    rec.feed(completed("a", 1, 1, at(1)), at(1))
+    rec.feed(completed("b", 1, 2, at(2)), at(2))
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await ensure_resources(js)
+            store = HistoryStore(js)
+            seq = 0
+            for event in rec.history:
+                seq = await store.append(RUN_ID, b"[" + ev.encode_event(event) + b"]", seq, f"{RUN_ID}.{event.id}")
+            saves = [asyncio.ensure_future(store.save_snapshot(rec.run, seq)) for _ in range(2)]
+            await asyncio.sleep(0)  # both under way: the first putting, the second queued behind it
+            await store.delete(RUN_ID)
+            await asyncio.gather(*saves)
+            return await store.load_snapshot(RUN_ID), await store.read_after(RUN_ID, 0)
+        finally:
+            await nc.close()
+
+    (cached, cached_seq), records = run(body())
+    assert (cached, cached_seq, records) == (None, 0, [])

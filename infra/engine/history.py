@@ -232,7 +232,12 @@ class HistoryStore:
         return list(latest.values())
 
     async def delete(self, run_id: str) -> None:
-        """Remove a run's history and snapshots (the caller checks it is terminal)."""
+        """Remove a run's history and snapshots (the caller checks it is terminal). A
+        snapshot of the run still being saved here is waited for first: stored after the
+        purge, it would serve the deleted run."""
+        saving = self._saving.get(run_id)
+        if saving is not None:
+            await asyncio.shield(saving)
         self._open_at.pop(run_id, None)
         await self.js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id))
         await self.runs_kv()
