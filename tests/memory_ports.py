@@ -192,6 +192,8 @@ class MemoryPorts:
         self.limits = MemoryLimits(self.history)
         self.flow: Any = GrantAll()
         self.max_record_bytes = max_record_bytes
+        # Where run actors live (``actors.hosted``): on threads of their own unless a test hosts them.
+        self.host: Any = None
 
     def record(
         self,

@@ -3,12 +3,13 @@ passivation, supervision, quarantine, and fires of finished runs."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import UTC, datetime
 
 import pytest
 
-from dagnats.actors.directory import INDEX_AFTER, QUARANTINE_AFTER, RunDirectory
+from dagnats.actors.directory import INDEX_AFTER, QUARANTINE_AFTER, start_directory
 from dagnats.actors.messages import Deliver, LiveCount
 from dagnats.actors.timer import TimerActor
 from dagnats.domain import events as ev
@@ -17,6 +18,7 @@ from dagnats.domain.definition import RateLimit, StepDef, WorkflowDef
 from dagnats.domain.kinds.admission import Answer
 from dagnats.domain.state import RunStatus
 from dagnats.domain.timers import fired_event
+from dagnats.infra.engine.bridge import LoopPost, poster
 
 from fakes import FakeClock
 from memory_ports import MemoryPorts
@@ -44,21 +46,47 @@ class Acks:
             return list(self.outcomes)
 
 
-@pytest.fixture
-def engine():
+@pytest.fixture(params=["hosted", "threads"])
+def engine(request):
+    """Every test runs twice: with the directory and its run actors hosted on an event
+    loop's thread (as the engine runs them) and with each on a thread of its own."""
     clock = FakeClock()
     ports = MemoryPorts(clock)
+    host = HostLoop() if request.param == "hosted" else None
+    if host is not None:
+        ports.host = host.post
     timers = TimerActor.start(clock, ports.timers)
     started = []
 
     def start(max_live: int = 512, quarantine_retry: float = 30.0):
-        directory = RunDirectory.start(ports, timers, max_live, quarantine_retry)
+        directory = start_directory(ports, timers, max_live, quarantine_retry)
         started.append(directory)
         return directory
 
     yield ports, clock, timers, start
     for ref in [*started, timers]:
-        ref.stop()
+        ref.stop(block=host is not None, timeout=5)
+    if host is not None:
+        host.close()
+
+
+class HostLoop:
+    """An event loop on a thread of its own, and its ``LoopPost``: a host for actors."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def made() -> LoopPost:
+            return poster(self.loop)
+
+        self.post = asyncio.run_coroutine_threadsafe(made(), self.loop).result(5)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
 
 
 def start_fact(run_id: str) -> ev.Event:

@@ -1,8 +1,10 @@
-"""The asyncio loop that owns the NATS connection, as seen from actor threads.
+"""The asyncio loop that owns the NATS connection, as seen from actors.
 
-Actors call ``bridge.call(coro)`` to run a coroutine on the loop and block
-only themselves until it finishes (NATS not answering comes back as the
-domain's ``Unavailable``: ``wire.outage``); ``spawn`` fires and forgets. The clock
+Actors call ``bridge.call(coro)`` to run a coroutine on the loop and wait only
+themselves until it finishes (NATS not answering comes back as the domain's
+``Unavailable``: ``wire.outage``): an actor on a thread of its own blocks that
+thread; an actor hosted on the loop's thread (``actors.hosted``: the run actors
+and their directory) parks its greenlet. ``spawn`` fires and forgets. The clock
 lives here too: wall time in UTC, and ``call_later`` on the loop.
 
 The caller's run context (``domain/run_context.py``: the run, step and trace
@@ -22,6 +24,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+from dagnats.actors.hosted import hosted_greenlet, park, resume
 from dagnats.domain.errors import Unavailable
 
 from ..wire.outage import NATS_UNAVAILABLE
@@ -39,13 +42,22 @@ class LoopPost:
         self.loop = loop
         self._lock = threading.Lock()
         self._posted: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+        # Posted on the loop's own thread: ``call_soon``, no wake-up needed.
+        self._loop_thread = threading.get_ident() if _running(loop) else None
 
     def __call__(self, callback: Callable[..., object], *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self.loop.call_soon(callback, *args)
+            return
         with self._lock:
             self._posted.append((callback, args))
             if len(self._posted) > 1:
                 return  # the loop is woken already and has not run them yet
         self.loop.call_soon_threadsafe(self._run)
+
+    def later(self, delay: float, callback: Callable[[], object]) -> None:
+        """``callback()`` on the loop ``delay`` seconds from now."""
+        self(self.loop.call_later, delay, callback)
 
     def _run(self) -> None:
         with self._lock:
@@ -55,6 +67,13 @@ class LoopPost:
                 callback(*args)
             except Exception:  # noqa: BLE001 - as the loop reports a failed callback
                 log.exception("callback %r failed", callback)
+
+
+def _running(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 _POSTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopPost] = weakref.WeakKeyDictionary()
@@ -77,21 +96,44 @@ class LoopBridge:
         self._tasks: set[asyncio.Task[Any]] = set()  # strong references while they run
 
     def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``coro`` on the loop and wait for its result (from another thread).
+        """Run ``coro`` on the loop and wait for its result.
 
-        One task and a lock per call: ``asyncio.run_coroutine_threadsafe`` chains a
-        concurrent future to the task (conditions, callbacks on both sides), which
-        every record of every run paid for."""
+        From another thread: one task and a lock per call (``asyncio.run_coroutine_threadsafe``
+        chains a concurrent future to the task: conditions, callbacks on both sides, which
+        every record of every run paid for). From an actor's greenlet on the loop's own
+        thread (``actors.hosted``): the greenlet is parked, and resumed when the task is
+        done; the loop goes on meanwhile."""
         waiter = _Waiter()
-        self.post(self._begin, coro, waiter.finish, contextvars.copy_context())
-        if not waiter.done.acquire(timeout=self.timeout):
-            raise Unavailable(f"the event loop did not finish a call within {self.timeout:g}s")
+        parked = hosted_greenlet()
+        if parked is not None:
+            self._park(parked, coro, waiter)
+        else:
+            self.post(self._begin, coro, waiter.finish, contextvars.copy_context())
+            if not waiter.done.acquire(timeout=self.timeout):
+                raise self._late()
         if isinstance(waiter.error, NATS_UNAVAILABLE):
             # One error for "NATS did not answer, try again" that actors know without nats.
             raise Unavailable(f"NATS did not answer: {waiter.error!r}") from waiter.error
         if waiter.error is not None:
             raise waiter.error
         return waiter.value
+
+    def _park(self, parked: Any, coro: Coroutine[Any, Any, Any], waiter: _Waiter) -> None:
+        """Run ``coro`` while ``parked`` (the caller) waits; cancelled after ``timeout``."""
+
+        def finished(task: asyncio.Task[Any]) -> None:
+            timer.cancel()
+            waiter.finish(task)
+            resume(parked, None)
+
+        task = self._begin(coro, finished, contextvars.copy_context())
+        timer = self.loop.call_later(self.timeout, task.cancel)
+        park()
+        if isinstance(waiter.error, asyncio.CancelledError):
+            raise self._late()
+
+    def _late(self) -> Unavailable:
+        return Unavailable(f"the event loop did not finish a call within {self.timeout:g}s")
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         self.post(self._begin, coro, _log_failure, contextvars.copy_context())
@@ -101,12 +143,13 @@ class LoopBridge:
         coro: Coroutine[Any, Any, Any],
         then: Callable[[asyncio.Task[Any]], None],
         context: contextvars.Context,
-    ) -> None:
+    ) -> asyncio.Task[Any]:
         # In the caller's context: what the coroutine logs carries the caller's run context.
         task = self.loop.create_task(coro, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(then, context=context)
+        return task
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         self.post(callback)

@@ -28,7 +28,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from dagnats.actors.directory import RunDirectory
+from dagnats.actors.directory import start_directory
 from dagnats.actors.flow import ConcurrencyActor, FlowControl, RateLimitActor
 from dagnats.actors.messages import Deliver, LiveCount, bundled
 from dagnats.actors.ports import Clock
@@ -47,7 +47,7 @@ from .handoff import Handoff
 from .history import HistoryStore
 from .inbox import LEGACY, PartitionPuller, retire_old_consumer
 from .leases import PartitionLeases
-from .ports import NatsPorts
+from .ports import NatsPorts, OffLoop
 from .reader import RunReader
 from .streams import ensure_resources, patiently
 
@@ -93,8 +93,8 @@ class Engine:
         self.timers = TimerActor.start(self.ports.clock, self.ports.timers)
         self.slots = ConcurrencyActor.start(self.ports.limits, self.ports.clock)
         self.rates = RateLimitActor.start(self.ports.limits, self.ports.clock)
-        self.ports.flow = FlowControl(self.slots, self.rates, self.ports.clock)
-        self.directory = RunDirectory.start(self.ports, self.timers, self.max_live, self.quarantine_retry)
+        self.ports.flow = OffLoop(FlowControl(self.slots, self.rates, self.ports.clock), self.bridge)
+        self.directory = start_directory(self.ports, self.timers, self.max_live, self.quarantine_retry)
         await patiently(retire_old_consumer, self.js)
         self.handoff = Handoff(self.nc, self.partition_count, self.directory.tell, self._holds, _sanitized)
         self.reader.owns = lambda run_id: self._holds(partition_of(run_id, self.partition_count))

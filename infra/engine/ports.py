@@ -217,6 +217,8 @@ class NatsPorts:
         self.state = reader
         self.limits = NatsLimitStore(js, bridge, reader)
         self.flow: FlowPort = Unstarted()
+        # Run actors live on the loop's thread, each on a greenlet (``actors.hosted``).
+        self.host = bridge.post
         self.max_record_bytes = max_payload - HEADER_ROOM
 
     def record(
@@ -282,3 +284,17 @@ async def _alongside(first: Coroutine[Any, Any, Any], others: list[Coroutine[Any
     if failed is not None:
         raise failed
     return result
+
+
+class OffLoop:
+    """Flow control for run actors hosted on the loop: an acquire waits for the flow actors'
+    answers on a thread of its own (they block), the actor's greenlet parked meanwhile."""
+
+    def __init__(self, flow: FlowPort, bridge: LoopBridge) -> None:
+        self.flow, self.bridge = flow, bridge
+
+    def acquire(self, acquire: Any) -> Any:
+        return self.bridge.call(asyncio.to_thread(self.flow.acquire, acquire))
+
+    def release(self, releases: list[Any]) -> None:
+        self.flow.release(releases)
