@@ -4,9 +4,12 @@ summary, and readers then fold the whole history."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import msgspec
 import nats
+from nats.js import JetStreamContext
 
 from dagnats.domain import events as ev
 from dagnats.domain.definition import StepDef, WorkflowDef
@@ -19,6 +22,26 @@ from strategies import RUN_ID, Recorder, at, completed, started_event
 DEF = WorkflowDef(name="big", steps=(StepDef(id="a", task="a"), StepDef(id="b", task="b", depends_on=("a",))))
 
 
+@contextlib.asynccontextmanager
+async def _jetstream(nats_url: str) -> AsyncIterator[tuple[nats.NATS, JetStreamContext]]:
+    """A connection and its JetStream context, the engine's streams and buckets made."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await ensure_resources(js)
+        yield nc, js
+    finally:
+        await nc.close()
+
+
+async def _append_each(store: HistoryStore, events: list[ev.Event]) -> int:
+    """Each event in a record of its own; the last record's sequence."""
+    seq = 0
+    for event in events:
+        seq = await store.append(RUN_ID, b"[" + ev.encode_event(event) + b"]", seq, f"{RUN_ID}.{event.id}")
+    return seq
+
+
 def test_a_state_too_large_to_cache_is_kept_as_a_summary_and_read_back_whole(nats_url, run):
     big = "x" * 6000
     rec = Recorder()
@@ -28,21 +51,14 @@ def test_a_state_too_large_to_cache_is_kept_as_a_summary_and_read_back_whole(nat
     events = rec.history
 
     async def body():
-        nc = await nats.connect(nats_url)
-        try:
-            js = nc.jetstream()
-            await ensure_resources(js)
+        async with _jetstream(nats_url) as (nc, js):
             store = HistoryStore(js, max_payload=12_000)
-            seq = 0
-            for event in events:
-                seq = await store.append(RUN_ID, b"[" + ev.encode_event(event) + b"]", seq, f"{RUN_ID}.{event.id}")
+            seq = await _append_each(store, events)
             await store.save_snapshot(rec.run, seq)
             cached, cached_seq = await store.load_snapshot(RUN_ID)
             loaded, loaded_seq = await store.load(RUN_ID)
             listed = await store.snapshots()
             return rec.run, seq, cached, cached_seq, loaded, loaded_seq, listed
-        finally:
-            await nc.close()
 
     state, seq, cached, cached_seq, loaded, loaded_seq, listed = run(body())
     assert len(msgspec.json.encode(state)) > 12_000
@@ -72,16 +88,11 @@ def test_a_partitions_unfinished_runs_are_listed_from_their_open_snapshots_and_l
     done = msgspec.structs.replace(open_runs[0], status=RunStatus.COMPLETED)
 
     async def body():
-        nc = await nats.connect(nats_url)
-        try:
-            js = nc.jetstream()
-            await ensure_resources(js)
+        async with _jetstream(nats_url) as (nc, js):
             store = HistoryStore(js, partitions=partitions)
             for state in open_runs:
                 await store.save_snapshot(state, 1)
             # Started and finished at once: the two writes are ordered, no open one is left.
-            import asyncio
-
             await asyncio.gather(store.save_snapshot(open_runs[0], 1), store.save_snapshot(done, 2))
             listed = {p: sorted(await store.open_runs(p)) for p in range(partitions)}
             loaded = await store.load_snapshot(done.run_id)
@@ -89,8 +100,6 @@ def test_a_partitions_unfinished_runs_are_listed_from_their_open_snapshots_and_l
             await store.delete(done.run_id)
             gone = await store.load_snapshot(done.run_id)
             return listed, loaded, snapshots, gone
-        finally:
-            await nc.close()
 
     listed, loaded, snapshots, gone = run(body())
     expected = {p: sorted(r.run_id for r in open_runs[1:] if partition_of(r.run_id, partitions) == p) for p in range(4)}
@@ -107,10 +116,7 @@ def test_a_run_that_ends_unlisted_writes_its_last_snapshot_and_purges_nothing(na
     ended = [msgspec.structs.replace(r, status=RunStatus.COMPLETED) for r in (quick, slow)]
 
     async def body():
-        nc = await nats.connect(nats_url)
-        try:
-            js = nc.jetstream()
-            await ensure_resources(js)
+        async with _jetstream(nats_url) as (nc, js):
             purges: list[str] = []
 
             async def seen(msg):
@@ -126,8 +132,6 @@ def test_a_run_that_ends_unlisted_writes_its_last_snapshot_and_purges_nothing(na
             await nc.flush()
             listed = list(purges)
             return unlisted, listed, [await store.load_snapshot(r.run_id) for r in ended]
-        finally:
-            await nc.close()
 
     unlisted, listed, loaded = run(body())
     assert unlisted == []
@@ -145,10 +149,7 @@ def test_an_unfinished_state_its_open_key_already_holds_is_not_written_again(nat
     (sleeper,) = _runs(1, "sleeps")
 
     async def body():
-        nc = await nats.connect(nats_url)
-        try:
-            js = nc.jetstream()
-            await ensure_resources(js)
+        async with _jetstream(nats_url) as (nc, js):
             kv = await js.key_value(RUNS_BUCKET)
             key = open_key(sleeper.run_id, 4)
 
@@ -165,8 +166,6 @@ def test_an_unfinished_state_its_open_key_already_holds_is_not_written_again(nat
             await woken.save_snapshot(sleeper, 4)
             newer = await revision()
             return written, loaded[1], unchanged, newer, (await woken.load_snapshot(sleeper.run_id))[1]
-        finally:
-            await nc.close()
 
     written, loaded_seq, unchanged, newer, last = run(body())
     assert loaded_seq == 3
@@ -185,21 +184,14 @@ def test_a_delete_waits_for_the_runs_snapshots_under_way(nats_url, run):
     rec.feed(completed("b", 1, 2, at(2)), at(2))
 
     async def body():
-        nc = await nats.connect(nats_url)
-        try:
-            js = nc.jetstream()
-            await ensure_resources(js)
+        async with _jetstream(nats_url) as (nc, js):
             store = HistoryStore(js)
-            seq = 0
-            for event in rec.history:
-                seq = await store.append(RUN_ID, b"[" + ev.encode_event(event) + b"]", seq, f"{RUN_ID}.{event.id}")
+            seq = await _append_each(store, rec.history)
             saves = [asyncio.ensure_future(store.save_snapshot(rec.run, seq)) for _ in range(2)]
             await asyncio.sleep(0)  # both under way: the first putting, the second queued behind it
             await store.delete(RUN_ID)
             await asyncio.gather(*saves)
             return await store.load_snapshot(RUN_ID), await store.read_after(RUN_ID, 0)
-        finally:
-            await nc.close()
 
     (cached, cached_seq), records = run(body())
     assert (cached, cached_seq, records) == (None, 0, [])
