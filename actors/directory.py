@@ -32,7 +32,6 @@ import pykka
 
 from dagnats.domain.events import TimerFired, WorkflowStarted
 
-from .hosted import HostedActor, host_of, wait_until
 from .messages import (
     Crashed,
     Deliver,
@@ -46,7 +45,7 @@ from .messages import (
     Rebuild,
 )
 from .ports import Ports
-from .run import HostedRunActor, RunActor
+from .run import RunActor
 from .threads import LeanActor
 
 log = logging.getLogger("dagnats.directory")
@@ -64,6 +63,7 @@ REBUILD_AFTER = 2.0
 
 class RunDirectory(LeanActor):
     use_daemon_thread = True
+    run_actor: type[RunActor] = RunActor  # the runtime of its run actors (``actors.runtime``)
 
     def __init__(
         self, ports: Ports, timers: Any, max_live: int = 512, quarantine_retry: float = QUARANTINE_RETRY
@@ -150,8 +150,7 @@ class RunDirectory(LeanActor):
 
     def _start(self, run_id: str, fresh: bool = False) -> pykka.ActorRef:
         recovering = run_id in self.crashes
-        kind = HostedRunActor if host_of(self.ports) is not None else RunActor
-        ref = kind.start(run_id, self.ports, self.actor_ref, self.timers, fresh, recovering)
+        ref = self.run_actor.start(run_id, self.ports, self.actor_ref, self.timers, fresh, recovering)
         self.actors[run_id] = ref
         if fresh:
             self._index_later(run_id)
@@ -248,27 +247,3 @@ def _starts_run(message: Deliver) -> bool:
 
 def _only_timers(message: Deliver) -> bool:
     return all(isinstance(event, TimerFired) for event in message.events)
-
-
-def start_directory(
-    ports: Any, timers: Any, max_live: int = 512, quarantine_retry: float = QUARANTINE_RETRY
-) -> pykka.ActorRef:
-    """The directory of ``ports``' runs: with its run actors on greenlets of the host's
-    thread if the ports name one (the engine's loop), else each on a thread."""
-    kind = HostedRunDirectory if host_of(ports) is not None else RunDirectory
-    return kind.start(ports, timers, max_live, quarantine_retry)
-
-
-class HostedRunDirectory(HostedActor, RunDirectory):
-    """The directory on a greenlet of the host's thread (the engine's loop), beside its
-    run actors: a delivery reaches its run without changing threads."""
-
-    def __init__(
-        self, ports: Ports, timers: Any, max_live: int = 512, quarantine_retry: float = QUARANTINE_RETRY
-    ) -> None:
-        RunDirectory.__init__(self, ports, timers, max_live, quarantine_retry)
-        self.host = host_of(ports)  # type: ignore[assignment]
-
-    def _wait_stopped(self, refs: list[pykka.ActorRef]) -> None:
-        # Its run actors need this thread to stop: park, do not block it.
-        wait_until(lambda: all(not ref.is_alive() for ref in refs), STOP_INDEXING, self.host)

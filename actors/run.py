@@ -66,7 +66,6 @@ from dagnats.domain.kinds.sleep import asleep_until
 from dagnats.domain.run_context import run_context
 from dagnats.domain.state import WorkflowRun, new_run
 
-from .hosted import HostedActor, host_of
 from .messages import ArmTimer, Crashed, Deliver, DisarmTimer, Healthy, Index, Passivate, Passivated, Rebuild
 from .ports import Ports
 from .threads import PooledActor
@@ -493,13 +492,3 @@ class RunActor(PooledActor):
         self.ports.state.forget(self.run_id)
         self.directory.tell(Passivated(self.run_id, self.run.is_terminal))
         self.stop()
-
-
-class HostedRunActor(HostedActor, RunActor):
-    """A RunActor on a greenlet of the engine's loop thread (``ports.host``), not a thread."""
-
-    def __init__(
-        self, run_id: str, ports: Ports, directory: Any, timers: Any, fresh: bool = False, recovering: bool = False
-    ) -> None:
-        RunActor.__init__(self, run_id, ports, directory, timers, fresh, recovering)
-        self.host = host_of(ports)  # type: ignore[assignment]

@@ -3,16 +3,21 @@
 ``FakeClock`` satisfies ``actors.ports.Clock``: ``now()`` and ``monotonic()``
 stand still until ``advance(seconds)``, which also runs every ``call_later``
 callback that has fallen due, in due order (from the test's thread: actor
-callbacks only ``tell``, which is thread-safe).
+callbacks only ``tell``, which is thread-safe). ``HostLoop`` is an event loop on a thread,
+a host for actors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -50,3 +55,29 @@ class FakeClock:
         for callback in due:
             callback()
         return len(due)
+
+
+class HostLoop:
+    """An event loop on a thread of its own, and its ``LoopPost`` made on it: a host for
+    actors (``actors.hosted``), as the engine's loop is."""
+
+    def __init__(self) -> None:
+        from dagnats.infra.engine.bridge import poster
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.post = self.on_loop(lambda: poster(self.loop))
+
+    def on_loop(self, make: Callable[[], T]) -> T:
+        """``make()``, called on the loop (what must be made there, such as its bridge)."""
+
+        async def made() -> T:
+            return make()
+
+        return asyncio.run_coroutine_threadsafe(made(), self.loop).result(5)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()

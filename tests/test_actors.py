@@ -3,14 +3,14 @@ passivation, supervision, quarantine, and fires of finished runs."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from datetime import UTC, datetime
 
 import pytest
 
-from dagnats.actors.directory import INDEX_AFTER, QUARANTINE_AFTER, start_directory
+from dagnats.actors.directory import INDEX_AFTER, QUARANTINE_AFTER
 from dagnats.actors.messages import Deliver, LiveCount
+from dagnats.actors.runtime import start_directory
 from dagnats.actors.timer import TimerActor
 from dagnats.domain import events as ev
 from dagnats.domain.actions import Acquire
@@ -18,9 +18,8 @@ from dagnats.domain.definition import RateLimit, StepDef, WorkflowDef
 from dagnats.domain.kinds.admission import Answer
 from dagnats.domain.state import RunStatus
 from dagnats.domain.timers import fired_event
-from dagnats.infra.engine.bridge import LoopPost, poster
 
-from fakes import FakeClock
+from fakes import FakeClock, HostLoop
 from memory_ports import MemoryPorts
 
 CHAIN = WorkflowDef(name="chain", steps=(StepDef(id="a", task="ta"), StepDef(id="b", task="tb", depends_on=("a",))))
@@ -68,25 +67,6 @@ def engine(request):
         ref.stop(block=host is not None, timeout=5)
     if host is not None:
         host.close()
-
-
-class HostLoop:
-    """An event loop on a thread of its own, and its ``LoopPost``: a host for actors."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def made() -> LoopPost:
-            return poster(self.loop)
-
-        self.post = asyncio.run_coroutine_threadsafe(made(), self.loop).result(5)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 def start_fact(run_id: str) -> ev.Event:

@@ -15,25 +15,19 @@ from dagnats.actors.hosted import HostedActor, hosted_greenlet, wait_until
 from dagnats.domain.errors import Unavailable
 from dagnats.infra.engine.bridge import LoopBridge
 
+from fakes import HostLoop
+
 
 @pytest.fixture
 def loop_bridge():
     """A loop on a thread of its own, and its bridge made on that loop (as the engine does)."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def made() -> LoopBridge:
-        return LoopBridge(loop, timeout=5.0)
-
-    bridge = asyncio.run_coroutine_threadsafe(made(), loop).result(5)
-    yield bridge, thread
+    host = HostLoop()
+    bridge = host.on_loop(lambda: LoopBridge(host.loop, timeout=5.0))
+    yield bridge, host.thread
     for kind in (Caller, Waiter):
         for ref in pykka.ActorRegistry.get_by_class(kind):
             ref.stop(block=True, timeout=5)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    host.close()
 
 
 class Gates:
@@ -177,3 +171,25 @@ def test_a_parked_call_the_loop_does_not_finish_in_time_is_unavailable(loop_brid
     gates.open("after")
     assert actor.ask("after", timeout=5) == "AFTER"
     assert not bridge._tasks
+
+
+def test_an_actor_let_go_while_parked_fails_its_message_and_stops_alone(loop_bridge):
+    """The host letting go of a parked greenlet (``GreenletExit``, as when it is collected)
+    reaches the actor as ``Abandoned``, an error: the asker hears of it and that actor
+    stops, while pykka's answer to a ``GreenletExit`` (stop every actor) does not happen."""
+    import greenlet
+
+    from dagnats.actors.hosted import Abandoned
+
+    bridge, _ = loop_bridge
+    gates, log = Gates(bridge.loop), []
+    dropped = Caller.start("d", bridge, gates, log)
+    other = Caller.start("o", bridge, gates, log)
+    pending = dropped.ask("held", block=False)
+    _until(lambda: any(entry[1] == "held" for entry in log))
+    actor = dropped._actor_weakref()  # the test reaches in: only the host can throw into its greenlet
+    bridge.loop.call_soon_threadsafe(actor._greenlet.throw, greenlet.GreenletExit)
+    with pytest.raises(Abandoned):
+        pending.get(timeout=5)
+    gates.open("still")
+    assert other.ask("still", timeout=5) == "STILL"

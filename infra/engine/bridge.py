@@ -192,4 +192,4 @@ class SystemClock:
         return time.monotonic()
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        self.bridge.post(self.bridge.loop.call_later, delay, callback)
+        self.bridge.post.later(delay, callback)

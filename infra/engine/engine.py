@@ -28,10 +28,10 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from dagnats.actors.directory import start_directory
 from dagnats.actors.flow import ConcurrencyActor, FlowControl, RateLimitActor
 from dagnats.actors.messages import Deliver, LiveCount, bundled
 from dagnats.actors.ports import Clock
+from dagnats.actors.runtime import start_directory
 from dagnats.actors.timer import TimerActor
 from dagnats.domain.events import Event, TimerFired, decode_event, format_timestamp, parse_timestamp
 from dagnats.domain.partition import partition_of
