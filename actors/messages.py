@@ -13,13 +13,14 @@ from dagnats.domain.actions import StartTimer
 from dagnats.domain.events import Event
 
 
-def _ignore(ok: bool, retry_in: float = 0.5) -> None:
+def _ignore(ok: bool, retry_in: float = 0.5, repeated: bool = False) -> None:
     return None
 
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """Facts for one run; ``done(True)`` acks them, ``done(False, retry_in)`` redelivers."""
+    """Facts for one run; ``done(True)`` acks them, ``done(False, retry_in)`` redelivers;
+    ``done(True, repeated=True)``: they opened with a start, and the run had started before."""
 
     run_id: str
     events: tuple[Event, ...]

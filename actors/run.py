@@ -59,7 +59,15 @@ from dagnats.domain.actions import (
 )
 from dagnats.domain.decide import evolve, recover, unrecordable
 from dagnats.domain.errors import Unavailable, WrongLastSequence
-from dagnats.domain.events import Event, StepCompleted, StepFailed, TimerFired, encode_event, parse_timestamp
+from dagnats.domain.events import (
+    Event,
+    StepCompleted,
+    StepFailed,
+    TimerFired,
+    WorkflowStarted,
+    encode_event,
+    parse_timestamp,
+)
 from dagnats.domain.fold import ahead_of, fold
 from dagnats.domain.kinds.admission import answer_fact
 from dagnats.domain.kinds.sleep import asleep_until
@@ -209,8 +217,11 @@ class RunActor(PooledActor):
     # ---- deliveries ---------------------------------------------------------------
 
     def _deliver(self, message: Deliver) -> None:
-        if self._handle(list(message.events)).early:
+        plan = self._handle(list(message.events))
+        if plan.early:
             message.done(False, EARLY_RETRY)
+        elif _repeated_start(message, plan):
+            message.done(True, repeated=True)
         else:
             message.done(True)
         if self.recovering:
@@ -492,3 +503,12 @@ class RunActor(PooledActor):
         self.ports.state.forget(self.run_id)
         self.directory.tell(Passivated(self.run_id, self.run.is_terminal))
         self.stop()
+
+
+def _repeated_start(message: Deliver, plan: Plan) -> bool:
+    """A delivery opening with a start that recorded no start: the run had started before."""
+    return (
+        bool(message.events)
+        and isinstance(message.events[0], WorkflowStarted)
+        and not any(isinstance(event, WorkflowStarted) for record in plan.records for event in record.events)
+    )

@@ -104,6 +104,41 @@ def test_starting_an_existing_run_id_again_returns_it_and_with_other_input_is_a_
     assert [e["type"] for e in events].count("workflow.started") == 1
 
 
+def test_racing_starts_of_one_run_id_start_it_once_and_the_rest_hear_the_same_run_or_a_conflict(nats_url, run):
+    """Starts with one explicit run id, all at once: each reads an empty history before any is
+    stored, so the run's owner tells them apart (the first stores it; the others hear their
+    start came after one, and compare). The starts go to the history: none to the inbox."""
+    from dagnats.infra.wire.names import INBOX_STREAM
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE)
+
+            async def start(n: int):
+                try:
+                    return await h.client.request(
+                        "run.start", {"workflow": "cp-one", "input": {"n": n % 2}, "run_id": "race-1"}
+                    )
+                except RunAlreadyStarted as err:
+                    return err
+
+            answers = await asyncio.gather(*(start(n) for n in range(40)))
+            events = await h.client.events("race-1")
+            inbox = (await h.nc.jetstream().stream_info(INBOX_STREAM)).state.messages
+            return answers, events, inbox
+
+    answers, events, inbox = run(body())
+    started = [a for a in answers if isinstance(a, dict) and not a.get("deduplicated")]
+    assert started == [{"run_id": "race-1"}]
+    stored_input = next(e for e in events if e["type"] == "workflow.started")["payload"]["input"]["n"]
+    same = [n for n, a in enumerate(answers) if n % 2 == stored_input and a not in started]
+    other = [n for n in range(40) if n % 2 != stored_input]
+    assert all(answers[n] == {"run_id": "race-1", "deduplicated": True} for n in same)
+    assert all(isinstance(answers[n], RunAlreadyStarted) and answers[n].run_id == "race-1" for n in other)
+    assert [e["type"] for e in events].count("workflow.started") == 1
+    assert inbox == 0
+
+
 def test_status_and_lists_read_while_hundreds_of_runs_start_and_end_never_fail(nats_url, run):
     # The engine's status and run list read the live runs while actors come and go:
     # they ask the owned read model, never a dict the actors mutate meanwhile.

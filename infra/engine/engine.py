@@ -183,7 +183,7 @@ class Engine:
             if not handled.done():
                 handled.set_result(None)
 
-        def done(*_: object) -> None:  # on the actor's thread
+        def done(*_: object, **__: object) -> None:  # on the actor's thread
             try:
                 loop.call_soon_threadsafe(settle)
             except RuntimeError:  # the loop closed: the engine stopped
@@ -240,7 +240,7 @@ class Engine:
             self.directory.tell(bundled(deliveries))
 
     def _acker(self, msgs: list[Msg], puller: PartitionPuller | None):
-        def done(ok: bool, retry_in: float = 0.5) -> None:
+        def done(ok: bool, retry_in: float = 0.5, repeated: bool = False) -> None:
             def settle() -> None:
                 if puller is not None:
                     puller.in_flight -= 1

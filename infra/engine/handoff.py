@@ -24,16 +24,17 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from dagnats.actors.messages import Deliver, Deliveries, bundled
-from dagnats.domain.events import Event, decode_event
+from dagnats.domain.events import WORKFLOW_STARTED, Event, decode_event
 from dagnats.domain.partition import partition_of
 
-from ..wire.handoff import HANDED, NOT_STORED, STORED
+from ..wire.handoff import HANDED, NOT_STORED, REPEATED, STORED
 from ..wire.lean import handle_at_once
 from ..wire.subjects import handoff_subject
 from .bridge import LoopPost, poster
 
 log = logging.getLogger("dagnats.handoff")
-# How a handed fact is answered, STORED or NOT_STORED: a reply to send, or a local future to set.
+# How a handed fact is answered, STORED, REPEATED or NOT_STORED: a reply to send, or a
+# local future to set.
 Answer = Callable[[bytes], Awaitable[None] | None]
 
 
@@ -53,6 +54,8 @@ class Handoff:
         self._subs: dict[int, Subscription] = {}
         # Per run, the facts handed over and how to answer each (a request, or a local future).
         self._batches: dict[str, list[tuple[Event, Answer]]] = {}
+        # Starts of runs that already have a batch: each delivered after it, alone.
+        self._starts: list[tuple[str, list[tuple[Event, Answer]]]] = []
 
     async def open(self, partition: int) -> None:
         if partition not in self._subs:
@@ -83,19 +86,19 @@ class Handoff:
             return
         self._add(event, partial(_answer, msg))
 
-    def here(self, event: Event) -> asyncio.Future[bool] | None:
+    def here(self, event: Event) -> asyncio.Future[bytes] | None:
         """Hand a fact over within this process (a start the control plane took for a run
         whose partition this engine holds): the same path as a request, with no round trip
         through the server. None if this engine does not hold the run's partition; else a
-        future: True once the fact is stored, False if it was not."""
+        future of the answer a request would get (STORED, REPEATED or NOT_STORED)."""
         partition = partition_of(event.run_id, self.partitions) if event.run_id else -1
         if partition not in self._subs or not self._takes(event, partition):
             return None
-        stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        stored: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
         def answer(body: bytes) -> None:
             if not stored.done():
-                stored.set_result(body == STORED)
+                stored.set_result(body)
 
         self._add(event, answer)
         return stored
@@ -112,14 +115,20 @@ class Handoff:
         # Facts of one run handed over together (a map's elements finishing at once) go to
         # its actor as one delivery, so they become one history record, as from the inbox;
         # the deliveries of every run that got facts meanwhile go to the directory at once.
-        if not self._batches:
+        # A start opens a delivery of its own, whose answer says whether it started the run.
+        if not self._batches and not self._starts:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._batches.setdefault(event.run_id, []).append((self.sanitized(event), answer))
+        item = (self.sanitized(event), answer)
+        if event.type == WORKFLOW_STARTED and event.run_id in self._batches:
+            self._starts.append((event.run_id, [item]))
+        else:
+            self._batches.setdefault(event.run_id, []).append(item)
 
     def _flush(self) -> None:
         batches, self._batches = self._batches, {}
+        starts, self._starts = self._starts, []
         post = poster(asyncio.get_running_loop())
-        deliveries = [_delivery(post, run_id, batch) for run_id, batch in batches.items()]
+        deliveries = [_delivery(post, run_id, batch) for run_id, batch in [*batches.items(), *starts]]
         if deliveries:
             self.deliver(bundled(deliveries))
 
@@ -127,8 +136,8 @@ class Handoff:
 def _delivery(post: LoopPost, run_id: str, batch: list[tuple[Event, Answer]]) -> Deliver:
     answers = [answer for _, answer in batch]
 
-    def done(ok: bool, retry_in: float = 0.5) -> None:
-        body = STORED if ok else NOT_STORED
+    def done(ok: bool, retry_in: float = 0.5, repeated: bool = False) -> None:
+        body = (REPEATED if repeated else STORED) if ok else NOT_STORED
         post(_answer_all, answers, body)
 
     return Deliver(run_id, tuple(event for event, _ in batch), done)

@@ -2,10 +2,14 @@
 
 A start checks the workflow can run and its input (JSON, the input schema),
 then admits the run — idempotency key, singleton lock, cancel_on waiters —
-and publishes its ``workflow.started`` fact into its inbox. An explicit run
-id already taken answers the same start with that run, and anything else
-with RunAlreadyStarted (as Temporal's "already started"). A child run is
-started the same way, carrying its parent's ids.
+and hands its ``workflow.started`` fact to the run's owner, which stores it
+in the run's history (or, if no owner takes it in time, publishes it into the
+run's inbox). An explicit run id already taken answers the same start with
+that run, and anything else with RunAlreadyStarted (as Temporal's "already
+started"): the history is read before admission, and a start that raced
+another one to the owner is told so (REPEATED: its history held a start),
+as the inbox's message id tells a start that raced another one there. A
+child run is started the same way, carrying its parent's ids.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from dagnats.domain.values import json_problem
 from ..tracing import api_span, incoming_baggage, incoming_state, valid_trace_parent
 from ..wire import control as wire
 from ..wire.facts import publish_fact
-from ..wire.handoff import hand_over
+from ..wire.handoff import NOT_STORED, REPEATED, STORED, ask_owner
 from ..wire.lean import requester
 from ..wire.subjects import handoff_subject
 from .admission import Admission
@@ -64,7 +68,7 @@ class RunStarts:
         max_payload: int,
         cancel_by: CancelBy,
         partitions: int | None = None,
-        here: Callable[[ev.Event], asyncio.Future[bool] | None] | None = None,
+        here: Callable[[ev.Event], asyncio.Future[bytes] | None] | None = None,
     ) -> None:
         self.js, self.defs, self.admission, self.reader = js, defs, admission, reader
         self.max_payload, self.cancel_by, self.partitions = max_payload, cancel_by, partitions
@@ -97,11 +101,10 @@ class RunStarts:
                 id=ev.WORKFLOW_STARTED,
             )
             answer = None
-            made_here = not req.run_id or req.new_run
-            if not made_here:
+            if req.run_id and not req.new_run:
                 answer = await self._same_run(event, await self.reader.recorded_start(run_id))
             if answer is None:
-                answer = await self._start(wf, event, req.idempotency_key, fresh_id=made_here)
+                answer = await self._start(wf, event, req.idempotency_key)
             if caller and answer.get("deduplicated"):
                 await self._link_repeated(answer["run_id"], caller, start.trace_state)
             return answer
@@ -188,11 +191,9 @@ class RunStarts:
         event: ev.WorkflowStarted,
         explicit_key: Any,
         idempotent: bool = True,
-        fresh_id: bool = False,
     ) -> dict[str, Any]:
-        """Admit and store a start request. A run id made here (no one else can start
-        the same run) is handed straight to its owner, stored once, in its history;
-        otherwise, or if no owner takes it, it goes to the run's inbox."""
+        """Admit and store a start request: handed straight to its owner, stored once, in
+        its history; if no owner takes it, in the run's inbox."""
         data = event.payload.input if event.payload else None
         encoded = ev.encode_event(event)
         if len(encoded) > self.max_payload:
@@ -217,10 +218,10 @@ class RunStarts:
         # From here the start may land whatever this request is told (a send that timed out
         # may have been stored): the claim stays, and a start again with the key answers
         # with this run once it is found, or takes the key over once the claim is abandoned.
-        handed = fresh_id and await self._hand_over(event, encoded)
-        ack = None if handed else await publish_fact(self.js, event, body=encoded)
+        answer = await self._hand_over(event, encoded)
+        ack = None if answer != NOT_STORED else await publish_fact(self.js, event, body=encoded)
         await self.admission.confirm_idempotency(claim)
-        if ack is not None and ack.duplicate:
+        if answer == REPEATED or (ack is not None and ack.duplicate):
             # Another start with this run id got in first, a moment ago (it may still
             # wait in the inbox: the recorded history was read before the publish).
             first = await self.reader.first_event(run_id)
@@ -232,21 +233,23 @@ class RunStarts:
     async def _started(self, run_id: str) -> bool:
         return await self.reader.first_event(run_id) is not None
 
-    async def _hand_over(self, event: ev.WorkflowStarted, body: bytes) -> bool:
+    async def _hand_over(self, event: ev.WorkflowStarted, body: bytes) -> bytes:
+        """The owner's answer: STORED, REPEATED, or NOT_STORED (no owner, or not in time)."""
         if not self.partitions:
-            return False
+            return NOT_STORED
         stored = self.here(event) if self.here is not None else None
         if stored is not None:
             try:
-                if await asyncio.wait_for(stored, START_HANDOFF_TIMEOUT):
-                    return True
+                answer = await asyncio.wait_for(stored, START_HANDOFF_TIMEOUT)
             except TimeoutError:
-                return False  # a busy owner: the inbox takes it (a start stored twice is folded once)
+                return NOT_STORED  # a busy owner: the inbox takes it (a start stored twice is folded once)
+            if answer in (STORED, REPEATED):
+                return answer
         subject = handoff_subject(partition_of(event.run_id, self.partitions))
         # Briefly: a busy owner must not hold up start requests (the control plane serves a
         # bounded number at once); the inbox takes the start instead, and a start that lands
         # twice is the same fact, folded once.
-        return await hand_over(requester(self.js), subject, body, event.trace_parent, timeout=START_HANDOFF_TIMEOUT)
+        return await ask_owner(requester(self.js), subject, body, event.trace_parent, timeout=START_HANDOFF_TIMEOUT)
 
 
 def _check_schema(schema: dict[str, Any], data: Any) -> None:
