@@ -10,7 +10,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
 from nats.js.errors import APIError, NoStreamResponseError
 
-from dagnats.infra.wire.lean import LeanJetStream, handle_at_once
+from dagnats.infra.wire.lean import LeanJetStream, handle_at_once, publish_now
 
 STREAM = "LEAN_TEST"
 
@@ -116,3 +116,40 @@ def test_a_subscription_handled_at_once_gets_every_message_in_order_and_never_co
     got, errors, pending, connected = run(body())
     assert got == [f"{n:0100d}".encode() for n in range(300) if n != 7]
     assert errors == [] and pending == 0 and connected
+
+
+def test_a_message_queued_at_once_arrives_as_nats_py_would_send_it_and_falls_back_when_it_cannot(nats_url, run):
+    """``publish_now`` writes the protocol line nats-py would (subject, reply, headers with
+    their line breaks replaced, payload, in order with nats-py's own publishes); it leaves
+    to ``nc.publish`` what it cannot queue: an oversized payload, a closed connection."""
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        seen: list = []
+        sub = await nc.subscribe("now.>")
+        handle_at_once(sub, seen.append)
+        queued = [
+            publish_now(nc, "now.a", b"one", reply="back.1", headers={"Nats-Msg-Id": "m1", "X-Odd": "a\r\nb"}),
+            publish_now(nc, "now.b", b""),
+        ]
+        await nc.publish("now.c", b"three", headers={"Nats-Msg-Id": "m3"})
+        queued.append(publish_now(nc, "now.d", b"four"))
+        too_large = publish_now(nc, "now.e", b"x" * (nc.max_payload + 1))
+        await nc.flush()
+        for _ in range(100):
+            if len(seen) == 4:
+                break
+            await asyncio.sleep(0.01)
+        await nc.close()
+        closed = publish_now(nc, "now.f", b"late")
+        return queued, too_large, closed, seen
+
+    queued, too_large, closed, seen = run(body())
+    assert queued == [True, True, True] and not too_large and not closed
+    assert [(m.subject, m.reply, m.data) for m in seen] == [
+        ("now.a", "back.1", b"one"),
+        ("now.b", "", b""),
+        ("now.c", "", b"three"),
+        ("now.d", "", b"four"),
+    ]
+    assert seen[0].headers == {"Nats-Msg-Id": "m1", "X-Odd": "a  b"} and seen[2].headers == {"Nats-Msg-Id": "m3"}

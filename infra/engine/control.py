@@ -53,6 +53,7 @@ from ..triggers import TriggerStore
 from ..wire import control as wire
 from ..wire.facts import publish_fact
 from ..wire.keys import signal_key
+from ..wire.lean import publish_now
 from ..wire.names import API_PREFIX, API_QUEUE, SIGNALS_BUCKET
 from ..wire.notices import await_run
 from ..wire.outage import NATS_UNAVAILABLE
@@ -170,7 +171,7 @@ class ControlPlane:
         op = msg.subject[len(API_PREFIX) + 1 :]
         with run_context(_run_of(msg.data)):  # log lines about a run carry its id
             reply = await self._answer(op, msg)
-        if msg.reply:
+        if msg.reply and not publish_now(self.nc, msg.reply, reply):
             await msg.respond(reply)
 
     async def _answer(self, op: str, msg: Msg) -> bytes:

@@ -28,7 +28,7 @@ from dagnats.domain.events import WORKFLOW_STARTED, Event, decode_event
 from dagnats.domain.partition import partition_of
 
 from ..wire.handoff import HANDED, NOT_STORED, REPEATED, STORED
-from ..wire.lean import handle_at_once
+from ..wire.lean import handle_at_once, publish_now
 from ..wire.subjects import handoff_subject
 from .bridge import LoopPost, poster
 
@@ -79,10 +79,10 @@ class Handoff:
         try:
             event = decode_event(msg.data)
         except msgspec.DecodeError:
-            asyncio.ensure_future(_answer(msg, NOT_STORED))
+            _answer_all([partial(_answer, msg)], NOT_STORED)
             return
         if not self._takes(event, partition):
-            asyncio.ensure_future(_answer(msg, NOT_STORED))  # the worker falls back to the run's inbox
+            _answer_all([partial(_answer, msg)], NOT_STORED)  # the worker falls back to the run's inbox
             return
         self._add(event, partial(_answer, msg))
 
@@ -150,7 +150,14 @@ def _answer_all(answers: list[Answer], body: bytes) -> None:
             asyncio.ensure_future(sending)
 
 
-async def _answer(msg: Msg, body: bytes) -> None:
+def _answer(msg: Msg, body: bytes) -> Awaitable[None] | None:
+    """Reply at once; or, when the connection cannot take it now, a coroutine that does."""
+    if msg.reply and publish_now(msg._client, msg.reply, body):
+        return None
+    return _respond(msg, body)
+
+
+async def _respond(msg: Msg, body: bytes) -> None:
     try:
         await msg.respond(body)
     except Exception as err:  # noqa: BLE001 - the worker times out and uses the inbox

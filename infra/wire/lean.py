@@ -70,6 +70,48 @@ def handle_at_once(sub: Subscription, handle: Callable[[Msg], None]) -> None:
     sub._pending_queue = _AtOnce(sub, handle)  # type: ignore[assignment]
 
 
+_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+
+
+def publish_now(
+    nc: NATS, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None
+) -> bool:
+    """Queue a message on ``nc``'s connection at once, as ``nc.publish`` does (the same
+    protocol line, the same pending buffer, the same flusher), without its chain of
+    coroutines, a future and a queue wait per message. False, with nothing queued, when
+    ``nc.publish`` must do it: not connected (it buffers or refuses), draining, the
+    payload over the server's limit, or the pending buffer full (it flushes first).
+
+    For the engine's own subjects and header names (identifiers checked where they
+    are made); header values have their line breaks replaced, as nats-py does.
+    """
+    queue = nc._flush_queue
+    if nc._status != NATS.CONNECTED or queue is None or len(payload) > nc._max_payload:
+        return False
+    if headers:
+        lines = "".join(f"{k.strip()}: {v.strip().translate(_NEWLINES)}\r\n" for k, v in headers.items())
+        block = b"NATS/1.0\r\n" + lines.encode() + b"\r\n"
+        cmd = b"HPUB %b %b %d %d\r\n%b%b\r\n" % (
+            subject.encode(),
+            reply.encode(),
+            len(block),
+            len(block) + len(payload),
+            block,
+            payload,
+        )
+    else:
+        cmd = b"PUB %b %b %d\r\n%b\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
+    if nc._max_pending_size > 0 and nc._pending_data_size + len(cmd) > nc._max_pending_size:
+        return False
+    nc._pending.append(cmd)
+    nc._pending_data_size += len(cmd)
+    nc.stats["out_msgs"] += 1
+    nc.stats["out_bytes"] += len(payload)
+    if queue.empty():  # wake the connection's flusher, as nats-py does
+        queue.put_nowait(asyncio.get_running_loop().create_future())
+    return True
+
+
 class LeanRequests:
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
@@ -116,7 +158,8 @@ class LeanRequests:
         self._pending[token] = future
         timer = loop.call_later(timeout, self._expire, token)
         try:
-            await self.nc.publish(subject, payload, reply=prefix + token, headers=headers)
+            if not publish_now(self.nc, subject, payload, prefix + token, headers):
+                await self.nc.publish(subject, payload, reply=prefix + token, headers=headers)
             msg = await future
         finally:
             timer.cancel()
