@@ -79,6 +79,51 @@ def test_a_subject_no_stream_takes_and_a_silent_responder_fail_clearly(nats_url,
     assert run(body()) == 0  # nothing left waiting
 
 
+def test_requests_with_different_timeouts_each_expire_after_their_own_and_answered_ones_do_not(nats_url, run):
+    """Expiries are swept, not timed one by one: each unanswered request still fails no
+    sooner than its own timeout (and within a sweep of it), answered ones are untouched,
+    and nothing stays waiting or queued for expiry once the last is due."""
+    from dagnats.infra.wire.lean import SWEEP_EVERY, LeanRequests
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            requests = LeanRequests(nc)
+
+            async def echo(msg) -> None:
+                await msg.respond(msg.data)
+
+            async def silent(msg) -> None:
+                return None
+
+            await nc.subscribe("sweep.echo", cb=echo)
+            await nc.subscribe("sweep.silent", cb=silent)
+
+            async def one(n: int):
+                timeout = (0.1, 0.3, 0.2)[n % 3]
+                subject = "sweep.echo" if n % 4 == 0 else "sweep.silent"
+                began = asyncio.get_running_loop().time()
+                try:
+                    answer = (await requests.request(subject, str(n).encode(), timeout=timeout)).data
+                except NatsTimeoutError:
+                    answer = None
+                return n, timeout, answer, asyncio.get_running_loop().time() - began
+
+            results = await asyncio.gather(*(one(n) for n in range(60)))
+            await asyncio.sleep(SWEEP_EVERY * 2)
+            return results, requests.waiting(), requests._deadlines, requests._sweep_at
+        finally:
+            await nc.close()
+
+    results, waiting, deadlines, sweep_at = run(body())
+    for n, timeout, answer, took in results:
+        if n % 4 == 0:
+            assert answer == str(n).encode() and took < timeout
+        else:
+            assert answer is None and timeout <= took < timeout + 0.05 + 0.5  # a sweep, and a loaded machine
+    assert waiting == 0 and deadlines == {} and sweep_at is None
+
+
 def test_a_subscription_handled_at_once_gets_every_message_in_order_and_never_counts_as_slow(nats_url, run):
     """``handle_at_once``: each message goes to the handler as the connection reads it. Far
     more bytes than the subscription's pending limit pass without a slow-consumer error

@@ -6,8 +6,9 @@ timer); ``JetStreamContext.publish`` is such a request, and decodes the PubAck
 with ``json`` and a dataclass. A run stores several messages per step and
 makes several requests (hand-offs, control-plane calls), so ``LeanRequests``
 does the same with a counter for the token, one reply subscription (whose
-messages are handled as the connection reads them: ``handle_at_once``) and one
-timer per request, and ``LeanJetStream`` publishes through it and decodes with
+messages are handled as the connection reads them: ``handle_at_once``), one
+sweep that expires every request past its deadline (not a timer per request)
+and ``publish_now``; ``LeanJetStream`` publishes through it and decodes with
 msgspec: the same signatures, answers and errors (``NoRespondersError``,
 ``nats.errors.TimeoutError``; for a publish ``APIError`` and its kinds with the
 server's ``err_code``, and ``NoStreamResponseError``).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,8 @@ from nats.js.errors import APIError, NoStreamResponseError
 log = logging.getLogger("dagnats.lean")
 NO_RESPONDERS = "503"
 DEFAULT_TIMEOUT = 5.0
+# A request times out at most this much after its deadline (expiries are swept together).
+SWEEP_EVERY = 0.05
 
 
 class _AtOnce:
@@ -119,6 +123,10 @@ class LeanRequests:
         self._tokens = itertools.count(1)
         self._reply_to = ""
         self._subscribing: asyncio.Lock | None = None
+        # Per timeout, (deadline, token) in the order the requests went out, so in the
+        # order they fall due; one sweep expires what is overdue (no timer per request).
+        self._deadlines: dict[float, deque[tuple[float, str]]] = {}
+        self._sweep_at: asyncio.TimerHandle | None = None
 
     async def _prefix(self) -> str:
         if self._subscribing is None:
@@ -141,6 +149,28 @@ class LeanRequests:
         if future is not None and not future.done():
             future.set_exception(NatsTimeoutError())
 
+    def _due(self, loop: asyncio.AbstractEventLoop, timeout: float, token: str) -> None:
+        due = loop.time() + timeout
+        queue = self._deadlines.get(timeout)
+        if queue is None:
+            queue = self._deadlines[timeout] = deque()
+        queue.append((due, token))
+        if self._sweep_at is None:
+            self._sweep_at = loop.call_at(due, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Expire the requests past their deadline (a request answered meanwhile is gone
+        from ``_pending``); come back when the next one falls due, at most every SWEEP_EVERY."""
+        now, soonest = loop.time(), None
+        for timeout, queue in list(self._deadlines.items()):
+            while queue and queue[0][0] <= now:
+                self._expire(queue.popleft()[1])
+            if queue:
+                soonest = queue[0][0] if soonest is None else min(soonest, queue[0][0])
+            else:
+                del self._deadlines[timeout]
+        self._sweep_at = None if soonest is None else loop.call_at(max(soonest, now + SWEEP_EVERY), self._sweep, loop)
+
     def waiting(self) -> int:
         return len(self._pending)
 
@@ -156,13 +186,12 @@ class LeanRequests:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         self._pending[token] = future
-        timer = loop.call_later(timeout, self._expire, token)
+        self._due(loop, timeout, token)
         try:
             if not publish_now(self.nc, subject, payload, prefix + token, headers):
                 await self.nc.publish(subject, payload, reply=prefix + token, headers=headers)
             msg = await future
         finally:
-            timer.cancel()
             self._pending.pop(token, None)
         if not msg.data and msg.headers and msg.headers.get(api.Header.STATUS) == NO_RESPONDERS:
             raise NoRespondersError
