@@ -198,3 +198,38 @@ def test_a_message_queued_at_once_arrives_as_nats_py_would_send_it_and_falls_bac
         ("now.d", "", b"four"),
     ]
     assert seen[0].headers == {"Nats-Msg-Id": "m1", "X-Odd": "a  b"} and seen[2].headers == {"Nats-Msg-Id": "m3"}
+
+
+def test_the_lean_read_of_a_stored_message_agrees_with_nats_pys_get_msg(nats_url, run):
+    """``next_stored`` (what ``stored_messages`` walks with) answers as ``get_msg(next=True)``:
+    subject, sequence, data, headers and time; None past the last message, and for a stream
+    that does not exist (nats-py's NotFoundError either way, which ended the walk)."""
+    from dagnats.infra.wire.reading import next_stored, stored_messages
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            lean = LeanJetStream(nc)
+            await lean.add_stream(StreamConfig(name="READ_TEST", subjects=["read.>"]))
+            await lean.publish("read.a", b"one", headers={"Nats-Msg-Id": "r1", "Traceparent": "00-ab-cd-01"})
+            await lean.publish("read.b", b"")
+            await lean.publish("read.a", b'{"two":2}')
+            pairs = []
+            for seq in (1, 2, 3):
+                mine = await next_stored(lean, "READ_TEST", "read.a", seq)
+                theirs = await lean.get_msg("READ_TEST", seq=seq, subject="read.a", next=True)
+                pairs.append((mine, theirs))
+            past = await next_stored(lean, "READ_TEST", "read.a", 4)
+            walked = [m.data async for m in stored_messages(lean, "READ_TEST", "read.>")]
+            missing = await next_stored(lean, "NO_SUCH_STREAM", "read.a", 1)
+            return pairs, past, walked, missing
+        finally:
+            await nc.close()
+
+    pairs, past, walked, missing = run(body())
+    for mine, theirs in pairs:
+        assert (mine.subject, mine.seq, mine.data, mine.time) == (theirs.subject, theirs.seq, theirs.data, theirs.time)
+        assert mine.headers == theirs.headers
+    assert pairs[0][0].headers == {"Nats-Msg-Id": "r1", "Traceparent": "00-ab-cd-01"} and pairs[0][0].data == b"one"
+    assert [p[0].seq for p in pairs] == [1, 3, 3] and past is None and missing is None
+    assert walked == [b"one", None, b'{"two":2}']

@@ -14,6 +14,7 @@ before it has delivered every entry).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -21,10 +22,12 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+
+from .lean import requester
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -35,12 +38,65 @@ async def stored_messages(
     """The messages stored on ``subject`` after ``after_seq``, oldest first."""
     seq = after_seq + 1
     while True:
-        try:
-            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
-        except NotFoundError:
+        msg = await next_stored(js, stream, subject, seq)
+        if msg is None:
             return
         yield msg
         seq = (msg.seq or seq) + 1
+
+
+class _Stored(msgspec.Struct):
+    subject: str = ""
+    seq: int = 0
+    hdrs: str | None = None
+    data: str | None = None
+    time: str | None = None
+
+
+class _GetAnswer(msgspec.Struct):
+    message: _Stored | None = None
+    error: dict[str, Any] | None = None
+
+
+_GET_ANSWER = msgspec.json.Decoder(_GetAnswer)
+
+
+async def next_stored(js: JetStreamContext, stream: str, subject: str, seq: int) -> RawStreamMsg | None:
+    """The first message stored on ``subject`` at or after ``seq`` (None: there is none), as
+    ``js.get_msg(stream, seq, subject, next=True)`` has it, read from the stream leader
+    through the context's lean requests (``lean.requester``) and decoded with msgspec."""
+    request = _ENCODER.encode({"seq": seq, "next_by_subj": subject})
+    try:
+        reply = await requester(js).request(f"{js._prefix}.STREAM.MSG.GET.{stream}", request, timeout=js._timeout)
+    except NoRespondersError:
+        raise ServiceUnavailableError from None  # as nats-py's get_msg
+    answer = _GET_ANSWER.decode(reply.data)
+    if answer.error is not None:
+        try:
+            APIError.from_error(answer.error)
+        except NotFoundError:
+            return None
+    stored = answer.message
+    if stored is None:
+        raise APIError(description=f"no message in the answer to a get from {stream}")
+    return RawStreamMsg(
+        subject=stored.subject,
+        seq=stored.seq,
+        data=base64.b64decode(stored.data) if stored.data else None,
+        headers=_headers(base64.b64decode(stored.hdrs)) if stored.hdrs else None,
+        stream=stream,
+        time=RawStreamMsg._parse_utc_iso(stored.time) if stored.time else None,
+    )
+
+
+def _headers(block: bytes) -> dict[str, str] | None:
+    """A stored message's header block (``NATS/1.0`` then ``Name: value`` lines)."""
+    headers: dict[str, str] = {}
+    for line in block.decode().split("\r\n")[1:]:
+        name, colon, value = line.partition(":")
+        if colon and name.strip():
+            headers[name.strip()] = value.strip()
+    return headers or None
 
 
 DIRECT_BATCH = 256
