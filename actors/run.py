@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -64,7 +63,6 @@ from dagnats.domain.events import (
     StepCompleted,
     StepFailed,
     TimerFired,
-    WorkflowStarted,
     encode_event,
     parse_timestamp,
 )
@@ -75,6 +73,7 @@ from dagnats.domain.run_context import run_context
 from dagnats.domain.state import WorkflowRun, new_run
 
 from .messages import ArmTimer, Crashed, Deliver, DisarmTimer, Healthy, Index, Passivate, Passivated, Rebuild
+from .plan import Plan, Record, repeated_start
 from .ports import Ports
 from .threads import PooledActor
 
@@ -99,32 +98,6 @@ OUTBOX_ACTIONS = (
     DeadLetter,
     DiscardDeadLetters,
 )
-
-
-@dataclass
-class Record:
-    """Events to append together, the effects that follow, and the state after them."""
-
-    events: list[Event]
-    parts: list[bytes]
-    actions: list[Action]
-    run: WorkflowRun
-
-    @property
-    def size(self) -> int:
-        return sum(len(p) for p in self.parts) + len(self.parts) + 1
-
-    def body(self) -> bytes:
-        return b"[" + b",".join(self.parts) + b"]"
-
-
-@dataclass
-class Plan:
-    records: list[Record] = field(default_factory=list)
-    # Effects of facts that are recorded nowhere (they changed nothing).
-    loose: list[Action] = field(default_factory=list)
-    # A worker reported on an attempt not dispatched in the state it was folded into.
-    early: bool = False
 
 
 class RunActor(PooledActor):
@@ -220,7 +193,7 @@ class RunActor(PooledActor):
         plan = self._handle(list(message.events))
         if plan.early:
             message.done(False, EARLY_RETRY)
-        elif _repeated_start(message, plan):
+        elif repeated_start(message, plan):
             message.done(True, repeated=True)
         else:
             message.done(True)
@@ -503,12 +476,3 @@ class RunActor(PooledActor):
         self.ports.state.forget(self.run_id)
         self.directory.tell(Passivated(self.run_id, self.run.is_terminal))
         self.stop()
-
-
-def _repeated_start(message: Deliver, plan: Plan) -> bool:
-    """A delivery opening with a start that recorded no start: the run had started before."""
-    return (
-        bool(message.events)
-        and isinstance(message.events[0], WorkflowStarted)
-        and not any(isinstance(event, WorkflowStarted) for record in plan.records for event in record.events)
-    )

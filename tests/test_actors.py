@@ -31,11 +31,13 @@ class Acks:
 
     def __init__(self) -> None:
         self.outcomes: list[tuple[bool, float]] = []
+        self.repeated: list[bool] = []  # per outcome: a start that found the run started
         self.changed = threading.Condition()
 
-    def done(self, ok: bool, retry_in: float = 0.5) -> None:
+    def done(self, ok: bool, retry_in: float = 0.5, repeated: bool = False) -> None:
         with self.changed:
             self.outcomes.append((ok, retry_in))
+            self.repeated.append(repeated)
             self.changed.notify_all()
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[tuple[bool, float]]:
@@ -106,6 +108,33 @@ def test_live_actors_stay_within_max_live_and_a_passivated_run_carries_on_from_i
         queued_b = [e for e in ports.history.events(run_id) if isinstance(e, ev.StepQueued) and e.step_id == "b"]
         assert [e.payload.input for e in queued_b] == [f"{run_id}-a"]
     assert len([t for t in ports.tasks.published if t.task == "tb"]) == 5
+
+
+def test_a_start_for_a_run_already_started_is_answered_repeated_live_passivated_or_ended(engine):
+    """The run's owner tells a start that started the run from one that came after one
+    (the control plane then compares the two): whether the run's actor is live, was
+    passivated (a fresh actor finds the history by its failed expectation) or the run
+    has ended. Nothing is recorded for a repeated start."""
+    ports, clock, timers, start = engine
+    directory = start(max_live=1)
+    acks = Acks()
+    deliver(directory, acks, start_fact("r1"))
+    deliver(directory, acks, start_fact("r1"))  # live
+    acks.wait_for(2)
+    deliver(directory, acks, start_fact("r2"))  # r1 passivates: one live actor at most
+    acks.wait_for(3)
+    deliver(directory, acks, start_fact("r1"))  # passivated
+    acks.wait_for(4)
+    for fact in (start_fact("r3"), completed("r3", "a", "A"), completed("r3", "b", "B")):
+        deliver(directory, acks, fact)
+    acks.wait_for(7)
+    _until(lambda: directory.ask(LiveCount()) == 0)  # r3 ended and passivated
+    deliver(directory, acks, start_fact("r3"))  # ended
+    outcomes = acks.wait_for(8)
+    assert all(ok for ok, _ in outcomes)
+    assert acks.repeated[:4] == [False, True, False, True] and acks.repeated[-1] is True
+    for run_id in ("r1", "r3"):
+        assert [type(e) for e in ports.history.events(run_id)].count(ev.WorkflowStarted) == 1
 
 
 def test_a_finished_run_passivates_at_once_and_its_late_timer_fires_start_no_actor(engine):

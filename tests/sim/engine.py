@@ -303,7 +303,7 @@ class SimEngine:
         return len(msgs)
 
     def _acker(self, tokens: list[tuple[Message, Any]]) -> Callable[..., None]:
-        def done(ok: bool, retry_in: float = 0.5) -> None:
+        def done(ok: bool, retry_in: float = 0.5, repeated: bool = False) -> None:
             self.point("ack")
             for m, token in tokens:
                 if ok:
