@@ -139,6 +139,41 @@ def test_racing_starts_of_one_run_id_start_it_once_and_the_rest_hear_the_same_ru
     assert inbox == 0
 
 
+def test_a_start_no_owner_takes_reads_the_history_before_the_inbox_takes_it(nats_url, run):
+    """A start with an explicit run id and nothing to admit goes to the run's owner unread;
+    when no owner takes it (none holds the partition, or not in time), the history is read
+    before the inbox is sent it: the same start again is the run, other input a conflict,
+    and the run never holds a second start."""
+    from dagnats.infra.wire.handoff import NOT_STORED
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE)
+            first = await h.client.start("cp-one", {"n": 1}, run_id="no-owner-1")
+            await FakeWorker(h.nc, "cp-a").complete("done")
+            await h.client.wait("no-owner-1", timeout=10)
+
+            async def nobody(event, body):
+                return NOT_STORED
+
+            h.api.starts._hand_over = nobody
+            again = await h.client.request(
+                "run.start", {"workflow": "cp-one", "input": {"n": 1}, "run_id": "no-owner-1"}
+            )
+            with pytest.raises(RunAlreadyStarted):
+                await h.client.start("cp-one", {"n": 2}, run_id="no-owner-1")
+            fresh = await h.client.start("cp-one", {"n": 3}, run_id="no-owner-2")  # through the inbox
+            await FakeWorker(h.nc, "cp-a").complete("done")
+            done = await h.client.wait("no-owner-2", timeout=10)
+            events = await h.client.events("no-owner-1")
+            return first, again, fresh, done, events
+
+    first, again, fresh, done, events = run(body())
+    assert first == "no-owner-1" and again == {"run_id": "no-owner-1", "deduplicated": True}
+    assert fresh == "no-owner-2" and done["status"] == "completed"
+    assert [e["type"] for e in events].count("workflow.started") == 1
+
+
 def test_status_and_lists_read_while_hundreds_of_runs_start_and_end_never_fail(nats_url, run):
     # The engine's status and run list read the live runs while actors come and go:
     # they ask the owned read model, never a dict the actors mutate meanwhile.

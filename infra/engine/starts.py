@@ -6,9 +6,11 @@ and hands its ``workflow.started`` fact to the run's owner, which stores it
 in the run's history (or, if no owner takes it in time, publishes it into the
 run's inbox). An explicit run id already taken answers the same start with
 that run, and anything else with RunAlreadyStarted (as Temporal's "already
-started"): the history is read before admission, and a start that raced
-another one to the owner is told so (REPEATED: its history held a start),
-as the inbox's message id tells a start that raced another one there. A
+started"): the owner tells a start that came after one (REPEATED: the run's
+history held a start, found by the append that expected none), as the
+inbox's message id tells a start that raced another one there. A workflow
+with admission rules has its history read first, so the same start again
+claims nothing; so is a start the owner did not take, before the inbox. A
 child run is started the same way, carrying its parent's ids.
 """
 
@@ -101,10 +103,12 @@ class RunStarts:
                 id=ev.WORKFLOW_STARTED,
             )
             answer = None
-            if req.run_id and not req.new_run:
+            explicit = bool(req.run_id) and not req.new_run
+            read_first = explicit and _admits(wf, req.idempotency_key)
+            if read_first:
                 answer = await self._same_run(event, await self.reader.recorded_start(run_id))
             if answer is None:
-                answer = await self._start(wf, event, req.idempotency_key)
+                answer = await self._start(wf, event, req.idempotency_key, unread=explicit and not read_first)
             if caller and answer.get("deduplicated"):
                 await self._link_repeated(answer["run_id"], caller, start.trace_state)
             return answer
@@ -191,9 +195,12 @@ class RunStarts:
         event: ev.WorkflowStarted,
         explicit_key: Any,
         idempotent: bool = True,
+        unread: bool = False,
     ) -> dict[str, Any]:
         """Admit and store a start request: handed straight to its owner, stored once, in
-        its history; if no owner takes it, in the run's inbox."""
+        its history; if no owner takes it, in the run's inbox. ``unread``: an explicit run
+        id whose history was not read first (nothing to admit): the owner tells whether
+        the run had started, and the inbox is not sent a start the history already has."""
         data = event.payload.input if event.payload else None
         encoded = ev.encode_event(event)
         if len(encoded) > self.max_payload:
@@ -219,6 +226,10 @@ class RunStarts:
         # may have been stored): the claim stays, and a start again with the key answers
         # with this run once it is found, or takes the key over once the claim is abandoned.
         answer = await self._hand_over(event, encoded)
+        if answer == NOT_STORED and unread:
+            recorded = await self._same_run(event, await self.reader.recorded_start(run_id))
+            if recorded is not None:
+                return recorded
         ack = None if answer != NOT_STORED else await publish_fact(self.js, event, body=encoded)
         await self.admission.confirm_idempotency(claim)
         if answer == REPEATED or (ack is not None and ack.duplicate):
@@ -250,6 +261,13 @@ class RunStarts:
         # bounded number at once); the inbox takes the start instead, and a start that lands
         # twice is the same fact, folded once.
         return await ask_owner(requester(self.js), subject, body, event.trace_parent, timeout=START_HANDOFF_TIMEOUT)
+
+
+def _admits(wf: WorkflowDef, explicit_key: Any) -> bool:
+    """Whether a start has admission to pass (an idempotency key, a singleton lock,
+    cancel_on waiters): a start with an explicit run id then reads the run's history
+    first, so the same start again is answered before it claims or takes anything."""
+    return explicit_key is not None or bool(wf.idempotency_key) or wf.singleton is not None or bool(wf.cancel_on)
 
 
 def _check_schema(schema: dict[str, Any], data: Any) -> None:
