@@ -71,7 +71,7 @@ from .tracing import incoming_baggage, incoming_state
 from .wire.facts import publish_fact, task_dispatch
 from .wire.handoff import RESULT_FACTS, hand_over
 from .wire.headers import BAGGAGE, HANDOFF, TRACEPARENT, TRACESTATE
-from .wire.lean import requester
+from .wire.lean import ack, requester
 from .wire.outage import NATS_UNAVAILABLE
 from .wire.subjects import inbox_subject
 
@@ -209,7 +209,7 @@ class TaskRunner:
             report_start.cancel()
             keep_alive.cancel()
             io.close()
-        await settle(msg.ack() if stored else msg.nak(delay=random.uniform(1.0, 5.0)))
+        await settle(ack(msg) if stored else msg.nak(delay=random.uniform(1.0, 5.0)))
 
     async def _payload(self, msg: Msg) -> TaskPayload | None:
         try:

@@ -233,3 +233,30 @@ def test_the_lean_read_of_a_stored_message_agrees_with_nats_pys_get_msg(nats_url
     assert pairs[0][0].headers == {"Nats-Msg-Id": "r1", "Traceparent": "00-ab-cd-01"} and pairs[0][0].data == b"one"
     assert [p[0].seq for p in pairs] == [1, 3, 3] and past is None and missing is None
     assert walked == [b"one", None, b'{"two":2}']
+
+
+def test_a_lean_ack_acknowledges_a_pulled_message_once_and_refuses_what_nats_py_refuses(nats_url, run):
+    from nats.errors import MsgAlreadyAckdError
+
+    from dagnats.infra.wire.lean import ack
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            js = LeanJetStream(nc)
+            await js.add_stream(StreamConfig(name="ACK_TEST", subjects=["ack.>"]))
+            for n in range(3):
+                await js.publish(f"ack.{n}", b"x")
+            sub = await js.pull_subscribe("ack.>", durable="acker")
+            msgs = await sub.fetch(3)
+            for msg in msgs:
+                await ack(msg)
+            with pytest.raises(MsgAlreadyAckdError):
+                await ack(msgs[0])  # already acknowledged
+            await nc.flush()
+            info = await js.consumer_info("ACK_TEST", "acker")
+            return info.num_ack_pending, info.num_pending, info.delivered.consumer_seq
+        finally:
+            await nc.close()
+
+    assert run(body()) == (0, 0, 3)

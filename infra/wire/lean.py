@@ -116,6 +116,16 @@ def publish_now(
     return True
 
 
+async def ack(msg: Msg) -> None:
+    """``msg.ack()`` (an empty message to its reply subject), queued at once when the
+    connection can take it (``publish_now``); the same errors for a message that is not
+    JetStream's or was acknowledged already."""
+    if msg.reply and not msg._ackd and publish_now(msg._client, msg.reply):
+        msg._ackd = True
+        return
+    await msg.ack()
+
+
 class LeanRequests:
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
