@@ -37,7 +37,7 @@ from dagnats.infra.wire.facts import publish_fact
 from dagnats.infra.wire.names import HISTORY_STREAM, INBOX_STREAM, RUNS_BUCKET, TASK_STREAM
 
 from .load import closed_loop
-from .procs import PYTHON, REPO, Child, CpuMeter, Processes, proc_status, rss_mb
+from .procs import PYTHON, REPO, Child, CpuMeter, MessageMeter, Processes, proc_status, rss_mb
 
 CHAIN3 = {
     "name": "chain3",
@@ -244,6 +244,11 @@ class EngineUnderTest:
             **{label: round(n / max(1, self._serial), 2) for label, n in counts.items()},
         }
 
+    def message_meter(self) -> MessageMeter:
+        """The server's per-connection counters: the bench's client, the worker (its
+        connection is named ``worker-…``) and the engine (every other connection)."""
+        return MessageMeter(self.server.http_port, {self.client.nc.client_id: "client (bench)"}, {"worker-": "worker"})
+
     def cpu_meter(self) -> CpuMeter:
         return CpuMeter(
             {
@@ -300,9 +305,12 @@ async def engine_bench(
 
 async def _batch(eng: EngineUnderTest, one, runs: int, concurrency: int, max_seconds: float) -> dict:
     """One loaded batch with the CPU use of every process while it ran."""
-    meter = eng.cpu_meter()
+    meter, messages = eng.cpu_meter(), eng.message_meter()
     loaded = await closed_loop(one, runs, concurrency, max_seconds)
     loaded["cpu_percent"] = meter.read()
+    loaded["messages_per_run"] = {
+        ("engine" if kind == "rest" else kind): counts for kind, counts in messages.per_run(runs).items()
+    }
     loaded["steps_per_s"] = round(loaded["runs_per_s"] * STEPS_PER_RUN, 1) if loaded["runs_per_s"] else None
     eng.check_alive()
     return loaded

@@ -12,11 +12,13 @@ line in that log, waited for with a deadline.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from dagnats.infra.engine.server import NatsServer
@@ -118,8 +120,9 @@ class Processes:
         self._started: list[Child | NatsServer] = []
 
     def server(self, name: str, *, sync_always: bool) -> NatsServer:
-        """Start a fresh nats-server (own data directory) on a free 127.0.0.1 port."""
-        server = NatsServer(self.work_dir / name, host="127.0.0.1", port=0, sync_always=sync_always)
+        """Start a fresh nats-server (own data directory) on a free 127.0.0.1 port, with its
+        monitoring port on another (``MessageMeter`` reads it)."""
+        server = NatsServer(self.work_dir / name, host="127.0.0.1", port=0, sync_always=sync_always, http_port=0)
         self._started.append(server)
         server.start_sync()
         return server
@@ -184,3 +187,39 @@ class CpuMeter:
     def read(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self._start
         return {name: round((cpu_seconds(pid) - self._cpu[name]) / elapsed * 100, 1) for name, pid in self.pids.items()}
+
+
+class MessageMeter:
+    """Messages each side sent over a stretch: the server's per-connection counters
+    (``/connz``), summed by who holds the connection. ``kinds`` names a connection by its
+    client id or, failing that, its name's prefix (``worker-``); any other is ``rest``."""
+
+    def __init__(self, http_port: int, by_cid: dict[int, str], by_prefix: dict[str, str]) -> None:
+        self.url = f"http://127.0.0.1:{http_port}/connz?limit=1024"
+        self.by_cid, self.by_prefix = by_cid, by_prefix
+        self._start = self._counts()
+
+    def _kind(self, conn: dict) -> str:
+        if conn["cid"] in self.by_cid:
+            return self.by_cid[conn["cid"]]
+        name = conn.get("name") or ""
+        return next((kind for prefix, kind in self.by_prefix.items() if name.startswith(prefix)), "rest")
+
+    def _counts(self) -> dict[int, tuple[str, int, int]]:
+        with urllib.request.urlopen(self.url, timeout=5) as answer:
+            conns = json.load(answer)["connections"]
+        return {c["cid"]: (self._kind(c), c["in_msgs"], c["out_msgs"]) for c in conns}
+
+    def per_run(self, runs: int) -> dict[str, dict[str, float]]:
+        """Per kind: messages it sent to the server (``sent``) and was sent (``received``),
+        per run. A connection opened meanwhile counts from zero."""
+        totals: dict[str, list[int]] = {}
+        for cid, (kind, sent, received) in self._counts().items():
+            _, sent0, received0 = self._start.get(cid, (kind, 0, 0))
+            total = totals.setdefault(kind, [0, 0])
+            total[0] += sent - sent0
+            total[1] += received - received0
+        return {
+            kind: {"sent": round(sent / max(1, runs), 2), "received": round(received / max(1, runs), 2)}
+            for kind, (sent, received) in sorted(totals.items())
+        }

@@ -213,6 +213,22 @@ def render(results: dict) -> str:
     if cpu_rows:
         out += _table(["CPU while loaded (100% = one core)", ""], cpu_rows, set()) + [""]
 
+    message_rows = [
+        [label, kind, _num(counts["sent"]), _num(counts["received"])]
+        for label, key in (
+            ("engine batch 1", "loaded"),
+            ("engine, Client.start + wait", "loaded_api"),
+            ("engine, start fact to inbox", "loaded_direct_start"),
+        )
+        for kind, counts in (eng.get(key, {}).get("messages_per_run") or {}).items()
+    ]
+    if message_rows:
+        out += _table(
+            ["messages per run, by connection (server's counters)", "whose", "sent", "received"],
+            message_rows,
+            {2, 3},
+        ) + [""]
+
     memory = eng.get("memory", {})
     if memory:
         mem_rows = [
