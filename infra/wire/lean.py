@@ -165,7 +165,10 @@ class LeanRequests:
         if queue is None:
             queue = self._deadlines[timeout] = deque()
         queue.append((due, token))
-        if self._sweep_at is None:
+        armed = self._sweep_at
+        if armed is None or due < armed.when():  # a shorter timeout than those waiting
+            if armed is not None:
+                armed.cancel()
             self._sweep_at = loop.call_at(due, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
