@@ -93,6 +93,12 @@ class Admission:
         self.idempotency = await self.js.key_value(IDEMPOTENCY_BUCKET)
         self.singletons = await self.js.key_value(SINGLETON_BUCKET)
 
+    @staticmethod
+    def applies(wf: WorkflowDef, explicit_key: Any) -> bool:
+        """Whether a start of ``wf`` has anything to pass here: an idempotency key (given,
+        or the workflow's), a singleton lock, cancel_on waiters."""
+        return explicit_key is not None or bool(wf.idempotency_key) or wf.singleton is not None or bool(wf.cancel_on)
+
     # ---- idempotency ----------------------------------------------------------------
 
     async def claim_idempotency(

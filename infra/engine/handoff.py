@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 
 import msgspec
@@ -35,7 +35,7 @@ from .bridge import LoopPost, poster
 log = logging.getLogger("dagnats.handoff")
 # How a handed fact is answered, STORED, REPEATED or NOT_STORED: a reply to send, or a
 # local future to set.
-Answer = Callable[[bytes], Awaitable[None] | None]
+Answer = Callable[[bytes], None]
 
 
 class Handoff:
@@ -79,10 +79,10 @@ class Handoff:
         try:
             event = decode_event(msg.data)
         except msgspec.DecodeError:
-            _answer_all([partial(_answer, msg)], NOT_STORED)
+            _answer(msg, NOT_STORED)
             return
         if not self._takes(event, partition):
-            _answer_all([partial(_answer, msg)], NOT_STORED)  # the worker falls back to the run's inbox
+            _answer(msg, NOT_STORED)  # the worker falls back to the run's inbox
             return
         self._add(event, partial(_answer, msg))
 
@@ -116,7 +116,7 @@ class Handoff:
         # its actor as one delivery, so they become one history record, as from the inbox;
         # the deliveries of every run that got facts meanwhile go to the directory at once.
         # A start opens a delivery of its own, whose answer says whether it started the run.
-        if not self._batches and not self._starts:
+        if not self._batches:  # (a start waits in ``_starts`` only beside a batch of its run)
             asyncio.get_running_loop().call_soon(self._flush)
         item = (self.sanitized(event), answer)
         if event.type == WORKFLOW_STARTED and event.run_id in self._batches:
@@ -145,16 +145,13 @@ def _delivery(post: LoopPost, run_id: str, batch: list[tuple[Event, Answer]]) ->
 
 def _answer_all(answers: list[Answer], body: bytes) -> None:
     for answer in answers:
-        sending = answer(body)
-        if sending is not None:
-            asyncio.ensure_future(sending)
+        answer(body)
 
 
-def _answer(msg: Msg, body: bytes) -> Awaitable[None] | None:
-    """Reply at once; or, when the connection cannot take it now, a coroutine that does."""
-    if msg.reply and publish_now(msg._client, msg.reply, body):
-        return None
-    return _respond(msg, body)
+def _answer(msg: Msg, body: bytes) -> None:
+    """Reply at once; when the connection cannot take it now, through ``msg.respond``."""
+    if not (msg.reply and publish_now(msg._client, msg.reply, body)):
+        asyncio.ensure_future(_respond(msg, body))
 
 
 async def _respond(msg: Msg, body: bytes) -> None:

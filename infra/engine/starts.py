@@ -104,7 +104,9 @@ class RunStarts:
             )
             answer = None
             explicit = bool(req.run_id) and not req.new_run
-            read_first = explicit and _admits(wf, req.idempotency_key)
+            # With admission to pass, the history is read first: the same start again is
+            # answered before it claims or takes anything.
+            read_first = explicit and self.admission.applies(wf, req.idempotency_key)
             if read_first:
                 answer = await self._same_run(event, await self.reader.recorded_start(run_id))
             if answer is None:
@@ -261,13 +263,6 @@ class RunStarts:
         # bounded number at once); the inbox takes the start instead, and a start that lands
         # twice is the same fact, folded once.
         return await ask_owner(requester(self.js), subject, body, event.trace_parent, timeout=START_HANDOFF_TIMEOUT)
-
-
-def _admits(wf: WorkflowDef, explicit_key: Any) -> bool:
-    """Whether a start has admission to pass (an idempotency key, a singleton lock,
-    cancel_on waiters): a start with an explicit run id then reads the run's history
-    first, so the same start again is answered before it claims or takes anything."""
-    return explicit_key is not None or bool(wf.idempotency_key) or wf.singleton is not None or bool(wf.cancel_on)
 
 
 def _check_schema(schema: dict[str, Any], data: Any) -> None:

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, ServiceUnavailableError
 
 from .lean import requester
 
@@ -59,6 +59,7 @@ class _GetAnswer(msgspec.Struct):
 
 
 _GET_ANSWER = msgspec.json.Decoder(_GetAnswer)
+NOT_FOUND = 404
 
 
 async def next_stored(js: JetStreamContext, stream: str, subject: str, seq: int) -> RawStreamMsg | None:
@@ -72,10 +73,9 @@ async def next_stored(js: JetStreamContext, stream: str, subject: str, seq: int)
         raise ServiceUnavailableError from None  # as nats-py's get_msg
     answer = _GET_ANSWER.decode(reply.data)
     if answer.error is not None:
-        try:
-            APIError.from_error(answer.error)
-        except NotFoundError:
+        if answer.error.get("code") == NOT_FOUND:  # no such message (or stream): as get_msg's NotFoundError
             return None
+        APIError.from_error(answer.error)  # raises the error's kind, as get_msg does
     stored = answer.message
     if stored is None:
         raise APIError(description=f"no message in the answer to a get from {stream}")
