@@ -64,9 +64,24 @@ class Caller(HostedActor):
         self.log.append(("begin", message, threading.get_ident(), hosted_greenlet() is not None))
         if message == "fail":
             return self.bridge.call(_unanswered())
+        if isinstance(message, tuple):  # ("steps", gates...): one call awaiting each in turn
+            return self.bridge.call(self._steps(message[1:]))
         result = self.bridge.call(self.gates.passed(message))
         self.log.append(("end", message))
         return result
+
+    async def _steps(self, names: tuple[str, ...]) -> list[str]:
+        passed = []
+        try:
+            for name in names:
+                passed.append(await self.gates.passed(name))
+                await asyncio.sleep(0)  # a bare yield: the loop's turn, then on
+            return passed
+        except BaseException as err:
+            self.log.append(("raised", type(err).__name__))
+            raise
+        finally:
+            self.log.append(("finally", tuple(passed)))
 
 
 async def _unanswered() -> None:
@@ -193,3 +208,47 @@ def test_an_actor_let_go_while_parked_fails_its_message_and_stops_alone(loop_bri
         pending.get(timeout=5)
     gates.open("still")
     assert other.ask("still", timeout=5) == "STILL"
+
+
+def test_a_parked_call_is_stepped_on_the_actor_s_greenlet_through_each_await(loop_bridge):
+    """No task per call: the coroutine runs on the actor's greenlet, parked at each await
+    (futures and bare yields alike) while the loop and other actors go on; a call the loop
+    does not finish in time has what it awaits cancelled, and its own cleanup runs."""
+    bridge, loop_thread = loop_bridge
+    gates, log = Gates(bridge.loop), []
+    stepper = Caller.start("st", bridge, gates, log)
+    other = Caller.start("ot", bridge, gates, log)
+    pending = stepper.ask(("steps", "g1", "g2", "g3"), block=False)
+    gates.open("g1")
+    _until(lambda: ("begin", ("steps", "g1", "g2", "g3"), loop_thread.ident, True) in log)
+    gates.open("o1")
+    assert other.ask("o1", timeout=5) == "O1"  # while the stepper waits for g2
+    assert not bridge._tasks  # it waits on its greenlet: no task runs its call
+    gates.open("g2")
+    gates.open("g3")
+    assert pending.get(timeout=5) == ["G1", "G2", "G3"]
+    assert ("finally", ("G1", "G2", "G3")) in log
+    bridge.timeout = 0.2
+    gates.open("h1")
+    with pytest.raises(Unavailable, match="did not finish a call within 0.2s"):
+        stepper.ask(("steps", "h1", "never"), timeout=5)
+    assert log[-2:] == [("raised", "CancelledError"), ("finally", ("H1",))]
+    assert not gates.get("never")._waiters  # the wait itself was cancelled, not left behind
+
+
+def test_a_call_let_go_while_parked_runs_its_coroutine_s_cleanup(loop_bridge):
+    import greenlet
+
+    from dagnats.actors.hosted import Abandoned
+
+    bridge, _ = loop_bridge
+    gates, log = Gates(bridge.loop), []
+    dropped = Caller.start("dc", bridge, gates, log)
+    pending = dropped.ask(("steps", "k1", "held"), block=False)
+    gates.open("k1")
+    _until(lambda: bool(gates.get("held")._waiters))
+    actor = dropped._actor_weakref()
+    bridge.loop.call_soon_threadsafe(actor._greenlet.throw, greenlet.GreenletExit)
+    with pytest.raises(Abandoned):
+        pending.get(timeout=5)
+    assert ("raised", "GeneratorExit") in log and ("finally", ("K1",)) in log

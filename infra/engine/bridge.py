@@ -101,8 +101,8 @@ class LoopBridge:
         From another thread: one task and a lock per call (``asyncio.run_coroutine_threadsafe``
         chains a concurrent future to the task: conditions, callbacks on both sides, which
         every record of every run paid for). From an actor's greenlet on the loop's own
-        thread (``actors.hosted``): the greenlet is parked, and resumed when the task is
-        done; the loop goes on meanwhile."""
+        thread (``actors.hosted``): the coroutine is stepped on that greenlet, parked at
+        each await; the loop goes on meanwhile."""
         waiter = _Waiter()
         parked = hosted_greenlet()
         if parked is not None:
@@ -119,18 +119,21 @@ class LoopBridge:
         return waiter.value
 
     def _park(self, parked: Any, coro: Coroutine[Any, Any, Any], waiter: _Waiter) -> None:
-        """Run ``coro`` while ``parked`` (the caller) waits; cancelled after ``timeout``."""
-
-        def finished(task: asyncio.Task[Any]) -> None:
+        """Run ``coro`` on the caller's greenlet (``parked``), stepped as a task would step it:
+        between its steps the greenlet is parked until what the coroutine awaits is done,
+        and the loop goes on meanwhile. No task, none of its callbacks: a run's records
+        and their effects are such calls, several per step. After ``timeout`` what it
+        awaits is cancelled, as a task's cancel would."""
+        stepping = _Stepping(parked)
+        timer = self.loop.call_later(self.timeout, stepping.expire)
+        try:
+            waiter.value = stepping.run(coro)
+        except asyncio.CancelledError:
+            raise self._late() from None
+        except Exception as err:  # noqa: BLE001 - the caller's to raise, as a task's outcome
+            waiter.error = err
+        finally:
             timer.cancel()
-            waiter.finish(task)
-            resume(parked, None)
-
-        task = self._begin(coro, finished, contextvars.copy_context())
-        timer = self.loop.call_later(self.timeout, task.cancel)
-        park()
-        if isinstance(waiter.error, asyncio.CancelledError):
-            raise self._late()
 
     def _late(self) -> Unavailable:
         return Unavailable(f"the event loop did not finish a call within {self.timeout:g}s")
@@ -153,6 +156,42 @@ class LoopBridge:
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         self.post(callback)
+
+
+class _Stepping:
+    """A coroutine stepped on an actor's greenlet (``LoopBridge._park``)."""
+
+    __slots__ = ("awaited", "parked")
+
+    def __init__(self, parked: Any) -> None:
+        self.parked = parked
+        self.awaited: asyncio.Future[Any] | None = None
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            while True:
+                try:
+                    awaited = coro.send(None)
+                except StopIteration as done:
+                    return done.value
+                if awaited is None:  # a bare yield (``asyncio.sleep(0)``): the loop's turn
+                    asyncio.get_running_loop().call_soon(self._wake, None)
+                else:
+                    awaited._asyncio_future_blocking = False
+                    self.awaited = awaited
+                    awaited.add_done_callback(self._wake)
+                park()
+                self.awaited = None
+        finally:
+            coro.close()  # abandoned while parked: the coroutine's ``finally`` runs now
+
+    def _wake(self, _done: object) -> None:
+        if not self.parked.dead:
+            resume(self.parked, None)
+
+    def expire(self) -> None:
+        if self.awaited is not None:
+            self.awaited.cancel()  # the coroutine sees CancelledError where it awaits
 
 
 class _Waiter:
