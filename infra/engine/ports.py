@@ -258,7 +258,12 @@ class NatsPorts:
             # A run's first record: what it dispatches goes out once its start is stored.
             # Beside an append that fails, a task would run for a run that may never
             # exist (and, under an idempotency key, beside the run a retried start makes).
-            seq = await append
+            try:
+                seq = await append
+            except BaseException:
+                for effect in effects:
+                    effect.close()  # never to run: closed, not left for the collector to warn about
+                raise
             await _alongside(effects[0], effects[1:])
             return seq
         return int(await _alongside(append, effects))
