@@ -174,6 +174,58 @@ def test_a_start_no_owner_takes_reads_the_history_before_the_inbox_takes_it(nats
     assert [e["type"] for e in events].count("workflow.started") == 1
 
 
+def test_a_start_its_owner_answers_late_is_compared_with_a_start_the_owner_took_meanwhile(nats_url, run):
+    """A start whose owner does not answer in time goes to the inbox, whose message id knows
+    nothing of a racing start of the same run id that the busy owner stored meanwhile (in
+    the history): the start waits for the run's first recorded start and compares, so other
+    input is a conflict, the same input the run, and a start with no racer its own run.
+    (An idempotency key makes the history be read before the handoff, found empty.)"""
+    from dagnats.infra.wire.handoff import LATE
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(ONE)
+            original = h.api.starts._hand_over
+            racers = {"late-1": {"n": 1}, "late-2": {"n": 2}, "late-3": None}
+
+            async def busy(event, body):
+                if event.run_id not in racers:
+                    return await original(event, body)
+                racer = racers.pop(event.run_id)
+                if racer is not None:  # while this handoff waits, another start is handed and stored
+                    await h.client.start("cp-one", racer, run_id=event.run_id)
+                return LATE
+
+            h.api.starts._hand_over = busy
+
+            async def start(run_id: str):
+                try:
+                    return await h.client.request(
+                        "run.start",
+                        {"workflow": "cp-one", "input": {"n": 2}, "run_id": run_id, "idempotency_key": run_id},
+                    )
+                except RunAlreadyStarted as err:
+                    return err
+
+            answers = [await start(run_id) for run_id in ("late-1", "late-2", "late-3")]
+            worker = FakeWorker(h.nc, "cp-a")
+            ends, starts = [], []
+            for run_id in ("late-1", "late-2", "late-3"):
+                await worker.complete("done")
+                ends.append(await h.client.wait(run_id, timeout=10))
+                events = await h.client.events(run_id)
+                starts.append([e["payload"]["input"] for e in events if e["type"] == "workflow.started"])
+            return answers, ends, starts
+
+    answers, ends, starts = run(body())
+    conflict, same, alone = answers
+    assert isinstance(conflict, RunAlreadyStarted) and conflict.run_id == "late-1"
+    assert same == {"run_id": "late-2", "deduplicated": True}
+    assert alone == {"run_id": "late-3"}
+    assert [e["status"] for e in ends] == ["completed"] * 3
+    assert starts == [[{"n": 1}], [{"n": 2}], [{"n": 2}]]
+
+
 def test_status_and_lists_read_while_hundreds_of_runs_start_and_end_never_fail(nats_url, run):
     # The engine's status and run list read the live runs while actors come and go:
     # they ask the owned read model, never a dict the actors mutate meanwhile.

@@ -8,7 +8,10 @@ run's inbox). An explicit run id already taken answers the same start with
 that run, and anything else with RunAlreadyStarted (as Temporal's "already
 started"): the owner tells a start that came after one (REPEATED: the run's
 history held a start, found by the append that expected none), as the
-inbox's message id tells a start that raced another one there. A workflow
+inbox's message id tells a start that raced another one there; a start
+the owner did not answer in time waits for the run's first recorded start
+and compares (a racing one the busy owner took is in the history, not the
+inbox). A workflow
 with admission rules has its history read first, so the same start again
 claims nothing; so is a start the owner did not take, before the inbox. A
 child run is started the same way, carrying its parent's ids.
@@ -46,7 +49,7 @@ from dagnats.domain.values import json_problem
 from ..tracing import api_span, incoming_baggage, incoming_state, valid_trace_parent
 from ..wire import control as wire
 from ..wire.facts import publish_fact
-from ..wire.handoff import NOT_STORED, REPEATED, STORED, ask_owner
+from ..wire.handoff import LATE, NOT_STORED, REPEATED, STORED, ask_owner
 from ..wire.lean import requester
 from ..wire.subjects import handoff_subject
 from .admission import Admission
@@ -58,6 +61,11 @@ CancelBy = Callable[[str, str, str], Awaitable[None]]
 
 
 START_HANDOFF_TIMEOUT = 1.0  # seconds
+# How long a start the owner did not answer in time waits for the run's first recorded
+# start (its own, from the inbox, or a racing one the owner took), polling every
+# START_CONFIRM_POLL; past it the start is answered as stored in the inbox.
+START_CONFIRM_WAIT = 5.0
+START_CONFIRM_POLL = 0.1
 
 
 class RunStarts:
@@ -110,7 +118,9 @@ class RunStarts:
             if read_first:
                 answer = await self._same_run(event, await self.reader.recorded_start(run_id))
             if answer is None:
-                answer = await self._start(wf, event, req.idempotency_key, unread=explicit and not read_first)
+                answer = await self._start(
+                    wf, event, req.idempotency_key, unread=explicit and not read_first, explicit=explicit
+                )
             if caller and answer.get("deduplicated"):
                 await self._link_repeated(answer["run_id"], caller, start.trace_state)
             return answer
@@ -167,7 +177,7 @@ class RunStarts:
             # An attached child is its parent step's run (its id says so): the workflow's
             # idempotency key would hand a second parent the first one's child, which
             # never reports to it.
-            return existing or await self._start(wf, event, None, idempotent=child.detach)
+            return existing or await self._start(wf, event, None, idempotent=child.detach, explicit=True)
 
     def _check_start(self, wf: WorkflowDef, data: Any) -> None:
         unsupported = [s for s in wf.steps if s.type not in EXECUTED_STEP_TYPES]
@@ -198,11 +208,14 @@ class RunStarts:
         explicit_key: Any,
         idempotent: bool = True,
         unread: bool = False,
+        explicit: bool = False,
     ) -> dict[str, Any]:
         """Admit and store a start request: handed straight to its owner, stored once, in
         its history; if no owner takes it, in the run's inbox. ``unread``: an explicit run
         id whose history was not read first (nothing to admit): the owner tells whether
-        the run had started, and the inbox is not sent a start the history already has."""
+        the run had started, and the inbox is not sent a start the history already has.
+        ``explicit``: a run id not made here, which another start may race for: one the
+        owner did not answer in time is compared with the run's first recorded start."""
         data = event.payload.input if event.payload else None
         encoded = ev.encode_event(event)
         if len(encoded) > self.max_payload:
@@ -228,26 +241,43 @@ class RunStarts:
         # may have been stored): the claim stays, and a start again with the key answers
         # with this run once it is found, or takes the key over once the claim is abandoned.
         answer = await self._hand_over(event, encoded)
-        if answer == NOT_STORED and unread:
+        if answer in (NOT_STORED, LATE) and unread:
             recorded = await self._same_run(event, await self.reader.recorded_start(run_id))
             if recorded is not None:
                 return recorded
-        ack = None if answer != NOT_STORED else await publish_fact(self.js, event, body=encoded)
+        ack = None if answer in (STORED, REPEATED) else await publish_fact(self.js, event, body=encoded)
         await self.admission.confirm_idempotency(claim)
         if answer == REPEATED or (ack is not None and ack.duplicate):
             # Another start with this run id got in first, a moment ago (it may still
             # wait in the inbox: the recorded history was read before the publish).
             first = await self.reader.first_event(run_id)
             return await self._same_run(event, first) or {"run_id": run_id, "deduplicated": True}
+        if answer == LATE and explicit:
+            # A busy owner may be storing a racing start of this run id that was handed to
+            # it: in the history, not the inbox, whose message id cannot tell of it. The
+            # run's first recorded start does: this one (from the inbox), or the racer's.
+            first = await self._first_recorded(run_id)
+            if first is not None and (first.timestamp, first.trace_parent) != (event.timestamp, event.trace_parent):
+                return await self._same_run(event, first) or {"run_id": run_id, "deduplicated": True}
         if replaced:
             await self.cancel_by(replaced, f"replaced by run {run_id} (singleton cancel)", f"singleton.{run_id}")
         return {"run_id": run_id}
+
+    async def _first_recorded(self, run_id: str) -> ev.WorkflowStarted | None:
+        """The run's first recorded start, once there is one (None after START_CONFIRM_WAIT)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + START_CONFIRM_WAIT
+        while True:
+            first = await self.reader.recorded_start(run_id)
+            if first is not None or loop.time() >= until:
+                return first
+            await asyncio.sleep(START_CONFIRM_POLL)
 
     async def _started(self, run_id: str) -> bool:
         return await self.reader.first_event(run_id) is not None
 
     async def _hand_over(self, event: ev.WorkflowStarted, body: bytes) -> bytes:
-        """The owner's answer: STORED, REPEATED, or NOT_STORED (no owner, or not in time)."""
+        """The owner's answer: STORED, REPEATED, NOT_STORED (no owner), or LATE (not in time)."""
         if not self.partitions:
             return NOT_STORED
         stored = self.here(event) if self.here is not None else None
@@ -255,7 +285,7 @@ class RunStarts:
             try:
                 answer = await asyncio.wait_for(stored, START_HANDOFF_TIMEOUT)
             except TimeoutError:
-                return NOT_STORED  # a busy owner: the inbox takes it (a start stored twice is folded once)
+                return LATE  # a busy owner: the inbox takes it (a start stored twice is folded once)
             if answer in (STORED, REPEATED):
                 return answer
         subject = handoff_subject(partition_of(event.run_id, self.partitions))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from nats.errors import TimeoutError as NatsTimeoutError
+
 from dagnats.domain.events import STEP_COMPLETED, STEP_FAILED, WORKFLOW_STARTED
 
 from .headers import TRACEPARENT
@@ -17,6 +19,8 @@ NOT_STORED = b'{"stored":false}'
 # A start handed over for a run whose history already held a start: nothing was stored
 # (the caller reads the run's first start to tell the same start from a conflicting one).
 REPEATED = b'{"stored":false,"repeated":true}'
+# No answer in time (never on the wire): an owner that is there may still store the fact.
+LATE = b'{"stored":null}'
 # Seconds the run's owner has to record a fact handed to it. A request in flight to an
 # engine killed with -9 is never answered: the worker's slot waits this long before the
 # inbox takes the result, so it bounds how long a kill stalls the runs it was handed
@@ -41,10 +45,14 @@ async def ask_owner(
     nc: Any, subject: str, body: bytes, trace_parent: str = "", timeout: float = HANDOFF_TIMEOUT
 ) -> bytes:
     """The owner's answer to a handed fact: STORED, REPEATED (a start, for a run already
-    started) or NOT_STORED (also when no owner answered, or not in time)."""
+    started), NOT_STORED (also when no owner answered), or LATE (not in time: an owner
+    busy or gone, which may store it yet)."""
     headers = {TRACEPARENT: trace_parent} if trace_parent else None
     try:
         reply = await nc.request(subject, body, timeout=timeout, headers=headers)
+    except NatsTimeoutError:
+        log.debug("handoff on %s: no answer in %gs", subject, timeout)
+        return LATE
     except Exception as err:  # noqa: BLE001 - no owner now, or a slow one: the inbox takes it
         log.debug("handoff on %s: %s", subject, err)
         return NOT_STORED
