@@ -62,8 +62,10 @@ CancelBy = Callable[[str, str, str], Awaitable[None]]
 
 START_HANDOFF_TIMEOUT = 1.0  # seconds
 # How long a start the owner did not answer in time waits for the run's first recorded
-# start (its own, from the inbox, or a racing one the owner took), polling every
-# START_CONFIRM_POLL; past it the start is answered as stored in the inbox.
+# start (its own, from the inbox, or a racing one the owner took), reading the history
+# after START_CONFIRM_POLL, then twice as long each time (a busy owner is not read from
+# ten times a second by every start it keeps waiting); past it the start is answered as
+# stored in the inbox.
 START_CONFIRM_WAIT = 5.0
 START_CONFIRM_POLL = 0.1
 
@@ -266,12 +268,13 @@ class RunStarts:
     async def _first_recorded(self, run_id: str) -> ev.WorkflowStarted | None:
         """The run's first recorded start, once there is one (None after START_CONFIRM_WAIT)."""
         loop = asyncio.get_running_loop()
-        until = loop.time() + START_CONFIRM_WAIT
+        until, pause = loop.time() + START_CONFIRM_WAIT, START_CONFIRM_POLL
         while True:
             first = await self.reader.recorded_start(run_id)
             if first is not None or loop.time() >= until:
                 return first
-            await asyncio.sleep(START_CONFIRM_POLL)
+            await asyncio.sleep(min(pause, max(0.0, until - loop.time())))
+            pause *= 2
 
     async def _started(self, run_id: str) -> bool:
         return await self.reader.first_event(run_id) is not None
