@@ -50,7 +50,7 @@ from dagnats.domain.capabilities import capability_set, describe_capabilities
 from dagnats.domain.errors import SignalTimeout, TaskAlreadyRegistered, WorkerLoadError
 from dagnats.domain.identifiers import check_identifier, is_identifier
 
-from . import metrics, tracing
+from . import event_loop, metrics, tracing
 from .context import Continue, TaskContext
 from .definition_follower import DefinitionFollower
 from .execution_slots import ExecutionSlots
@@ -162,7 +162,7 @@ class Worker:
         if (path := loading.get()) is not None:
             raise WorkerLoadError(path, cause='Worker.run() called at import; guard it with if __name__ == "__main__":')
         try:
-            asyncio.run(self._run_until_signalled())
+            event_loop.run(self._run_until_signalled())
         except KeyboardInterrupt:  # a second Ctrl-C, or no signal handlers off the main thread
             pass
         exit_if_handlers_hang(self._executor, self.worker_id)

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import nats
 import pytest
 
+from dagnats.infra import event_loop
 from dagnats.infra.engine.server import NatsServer, run_cluster
 
 T = TypeVar("T")
@@ -43,7 +44,7 @@ def run() -> Callable[..., Any]:
     """Run a coroutine to completion on a fresh event loop: `run(body(), timeout=30)`."""
 
     def run_coroutine(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run(asyncio.wait_for(coro, timeout))
+        return event_loop.run(asyncio.wait_for(coro, timeout))  # the loop serve and workers run on
 
     return run_coroutine
 

@@ -62,9 +62,10 @@ class HostLoop:
     actors (``actors.hosted``), as the engine's loop is."""
 
     def __init__(self) -> None:
+        from dagnats.infra import event_loop
         from dagnats.infra.engine.bridge import poster
 
-        self.loop = asyncio.new_event_loop()
+        self.loop = event_loop.new_event_loop()  # the engine's kind of loop
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.post = self.on_loop(lambda: poster(self.loop))

@@ -20,6 +20,7 @@ from dagnats.domain.errors import DagnatsError, InvalidInput
 from dagnats.domain.validate import parse_and_validate
 from dagnats.domain.values import MAX_DEPTH, check_json_value
 
+from .. import event_loop
 from ..client import Client
 from ..logs import FORMATS, log_format, setup_logging
 from ..otel_config import use_endpoint
@@ -277,7 +278,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     use_endpoint(args.otlp_endpoint)
 
     try:
-        asyncio.run(
+        event_loop.run(
             serve(
                 _url(args),
                 args.data_dir,

@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+from .. import event_loop
 from .render import table
 
 
@@ -27,7 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..reactive.serve import serve
 
     logging.getLogger().setLevel(logging.INFO)
-    asyncio.run(serve(args.file, getattr(args, "nats_url", None)))
+    event_loop.run(serve(args.file, getattr(args, "nats_url", None)))
     return 0
 
 
