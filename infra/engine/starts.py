@@ -11,10 +11,10 @@ history held a start, found by the append that expected none), as the
 inbox's message id tells a start that raced another one there; a start
 the owner did not answer in time waits for the run's first recorded start
 and compares (a racing one the busy owner took is in the history, not the
-inbox). A workflow
-with admission rules has its history read first, so the same start again
-claims nothing; so is a start the owner did not take, before the inbox. A
-child run is started the same way, carrying its parent's ids.
+inbox). A workflow with admission rules has its history read first, so the
+same start again claims nothing; so is a start the owner did not take,
+before the inbox. A child run is started the same way, carrying its
+parent's ids.
 """
 
 from __future__ import annotations
