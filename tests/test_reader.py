@@ -52,3 +52,41 @@ def test_a_published_state_is_served_as_is_while_this_process_appends_after_it(n
     assert seq2 > seq1
     assert served == first and served.step("a").status == "queued"
     assert read.step("a").status == "completed" and read.step("b").status == "queued"
+
+
+def test_a_partition_lost_and_taken_back_serves_its_runs_from_the_history(nats_url, run):
+    """This engine's actor published a state, then the run's partition went to another
+    engine, which appended after it: even with the partition back, the state published
+    here is not the newest, and the run is read from the history (it used to be served
+    as it was: a completed run reported running, by the engine that owns it)."""
+    from dagnats.domain.partition import partition_of
+
+    rec = Recorder()
+    rec.feed(started_event(DEF), at(0))
+    first = rec.run
+    rec.feed(completed("a", 1, "A", at(1)), at(1))
+
+    async def body():
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            await ensure_resources(js)
+            store, other = HistoryStore(js), HistoryStore(js)  # this engine's, and the one it handed over to
+            reader = RunReader(nc, store, asyncio.get_running_loop())
+            seq1 = await store.append(RUN_ID, _record(rec.history[:2]), 0, f"{RUN_ID}.1")
+            reader.publish(first, seq1, [])
+            await other.append(RUN_ID, _record(rec.history[2:]), seq1, f"{RUN_ID}.2")
+            stale = await reader.get(RUN_ID)  # nothing told this engine yet
+            partition = partition_of(RUN_ID, 16)
+            reader.forget_partition((partition + 1) % 16, 16)  # another partition: nothing changes
+            kept = RUN_ID in store.appended
+            reader.forget_partition(partition, 16)  # lost; owning it again changes nothing here
+            read = await reader.get(RUN_ID)
+            return stale, kept, read, RUN_ID in store.appended
+        finally:
+            await nc.close()
+
+    stale, kept, read, still_appended = run(body())
+    assert stale == first  # what the shortcut served before
+    assert kept and not still_appended
+    assert read.step("a").status == "completed" and read.step("b").status == "queued"

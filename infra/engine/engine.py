@@ -200,6 +200,7 @@ class Engine:
     async def _lost(self, partition: int, graceful: bool) -> None:
         """Stop consuming a partition; handed over, let what was fetched be handled first."""
         await self.handoff.close(partition)
+        self.reader.forget_partition(partition, self.partition_count)
         for consumed in (partition, LEGACY) if partition == 0 else (partition,):
             puller = self.pullers.pop(consumed, None)
             if puller is not None:

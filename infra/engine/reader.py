@@ -33,6 +33,7 @@ from dagnats.domain.errors import RunNotFound
 from dagnats.domain.events import Event, WorkflowStarted, decode_record
 from dagnats.domain.fold import fold
 from dagnats.domain.identifiers import check_identifier
+from dagnats.domain.partition import partition_of
 from dagnats.domain.state import RunStatus, WorkflowRun, new_run
 
 from ..wire.names import HISTORY_STREAM, INBOX_STREAM
@@ -95,6 +96,18 @@ class RunReader:
                     self._ended.popitem(last=False)
         if live is not None:
             self._post(self._appended_no_more, run_id, live[1])
+
+    def forget_partition(self, partition: int, partitions: int) -> None:
+        """A partition this engine held went to another: what its runs' actors published
+        here is no longer the newest without a read (the other engine appends from now
+        on), even once the partition comes back. Its runs are read from the history until
+        their actors publish again after an append of their own."""
+        with self._lock:
+            for held in (self._live, self._ended):
+                for run_id in [r for r in held if partition_of(r, partitions) == partition]:
+                    del held[run_id]
+        for run_id in [r for r in self.store.appended if partition_of(r, partitions) == partition]:
+            del self.store.appended[run_id]
 
     def _appended_no_more(self, run_id: str, seq: int) -> None:
         # Unless a new actor of the run appended meanwhile.
