@@ -22,13 +22,20 @@ def _record(events: list[ev.Event]) -> bytes:
     return b"[" + b",".join(ev.encode_event(e) for e in events) + b"]"
 
 
-def test_a_published_state_is_served_as_is_while_this_process_appends_after_it(nats_url, run):
-    """The actor appended the next record and has not published its state yet: the
-    record's facts are not acknowledged before it does, so the published state stands."""
+def _two_records() -> tuple[Recorder, object]:
+    """A run started (its first record: the start and its dispatch) and step a completed
+    (the second); and the state after the first."""
     rec = Recorder()
     rec.feed(started_event(DEF), at(0))
     first = rec.run
     rec.feed(completed("a", 1, "A", at(1)), at(1))
+    return rec, first
+
+
+def test_a_published_state_is_served_as_is_while_this_process_appends_after_it(nats_url, run):
+    """The actor appended the next record and has not published its state yet: the
+    record's facts are not acknowledged before it does, so the published state stands."""
+    rec, first = _two_records()
 
     async def body():
         nc = await nats.connect(nats_url)
@@ -61,10 +68,7 @@ def test_a_partition_lost_and_taken_back_serves_its_runs_from_the_history(nats_u
     as it was: a completed run reported running, by the engine that owns it)."""
     from dagnats.domain.partition import partition_of
 
-    rec = Recorder()
-    rec.feed(started_event(DEF), at(0))
-    first = rec.run
-    rec.feed(completed("a", 1, "A", at(1)), at(1))
+    rec, first = _two_records()
 
     async def body():
         nc = await nats.connect(nats_url)
