@@ -8,7 +8,9 @@ least recently used actor is asked to passivate (it handles what is already
 in its inbox, snapshots and stops; each pykka actor is a thread), and a run
 that ended passivates at once. While an actor passivates, deliveries for its
 run wait in the directory and go to a fresh actor once it has stopped, so
-one process never runs two actors for the same run.
+one process never runs two actors for the same run. When the engine loses a
+partition (``LetGo``), the actors of its runs stop the same way, writing nothing
+more: the runs' new owner keeps their snapshots.
 
 A fired timer of a run that ended is dropped here: a finished run's actor is
 not started again for it. A crashed actor is dropped; the next delivery
@@ -31,6 +33,7 @@ from typing import Any
 import pykka
 
 from dagnats.domain.events import TimerFired, WorkflowStarted
+from dagnats.domain.partition import partition_of
 
 from .messages import (
     Crashed,
@@ -39,6 +42,7 @@ from .messages import (
     Healthy,
     Index,
     IndexDue,
+    LetGo,
     LiveCount,
     Passivate,
     Passivated,
@@ -91,6 +95,8 @@ class RunDirectory(LeanActor):
                 self._route(delivery)
         elif isinstance(message, Passivate):
             self._passivate(message.run_id)
+        elif isinstance(message, LetGo):
+            self._let_go(message)
         elif isinstance(message, IndexDue):
             self._index_due()
         elif isinstance(message, Passivated):
@@ -191,12 +197,25 @@ class RunDirectory(LeanActor):
             run_id = next(iter(self.actors))
             self._passivate(run_id)
 
-    def _passivate(self, run_id: str) -> None:
+    def _passivate(self, run_id: str, snapshot: bool = True) -> None:
         ref = self.actors.pop(run_id, None)
         if ref is None or run_id in self.passivating:
             return
         self.passivating[run_id] = []
-        ref.tell(Passivate(run_id))
+        ref.tell(Passivate(run_id, snapshot))
+
+    def _let_go(self, message: LetGo) -> None:
+        """Another engine owns these runs now: an actor left here would hold a state that
+        stops being current with its owner's next record, and its snapshots (the index
+        tick's, its passivation's) could list a run again that has ended there meanwhile."""
+
+        def gone(run_id: str) -> bool:
+            return partition_of(run_id, message.partitions) == message.partition
+
+        for run_id in [run_id for run_id in self.actors if gone(run_id)]:
+            self._passivate(run_id, snapshot=False)
+        for run_id in [run_id for run_id in self.unindexed if gone(run_id)]:
+            del self.unindexed[run_id]
 
     def _passivated(self, message: Passivated) -> None:
         if message.terminal:

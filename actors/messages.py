@@ -42,7 +42,21 @@ def bundled(deliveries: list[Deliver]) -> Deliver | Deliveries:
 
 @dataclass(frozen=True, slots=True)
 class Passivate:
+    """Handle what is queued, then stop (``snapshot``: saving an unfinished run's state
+    first, for the snapshot index; not for a run whose partition this engine lost, whose
+    new owner keeps that index)."""
+
     run_id: str
+    snapshot: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LetGo:
+    """This engine lost ``partition`` (of ``partitions``): the actors of its runs stop,
+    writing nothing more, and none of its runs is listed in the snapshot index from here."""
+
+    partition: int
+    partitions: int
 
 
 @dataclass(frozen=True, slots=True)

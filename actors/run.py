@@ -147,7 +147,7 @@ class RunActor(PooledActor):
                     self.ports.history.save_snapshot(self.run, self.last_seq, wait=message.wait)
                     self.listed = True
             elif isinstance(message, Passivate):
-                self._passivate()
+                self._passivate(message.snapshot)
             elif isinstance(message, Rebuild):
                 self._rebuilt()
         except Exception as err:  # noqa: BLE001 - supervised: the directory rebuilds the run from history
@@ -470,8 +470,8 @@ class RunActor(PooledActor):
 
     # ---- passivation -----------------------------------------------------------------
 
-    def _passivate(self) -> None:
-        if not self.run.is_terminal and self.last_seq:
+    def _passivate(self, snapshot: bool = True) -> None:
+        if snapshot and not self.run.is_terminal and self.last_seq:
             self.ports.history.save_snapshot(self.run, self.last_seq, wait=True)
         self.ports.state.forget(self.run_id)
         self.directory.tell(Passivated(self.run_id, self.run.is_terminal))

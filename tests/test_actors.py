@@ -9,13 +9,15 @@ from datetime import UTC, datetime
 import pytest
 
 from dagnats.actors.directory import INDEX_AFTER, QUARANTINE_AFTER
-from dagnats.actors.messages import Deliver, LiveCount
+from dagnats.actors.messages import Deliver, LetGo, LiveCount
 from dagnats.actors.runtime import start_directory
 from dagnats.actors.timer import TimerActor
 from dagnats.domain import events as ev
 from dagnats.domain.actions import Acquire
 from dagnats.domain.definition import RateLimit, StepDef, WorkflowDef
+from dagnats.domain.errors import WrongLastSequence
 from dagnats.domain.kinds.admission import Answer
+from dagnats.domain.partition import partition_of
 from dagnats.domain.state import RunStatus
 from dagnats.domain.timers import fired_event
 
@@ -603,3 +605,47 @@ def test_a_result_delivered_again_sends_out_again_what_its_record_dispatched(eng
     again = [t for t in ports.tasks.published if t.task == "tb"]
     assert len(first) == 1 and len(again) == 2 and again[1] == first[0]
     assert len(ports.history.records["r1"]) == records  # nothing recorded twice
+
+
+def runs_in(partition: int, partitions: int, count: int) -> list[str]:
+    """``count`` run ids of ``partition``."""
+    found = (f"run-{n}" for n in range(10_000))
+    return [r for r in found if partition_of(r, partitions) == partition][:count]
+
+
+def test_a_lost_partitions_runs_stop_here_writing_nothing_and_come_back_from_their_history(engine):
+    """Another engine appends to these runs now: an actor kept here would hold a stale state
+    (its next append a conflict) and its snapshots could list a run ended there meanwhile."""
+    ports, clock, timers, start = engine
+    log = SnapshotLog(ports)
+    directory = start()
+    acks = Acks()
+    lost, kept = runs_in(0, 2, 1)[0], runs_in(1, 2, 1)[0]
+    deliver(directory, acks, start_fact(lost))
+    deliver(directory, acks, start_fact(kept))
+    acks.wait_for(2)
+    directory.tell(LetGo(0, 2))
+    _until(lambda: directory.ask(LiveCount()) == 1)
+    clock.advance(INDEX_AFTER + 0.1)  # the index tick: the kept run is listed, the lost one is not
+    _until(lambda: [status for status, _, _ in log.of(kept)] == ["running"])
+    assert log.of(lost) == []
+    # Its new owner moves it on; taken back, it is rebuilt from its history, not refolded
+    # after a conflict.
+    elsewhere = start()
+    deliver(elsewhere, acks, completed(lost, "a", "A"))
+    acks.wait_for(3)
+    conflicts: list[int] = []
+    append = ports.history.append
+
+    def counted(run_id, record, expected_seq, msg_id):
+        try:
+            return append(run_id, record, expected_seq, msg_id)
+        except WrongLastSequence:
+            conflicts.append(expected_seq)
+            raise
+
+    ports.history.append = counted
+    deliver(directory, acks, completed(lost, "b", "B"))
+    assert all(ok for ok, _ in acks.wait_for(4))
+    assert ports.history.load(lost)[0].status == RunStatus.COMPLETED
+    assert conflicts == []

@@ -19,17 +19,19 @@ which readers ask.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections import defaultdict
 from datetime import UTC, datetime
 
 import msgspec
+import pykka
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from dagnats.actors.flow import ConcurrencyActor, FlowControl, RateLimitActor
-from dagnats.actors.messages import Deliver, LiveCount, bundled
+from dagnats.actors.messages import Deliver, LetGo, LiveCount, bundled
 from dagnats.actors.ports import Clock
 from dagnats.actors.runtime import start_directory
 from dagnats.actors.timer import TimerActor
@@ -205,6 +207,10 @@ class Engine:
             puller = self.pullers.pop(consumed, None)
             if puller is not None:
                 await puller.stop(settle=HANDOVER_SETTLE if graceful else 0.0)
+        # After what was fetched has been handled: its runs' actors stop, writing nothing
+        # (what they publish meanwhile is forgotten as they stop).
+        with contextlib.suppress(pykka.ActorDeadError):  # stopping: the actors go anyway
+            self.directory.tell(LetGo(partition, self.partition_count))
 
     def _holds(self, partition: int) -> bool:
         return self._running and self.leases.holds(0 if partition == LEGACY else partition)
