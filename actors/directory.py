@@ -9,8 +9,8 @@ in its inbox, snapshots and stops; each pykka actor is a thread), and a run
 that ended passivates at once. While an actor passivates, deliveries for its
 run wait in the directory and go to a fresh actor once it has stopped, so
 one process never runs two actors for the same run. When the engine loses a
-partition (``LetGo``), the actors of its runs stop the same way, writing nothing
-more: the runs' new owner keeps their snapshots.
+partition (``LetGo``), the actors of its runs stop the same way, writing no more
+snapshots (a young run handed over is listed first): the runs' new owner keeps them.
 
 A fired timer of a run that ended is dropped here: a finished run's actor is
 not started again for it. A crashed actor is dropped; the next delivery
@@ -207,15 +207,20 @@ class RunDirectory(LeanActor):
     def _let_go(self, message: LetGo) -> None:
         """Another engine owns these runs now: an actor left here would hold a state that
         stops being current with its owner's next record, and its snapshots (the index
-        tick's, its passivation's) could list a run again that has ended there meanwhile."""
+        tick's, its passivation's) could list a run again that has ended there meanwhile.
+        Handed over, a young run not listed yet is listed now, as it is when the engine
+        stops: its state is the newest (what was fetched has been handled; its new owner
+        has not begun). Not after a lapsed lease: another engine may be moving it already."""
 
-        def gone(run_id: str) -> bool:
+        def lost(run_id: str) -> bool:
             return partition_of(run_id, message.partitions) == message.partition
 
-        for run_id in [run_id for run_id in self.actors if gone(run_id)]:
-            self._passivate(run_id, snapshot=False)
-        for run_id in [run_id for run_id in self.unindexed if gone(run_id)]:
+        for run_id in [run_id for run_id in self.unindexed if lost(run_id)]:
             del self.unindexed[run_id]
+            if message.handed_over and run_id in self.actors:
+                _tell(self.actors[run_id], Index(run_id, wait=True))
+        for run_id in [run_id for run_id in self.actors if lost(run_id)]:
+            self._passivate(run_id, snapshot=False)
 
     def _passivated(self, message: Passivated) -> None:
         if message.terminal:

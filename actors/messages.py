@@ -53,10 +53,11 @@ class Passivate:
 @dataclass(frozen=True, slots=True)
 class LetGo:
     """This engine lost ``partition`` (of ``partitions``): the actors of its runs stop,
-    writing nothing more, and none of its runs is listed in the snapshot index from here."""
+    writing no more snapshots (``handed_over``: listing a young run first)."""
 
     partition: int
     partitions: int
+    handed_over: bool = True
 
 
 @dataclass(frozen=True, slots=True)

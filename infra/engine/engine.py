@@ -207,10 +207,11 @@ class Engine:
             puller = self.pullers.pop(consumed, None)
             if puller is not None:
                 await puller.stop(settle=HANDOVER_SETTLE if graceful else 0.0)
-        # After what was fetched has been handled: its runs' actors stop, writing nothing
-        # (what they publish meanwhile is forgotten as they stop).
-        with contextlib.suppress(pykka.ActorDeadError):  # stopping: the actors go anyway
-            self.directory.tell(LetGo(partition, self.partition_count))
+        if self._running:  # stopping, the directory stops every actor (listing the young runs)
+            # After what was fetched has been handled: its runs' actors stop, writing nothing
+            # more (what they published here is forgotten as they stop).
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.directory.tell(LetGo(partition, self.partition_count, handed_over=graceful))
 
     def _holds(self, partition: int) -> bool:
         return self._running and self.leases.holds(0 if partition == LEGACY else partition)
