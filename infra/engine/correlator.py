@@ -33,7 +33,7 @@ from dagnats.domain.state import RunStatus
 
 from ..wire.facts import publish_fact
 from ..wire.names import EVENT_STREAM
-from ..wire.reading import pulled
+from ..wire.reading import let_go, pulled
 from .waiters import Waiter, candidates, event_data, matched_fact, purge_waiters, waiters_of
 
 log = logging.getLogger("dagnats.correlator")
@@ -74,10 +74,7 @@ class Correlator:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
-        try:
-            await self._sub.unsubscribe()
-        except Exception as err:  # shutting down
-            log.debug("correlator unsubscribe: %s", err)
+        await let_go(self._sub, "the event correlator", log)
 
     async def _consume(self) -> None:
         while not self._stopping:

@@ -20,7 +20,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from ..wire.names import INBOX_STREAM
-from ..wire.reading import more_pending, pulled
+from ..wire.reading import let_go, more_pending, pulled
 
 log = logging.getLogger("dagnats.inbox")
 
@@ -96,34 +96,10 @@ class PartitionPuller:
             self._task.cancel()
             await asyncio.wait([self._task], timeout=2.0)
         if self._sub is not None:
-            try:
-                await self._unsubscribe(self._sub)
-            except Exception as err:  # noqa: BLE001 - a closed connection has nothing left to drop
-                log.debug("unsubscribing %s: %s", consumer_name(self.partition), err)
+            await let_go(self._sub, f"partition {self.partition}", log)
         deadline = asyncio.get_running_loop().time() + settle
         while self.in_flight and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-
-    async def _unsubscribe(self, pull: JetStreamContext.PullSubscription) -> None:
-        """Unsubscribe, leaving no fact in the consumer's hands. The fetch stopped may have left
-        its pull request at the server, which goes on sending to the subscription until the
-        request is filled or expires; what it sends then is never read, and would wait out the
-        ack wait (30 s) before the partition's next owner has it. So: the server is told to
-        stop first, a round trip makes sure all it sent before has arrived, and only then is
-        the subscription closed and what it holds given back (a NAK: redelivered at once)."""
-        sub = pull._sub
-        assert sub is not None, "a bound pull subscription"
-        try:
-            await self.js._nc._send_unsubscribe(sub._id)
-            await self.js._nc.flush()
-        finally:
-            await pull.unsubscribe()  # the server ignores the second UNSUB
-        left = []
-        while not sub._pending_queue.empty():
-            left.append(sub._pending_queue.get_nowait())
-        if left:
-            log.info("partition %d: handing back %d facts fetched as it stopped", self.partition, len(left))
-        await asyncio.gather(*(msg.nak() for msg in left), return_exceptions=True)
 
     async def _pull(self) -> None:
         assert self._sub is not None

@@ -35,7 +35,7 @@ from dagnats.domain.trace_spans import RunTrace, Span
 
 from ..wire.headers import EXPECTED_LAST_SUBJECT_SEQ
 from ..wire.names import HISTORY_STREAM
-from ..wire.reading import more_pending, pulled, stored_batches, stored_messages
+from ..wire.reading import let_go, more_pending, pulled, stored_batches, stored_messages
 from ..wire.subjects import history_subject
 
 log = logging.getLogger("dagnats.tracing")
@@ -88,10 +88,7 @@ class TraceProjector:
             self._task.cancel()
             await asyncio.wait([self._task], timeout=5.0)
         if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as err:  # noqa: BLE001 - a closed connection has nothing to drop
-                log.debug("unsubscribing %s: %s", CONSUMER, err)
+            await let_go(self._sub, CONSUMER, log)
 
     async def _loop(self) -> None:
         batch, backoff = 1, 0.5

@@ -20,6 +20,7 @@ this runtime consumes: rules on the own state run as cascades inside decide.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -44,7 +45,7 @@ from dagnats.domain.reactive.workflow import ReactiveWorkflow
 
 from ..engine.streams import ensure_resources
 from ..wire.headers import MSG_ID
-from ..wire.reading import kv_entries, pulled
+from ..wire.reading import kv_entries, let_go, pulled
 from ..wire.timers import arm_schedule, cancel_schedule
 from .metrics import ReactiveMetrics
 from .store import append_record, load_execution
@@ -179,7 +180,7 @@ class ReactiveRuntime:
             ack_wait=30,
         )
         sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
-        self._closers.append(sub.unsubscribe)
+        self._closers.append(functools.partial(let_go, sub, durable, log))
         self._tasks.append(asyncio.create_task(self._pull(sub, handler)))
 
     async def _pull(self, sub: Any, handler: Callable[[Any], Any]) -> None:

@@ -203,3 +203,30 @@ async def pulled(
         log.warning("%s failed: %s", what, err)
         await asyncio.sleep(PULL_RETRY)
         return []
+
+
+async def let_go(pull: JetStreamContext.PullSubscription, what: str, log: logging.Logger) -> None:
+    """Unsubscribe a pull loop's subscription, its loop stopped, leaving no message in its
+    hands. A fetch stopped may have left its pull request at the server, which goes on
+    sending to the subscription until the request is filled or expires; what it sends then
+    is never read, and its consumer redelivers it only after the ack wait (30 s). So: the
+    server is told to stop first, a round trip makes sure all it sent before has arrived,
+    and only then is the subscription closed and what it holds given back (a NAK:
+    redelivered at once, to whoever pulls next). Quiet on a closed connection."""
+    sub = pull._sub
+    if sub is None:
+        return
+    try:
+        try:
+            await sub._conn._send_unsubscribe(sub._id)
+            await sub._conn.flush()
+        finally:
+            await pull.unsubscribe()  # the server ignores the second UNSUB
+    except Exception as err:  # noqa: BLE001 - a closed connection has nothing left to drop
+        log.debug("unsubscribing %s: %s", what, err)
+    left = []
+    while not sub._pending_queue.empty():
+        left.append(sub._pending_queue.get_nowait())
+    if left:
+        log.info("%s: handing back %d messages fetched as it stopped", what, len(left))
+    await asyncio.gather(*(msg.nak() for msg in left), return_exceptions=True)
