@@ -20,8 +20,9 @@ from nats.js import JetStreamContext, api
 
 from dagnats.domain.capabilities import capability_token, describe_capabilities
 
-from .task_context import TaskHandler, describe, settle
+from .task_context import TaskHandler, describe
 from .wire.names import TASK_STREAM
+from .wire.reading import let_go
 from .wire.subjects import task_filter
 
 log = logging.getLogger("dagnats.worker")
@@ -88,8 +89,7 @@ class TaskConsumer:
         )
         try:
             await js.add_consumer(TASK_STREAM, config)
-            if self.pull is not None:
-                await settle(self.pull.unsubscribe())
+            await self.release()
             self.pull = await js.pull_subscribe_bind(durable=self.consumer, stream=TASK_STREAM)
         except Exception as err:  # noqa: BLE001 - retried by the fetch loop
             self.trouble(f"cannot set up consumer {self.consumer} on {TASK_STREAM}", err)
@@ -97,6 +97,13 @@ class TaskConsumer:
             return False
         self.stale = False
         return True
+
+    async def release(self) -> None:
+        """Unsubscribe, giving back at once any task the server sent after the last fetch
+        (``wire.reading.let_go``): left to the ack wait, another worker would wait for it."""
+        if self.pull is not None:
+            pull, self.pull = self.pull, None
+            await let_go(pull, self.consumer, log)
 
     async def fetch(self, batch: int) -> list[Msg]:
         """Up to ``batch`` messages ([] after FETCH_TIMEOUT); raises if the fetch stalled."""

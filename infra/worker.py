@@ -243,6 +243,8 @@ class Worker:
             self._follower = None
         self._slots.close()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        for sub in self._subs:  # what the server sent after the last fetch goes to another worker now
+            await sub.release()
         if self._running:
             log.info("worker %s draining %d running tasks", self.worker_id, len(self._running))
             _, late = await asyncio.wait(list(self._running), timeout=self.drain_timeout)

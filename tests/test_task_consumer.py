@@ -1,0 +1,51 @@
+"""A worker's shared task consumer letting go, on a real nats-server: a task the server sent
+after the worker's last fetch goes to another worker at once, not after the ack wait."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from dagnats.infra.task_consumer import TaskConsumer
+
+from worker_support import engine_js, publish_task
+
+ACK_WAIT = 30.0
+PROMPTLY = ACK_WAIT / 3  # well inside the ack wait: a task that comes later waited it out
+
+
+async def _handler(ctx, data):  # never called: the test fetches by hand
+    return data
+
+
+def test_a_task_sent_after_a_workers_last_fetch_goes_to_another_worker_when_it_lets_go(nats_url, run):
+    async def body() -> None:
+        nc, js = await engine_js(nats_url)
+        leaving, staying = TaskConsumer("tc", None, _handler), TaskConsumer("tc", None, _handler)
+        assert await leaving.ensure(js, ACK_WAIT, 5)
+        # A fetch that stopped early (a stall, the worker stopping) left its request at the server.
+        fetching = asyncio.ensure_future(leaving.fetch(1))
+        await asyncio.sleep(0.2)
+        fetching.cancel()
+        await asyncio.gather(fetching, return_exceptions=True)
+        await publish_task(js, "tc", "run-1")
+        assert leaving.pull is not None and leaving.pull._sub is not None
+        pending = leaving.pull._sub._pending_queue
+        deadline = time.monotonic() + 5
+        while pending.empty() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert not pending.empty(), "the server did not send the task to the request left behind"
+        await leaving.release()
+        assert leaving.pull is None
+        assert await staying.ensure(js, ACK_WAIT, 5)
+        deadline = time.monotonic() + PROMPTLY
+        got = []
+        while not got and time.monotonic() < deadline:
+            got = await staying.fetch(1)
+        assert [msg.subject for msg in got] == ["task.tc.run-1"]
+        assert got[0].metadata.num_delivered == 2  # the first delivery went to the worker that let go
+        await got[0].ack()
+        await staying.release()
+        await nc.close()
+
+    run(body(), timeout=60)
