@@ -205,6 +205,9 @@ async def pulled(
         return []
 
 
+JS_ACK_PREFIX = "$JS.ACK."  # the reply subject of a message a consumer delivered
+
+
 async def let_go(pull: JetStreamContext.PullSubscription, what: str, log: logging.Logger) -> None:
     """Unsubscribe a pull loop's subscription, its loop stopped, leaving no message in its
     hands. A fetch stopped may have left its pull request at the server, which goes on
@@ -226,7 +229,9 @@ async def let_go(pull: JetStreamContext.PullSubscription, what: str, log: loggin
         log.debug("unsubscribing %s: %s", what, err)
     left = []
     while not sub._pending_queue.empty():
-        left.append(sub._pending_queue.get_nowait())
+        msg = sub._pending_queue.get_nowait()
+        if msg.reply.startswith(JS_ACK_PREFIX):  # not a status the server sent the request (408, 100)
+            left.append(msg)
     if left:
         log.info("%s: handing back %d messages fetched as it stopped", what, len(left))
     await asyncio.gather(*(msg.nak() for msg in left), return_exceptions=True)
