@@ -59,6 +59,7 @@ from ..task_consumer import MAX_ACK_PENDING
 from ..wire.facts import publish_fact, task_dispatch
 from ..wire.keys import checkpoint_key, signal_key
 from ..wire.names import CHECKPOINTS_BUCKET, SIGNALS_BUCKET, TASK_STREAM, WORKERS_BUCKET
+from ..wire.reading import let_go
 from ..wire.subjects import task_filter
 from ..wire.workers import WorkerRecord
 from ..worker import DEFAULT_MAX_DELIVERIES
@@ -162,6 +163,9 @@ class Bridge:
     async def close(self) -> None:
         for held in list(self.held.values()):
             await self._release(held, back=True)
+        subs, self._subs = self._subs, {}
+        for task, sub in subs.items():  # a task sent after the last poll goes back at once
+            await let_go(sub, f"workers-{task}", log)
 
     # ---- polling -------------------------------------------------------------------
 
