@@ -44,7 +44,7 @@ from bench.stats import latency_summary, rate  # noqa: E402
 SECONDS, IN_FLIGHT = 40.0, 100
 SLOW_S = 10.0
 RUN_TIMEOUT = 60.0
-HANDED_BACK = re.compile(r"partition (\d+): handing back (\d+) (?:facts|messages)")
+HANDED_BACK = re.compile(r"partition (\d+): handing back (\d+) messages")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,6 +14,8 @@ from nats.js import JetStreamContext, api
 from dagnats.infra.engine.inbox import INBOX_ACK_WAIT, PartitionPuller
 from dagnats.infra.wire.names import INBOX_STREAM
 
+from pull_support import until_queued
+
 PARTITION = 3
 SUBJECT = f"inbox.{PARTITION}.run-1"
 # Well inside the ack wait: a fact that reaches the next owner later waited it out.
@@ -94,15 +96,11 @@ def test_a_fact_the_server_sent_after_the_last_fetch_is_handed_back_when_the_pul
         received = Received()
         old = await _puller(js, received, "old")
         await asyncio.sleep(0.2)  # its fetch waits at the server
-        assert old._task is not None and old._sub is not None and old._sub._sub is not None
+        assert old._task is not None and old._sub is not None
         old._task.cancel()  # the fetch gone, its request still at the server
         await asyncio.wait([old._task])
         await js.publish(SUBJECT, b"stranded")
-        pending = old._sub._sub._pending_queue
-        deadline = time.monotonic() + 5
-        while pending.empty() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert not pending.empty(), "the server did not send the fact to the request left behind"
+        await until_queued(old._sub)
         await old.stop()
         new = await _puller(js, received, "new")
         assert await received.all_of(["stranded"]) == {"stranded": "new"}

@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 from dagnats.infra.http.workers import Bridge
 from dagnats.infra.task_consumer import TaskConsumer
 
+from pull_support import until_queued
 from worker_support import engine_js, publish_task
 
 ACK_WAIT = 30.0
@@ -52,11 +53,7 @@ async def _stranded(pull, publish) -> None:
     fetching.cancel()
     await asyncio.gather(fetching, return_exceptions=True)
     await publish()
-    pending = pull._sub._pending_queue
-    deadline = time.monotonic() + 5
-    while pending.empty() and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert not pending.empty(), "the server did not send the task to the request left behind"
+    await until_queued(pull)
 
 
 def test_the_http_bridge_closing_gives_back_a_task_sent_after_its_last_poll(nats_url, run):
