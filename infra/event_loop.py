@@ -41,8 +41,3 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the loop ``loop_factory`` makes."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    factory = loop_factory()
-    return factory() if factory is not None else asyncio.new_event_loop()

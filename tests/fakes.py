@@ -65,7 +65,8 @@ class HostLoop:
         from dagnats.infra import event_loop
         from dagnats.infra.engine.bridge import poster
 
-        self.loop = event_loop.new_event_loop()  # the engine's kind of loop
+        factory = event_loop.loop_factory()  # the engine's kind of loop
+        self.loop = factory() if factory is not None else asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.post = self.on_loop(lambda: poster(self.loop))
