@@ -200,6 +200,11 @@ class RunActor(PooledActor):
         if self.recovering:
             self.recovering = False
             self.directory.tell(Healthy(self.run_id))
+        if not message.events and self.run.is_terminal:
+            # Brought up from the open-run index, yet ended: an engine that held the run
+            # listed it as its end was recorded elsewhere. Its last snapshot again, which
+            # takes the open key out (or every takeover would bring it up once more).
+            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
         if self.run.is_terminal or self._asleep():
             self.directory.tell(Passivate(self.run_id))
 

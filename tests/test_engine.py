@@ -299,6 +299,47 @@ def test_a_start_whose_first_record_was_stored_unanswered_is_taken_up_by_the_nex
     assert _types(events).count(("step.queued", "a")) == 1
 
 
+def test_an_open_key_left_for_a_run_that_ended_is_taken_out_when_the_run_is_brought_up(nats_url, run):
+    """An engine that held a run listed it as unfinished (its index tick) just as the run
+    ended at the partition's next owner, after that owner had taken the open key out: the
+    key stays, and whoever gains the partition brings the run up from it. Finding the run
+    ended, the engine takes the key out, so it is not brought up at every takeover."""
+    from dagnats.infra.engine.history import open_key
+    from dagnats.infra.wire.names import RUNS_BUCKET
+
+    async def body():
+        async with EngineHarness(nats_url) as h:
+            await h.client.register(CHAIN3)
+            run_id = await h.client.start("chain3")
+            for task in ("ta", "tb", "tc"):
+                await FakeWorker(h.nc, task).complete(task[1:])
+            await h.wait_status(run_id, "completed")
+            key = open_key(run_id, h.engine.partition_count)
+            kv = await h.nc.jetstream().key_value(RUNS_BUCKET)
+            await kv.put(key, (await kv.get(f"run.{run_id}")).value)  # the late listing
+            assert run_id in await h.engine.reader.store.open_runs(int(key.split(".")[1]))
+        async with EngineHarness(nats_url) as h:  # gains every partition, brings up the open runs
+            kv = await h.nc.jetstream().key_value(RUNS_BUCKET)
+            gone = await _eventually(lambda: _absent(kv, key))
+            listed = await h.engine.reader.store.open_runs(int(key.split(".")[1]))
+            status = (await h.client.status(run_id))["status"]
+        return gone, listed, status, run_id
+
+    gone, listed, status, run_id = run(body())
+    assert gone and run_id not in listed
+    assert status == "completed"
+
+
+async def _absent(kv, key: str) -> bool:
+    from nats.js.errors import KeyNotFoundError
+
+    try:
+        await kv.get(key)
+    except KeyNotFoundError:
+        return True
+    raise AssertionError(f"{key} is still there")
+
+
 async def _eventually(read, timeout: float = 5.0):
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
