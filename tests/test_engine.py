@@ -304,24 +304,26 @@ def test_an_open_key_left_for_a_run_that_ended_is_taken_out_when_the_run_is_brou
     ended at the partition's next owner, after that owner had taken the open key out: the
     key stays, and whoever gains the partition brings the run up from it. Finding the run
     ended, the engine takes the key out, so it is not brought up at every takeover."""
-    from dagnats.infra.engine.history import open_key
+    from dagnats.domain.partition import partition_of
+    from dagnats.infra.engine.history import open_key, snapshot_key
     from dagnats.infra.wire.names import RUNS_BUCKET
 
     async def body():
         async with EngineHarness(nats_url) as h:
             await h.client.register(CHAIN3)
             run_id = await h.client.start("chain3")
+            partition = partition_of(run_id, h.engine.partition_count)
             for task in ("ta", "tb", "tc"):
                 await FakeWorker(h.nc, task).complete(task[1:])
             await h.wait_status(run_id, "completed")
             key = open_key(run_id, h.engine.partition_count)
             kv = await h.nc.jetstream().key_value(RUNS_BUCKET)
-            await kv.put(key, (await kv.get(f"run.{run_id}")).value)  # the late listing
-            assert run_id in await h.engine.reader.store.open_runs(int(key.split(".")[1]))
+            await kv.put(key, (await kv.get(snapshot_key(run_id))).value)  # the late listing
+            assert run_id in await h.engine.reader.store.open_runs(partition)
         async with EngineHarness(nats_url) as h:  # gains every partition, brings up the open runs
             kv = await h.nc.jetstream().key_value(RUNS_BUCKET)
             gone = await _eventually(lambda: _absent(kv, key))
-            listed = await h.engine.reader.store.open_runs(int(key.split(".")[1]))
+            listed = await h.engine.reader.store.open_runs(partition)
             status = (await h.client.status(run_id))["status"]
         return gone, listed, status, run_id
 
