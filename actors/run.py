@@ -200,11 +200,6 @@ class RunActor(PooledActor):
         if self.recovering:
             self.recovering = False
             self.directory.tell(Healthy(self.run_id))
-        if not message.events and self.run.is_terminal:
-            # Brought up from the open-run index, yet ended: an engine that held the run
-            # listed it as its end was recorded elsewhere. Its last snapshot again, which
-            # takes the open key out (or every takeover would bring it up once more).
-            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
         if self.run.is_terminal or self._asleep():
             self.directory.tell(Passivate(self.run_id))
 
@@ -407,13 +402,15 @@ class RunActor(PooledActor):
         return found
 
     def _take_up(self) -> None:
-        """Carry on with a run rebuilt from its history: re-issue what it waits on and list
-        it in the snapshot index as unfinished now (a new run is listed a second after its
-        start, by the directory: an actor that crashed or was killed before may not have)."""
+        """Carry on with a run rebuilt from its history: re-issue what it waits on and set
+        its place in the snapshot index now. Unfinished, it is listed (a new run is listed a
+        second after its start, by the directory: an actor that crashed or was killed before
+        may not have). Ended, its open key is taken out: an engine letting go of the run's
+        partition may have listed it as its end was recorded elsewhere, and every takeover
+        would bring it up again."""
         self._reissue()
         self.listed = True
-        if not self.run.is_terminal:
-            self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
+        self.ports.history.save_snapshot(self.run, self.last_seq, wait=False)
 
     def _refold(self, reissue: bool = True) -> int:
         """Fold the records appended since ``last_seq``; how many there were."""
