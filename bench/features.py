@@ -41,7 +41,7 @@ from bench.engine import EngineUnderTest  # noqa: E402
 from bench.limits import IN_FLIGHT, batch, chain3, engine_status, pooled  # noqa: E402
 from bench.procs import Processes  # noqa: E402
 from bench.report import _num, _table  # noqa: E402
-from bench.session import machine_rows, run_session, say  # noqa: E402
+from bench.session import machine_rows, run_session, say, session_options  # noqa: E402
 from dagnats.infra.wire.names import INBOX_STREAM, RUNS_BUCKET, TASK_STREAM  # noqa: E402
 
 RETRY = {"max_attempts": 3, "strategy": "exponential", "initial_delay": "1s", "max_delay": "10s", "multiplier": 2.0}
@@ -64,8 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds of every variant (5; quick 2)")
     parser.add_argument("--runs", type=int, help="runs per loaded batch, 100 in flight (400; quick 200)")
     parser.add_argument("--sequential", type=int, help="runs per one-at-a-time batch (50; quick 30)")
-    parser.add_argument("--out", type=Path, help="also write the JSON results here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
+    session_options(parser)
     args = parser.parse_args(argv)
     size = dict(QUICK if args.quick else FULL)
     for key in ("rounds", "runs", "sequential"):
@@ -175,8 +174,6 @@ def render(results: dict) -> str:
         {1, 2, 3, 4, 5, 6, 7, 8},
     )
     out.append("(runs/s pooled over the rounds; p50s the median of the rounds'; writes and CPU of the last round)")
-    for err in results.get("errors", []):
-        out.append(f"error: {err}")
     return "\n".join(out)
 
 

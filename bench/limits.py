@@ -54,7 +54,7 @@ from bench.engine import CHAIN3, STEPS_PER_RUN, EngineUnderTest  # noqa: E402
 from bench.load import closed_loop  # noqa: E402
 from bench.procs import REPO, Processes, proc_status  # noqa: E402
 from bench.profile import Profiler, py_spy_binary  # noqa: E402
-from bench.session import run_session  # noqa: E402
+from bench.session import run_session, session_options  # noqa: E402
 from bench.stats import rate  # noqa: E402
 from dagnats.domain.events import WORKFLOW_COMPLETED  # noqa: E402
 from dagnats.domain.limits import RateWindow  # noqa: E402
@@ -100,8 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="sample the engine with py-spy during the first loaded batch of variant B (slots) or C (rate), "
         "the interleaved fairness batch (fair) or the keyed scale run (scale); slows the engine",
     )
-    parser.add_argument("--out", type=Path, help="also write the JSON results here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
+    session_options(parser)
     args = parser.parse_args(argv)
     if args.profile and py_spy_binary() is None:
         parser.error("--profile needs py-spy (pip install py-spy)")

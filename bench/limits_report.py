@@ -35,8 +35,6 @@ def render(results: dict) -> str:
         out += fairness(results["fairness"]) + [""]
     if "scale" in results:
         out += scale(results["scale"]) + [""]
-    for err in results.get("errors", []):
-        out.append(f"error: {err}")
     return "\n".join(out).rstrip()
 
 

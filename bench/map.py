@@ -46,7 +46,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError  # noqa: E402
 from bench.procs import PYTHON, REPO, Child, CpuMeter, Processes, proc_status  # noqa: E402
 from bench.profile import Profiler, py_spy_binary  # noqa: E402
 from bench.report import _num, _table  # noqa: E402
-from bench.session import run_session  # noqa: E402
+from bench.session import run_session, session_options  # noqa: E402
 from dagnats.domain.events import decode_record  # noqa: E402
 from dagnats.domain.fold import replay  # noqa: E402
 from dagnats.infra.client import Client  # noqa: E402
@@ -85,8 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-seconds", type=float, default=MAP_SECONDS, help=f"give up on the run after this long ({MAP_SECONDS:g})"
     )
     parser.add_argument("--profile", action="store_true", help="sample the engine with py-spy while the map runs")
-    parser.add_argument("--out", type=Path, help="also write the JSON results here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
+    session_options(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.items <= MAX_ITEMS:
         parser.error(f"--items must be 1..{MAX_ITEMS}")
@@ -402,8 +401,6 @@ def render(results: dict) -> str:
         out += _table(
             ["engine restart", "to ready", "first status", "next status", "status", "attempts"], rows, {1, 2, 3, 5}
         )
-    for err in results.get("errors", []):
-        out.append(f"error: {err}")
     return "\n".join(out)
 
 

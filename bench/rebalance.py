@@ -38,7 +38,7 @@ from bench.engine import EngineUnderTest  # noqa: E402
 from bench.map import start_engine  # noqa: E402
 from bench.procs import Child, Processes  # noqa: E402
 from bench.report import _num, _table  # noqa: E402
-from bench.session import machine_rows, run_session, say  # noqa: E402
+from bench.session import machine_rows, run_session, say, session_options  # noqa: E402
 from bench.stats import latency_summary, rate  # noqa: E402
 
 SECONDS, IN_FLIGHT = 40.0, 100
@@ -52,8 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=SECONDS, help=f"of load ({SECONDS:g})")
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT, help=f"runs at a time ({IN_FLIGHT})")
     parser.add_argument("--via", choices=("inbox", "client"), default="inbox", help="how runs start (inbox)")
-    parser.add_argument("--out", type=Path, help="also write the JSON results here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
+    session_options(parser)
     args = parser.parse_args(argv)
     if args.seconds < 8 or args.in_flight < 1:
         parser.error("--seconds must be 8 or more, --in-flight 1 or more")
@@ -170,8 +169,6 @@ def render(results: dict) -> str:
             f"engine {name.upper()}: {log['facts_handed_back']} facts handed back as it let go of "
             f"{log['partitions_with_facts_handed_back']} partitions"
         )
-    for err in results.get("errors", []):
-        out.append(f"error: {err}")
     return "\n".join(out)
 
 

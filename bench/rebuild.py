@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from bench.map import run_map  # noqa: E402
 from bench.procs import Processes  # noqa: E402
 from bench.report import _num, _table  # noqa: E402
-from bench.session import machine_rows, run_session, say  # noqa: E402
+from bench.session import machine_rows, run_session, say, session_options  # noqa: E402
 from dagnats.domain.decide import recover  # noqa: E402
 from dagnats.domain.events import decode_record, encode_event  # noqa: E402
 from dagnats.domain.fold import fold  # noqa: E402
@@ -62,8 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="dagnats benchmark: rebuild a run from a long history")
     parser.add_argument("--items", type=int, default=ITEMS, help=f"map elements ({ITEMS:,}: 10,000 events)")
     parser.add_argument("--repeats", type=int, default=REPEATS, help=f"timed rebuilds of each history ({REPEATS})")
-    parser.add_argument("--out", type=Path, help="also write the JSON results here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
+    session_options(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.items <= 10_000 or args.repeats < 1:
         parser.error("--items must be 1..10000, --repeats 1 or more")
@@ -192,8 +191,6 @@ def render(results: dict) -> str:
     )
     if mapped.get("seconds"):
         out.append(f"the map run itself: {mapped['seconds'].get('run_ended')} s, status {mapped.get('status')}")
-    for err in results.get("errors", []):
-        out.append(f"error: {err}")
     return "\n".join(out)
 
 

@@ -45,7 +45,7 @@ from bench.engine import CHAIN3  # noqa: E402
 from bench.map import kill, start_engine  # noqa: E402
 from bench.procs import Child, Processes, proc_status  # noqa: E402
 from bench.report import _num, _table  # noqa: E402
-from bench.session import machine_rows, run_session, say  # noqa: E402
+from bench.session import machine_rows, run_session, say, session_options  # noqa: E402
 from bench.takeover import _heartbeat_of, serve_argv, worker  # noqa: E402
 from bench.watch import COMPLETED, FAILED, RunsWatch  # noqa: E402
 from dagnats.domain.events import STEP_COMPLETED, WORKFLOW_COMPLETED  # noqa: E402
@@ -67,8 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--kill-after", type=float, default=KILL_AFTER, help=f"s after the worker started ({KILL_AFTER:g})"
     )
-    parser.add_argument("--out", type=Path, help="also write the JSON results here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
+    session_options(parser)
     args = parser.parse_args(argv)
     if args.runs < 1 or args.kill_after < 0:
         parser.error("--runs must be 1 or more, --kill-after 0 or more")
@@ -248,8 +247,6 @@ def render(results: dict) -> str:
         ["runs failed", str(r.get("failed_runs"))],
     ]
     out += _table(["recovery", ""], rows, set())
-    for err in results.get("errors", []):
-        out.append(f"error: {err}")
     return "\n".join(out)
 
 

@@ -281,8 +281,6 @@ def render(results: dict) -> str:
         out.append(f"goal {'MET ' if goal['met'] else 'MISSED'}  {goal['goal']}: {goal['measured']}")
 
     out += _render_profile(eng.get("profile") or {})
-    for err in results.get("errors", []):
-        out.append(f"error: {err}")
     return "\n".join(out)
 
 

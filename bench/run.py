@@ -35,7 +35,7 @@ from bench import raw, report  # noqa: E402
 from bench.engine import engine_bench  # noqa: E402
 from bench.procs import REPO, Processes  # noqa: E402
 from bench.profile import Profiler  # noqa: E402
-from bench.session import run_session  # noqa: E402
+from bench.session import run_session, session_options  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
@@ -71,14 +71,13 @@ LOAD_SECONDS = 180.0  # no new run starts after this long in one load
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="dagnats benchmark: engine vs. raw JetStream loop")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run (~1 min)")
-    parser.add_argument("--out", type=Path, help="also write the JSON results here")
     parser.add_argument(
         "--profile", action="store_true", help="sample the engine with py-spy during engine batch 1 (slows the engine)"
     )
     parser.add_argument(
         "--only", choices=list(PHASES), action="append", help="run only these phases (repeatable); default all"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
+    session_options(parser)
     return parser.parse_args(argv)
 
 

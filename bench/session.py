@@ -2,12 +2,14 @@
 
 Every bench's ``main`` is the same frame around its own phases: stop on SIGTERM or
 SIGHUP like on Ctrl-C (so every process it started is stopped by PID), a fresh work
-directory, the phases, then the results printed and written as
-``bench/results/<name>.{json,txt}`` (and ``--out``).
+directory, the phases, then the results printed (with the errors a phase recorded) and
+written as ``bench/results/<name>.{json,txt}`` (and ``--out``; ``session_options`` adds the
+options it takes to a bench's parser).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shutil
 import signal
@@ -26,6 +28,12 @@ from bench.report import _table, write
 RESULTS = REPO / "bench" / "results"
 
 Phases = Callable[[Processes, dict, str], Coroutine[Any, Any, None]]
+
+
+def session_options(parser: argparse.ArgumentParser) -> None:
+    """The options every bench's ``run_session`` takes: ``--out`` and ``--keep``."""
+    parser.add_argument("--out", type=Path, help="also write the JSON results here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -64,7 +72,7 @@ def run_session(
     results["machine"]["load_average_at_end"] = machine.load_average()
     if assess is not None:
         assess(results)
-    text = render(results)
+    text = "\n".join([render(results), *(f"error: {err}" for err in results["errors"])])
     print(text)
     base = name.format(stamp=stamp)
     paths = [RESULTS / f"{base}.json"] + ([out] if out else [])

@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from bench.procs import Processes  # noqa: E402
 from bench.report import _num, _table  # noqa: E402
-from bench.session import machine_rows, run_session, say  # noqa: E402
+from bench.session import machine_rows, run_session, say, session_options  # noqa: E402
 
 BODY = b"x" * 300  # about a history record of a 3-step run
 MAX_BATCH = 1_000  # the server's limit per atomic batch
@@ -52,8 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--writers", type=int, default=100, help="concurrent writers (default 100)")
     parser.add_argument("--seconds", type=float, default=5.0, help="per round and mode (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-    parser.add_argument("--out", type=Path, help="also write the JSON results here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    session_options(parser)
     return parser.parse_args(argv)
 
 
@@ -247,8 +246,6 @@ def render(results: dict) -> str:
             f"a stale fence on one write of a batch: refused whole ({refused.get('err_code')} "
             f"{refused.get('description')}), {fence['stored_after']} stored of {fence['stored_expected']} expected"
         )
-    for err in results.get("errors", []):
-        out.append(f"error: {err}")
     return "\n".join(out)
 
 

@@ -40,7 +40,7 @@ from bench.limits import Sampler  # noqa: E402
 from bench.map import kill, start_engine  # noqa: E402
 from bench.procs import Child, CpuMeter, Processes, proc_status  # noqa: E402
 from bench.report import _num, _table  # noqa: E402
-from bench.session import machine_rows, run_session, say  # noqa: E402
+from bench.session import machine_rows, run_session, say, session_options  # noqa: E402
 from bench.watch import COMPLETED, FAILED, RunsWatch  # noqa: E402
 from dagnats.infra.client import Client  # noqa: E402
 
@@ -57,8 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=RUNS, help=f"sleeping runs ({RUNS:,})")
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT, help=f"start requests at a time ({IN_FLIGHT})")
     parser.add_argument("--no-restart", action="store_true", help="skip the kill -9 and restart with them")
-    parser.add_argument("--out", type=Path, help="also write the JSON results here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
+    session_options(parser)
     args = parser.parse_args(argv)
     if args.runs < 1 or args.in_flight < 1:
         parser.error("--runs and --in-flight must be 1 or more")
@@ -246,8 +245,6 @@ def render(results: dict) -> str:
             ["runs that ended (must be 0)", str(rt["ended_meanwhile"])],
         ]
         out += _table(["kill -9 and restart with them", ""], rows, set())
-    for err in results.get("errors", []):
-        out.append(f"error: {err}")
     return "\n".join(out)
 
 

@@ -57,7 +57,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from bench.map import kill, start_engine  # noqa: E402
 from bench.procs import PYTHON, REPO, Child, Processes, proc_status  # noqa: E402
 from bench.report import _num, _table  # noqa: E402
-from bench.session import run_session  # noqa: E402
+from bench.session import run_session, session_options  # noqa: E402
 from dagnats.domain.events import WORKFLOW_COMPLETED, decode_record  # noqa: E402
 from dagnats.infra.client import Client  # noqa: E402
 from dagnats.infra.engine.history import HistoryStore, snapshot_key  # noqa: E402
@@ -84,8 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT, help=f"runs in flight at the kill ({IN_FLIGHT})")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_FINISHED:,} finished runs")
     parser.add_argument("--starts", type=int, default=3, help="engine starts timed with and without them (3)")
-    parser.add_argument("--out", type=Path, help="also write the JSON results here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (server data, logs)")
+    session_options(parser)
     args = parser.parse_args(argv)
     if args.finished is None:
         args.finished = QUICK_FINISHED if args.quick else FINISHED
@@ -498,8 +497,6 @@ def render(results: dict) -> str:
             ["B RSS after (peak)", f"{_num(tk.get('engine_b_rss_mb'))} MB ({_num(tk.get('engine_b_peak_rss_mb'))} MB)"],
         ]
         out += _table(["takeover (worker started at the kill)", ""], rows, set())
-    for err in results.get("errors", []):
-        out.append(f"error: {err}")
     return "\n".join(out)
 
 
