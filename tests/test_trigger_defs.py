@@ -6,13 +6,14 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dagnats.domain.debounce import add_fire, burst_key, burst_run_id, due_at, is_due
 from dagnats.domain.durations import SECOND
 from dagnats.domain.errors import DefinitionDecodeError, InvalidRequest, WorkflowInvalid
 from dagnats.domain.triggers import (
+    MAX_ROUTE_SEGMENTS,
     Cron,
     Debounce,
     HttpRoute,
@@ -125,10 +126,14 @@ segments = st.text(alphabet=st.sampled_from("aZ09_-.*>%/ ~"), min_size=1, max_si
 
 
 @given(st.lists(segments, min_size=1, max_size=4))
+@example(["0/0/0", "0/0/0", "0/0/0"])  # nine identifier segments: one too many
 def test_an_accepted_http_route_has_only_identifier_segments(parts):
     path = "/api/" + "/".join(parts)
     accepted = not list(check_http_issues(path))
-    safe = all(p and all(c.isalnum() or c in "_-" for c in p) for p in path.split("/")[2:])
+    route = path.split("/")[2:]
+    safe = len(route) <= MAX_ROUTE_SEGMENTS and all(
+        p and len(p) <= 64 and all(c.isalnum() or c in "_-" for c in p) for p in route
+    )
     assert accepted == safe
 
 
